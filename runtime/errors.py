@@ -1,0 +1,28 @@
+"""Runtime error types and the exit codes of ``ucofia-run``."""
+from __future__ import annotations
+
+# Exit codes (documented in ``ucofia-run --help``).
+EXIT_OK = 0
+EXIT_ERROR = 1  # bad input, bundle, index or backend; nothing was changed
+EXIT_USAGE = 2  # click's code for bad options / arguments
+EXIT_PARTIAL = 3  # the index was written but some videos failed (see failed.jsonl)
+
+
+class RuntimeUserError(Exception):
+    """An error the user can fix; the CLI prints the message (no traceback) and exits with 1."""
+
+
+class BundleError(RuntimeUserError):
+    """The bundle directory is missing a file or a manifest field, or is of another format."""
+
+
+class GalleryIndexError(RuntimeUserError):
+    """The index directory is missing, corrupt, or belongs to another bundle."""
+
+
+class BackendError(RuntimeUserError):
+    """The requested execution backend is unavailable on this machine or for this bundle."""
+
+
+class QueryError(RuntimeUserError):
+    """A query or annotation text is unusable (e.g. empty)."""

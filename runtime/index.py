@@ -1,0 +1,311 @@
+"""The gallery index on disk: per-video features in .npy shards plus a small JSON state.
+
+Layout of an index directory::
+
+    index.json          state: format, bundle fingerprint + path, config, shard list, biases info
+    shards/NNNNNN/      one shard per encoded batch: ids.json, video.npy [n,D],
+                        frame_features.npy [n,F,D], patches.npy [n,P,D], video_mask.npy [n,F]
+    failed.jsonl        videos that could not be decoded/encoded (id, path, error), rewritten atomically
+    biases.npy          [3, V] SK video bias per level (rows in LEVELS order), when a bank was given
+    level1_kernel.npy   [D, D] video_sentence bilinear form (two-stage search cache)
+    faiss.index         FAISS inner-product index over the video_sentence level (two-stage cache)
+    .lock               held (flock) by the one process writing the index
+
+Crash safety: a shard is written to a temporary directory and renamed into place, then the state
+file is replaced atomically; shards not named by the state (a crash between the two renames) are
+deleted on the next open, so a killed run loses at most the batch in flight.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+from ucofia.config import UCoFiAConfig
+from ucofia.io_utils import atomic_path, atomic_write_text
+
+from runtime.bundle import Bundle
+from runtime.errors import GalleryIndexError
+from runtime.scoring import LEVELS, VIDEO_ROLES
+
+INDEX_FORMAT = "ucofia.index/1"
+STATE = "index.json"
+SHARDS = "shards"
+FAILED = "failed.jsonl"
+BIASES = "biases.npy"
+LOCK = ".lock"
+SHARD_ARRAYS = VIDEO_ROLES + ("video_mask",)
+
+
+def ids_digest(ids: list[str]) -> str:
+    """sha256 of the ordered gallery ids (ties caches such as biases to one gallery)."""
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()
+
+
+@dataclass
+class _Shard:
+    name: str
+    count: int
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _read_state(root: Path) -> dict[str, Any]:
+    path = root / STATE
+    if not path.is_file():
+        raise GalleryIndexError(f"{root} is not a ucofia index ({STATE} missing); build one with `ucofia-run index`")
+    try:
+        state = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise GalleryIndexError(f"{path} is corrupt ({exc}); rebuild the index") from None
+    if state.get("format") != INDEX_FORMAT:
+        raise GalleryIndexError(f"{path}: unsupported index format {state.get('format')!r} (expected {INDEX_FORMAT!r})")
+    return state
+
+
+class GalleryIndex:
+    """Read access to an index: ids, memory-mapped features by row range, biases."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise GalleryIndexError(f"index directory not found: {self.root}")
+        self.state = _read_state(self.root)
+        self.config = UCoFiAConfig.from_dict(self.state["config"])
+        self._shards = [_Shard(s["name"], int(s["count"])) for s in self.state["shards"]]
+        self._offsets = np.cumsum([0] + [s.count for s in self._shards])
+        self._ids: list[str] | None = None
+
+    # ---- identity --------------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> str:
+        return str(self.state["fingerprint"])
+
+    @property
+    def bundle_path(self) -> Path:
+        return Path(self.state["bundle"])
+
+    def check_bundle(self, bundle: Bundle) -> None:
+        """Raise GalleryIndexError unless ``bundle`` is the one the index was built with."""
+        if bundle.fingerprint != self.fingerprint:
+            raise GalleryIndexError(
+                f"index {self.root} was built with bundle fingerprint {self.fingerprint[:12]}… but "
+                f"{bundle.root} has {bundle.fingerprint[:12]}…; use the bundle the index was built with "
+                f"or index into a new directory")
+
+    # ---- rows ------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    @property
+    def ids(self) -> list[str]:
+        if self._ids is None:
+            ids: list[str] = []
+            for shard in self._shards:
+                ids.extend(json.loads((self._shard_dir(shard.name) / "ids.json").read_text()))
+            self._ids = ids
+        return self._ids
+
+    def _shard_dir(self, name: str) -> Path:
+        return self.root / SHARDS / name
+
+    def _arrays(self, shard: _Shard) -> dict[str, np.ndarray]:
+        if not shard.arrays:
+            folder = self._shard_dir(shard.name)
+            for role in SHARD_ARRAYS:
+                path = folder / f"{role}.npy"
+                try:
+                    shard.arrays[role] = np.load(path, mmap_mode="r")
+                except (OSError, ValueError) as exc:
+                    raise GalleryIndexError(f"index shard file {path} is unreadable ({exc}); rebuild the index") from None
+                if shard.arrays[role].shape[0] != shard.count:
+                    raise GalleryIndexError(f"{path} has {shard.arrays[role].shape[0]} rows, the state says "
+                                            f"{shard.count}; rebuild the index")
+        return shard.arrays
+
+    def features(self, start: int, stop: int, roles: tuple[str, ...] = VIDEO_ROLES) -> dict[str, np.ndarray]:
+        """role -> float32 array of gallery rows [start, stop) (read from the memory-mapped shards)."""
+        first = int(np.searchsorted(self._offsets, start, side="right")) - 1
+        parts: dict[str, list[np.ndarray]] = {role: [] for role in roles}
+        i = max(first, 0)
+        while i < len(self._shards) and self._offsets[i] < stop:
+            lo, hi = max(start - self._offsets[i], 0), min(stop, self._offsets[i + 1]) - self._offsets[i]
+            arrays = self._arrays(self._shards[i])
+            for role in roles:
+                parts[role].append(arrays[role][lo:hi])
+            i += 1
+        return {role: np.concatenate(p).astype(np.float32, copy=False) if p else
+                np.empty((0,), np.float32) for role, p in parts.items()}
+
+    def gather(self, rows: np.ndarray, roles: tuple[str, ...] = VIDEO_ROLES) -> dict[str, np.ndarray]:
+        """role -> array of the given gallery rows, in the given order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        shard_of = np.searchsorted(self._offsets, rows, side="right") - 1
+        out: dict[str, np.ndarray] = {}
+        for role in roles:
+            first = self._arrays(self._shards[0])[role]
+            out[role] = np.empty((len(rows),) + first.shape[1:], dtype=np.float32)
+        for s in np.unique(shard_of):
+            sel = np.nonzero(shard_of == s)[0]
+            arrays = self._arrays(self._shards[s])
+            local = rows[sel] - self._offsets[s]
+            for role in roles:
+                out[role][sel] = arrays[role][local]
+        return out
+
+    # ---- biases ----------------------------------------------------------------------------
+    def biases(self) -> dict[str, np.ndarray] | None:
+        """level -> SK video bias [V], or None when the index was built without a caption bank."""
+        meta = self.state.get("biases")
+        if not meta:
+            return None
+        if meta.get("ids_sha256") != ids_digest(self.ids):
+            raise GalleryIndexError(f"{self.root / BIASES} does not match the indexed videos; re-run "
+                                    f"`ucofia-run index` on this directory to recompute it")
+        values = np.load(self.root / BIASES)
+        return {level: values[i] for i, level in enumerate(LEVELS)}
+
+
+@contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    handle = open(root / LOCK, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise GalleryIndexError(f"another process is writing the index {root} (lock {root / LOCK} held)") from None
+        yield
+    finally:
+        handle.close()
+
+
+class IndexWriter:
+    """Creates or appends to an index; every update is crash-safe (see the module docstring).
+
+    Use as a context manager: it holds the index lock while open.
+    """
+
+    def __init__(self, root: str | Path, bundle: Bundle) -> None:
+        self.root = Path(root)
+        self.bundle = bundle
+        self._lock_cm: Any = None
+
+    def __enter__(self) -> "IndexWriter":
+        if self.root.exists() and not self.root.is_dir():
+            raise GalleryIndexError(f"{self.root} exists and is not a directory")
+        if self.root.is_dir() and any(self.root.iterdir()) and not (self.root / STATE).exists():
+            raise GalleryIndexError(f"{self.root} is a non-empty directory without {STATE}; "
+                                    f"choose an empty or new directory for the index")
+        if (self.root / STATE).exists():
+            self.state = _read_state(self.root)
+            if self.state["fingerprint"] != self.bundle.fingerprint:  # check before touching anything
+                raise GalleryIndexError(
+                    f"index {self.root} was built with bundle fingerprint {self.state['fingerprint'][:12]}… "
+                    f"but {self.bundle.root} has {self.bundle.fingerprint[:12]}…; index into a new directory "
+                    f"(an index holds features of exactly one bundle)")
+        else:
+            self.state = {"format": INDEX_FORMAT, "fingerprint": self.bundle.fingerprint,
+                          "config": self.bundle.config.to_dict(), "shards": [],
+                          "biases": None, "created": time.time()}
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock_cm = _locked(self.root)
+        self._lock_cm.__enter__()
+        try:
+            self.state["bundle"] = str(self.bundle.root.resolve())
+            self._clean_orphans()
+            self.indexed = set(GalleryIndex(self.root).ids) if (self.root / STATE).exists() else set()
+            self.failures = self._read_failures()
+            self._save_state()
+        except BaseException:
+            self._lock_cm.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._lock_cm.__exit__(*exc)
+
+    # ---- internals -------------------------------------------------------------------------
+    def _clean_orphans(self) -> None:
+        shard_root = self.root / SHARDS
+        shard_root.mkdir(exist_ok=True)
+        known = {s["name"] for s in self.state["shards"]}
+        for entry in shard_root.iterdir():
+            if entry.name not in known:  # temp dirs and shards renamed in before a crash
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+    def _save_state(self) -> None:
+        self.state["updated"] = time.time()
+        atomic_write_text(self.root / STATE, json.dumps(self.state, indent=1))
+
+    def _read_failures(self) -> dict[str, dict[str, Any]]:
+        path = self.root / FAILED
+        if not path.is_file():
+            return {}
+        failures = {}
+        for line in path.read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                failures[record["id"]] = record
+        return failures
+
+    def _save_failures(self) -> None:
+        text = "".join(json.dumps(r) + "\n" for r in self.failures.values())
+        atomic_write_text(self.root / FAILED, text)
+
+    # ---- updates ---------------------------------------------------------------------------
+    def add_batch(self, ids: list[str], features: Mapping[str, np.ndarray]) -> None:
+        """Append one encoded batch as a new shard (temp dir + rename, then the state file)."""
+        if not ids:
+            return
+        dup = [i for i in ids if i in self.indexed]
+        if dup:
+            raise GalleryIndexError(f"video ids already indexed: {dup[:5]}")
+        for role in SHARD_ARRAYS:
+            if features[role].shape[0] != len(ids):
+                raise ValueError(f"{role} has {features[role].shape[0]} rows for {len(ids)} ids")
+        name = f"{len(self.state['shards']):06d}"
+        shard_root = self.root / SHARDS
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=shard_root))
+        try:
+            (tmp / "ids.json").write_text(json.dumps(ids))
+            for role in SHARD_ARRAYS:
+                np.save(tmp / f"{role}.npy", np.ascontiguousarray(features[role]))
+            os.replace(tmp, shard_root / name)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        self.state["shards"].append({"name": name, "count": len(ids)})
+        self._save_state()
+        self.indexed.update(ids)
+        if any(i in self.failures for i in ids):
+            for i in ids:
+                self.failures.pop(i, None)
+            self._save_failures()
+
+    def record_failure(self, video_id: str, path: str, error: str) -> None:
+        """List a video that could not be indexed in failed.jsonl (rewritten atomically)."""
+        self.failures[video_id] = {"id": video_id, "path": path, "error": error, "time": time.time()}
+        self._save_failures()
+
+    def set_biases(self, values: np.ndarray | None, meta: dict[str, Any] | None) -> None:
+        """Store the per-level SK video biases [3, V] (or drop them with None) for the current ids."""
+        if values is None:
+            self.state["biases"] = None
+        else:
+            ids = GalleryIndex(self.root).ids
+            if values.shape != (len(LEVELS), len(ids)):
+                raise ValueError(f"biases must be [{len(LEVELS)}, {len(ids)}], got {values.shape}")
+            with atomic_path(self.root / BIASES) as tmp:
+                with open(tmp, "wb") as fh:
+                    np.save(fh, values.astype(np.float32))
+            self.state["biases"] = {**(meta or {}), "ids_sha256": ids_digest(ids), "levels": list(LEVELS)}
+        self._save_state()

@@ -1,0 +1,150 @@
+"""Text-to-video search over an index: exhaustive tiled scoring, or FAISS two-stage.
+
+Two-stage: the video_sentence level is a bilinear form of the normalised sentence feature and the
+stored video feature, ``vs(s, v) = s_hat K v`` with ``K = e^ls G G1^T`` [D, D]. ``K`` is read out
+of the scorer graph by probing it with unit vectors (no weights are needed besides the graph),
+checked against the graph on real rows, and cached in the index. A FAISS inner-product index over
+rows ``[v, bias_vs(v)]`` queried with ``[s_hat K, 1]`` returns each query's shortlist by
+``video_sentence + its SK bias`` exactly; the fused three-level score then re-ranks the shortlist.
+With a shortlist as large as the gallery the result equals exhaustive search.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from ucofia.io_utils import atomic_path, atomic_write_text
+
+from runtime.errors import GalleryIndexError
+from runtime.index import GalleryIndex, ids_digest
+from runtime.scoring import (DEFAULT_MEMORY_MB, LEVELS, ArrayVideos, Scorer, TextFeatures, TopK, score_matrix,
+                             score_topk)
+
+KERNEL_FILE = "level1_kernel.npy"
+FAISS_FILE = "faiss.index"
+FAISS_META = "faiss.json"
+# Relative tolerance of the bilinear read-out of the video_sentence level against the graph.
+KERNEL_RTOL = 1e-3
+KERNEL_CHECK_ROWS = 16
+
+
+@dataclass
+class SearchResult:
+    """Top-k per query: gallery ids, fused scores and per-level scores."""
+
+    ids: list[list[str]]
+    fused: np.ndarray
+    levels: dict[str, np.ndarray]
+
+
+def exhaustive(scorer: Scorer, index: GalleryIndex, queries: TextFeatures, k: int,
+               memory_mb: float = DEFAULT_MEMORY_MB, progress=None) -> TopK:
+    """Score every query against every indexed video (tiled) and keep the top ``k``."""
+    return score_topk(scorer, queries, index, k, index.biases(), memory_mb, progress)
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def probe_level1_kernel(scorer: Scorer, memory_mb: float = DEFAULT_MEMORY_MB) -> np.ndarray:
+    """``K`` [D, D] with video_sentence(s, v) = normalise(s) K v, read out of the scorer graph."""
+    cfg = scorer.config
+    d = cfg.embed_dim
+    eye = np.eye(d, dtype=np.float32)
+    text = TextFeatures(eye, np.zeros((d, cfg.max_words, d), np.float32))
+    videos = ArrayVideos({"video": eye, "frame_features": np.zeros((d, cfg.max_frames, d), np.float32),
+                          "patches": np.zeros((d, cfg.num_pixels, d), np.float32)})
+    return score_matrix(scorer, text, videos, memory_mb)["video_sentence"].astype(np.float32)
+
+
+def check_level1_kernel(kernel: np.ndarray, scorer: Scorer, index: GalleryIndex, queries: TextFeatures) -> None:
+    """Raise when ``s_hat K v`` does not reproduce the graph's video_sentence level on real rows."""
+    n = min(len(index), KERNEL_CHECK_ROWS)
+    rows = index.features(0, n)
+    q = queries.rows(0, min(len(queries), KERNEL_CHECK_ROWS))
+    want = scorer.score_tile(q, rows)["video_sentence"]
+    got = _normalise(q.sentence) @ kernel @ rows["video"].T
+    scale = max(float(np.abs(want).max()), 1e-6)
+    if not np.allclose(got, want, rtol=0, atol=KERNEL_RTOL * scale):
+        raise GalleryIndexError(
+            "the scorer's video_sentence level is not the bilinear form s_hat K v this runtime expects "
+            f"(max deviation {float(np.abs(got - want).max()):.3g}); two-stage search is unavailable for this "
+            "bundle, search without --two-stage")
+
+
+def _kernel(scorer: Scorer, index: GalleryIndex, memory_mb: float) -> np.ndarray:
+    path = index.root / KERNEL_FILE
+    meta_path = index.root / (KERNEL_FILE + ".json")
+    if path.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()).get("fingerprint") == index.fingerprint:
+        return np.load(path)
+    kernel = probe_level1_kernel(scorer, memory_mb)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, kernel)
+    atomic_write_text(meta_path, json.dumps({"fingerprint": index.fingerprint}))
+    return kernel
+
+
+def _faiss_rows(index: GalleryIndex, bias: np.ndarray | None, chunk: int = 65536):
+    for start in range(0, len(index), chunk):
+        stop = min(start + chunk, len(index))
+        v = index.features(start, stop, roles=("video",))["video"]
+        extra = np.zeros((stop - start, 1), np.float32) if bias is None else bias[start:stop, None]
+        yield np.ascontiguousarray(np.concatenate([v, extra], axis=1), dtype=np.float32)
+
+
+def faiss_index(index: GalleryIndex):
+    """The cached FAISS inner-product index over [v, bias_vs] rows (built when stale or missing)."""
+    import faiss
+
+    biases = index.biases()
+    bias = None if biases is None else biases["video_sentence"]
+    key = hashlib.sha256((ids_digest(index.ids) + index.fingerprint +
+                          ("" if bias is None else hashlib.sha256(bias.tobytes()).hexdigest())).encode()).hexdigest()
+    path, meta_path = index.root / FAISS_FILE, index.root / FAISS_META
+    if path.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()).get("key") == key:
+        return faiss.read_index(str(path))
+    flat = faiss.IndexFlatIP(index.config.embed_dim + 1)
+    for rows in _faiss_rows(index, bias):
+        flat.add(rows)
+    with atomic_path(path) as tmp:
+        faiss.write_index(flat, str(tmp))
+    atomic_write_text(meta_path, json.dumps({"key": key, "rows": len(index)}))
+    return flat
+
+
+def two_stage(scorer: Scorer, index: GalleryIndex, queries: TextFeatures, k: int, shortlist: int,
+              memory_mb: float = DEFAULT_MEMORY_MB, progress=None) -> TopK:
+    """FAISS shortlist of ``shortlist`` videos per query by video_sentence (+ bias), then fused re-rank."""
+    if shortlist < k:
+        raise ValueError(f"--shortlist ({shortlist}) must be at least --top-k ({k})")
+    shortlist = min(shortlist, len(index))
+    k = min(k, len(index))
+    kernel = _kernel(scorer, index, memory_mb)
+    check_level1_kernel(kernel, scorer, index, queries)
+    q = _normalise(queries.sentence.astype(np.float64)) @ kernel
+    q = np.concatenate([q, np.ones((len(queries), 1))], axis=1).astype(np.float32)
+    _, cand = faiss_index(index).search(q, shortlist)
+    biases = index.biases()
+    out = TopK(indices=np.empty((len(queries), k), np.int64), fused=np.empty((len(queries), k), np.float32),
+               levels={lv: np.empty((len(queries), k), np.float32) for lv in LEVELS})
+    for i in range(len(queries)):
+        rows = np.sort(cand[i][cand[i] >= 0])  # ascending rows keep the exhaustive tie order
+        sub_bias = None if biases is None else {lv: biases[lv][rows] for lv in LEVELS}
+        best = score_topk(scorer, queries.rows(i, i + 1), ArrayVideos(index.gather(rows)), k, sub_bias, memory_mb)
+        out.indices[i] = rows[best.indices[0]]
+        out.fused[i] = best.fused[0]
+        for lv in LEVELS:
+            out.levels[lv][i] = best.levels[lv][0]
+        if progress:
+            progress(1)
+    return out
+
+
+def to_result(index: GalleryIndex, top: TopK) -> SearchResult:
+    """Map gallery rows to video ids."""
+    ids = index.ids
+    return SearchResult(ids=[[ids[j] for j in row] for row in top.indices], fused=top.fused, levels=top.levels)

@@ -1,0 +1,176 @@
+"""Test helpers for the runtime: a hand-built bundle of small ONNX graphs (no torch, no export).
+
+The fake graphs honour the bundle contract's names, shapes and dtypes with simple maths, so the
+runtime's plumbing (bundle loading, backends, tiling, index, search, CLI) is tested on its own.
+End-to-end tests with a bundle exported from the real tiny model live beside them.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ucofia.config import UCoFiAConfig, tiny_config
+
+OPSET = 17
+VOCAB_ROWS = 97  # token ids are reduced modulo this before the embedding lookup
+
+
+def vocab_file() -> Path:
+    """The CLIP BPE vocabulary shipped with open_clip (located without importing it)."""
+    spec = importlib.util.find_spec("open_clip")
+    assert spec and spec.submodule_search_locations
+    return Path(list(spec.submodule_search_locations)[0]) / "bpe_simple_vocab_16e6.txt.gz"
+
+
+def _const(name: str, value: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(value), name)
+
+
+def _vinfo(name: str, elem: int, shape: list) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def _save(graph: onnx.GraphProto, path: Path) -> None:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def _text_graph(cfg: UCoFiAConfig, rng: np.random.Generator) -> onnx.GraphProto:
+    d, l = cfg.embed_dim, cfg.max_words
+    emb = rng.standard_normal((VOCAB_ROWS, d)).astype(np.float32)
+    pos = rng.standard_normal((l, d)).astype(np.float32) * 0.1
+    nodes = [
+        helper.make_node("Mod", ["input_ids", "rows"], ["ids_mod"]),
+        helper.make_node("Gather", ["emb", "ids_mod"], ["tok"]),
+        helper.make_node("Add", ["tok", "pos"], ["words"]),
+        helper.make_node("ReduceMean", ["words"], ["sentence"], axes=[1], keepdims=0),
+    ]
+    return helper.make_graph(
+        nodes, "text_encoder", [_vinfo("input_ids", TensorProto.INT64, ["T", l])],
+        [_vinfo("sentence", TensorProto.FLOAT, ["T", d]), _vinfo("words", TensorProto.FLOAT, ["T", l, d])],
+        [_const("rows", np.array(VOCAB_ROWS, dtype=np.int64)), _const("emb", emb), _const("pos", pos)])
+
+
+def _video_graph(cfg: UCoFiAConfig, rng: np.random.Generator) -> onnx.GraphProto:
+    d, f, p, h = cfg.embed_dim, cfg.max_frames, cfg.num_pixels, cfg.clip.image_size
+    proj = rng.standard_normal((3, d)).astype(np.float32)
+    patch_mix = (1 + 0.5 * rng.standard_normal((p, d))).astype(np.float32)
+    nodes = [
+        helper.make_node("ReduceMean", ["frames"], ["rgb"], axes=[3, 4], keepdims=0),  # [V,F,3]
+        helper.make_node("MatMul", ["rgb", "proj"], ["frame_features"]),  # [V,F,D]
+        helper.make_node("Tanh", ["frame_features"], ["ff_t"]),
+        helper.make_node("Tile", ["ff_t", "reps"], ["tiled"]),  # [V,P,D]
+        helper.make_node("Mul", ["tiled", "patch_mix"], ["patches"]),
+        helper.make_node("Unsqueeze", ["video_mask", "ax2"], ["mask3"]),
+        helper.make_node("Mul", ["frame_features", "mask3"], ["masked"]),
+        helper.make_node("ReduceSum", ["masked", "ax1"], ["summed"], keepdims=0),
+        helper.make_node("LpNormalization", ["summed"], ["video"], axis=-1, p=2),
+    ]
+    return helper.make_graph(
+        nodes, "video_encoder",
+        [_vinfo("frames", TensorProto.FLOAT, ["V", f, 3, h, h]), _vinfo("video_mask", TensorProto.FLOAT, ["V", f])],
+        [_vinfo("video", TensorProto.FLOAT, ["V", d]), _vinfo("frame_features", TensorProto.FLOAT, ["V", f, d]),
+         _vinfo("patches", TensorProto.FLOAT, ["V", p, d])],
+        [_const("proj", proj), _const("patch_mix", patch_mix),
+         _const("reps", np.array([1, p // f, 1], dtype=np.int64)),
+         _const("ax1", np.array([1], dtype=np.int64)), _const("ax2", np.array([2], dtype=np.int64))])
+
+
+def _scorer_graph(cfg: UCoFiAConfig, rng: np.random.Generator) -> onnx.GraphProto:
+    """Level 1: e^2 * (s_hat G)(v G1)^T (bilinear, like the real scorer); levels 2/3: pooled dots."""
+    d, f, l, p = cfg.embed_dim, cfg.max_frames, cfg.max_words, cfg.num_pixels
+    g = (np.eye(d) + 0.3 * rng.standard_normal((d, d))).astype(np.float32)
+    g1 = (np.eye(d) + 0.3 * rng.standard_normal((d, d))).astype(np.float32)
+    nodes = [
+        helper.make_node("LpNormalization", ["sentence"], ["s_hat"], axis=-1, p=2),
+        helper.make_node("MatMul", ["s_hat", "g"], ["sg"]),
+        helper.make_node("MatMul", ["video", "g1"], ["vg"]),
+        helper.make_node("Transpose", ["vg"], ["vg_t"], perm=[1, 0]),
+        helper.make_node("MatMul", ["sg", "vg_t"], ["vs_raw"]),
+        helper.make_node("Mul", ["vs_raw", "scale"], ["video_sentence"]),
+        helper.make_node("ReduceMax", ["frame_features"], ["fmax"], axes=[1], keepdims=0),
+        helper.make_node("LpNormalization", ["fmax"], ["f_hat"], axis=-1, p=2),
+        helper.make_node("Transpose", ["f_hat"], ["f_t"], perm=[1, 0]),
+        helper.make_node("MatMul", ["s_hat", "f_t"], ["fs_raw"]),
+        helper.make_node("Mul", ["fs_raw", "scale"], ["frame_sentence"]),
+        helper.make_node("ReduceMean", ["words"], ["wmean"], axes=[1], keepdims=0),
+        helper.make_node("ReduceMean", ["patches"], ["pmean"], axes=[1], keepdims=0),
+        helper.make_node("Transpose", ["pmean"], ["p_t"], perm=[1, 0]),
+        helper.make_node("MatMul", ["wmean", "p_t"], ["patch_word"]),
+    ]
+    return helper.make_graph(
+        nodes, "scorer",
+        [_vinfo("sentence", TensorProto.FLOAT, ["T", d]), _vinfo("words", TensorProto.FLOAT, ["T", l, d]),
+         _vinfo("video", TensorProto.FLOAT, ["V", d]), _vinfo("frame_features", TensorProto.FLOAT, ["V", f, d]),
+         _vinfo("patches", TensorProto.FLOAT, ["V", p, d])],
+        [_vinfo(n, TensorProto.FLOAT, ["T", "V"]) for n in ("video_sentence", "frame_sentence", "patch_word")],
+        [_const("g", g), _const("g1", g1), _const("scale", np.array(np.exp(2.0), dtype=np.float32))])
+
+
+def _io(graph: onnx.GraphProto) -> dict:
+    def spec(v: onnx.ValueInfoProto) -> dict:
+        dims = [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+        dtype = {TensorProto.FLOAT: "float32", TensorProto.INT64: "int64"}[v.type.tensor_type.elem_type]
+        return {"name": v.name, "dtype": dtype, "shape": dims}
+    return {"inputs": [spec(v) for v in graph.input], "outputs": [spec(v) for v in graph.output]}
+
+
+def build_fake_bundle(out: Path, cfg: UCoFiAConfig | None = None, seed: int = 0) -> Path:
+    """Write a contract-conforming bundle of small hand-built graphs into ``out``."""
+    cfg = cfg or tiny_config()
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    graphs = {"text_encoder": _text_graph(cfg, rng), "video_encoder": _video_graph(cfg, rng),
+              "scorer": _scorer_graph(cfg, rng)}
+    digest = hashlib.sha256()
+    entries = {}
+    for key, graph in graphs.items():
+        _save(graph, out / f"{key}.onnx")
+        digest.update((out / f"{key}.onnx").read_bytes())
+        entries[key] = {"file": f"{key}.onnx", **_io(graph)}
+    shutil.copy(vocab_file(), out / "bpe_simple_vocab_16e6.txt.gz")
+    manifest = {
+        "format": "ucofia.bundle/1", "config": cfg.to_dict(), "fingerprint": digest.hexdigest(),
+        "dtype": "float32", "opset": OPSET, "graphs": entries, "preprocessing": {},
+        "tokenizer": {"vocab_file": "bpe_simple_vocab_16e6.txt.gz", "max_words": cfg.max_words,
+                      "sot_id": 49406, "eot_id": 49407},
+        "versions": {"fake": True}, "verification": {}, "tensorrt": None,
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return out
+
+
+def make_clip(path: Path, seconds: float, size: tuple[int, int] = (48, 40), fps: int = 3, seed: int = 0) -> Path:
+    """A small H.264 test clip written with PyAV (random coloured frames)."""
+    import av
+
+    rng = np.random.default_rng(seed)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for _ in range(max(1, int(seconds * fps))):
+            image = np.full((size[1], size[0], 3), rng.integers(0, 255, 3), dtype=np.uint8)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m runtime.cli ARGS`` in a subprocess (optionally with a custom env)."""
+    return subprocess.run([sys.executable, "-m", "runtime.cli", *args], capture_output=True, text=True,
+                          env=env, cwd=cwd)

@@ -1,0 +1,120 @@
+"""runtime.scoring / runtime.bundle / runtime.backends on a hand-built bundle (no torch)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from runtime_helpers import build_fake_bundle
+
+from runtime import scoring
+from runtime.backends import open_session, resolve_backend
+from runtime.bundle import load_bundle
+from runtime.errors import BackendError, BundleError
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return load_bundle(build_fake_bundle(tmp_path_factory.mktemp("bundle")))
+
+
+@pytest.fixture(scope="module")
+def scorer(bundle):
+    return scoring.Scorer(open_session(bundle, "scorer", "cpu"), bundle.config)
+
+
+def _features(cfg, n_text, n_video, seed=0):
+    rng = np.random.default_rng(seed)
+    d, l, f, p = cfg.embed_dim, cfg.max_words, cfg.max_frames, cfg.num_pixels
+    text = scoring.TextFeatures(rng.standard_normal((n_text, d), dtype=np.float32),
+                                rng.standard_normal((n_text, l, d), dtype=np.float32))
+    videos = scoring.ArrayVideos({"video": rng.standard_normal((n_video, d), dtype=np.float32),
+                                  "frame_features": rng.standard_normal((n_video, f, d), dtype=np.float32),
+                                  "patches": rng.standard_normal((n_video, p, d), dtype=np.float32)})
+    return text, videos
+
+
+def test_tiled_equals_untiled(scorer, monkeypatch):
+    text, videos = _features(scorer.config, 23, 37)
+    whole = scorer.score_tile(text, videos.features(0, len(videos)))
+    monkeypatch.setattr(scoring.Scorer, "plan_tiles", lambda self, t, v, m: (5, 7))
+    tiled = scoring.score_matrix(scorer, text, videos)
+    for level in scoring.LEVELS:
+        np.testing.assert_allclose(tiled[level], whole[level], rtol=1e-6, atol=1e-6)
+
+
+def test_topk_matches_full_ranking(scorer, monkeypatch):
+    text, videos = _features(scorer.config, 11, 29, seed=1)
+    rng = np.random.default_rng(2)
+    biases = {lv: rng.standard_normal(29).astype(np.float32) for lv in scoring.LEVELS}
+    full = scoring.score_matrix(scorer, text, videos)
+    fused = scoring.fuse(full, biases)
+    monkeypatch.setattr(scoring.Scorer, "plan_tiles", lambda self, t, v, m: (4, 6))
+    top = scoring.score_topk(scorer, text, videos, 5, biases)
+    want = np.argsort(-fused, axis=1, kind="stable")[:, :5]
+    np.testing.assert_array_equal(top.indices, want)
+    np.testing.assert_allclose(top.fused, np.take_along_axis(fused, want, 1), rtol=1e-6)
+    for lv in scoring.LEVELS:
+        np.testing.assert_allclose(top.levels[lv], np.take_along_axis(full[lv], want, 1), rtol=1e-6)
+
+
+def test_topk_larger_than_gallery(scorer):
+    text, videos = _features(scorer.config, 2, 3)
+    top = scoring.score_topk(scorer, text, videos, 10)
+    assert top.indices.shape == (2, 3) and (top.indices >= 0).all()
+
+
+def test_fuse_is_mean_of_levels_plus_bias():
+    levels = {lv: np.full((2, 3), i + 1.0, np.float32) for i, lv in enumerate(scoring.LEVELS)}
+    biases = {lv: np.array([0.0, 3.0, 6.0], np.float32) for lv in scoring.LEVELS}
+    np.testing.assert_allclose(scoring.fuse(levels, None), 2.0)
+    np.testing.assert_allclose(scoring.fuse(levels, biases), [[2, 5, 8]] * 2)
+
+
+def test_plan_tiles_respects_budget(scorer):
+    cfg = scorer.config
+    pair = scoring.PAIR_TENSOR_COPIES * cfg.max_words * cfg.num_pixels * 4
+    for memory_mb in (1, 16, 256):
+        t, v = scorer.plan_tiles(1000, 100000, memory_mb)
+        assert t >= 1 and v >= 1
+        assert t * v * pair <= memory_mb * 2**20 or (t, v) == (1, 1)
+    assert scorer.plan_tiles(3, 5, 1024) == (3, 5)  # everything fits in one call
+    with pytest.raises(ValueError, match="memory-mb"):
+        scorer.plan_tiles(3, 5, 0)
+
+
+def test_bundle_errors_name_file_and_field(bundle, tmp_path):
+    copy = tmp_path / "b"
+    shutil.copytree(bundle.root, copy)
+    (copy / "scorer.onnx").unlink()
+    with pytest.raises(BundleError, match="scorer.onnx"):
+        load_bundle(copy)
+    shutil.copy(bundle.root / "scorer.onnx", copy / "scorer.onnx")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["fingerprint"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="'fingerprint'"):
+        load_bundle(copy)
+    manifest["fingerprint"] = "a" * 64
+    manifest["format"] = "ucofia.bundle/99"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="unsupported bundle format"):
+        load_bundle(copy)
+    with pytest.raises(BundleError, match="not found"):
+        load_bundle(tmp_path / "nope")
+
+
+def test_backend_resolution(bundle):
+    assert resolve_backend("cpu", bundle) == "cpu"
+    assert resolve_backend("auto", bundle) in ("cpu", "cuda")  # no engines in this bundle
+    with pytest.raises(BackendError, match="no TensorRT engines"):
+        resolve_backend("tensorrt", bundle)
+    with pytest.raises(BackendError, match="unknown backend"):
+        resolve_backend("tpu", bundle)
+
+
+def test_inputs_cast_to_manifest_dtypes(bundle):
+    session = open_session(bundle, "text_encoder", "cpu")
+    out = session.run({"input_ids": np.arange(64, dtype=np.int32).reshape(2, 32)})  # int32 -> int64
+    assert out["sentence"].dtype == np.float32 and out["words"].shape == (2, 32, bundle.config.embed_dim)
