@@ -1,0 +1,1 @@
+"""Torch-free data handling: video decoding, tokenization, dataset readers, the demo benchmark."""
