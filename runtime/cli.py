@@ -1,0 +1,350 @@
+"""``ucofia-run``: index videos, search them with text, evaluate retrieval — without torch.
+
+Only numpy, onnxruntime, PyAV, faiss-cpu, click and tqdm are needed (TensorRT optionally).
+"""
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from runtime.errors import EXIT_ERROR, EXIT_PARTIAL, RuntimeUserError
+
+EXIT_CODES_HELP = ("Exit codes: 0 success; 1 error (bad input, bundle, index or backend; the message "
+                   "names it); 2 bad command-line usage; 3 index written but some videos failed "
+                   "(listed in INDEX/failed.jsonl); 130 interrupted (re-run the same command to resume).")
+BACKEND_HELP = ("Execution backend: auto (TensorRT engines when usable, else onnxruntime CUDA when "
+                "installed, else CPU), cpu, cuda (onnxruntime-gpu) or tensorrt (engines in the bundle).")
+MEMORY_HELP = ("Working-memory budget of the scorer in MiB; tiles of texts x videos are sized to fit. "
+               "Peak memory is this plus one tile of stored features, whatever the gallery size.")
+
+
+def _fail(message: str, code: int = EXIT_ERROR) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the runtime's user-facing errors into one line on stderr and exit code 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from evaluation.metrics import MetricsError
+        from ucofia.config import ConfigError
+
+        try:
+            return func(*args, **kwargs)
+        except (RuntimeUserError, ConfigError, MetricsError) as exc:
+            _fail(str(exc))
+        except FileNotFoundError as exc:
+            _fail(f"{exc.strerror}: {exc.filename}")
+        except KeyboardInterrupt:
+            click.echo("interrupted; finished batches are kept, re-run the same command to resume", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def _progress(total: int, unit: str, desc: str, quiet: bool):
+    """A tqdm bar (stderr) and its update function; no-op when quiet."""
+    if quiet:
+        return None, None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit=unit, desc=desc, unit_scale=True, dynamic_ncols=True, file=sys.stderr)
+    return bar, bar.update
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+             epilog=EXIT_CODES_HELP)
+def main() -> None:
+    """ucofia-run: serve an exported UCoFiA bundle for text-to-video search (no torch needed).
+
+    \b
+    1. ucofia-run index    -> encode videos into an index directory (resumable)
+    2. ucofia-run search   -> top-k videos for text queries (JSONL or CSV)
+    3. ucofia-run evaluate -> R@1/5/10, median and mean rank on annotated captions
+    """
+
+
+# ------------------------------------------------------------------------------------------------
+# index
+# ------------------------------------------------------------------------------------------------
+@main.command(epilog=EXIT_CODES_HELP)
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path),
+              help="Bundle directory written by `ucofia export` (manifest.json + ONNX graphs).")
+@click.option("--videos", required=True, type=click.Path(path_type=Path),
+              help="A folder of videos (searched recursively; id = file name without extension) or a "
+                   "list file with one `path` or `id<TAB>path` per line.")
+@click.option("--bank", type=click.Path(path_type=Path), default=None,
+              help="Caption bank for the Sinkhorn-Knopp video bias (e.g. the training captions): "
+                   ".txt one per line, .csv with a sentence/caption column, .json or .jsonl. Without it "
+                   "search ranks by the plain mean of the three levels.")
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
+              help="Index directory (created, or resumed when it exists).")
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Videos per encoder call and per shard (a killed run loses at most one batch).")
+@click.option("--workers", default=None, type=click.IntRange(min=1),
+              help="Decoder workers (default: CPU count, at most 8).")
+@click.option("--process-pool", is_flag=True, help="Decode in processes instead of threads.")
+@click.option("--backend", default="auto", show_default=True,
+              type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), help=BACKEND_HELP)
+@click.option("--memory-mb", default=1024, show_default=True, type=click.FloatRange(min=1), help=MEMORY_HELP)
+@click.option("--threads", default=None, type=click.IntRange(min=1), help="onnxruntime intra-op threads.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@_user_errors
+def index(bundle_dir: Path, videos: Path, bank: Path | None, out: Path, batch_size: int, workers: int | None,
+          process_pool: bool, backend: str, memory_mb: float, threads: int | None, quiet: bool) -> None:
+    """Encode videos into a gallery index.
+
+    Decodes every video (reference frame sampling), runs the video encoder in batches and appends
+    the features to INDEX as .npy shards. Re-running skips videos already indexed, so an
+    interrupted run resumes where it stopped; videos that cannot be decoded are skipped, listed in
+    INDEX/failed.jsonl and retried by the next run. With --bank, the per-level SK video biases
+    are computed once over bank captions x all indexed videos (recomputed when either changes).
+    """
+    from runtime import ingest
+    from runtime.backends import resolve_backend
+    from runtime.bundle import load_bundle
+    from runtime.index import IndexWriter
+    from runtime.sources import list_videos
+
+    bundle = load_bundle(bundle_dir)
+    resolved = resolve_backend(backend, bundle)
+    pairs = list_videos(videos)
+    if bank is not None and not bank.is_file():
+        raise RuntimeUserError(f"--bank {bank}: file not found")
+    workers = workers or ingest.default_workers()
+    report = ingest.IngestReport(total=len(pairs))
+    with IndexWriter(out, bundle) as writer:
+        todo = [(vid, path) for vid, path in pairs if vid not in writer.indexed]
+        report.skipped = len(pairs) - len(todo)
+        if report.skipped and not quiet:
+            click.echo(f"resuming {out}: {report.skipped} of {len(pairs)} videos already indexed", err=True)
+        bar, update = _progress(len(todo), "video", "encoding", quiet)
+        start = time.perf_counter()
+        try:
+            ingest.encode_videos(writer, bundle, todo, backend=resolved, batch_size=batch_size, workers=workers,
+                                 processes=process_pool, threads=threads, report=report, progress=update)
+        finally:
+            report.seconds = time.perf_counter() - start
+            if bar is not None:
+                bar.close()
+
+        def bank_bar(total: int):
+            return _progress(total, "pair", "bank x videos", quiet)[1]
+
+        report.biases = ingest.update_biases(writer, bundle, bank, backend=resolved, memory_mb=memory_mb,
+                                             threads=threads, log=lambda m: click.echo(m, err=True),
+                                             progress_factory=bank_bar)
+        total_indexed = len(writer.indexed)
+    click.echo(f"indexed {report.indexed} new videos ({report.videos_per_second:.2f} videos/s, backend "
+               f"{resolved}), {report.skipped} already present, {len(report.failed)} failed; "
+               f"{total_indexed} videos in {out}; biases: {report.biases}")
+    if report.failed:
+        for vid, error in report.failed[:10]:
+            click.echo(f"failed: {vid}: {error}", err=True)
+        more = f" ({len(report.failed) - 10} more)" if len(report.failed) > 10 else ""
+        click.echo(f"{len(report.failed)} videos failed{more}; see {out / 'failed.jsonl'}", err=True)
+        sys.exit(EXIT_PARTIAL)
+
+
+# ------------------------------------------------------------------------------------------------
+# shared: open index + bundle
+# ------------------------------------------------------------------------------------------------
+def _open(index_dir: Path, bundle_dir: Path | None, backend: str, threads: int | None):
+    from runtime.backends import open_session, resolve_backend
+    from runtime.bundle import load_bundle
+    from runtime.index import GalleryIndex
+    from runtime.scoring import Scorer
+    from runtime.text import TextEncoder
+
+    gallery = GalleryIndex(index_dir)
+    bundle = load_bundle(bundle_dir or gallery.bundle_path)
+    gallery.check_bundle(bundle)
+    if len(gallery) == 0:
+        raise RuntimeUserError(f"index {index_dir} holds no videos; run `ucofia-run index` first")
+    resolved = resolve_backend(backend, bundle)
+    text = TextEncoder(bundle, resolved, threads)
+    scorer = Scorer(open_session(bundle, "scorer", resolved, threads), bundle.config)
+    return gallery, bundle, text, scorer
+
+
+def _warn_truncated(numbers: list[int], max_words: int, what: str) -> None:
+    if numbers:
+        shown = ", ".join(map(str, numbers[:10])) + (" ..." if len(numbers) > 10 else "")
+        click.echo(f"warning: {len(numbers)} {what}(s) longer than {max_words - 2} tokens were truncated to "
+                   f"max_words={max_words} (SOT + {max_words - 2} tokens + EOT, as the reference tokenizer "
+                   f"does): {what} {shown}", err=True)
+
+
+def _write_output(out: Path, text: str) -> None:
+    if str(out) == "-":
+        sys.stdout.write(text)
+        return
+    from ucofia.io_utils import atomic_write_text
+
+    atomic_write_text(out, text)
+
+
+index_option = click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path),
+                            help="Index directory written by `ucofia-run index`.")
+bundle_option = click.option("--bundle", "bundle_dir", default=None, type=click.Path(path_type=Path),
+                             help="Bundle directory (default: the one recorded in the index; its "
+                                  "fingerprint must match the index).")
+backend_option = click.option("--backend", default="auto", show_default=True,
+                              type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), help=BACKEND_HELP)
+memory_option = click.option("--memory-mb", default=1024, show_default=True, type=click.FloatRange(min=1),
+                             help=MEMORY_HELP)
+threads_option = click.option("--threads", default=None, type=click.IntRange(min=1),
+                              help="onnxruntime intra-op threads.")
+
+
+# ------------------------------------------------------------------------------------------------
+# search
+# ------------------------------------------------------------------------------------------------
+@main.command(epilog=EXIT_CODES_HELP)
+@index_option
+@click.option("--query", "queries_inline", multiple=True,
+              help="A text query (repeatable). Queries longer than max_words tokens are truncated as "
+                   "the reference tokenizer does (a warning names them); an empty query is an error.")
+@click.option("--queries", "queries_file", type=click.Path(path_type=Path), default=None,
+              help="File of queries: .txt one per line, .csv with a query/sentence/caption/text column, "
+                   ".json or .jsonl.")
+@click.option("--top-k", default=10, show_default=True, type=click.IntRange(min=1), help="Results per query.")
+@click.option("--format", "fmt", default="jsonl", show_default=True, type=click.Choice(["jsonl", "csv"]),
+              help="jsonl: one object per query {query, results: [{rank, video_id, score, levels}]}; "
+                   "csv: one row per (query, rank).")
+@click.option("-o", "--output", "out", default="-", show_default=True, type=click.Path(path_type=Path),
+              help="Output file (written atomically), or - for stdout.")
+@click.option("--two-stage", is_flag=True,
+              help="FAISS shortlist by the video_sentence level (+ its bias), then re-rank the shortlist "
+                   "with the full fused score. For large galleries.")
+@click.option("--shortlist", default=1000, show_default=True, type=click.IntRange(min=1),
+              help="Videos per query kept by the first stage of --two-stage.")
+@bundle_option
+@backend_option
+@memory_option
+@threads_option
+@_user_errors
+def search(index_dir: Path, queries_inline: tuple[str, ...], queries_file: Path | None, top_k: int, fmt: str,
+           out: Path, two_stage: bool, shortlist: int, bundle_dir: Path | None, backend: str, memory_mb: float,
+           threads: int | None) -> None:
+    """Rank indexed videos for text queries.
+
+    The score of a (query, video) pair is the mean over the three levels (video_sentence,
+    frame_sentence, patch_word) of the level similarity plus that level's SK video bias (when the
+    index was built with --bank), as the reference evaluation fuses them.
+    """
+    from runtime import search as search_mod
+    from runtime.sources import read_captions
+
+    if bool(queries_inline) == bool(queries_file):
+        raise click.UsageError("give --query TEXT (repeatable) or --queries FILE, not both or neither")
+    texts = list(queries_inline) if queries_inline else read_captions(queries_file, "queries")
+    gallery, bundle, encoder, scorer = _open(index_dir, bundle_dir, backend, threads)
+    tokens = encoder.tokenize(texts, "query")
+    _warn_truncated(tokens.truncated, encoder.max_words, "query")
+    features = encoder.encode_ids(tokens.ids)
+    if two_stage:
+        top = search_mod.two_stage(scorer, gallery, features, top_k, max(shortlist, top_k), memory_mb)
+    else:
+        top = search_mod.exhaustive(scorer, gallery, features, top_k, memory_mb)
+    result = search_mod.to_result(gallery, top)
+    _write_output(out, format_results(texts, result, fmt))
+
+
+# ------------------------------------------------------------------------------------------------
+# evaluate
+# ------------------------------------------------------------------------------------------------
+@main.command(epilog=EXIT_CODES_HELP)
+@index_option
+@click.option("--annotations", required=True, type=click.Path(path_type=Path),
+              help="Captions with their video ids: the MSR-VTT test CSV (key,vid_key,video_id,sentence) or "
+                   "any CSV/JSON/JSONL with video_id and sentence/caption columns.")
+@click.option("--dataset", default="msrvtt", show_default=True, type=click.Choice(["msrvtt", "generic"]),
+              help="Annotation layout.")
+@click.option("--video-bank", "video_bank_dir", type=click.Path(path_type=Path), default=None,
+              help="Index of bank videos for the video-to-text SK text bias (the reference uses the training "
+                   "videos); default: the evaluated videos.")
+@click.option("--no-bias", is_flag=True, help="Rank by the plain mean of the three levels (no SK biases).")
+@click.option("--allow-missing", is_flag=True, help="Drop captions whose video is not in the index (else an error).")
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path), default=None,
+              help="Metrics JSON (written atomically); default INDEX/evaluation.json.")
+@bundle_option
+@backend_option
+@memory_option
+@threads_option
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@_user_errors
+def evaluate(index_dir: Path, annotations: Path, dataset: str, video_bank_dir: Path | None, no_bias: bool,
+             allow_missing: bool, out: Path | None, bundle_dir: Path | None, backend: str, memory_mb: float,
+             threads: int | None, quiet: bool) -> None:
+    """Text-to-video and video-to-text retrieval metrics of an index on annotated captions.
+
+    t2v ranks videos by the fused score with the index's SK video biases; v2t ranks captions with
+    an SK text bias per caption over a video bank, as the reference's eval_t2v / eval_v2t do.
+    Prints R@1, R@5, R@10, median rank (MdR) and mean rank (MnR) and writes them as JSON.
+    """
+    from evaluation.metrics import format_metrics_table
+    from runtime import evaluate as ev
+    from runtime.index import GalleryIndex
+
+    gallery, bundle, encoder, scorer = _open(index_dir, bundle_dir, backend, threads)
+    ann, videos, rows = ev.select_videos(gallery, ev.load_annotations(annotations, dataset), allow_missing)
+    bank = None
+    if video_bank_dir is not None:
+        bank = GalleryIndex(video_bank_dir)
+        bank.check_bundle(bundle)
+    tokens = encoder.tokenize(ann.captions, "caption")
+    _warn_truncated(tokens.truncated, encoder.max_words, "caption")
+    start = time.perf_counter()
+    text = encoder.encode_ids(tokens.ids)
+    bar, update = _progress(len(ann.captions) * len(videos), "pair", "scoring", quiet)
+    try:
+        report = ev.evaluate(gallery, scorer, text, ann, videos, rows, memory_mb, bank, not no_bias, update)
+    finally:
+        if bar is not None:
+            bar.close()
+    report.update({"index": str(index_dir), "annotations": str(annotations), "dataset": dataset,
+                   "seconds": round(time.perf_counter() - start, 3), "bundle_fingerprint": bundle.fingerprint})
+    if report["extra_gallery_videos"]:
+        click.echo(f"note: the index holds {report['extra_gallery_videos']} videos that are not annotated; they "
+                   f"are left out of the ranking (the stored biases were computed over all indexed videos)",
+                   err=True)
+    click.echo(format_metrics_table(report["metrics"],
+                                    title=f"{dataset}: {report['captions']} captions x {report['videos']} videos"))
+    _write_output(out or index_dir / "evaluation.json", json.dumps(report, indent=2) + "\n")
+
+
+def format_results(texts: list[str], result: Any, fmt: str) -> str:
+    """Search results as JSONL (one object per query) or CSV (one row per query and rank)."""
+    from runtime.scoring import LEVELS
+
+    if fmt == "jsonl":
+        lines = []
+        for q, text in enumerate(texts):
+            hits = [{"rank": r + 1, "video_id": vid, "score": float(result.fused[q, r]),
+                     "levels": {lv: float(result.levels[lv][q, r]) for lv in LEVELS}}
+                    for r, vid in enumerate(result.ids[q])]
+            lines.append(json.dumps({"query": text, "results": hits}, ensure_ascii=False))
+        return "".join(line + "\n" for line in lines)
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["query_index", "query", "rank", "video_id", "score", *LEVELS])
+    for q, text in enumerate(texts):
+        for r, vid in enumerate(result.ids[q]):
+            writer.writerow([q, text, r + 1, vid, f"{result.fused[q, r]:.6g}",
+                             *(f"{result.levels[lv][q, r]:.6g}" for lv in LEVELS)])
+    return buf.getvalue()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Tokenize texts (CLIP BPE, as the reference dataloader) and run the bundle's text encoder.
+
+Over-long texts are truncated the way the reference tokenizer does: ``[SOT] + tokens[:max_words-2]
++ [EOT]`` (``ucofia.data.tokenizer``); ``tokenize`` reports which texts were cut so the CLI can say
+so. Empty texts are errors naming the text's number.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from runtime.backends import open_session
+from runtime.bundle import Bundle
+from runtime.errors import BundleError, QueryError
+from runtime.scoring import TextFeatures
+
+# Texts per text-encoder call.
+TEXT_BATCH = 256
+
+
+@dataclass
+class Tokenized:
+    """Token ids [T, max_words] (zero-padded) and the 1-based numbers of truncated texts."""
+
+    ids: np.ndarray
+    truncated: list[int] = field(default_factory=list)
+
+
+class TextEncoder:
+    """Tokenizer + text-encoder graph of one bundle."""
+
+    def __init__(self, bundle: Bundle, backend: str = "auto", threads: int | None = None) -> None:
+        from ucofia.data.tokenizer import ClipTokenizer
+
+        self.bundle = bundle
+        self.max_words = bundle.tokenizer.max_words
+        self.tokenizer = ClipTokenizer(bundle.tokenizer.vocab_file)
+        if (self.tokenizer.sot_id, self.tokenizer.eot_id) != (bundle.tokenizer.sot_id, bundle.tokenizer.eot_id):
+            raise BundleError(f"{bundle.root}/manifest.json: tokenizer sot_id/eot_id "
+                              f"({bundle.tokenizer.sot_id}, {bundle.tokenizer.eot_id}) differ from the vocabulary's "
+                              f"({self.tokenizer.sot_id}, {self.tokenizer.eot_id}); re-export the bundle")
+        self.session = open_session(bundle, "text_encoder", backend, threads)
+
+    def tokenize(self, texts: list[str], what: str = "query", first_number: int = 1,
+                 report_truncation: bool = True) -> Tokenized:
+        """Token ids of ``texts``; raises QueryError naming the first empty or token-less text."""
+        for i, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                raise QueryError(f"{what} {first_number + i} is empty; give it some text")
+        try:
+            ids, _ = self.tokenizer.tokenize(texts, self.max_words)
+        except ValueError as exc:
+            raise QueryError(f"{what}s starting at number {first_number}: {exc}") from None
+        truncated = []
+        if report_truncation:
+            keep = self.max_words - 2
+            truncated = [first_number + i for i, t in enumerate(texts) if len(self.tokenizer.encode(t)) > keep]
+        return Tokenized(ids, truncated)
+
+    def encode_ids(self, ids: np.ndarray) -> TextFeatures:
+        """Run the text encoder over token ids [T, L] in batches."""
+        parts = []
+        for start in range(0, len(ids), TEXT_BATCH):
+            out = self.session.run({"input_ids": ids[start:start + TEXT_BATCH]})
+            parts.append(TextFeatures(out["sentence"], out["words"]))
+        return TextFeatures.concat(parts)
+
+    def encode(self, texts: list[str], what: str = "query", first_number: int = 1) -> TextFeatures:
+        """Tokenize and encode ``texts`` (see ``tokenize`` for errors)."""
+        return self.encode_ids(self.tokenize(texts, what, first_number, report_truncation=False).ids)

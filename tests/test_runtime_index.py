@@ -1,0 +1,205 @@
+"""ucofia-run index / search on a hand-built bundle: resume, bad videos, fingerprint mismatch,
+bank biases, two-stage search, CLI errors (no torch involved)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from runtime_helpers import build_fake_bundle, make_clip, run_cli
+
+from runtime import ingest, search
+from runtime.bundle import load_bundle
+from runtime.errors import GalleryIndexError
+from runtime.index import GalleryIndex, IndexWriter
+from runtime.scoring import LEVELS, Scorer
+from runtime.backends import open_session
+from runtime.text import TextEncoder
+
+N_CLIPS = 5
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory):
+    return build_fake_bundle(tmp_path_factory.mktemp("bundle"))
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clips")
+    for i in range(N_CLIPS):
+        make_clip(folder / f"clip{i}.mp4", seconds=1 + i, seed=i)
+    (folder / "broken.mp4").write_bytes(b"this is not a video")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def bank_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bank") / "bank.txt"
+    path.write_text("a red car drives\na dog on the beach\nsomeone is cooking\na man plays guitar\n"
+                    "two people talk\n")
+    return path
+
+
+def _index(bundle_dir, videos, out, *extra):
+    return run_cli("index", "--bundle", str(bundle_dir), "--videos", str(videos), "-o", str(out),
+                   "--batch-size", "2", "--workers", "2", "-q", *extra)
+
+
+def test_index_skips_and_reports_bad_videos_then_resumes(bundle_dir, clips, tmp_path):
+    out = tmp_path / "index"
+    first = _index(bundle_dir, clips, out)
+    assert first.returncode == 3, first.stderr
+    assert "broken" in first.stderr and "failed.jsonl" in first.stderr
+    failed = [json.loads(line) for line in (out / "failed.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in failed] == ["broken"] and "not a video" in failed[0]["error"]
+    gallery = GalleryIndex(out)
+    assert sorted(gallery.ids) == [f"clip{i}" for i in range(N_CLIPS)]
+    before = {role: gallery.features(0, len(gallery))[role].copy() for role in ("video", "patches")}
+    shards_before = sorted(p.name for p in (out / "shards").iterdir())
+
+    # simulate a run killed after a shard was renamed in but before the state was updated
+    orphan = out / "shards" / f"{len(shards_before):06d}"
+    orphan.mkdir()
+    (orphan / "ids.json").write_text('["ghost"]')
+    (clips / "broken.mp4").unlink()  # the bad file is fixed by removal; the rerun must not re-encode
+    try:
+        second = _index(bundle_dir, clips, out)
+    finally:
+        (clips / "broken.mp4").write_bytes(b"this is not a video")
+    assert second.returncode == 0, second.stderr
+    assert "5 already present" in second.stdout and "indexed 0 new" in second.stdout
+    assert not orphan.exists()
+    assert sorted(p.name for p in (out / "shards").iterdir()) == shards_before
+    again = GalleryIndex(out)
+    assert again.ids == gallery.ids
+    for role, value in before.items():
+        np.testing.assert_array_equal(again.features(0, len(again))[role], value)
+
+
+def test_resume_adds_only_new_videos(bundle_dir, clips, tmp_path):
+    listing = tmp_path / "videos.txt"
+    listing.write_text("".join(f"{clips / f'clip{i}.mp4'}\n" for i in range(2)))
+    out = tmp_path / "index"
+    assert _index(bundle_dir, listing, out).returncode == 0
+    listing.write_text("".join(f"{clips / f'clip{i}.mp4'}\n" for i in range(N_CLIPS)))
+    result = _index(bundle_dir, listing, out)
+    assert result.returncode == 0 and "indexed 3 new" in result.stdout and "2 already present" in result.stdout
+    assert GalleryIndex(out).ids == [f"clip{i}" for i in range(N_CLIPS)]
+
+
+def test_fingerprint_mismatch_leaves_index_untouched(bundle_dir, clips, tmp_path):
+    out = tmp_path / "index"
+    listing = tmp_path / "one.txt"
+    listing.write_text(f"{clips / 'clip0.mp4'}\n")
+    assert _index(bundle_dir, listing, out).returncode == 0
+    snapshot = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    other = build_fake_bundle(tmp_path / "other", seed=7)
+    result = _index(other, clips, out)
+    assert result.returncode == 1
+    assert "fingerprint" in result.stderr and "Traceback" not in result.stderr
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == snapshot
+    with pytest.raises(GalleryIndexError, match="fingerprint"):
+        GalleryIndex(out).check_bundle(load_bundle(other))
+    searched = run_cli("search", "--index", str(out), "--bundle", str(other), "--query", "a car")
+    assert searched.returncode == 1 and "fingerprint" in searched.stderr
+
+
+@pytest.fixture(scope="module")
+def built(bundle_dir, clips, bank_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("built") / "index"
+    result = _index(bundle_dir, clips, out, "--bank", str(bank_file))
+    assert result.returncode == 3, result.stderr  # broken.mp4
+    return out
+
+
+def test_bank_biases_match_numpy_sk(built, bundle_dir, bank_file):
+    from runtime.scoring import score_matrix
+    from runtime.sinkhorn import video_bias
+
+    bundle = load_bundle(bundle_dir)
+    gallery = GalleryIndex(built)
+    stored = gallery.biases()
+    assert stored is not None and set(stored) == set(LEVELS)
+    text = TextEncoder(bundle, "cpu").encode(bank_file.read_text().splitlines())
+    scorer = Scorer(open_session(bundle, "scorer", "cpu"), bundle.config)
+    sims = score_matrix(scorer, text, gallery)
+    for level in LEVELS:
+        np.testing.assert_allclose(stored[level], video_bias(sims[level], bundle.config.sk_iterations),
+                                   rtol=1e-5, atol=1e-6)
+    assert json.loads((built / "index.json").read_text())["biases"]["bank"]["captions"] == 5
+
+
+def test_two_stage_with_full_shortlist_equals_exhaustive(built):
+    queries = ["a red car", "a dog", "cooking pasta in a kitchen"]
+    gallery = GalleryIndex(built)
+    bundle = load_bundle(gallery.bundle_path)
+    feats = TextEncoder(bundle, "cpu").encode(queries)
+    scorer = Scorer(open_session(bundle, "scorer", "cpu"), bundle.config)
+    exhaustive = search.exhaustive(scorer, gallery, feats, k=4)
+    staged = search.two_stage(scorer, gallery, feats, k=4, shortlist=len(gallery))
+    np.testing.assert_array_equal(staged.indices, exhaustive.indices)
+    np.testing.assert_allclose(staged.fused, exhaustive.fused, rtol=1e-5, atol=1e-6)
+    for level in LEVELS:
+        np.testing.assert_allclose(staged.levels[level], exhaustive.levels[level], rtol=1e-5, atol=1e-6)
+    # the probed kernel reproduces the video_sentence level exactly enough to rank by it
+    search.check_level1_kernel(np.load(built / search.KERNEL_FILE), scorer, gallery, feats)
+
+
+def test_search_cli_outputs(built, tmp_path):
+    out = tmp_path / "res.jsonl"
+    result = run_cli("search", "--index", str(built), "--query", "a red car", "--query", "a dog",
+                     "--top-k", "3", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["query"] for r in rows] == ["a red car", "a dog"]
+    assert all(len(r["results"]) == 3 for r in rows)
+    hit = rows[0]["results"][0]
+    assert set(hit) == {"rank", "video_id", "score", "levels"} and set(hit["levels"]) == set(LEVELS)
+    scores = [h["score"] for h in rows[0]["results"]]
+    assert scores == sorted(scores, reverse=True)
+    csv_out = tmp_path / "res.csv"
+    queries = tmp_path / "q.txt"
+    queries.write_text("a red car\n" + "word " * 60 + "\n")
+    result = run_cli("search", "--index", str(built), "--queries", str(queries), "--format", "csv",
+                     "--top-k", "2", "-o", str(csv_out))
+    assert result.returncode == 0, result.stderr
+    assert "truncated" in result.stderr and "query 2" in result.stderr
+    assert len(csv_out.read_text().splitlines()) == 1 + 2 * 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--query", "   "], "query 1 is empty"),
+    (["--queries", "MISSING"], "not found"),
+    ([], "give --query"),
+])
+def test_search_cli_errors(built, args, message):
+    result = run_cli("search", "--index", str(built), *args)
+    assert result.returncode in (1, 2) and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_search_empty_line_in_queries_file_names_line(built, tmp_path):
+    queries = tmp_path / "q.txt"
+    queries.write_text("a car\n\na dog\n")
+    result = run_cli("search", "--index", str(built), "--queries", str(queries))
+    assert result.returncode == 1 and "line 2" in result.stderr
+
+
+def test_index_lock_rejects_second_writer(bundle_dir, tmp_path):
+    bundle = load_bundle(bundle_dir)
+    with IndexWriter(tmp_path / "idx", bundle):
+        with pytest.raises(GalleryIndexError, match="another process"):
+            with IndexWriter(tmp_path / "idx", bundle):
+                pass
+
+
+def test_ingest_report_counts(bundle_dir, clips, tmp_path):
+    bundle = load_bundle(bundle_dir)
+    report = ingest.IngestReport()
+    pairs = [(f"clip{i}", clips / f"clip{i}.mp4") for i in range(3)] + [("broken", clips / "broken.mp4")]
+    with IndexWriter(tmp_path / "idx", bundle) as writer:
+        ingest.encode_videos(writer, bundle, pairs, backend="cpu", batch_size=2, workers=1, processes=False,
+                             threads=None, report=report)
+    assert report.indexed == 3 and [vid for vid, _ in report.failed] == ["broken"]
+    assert [s["count"] for s in json.loads((tmp_path / "idx" / "index.json").read_text())["shards"]] == [2, 1]

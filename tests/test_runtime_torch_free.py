@@ -1,0 +1,100 @@
+"""ucofia-run must work where torch cannot be imported: every runtime module, `--help` of every
+command, and index + search + evaluate on a prepared index run in subprocesses whose
+``import torch`` (and torchvision / open_clip) raises."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from runtime_helpers import build_fake_bundle, make_clip
+
+REPO = Path(__file__).resolve().parents[1]
+BLOCKED = ("torch", "torchvision", "open_clip")
+HOOK = f'''
+import sys
+
+BLOCKED = {BLOCKED!r}
+
+
+class _NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{{name}} is blocked: ucofia-run must not import torch")
+        return None
+
+
+sys.meta_path.insert(0, _NoTorch())
+'''
+RUNTIME_MODULES = ["runtime", "runtime.cli", "runtime.bundle", "runtime.backends", "runtime.trt", "runtime.sinkhorn",
+                   "runtime.scoring", "runtime.index", "runtime.search", "runtime.ingest", "runtime.text",
+                   "runtime.sources", "runtime.evaluate"]
+
+
+@pytest.fixture(scope="module")
+def no_torch_env(tmp_path_factory):
+    hook_dir = tmp_path_factory.mktemp("no_torch")
+    (hook_dir / "sitecustomize.py").write_text(HOOK)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(hook_dir), str(REPO)])
+    # the hook really blocks torch in this environment
+    check = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True)
+    assert check.returncode != 0 and "blocked" in check.stderr
+    return env
+
+
+def _cli(env, *args):
+    script = Path(sys.executable).with_name("ucofia-run")
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "runtime.cli"]
+    return subprocess.run([*cmd, *args], env=env, capture_output=True, text=True, cwd=REPO)
+
+
+def test_runtime_modules_import_without_torch(no_torch_env):
+    code = ("import importlib, sys\n"
+            f"for name in {RUNTIME_MODULES!r}:\n"
+            "    importlib.import_module(name)\n"
+            f"assert not any(m.split('.')[0] in {BLOCKED!r} for m in sys.modules), 'torch got imported'\n"
+            "print('ok')")
+    result = subprocess.run([sys.executable, "-c", code], env=no_torch_env, capture_output=True, text=True,
+                            cwd=REPO)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr
+
+
+@pytest.mark.parametrize("command", [[], ["index"], ["search"], ["evaluate"]])
+def test_help_without_torch(no_torch_env, command):
+    result = _cli(no_torch_env, *command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Usage" in result.stdout and "Exit codes" in result.stdout
+
+
+def test_index_search_evaluate_without_torch(no_torch_env, tmp_path):
+    bundle = build_fake_bundle(tmp_path / "bundle")
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for i in range(3):
+        make_clip(videos / f"video{i}.mp4", seconds=1 + i, seed=i)
+    captions = ["a red car", "a dog runs", "people talk"]
+    annotations = tmp_path / "test.csv"
+    annotations.write_text("key,vid_key,video_id,sentence\n" +
+                           "".join(f"ret{i},msr{i},video{i},{c}\n" for i, c in enumerate(captions)))
+    bank = tmp_path / "bank.txt"
+    bank.write_text("a cat sleeps\na car drives\n")
+    index = tmp_path / "index"
+    result = _cli(no_torch_env, "index", "--bundle", str(bundle), "--videos", str(videos), "--bank", str(bank),
+                  "-o", str(index), "-q", "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "hits.jsonl"
+    result = _cli(no_torch_env, "search", "--index", str(index), "--query", "a red car", "--top-k", "2",
+                  "--two-stage", "--shortlist", "3", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(out.read_text())["results"]) == 2
+    report = tmp_path / "metrics.json"
+    result = _cli(no_torch_env, "evaluate", "--index", str(index), "--annotations", str(annotations),
+                  "--dataset", "msrvtt", "-o", str(report))
+    assert result.returncode == 0, result.stderr
+    assert "R@1" in result.stdout
+    assert set(json.loads(report.read_text())["metrics"]) == {"t2v", "v2t"}
