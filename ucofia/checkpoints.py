@@ -250,7 +250,9 @@ def load_reference_checkpoint(path: str | Path, **overrides: Any) -> UCoFiA:
             continue
         ours[key] = value
     model = UCoFiA(config)
-    # open_clip keeps a non-persistent causal mask; the reference has no logit_bias etc.
+    if config.scorer_variant == "eval":
+        # The eval tree builds local_mat_weight1 but never uses it.
+        ours.pop("local_mat_weight1", None)
     _load_strict(model, ours, path)
     return model.eval()
 
