@@ -57,7 +57,8 @@ class GraphSession(abc.ABC):
 class OrtSession(GraphSession):
     """An onnxruntime InferenceSession over the bundle's ONNX file."""
 
-    def __init__(self, spec: GraphSpec, device: str, threads: int | None = None) -> None:
+    def __init__(self, spec: GraphSpec, device: str, threads: int | None = None,
+                 disabled_optimizers: list[str] | None = None) -> None:
         super().__init__(spec)
         import onnxruntime as ort
 
@@ -71,7 +72,8 @@ class OrtSession(GraphSession):
         # the scorer ~3x faster on x86 CPUs and changes scores by < 1e-37 relative.
         options.add_session_config_entry("session.set_denormal_as_zero", "1")
         try:
-            self._session = ort.InferenceSession(str(spec.file), options, providers=_ORT_PROVIDERS[device])
+            self._session = ort.InferenceSession(str(spec.file), options, providers=_ORT_PROVIDERS[device],
+                                                 disabled_optimizers=disabled_optimizers or None)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise BackendError(f"onnxruntime could not load {spec.file}: {exc}") from None
         have = {i.name for i in self._session.get_inputs()}
@@ -128,7 +130,10 @@ def open_session(bundle: Bundle, key: str, backend: str = "auto", threads: int |
         from runtime.trt import TensorRTSession
 
         return TensorRTSession(spec, bundle)
-    return OrtSession(spec, resolved, threads=threads or _env_threads())
+    # the export records graph optimizers that break its float16 graphs on onnxruntime's CPU provider
+    hints = bundle.manifest.get("onnxruntime") or {}
+    disabled = hints.get("cpu_disabled_optimizers") if resolved == "cpu" else None
+    return OrtSession(spec, resolved, threads=threads or _env_threads(), disabled_optimizers=disabled)
 
 
 def _env_threads() -> int | None:

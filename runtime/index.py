@@ -223,29 +223,24 @@ class IndexWriter:
     def __enter__(self) -> "IndexWriter":
         if self.root.exists() and not self.root.is_dir():
             raise GalleryIndexError(f"{self.root} exists and is not a directory")
-        if self.root.is_dir() and any(self.root.iterdir()) and not (self.root / STATE).exists():
+        if (self.root.is_dir() and not (self.root / STATE).exists()
+                and any(p.name != LOCK for p in self.root.iterdir())):
             raise GalleryIndexError(f"{self.root} is a non-empty directory without {STATE}; "
                                     f"choose an empty or new directory for the index")
-        if (self.root / STATE).exists():
-            self.state = _read_state(self.root)
-            if self.state["fingerprint"] != self.bundle.fingerprint:  # check before touching anything
-                raise GalleryIndexError(
-                    f"index {self.root} was built with bundle fingerprint {self.state['fingerprint'][:12]}… "
-                    f"but {self.bundle.root} has {self.bundle.fingerprint[:12]}…; index into a new directory "
-                    f"(an index holds features of exactly one bundle)")
-        else:
-            self.state = {"format": INDEX_FORMAT, "fingerprint": self.bundle.fingerprint,
-                          "config": self.bundle.config.to_dict(), "shards": [],
-                          "biases": None, "created": time.time()}
+        self._check_fingerprint()  # before touching anything
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock_cm = _locked(self.root)
         self._lock_cm.__enter__()
         try:
+            state = self._check_fingerprint()  # again under the lock: another writer may have finished
+            self.state = state or {"format": INDEX_FORMAT, "fingerprint": self.bundle.fingerprint,
+                                   "config": self.bundle.config.to_dict(), "shards": [], "biases": None,
+                                   "created": time.time()}
             self.state["bundle"] = str(self.bundle.root.resolve())
+            self._save_state()  # a new index exists from here on, even if this run is killed
             self._clean_orphans()
-            self.indexed = set(GalleryIndex(self.root).ids) if (self.root / STATE).exists() else set()
+            self.indexed = set(GalleryIndex(self.root).ids)
             self.failures = self._read_failures()
-            self._save_state()
         except BaseException:
             self._lock_cm.__exit__(None, None, None)
             raise
@@ -255,6 +250,18 @@ class IndexWriter:
         self._lock_cm.__exit__(*exc)
 
     # ---- internals -------------------------------------------------------------------------
+    def _check_fingerprint(self) -> dict[str, Any] | None:
+        """The existing state (None for a new index); raises when it belongs to another bundle."""
+        if not (self.root / STATE).exists():
+            return None
+        state = _read_state(self.root)
+        if state["fingerprint"] != self.bundle.fingerprint:
+            raise GalleryIndexError(
+                f"index {self.root} was built with bundle fingerprint {state['fingerprint'][:12]}… "
+                f"but {self.bundle.root} has {self.bundle.fingerprint[:12]}…; index into a new directory "
+                f"(an index holds features of exactly one bundle)")
+        return state
+
     def _clean_orphans(self) -> None:
         shard_root = self.root / SHARDS
         shard_root.mkdir(exist_ok=True)

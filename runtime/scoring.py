@@ -23,10 +23,10 @@ LEVELS: tuple[str, str, str] = ("video_sentence", "frame_sentence", "patch_word"
 TEXT_ROLES = ("sentence", "words")
 VIDEO_ROLES = ("video", "frame_features", "patches")
 DEFAULT_MEMORY_MB = 1024
-# Live float32 copies of the [t, v, L, P] patch_word tensor inside the scorer at its peak
-# (scores, two softmaxes, the mixed logits and a transposed copy for each direction), measured on
-# the exported graph with onnxruntime's CPU arena; used to turn the budget into a tile size.
-PAIR_TENSOR_COPIES = 10
+# Budgeted float32 copies of the [t, v, L, P] patch_word tensor per tile. onnxruntime's CPU arena
+# peaked at 3.3-4.9 copies with the exported scorer (tiny and ViT-B/32 geometry, tiles 16x256 and
+# 64x256, ru_maxrss delta); 6 leaves a margin.
+PAIR_TENSOR_COPIES = 6
 # Texts per tile when the budget allows: keeps the [t*L, D] x [D, v*P] product wide in v.
 MAX_TEXT_TILE = 64
 

@@ -1,23 +1,22 @@
 """TensorRT engine backend (optional): runs the engines the export built, without torch.
 
-The manifest's ``tensorrt`` section is expected as::
-
-    {"version": "<tensorrt.__version__ at build>", "compute_capability": "9.0",
-     "device": "<GPU name>", "engines": {"scorer": {"file": "scorer.plan"}, ...}}
-
-Engines only run on the TensorRT version and GPU architecture they were built for; anything else
-makes ``tensorrt_unusable_reason`` name the mismatch (auto falls back to onnxruntime). Device
-memory is handled through the CUDA driver API (libcuda, present wherever the driver is), so no
-torch / cupy / pycuda is needed.
+The manifest's ``tensorrt`` section (written by ``export.tensorrt_build.build_engines``) names the
+TensorRT version, GPU model and compute capability the engines were built with. The compatibility
+check and the guarded engine loading are the export's own (``compatibility_problem`` /
+``load_engine``), fed with this GPU's name and capability read through the CUDA driver API
+(libcuda), so torch is never imported. Device memory is handled through libcuda too (no torch /
+cupy / pycuda needed). Anything that does not fit makes ``tensorrt_unusable_reason`` name it, and
+``--backend auto`` then falls back to onnxruntime.
 """
 from __future__ import annotations
 
 import ctypes
-from pathlib import Path
+
 import numpy as np
 
+from export.tensorrt_build import TensorRTError, compatibility_problem, load_engine
 from runtime.backends import GraphSession
-from runtime.bundle import Bundle, GraphSpec
+from runtime.bundle import GRAPH_ROLES, Bundle, GraphSpec
 from runtime.errors import BackendError
 
 _CU_ATTR_CC_MAJOR = 75
@@ -45,45 +44,40 @@ def _check(code: int, what: str) -> None:
         raise BackendError(f"CUDA driver call {what} failed with error {code}")
 
 
-def gpu_compute_capability() -> str:
-    """'major.minor' of GPU 0 (raises OSError when no NVIDIA driver is installed)."""
+def gpu_device() -> dict[str, str]:
+    """{"gpu": name, "compute_capability": "major.minor"} of GPU 0, read through libcuda.
+
+    Raises OSError / BackendError without an NVIDIA driver or GPU.
+    """
     lib = _driver()
     major, minor = ctypes.c_int(), ctypes.c_int()
     _check(lib.cuDeviceGetAttribute(ctypes.byref(major), _CU_ATTR_CC_MAJOR, 0), "cuDeviceGetAttribute")
     _check(lib.cuDeviceGetAttribute(ctypes.byref(minor), _CU_ATTR_CC_MINOR, 0), "cuDeviceGetAttribute")
-    return f"{major.value}.{minor.value}"
-
-
-def _engine_file(bundle: Bundle, key: str) -> Path:
-    entry = (bundle.tensorrt or {}).get("engines", {}).get(key)
-    name = entry.get("file") if isinstance(entry, dict) else entry
-    if not name:
-        raise BackendError(f"{bundle.root}/manifest.json: tensorrt.engines has no engine for {key!r}")
-    return bundle.root / str(name)
+    name = ctypes.create_string_buffer(256)
+    _check(lib.cuDeviceGetName(name, len(name), 0), "cuDeviceGetName")
+    return {"gpu": name.value.decode(errors="replace"), "compute_capability": f"{major.value}.{minor.value}"}
 
 
 def tensorrt_unusable_reason(bundle: Bundle) -> str | None:
     """None when the manifest's TensorRT engines can run here, else why not (one sentence)."""
     section = bundle.tensorrt
     if not section or not section.get("engines"):
-        return "the bundle has no TensorRT engines (export with --tensorrt on the target GPU)"
+        return "the bundle has no TensorRT engines (export with `ucofia export ... --trt` on the target GPU)"
     try:
         import tensorrt as trt
     except ImportError:
         return "the tensorrt Python package is not installed (`pip install tensorrt`)"
-    if str(section.get("version")) != trt.__version__:
-        return (f"the engines were built with TensorRT {section.get('version')} but TensorRT "
-                f"{trt.__version__} is installed; rebuild them on this machine")
     try:
-        capability = gpu_compute_capability()
+        device = gpu_device()
     except (OSError, BackendError) as exc:
         return f"no usable NVIDIA GPU ({exc})"
-    if str(section.get("compute_capability")) != capability:
-        return (f"the engines were built for compute capability {section.get('compute_capability')} "
-                f"({section.get('device', 'unknown GPU')}) but this GPU is {capability}; rebuild them here")
-    for key in ("text_encoder", "video_encoder", "scorer"):
-        if not _engine_file(bundle, key).is_file():
-            return f"engine file {_engine_file(bundle, key)} is missing"
+    problem = compatibility_problem(section, str(trt.__version__), device)
+    if problem:
+        return problem
+    for key in GRAPH_ROLES:
+        entry = section["engines"].get(key)
+        if not entry or not (bundle.root / entry["file"]).is_file():
+            return f"the engine for {key} is missing from {bundle.root} (named by manifest.json tensorrt.engines)"
     return None
 
 
@@ -108,11 +102,10 @@ class TensorRTSession(GraphSession):
 
         super().__init__(spec)
         self._trt = trt
-        logger = trt.Logger(trt.Logger.WARNING)
-        path = _engine_file(bundle, spec.key)
-        engine = trt.Runtime(logger).deserialize_cuda_engine(path.read_bytes())
-        if engine is None:
-            raise BackendError(f"TensorRT could not deserialize {path}; rebuild the engine on this machine")
+        try:
+            engine = load_engine(bundle.root, spec.key, trt, gpu_device())
+        except TensorRTError as exc:
+            raise BackendError(str(exc)) from None
         self._engine = engine
         self._context = engine.create_execution_context()
 
