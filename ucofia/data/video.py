@@ -146,6 +146,7 @@ class DecodedVideo:
     info: StreamInfo
     path: str = ""
     two_pass: bool = False         # True when the variable-frame-rate emulation was used
+    frames_decoded: int = 0        # frames decoded in all passes (cost measure)
 
     @property
     def num_frames(self) -> int:
@@ -466,16 +467,15 @@ def decode_video(path: str | os.PathLike[str], spec: VideoSpec, *, start_time: i
         targets = reference_targets(count, info.fps, spec.feature_framerate, start_time, end_time)
         positions = [min(t, count) for t in targets]
         try:
-            reads, stored = _identity_pass(container, stream, p, info, positions, spec)
+            reads, stored, n_decoded = _identity_pass(container, stream, p, info, positions, spec)
             two_pass = False
         except _VFR:
-            reads = None
-            stored = {}
+            reads, stored, n_decoded = [], {}, 0
             two_pass = True
         except av.error.FFmpegError as exc:  # pragma: no cover - caught inside, kept as a guard
             raise _decode_error(p, -1, exc) from None
     if two_pass:
-        reads, stored = _emulated_passes(p, info, targets, spec, threads)
+        reads, stored, n_decoded = _emulated_passes(p, info, targets, spec, threads)
     if not reads:
         raise VideoDecodeError(p, "no frame could be read at the sampled positions (the stream "
                                f"reports {info.frame_count} frames at {info.cv_fps:.3f} fps); "
@@ -484,7 +484,9 @@ def decode_video(path: str | os.PathLike[str], spec: VideoSpec, *, start_time: i
     kept_indices = [reads[k] for k in keep]
     missing = sorted({i for i in kept_indices if i not in stored})
     if missing:  # frame count in the header was wrong: fetch what the true count selects
-        stored.update(_fetch_frames(p, set(missing), spec, threads))
+        fetched, extra = _fetch_frames(p, set(missing), spec, threads)
+        stored.update(fetched)
+        n_decoded += extra
     size = spec.image_size
     frames = np.zeros((spec.max_frames, size, size, 3), dtype=np.uint8)
     mask = np.zeros((spec.max_frames,), dtype=np.int64)
@@ -492,7 +494,8 @@ def decode_video(path: str | os.PathLike[str], spec: VideoSpec, *, start_time: i
         frames[slot] = stored[idx]
         mask[slot] = 1
     return DecodedVideo(frames_uint8=frames, video_mask=mask, frame_indices=kept_indices,
-                        read_indices=list(reads), info=info, path=str(p), two_pass=two_pass)
+                        read_indices=list(reads), info=info, path=str(p), two_pass=two_pass,
+                        frames_decoded=n_decoded)
 
 
 def _replace_count(info: StreamInfo, count: int) -> StreamInfo:
@@ -513,8 +516,8 @@ def _count_frames(container: Any, stream: Any, path: Path) -> int:
     return n
 
 
-def _identity_pass(container: Any, stream: Any, path: Path, info: StreamInfo,
-                   positions: Sequence[int], spec: VideoSpec) -> tuple[list[int], dict[int, np.ndarray]]:
+def _identity_pass(container: Any, stream: Any, path: Path, info: StreamInfo, positions: Sequence[int],
+                   spec: VideoSpec) -> tuple[list[int], dict[int, np.ndarray], int]:
     """Sequential decode assuming OpenCV's seek lands on stream frame == target (CFR).
 
     Converts only the frames that the expected read list selects; raises _VFR when a key frame's
@@ -563,15 +566,16 @@ def _identity_pass(container: Any, stream: Any, path: Path, info: StreamInfo,
         # stopped early (slice_framepos 0, enough frames): the later reads are predicted from the
         # header's frame count; they do not change which frames are kept.
         n_frames = max(n_expected, stop + 1)
-    return _plan_reads(positions, n_frames), stored
+    return _plan_reads(positions, n_frames), stored, decoded
 
 
-def _fetch_frames(path: Path, wanted: set[int], spec: VideoSpec, threads: int) -> dict[int, np.ndarray]:
-    """Decode sequentially and return preprocessed frames at the given stream indices."""
+def _fetch_frames(path: Path, wanted: set[int], spec: VideoSpec,
+                  threads: int) -> tuple[dict[int, np.ndarray], int]:
+    """Decode sequentially; return preprocessed frames at the given stream indices + frames decoded."""
     av = _import_av()
     out: dict[int, np.ndarray] = {}
     if not wanted:
-        return out
+        return out, 0
     last = max(wanted)
     with _open(path) as container:
         stream = _video_stream(container, path)
@@ -588,11 +592,11 @@ def _fetch_frames(path: Path, wanted: set[int], spec: VideoSpec, threads: int) -
                     break
         except av.error.FFmpegError as exc:
             raise _decode_error(path, index + 1, exc) from None
-    return out
+    return out, index + 1
 
 
 def _emulated_passes(path: Path, info: StreamInfo, targets: Sequence[int], spec: VideoSpec,
-                     threads: int) -> tuple[list[int], dict[int, np.ndarray]]:
+                     threads: int) -> tuple[list[int], dict[int, np.ndarray], int]:
     """Variable frame rate: emulate OpenCV's timestamp-based seek, then fetch the frames."""
     av = _import_av()
     numbers: list[int | None] = []
@@ -623,8 +627,8 @@ def _emulated_passes(path: Path, info: StreamInfo, targets: Sequence[int], spec:
                 break
             reads.append(r)
     keep = select_positions(len(reads), spec.max_frames, spec.slice_framepos)
-    stored = _fetch_frames(path, {reads[k] for k in keep}, spec, threads)
-    return reads, stored
+    stored, n_second = _fetch_frames(path, {reads[k] for k in keep}, spec, threads)
+    return reads, stored, n_frames + n_second
 
 
 def _landing_index(probe: Any, pstream: Any, ts: int, pts_to_index: dict[int, int]) -> int:
