@@ -16,6 +16,8 @@ from typing import Any, Callable
 import click
 
 from runtime.errors import EXIT_ERROR, EXIT_PARTIAL, RuntimeUserError
+from runtime.ingest import DEFAULT_BATCH
+from runtime.scoring import DEFAULT_MEMORY_MB
 
 EXIT_CODES_HELP = ("Exit codes: 0 success; 1 error (bad input, bundle, index or backend; the message "
                    "names it); 2 bad command-line usage; 3 index written but some videos failed "
@@ -74,6 +76,19 @@ def main() -> None:
     """
 
 
+index_option = click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path),
+                            help="Index directory written by `ucofia-run index`.")
+bundle_option = click.option("--bundle", "bundle_dir", default=None, type=click.Path(path_type=Path),
+                             help="Bundle directory (default: the one recorded in the index; its "
+                                  "fingerprint must match the index).")
+backend_option = click.option("--backend", default="auto", show_default=True,
+                              type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), help=BACKEND_HELP)
+memory_option = click.option("--memory-mb", default=DEFAULT_MEMORY_MB, show_default=True, type=click.FloatRange(min=1),
+                             help=MEMORY_HELP)
+threads_option = click.option("--threads", default=None, type=click.IntRange(min=1),
+                              help="onnxruntime intra-op threads.")
+
+
 # ------------------------------------------------------------------------------------------------
 # index
 # ------------------------------------------------------------------------------------------------
@@ -89,15 +104,14 @@ def main() -> None:
                    "search ranks by the plain mean of the three levels.")
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
               help="Index directory (created, or resumed when it exists).")
-@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1),
+@click.option("--batch-size", default=DEFAULT_BATCH, show_default=True, type=click.IntRange(min=1),
               help="Videos per encoder call and per shard (a killed run loses at most one batch).")
 @click.option("--workers", default=None, type=click.IntRange(min=1),
               help="Decoder workers (default: CPU count, at most 8).")
 @click.option("--process-pool", is_flag=True, help="Decode in processes instead of threads.")
-@click.option("--backend", default="auto", show_default=True,
-              type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), help=BACKEND_HELP)
-@click.option("--memory-mb", default=1024, show_default=True, type=click.FloatRange(min=1), help=MEMORY_HELP)
-@click.option("--threads", default=None, type=click.IntRange(min=1), help="onnxruntime intra-op threads.")
+@backend_option
+@memory_option
+@threads_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @_user_errors
 def index(bundle_dir: Path, videos: Path, bank: Path | None, out: Path, batch_size: int, workers: int | None,
@@ -192,19 +206,6 @@ def _write_output(out: Path, text: str) -> None:
     from ucofia.io_utils import atomic_write_text
 
     atomic_write_text(out, text)
-
-
-index_option = click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path),
-                            help="Index directory written by `ucofia-run index`.")
-bundle_option = click.option("--bundle", "bundle_dir", default=None, type=click.Path(path_type=Path),
-                             help="Bundle directory (default: the one recorded in the index; its "
-                                  "fingerprint must match the index).")
-backend_option = click.option("--backend", default="auto", show_default=True,
-                              type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), help=BACKEND_HELP)
-memory_option = click.option("--memory-mb", default=1024, show_default=True, type=click.FloatRange(min=1),
-                             help=MEMORY_HELP)
-threads_option = click.option("--threads", default=None, type=click.IntRange(min=1),
-                              help="onnxruntime intra-op threads.")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,10 +1,8 @@
 """Runtime error types and the exit codes of ``ucofia-run``."""
 from __future__ import annotations
 
-# Exit codes (documented in ``ucofia-run --help``).
-EXIT_OK = 0
+# Exit codes besides 0 (success) and click's 2 (bad usage); documented in ``ucofia-run --help``.
 EXIT_ERROR = 1  # bad input, bundle, index or backend; nothing was changed
-EXIT_USAGE = 2  # click's code for bad options / arguments
 EXIT_PARTIAL = 3  # the index was written but some videos failed (see failed.jsonl)
 
 

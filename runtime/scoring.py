@@ -9,7 +9,6 @@ the stored features (memory-mapped), text tiles vary inside.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Mapping, Protocol
 
@@ -186,8 +185,3 @@ def score_topk(scorer: Scorer, text: TextFeatures, videos: VideoSource, k: int,
                 progress((t1 - t0) * (v1 - v0))
     return best
 
-
-def tile_count(scorer: Scorer, n_text: int, n_video: int, memory_mb: float) -> int:
-    """Number of scorer calls a full pass makes (for progress bars and logs)."""
-    t, v = scorer.plan_tiles(n_text, n_video, memory_mb)
-    return math.ceil(n_text / t) * math.ceil(n_video / v)
