@@ -110,6 +110,7 @@ def test_msrvtt_train_video_without_sentence(tmp_path):
         read_split("msrvtt", root, "train")
     split = read_split("msrvtt", root, "train", allow_missing=True)
     assert split.video_ids == ["video0"] and [m.video_id for m in split.missing] == ["video9", "video8"]
+    assert split.missing[0].reason == "no captions in MSRVTT_data.json"
 
 
 def test_missing_columns_named(tmp_path):

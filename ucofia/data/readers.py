@@ -34,10 +34,16 @@ the id with the usual video extensions (``.mp4`` first, then ``.webm``, ``.mkv``
 Videos missing on disk are reported together in one :class:`MissingVideosError`; with
 ``allow_missing=True`` they are skipped (with their captions) and listed in ``split.missing``.
 
+Videos keep the order of the split's list (or of first appearance); captions keep the annotation
+order (MSR-VTT sentences, LSMDC / CSV rows) or are grouped per video (MSVD, VATEX, as the
+reference's ``cut_off_points``).
+
 Deliberate differences from the reference loaders: orders are deterministic (the reference
-iterates Python sets for DiDeMo / VATEX), and ids the annotation lists without captions raise an
-error naming them (the reference asserts for MSVD / VATEX and silently drops them for DiDeMo /
-ActivityNet); ``allow_missing=True`` skips them too.
+iterates Python sets for DiDeMo / VATEX), videos missing on disk are an error instead of being
+dropped silently (DiDeMo, ActivityNet, LSMDC, VATEX) or crashing later (MSR-VTT, MSVD), and ids
+that the split lists without captions raise an error naming them (the reference asserts for MSVD /
+VATEX and silently drops them for DiDeMo / ActivityNet); ``allow_missing=True`` skips both kinds
+and lists them in ``split.missing``.
 """
 from __future__ import annotations
 
@@ -323,7 +329,8 @@ def _assemble(name: str, entries: Iterable[_Entry], index: VideoIndex | None, al
             raise DatasetError(f"{dataset}: {len(unknown)} video id(s) {unknown_what}"
                                f"{f' {annotation}' if annotation else ''}: {shown}{more}. Fix the "
                                "annotation files or pass allow_missing=True to skip them")
-        missing += [MissingVideo(v, unknown_what.strip()) for v in unknown]
+        reason = f"no captions in {annotation.name}" if annotation else "no captions"
+        missing += [MissingVideo(v, reason) for v in unknown]
     videos: list[VideoItem] = []
     position: dict[str, int] = {}
     not_found: list[_Entry] = []
