@@ -1,0 +1,187 @@
+"""``ucofia parity``: run the PyTorch model and the deployed runtime on one benchmark and compare.
+
+The runtime side is exactly what users deploy: ``ucofia-run index`` (decode, encode with the
+bundle's graphs, SK video biases against the caption bank) and the runtime's tiled scorer. The
+PyTorch side decodes the same clips, encodes them with the checkpoint and computes the same levels
+and biases with ``ucofia.sinkhorn``. The report covers every level, the fused matrix and the fused
+matrix with SK (see ``evaluation.compare``).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from evaluation.compare import LEVELS, Tolerance, compare_retrieval
+
+Log = Callable[[str], None]
+TORCH_VIDEO_BATCH = 8
+TORCH_TEXT_BATCH = 256
+
+
+class ParityError(RuntimeError):
+    """Parity could not be run (bad inputs), as opposed to a parity failure."""
+
+
+@dataclass
+class Benchmark:
+    """Evaluation captions with their video ids, the video files, and the SK caption bank."""
+
+    captions: list[str]
+    caption_video_ids: list[str]
+    video_ids: list[str]
+    video_paths: list[Path]
+    bank: list[str]
+
+
+def load_benchmark(root: Path, dataset: str = "msrvtt", split: str = "test") -> Benchmark:
+    """Read a benchmark with the dataset readers; the SK bank is the training captions."""
+    from ucofia.data.readers import read_split
+
+    if not root.exists():
+        raise ParityError(f"benchmark folder not found: {root}")
+    test = read_split(dataset, root, split)
+    train = read_split(dataset, root, "train")
+    video_ids = [v.video_id for v in test.videos]
+    return Benchmark(
+        captions=[c.text for c in test.captions],
+        caption_video_ids=[video_ids[c.video_index] for c in test.captions],
+        video_ids=video_ids, video_paths=[Path(v.path) for v in test.videos],
+        bank=[c.text for c in train.captions],
+    )
+
+
+# ---- runtime side ---------------------------------------------------------------------------
+def _run_cli(args: list[str], log: Log) -> None:
+    cmd = [sys.executable, "-c", "from runtime.cli import main; main()", *args]
+    log("$ ucofia-run " + " ".join(args))
+    done = subprocess.run(cmd, text=True, capture_output=True)
+    if done.returncode != 0:
+        raise ParityError(f"ucofia-run {args[0]} failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
+
+
+def runtime_side(bundle: Path, bench: Benchmark, work: Path, backend: str, log: Log) -> dict:
+    """Index the benchmark's videos with ucofia-run, then score its captions with the runtime."""
+    from runtime.backends import open_session
+    from runtime.bundle import load_bundle
+    from runtime.index import GalleryIndex
+    from runtime.scoring import Scorer, score_matrix
+    from runtime.sinkhorn import text_bias
+    from runtime.text import TextEncoder
+
+    videos_list = work / "videos.txt"
+    videos_list.write_text("".join(f"{p}\n" for p in bench.video_paths))
+    bank = work / "bank.txt"
+    bank.write_text("".join(f"{c.strip()}\n" for c in bench.bank))
+    index_dir = work / "index"
+    _run_cli(["index", "--bundle", str(bundle), "--videos", str(videos_list), "--bank", str(bank),
+              "-o", str(index_dir), "--backend", backend, "--quiet"], log)
+    b = load_bundle(bundle)
+    gallery = GalleryIndex(index_dir)
+    row_of = {vid: i for i, vid in enumerate(gallery.ids)}
+    missing = [v for v in bench.video_ids if v not in row_of]
+    if missing:
+        raise ParityError(f"the runtime could not index {len(missing)} videos (e.g. {missing[:3]}); "
+                          f"see {index_dir / 'failed.jsonl'}")
+    rows = np.array([row_of[v] for v in bench.video_ids])
+    text = TextEncoder(b, backend).encode(bench.captions, what="caption")
+    scorer = Scorer(open_session(b, "scorer", backend), b.config)
+    sims = score_matrix(scorer, text, gallery.subset(rows))
+    stored = gallery.biases()
+    if stored is None:
+        raise ParityError(f"{index_dir} has no SK biases")
+    return {
+        "sims": {lv: np.asarray(sims[lv]) for lv in LEVELS},
+        "video_bias": {lv: np.asarray(stored[lv][rows]) for lv in LEVELS},
+        "text_bias": {lv: text_bias(np.asarray(sims[lv]), b.config.sk_iterations) for lv in LEVELS},
+        "dtype": b.dtype,
+        "fingerprint": b.fingerprint,
+    }
+
+
+# ---- PyTorch side ---------------------------------------------------------------------------
+def torch_side(checkpoint: Path, bench: Benchmark, vocab: Path, log: Log) -> dict:
+    """Decode, encode and score the benchmark with the PyTorch checkpoint."""
+    import torch
+
+    import ucofia
+    from ucofia.checkpoints import load_model, weights_fingerprint
+    from ucofia.data.tokenizer import ClipTokenizer
+    from ucofia.data.video import VideoSpec, decode_many
+
+    model = load_model(checkpoint).eval()
+    cfg = model.config
+    spec = VideoSpec.from_config(cfg)
+    tokenizer = ClipTokenizer(vocab)
+    log(f"PyTorch: encoding {len(bench.video_paths)} videos and {len(bench.captions) + len(bench.bank)} captions")
+
+    def encode_texts(texts: list[str]):
+        parts = []
+        for start in range(0, len(texts), TORCH_TEXT_BATCH):
+            ids, mask = tokenizer.tokenize(texts[start:start + TORCH_TEXT_BATCH], cfg.max_words)
+            parts.append(model.encode_text(torch.from_numpy(ids), torch.from_numpy(mask)))
+        return ucofia.TextFeatures(torch.cat([p.sentence for p in parts]), torch.cat([p.words for p in parts]))
+
+    with torch.no_grad():
+        frames, masks = [], []
+        for outcome in decode_many(bench.video_paths, spec, workers=2):
+            if not outcome.ok:
+                raise ParityError(f"cannot decode {outcome.path}: {outcome.error}")
+            frames.append(outcome.video.to_model_input(spec))
+            masks.append(outcome.video.video_mask.astype(np.float32))
+        parts = []
+        for start in range(0, len(frames), TORCH_VIDEO_BATCH):
+            parts.append(model.encode_video(torch.from_numpy(np.stack(frames[start:start + TORCH_VIDEO_BATCH])),
+                                            torch.from_numpy(np.stack(masks[start:start + TORCH_VIDEO_BATCH]))))
+        video = ucofia.VideoFeatures(*(torch.cat([getattr(p, f) for p in parts])
+                                       for f in ("video", "frames", "patches", "video_mask")))
+        sims = model.level_similarities(encode_texts(bench.captions), video)
+        bank_sims = model.level_similarities(encode_texts(bench.bank), video)
+        n = cfg.sk_iterations
+        return {
+            "sims": {lv: sims[lv].numpy() for lv in LEVELS},
+            "video_bias": {lv: ucofia.sinkhorn_video_bias(bank_sims[lv], n).numpy() for lv in LEVELS},
+            "text_bias": {lv: ucofia.sinkhorn_text_bias(sims[lv], n).numpy() for lv in LEVELS},
+            "fingerprint": weights_fingerprint(model),
+        }
+
+
+# ---- the command's body ---------------------------------------------------------------------
+def run_parity(checkpoint: Path, bundle: Path, benchmark: Path, *, dataset: str = "msrvtt", split: str = "test",
+               backend: str = "auto", tolerance: Tolerance | None = None, log: Log = print) -> dict:
+    """Run both sides and return the comparison report (``report["passed"]``)."""
+    from runtime.bundle import load_bundle
+
+    b = load_bundle(bundle)
+    bench = load_benchmark(benchmark, dataset, split)
+    if not bench.captions:
+        raise ParityError(f"{benchmark}: the {split} split has no captions")
+    with tempfile.TemporaryDirectory(prefix="ucofia-parity-") as tmp:
+        rt = runtime_side(bundle, bench, Path(tmp), backend, log)
+    pt = torch_side(checkpoint, bench, b.tokenizer.vocab_file, log)
+    if rt["fingerprint"] and rt["fingerprint"] != pt["fingerprint"]:
+        raise ParityError(f"bundle {bundle} was exported from other weights than {checkpoint} "
+                          f"(fingerprint {rt['fingerprint'][:12]} vs {pt['fingerprint'][:12]}); re-export it")
+    col_of = {v: i for i, v in enumerate(bench.video_ids)}
+    video_of_text = [col_of[v] for v in bench.caption_video_ids]
+    one_to_one = video_of_text == list(range(len(bench.video_ids)))
+    tol = tolerance or Tolerance.for_dtype(rt["dtype"])
+    report = compare_retrieval(pt["sims"], rt["sims"], pt["video_bias"], rt["video_bias"], pt["text_bias"],
+                               rt["text_bias"], None if one_to_one else video_of_text, tol)
+    report.update({"checkpoint": str(checkpoint), "bundle": str(bundle), "benchmark": str(benchmark),
+                   "split": split, "captions": len(bench.captions), "videos": len(bench.video_ids),
+                   "bank_captions": len(bench.bank), "bundle_dtype": rt["dtype"], "backend": backend})
+    return report
+
+
+def write_report(report: dict, path: Path) -> None:
+    """Write the JSON report atomically."""
+    from ucofia.io_utils import atomic_write_text
+
+    atomic_write_text(path, json.dumps(report, indent=2, sort_keys=True, default=float))

@@ -1,0 +1,106 @@
+"""The parity comparison and the `ucofia parity` / `ucofia demo` commands."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from evaluation.compare import LEVELS, Tolerance, compare_retrieval, format_report, fuse_numpy
+
+
+def _sims(seed: int, t: int = 6, v: int = 6) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {lv: (rng.normal(size=(t, v)) + 3 * np.eye(t, v)).astype(np.float32) for lv in LEVELS}
+
+
+def _bias(seed: int, v: int = 6) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {lv: rng.normal(size=v).astype(np.float32) for lv in LEVELS}
+
+
+def test_identical_inputs_pass_with_zero_differences():
+    sims, vb, tb = _sims(0), _bias(1), _bias(2)
+    report = compare_retrieval(sims, sims, vb, vb, tb, tb)
+    assert report["passed"], report["failures"]
+    assert [r["name"] for r in report["rows"]] == [*LEVELS, "fused", "fused+SK"]
+    assert all(r["max_abs"] == 0 and r["top1_agreement"] == 1 for r in report["rows"])
+    assert "PASSED" in format_report(report)
+
+
+def test_small_noise_passes_but_large_noise_fails():
+    sims = _sims(0)
+    near = {lv: s + 1e-5 for lv, s in sims.items()}
+    assert compare_retrieval(sims, near)["passed"]
+    far = dict(sims)
+    far["patch_word"] = sims["patch_word"] + 1e-2
+    report = compare_retrieval(sims, far)
+    assert not report["passed"]
+    assert any("patch_word: max abs difference" in f for f in report["failures"])
+
+
+def test_rank_change_is_reported_as_metric_delta():
+    sims = _sims(0)
+    swapped = {lv: s.copy() for lv, s in sims.items()}
+    for lv in LEVELS:
+        swapped[lv][0] = sims[lv][0][::-1]  # caption 0 now prefers the last video
+    report = compare_retrieval(sims, swapped, tolerance=Tolerance(max_abs=None, max_r1_delta=0.0,
+                                                                 identical_metrics=False))
+    fused = next(r for r in report["rows"] if r["name"] == "fused")
+    assert fused["top1_agreement"] < 1
+    assert fused["metric_deltas"]["t2v"]["R1"] < 0
+    assert not report["passed"]
+
+
+def test_fp16_tolerance_allows_small_metric_noise_only():
+    tol = Tolerance.for_dtype("float16")
+    assert tol.max_abs is None and tol.max_r1_delta == pytest.approx(0.2)
+
+
+def test_fuse_numpy_bias_axes():
+    sims = {lv: np.zeros((2, 3), np.float32) for lv in LEVELS}
+    vb = {lv: np.array([1.0, 2.0, 3.0]) for lv in LEVELS}
+    tb = {lv: np.array([10.0, 20.0]) for lv in LEVELS}
+    assert np.allclose(fuse_numpy(sims, vb)[1], [1, 2, 3])
+    assert np.allclose(fuse_numpy(sims, tb, axis=1)[:, 0], [10, 20])
+
+
+def test_nan_candidate_is_a_clear_error():
+    sims = _sims(0)
+    bad = {lv: s.copy() for lv, s in sims.items()}
+    bad["video_sentence"][0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        compare_retrieval(sims, bad)
+
+
+@pytest.mark.slow
+def test_parity_command_on_demo_data(tmp_path):
+    """A tiny random checkpoint, its exported bundle and demo data: parity passes; a bundle of
+    other weights is refused by fingerprint."""
+    import ucofia
+    from export import export_bundle
+    from ucofia.config import tiny_config
+    from ucofia.data.demo import generate_demo
+
+    data = tmp_path / "data"
+    generate_demo(data, scale=0.05, seed=0)
+    model = ucofia.build_model(tiny_config(), seed=0)
+    ucofia.save_checkpoint(tmp_path / "ck", model)
+    export_bundle(model, tmp_path / "bundle")
+    out = tmp_path / "parity.json"
+    cmd = [sys.executable, "-c", "from ucofia.cli import main; main()", "parity", "--checkpoint",
+           str(tmp_path / "ck"), "--bundle", str(tmp_path / "bundle"), "--benchmark", str(data), "-o", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(out.read_text())
+    assert report["passed"] and report["captions"] == report["videos"] > 0
+    assert max(r["max_abs"] for r in report["rows"]) < 2e-4
+
+    other = ucofia.build_model(tiny_config(), seed=1)
+    ucofia.save_checkpoint(tmp_path / "ck_other", other)
+    cmd[cmd.index(str(tmp_path / "ck"))] = str(tmp_path / "ck_other")
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "fingerprint" in done.stderr and "re-export" in done.stderr

@@ -1,0 +1,58 @@
+"""``ucofia parity``: prove that a deployed bundle reproduces the PyTorch checkpoint."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from evaluation.compare import Tolerance, format_report
+
+
+@click.command("parity")
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, path_type=Path),
+              help="Our checkpoint directory or a reference pytorch_model.bin.")
+@click.option("--bundle", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Bundle directory written by `ucofia export` from that checkpoint.")
+@click.option("--benchmark", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Benchmark folder in a layout the dataset readers know (e.g. `ucofia demo-data` output).")
+@click.option("--dataset", default="msrvtt", show_default=True, help="Dataset layout of --benchmark.")
+@click.option("--split", default="test", show_default=True, help="Split to evaluate (the SK bank is 'train').")
+@click.option("--backend", default="auto", show_default=True,
+              type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), help="Runtime backend.")
+@click.option("--max-abs", type=float, default=None,
+              help="Override the similarity tolerance (default 2e-4 for fp32 bundles, unchecked for fp16).")
+@click.option("--max-r1-delta", type=float, default=None,
+              help="Override the allowed R@1 difference in points (default 0 for fp32, 0.2 for fp16).")
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the JSON report here (atomically).")
+def parity(checkpoint: Path, bundle: Path, benchmark: Path, dataset: str, split: str, backend: str,
+           max_abs: float | None, max_r1_delta: float | None, out: Path | None) -> None:
+    """Run PyTorch and the runtime on one benchmark; exit 1 when they disagree.
+
+    Reports per level, fused, and fused + Sinkhorn-Knopp: max abs/rel difference of the similarity
+    matrices, top-1 agreement and top-10 overlap per query, and the metric deltas (R@1/5/10, MdR,
+    MnR) in both directions.
+    """
+    from runtime.bundle import load_bundle
+
+    from evaluation.parity import ParityError, run_parity, write_report
+
+    try:
+        tol = Tolerance.for_dtype(load_bundle(bundle).dtype)
+        if max_abs is not None or max_r1_delta is not None:
+            tol = Tolerance(max_abs=max_abs if max_abs is not None else tol.max_abs,
+                            max_r1_delta=max_r1_delta if max_r1_delta is not None else tol.max_r1_delta,
+                            identical_metrics=tol.identical_metrics and max_r1_delta is None)
+        report = run_parity(checkpoint, bundle, benchmark, dataset=dataset, split=split, backend=backend,
+                            tolerance=tol, log=lambda m: click.echo(m, err=True))
+    except (ParityError, ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"parity on {report['captions']} captions x {report['videos']} videos "
+               f"(bank {report['bank_captions']} captions, bundle {report['bundle_dtype']}):")
+    click.echo(format_report(report))
+    if out is not None:
+        write_report(report, out)
+        click.echo(f"report written to {out}")
+    if not report["passed"]:
+        sys.exit(1)
