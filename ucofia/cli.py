@@ -11,6 +11,7 @@ import click
 # command name -> ("module:function", one-line help shown by `ucofia --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo-data": ("ucofia.commands.demo_data:demo_data", "Write the built-in synthetic demo benchmark."),
+    "train": ("ucofia.commands.train:train", "Train UCoFiA (reference recipe, DDP via torchrun, exact resume)."),
 }
 
 
