@@ -11,6 +11,7 @@ import click
 # command name -> ("module:function", one-line help shown by `ucofia --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo-data": ("ucofia.commands.demo_data:demo_data", "Write the built-in synthetic demo benchmark."),
+    "export": ("ucofia.commands.export:export", "Export a checkpoint to a verified ONNX/TensorRT bundle."),
     "train": ("ucofia.commands.train:train", "Train UCoFiA (reference recipe, DDP via torchrun, exact resume)."),
 }
 

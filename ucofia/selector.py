@@ -52,7 +52,9 @@ class PatchScorer(nn.Module):
 def hard_topk_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Indices [N, k] of the k highest scores, sorted ascending by position."""
     top = torch.topk(scores, k, dim=-1).indices
-    return torch.sort(top, dim=-1).values
+    # Ascending sort of the k distinct indices as a second top-k with a constant k: a plain sort
+    # exports to ONNX as TopK with a shape-derived K, and TensorRT's ONNX parser wants K constant.
+    return torch.topk(top, k, dim=-1, largest=False, sorted=True).values
 
 
 class _PerturbedTopK(torch.autograd.Function):

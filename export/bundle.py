@@ -1,0 +1,158 @@
+"""``export_bundle``: model -> verified ONNX (and optionally TensorRT) bundle directory.
+
+The bundle is built in a temporary sibling directory and renamed into place only when every
+step succeeded (export, optional float16 conversion, TensorRT static check, onnxruntime
+verification, optional engine build); on any failure nothing is left behind and an existing
+bundle (replaced only with ``force``) stays as it was.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import onnx
+import torch
+
+from export.fp16 import DEFAULT_ISLANDS, convert_to_fp16
+from export.graphs import graph_modules
+from export.manifest import MANIFEST_FILE, build_manifest, copy_vocab
+from export.onnx_export import DEFAULT_OPSET, Exporter, check_opset, export_graph
+from export.samples import sample_token_ids, sample_videos
+from export.specs import SCORER, TEXT_ENCODER, VIDEO_ENCODER, graph_specs
+from export import tensorrt_build
+from export.tensorrt_build import TrtBuildOptions
+from export.trt_check import TrtCheckReport, check_graphs
+from export.verify import (ORT_FP16_CPU_DISABLED_OPTIMIZERS, Tolerances, VerificationError,
+                           verify_bundle)
+from ucofia.checkpoints import weights_fingerprint
+from ucofia.io_utils import atomic_directory, atomic_write_text
+from ucofia.model import UCoFiA
+
+# Batch sizes of the tracing sample (verification uses other sizes on purpose).
+EXPORT_TEXTS = 3
+EXPORT_VIDEOS = 2
+EXPORT_SEED = 0
+
+Progress = Callable[[str], None]
+
+
+class TrtCompatibilityError(RuntimeError):
+    """The static TensorRT check found errors while --trt was requested."""
+
+    def __init__(self, message: str, report: TrtCheckReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+def _make_readable(directory: Path) -> None:
+    """Give the bundle the usual umask permissions (temp dirs/files are created owner-only)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    directory.chmod(0o777 & ~umask)
+    for path in directory.iterdir():
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
+
+
+def _export_inputs(model: UCoFiA) -> dict[str, tuple[torch.Tensor, ...]]:
+    gen = torch.Generator().manual_seed(EXPORT_SEED)
+    ids = sample_token_ids(model, EXPORT_TEXTS, gen)
+    f = model.config.max_frames
+    videos = sample_videos(model, [f, max(1, f // 2)][:EXPORT_VIDEOS], gen)
+    with torch.no_grad():
+        text = model.encode_text(ids)
+        video = model.encode_video(videos.frames, videos.video_mask)
+    return {
+        TEXT_ENCODER: (ids,),
+        VIDEO_ENCODER: (videos.frames, videos.video_mask),
+        SCORER: (text.sentence, text.words, video.video, video.frames, video.patches),
+    }
+
+
+def export_bundle(model: UCoFiA, out_dir: str | Path, *, fp16: bool = False, opset: int = DEFAULT_OPSET,
+                  force: bool = False, verify: bool = True, exporter: Exporter = "torchscript",
+                  trt: bool = False, trt_options: TrtBuildOptions | None = None,
+                  tolerances: Tolerances | None = None, source: dict[str, Any] | None = None,
+                  progress: Progress | None = None) -> dict[str, Any]:
+    """Export ``model`` to a bundle directory and return its manifest.
+
+    Raises FileExistsError (``out_dir`` exists, no ``force``), ExportError, TrtCompatibilityError
+    (``trt`` and the static check failed), VerificationError (ORT differs from PyTorch beyond
+    ``tolerances``) or TensorRTError; in every such case nothing is written.
+    """
+    say = progress or (lambda _msg: None)
+    out_dir = Path(out_dir)
+    if not isinstance(model, UCoFiA):
+        raise TypeError(f"export_bundle needs a ucofia UCoFiA model, got {type(model).__name__}")
+    check_opset(opset, exporter)
+    if out_dir.exists() and not force:
+        raise FileExistsError(f"{out_dir} already exists; pass --force (force=True) to replace it")
+    start = time.perf_counter()
+    trt_module, device = None, None
+    if trt:  # fail before the slow part when TensorRT or the GPU is missing
+        trt_module, device = tensorrt_build.import_tensorrt(), tensorrt_build.device_info()
+    dtype = "float16" if fp16 else "float32"
+    was_training = model.training
+    model.eval()
+    try:
+        fingerprint = weights_fingerprint(model)
+        specs32 = graph_specs(model.config, "float32")
+        specs = graph_specs(model.config, dtype)
+        with atomic_directory(out_dir, force=force) as tmp:
+            say(f"tracing sample inputs (T={EXPORT_TEXTS}, V={EXPORT_VIDEOS})")
+            inputs = _export_inputs(model)
+            modules = graph_modules(model)
+            fp16_stats: dict[str, Any] | None = {} if fp16 else None
+            for key, spec in specs32.items():
+                t0 = time.perf_counter()
+                say(f"exporting {spec.file} ({exporter}, opset {opset})")
+                proto = export_graph(modules[key], inputs[key], tmp / spec.file, spec, opset, exporter)
+                if fp16:
+                    say(f"converting {spec.file} to float16 (float32 islands)")
+                    proto, stats = convert_to_fp16(proto, DEFAULT_ISLANDS[key])
+                    onnx.save(proto, str(tmp / spec.file))
+                    fp16_stats[key] = stats.to_dict()  # type: ignore[index]
+                say(f"  {spec.file}: {(tmp / spec.file).stat().st_size / 1e6:.1f} MB in {time.perf_counter() - t0:.1f}s")
+
+            say("static TensorRT compatibility check")
+            trt_report = check_graphs({key: tmp / spec.file for key, spec in specs.items()})
+            if trt and not trt_report.ok:
+                raise TrtCompatibilityError(
+                    f"{len(trt_report.errors)} TensorRT compatibility errors:\n  "
+                    + "\n  ".join(str(i) for i in trt_report.errors), trt_report)
+
+            verification = None
+            if verify:
+                say("verifying the graphs in onnxruntime against PyTorch")
+                model.eval()  # hard top-k reference, whatever the exporters did to module modes
+                report = verify_bundle(model, tmp, specs, dtype, tolerances)
+                verification = report.to_dict()
+                if not report.passed:
+                    raise VerificationError(
+                        "ONNX outputs differ from PyTorch beyond the tolerances:\n  "
+                        + "\n  ".join(report.failures()), report)
+
+            copy_vocab(tmp)
+            tensorrt = None
+            versions: dict[str, str] = {}
+            if trt:
+                say("building TensorRT engines")
+                tensorrt = tensorrt_build.build_engines(tmp, specs, dtype, trt_options or TrtBuildOptions(),
+                                                        trt=trt_module, device=device)
+                versions["tensorrt"] = tensorrt["version"]
+            hints = {"cpu_disabled_optimizers": list(ORT_FP16_CPU_DISABLED_OPTIMIZERS)} if fp16 else {}
+            manifest = build_manifest(
+                config=model.config, fingerprint=fingerprint, dtype=dtype, opset=opset, exporter=exporter,
+                specs=specs, verification=verification, trt_check=trt_report.to_dict(), tensorrt=tensorrt,
+                fp16=None if fp16_stats is None else {
+                    "graphs": fp16_stats, "fp32_islands": {k: v.to_dict() for k, v in DEFAULT_ISLANDS.items()}},
+                source=source, onnxruntime_hints=hints, extra_versions=versions,
+                seconds=time.perf_counter() - start)
+            atomic_write_text(tmp / MANIFEST_FILE, json.dumps(manifest, indent=2))
+            _make_readable(tmp)
+        return manifest
+    finally:
+        model.train(was_training)

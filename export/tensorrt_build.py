@@ -1,0 +1,268 @@
+"""TensorRT engines for a bundle: build (``ucofia export --trt``) and guarded loading.
+
+Follows TensorRT's Python build flow: ``trt.Builder`` -> network from ``trt.OnnxParser`` ->
+builder config (workspace memory-pool limit, timing cache, one optimisation profile giving
+min/opt/max for every dynamic axis) -> ``build_serialized_network`` -> ``<graph>.plan`` next to
+the ONNX file. Precision follows the bundle dtype:
+
+* float32 bundle: a float32 engine (TF32 switched off where the flag exists, to stay within
+  the float32 tolerances);
+* float16 bundle (its ONNX graphs are already float16 with float32 islands): TensorRT 10.x
+  builds with ``BuilderFlag.FP16``; TensorRT 11.x removed that flag (weak typing is gone) and
+  builds the float16 graph as a strongly typed network. The flag is detected, not the version.
+
+Engines only run on the GPU model / TensorRT version that built them; ``load_engine`` refuses
+others with a message saying how to rebuild. ``tensorrt`` is imported lazily (optional extra).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from export.specs import TEXTS_AXIS, VIDEOS_AXIS, GraphSpec
+
+PLAN_SUFFIX = ".plan"
+DEFAULT_TIMING_CACHE = "trt_timing.cache"
+GIB = 1 << 30
+
+
+class TensorRTError(RuntimeError):
+    """TensorRT is missing, or parsing/building an engine failed."""
+
+
+class EngineMismatchError(TensorRTError):
+    """An engine was built for another GPU or TensorRT version than the one present."""
+
+
+@dataclass(frozen=True)
+class AxisRange:
+    """min/opt/max size of one dynamic axis in the optimisation profile."""
+
+    min: int
+    opt: int
+    max: int
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.min, int) and isinstance(self.opt, int) and isinstance(self.max, int)):
+            raise ValueError(f"profile sizes must be integers, got {self}")
+        if not 1 <= self.min <= self.opt <= self.max:
+            raise ValueError(f"profile sizes need 1 <= min <= opt <= max, got min={self.min} "
+                             f"opt={self.opt} max={self.max}")
+
+
+@dataclass(frozen=True)
+class TrtBuildOptions:
+    """Engine build settings (CLI: --min/--opt/--max-texts, ...-videos, --workspace-gib, --timing-cache)."""
+
+    texts: AxisRange = AxisRange(1, 16, 64)
+    videos: AxisRange = AxisRange(1, 4, 16)
+    workspace_gib: float = 4.0
+    timing_cache: Path | None = None  # None: <bundle>/trt_timing.cache
+
+    def __post_init__(self) -> None:
+        if not self.workspace_gib > 0:
+            raise ValueError(f"workspace must be positive, got {self.workspace_gib} GiB")
+
+    @property
+    def workspace_bytes(self) -> int:
+        return int(self.workspace_gib * GIB)
+
+    def axis_ranges(self) -> dict[str, AxisRange]:
+        return {TEXTS_AXIS: self.texts, VIDEOS_AXIS: self.videos}
+
+
+def input_profiles(spec: GraphSpec, ranges: dict[str, AxisRange]) -> dict[str, dict[str, list[int]]]:
+    """min/opt/max shapes of every input of ``spec`` (dynamic axes from ``ranges``)."""
+    out = {}
+    for tensor in spec.inputs:
+        shapes = {}
+        for which in ("min", "opt", "max"):
+            dims = []
+            for d in tensor.shape:
+                if isinstance(d, str):
+                    if d not in ranges:
+                        raise ValueError(f"no profile range for dynamic axis {d!r} of {tensor.name}")
+                    dims.append(getattr(ranges[d], which))
+                else:
+                    dims.append(int(d))
+            shapes[which] = dims
+        out[tensor.name] = shapes
+    return out
+
+
+@dataclass(frozen=True)
+class PrecisionPlan:
+    """How the network and builder config are set up for a dtype on the installed TensorRT."""
+
+    mode: str
+    network_flags: int = 0
+    set_flags: tuple[str, ...] = ()
+    clear_flags: tuple[str, ...] = ()
+
+
+def precision_plan(trt: ModuleType, dtype: str) -> PrecisionPlan:
+    """Pick the fp16/fp32 API the installed TensorRT has (BuilderFlag.FP16 in 10.x, strong typing in 11.x)."""
+    flags = trt.BuilderFlag
+    clear = ("TF32",) if hasattr(flags, "TF32") else ()
+    if dtype == "float32":
+        return PrecisionPlan("fp32", clear_flags=clear)
+    if dtype != "float16":
+        raise ValueError(f"unsupported engine dtype {dtype!r}")
+    if hasattr(flags, "FP16"):
+        return PrecisionPlan("fp16 via BuilderFlag.FP16 (TensorRT 10.x)", set_flags=("FP16",), clear_flags=clear)
+    return PrecisionPlan("fp16 via strongly typed network from the float16 ONNX (TensorRT 11.x)", clear_flags=clear)
+
+
+def import_tensorrt() -> ModuleType:
+    try:
+        import tensorrt as trt  # type: ignore[import-not-found]
+    except ImportError as exc:
+        raise TensorRTError(
+            "TensorRT is not installed (`pip install tensorrt` on a machine with an NVIDIA GPU and "
+            f"driver; `pip install ucofia[tensorrt]`): {exc}") from None
+    return trt
+
+
+def device_info() -> dict[str, str]:
+    """{"gpu": name, "compute_capability": "major.minor"} of CUDA device 0.
+
+    Uses torch when it can see CUDA, else ``nvidia-smi``; raises TensorRTError without a GPU.
+    """
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability(0)
+            return {"gpu": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
+    except ImportError:
+        pass
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            line = subprocess.run([smi, "--query-gpu=name,compute_cap", "--format=csv,noheader"],
+                                  capture_output=True, text=True, timeout=30, check=True).stdout.splitlines()[0]
+            name, cap = (part.strip() for part in line.rsplit(",", 1))
+            return {"gpu": name, "compute_capability": cap}
+        except (subprocess.SubprocessError, IndexError, ValueError):
+            pass
+    raise TensorRTError("no CUDA GPU found: TensorRT engines must be built and run on an NVIDIA GPU")
+
+
+def _parse(trt: ModuleType, builder: Any, logger: Any, onnx_path: Path, flags: int) -> Any:
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise TensorRTError(f"TensorRT's ONNX parser rejected {onnx_path.name}:\n  " + "\n  ".join(errors))
+    return network, parser
+
+
+def build_engine(trt: ModuleType, onnx_path: Path, plan_path: Path, spec: GraphSpec,
+                 ranges: dict[str, AxisRange], plan: PrecisionPlan, workspace_bytes: int,
+                 timing_cache: bytes) -> tuple[dict[str, Any], bytes]:
+    """Build one engine; return (its manifest entry, the updated serialized timing cache)."""
+    start = time.perf_counter()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network, _parser = _parse(trt, builder, logger, onnx_path, plan.network_flags)
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    for name in plan.clear_flags:
+        config.clear_flag(getattr(trt.BuilderFlag, name))
+    for name in plan.set_flags:
+        config.set_flag(getattr(trt.BuilderFlag, name))
+    cache = config.create_timing_cache(timing_cache)
+    config.set_timing_cache(cache, False)
+    profile = builder.create_optimization_profile()
+    shapes = input_profiles(spec, ranges)
+    for name, s in shapes.items():
+        profile.set_shape(name, s["min"], s["opt"], s["max"])
+    config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise TensorRTError(f"TensorRT failed to build an engine from {onnx_path.name} (see its log above)")
+    data = bytes(serialized)
+    plan_path.write_bytes(data)
+    new_cache = bytes(config.get_timing_cache().serialize())
+    entry = {"file": plan_path.name, "onnx": onnx_path.name, "profile": shapes, "bytes": len(data),
+             "build_seconds": round(time.perf_counter() - start, 2)}
+    return entry, new_cache
+
+
+def build_engines(directory: Path, specs: dict[str, GraphSpec], dtype: str, options: TrtBuildOptions,
+                  trt: ModuleType | None = None, device: dict[str, str] | None = None) -> dict[str, Any]:
+    """Build ``<graph>.plan`` for every graph in ``directory``; return the manifest's tensorrt section."""
+    trt = trt or import_tensorrt()
+    device = device or device_info()
+    plan = precision_plan(trt, dtype)
+    ranges = options.axis_ranges()
+    cache_path = Path(options.timing_cache) if options.timing_cache else Path(directory) / DEFAULT_TIMING_CACHE
+    cache = cache_path.read_bytes() if cache_path.is_file() else b""
+    engines = {}
+    for key, spec in specs.items():
+        onnx_path = Path(directory) / spec.file
+        plan_path = onnx_path.with_suffix(PLAN_SUFFIX)
+        engines[key], cache = build_engine(trt, onnx_path, plan_path, spec, ranges, plan,
+                                           options.workspace_bytes, cache)
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    cache_path.write_bytes(cache)
+    return {
+        "version": str(trt.__version__),
+        "gpu": device["gpu"],
+        "compute_capability": device["compute_capability"],
+        "precision": plan.mode,
+        "dtype": dtype,
+        "workspace_bytes": options.workspace_bytes,
+        "timing_cache": cache_path.name if cache_path.parent == Path(directory) else str(cache_path),
+        "axes": {name: {"min": r.min, "opt": r.opt, "max": r.max} for name, r in ranges.items()},
+        "engines": engines,
+    }
+
+
+def compatibility_problem(section: dict[str, Any], trt_version: str, device: dict[str, str]) -> str | None:
+    """Why an engine built as ``section`` says cannot run here (None when it can)."""
+    built = f"{section.get('gpu')} (compute capability {section.get('compute_capability')}) with TensorRT {section.get('version')}"
+    here = f"{device.get('gpu')} (compute capability {device.get('compute_capability')}) with TensorRT {trt_version}"
+    fix = "rebuild the engines on this machine with `ucofia export CHECKPOINT -o BUNDLE --trt --force`"
+    if str(section.get("version")) != str(trt_version):
+        return f"engines were built for {built}; this machine has {here}: TensorRT versions differ; {fix}"
+    if str(section.get("compute_capability")) != str(device.get("compute_capability")):
+        return f"engines were built for {built}; this machine has {here}: GPU architectures differ; {fix}"
+    if str(section.get("gpu")) != str(device.get("gpu")):
+        return f"engines were built for {built}; this machine has {here}: GPU models differ; {fix}"
+    return None
+
+
+def load_engine(directory: str | Path, key: str, trt: ModuleType | None = None,
+                device: dict[str, str] | None = None) -> Any:
+    """Deserialize the bundle's engine for graph ``key`` after checking it fits this GPU and TensorRT."""
+    directory = Path(directory)
+    manifest_path = directory / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except FileNotFoundError:
+        raise TensorRTError(f"{manifest_path} not found: {directory} is not a ucofia bundle") from None
+    section = manifest.get("tensorrt")
+    if not section:
+        raise TensorRTError(f"{manifest_path} has no TensorRT engines; export with `ucofia export ... --trt`")
+    entry = section.get("engines", {}).get(key)
+    if entry is None:
+        raise TensorRTError(f"{manifest_path} lists no TensorRT engine for {key!r}")
+    trt = trt or import_tensorrt()
+    problem = compatibility_problem(section, str(trt.__version__), device or device_info())
+    if problem:
+        raise EngineMismatchError(f"{directory / entry['file']}: {problem}")
+    plan = directory / entry["file"]
+    if not plan.is_file():
+        raise TensorRTError(f"engine file missing: {plan} (named by {manifest_path})")
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    engine = runtime.deserialize_cuda_engine(plan.read_bytes())
+    if engine is None:
+        raise TensorRTError(f"TensorRT could not deserialize {plan}; rebuild it with `ucofia export --trt --force`")
+    return engine

@@ -1,0 +1,88 @@
+"""``ucofia export``: checkpoint -> verified ONNX (optionally TensorRT) bundle directory."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from export.specs import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+
+
+@click.command("export")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Bundle directory to write (must not exist unless --force).")
+@click.option("--fp16", is_flag=True, help="Half-precision graphs (LayerNorm, softmax, ISA and top-k stay float32).")
+@click.option("--trt", is_flag=True, help="Also build TensorRT engines (*.plan) on this machine's GPU.")
+@click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True, help=f"ONNX opset ({MIN_OPSET}..{MAX_OPSET}).")
+@click.option("--force", is_flag=True, help="Replace an existing output directory.")
+@click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True,
+              help="torch.onnx exporter: torchscript (fast, default) or dynamo (torch.export based, slow).")
+@click.option("--min-texts", type=int, default=1, show_default=True, help="TensorRT profile: fewest texts.")
+@click.option("--opt-texts", type=int, default=16, show_default=True, help="TensorRT profile: texts to tune for.")
+@click.option("--max-texts", type=int, default=64, show_default=True, help="TensorRT profile: most texts.")
+@click.option("--min-videos", type=int, default=1, show_default=True, help="TensorRT profile: fewest videos.")
+@click.option("--opt-videos", type=int, default=4, show_default=True, help="TensorRT profile: videos to tune for.")
+@click.option("--max-videos", type=int, default=16, show_default=True, help="TensorRT profile: most videos.")
+@click.option("--workspace-gib", type=float, default=4.0, show_default=True, help="TensorRT workspace pool limit.")
+@click.option("--timing-cache", type=click.Path(path_type=Path), default=None,
+              help="TensorRT timing cache file to reuse and update (default: inside the bundle).")
+def export(checkpoint: Path, out_dir: Path, fp16: bool, trt: bool, opset: int, force: bool, exporter: str,
+           min_texts: int, opt_texts: int, max_texts: int, min_videos: int, opt_videos: int,
+           max_videos: int, workspace_gib: float, timing_cache: Path | None) -> None:
+    """Export CHECKPOINT (our checkpoint directory or a reference pytorch_model.bin) to a bundle.
+
+    Writes text_encoder.onnx, video_encoder.onnx, scorer.onnx, the CLIP BPE vocabulary and
+    manifest.json, after checking every graph in onnxruntime against PyTorch. Nothing is written
+    when a step fails.
+    """
+    from rich.console import Console
+
+    from export.report import print_summary, print_verification
+    from export.tensorrt_build import AxisRange, TrtBuildOptions
+
+    console = Console(stderr=False)
+    if out_dir.exists() and not force:
+        raise click.ClickException(f"{out_dir} already exists; pass --force to replace it")
+    try:
+        options = TrtBuildOptions(texts=AxisRange(min_texts, opt_texts, max_texts),
+                                  videos=AxisRange(min_videos, opt_videos, max_videos),
+                                  workspace_gib=workspace_gib, timing_cache=timing_cache)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--min/--opt/--max-texts/-videos, --workspace-gib") from None
+
+    # heavy (torch) imports only once the arguments are fine
+    from export import export_bundle
+    from export.bundle import TrtCompatibilityError
+    from export.onnx_export import ExportError
+    from export.tensorrt_build import TensorRTError
+    from export.verify import VerificationError
+    from ucofia.checkpoints import CheckpointError, load_model
+    from ucofia.config import ConfigError
+
+    with console.status(f"loading {checkpoint}"):
+        try:
+            model = load_model(checkpoint)
+        except (CheckpointError, ConfigError) as exc:
+            raise click.ClickException(f"cannot load {checkpoint}: {exc}") from None
+    console.print(f"loaded {checkpoint} ({model.config.clip_model_name}, {model.config.scorer_variant} scorer, "
+                  f"patch shift {'on' if model.config.patch_shift_active else 'off'})")
+    try:
+        with console.status("exporting") as status:
+            def progress(message: str) -> None:
+                console.print(f"[dim]{message}[/]")
+                status.update(message)
+
+            manifest = export_bundle(model, out_dir, fp16=fp16, opset=opset, force=force, exporter=exporter,  # type: ignore[arg-type]
+                                     trt=trt, trt_options=options, progress=progress,
+                                     source={"checkpoint": str(checkpoint)})
+    except VerificationError as exc:
+        print_verification(console, exc.report.to_dict())
+        raise click.ClickException(f"{exc}\nnothing was written to {out_dir}") from None
+    except TrtCompatibilityError as exc:
+        raise click.ClickException(f"{exc}\nnothing was written to {out_dir}") from None
+    except (ExportError, TensorRTError, FileExistsError, ValueError) as exc:
+        raise click.ClickException(f"{exc}\nnothing was written to {out_dir}") from None
+    print_summary(console, manifest)
+    console.print(f"[bold green]wrote[/] {out_dir} ({manifest['dtype']}, opset {manifest['opset']}, "
+                  f"fingerprint {manifest['fingerprint'][:12]}…) in {manifest['export_seconds']:.1f}s")
