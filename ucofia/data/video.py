@@ -462,7 +462,7 @@ def decode_video(path: str | os.PathLike[str], spec: VideoSpec, *, start_time: i
         _configure_decoder(stream, threads)
         count = info.frame_count
         if count <= 0:  # no usable count: decode to count (documented deviation)
-            count = _count_frames(container, stream, p)
+            count = _count_frames(p, threads)
             info = _replace_count(info, count)
         targets = reference_targets(count, info.fps, spec.feature_framerate, start_time, end_time)
         positions = [min(t, count) for t in targets]
@@ -504,15 +504,18 @@ def _replace_count(info: StreamInfo, count: int) -> StreamInfo:
     return replace(info, frame_count=count)
 
 
-def _count_frames(container: Any, stream: Any, path: Path) -> int:
+def _count_frames(path: Path, threads: int) -> int:
+    """Number of decodable frames (for streams that report neither a count nor a duration)."""
     av = _import_av()
     n = 0
-    try:
-        for _ in container.decode(stream):
-            n += 1
-    except av.error.FFmpegError as exc:
-        raise _decode_error(path, n, exc) from None
-    container.seek(0)
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        _configure_decoder(stream, threads)
+        try:
+            for _ in container.decode(stream):
+                n += 1
+        except av.error.FFmpegError as exc:
+            raise _decode_error(path, n, exc) from None
     return n
 
 
