@@ -250,6 +250,25 @@ def test_below_one_fps_reads_every_frame(tmp_path):
     assert v.info.fps == 1 and v.read_indices == [0, 1, 2, 3, 4, 5]
 
 
+def test_stream_without_count_or_duration_is_counted(tmp_path):
+    # a raw H.264 elementary stream has neither; OpenCV reports a garbage count and the reference
+    # reads nothing, we count the frames by decoding (documented deviation)
+    import av
+
+    path = tmp_path / "raw.h264"
+    with av.open(str(path), "w", format="h264") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = 32, 32, "yuv420p"
+        for i in range(60):
+            for p in s.encode(av.VideoFrame.from_ndarray(np.full((32, 32, 3), i, np.uint8), format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    assert probe_video(path).frame_count == 0
+    v = decode_video(path, VideoSpec(image_size=16))
+    assert v.info.frame_count == 60 and v.read_indices == [0, 25, 50]
+
+
 # ---- bad inputs -----------------------------------------------------------------------------
 def _audio_only(path: Path) -> Path:
     import av
