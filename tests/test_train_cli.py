@@ -31,6 +31,9 @@ def test_cli_one_epoch_smoke(tiny_demo, tmp_path):
     run = tmp_path / "run"
     args = ["train", "--config", "demo", "--data", str(tiny_demo), "-o", str(run), "--epochs", "1",
             "--batch-size", "8", "--no-progress", *SMALL]
+    res = CliRunner().invoke(main, args + ["--check"])
+    assert res.exit_code == 0 and "checks passed" in res.output, res.output
+    assert not run.exists()
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output + repr(res.exception)
     for name in ("last", "best"):

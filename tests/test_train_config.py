@@ -127,3 +127,19 @@ def test_checkpoint_of_another_architecture_is_refused_before_data(tmp_path):
     cfg = tiny_train_config(model__backbone="ViT-B-32", model__pretrained=str(tmp_path / "clip.pt"))
     with pytest.raises(CheckpointError, match="geometry"):
         Trainer(cfg, tmp_path / "run2", splits=synthetic_splits(), log=calls.append).run()
+
+
+def test_pretrained_local_clip_file_initialises_the_towers(tmp_path):
+    from ucofia.clip_towers import build_open_clip
+    from ucofia.training.model_setup import build_training_model
+
+    cfg = tiny_train_config()
+    torch.manual_seed(123)
+    clip_state = build_open_clip(cfg.model_config().clip).state_dict()
+    torch.save(clip_state, tmp_path / "clip.pt")
+    cfg = tiny_train_config(model__pretrained=str(tmp_path / "clip.pt"))
+    model, _ = build_training_model(cfg, seed=0)
+    assert model.training
+    own = model.state_dict()
+    for key in ("visual.conv1.weight", "token_embedding.weight", "text_projection", "logit_scale"):
+        assert torch.equal(own["clip." + key], clip_state[key]), key

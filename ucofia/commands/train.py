@@ -75,6 +75,7 @@ def train(config: str | None, output: Path, sets: tuple[str, ...], resume: bool,
         cfg = _resolve(config, overrides, output, resume)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    _absolute_paths(cfg)
     if print_config:
         click.echo(cfg.to_yaml(), nl=False)
         return
@@ -93,9 +94,21 @@ def _resolve(config: str | None, overrides: dict[str, Any], output: Path, resume
     if resume and saved.is_file():
         if config is None:
             current = apply_overrides(copy.deepcopy(resolve_resume_config(saved, None)), overrides)
-            return resolve_resume_config(saved, validate(current))
-        return resolve_resume_config(saved, load_config(config, overrides))
+        else:
+            current = load_config(config, overrides)
+        _absolute_paths(current)
+        return resolve_resume_config(saved, validate(current))
     return load_config(config, overrides)
+
+
+def _absolute_paths(cfg) -> None:
+    """Make path fields absolute so a resumed run finds its data from any working directory."""
+    for section, name in (("data", "path"), ("data", "cache_dir"), ("model", "init_checkpoint"),
+                          ("model", "pretrained")):
+        holder = getattr(cfg, section)
+        value = getattr(holder, name)
+        if value and (name != "pretrained" or Path(value).exists()):
+            setattr(holder, name, str(Path(value).expanduser().resolve()))
 
 
 def _run(cfg, output: Path, resume: bool, force: bool, check: bool) -> None:

@@ -114,6 +114,7 @@ class RunSection:
     log_every: int = 10
     progress: bool = True
     dist_backend: str = "auto"  # nccl on GPU, gloo on CPU
+    dist_timeout_min: int = 60  # collective timeout: ranks wait while rank 0 evaluates
 
 
 @dataclass
@@ -391,6 +392,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     r = cfg.run
     if r.num_threads is not None and r.num_threads < 1:
         fail(f"run.num_threads must be >= 1 or null, got {r.num_threads}")
+    if r.dist_timeout_min < 1:
+        fail(f"run.dist_timeout_min must be >= 1, got {r.dist_timeout_min}")
     if r.log_every < 1:
         fail(f"run.log_every must be >= 1, got {r.log_every}")
     if not (r.device in ("auto", "cpu", "cuda") or r.device.startswith("cuda:")):
@@ -408,8 +411,6 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     m = cfg.model
     if m.init_checkpoint and m.pretrained:
         fail("model.init_checkpoint and model.pretrained are exclusive (the checkpoint holds CLIP weights)")
-    if m.pretrained and m.backbone == TINY_BACKBONE:
-        fail("model.pretrained needs a real open_clip backbone; 'tiny' is random only")
     if not m.init_checkpoint:
         cfg.model_config()  # raises on bad model fields
     return cfg

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -52,7 +53,7 @@ def pick_device(preference: str, local_rank: int = 0) -> torch.device:
     return torch.device(preference)
 
 
-def init_distributed(device_preference: str = "auto", backend: str = "auto") -> DistInfo:
+def init_distributed(device_preference: str = "auto", backend: str = "auto", timeout_min: int = 60) -> DistInfo:
     """Join the torchrun process group when WORLD_SIZE > 1; otherwise a single-process DistInfo."""
     world = env_world_size()
     rank = int(os.environ.get("RANK", "0"))
@@ -63,7 +64,7 @@ def init_distributed(device_preference: str = "auto", backend: str = "auto") -> 
             backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, timeout=timedelta(minutes=timeout_min))
     if dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)

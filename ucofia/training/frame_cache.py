@@ -53,6 +53,7 @@ class CachedSplit:
     frames: np.ndarray  # uint8 [V, F, S, S, 3] (memmap)
     video_mask: np.ndarray  # uint8 [V, F]
     failed: dict[str, str]  # video id -> reason
+    built: bool = False  # True when this call decoded the videos (False: an existing cache was opened)
 
 
 def _file_signature(path: str) -> list[Any]:
@@ -151,4 +152,6 @@ def build_or_open(root: Path, split: str, items: Sequence[CacheItem], spec: Any,
                 "spec": dataclasses.asdict(spec), "video_ids": ids,
                 "files": [it.path for it, good in zip(items, ok) if good], "failed": failed}
         atomic_write_text(tmp / META_FILE, json.dumps(meta, indent=1))
-    return open_cache(directory)
+    cached = open_cache(directory)
+    cached.built = True
+    return cached

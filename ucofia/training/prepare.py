@@ -6,6 +6,7 @@ the other ranks wait) and tokenizes the captions with the CLIP BPE tokenizer.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -140,9 +141,14 @@ def _build(cache_root: Path, ann: Annotations, spec: Any, cfg: TrainConfig, log:
         if bar is not None:
             bar.update(done - bar.n)
 
+    start = time.perf_counter()
     try:
-        return build_or_open(cache_root, ann.name, ann.items, spec, workers=cfg.data.decode_workers,
-                             skip_bad=cfg.data.skip_bad_videos, progress=progress)
+        cached = build_or_open(cache_root, ann.name, ann.items, spec, workers=cfg.data.decode_workers,
+                               skip_bad=cfg.data.skip_bad_videos, progress=progress)
     finally:
         if bar is not None:
             bar.close()
+    how = f"decoded in {time.perf_counter() - start:.1f} s" if cached.built else "reused"
+    log(f"frame cache {cached.directory.name}: {len(cached.video_ids)} {ann.role} videos, "
+        f"{cached.frames.nbytes / 1e6:.1f} MB uint8, {how}")
+    return cached

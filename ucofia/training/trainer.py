@@ -263,8 +263,9 @@ class Trainer:
             flat = flatten(results)
             record = {"step": self.progress.step, "epoch": self.progress.epoch, "split": val.name,
                       "eval_s": round(time.perf_counter() - t0, 3), "metrics": results}
-            with open(self.run_dir / st.METRICS_NAME, "a") as fh:
-                fh.write(json.dumps(record) + "\n")
+            metrics_path = self.run_dir / st.METRICS_NAME
+            previous = metrics_path.read_text() if metrics_path.is_file() else ""
+            atomic_write_text(metrics_path, previous + json.dumps(record) + "\n")  # temp + rename
             self.progress.metrics_records += 1
             name = self.cfg.eval.select_metric
             value = flat[name]
@@ -319,7 +320,7 @@ class Trainer:
         cfg = self.cfg
         if cfg.run.num_threads:
             torch.set_num_threads(cfg.run.num_threads)
-        self.dist = init_distributed(cfg.run.device, cfg.run.dist_backend)
+        self.dist = init_distributed(cfg.run.device, cfg.run.dist_backend, cfg.run.dist_timeout_min)
         self._amp = self._amp_dtype()
         if self.dist.is_main:
             check_run_dir(self.run_dir, self.resume, self.force)
