@@ -30,6 +30,8 @@ from ucofia.checkpoints import weights_fingerprint
 from ucofia.cli import main as cli
 from ucofia.config import UCoFiAConfig, tiny_config
 
+from export_helpers import DEVICE, FakeTRT
+
 REPO = Path(__file__).resolve().parents[1]
 # smallest first: one reference import is enough here (parity itself is tested elsewhere)
 REFERENCE_FIXTURES = sorted((REPO / "tests" / "fixtures" / "reference").glob("*/pytorch_model.bin"),
@@ -218,18 +220,24 @@ def test_export_package_import_is_light():
 
 
 # ---- failures leave nothing behind ----------------------------------------------------------
-def test_failed_verification_leaves_nothing(tmp_path):
+def test_failed_verification_leaves_nothing(tmp_path, monkeypatch):
     model = ucofia.build_model(tiny_config(), seed=5)
     out = tmp_path / "bundle"
     with pytest.raises(VerificationError, match="beyond the tolerances") as info:
         export_bundle(model, out, tolerances=Tolerances(features=1e-12, similarities=1e-12, tie_margin=1e-5))
     assert not info.value.report.passed and info.value.report.failures()
     assert not out.exists() and _leftovers(tmp_path, "bundle") == []
-    # an existing bundle survives a failed --force export untouched
+    # an existing bundle survives a failed --force export untouched (failing early this time)
+    from export import bundle as bundle_module
+
+    def broken_export(*args, **kwargs):
+        raise ExportError("simulated exporter failure")
+
+    monkeypatch.setattr(bundle_module, "export_graph", broken_export)
     out.mkdir()
     (out / "manifest.json").write_text("old")
-    with pytest.raises(VerificationError):
-        export_bundle(model, out, force=True, tolerances=Tolerances(1e-12, 1e-12, 1e-5))
+    with pytest.raises(ExportError, match="simulated"):
+        export_bundle(model, out, force=True)
     assert (out / "manifest.json").read_text() == "old" and _leftovers(tmp_path, "bundle") == []
 
 
@@ -266,7 +274,6 @@ def test_patch_shift_runs_inside_the_video_graph(tmp_path):
 
 def test_fp16_bundle_with_fake_tensorrt(tmp_path, monkeypatch):
     from export import tensorrt_build
-    from tests.test_export_trt import DEVICE, FakeTRT
 
     fake = FakeTRT(version="11.4.0", has_fp16=False)
     monkeypatch.setattr(tensorrt_build, "import_tensorrt", lambda: fake)
@@ -301,7 +308,6 @@ def test_fp16_bundle_with_fake_tensorrt(tmp_path, monkeypatch):
 def test_trt_check_errors_abort_a_trt_export(tmp_path, monkeypatch):
     from export import bundle as bundle_module
     from export import tensorrt_build
-    from tests.test_export_trt import DEVICE, FakeTRT
 
     monkeypatch.setattr(tensorrt_build, "import_tensorrt", lambda: FakeTRT())
     monkeypatch.setattr(tensorrt_build, "device_info", lambda: dict(DEVICE))

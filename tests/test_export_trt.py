@@ -20,6 +20,8 @@ from export.tensorrt_build import (AxisRange, EngineMismatchError, TensorRTError
 from export.trt_check import check_graphs, check_model
 from ucofia.config import tiny_config
 
+from export_helpers import DEVICE, FakeTRT, fake_flags as _fake_flags
+
 
 # ---- static check ---------------------------------------------------------------------------
 def _model(nodes, inputs, outputs, initializers=(), opset=17, domains=()):
@@ -164,10 +166,6 @@ def test_input_profiles_cover_every_dynamic_axis():
     assert set(scorer) == {"sentence", "words", "video", "frame_features", "patches"}
 
 
-def _fake_flags(*names):
-    return types.SimpleNamespace(**{n: n for n in names})
-
-
 def test_precision_plan_detects_the_fp16_api():
     trt10 = types.SimpleNamespace(BuilderFlag=_fake_flags("FP16", "TF32"))
     trt11 = types.SimpleNamespace(BuilderFlag=_fake_flags("TF32"))
@@ -180,107 +178,6 @@ def test_precision_plan_detects_the_fp16_api():
     assert precision_plan(types.SimpleNamespace(BuilderFlag=_fake_flags()), "float32").clear_flags == ()
     with pytest.raises(ValueError):
         precision_plan(trt10, "int8")
-
-
-# ---- fake tensorrt module -------------------------------------------------------------------
-class FakeTRT(types.ModuleType):
-    """Records the calls the build makes; version/flags selectable."""
-
-    def __init__(self, version="10.3.0", has_fp16=True, parse_ok=True, build_ok=True):
-        super().__init__("tensorrt")
-        self.__version__ = version
-        flags = ["TF32"] + (["FP16"] if has_fp16 else [])
-        self.BuilderFlag = _fake_flags(*flags)
-        self.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
-        self.calls: list[tuple] = []
-        trt = self
-
-        class Logger:
-            WARNING = "W"
-
-            def __init__(self, level):
-                self.level = level
-
-        class Cache:
-            def __init__(self, data):
-                self.data = data
-
-            def serialize(self):
-                return self.data + b"+"
-
-        class Config:
-            def __init__(self):
-                self.cache = None
-
-            def set_memory_pool_limit(self, pool, size):
-                trt.calls.append(("pool", pool, size))
-
-            def set_flag(self, flag):
-                trt.calls.append(("set_flag", flag))
-
-            def clear_flag(self, flag):
-                trt.calls.append(("clear_flag", flag))
-
-            def create_timing_cache(self, data):
-                return Cache(bytes(data))
-
-            def set_timing_cache(self, cache, ignore_mismatch):
-                self.cache = cache
-
-            def get_timing_cache(self):
-                return self.cache
-
-            def add_optimization_profile(self, profile):
-                trt.calls.append(("profile", dict(profile.shapes)))
-
-        class Profile:
-            def __init__(self):
-                self.shapes = {}
-
-            def set_shape(self, name, mn, opt, mx):
-                self.shapes[name] = (list(mn), list(opt), list(mx))
-
-        class Builder:
-            def __init__(self, logger):
-                pass
-
-            def create_network(self, flags):
-                trt.calls.append(("network", flags))
-                return object()
-
-            def create_builder_config(self):
-                return Config()
-
-            def create_optimization_profile(self):
-                return Profile()
-
-            def build_serialized_network(self, network, config):
-                return b"PLAN" if build_ok else None
-
-        class Parser:
-            num_errors = 0 if parse_ok else 1
-
-            def __init__(self, network, logger):
-                pass
-
-            def parse_from_file(self, path):
-                trt.calls.append(("parse", Path(path).name))
-                return parse_ok
-
-            def get_error(self, i):
-                return "In node 3 (TopK): K must be an initializer"
-
-        class Runtime:
-            def __init__(self, logger):
-                pass
-
-            def deserialize_cuda_engine(self, data):
-                return ("engine", bytes(data))
-
-        self.Logger, self.Builder, self.OnnxParser, self.Runtime = Logger, Builder, Parser, Runtime
-
-
-DEVICE = {"gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
 
 
 def _bundle_dir(tmp_path):

@@ -1,0 +1,110 @@
+"""Test helpers for the export tests: a fake ``tensorrt`` module that records the build calls."""
+from __future__ import annotations
+
+import types
+from pathlib import Path
+
+DEVICE = {"gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
+
+
+def fake_flags(*names: str) -> types.SimpleNamespace:
+    """A stand-in for ``trt.BuilderFlag`` with only the given members."""
+    return types.SimpleNamespace(**{n: n for n in names})
+
+
+
+class FakeTRT(types.ModuleType):
+    """Records the calls the build makes; version/flags selectable."""
+
+    def __init__(self, version="10.3.0", has_fp16=True, parse_ok=True, build_ok=True):
+        super().__init__("tensorrt")
+        self.__version__ = version
+        flags = ["TF32"] + (["FP16"] if has_fp16 else [])
+        self.BuilderFlag = fake_flags(*flags)
+        self.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
+        self.calls: list[tuple] = []
+        trt = self
+
+        class Logger:
+            WARNING = "W"
+
+            def __init__(self, level):
+                self.level = level
+
+        class Cache:
+            def __init__(self, data):
+                self.data = data
+
+            def serialize(self):
+                return self.data + b"+"
+
+        class Config:
+            def __init__(self):
+                self.cache = None
+
+            def set_memory_pool_limit(self, pool, size):
+                trt.calls.append(("pool", pool, size))
+
+            def set_flag(self, flag):
+                trt.calls.append(("set_flag", flag))
+
+            def clear_flag(self, flag):
+                trt.calls.append(("clear_flag", flag))
+
+            def create_timing_cache(self, data):
+                return Cache(bytes(data))
+
+            def set_timing_cache(self, cache, ignore_mismatch):
+                self.cache = cache
+
+            def get_timing_cache(self):
+                return self.cache
+
+            def add_optimization_profile(self, profile):
+                trt.calls.append(("profile", dict(profile.shapes)))
+
+        class Profile:
+            def __init__(self):
+                self.shapes = {}
+
+            def set_shape(self, name, mn, opt, mx):
+                self.shapes[name] = (list(mn), list(opt), list(mx))
+
+        class Builder:
+            def __init__(self, logger):
+                pass
+
+            def create_network(self, flags):
+                trt.calls.append(("network", flags))
+                return object()
+
+            def create_builder_config(self):
+                return Config()
+
+            def create_optimization_profile(self):
+                return Profile()
+
+            def build_serialized_network(self, network, config):
+                return b"PLAN" if build_ok else None
+
+        class Parser:
+            num_errors = 0 if parse_ok else 1
+
+            def __init__(self, network, logger):
+                pass
+
+            def parse_from_file(self, path):
+                trt.calls.append(("parse", Path(path).name))
+                return parse_ok
+
+            def get_error(self, i):
+                return "In node 3 (TopK): K must be an initializer"
+
+        class Runtime:
+            def __init__(self, logger):
+                pass
+
+            def deserialize_cuda_engine(self, data):
+                return ("engine", bytes(data))
+
+        self.Logger, self.Builder, self.OnnxParser, self.Runtime = Logger, Builder, Parser, Runtime
