@@ -52,13 +52,14 @@ class Fp32Islands:
 _NORM_OPS = frozenset({"LayerNormalization", "Softmax"})
 # Per graph: LayerNorm and softmax everywhere; in the video encoder also the feature norms, the
 # patch scorer (so top-k sees float32 scores of the float16 tokens) and the small temporal
-# encoder (additive -1e6 masks); in the scorer only the big matmuls/einsums run in float16 —
-# the ISA's divisions by the 0.01 temperature amplify float16 rounding 100-fold.
+# encoder (additive -1e6 masks). The scorer computes in float32 throughout (float16 I/O only):
+# the ISA divides the einsum/matmul scores by its 0.01 temperature, and float16 einsums there
+# raised the patch_word error from 9e-3 to 5e-2 of scale on the reference fixture eval_l2.
 DEFAULT_ISLANDS: dict[str, Fp32Islands] = {
     TEXT_ENCODER: Fp32Islands(ops=_NORM_OPS),
     VIDEO_ENCODER: Fp32Islands(ops=_NORM_OPS | {"ReduceL2", "ReduceSum"},
                                scopes=("visual_token_selector", "transformerClip")),
-    SCORER: Fp32Islands(everything_but=frozenset({"MatMul", "Einsum", "Transpose"})),
+    SCORER: Fp32Islands(everything_but=frozenset()),
 }
 
 

@@ -136,6 +136,8 @@ def test_manifest_follows_the_contract(tiny):
     ver = manifest["verification"]
     assert ver["passed"] and ver["dtype"] == "float32"
     assert all(c["max_abs"] <= 1e-4 for c in ver["checks"])
+    # per-graph checks gate; the end-to-end chain is reported only
+    assert {c["graph"] for c in ver["checks"] if not c["gated"]} == {"end_to_end"}
     assert all(s["mismatches"] == 0 for s in ver["patch_selection"])
     # the verification table is printed
     assert "ONNX vs PyTorch" in output and "patch_word" in output and "wrote" in output
@@ -284,7 +286,7 @@ def test_fp16_bundle_with_fake_tensorrt(tmp_path, monkeypatch):
     assert manifest["dtype"] == "float16"
     ver = manifest["verification"]
     assert ver["passed"] and ver["tolerances"]["features"] == FP16_TOLERANCES.features
-    assert max(c["max_rel"] for c in ver["checks"]) < 5e-3  # measured ~1e-3
+    assert max(c["max_rel"] for c in ver["checks"] if c["gated"]) < 5e-3  # measured ~1.6e-3
     for key, entry in manifest["graphs"].items():
         dtypes = {t["name"]: t["dtype"] for t in entry["inputs"] + entry["outputs"]}
         assert set(dtypes.values()) == ({"int64", "float16"} if key == TEXT_ENCODER else {"float16"})
