@@ -10,9 +10,11 @@ import click
 
 # command name -> ("module:function", one-line help shown by `ucofia --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("ucofia.commands.demo:demo", "Run the whole pipeline on the built-in demo benchmark."),
     "demo-data": ("ucofia.commands.demo_data:demo_data", "Write the built-in synthetic demo benchmark."),
     "export": ("ucofia.commands.export:export", "Export a checkpoint to a verified ONNX/TensorRT bundle."),
     "train": ("ucofia.commands.train:train", "Train UCoFiA (reference recipe, DDP via torchrun, exact resume)."),
+    "parity": ("ucofia.commands.parity:parity", "Compare PyTorch and an exported bundle on a benchmark."),
 }
 
 
