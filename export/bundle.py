@@ -8,7 +8,6 @@ bundle (replaced only with ``force``) stays as it was.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -45,16 +44,6 @@ class TrtCompatibilityError(RuntimeError):
     def __init__(self, message: str, report: TrtCheckReport) -> None:
         super().__init__(message)
         self.report = report
-
-
-def _make_readable(directory: Path) -> None:
-    """Give the bundle the usual umask permissions (temp dirs/files are created owner-only)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    directory.chmod(0o777 & ~umask)
-    for path in directory.iterdir():
-        if path.is_file():
-            path.chmod(0o666 & ~umask)
 
 
 def _export_inputs(model: UCoFiA) -> dict[str, tuple[torch.Tensor, ...]]:
@@ -152,7 +141,6 @@ def export_bundle(model: UCoFiA, out_dir: str | Path, *, fp16: bool = False, ops
                 source=source, onnxruntime_hints=hints, extra_versions=versions,
                 seconds=time.perf_counter() - start)
             atomic_write_text(tmp / MANIFEST_FILE, json.dumps(manifest, indent=2))
-            _make_readable(tmp)
         return manifest
     finally:
         model.train(was_training)
