@@ -28,9 +28,14 @@ _ORT_PROVIDERS = {"cpu": ["CPUExecutionProvider"],
 
 
 class GraphSession(abc.ABC):
-    """One bundle graph, run on arrays keyed by contract role."""
+    """One bundle graph, run on arrays keyed by contract role.
+
+    ``concurrency``: how many ``run`` calls may usefully execute at once from different threads
+    (1 unless the session was opened for parallel tiles, see ``open_session``).
+    """
 
     backend: str
+    concurrency: int = 1
 
     def __init__(self, spec: GraphSpec) -> None:
         self.spec = spec
@@ -58,11 +63,12 @@ class OrtSession(GraphSession):
     """An onnxruntime InferenceSession over the bundle's ONNX file."""
 
     def __init__(self, spec: GraphSpec, device: str, threads: int | None = None,
-                 disabled_optimizers: list[str] | None = None) -> None:
+                 disabled_optimizers: list[str] | None = None, concurrency: int = 1) -> None:
         super().__init__(spec)
         import onnxruntime as ort
 
         self.backend = device
+        self.concurrency = max(1, int(concurrency))
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
@@ -133,7 +139,21 @@ def open_session(bundle: Bundle, key: str, backend: str = "auto", threads: int |
     # the export records graph optimizers that break its float16 graphs on onnxruntime's CPU provider
     hints = bundle.manifest.get("onnxruntime") or {}
     disabled = hints.get("cpu_disabled_optimizers") if resolved == "cpu" else None
-    return OrtSession(spec, resolved, threads=threads or _env_threads(), disabled_optimizers=disabled)
+    threads = threads or _env_threads()
+    if key == "scorer" and resolved == "cpu":
+        # Scorer tiles are independent: one single-threaded run per core, each on its own
+        # cache-sized tile, beats splitting every small op of one tile across threads.
+        return OrtSession(spec, resolved, threads=1, disabled_optimizers=disabled,
+                          concurrency=threads or available_cpus())
+    return OrtSession(spec, resolved, threads=threads, disabled_optimizers=disabled)
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def _env_threads() -> int | None:

@@ -1,16 +1,23 @@
 """Tiled scoring of texts x gallery videos with the bundle's scorer graph.
 
 The scorer graph computes the three level matrices for a tile of texts x videos in one call; the
-patch_word level dominates (an [t*L, D] x [D, v*P] product and four softmaxes over a
-[t, v, L, P] tensor), so a tile's working memory grows with t * v * L * P. Tiles are sized from a
-memory budget (``--memory-mb``): peak memory is the budget plus the features of one video tile and
-all query features, independent of the gallery size. Video tiles are read once (outer loop) from
-the stored features (memory-mapped), text tiles vary inside.
+patch_word level dominates (a [v*P, D] x [D, t*L] product and four softmaxes over a
+[v, P, t, L] tensor), so a tile's working memory grows with t * v * L * P. Video tiles are read once
+(outer loop) from the stored features (memory-mapped), text tiles vary inside.
+
+Tile sizes: on CPU, small cache-sized tiles (``CPU_TILE_TEXTS`` texts, about
+``CPU_TILE_SCORE_BYTES`` of patch-word scores) run concurrently, one single-threaded graph call
+per core (``GraphSession.concurrency``): the tile's intermediates stay in the core's cache and no
+op waits for another thread. On GPUs tiles are as large as the memory budget (``--memory-mb``)
+allows. Either way all tiles in flight fit in the budget: peak memory is the budget plus the
+features of one video tile and all query features, independent of the gallery size.
 """
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Mapping, Protocol
+from typing import Callable, Iterator, Mapping, Protocol
 
 import numpy as np
 
@@ -26,8 +33,16 @@ DEFAULT_MEMORY_MB = 1024
 # peaked at 3.3-4.9 copies with the exported scorer (tiny and ViT-B/32 geometry, tiles 16x256 and
 # 64x256, ru_maxrss delta); 6 leaves a margin.
 PAIR_TENSOR_COPIES = 6
-# Texts per tile when the budget allows: keeps the [t*L, D] x [D, v*P] product wide in v.
+# Texts per tile when the budget allows (GPU tiles): keeps the patch-word product wide.
 MAX_TEXT_TILE = 64
+# CPU tiles: texts per tile, patch-word score bytes per tile, and a cap on videos per tile. Four
+# texts against ~128 videos (3 MiB of float32 scores at L=32, P=48) ran at the best per-pair
+# cost measured with ViT-B/32 geometry on a 2-core Xeon (benchmarks/scoring.py); 2-16 texts x
+# 64-256 videos were within 5 %. Every call re-normalises its texts and frames, so one text per
+# call pays the frame work per text, and very wide tiles spill the cache.
+CPU_TILE_TEXTS = 4
+CPU_TILE_SCORE_BYTES = 3 * 2**20
+CPU_TILE_MAX_VIDEOS = 256
 
 Progress = Callable[[int], None]
 
@@ -87,6 +102,18 @@ class Scorer:
     def __init__(self, session: GraphSession, config: UCoFiAConfig) -> None:
         self.session = session
         self.config = config
+        self.concurrency = max(1, int(getattr(session, "concurrency", 1)))
+        self.cache_tiles = getattr(session, "backend", "") == "cpu"
+
+    def prepare(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``arrays`` (role -> array) as contiguous arrays of the graph's input dtypes, cast once
+        here instead of in every tile call that reuses them."""
+        specs = getattr(self.session, "spec", None)
+        out = {}
+        for role, array in arrays.items():
+            spec = None if specs is None else specs.inputs.get(role)
+            out[role] = np.ascontiguousarray(array, dtype=None if spec is None else np.dtype(spec.dtype))
+        return out
 
     def score_tile(self, text: TextFeatures, videos: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One graph call: level name -> [t, v] float32."""
@@ -95,14 +122,22 @@ class Scorer:
         return {level: out[level] for level in LEVELS}
 
     def plan_tiles(self, n_text: int, n_video: int, memory_mb: float) -> tuple[int, int]:
-        """(texts, videos) per tile so that one tile's scorer tensors fit in ``memory_mb``."""
+        """(texts, videos) per tile so that the tiles in flight fit in ``memory_mb``."""
         cfg = self.config
         if memory_mb <= 0:
             raise ValueError(f"--memory-mb must be positive, got {memory_mb}")
         pair_bytes = PAIR_TENSOR_COPIES * cfg.max_words * cfg.num_pixels * 4
         video_bytes = (1 + cfg.max_frames + cfg.num_pixels) * cfg.embed_dim * 4
-        budget = memory_mb * 2**20
+        budget = memory_mb * 2**20 / self.concurrency
         n_text, n_video = max(n_text, 1), max(n_video, 1)
+        if self.cache_tiles:
+            score_bytes = cfg.max_words * cfg.num_pixels * 4
+            t = min(n_text, CPU_TILE_TEXTS)
+            v = min(n_video, CPU_TILE_MAX_VIDEOS, max(1, CPU_TILE_SCORE_BYTES // (t * score_bytes)))
+            if v == n_video:  # the whole gallery fits in one tile: take more texts per tile
+                t = min(n_text, max(t, CPU_TILE_SCORE_BYTES // (v * score_bytes)))
+            if t * v * pair_bytes + v * video_bytes <= budget:
+                return t, v
         t = min(n_text, MAX_TEXT_TILE)
         v = min(n_video, int(budget // (t * pair_bytes + video_bytes)))
         if v < 1:  # not even one text x one video tile of t texts: shrink the text side
@@ -126,6 +161,39 @@ def fuse(levels: Mapping[str, np.ndarray], biases: Mapping[str, np.ndarray] | No
     return total / np.float32(len(LEVELS))
 
 
+def _run_tiles(scorer: Scorer, text: TextFeatures, videos: VideoSource, t_size: int, v_size: int
+               ) -> Iterator[tuple[int, int, int, int, dict[str, np.ndarray]]]:
+    """(t0, t1, v0, v1, level tiles) for every tile, video blocks outer, in order.
+
+    With ``scorer.concurrency`` > 1 the tiles run on that many threads (graph calls release the
+    GIL); at most twice as many tiles are in flight, so memory stays bounded by the plan.
+    """
+    n_text, n_video = len(text), len(videos)
+    cast = scorer.prepare({"sentence": text.sentence, "words": text.words})
+    text = TextFeatures(cast["sentence"], cast["words"])
+
+    def tiles() -> Iterator[tuple[int, int, int, int, dict[str, np.ndarray]]]:
+        for v0, v1 in _tiles(n_video, v_size):
+            block = scorer.prepare(videos.features(v0, v1))
+            for t0, t1 in _tiles(n_text, t_size):
+                yield t0, t1, v0, v1, block
+
+    if scorer.concurrency == 1:
+        for t0, t1, v0, v1, block in tiles():
+            yield t0, t1, v0, v1, scorer.score_tile(text.rows(t0, t1), block)
+        return
+    window: deque[tuple[int, int, int, int, Future]] = deque()
+    with ThreadPoolExecutor(max_workers=scorer.concurrency, thread_name_prefix="ucofia-score") as pool:
+        for t0, t1, v0, v1, block in tiles():
+            window.append((t0, t1, v0, v1, pool.submit(scorer.score_tile, text.rows(t0, t1), block)))
+            if len(window) >= 2 * scorer.concurrency:
+                t0_, t1_, v0_, v1_, fut = window.popleft()
+                yield t0_, t1_, v0_, v1_, fut.result()
+        while window:
+            t0_, t1_, v0_, v1_, fut = window.popleft()
+            yield t0_, t1_, v0_, v1_, fut.result()
+
+
 def score_matrix(scorer: Scorer, text: TextFeatures, videos: VideoSource, memory_mb: float = DEFAULT_MEMORY_MB,
                  out: Mapping[str, np.ndarray] | None = None, progress: Progress | None = None
                  ) -> dict[str, np.ndarray]:
@@ -134,14 +202,11 @@ def score_matrix(scorer: Scorer, text: TextFeatures, videos: VideoSource, memory
     if out is None:
         out = {level: np.empty((n_text, n_video), dtype=np.float32) for level in LEVELS}
     t_size, v_size = scorer.plan_tiles(n_text, n_video, memory_mb)
-    for v0, v1 in _tiles(n_video, v_size):
-        block = videos.features(v0, v1)
-        for t0, t1 in _tiles(n_text, t_size):
-            tile = scorer.score_tile(text.rows(t0, t1), block)
-            for level in LEVELS:
-                out[level][t0:t1, v0:v1] = tile[level]
-            if progress:
-                progress((t1 - t0) * (v1 - v0))
+    for t0, t1, v0, v1, tile in _run_tiles(scorer, text, videos, t_size, v_size):
+        for level in LEVELS:
+            out[level][t0:t1, v0:v1] = tile[level]
+        if progress:
+            progress((t1 - t0) * (v1 - v0))
     return dict(out)
 
 
@@ -175,13 +240,9 @@ def score_topk(scorer: Scorer, text: TextFeatures, videos: VideoSource, k: int,
                 fused=np.full((n_text, k), -np.inf, dtype=np.float32),
                 levels={lv: np.full((n_text, k), np.nan, dtype=np.float32) for lv in LEVELS})
     t_size, v_size = scorer.plan_tiles(n_text, n_video, memory_mb)
-    for v0, v1 in _tiles(n_video, v_size):
-        block = videos.features(v0, v1)
+    for t0, t1, v0, v1, levels in _run_tiles(scorer, text, videos, t_size, v_size):
         tile_bias = None if biases is None else {lv: biases[lv][v0:v1] for lv in LEVELS}
-        for t0, t1 in _tiles(n_text, t_size):
-            levels = scorer.score_tile(text.rows(t0, t1), block)
-            _merge(best, slice(t0, t1), fuse(levels, tile_bias), levels, v0, k)
-            if progress:
-                progress((t1 - t0) * (v1 - v0))
+        _merge(best, slice(t0, t1), fuse(levels, tile_bias), levels, v0, k)
+        if progress:
+            progress((t1 - t0) * (v1 - v0))
     return best
-
