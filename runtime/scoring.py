@@ -43,6 +43,8 @@ MAX_TEXT_TILE = 64
 CPU_TILE_TEXTS = 4
 CPU_TILE_SCORE_BYTES = 3 * 2**20
 CPU_TILE_MAX_VIDEOS = 256
+# Fewer tiles than concurrent runs (one query): videos are split across the runs, down to this.
+CPU_TILE_MIN_VIDEOS = 32
 
 Progress = Callable[[int], None]
 
@@ -136,6 +138,9 @@ class Scorer:
             v = min(n_video, CPU_TILE_MAX_VIDEOS, max(1, CPU_TILE_SCORE_BYTES // (t * score_bytes)))
             if v == n_video:  # the whole gallery fits in one tile: take more texts per tile
                 t = min(n_text, max(t, CPU_TILE_SCORE_BYTES // (v * score_bytes)))
+            text_tiles = -(-n_text // t)
+            if text_tiles * -(-n_video // v) < self.concurrency:  # e.g. one query: keep every core busy
+                v = min(v, max(CPU_TILE_MIN_VIDEOS, -(-n_video // -(-self.concurrency // text_tiles))))
             if t * v * pair_bytes + v * video_bytes <= budget:
                 return t, v
         t = min(n_text, MAX_TEXT_TILE)

@@ -66,6 +66,27 @@ def test_topk_larger_than_gallery(scorer):
     assert top.indices.shape == (2, 3) and (top.indices >= 0).all()
 
 
+def test_concurrent_tiles_equal_sequential(scorer, monkeypatch):
+    text, videos = _features(scorer.config, 9, 41, seed=3)
+    monkeypatch.setattr(scoring.Scorer, "plan_tiles", lambda self, t, v, m: (2, 5))
+    sequential, concurrent = (scoring.Scorer(scorer.session, scorer.config) for _ in range(2))
+    sequential.concurrency, concurrent.concurrency = 1, 3
+    a, b = scoring.score_matrix(sequential, text, videos), scoring.score_matrix(concurrent, text, videos)
+    for level in scoring.LEVELS:
+        np.testing.assert_array_equal(a[level], b[level])
+    ta, tb = scoring.score_topk(sequential, text, videos, 4), scoring.score_topk(concurrent, text, videos, 4)
+    np.testing.assert_array_equal(ta.indices, tb.indices)
+    np.testing.assert_array_equal(ta.fused, tb.fused)
+
+
+def test_cpu_scorer_session_runs_tiles_concurrently(bundle):
+    assert open_session(bundle, "scorer", "cpu", threads=3).concurrency == 3
+    assert open_session(bundle, "text_encoder", "cpu", threads=3).concurrency == 1
+    scorer = scoring.Scorer(open_session(bundle, "scorer", "cpu", threads=2), bundle.config)
+    t, v = scorer.plan_tiles(1, 1000, 1024)  # one query: the videos are split over both runs
+    assert t == 1 and v < 1000 and -(-1000 // v) >= 2
+
+
 def test_fuse_is_mean_of_levels_plus_bias():
     levels = {lv: np.full((2, 3), i + 1.0, np.float32) for i, lv in enumerate(scoring.LEVELS)}
     biases = {lv: np.array([0.0, 3.0, 6.0], np.float32) for lv in scoring.LEVELS}

@@ -1,0 +1,235 @@
+"""Helpers shared by the benchmark scripts: machine description, timing, memory, matmul rate.
+
+Benchmarks are scripts (``.venv/bin/python benchmarks/<name>.py``), not tests. Each measures the
+things it compares side by side in one run and writes a JSON result that describes the machine
+(CPU model, cores, library versions, thread settings, load average before and after).
+This module imports neither torch nor onnxruntime at import time.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+SHARED = REPO.parent / "shared"
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "UCOFIA_RUN_THREADS")
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (or platform.processor())."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def load_average() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def versions() -> dict[str, str]:
+    """Versions of the libraries the benchmarks use (those importable here)."""
+    out = {"python": platform.python_version()}
+    for name in ("numpy", "torch", "onnxruntime", "onnx", "faiss", "av"):
+        try:
+            module = __import__(name)
+            out[name] = str(getattr(module, "__version__", "?"))
+        except Exception:  # not installed, or fails to import: say so
+            out[name] = "not importable"
+    return out
+
+
+def machine(extra_threads: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a result depends on: CPU, cores, memory, versions, thread settings, load."""
+    try:
+        mem_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError):
+        mem_gib = None
+    threads = {k: os.environ.get(k) for k in THREAD_ENV}
+    try:
+        import torch
+
+        threads["torch_num_threads"] = torch.get_num_threads()
+    except Exception:
+        pass
+    threads.update(extra_threads or {})
+    return {
+        "cpu_model": cpu_model(), "cpus_available": available_cpus(), "cpu_count": os.cpu_count(),
+        "memory_gib": mem_gib, "platform": platform.platform(), "versions": versions(),
+        "threads": threads, "load_average_1_5_15": load_average(),
+    }
+
+
+def _proc_status_mib(key: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def rss_mib() -> float:
+    """Current resident set size of this process (MiB)."""
+    value = _proc_status_mib("VmRSS")
+    return float("nan") if value is None else value
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far (MiB).
+
+    VmHWM, the high-water mark of this process image: ``ru_maxrss`` would also count the parent's
+    RSS at fork time (Linux keeps it across exec), which inflates a subprocess's figure.
+    """
+    value = _proc_status_mib("VmHWM")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if value is None else value
+
+
+def timed(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Run ``fn`` ``warmup`` + ``repeats`` times; wall seconds (best, median) of the timed runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return {"best_s": min(times), "median_s": statistics.median(times), "runs": repeats}
+
+
+def matmul_rates(threads: int, n: int = 2048, repeats: int = 5) -> dict[str, float]:
+    """Measured float32 GEMM rate (GFLOP/s) of an n x n x n product: numpy (its BLAS) and
+    onnxruntime's MatMul with ``threads`` intra-op threads, and onnxruntime with ``threads``
+    concurrent single-threaded runs (the runtime scorer's arrangement). Best of ``repeats``."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    flops = 2.0 * n ** 3
+    out = {"n": n, "numpy_gflops": flops / timed(lambda: a @ b, repeats)["best_s"] / 1e9}
+    try:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+    except ImportError:
+        return out
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])], "mm",
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [None, None]) for x in "ab"],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [None, None])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+    def session(intra: int):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra
+        return ort.InferenceSession(proto, options, providers=["CPUExecutionProvider"])
+
+    multi = session(threads)
+    out["onnxruntime_gflops"] = flops / timed(lambda: multi.run(None, {"a": a, "b": b}), repeats)["best_s"] / 1e9
+    if threads > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        single = session(1)
+        with ThreadPoolExecutor(threads) as pool:
+            def parallel() -> None:
+                list(pool.map(lambda _: single.run(None, {"a": a, "b": b}), range(threads)))
+            best = timed(parallel, repeats)["best_s"]
+        out["onnxruntime_concurrent_gflops"] = threads * flops / best / 1e9
+    out = {k: (round(v, 1) if isinstance(v, float) else v) for k, v in out.items()}
+    out["best_gflops"] = max(v for k, v in out.items() if k.endswith("_gflops"))
+    return out
+
+
+def write_result(path: Path | None, result: dict[str, Any]) -> None:
+    """Print ``result`` as JSON and write it (atomically) to ``path`` when given."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if path is not None:
+        from ucofia.io_utils import atomic_write_text
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, text + "\n")
+        print(f"wrote {path}", file=sys.stderr)
+
+
+# ---- models and bundles for the scorer benchmarks ------------------------------------------
+ISA_WEIGHTS = ("word_mat_weight", "word_mat_weight2", "pixel_mat_weight", "pixel_mat_weight2",
+               "frame_logit_weight", "local_mat_weight", "global_mat_weight", "global_mat_weight_1")
+ISA_PERTURBATION = 0.05
+
+
+def config(name: str):
+    """``tiny`` or ``vit_b32`` (the published geometry) from ucofia.config."""
+    from ucofia.config import tiny_config, vit_b32_config
+
+    return {"tiny": tiny_config, "vit_b32": vit_b32_config}[name]()
+
+
+def random_model(cfg, seed: int = 0):
+    """The project model with random weights; its ISA matrices (identity at init) get
+    N(0, 0.05^2) added so that every parameter of the scorer matters."""
+    import torch
+
+    import ucofia
+
+    model = ucofia.build_model(cfg, seed=seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name in ISA_WEIGHTS:
+            param = getattr(model, name)
+            param.add_(ISA_PERTURBATION * torch.randn(param.shape, generator=gen))
+    return model
+
+
+def export_scorer(model, path: Path, module=None) -> None:
+    """Export the model's scorer graph (or ``module`` with the scorer's signature) to ``path``
+    with the bundle's contract names and dynamic axes (export.onnx_export)."""
+    import torch
+
+    from export.graphs import ScorerGraph
+    from export.onnx_export import export_graph
+    from export.specs import graph_specs
+
+    cfg = model.config
+    d, l, f, p = cfg.embed_dim, cfg.max_words, cfg.max_frames, cfg.num_pixels
+    sample = (torch.randn(2, d), torch.randn(2, l, d), torch.randn(3, d), torch.randn(3, f, d), torch.randn(3, p, d))
+    export_graph((module or ScorerGraph(model)).eval(), sample, Path(path), graph_specs(cfg)["scorer"])
+
+
+def scorer_bundle(root: Path, cfg, scorer_file: str = "scorer.onnx", fingerprint: str = "0" * 64):
+    """A runtime Bundle holding only a scorer graph (torch-free): enough for runtime.scoring,
+    runtime.index and runtime.search, which use no encoder."""
+    from export.specs import graph_specs
+    from runtime.bundle import Bundle, GraphSpec, TensorSpec, TokenizerSpec
+
+    spec = graph_specs(cfg)["scorer"]
+    roles_in = ("sentence", "words", "video", "frame_features", "patches")
+    roles_out = ("video_sentence", "frame_sentence", "patch_word")
+    graph = GraphSpec("scorer", Path(root) / scorer_file,
+                      {r: TensorSpec(s.name, s.dtype, tuple(s.shape)) for r, s in zip(roles_in, spec.inputs)},
+                      {r: TensorSpec(s.name, s.dtype, tuple(s.shape)) for r, s in zip(roles_out, spec.outputs)})
+    return Bundle(root=Path(root), manifest={}, config=cfg, fingerprint=fingerprint, dtype="float32",
+                  graphs={"scorer": graph}, tokenizer=TokenizerSpec(Path(root) / "none", cfg.max_words, 0, 0))
