@@ -106,6 +106,13 @@ class Scorer:
         self.config = config
         self.concurrency = max(1, int(getattr(session, "concurrency", 1)))
         self.cache_tiles = getattr(session, "backend", "") == "cpu"
+        self._pool: ThreadPoolExecutor | None = None
+
+    def pool(self) -> ThreadPoolExecutor:
+        """The threads concurrent tiles run on (started once, reused by every call)."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="ucofia-score")
+        return self._pool
 
     def prepare(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """``arrays`` (role -> array) as contiguous arrays of the graph's input dtypes, cast once
@@ -187,8 +194,9 @@ def _run_tiles(scorer: Scorer, text: TextFeatures, videos: VideoSource, t_size: 
         for t0, t1, v0, v1, block in tiles():
             yield t0, t1, v0, v1, scorer.score_tile(text.rows(t0, t1), block)
         return
+    pool = scorer.pool()
     window: deque[tuple[int, int, int, int, Future]] = deque()
-    with ThreadPoolExecutor(max_workers=scorer.concurrency, thread_name_prefix="ucofia-score") as pool:
+    try:
         for t0, t1, v0, v1, block in tiles():
             window.append((t0, t1, v0, v1, pool.submit(scorer.score_tile, text.rows(t0, t1), block)))
             if len(window) >= 2 * scorer.concurrency:
@@ -197,6 +205,9 @@ def _run_tiles(scorer: Scorer, text: TextFeatures, videos: VideoSource, t_size: 
         while window:
             t0_, t1_, v0_, v1_, fut = window.popleft()
             yield t0_, t1_, v0_, v1_, fut.result()
+    finally:  # an error or an abandoned generator: let no tile run on unobserved
+        for *_, fut in window:
+            fut.cancel()
 
 
 def score_matrix(scorer: Scorer, text: TextFeatures, videos: VideoSource, memory_mb: float = DEFAULT_MEMORY_MB,

@@ -1,0 +1,166 @@
+"""Benchmark: torch eager vs onnxruntime (CPU) for the bundle's video and text encoders.
+
+ViT-B/32 geometry (``ucofia.config.vit_b32_config()``) with random weights, exported with
+``export.export_bundle`` (verified against PyTorch as every export is). Cases: the video encoder
+on 1 and 4 videos of ``max_frames`` (12) frames, i.e. 12 and 48 frames per call (frames/s), and
+the text encoder on 64 texts of ``max_words`` tokens (texts/s).
+
+Both sides use the same number of threads (``--threads``; ``torch.set_num_threads`` and
+onnxruntime's ``intra_op_num_threads``) and the same inputs. onnxruntime runs through the
+runtime's own session factory (``runtime.backends.open_session``: ORT_ENABLE_ALL graph
+optimisations, subnormals flushed); a second onnxruntime session with only basic graph
+optimisations shows what the optimiser contributes. torch runs eagerly under
+``torch.inference_mode()``. Runs of the sides are interleaved (torch, ort, ort-basic, torch, ...)
+so that load changes on the machine hit them alike; medians are reported.
+
+    .venv/bin/python benchmarks/encoders.py -o benchmarks/results/encoders_vit_b32.json
+    .venv/bin/python benchmarks/encoders.py --config tiny --repeats 3      # quick check
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+VIDEO_BATCHES = (1, 4)  # videos per call (x max_frames frames)
+TEXT_BATCH = 64
+TARGET = 1.5
+
+
+def _config(name: str):
+    from ucofia.config import tiny_config, vit_b32_config
+
+    return {"tiny": tiny_config, "vit_b32": vit_b32_config}[name]()
+
+
+def _ort_basic(bundle, key: str, threads: int):
+    """An onnxruntime session like the runtime's but with basic graph optimisations only."""
+    import onnxruntime as ort
+
+    from runtime.backends import GraphSession
+
+    class BasicOptSession(GraphSession):
+        backend = "cpu"
+
+        def __init__(self, spec) -> None:
+            super().__init__(spec)
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+            options.intra_op_num_threads = threads
+            options.add_session_config_entry("session.set_denormal_as_zero", "1")
+            self._session = ort.InferenceSession(str(spec.file), options, providers=["CPUExecutionProvider"])
+            self._outputs = [o.name for o in spec.outputs.values()]
+
+        def _run(self, feeds):
+            return dict(zip(self._outputs, self._session.run(self._outputs, feeds)))
+
+    return BasicOptSession(bundle.graphs[key])
+
+
+def _interleaved(fns: dict, repeats: int) -> dict[str, list[float]]:
+    for fn in fns.values():  # warm-up (allocations, kernel selection)
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", choices=["tiny", "vit_b32"], default="vit_b32")
+    parser.add_argument("--threads", type=int, default=common.available_cpus())
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--bundle", type=Path, default=None,
+                        help="reuse this exported bundle (its config must match --config) instead of exporting")
+    parser.add_argument("-o", "--output", type=Path, default=None)
+    args = parser.parse_args()
+
+    import torch
+
+    import ucofia
+    from export import export_bundle
+    from runtime.backends import open_session
+    from runtime.bundle import load_bundle
+
+    torch.set_num_threads(args.threads)
+    cfg = _config(args.config)
+    model = ucofia.build_model(cfg, seed=0)
+    machine = common.machine({"torch_set_num_threads": args.threads, "onnxruntime_intra_op_num_threads": args.threads})
+    with tempfile.TemporaryDirectory(prefix="ucofia-enc-") as tmp:
+        export_info = {}
+        bundle_dir = args.bundle
+        if bundle_dir is None:
+            bundle_dir = Path(tmp) / "bundle"
+            start = time.perf_counter()
+            manifest = export_bundle(model, bundle_dir, progress=lambda m: print(f"[export] {m}", file=sys.stderr))
+            export_info = {"seconds": round(time.perf_counter() - start, 1),
+                           "verification_passed": manifest["verification"]["passed"]}
+        bundle = load_bundle(bundle_dir)
+        if bundle.config.to_dict() != cfg.to_dict():
+            raise SystemExit(f"{bundle_dir} was exported with another config than --config {args.config}")
+        sessions = {key: (open_session(bundle, key, "cpu", args.threads), _ort_basic(bundle, key, args.threads))
+                    for key in ("video_encoder", "text_encoder")}
+        rng = np.random.default_rng(0)
+        f, size = cfg.max_frames, cfg.clip.image_size
+        cases = []
+        for v in VIDEO_BATCHES:
+            frames = rng.standard_normal((v, f, 3, size, size), dtype=np.float32)
+            mask = np.ones((v, f), np.float32)
+            cases.append((f"video_encoder_{v * f}_frames", "video_encoder", v * f, "frames_per_s",
+                          lambda fr=frames, mk=mask: model.encode_video(torch.from_numpy(fr), torch.from_numpy(mk)),
+                          {"frames": frames, "video_mask": mask}))
+        ids = rng.integers(1, cfg.clip.vocab_size - 2, (TEXT_BATCH, cfg.max_words)).astype(np.int64)
+        ids[:, 0] = cfg.clip.vocab_size - 2  # SOT
+        ids[:, -1] = cfg.clip.vocab_size - 1  # EOT (the highest id: the EOT feature is taken there)
+        cases.append((f"text_encoder_{TEXT_BATCH}_texts", "text_encoder", TEXT_BATCH, "texts_per_s",
+                      lambda: model.encode_text(torch.from_numpy(ids)), {"input_ids": ids}))
+
+        results = {}
+        for name, key, items, unit, torch_fn, feeds in cases:
+            ort_all, ort_basic = sessions[key]
+            print(f"[encoders] {name} ...", file=sys.stderr, flush=True)
+            with torch.inference_mode():
+                times = _interleaved({"torch_eager": torch_fn, "onnxruntime": lambda s=ort_all: s.run(feeds),
+                                      "onnxruntime_basic_opt": lambda s=ort_basic: s.run(feeds)}, args.repeats)
+                want = torch_fn()
+            got = ort_all.run(feeds)
+            first = want.video if key == "video_encoder" else want.sentence
+            out_role = "video" if key == "video_encoder" else "sentence"
+            diff = float(np.abs(got[out_role] - first.numpy()).max())
+            med = {k: statistics.median(v) for k, v in times.items()}
+            results[name] = {
+                "items_per_call": items, "unit": unit,
+                **{f"{k}_median_s": round(v, 4) for k, v in med.items()},
+                **{f"{k}_{unit}": round(items / v, 2) for k, v in med.items()},
+                "speedup_onnxruntime_over_torch": round(med["torch_eager"] / med["onnxruntime"], 2),
+                "speedup_basic_opt_over_torch": round(med["torch_eager"] / med["onnxruntime_basic_opt"], 2),
+                "max_abs_diff_first_output": diff, "runs": args.repeats,
+            }
+    result = {
+        "benchmark": "encoders", "config": args.config, "machine": machine,
+        "load_average_after": common.load_average(), "export": export_info, "cases": results,
+        "target_speedup": TARGET,
+        "meets_target": {k: v["speedup_onnxruntime_over_torch"] >= TARGET for k, v in results.items()},
+        "summary": [f"{k}: torch {v['torch_eager_' + v['unit']]:.1f} vs onnxruntime {v['onnxruntime_' + v['unit']]:.1f} "
+                    f"{v['unit'].replace('_per_s', '/s')} -> {v['speedup_onnxruntime_over_torch']:.2f}x "
+                    f"(basic graph optimisation {v['speedup_basic_opt_over_torch']:.2f}x; target {TARGET}x)"
+                    for k, v in results.items()],
+    }
+    common.write_result(args.output, result)
+    print("\n".join(result["summary"]), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

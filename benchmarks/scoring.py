@@ -1,0 +1,400 @@
+"""Benchmark: ucofia-run's tiled scorer vs a faithful re-implementation of the reference's
+evaluation loop, on the same random features at MSR-VTT 1k-A size (1000 x 1000, ViT-B/32).
+
+Reference side (torch, ``torch.set_num_threads(--threads)``): the loop of the reference's
+``eval_epoch``/``_run_on_single_gpu`` + ``_loose_similarity`` (eval variant, seqTransf),
+re-expressed here with the same operations and layouts: batches of 32 texts x 32 videos; for
+EVERY pair of batches the temporal transformer runs again on the 32 videos' frame features, the
+video/frame/sentence/word features are normalised again, and the three levels are computed --
+the patch-word scores as one [32*L, D] x [D, 32*P] product viewed [t, L, v, P] with its four
+softmaxes, two of them over the word axis through permutes; each pair's three [32, 32] results
+go to numpy and are concatenated per row of batches, as the reference does. The weights are the
+project model's (random init, ISA matrices perturbed so that every parameter matters).
+
+Runtime side (no torch in its process): the video-level feature (temporal transformer + pooling)
+is computed once per video at index time (timed separately, torch in the parent), then
+``runtime.scoring.score_matrix`` scores all 1000 x 1000 pairs with the exported scorer graph
+through ``runtime.backends.open_session`` (onnxruntime CPU, ``--threads`` concurrent
+single-threaded tile calls). A second run uses a graph with only the patch-word level (the other
+two outputs are zeros) through the same path, so that level's time and GFLOP/s can be set against
+this machine's measured float32 matmul rate (numpy and onnxruntime, ``common.matmul_rates``).
+
+Each side runs in its own subprocess, so its peak RSS (``ru_maxrss``) is its own; "scoring
+memory" is the peak minus the RSS once its inputs were loaded.
+
+Subnormal floats: softmax(x / 0.01) produces them, and x86 CPUs handle them in microcode (10-100x
+slower per operation). The reference runs twice: with ``torch.set_flush_denormal(True)`` (the
+fair, fast baseline the speed-up is quoted against) and as published (no flushing) on a few text
+batches, scaled. onnxruntime flushes them (``session.set_denormal_as_zero``, runtime.backends).
+
+    .venv/bin/python benchmarks/scoring.py -o benchmarks/results/scoring_vit_b32.json
+    .venv/bin/python benchmarks/scoring.py --config tiny --texts 200 --videos 200   # quick check
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+REFERENCE_BATCH = 32  # the reference's batch_size_val for MSR-VTT
+ISA_WEIGHTS = common.ISA_WEIGHTS
+HEAD_PREFIXES = ("frame_position_embeddings.", "transformerClip.") + ISA_WEIGHTS
+LEVELS = ("video_sentence", "frame_sentence", "patch_word")
+_config = common.config
+
+
+def patch_word_flops(cfg, n_text: int, n_video: int) -> float:
+    """FLOPs of the patch-word level's matrix products: the [T*L, D] x [D, V*P] score product and
+    the two mixing products over the patch (P x P) and word (L x L) axes."""
+    pairs = float(n_text) * n_video * cfg.max_words * cfg.num_pixels
+    return 2.0 * pairs * (cfg.embed_dim + cfg.num_pixels + cfg.max_words)
+
+
+# ---- setup (parent process, torch) ---------------------------------------------------------
+def make_features(cfg, n_text: int, n_video: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random encoder outputs: raw sentence/word/frame features ~ N(0, 1), raw patch tokens
+    ~ N(0, 0.1^2), video masks with 6..12 real frames."""
+    rng = np.random.default_rng(seed)
+    d, l, f, p = cfg.embed_dim, cfg.max_words, cfg.max_frames, cfg.num_pixels
+    return {
+        "sentence": rng.standard_normal((n_text, d), dtype=np.float32),
+        "words": rng.standard_normal((n_text, l, d), dtype=np.float32),
+        "frames": rng.standard_normal((n_video, f, d), dtype=np.float32),
+        "patches": (0.1 * rng.standard_normal((n_video, p, d))).astype(np.float32),
+        "video_mask": (np.arange(f)[None, :] < rng.integers(f // 2, f + 1, n_video)[:, None]).astype(np.float32),
+    }
+
+
+def setup(args, work: Path) -> dict:
+    """Weights, graphs and features into ``work``; returns what the parent measured doing it."""
+    import torch
+    from torch import nn
+
+    from ucofia import isa
+
+    cfg = _config(args.config)
+    model = common.random_model(cfg)
+    heads = {k: v for k, v in model.state_dict().items() if k.startswith(HEAD_PREFIXES)}
+    heads["logit_scale"] = model.clip.logit_scale.detach().clone()
+    torch.save(heads, work / "heads.pt")
+    (work / "config.json").write_text(json.dumps(cfg.to_dict()))
+
+    class PatchWordOnly(nn.Module):
+        """The scorer graph with only the patch-word level computed (others zeros)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, sentence, words, video, frame_features, patches):
+            m = self.model
+            sims = isa.patch_word(words, patches, m.local_mat_weight, getattr(m, "local_mat_weight1", None),
+                                  m.word_mat_weight, m.pixel_mat_weight, m.pixel_mat_weight2, m.word_mat_weight2,
+                                  m.config.isa_temperature)
+            # the other inputs stay in the graph (contract), at negligible cost
+            zeros = sims * 0.0 + 0.0 * (sentence.sum() + video.sum() + frame_features.sum())
+            return zeros, zeros, sims
+
+    start = time.perf_counter()
+    common.export_scorer(model, work / "scorer.onnx")
+    common.export_scorer(model, work / "patch_word_only.onnx", PatchWordOnly())
+    export_seconds = time.perf_counter() - start
+
+    feats = make_features(cfg, args.texts, args.videos)
+    for name, array in feats.items():
+        np.save(work / f"{name}.npy", array)
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    with torch.no_grad():  # index time: once per video
+        video = model._temporal(torch.from_numpy(feats["frames"]), torch.from_numpy(feats["video_mask"])).numpy()
+    index_seconds = time.perf_counter() - start
+    np.save(work / "video.npy", video)
+    return {"export_seconds": round(export_seconds, 2), "video_feature_seconds": round(index_seconds, 3)}
+
+
+# ---- reference side (subprocess, torch) ----------------------------------------------------
+class ReferenceHeads:
+    """What the reference's similarity function uses: frame position embeddings, the seqTransf
+    temporal transformer, the ISA matrices and CLIP's logit scale (nothing else in memory)."""
+
+    def __init__(self, cfg, state: dict) -> None:
+        import torch
+        from torch import nn
+
+        from ucofia.temporal import TemporalTransformer
+
+        self.pos = nn.Embedding(cfg.frame_positions, cfg.embed_dim)
+        self.pos.weight.data.copy_(state["frame_position_embeddings.weight"])
+        self.temporal = TemporalTransformer(cfg.embed_dim, cfg.temporal_layers, cfg.temporal_heads)
+        self.temporal.load_state_dict({k.split(".", 1)[1]: v for k, v in state.items()
+                                       if k.startswith("transformerClip.")})
+        self.temporal.eval()
+        self.w = {name: state[name] for name in ISA_WEIGHTS}
+        self.logit_scale = state["logit_scale"]
+        self.tau = cfg.isa_temperature
+        self.timers = {"temporal": 0.0, "video_sentence+frame_sentence": 0.0, "patch_word": 0.0}
+        self.torch = torch
+
+    def pair(self, sentence, words, frames, video_mask, patches):
+        """One (text batch, video batch) call of the reference's loose similarity."""
+        torch, tau, w = self.torch, self.tau, self.w
+        t0 = time.perf_counter()
+        n_video, n_frames = frames.shape[:2]
+        positions = torch.arange(n_frames).unsqueeze(0).expand(n_video, -1)
+        hidden = self.temporal(frames + self.pos(positions), video_mask) + frames
+        video = hidden / hidden.norm(dim=-1, keepdim=True)
+        mask = video_mask.unsqueeze(-1)
+        count = mask.sum(dim=1)
+        count[count == 0.0] = 1.0
+        video = (video * mask).sum(dim=1) / count
+        video = video / video.norm(dim=-1, keepdim=True)
+        t1 = time.perf_counter()
+        frame_feats = frames / frames.norm(dim=-1, keepdim=True)
+        sent = sentence / sentence.norm(dim=-1, keepdim=True)
+        word_feats = words / words.norm(dim=-1, keepdim=True)
+        scale = self.logit_scale.exp()
+        vs = scale * torch.matmul(torch.matmul(sent, w["global_mat_weight"]),
+                                  torch.matmul(video, w["global_mat_weight_1"]).t())
+        fs_scores = torch.matmul(sent, frame_feats.permute(0, 2, 1))  # [v, t, F]
+        fs_attn = torch.softmax(torch.matmul(torch.softmax(fs_scores / tau, dim=-1), w["frame_logit_weight"]) / tau, dim=-1)
+        fs = scale * torch.sum(fs_scores * fs_attn, dim=-1).t()
+        t2 = time.perf_counter()
+        n_text, n_words, dim = word_feats.shape
+        n_pix = patches.shape[1]
+        fine = torch.matmul(torch.matmul(word_feats.view(-1, dim), w["local_mat_weight"]),
+                            patches.view(-1, dim).t()).view(n_text, n_words, n_video, n_pix)
+        word_attn = torch.softmax(torch.matmul(torch.softmax(fine / tau, dim=1).permute(0, 2, 3, 1),
+                                               w["word_mat_weight"]) / tau, dim=-1)
+        word_level = torch.sum(word_attn.permute(0, 3, 1, 2) * fine, dim=1)  # [t, v, P]
+        pix_attn = torch.softmax(torch.matmul(torch.softmax(fine / tau, dim=-1), w["pixel_mat_weight"]) / tau, dim=-1)
+        frame_level = torch.sum(pix_attn * fine, dim=-1)  # [t, L, v]
+        s2p_attn = torch.softmax(torch.matmul(torch.softmax(word_level / tau, dim=-1), w["pixel_mat_weight2"]) / tau, dim=-1)
+        sent_to_patch = torch.sum(s2p_attn * word_level, dim=-1)
+        v2w_attn = torch.softmax(torch.matmul(torch.softmax(frame_level / tau, dim=1).permute(0, 2, 1),
+                                              w["word_mat_weight2"]) / tau, dim=-1)
+        video_to_word = torch.sum(v2w_attn.permute(0, 2, 1) * frame_level, dim=1)
+        pw = (sent_to_patch + video_to_word) / 2
+        t3 = time.perf_counter()
+        self.timers["temporal"] += t1 - t0
+        self.timers["video_sentence+frame_sentence"] += t2 - t1
+        self.timers["patch_word"] += t3 - t2
+        return vs, fs, pw
+
+
+def side_reference(args, work: Path) -> dict:
+    import torch
+
+    from ucofia.config import UCoFiAConfig
+
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(bool(args.ftz))
+    cfg = UCoFiAConfig.from_dict(json.loads((work / "config.json").read_text()))
+    heads = ReferenceHeads(cfg, torch.load(work / "heads.pt", weights_only=True))
+    t = {k: torch.from_numpy(np.load(work / f"{k}.npy")) for k in ("sentence", "words", "frames", "patches", "video_mask")}
+    n_text, n_video = t["sentence"].shape[0], t["frames"].shape[0]
+    text_batches = [(i, min(i + REFERENCE_BATCH, n_text)) for i in range(0, n_text, REFERENCE_BATCH)]
+    video_batches = [(i, min(i + REFERENCE_BATCH, n_video)) for i in range(0, n_video, REFERENCE_BATCH)]
+    if args.text_batches:
+        text_batches = text_batches[:args.text_batches]
+    rss_loaded = common.rss_mib()
+    cpu0, start = time.process_time(), time.perf_counter()
+    rows = {lv: [] for lv in LEVELS}
+    with torch.no_grad():
+        for a, b in text_batches:
+            row = {lv: [] for lv in LEVELS}
+            for c, d in video_batches:
+                sims = heads.pair(t["sentence"][a:b], t["words"][a:b], t["frames"][c:d], t["video_mask"][c:d],
+                                  t["patches"][c:d])
+                for lv, value in zip(LEVELS, sims):
+                    row[lv].append(value.cpu().detach().numpy())
+            for lv in LEVELS:
+                rows[lv].append(np.concatenate(row[lv], axis=-1))
+    seconds = time.perf_counter() - start
+    cpu = time.process_time() - cpu0
+    levels = {lv: np.concatenate(rows[lv], axis=0) for lv in LEVELS}
+    np.savez(work / f"reference_ftz{int(args.ftz)}.npz", **levels)
+    texts_done = text_batches[-1][1] if text_batches else 0
+    return {
+        "flush_denormal": bool(args.ftz), "torch_threads": torch.get_num_threads(),
+        "text_batches_timed": len(text_batches), "texts_timed": texts_done, "video_batches": len(video_batches),
+        "seconds_timed": round(seconds, 3), "cpu_seconds_timed": round(cpu, 2),
+        "share_of_time": {k: round(v / seconds, 3) for k, v in heads.timers.items()},
+        "seconds_by_part_timed": {k: round(v, 3) for k, v in heads.timers.items()},
+        "rss_inputs_loaded_mib": round(rss_loaded, 1), "peak_rss_mib": round(common.peak_rss_mib(), 1),
+        "torch_imported": True,
+    }
+
+
+# ---- runtime side (subprocess, no torch) ---------------------------------------------------
+def _runtime_scorer(work: Path, graph_file: str, threads: int):
+    from runtime.backends import open_session
+    from runtime.scoring import Scorer
+    from ucofia.config import UCoFiAConfig
+
+    cfg = UCoFiAConfig.from_dict(json.loads((work / "config.json").read_text()))
+    bundle = common.scorer_bundle(work, cfg, graph_file)
+    return Scorer(open_session(bundle, "scorer", "cpu", threads), cfg)
+
+
+def side_runtime(args, work: Path) -> dict:
+    from runtime.scoring import ArrayVideos, TextFeatures, score_matrix
+
+    load = {k: np.load(work / f"{k}.npy") for k in ("sentence", "words", "video", "frames", "patches")}
+    text = TextFeatures(load["sentence"], load["words"])
+    videos = ArrayVideos({"video": load["video"], "frame_features": load["frames"], "patches": load["patches"]})
+    rss_loaded = common.rss_mib()
+    out = {}
+    for name, graph_file in (("all_levels", "scorer.onnx"), ("patch_word_only", "patch_word_only.onnx")):
+        scorer = _runtime_scorer(work, graph_file, args.threads)
+        scorer.score_tile(text.rows(0, 1), videos.features(0, 2))  # session warm-up
+        cpu0, start = time.process_time(), time.perf_counter()
+        levels = score_matrix(scorer, text, videos, args.memory_mb)
+        seconds = time.perf_counter() - start
+        cpu = time.process_time() - cpu0
+        out[name] = {"seconds": round(seconds, 3), "cpu_seconds": round(cpu, 2),
+                     "tile": list(scorer.plan_tiles(len(text), len(videos), args.memory_mb)),
+                     "concurrent_tiles": scorer.concurrency, "peak_rss_mib_so_far": round(common.peak_rss_mib(), 1)}
+        if name == "all_levels":
+            np.savez(work / "runtime.npz", **levels)
+            out["peak_rss_mib"] = round(common.peak_rss_mib(), 1)
+        del levels
+    out["rss_inputs_loaded_mib"] = round(rss_loaded, 1)
+    out["torch_imported"] = "torch" in sys.modules
+    return out
+
+
+# ---- parent ---------------------------------------------------------------------------------
+def _subprocess(side: str, work: Path, args, **extra) -> dict:
+    cmd = [sys.executable, __file__, "--side", side, "--work", str(work), "--threads", str(args.threads),
+           "--memory-mb", str(args.memory_mb)]
+    for key, value in extra.items():
+        cmd += [f"--{key.replace('_', '-')}", str(value)]
+    print(f"[scoring] running the {side} side {extra or ''} ...", file=sys.stderr, flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{side} side failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _compare(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict:
+    out = {}
+    for lv in LEVELS:
+        x, y = a[lv], b[lv][: a[lv].shape[0]]
+        scale = max(1.0, float(np.abs(x).max()))
+        out[lv] = {"max_abs": float(np.abs(x - y).max()), "max_abs_over_scale": float(np.abs(x - y).max() / scale),
+                   "same_top1": float((x.argmax(1) == y.argmax(1)).mean())}
+    fa, fb = (sum(d[lv][: a[LEVELS[0]].shape[0]] for lv in LEVELS) / 3 for d in (a, b))
+    out["fused_same_top1"] = float((fa.argmax(1) == fb.argmax(1)).mean())
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", choices=["tiny", "vit_b32"], default="vit_b32")
+    parser.add_argument("--texts", type=int, default=1000)
+    parser.add_argument("--videos", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=common.available_cpus(),
+                        help="cores each side may use (torch threads / concurrent scorer tiles)")
+    parser.add_argument("--reference-text-batches", type=int, default=0,
+                        help="text batches of 32 the flushed reference is timed on (0 = all: no scaling)")
+    parser.add_argument("--unflushed-text-batches", type=int, default=1,
+                        help="text batches the reference without denormal flushing is timed on (0 = skip)")
+    parser.add_argument("--memory-mb", type=float, default=1024)
+    parser.add_argument("-o", "--output", type=Path, default=None)
+    parser.add_argument("--side", choices=["reference", "runtime"], help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--ftz", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--text-batches", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.side:
+        result = side_reference(args, args.work) if args.side == "reference" else side_runtime(args, args.work)
+        print(json.dumps(result))
+        return
+
+    machine_before = common.machine({"scorer_concurrent_tiles": args.threads, "reference_torch_threads": args.threads})
+    rates = common.matmul_rates(args.threads)
+    with tempfile.TemporaryDirectory(prefix="ucofia-scoring-") as tmp:
+        work = Path(tmp)
+        prep = setup(args, work)
+        cfg = _config(args.config)
+        runtime = _subprocess("runtime", work, args)
+        reference = _subprocess("reference", work, args, ftz=1, text_batches=args.reference_text_batches)
+        unflushed = None
+        if args.unflushed_text_batches:
+            unflushed = _subprocess("reference", work, args, ftz=0, text_batches=args.unflushed_text_batches)
+        ours = dict(np.load(work / "runtime.npz"))
+        ref_levels = dict(np.load(work / "reference_ftz1.npz"))
+        agreement = _compare(ref_levels, ours)
+
+    n_text, n_video = args.texts, args.videos
+    pairs = n_text * n_video
+
+    def full(side: dict) -> float:
+        return side["seconds_timed"] * n_text / side["texts_timed"]
+
+    ref_s = full(reference)
+    rt_s = runtime["all_levels"]["seconds"]
+    pw_s = runtime["patch_word_only"]["seconds"]
+    flops = patch_word_flops(cfg, n_text, n_video)
+    floor_s = flops / (rates["best_gflops"] * 1e9)
+    ref_scoring_mem = reference["peak_rss_mib"] - reference["rss_inputs_loaded_mib"]
+    rt_scoring_mem = runtime["peak_rss_mib"] - runtime["rss_inputs_loaded_mib"]
+    result = {
+        "benchmark": "scoring", "config": args.config, "texts": n_text, "videos": n_video,
+        "geometry": {"embed_dim": cfg.embed_dim, "max_words": cfg.max_words, "num_pixels": cfg.num_pixels,
+                     "max_frames": cfg.max_frames},
+        "features": "raw sentence/word/frame ~ N(0,1), raw patches ~ N(0,0.01), 6-12 real frames; "
+                    "ISA matrices identity + N(0, 0.05^2)",
+        "machine": machine_before, "load_average_after": common.load_average(),
+        "matmul_rate": rates,
+        "reference_loop": {**reference, "seconds_full": round(ref_s, 2),
+                           "scaled": reference["texts_timed"] < n_text,
+                           "pairs_per_second": round(pairs / ref_s, 1)},
+        "reference_loop_unflushed": None if unflushed is None else {
+            **unflushed, "seconds_full_scaled": round(full(unflushed), 1), "scaled": unflushed["texts_timed"] < n_text,
+            "slowdown_vs_flushed": round(full(unflushed) / ref_s, 2)},
+        "ucofia_run": {**runtime, "pairs_per_second": round(pairs / rt_s, 1),
+                       "index_time_video_feature_seconds": prep["video_feature_seconds"]},
+        "patch_word_level": {
+            "gflop": round(flops / 1e9, 1), "seconds": pw_s, "achieved_gflops": round(flops / pw_s / 1e9, 1),
+            "matmul_floor_seconds": round(floor_s, 2), "seconds_over_floor": round(pw_s / floor_s, 2),
+            "target_within": 2.0},
+        "ratios": {
+            "speedup_vs_reference_loop": round(ref_s / rt_s, 2), "target_speedup": 8.0,
+            "speedup_vs_unflushed_reference": None if unflushed is None else round(full(unflushed) / rt_s, 1),
+            "peak_rss_runtime_over_reference": round(runtime["peak_rss_mib"] / reference["peak_rss_mib"], 3),
+            "scoring_memory_runtime_over_reference": round(rt_scoring_mem / max(ref_scoring_mem, 1e-9), 3),
+            "patch_word_seconds_over_matmul_floor": round(pw_s / floor_s, 2),
+        },
+        "agreement_with_reference_on_timed_rows": agreement,
+    }
+    summary = [
+        f"reference loop (flushed denormals){' scaled from ' + str(reference['texts_timed']) + ' texts' if result['reference_loop']['scaled'] else ''}: "
+        f"{ref_s:.1f} s, {pairs / ref_s:,.0f} pairs/s, peak RSS {reference['peak_rss_mib']:.0f} MiB "
+        f"(temporal {reference['share_of_time']['temporal']:.0%}, patch-word {reference['share_of_time']['patch_word']:.0%})",
+        f"ucofia-run tiled scorer: {rt_s:.1f} s, {pairs / rt_s:,.0f} pairs/s, peak RSS {runtime['peak_rss_mib']:.0f} MiB "
+        f"-> {ref_s / rt_s:.1f}x faster (target 8x), peak RSS x{runtime['peak_rss_mib'] / reference['peak_rss_mib']:.2f}",
+        f"patch-word level: {pw_s:.1f} s for {flops / 1e12:.2f} TFLOP = {flops / pw_s / 1e9:.0f} GFLOP/s; matmul rate "
+        f"{rates['best_gflops']:.0f} GFLOP/s -> floor {floor_s:.1f} s, {pw_s / floor_s:.2f}x the floor (target 2x)",
+    ]
+    if unflushed is not None:
+        summary.append(f"reference without denormal flushing (scaled from {unflushed['texts_timed']} texts): "
+                       f"{full(unflushed):.0f} s ({full(unflushed) / ref_s:.1f}x the flushed reference)")
+    result["summary"] = summary
+    common.write_result(args.output, result)
+    print("\n".join(summary), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
