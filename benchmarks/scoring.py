@@ -145,12 +145,20 @@ class ReferenceHeads:
         self.timers = {"temporal": 0.0, "video_sentence+frame_sentence": 0.0, "patch_word": 0.0}
         self.torch = torch
 
+    def to(self, device) -> "ReferenceHeads":
+        """Move every weight to ``device`` (the GPU check runs the loop on CUDA)."""
+        self.pos.to(device)
+        self.temporal.to(device)
+        self.w = {k: v.to(device) for k, v in self.w.items()}
+        self.logit_scale = self.logit_scale.to(device)
+        return self
+
     def pair(self, sentence, words, frames, video_mask, patches):
         """One (text batch, video batch) call of the reference's loose similarity."""
         torch, tau, w = self.torch, self.tau, self.w
         t0 = time.perf_counter()
         n_video, n_frames = frames.shape[:2]
-        positions = torch.arange(n_frames).unsqueeze(0).expand(n_video, -1)
+        positions = torch.arange(n_frames, device=frames.device).unsqueeze(0).expand(n_video, -1)
         hidden = self.temporal(frames + self.pos(positions), video_mask) + frames
         video = hidden / hidden.norm(dim=-1, keepdim=True)
         mask = video_mask.unsqueeze(-1)
