@@ -70,13 +70,14 @@ def patch_word(words: torch.Tensor, patches: torch.Tensor, local_weight: torch.T
     """Level 3: bidirectional ISA between word tokens [T,L,D] and selected patch tokens [V,P,D].
 
     Words are normalised, patches are raw; ``local_weight1`` (train variant) also projects the
-    patches. No logit scale.
+    patches: (w A)(x B)^T = w (A B^T) x^T, so it is folded into the text-side matrix (a constant
+    in the exported graph) rather than applied to every tile of patches. No logit scale.
     """
     t, l, d = words.shape
     v, p = patches.shape[:2]
-    w = (l2_normalize(words) @ local_weight) / tau
-    x = patches if local_weight1 is None else patches @ local_weight1
-    fine = (x.reshape(v * p, d) @ w.reshape(t * l, d).t()).reshape(v, p, t, l)  # [V,P,T,L] / tau
+    text_matrix = local_weight if local_weight1 is None else local_weight @ local_weight1.t()
+    w = (l2_normalize(words) @ text_matrix) / tau
+    fine = (patches.reshape(v * p, d) @ w.reshape(t * l, d).t()).reshape(v, p, t, l)  # [V,P,T,L] / tau
     # word axis first: for every patch, pool over words, then over patches
     word_level = _scaled_pool(fine, word_weight, tau)  # [V,P,T]
     sent_to_patch = _scaled_pool(word_level.transpose(1, 2), pixel_weight2, tau)  # [V,T]
