@@ -54,6 +54,18 @@ def test_rank_change_is_reported_as_metric_delta():
     assert not report["passed"]
 
 
+def test_exact_ties_broken_by_rounding_are_tie_flips_not_failures():
+    sims = _sims(0)
+    sims["patch_word"][:, :] = 1.0  # every caption ties with every video (degenerate random model)
+    cand = {lv: s.copy() for lv, s in sims.items()}
+    cand["patch_word"] = sims["patch_word"] + np.linspace(0, 1e-6, 36, dtype=np.float32).reshape(6, 6)
+    report = compare_retrieval(sims, cand)
+    row = report["rows"][LEVELS.index("patch_word")]
+    assert any(abs(v) > 0 for d in row["metric_deltas"].values() for v in d.values())
+    assert row["tie_flips"] and report["passed"]
+    assert "exact ties" in format_report(report)
+
+
 def test_fp16_tolerance_allows_small_metric_noise_only():
     tol = Tolerance.for_dtype("float16")
     assert tol.max_abs is None and tol.max_r1_delta == pytest.approx(0.2)
