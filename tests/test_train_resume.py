@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 
 import pytest
 import torch
+from train_helpers import hard_kill_run, synthetic_splits, tiny_train_config
 
-from train_helpers import synthetic_splits, tiny_train_config
 from ucofia.checkpoints import load_checkpoint
 from ucofia.training import state as st
 from ucofia.training.trainer import TrainError, train
@@ -74,3 +75,22 @@ def test_run_dir_guard_and_resume_without_checkpoint(tmp_path):
     with pytest.raises(TrainError, match="not empty"):
         train(cfg, run, splits=splits, log=lambda _m: None)
     assert (run / st.BEST / "model.safetensors").is_file()
+
+
+def test_resume_after_hard_kill_of_another_process(tmp_path):
+    """The killed run is a separate process that dies with os._exit (no cleanup) after step 5."""
+    overrides = dict(optim__epochs=2, checkpoint__every_steps=2, eval__sk=False,
+                     eval__select_metric="t2v.all.R1", eval__test_at_end=False)
+    cut = tmp_path / "cut"
+    proc = multiprocessing.get_context("spawn").Process(target=hard_kill_run, args=(str(cut), 5, overrides))
+    proc.start()
+    proc.join(240)
+    assert proc.exitcode == 137
+    assert [s for s, _ in st.list_step_checkpoints(cut)] == [2, 4]
+    cfg = tiny_train_config(**overrides)
+    splits = synthetic_splits(train_videos=6, captions=2)
+    train(cfg, cut, resume=True, splits=splits, log=lambda _m: None)
+    full = tmp_path / "full"
+    train(cfg, full, splits=splits, log=lambda _m: None)
+    a, b = _weights(full)[0], _weights(cut)[0]
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -53,3 +53,17 @@ def tiny_train_config(**overrides: Any) -> TrainConfig:
     }
     values.update({k.replace("__", "."): v for k, v in overrides.items()})
     return load_config(None, values)
+
+
+def hard_kill_run(run_dir: str, kill_after: int, overrides: dict[str, Any]) -> None:
+    """Train in this process and die like `kill -9` right after optimizer step ``kill_after``."""
+    import os
+
+    from ucofia.training.trainer import train
+
+    def die(step: int) -> None:
+        if step == kill_after:
+            os._exit(137)
+
+    cfg = tiny_train_config(**overrides)
+    train(cfg, run_dir, splits=synthetic_splits(train_videos=6, captions=2), log=lambda _m: None, after_step=die)
