@@ -163,6 +163,64 @@ def matmul_rates(threads: int, n: int = 2048, repeats: int = 5) -> dict[str, flo
     return out
 
 
+class MatmulProbe:
+    """The float32 GEMM rate measured in small doses, interleaved with other work so that it sees
+    the same load: each ``run()`` times one n x n x n product with numpy, with onnxruntime
+    (``threads`` intra-op threads) and, for threads > 1, as ``threads`` concurrent single-threaded
+    onnxruntime runs; ``rates()`` gives GFLOP/s per method over all runs (and the best)."""
+
+    def __init__(self, threads: int, n: int = 2048) -> None:
+        import numpy as np
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+
+        rng = np.random.default_rng(0)
+        self.a = rng.standard_normal((n, n), dtype=np.float32)
+        self.b = rng.standard_normal((n, n), dtype=np.float32)
+        self.n, self.threads = n, threads
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["a", "b"], ["c"])], "mm",
+            [helper.make_tensor_value_info(x, TensorProto.FLOAT, [None, None]) for x in "ab"],
+            [helper.make_tensor_value_info("c", TensorProto.FLOAT, [None, None])])
+        proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+        def session(intra: int):
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = intra
+            return ort.InferenceSession(proto, options, providers=["CPUExecutionProvider"])
+
+        feeds = {"a": self.a, "b": self.b}
+        multi, single = session(threads), session(1)
+        self.methods: dict[str, tuple[Callable[[], Any], int]] = {
+            "numpy": (lambda: self.a @ self.b, 1), "onnxruntime": (lambda: multi.run(None, feeds), 1)}
+        if threads > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            pool = ThreadPoolExecutor(threads)
+            self.methods["onnxruntime_concurrent"] = (
+                lambda: list(pool.map(lambda _: single.run(None, feeds), range(threads))), threads)
+        self.seconds = {k: 0.0 for k in self.methods}
+        self.products = {k: 0 for k in self.methods}
+        for fn, _ in self.methods.values():  # warm-up
+            fn()
+
+    def run(self) -> None:
+        for name, (fn, products) in self.methods.items():
+            start = time.perf_counter()
+            fn()
+            self.seconds[name] += time.perf_counter() - start
+            self.products[name] += products
+
+    def rates(self) -> dict[str, float]:
+        flops = 2.0 * self.n ** 3
+        out: dict[str, Any] = {"n": self.n, "runs": self.products["numpy"]}
+        for name in self.methods:
+            if self.seconds[name] > 0:
+                out[f"{name}_gflops"] = round(flops * self.products[name] / self.seconds[name] / 1e9, 1)
+        out["best_gflops"] = max(v for k, v in out.items() if k.endswith("_gflops"))
+        return out
+
+
 def write_result(path: Path | None, result: dict[str, Any]) -> None:
     """Print ``result`` as JSON and write it (atomically) to ``path`` when given."""
     text = json.dumps(result, indent=2)

@@ -17,10 +17,15 @@ is computed once per video at index time (timed separately, torch in the parent)
 through ``runtime.backends.open_session`` (onnxruntime CPU, ``--threads`` concurrent
 single-threaded tile calls). A second run uses a graph with only the patch-word level (the other
 two outputs are zeros) through the same path, so that level's time and GFLOP/s can be set against
-this machine's measured float32 matmul rate (numpy and onnxruntime, ``common.matmul_rates``).
+this machine's float32 matmul rate (numpy and onnxruntime, ``common.MatmulProbe``: a 2048^3 product
+after every text batch, so that it sees the same load).
 
-Each side runs in its own subprocess, so its peak RSS (``ru_maxrss``) is its own; "scoring
-memory" is the peak minus the RSS once its inputs were loaded.
+Each side runs in its own subprocess, so its peak RSS (VmHWM) is its own; "scoring memory" is the
+peak minus the RSS once its inputs were loaded. The subprocesses are driven batch by batch and
+interleaved -- reference text batch i (32 texts x all videos), then the runtime on the same 32
+texts (all levels, then patch-word only), then one matmul-rate probe (a process of its own), then
+batch i + 1 -- so that load changes on a shared machine hit all sides alike; each side's time is
+the sum over its batches.
 
 Subnormal floats: softmax(x / 0.01) produces them, and x86 CPUs handle them in microcode (10-100x
 slower per operation). The reference runs twice: with ``torch.set_flush_denormal(True)`` (the
@@ -199,48 +204,72 @@ class ReferenceHeads:
         return vs, fs, pw
 
 
-def side_reference(args, work: Path) -> dict:
+def _serve(load, run_batch, finish) -> None:
+    """Line protocol with the parent: print readiness, then answer "run I" / "finish" commands
+    with one JSON line each, so that the parent can interleave the sides batch by batch."""
+    state = load()
+    print(json.dumps({"ready": True, "rss_inputs_loaded_mib": round(common.rss_mib(), 1)}), flush=True)
+    for line in sys.stdin:
+        cmd = line.split()
+        if cmd[0] == "run":
+            print(json.dumps(run_batch(state, int(cmd[1]))), flush=True)
+        elif cmd[0] == "finish":
+            print(json.dumps(finish(state)), flush=True)
+            return
+
+
+def side_reference(args, work: Path) -> None:
     import torch
 
     from ucofia.config import UCoFiAConfig
 
-    torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(bool(args.ftz))
-    cfg = UCoFiAConfig.from_dict(json.loads((work / "config.json").read_text()))
-    heads = ReferenceHeads(cfg, torch.load(work / "heads.pt", weights_only=True))
-    t = {k: torch.from_numpy(np.load(work / f"{k}.npy")) for k in ("sentence", "words", "frames", "patches", "video_mask")}
-    n_text, n_video = t["sentence"].shape[0], t["frames"].shape[0]
-    text_batches = [(i, min(i + REFERENCE_BATCH, n_text)) for i in range(0, n_text, REFERENCE_BATCH)]
-    video_batches = [(i, min(i + REFERENCE_BATCH, n_video)) for i in range(0, n_video, REFERENCE_BATCH)]
-    if args.text_batches:
-        text_batches = text_batches[:args.text_batches]
-    rss_loaded = common.rss_mib()
-    cpu0, start = time.process_time(), time.perf_counter()
-    rows = {lv: [] for lv in LEVELS}
-    with torch.no_grad():
-        for a, b in text_batches:
-            row = {lv: [] for lv in LEVELS}
-            for c, d in video_batches:
+    def load():
+        torch.set_num_threads(args.threads)
+        torch.set_flush_denormal(bool(args.ftz))
+        cfg = UCoFiAConfig.from_dict(json.loads((work / "config.json").read_text()))
+        heads = ReferenceHeads(cfg, torch.load(work / "heads.pt", weights_only=True))
+        t = {k: torch.from_numpy(np.load(work / f"{k}.npy")) for k in ("sentence", "words", "frames", "patches", "video_mask")}
+        n_video = t["frames"].shape[0]
+        with torch.no_grad():  # warm-up: one pair of batches
+            heads.pair(t["sentence"][:REFERENCE_BATCH], t["words"][:REFERENCE_BATCH], t["frames"][:REFERENCE_BATCH],
+                       t["video_mask"][:REFERENCE_BATCH], t["patches"][:REFERENCE_BATCH])
+        heads.timers = {k: 0.0 for k in heads.timers}
+        return {"heads": heads, "t": t, "rows": {}, "seconds": 0.0, "cpu": 0.0,
+                "video_batches": [(i, min(i + REFERENCE_BATCH, n_video)) for i in range(0, n_video, REFERENCE_BATCH)]}
+
+    def run_batch(st, i: int) -> dict:
+        t, heads = st["t"], st["heads"]
+        a, b = i * REFERENCE_BATCH, min((i + 1) * REFERENCE_BATCH, t["sentence"].shape[0])
+        cpu0, start = time.process_time(), time.perf_counter()
+        row = {lv: [] for lv in LEVELS}
+        with torch.no_grad():
+            for c, d in st["video_batches"]:
                 sims = heads.pair(t["sentence"][a:b], t["words"][a:b], t["frames"][c:d], t["video_mask"][c:d],
                                   t["patches"][c:d])
                 for lv, value in zip(LEVELS, sims):
                     row[lv].append(value.cpu().detach().numpy())
-            for lv in LEVELS:
-                rows[lv].append(np.concatenate(row[lv], axis=-1))
-    seconds = time.perf_counter() - start
-    cpu = time.process_time() - cpu0
-    levels = {lv: np.concatenate(rows[lv], axis=0) for lv in LEVELS}
-    np.savez(work / f"reference_ftz{int(args.ftz)}.npz", **levels)
-    texts_done = text_batches[-1][1] if text_batches else 0
-    return {
-        "flush_denormal": bool(args.ftz), "torch_threads": torch.get_num_threads(),
-        "text_batches_timed": len(text_batches), "texts_timed": texts_done, "video_batches": len(video_batches),
-        "seconds_timed": round(seconds, 3), "cpu_seconds_timed": round(cpu, 2),
-        "share_of_time": {k: round(v / seconds, 3) for k, v in heads.timers.items()},
-        "seconds_by_part_timed": {k: round(v, 3) for k, v in heads.timers.items()},
-        "rss_inputs_loaded_mib": round(rss_loaded, 1), "peak_rss_mib": round(common.peak_rss_mib(), 1),
-        "torch_imported": True,
-    }
+        st["rows"][i] = {lv: np.concatenate(row[lv], axis=-1) for lv in LEVELS}
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu0
+        st["seconds"] += seconds
+        st["cpu"] += cpu
+        return {"batch": i, "texts": b - a, "seconds": seconds, "cpu": cpu}
+
+    def finish(st) -> dict:
+        done = sorted(st["rows"])
+        np.savez(work / f"reference_ftz{int(args.ftz)}.npz",
+                 **{lv: np.concatenate([st["rows"][i][lv] for i in done]) for lv in LEVELS})
+        texts = sum(st["rows"][i][LEVELS[0]].shape[0] for i in done)
+        timers = st["heads"].timers
+        return {
+            "flush_denormal": bool(args.ftz), "torch_threads": torch.get_num_threads(),
+            "text_batches_timed": len(done), "texts_timed": texts, "video_batches": len(st["video_batches"]),
+            "seconds_timed": round(st["seconds"], 3), "cpu_seconds_timed": round(st["cpu"], 2),
+            "share_of_time": {k: round(v / st["seconds"], 3) for k, v in timers.items()},
+            "seconds_by_part_timed": {k: round(v, 3) for k, v in timers.items()},
+            "peak_rss_mib": round(common.peak_rss_mib(), 1), "torch_imported": True,
+        }
+
+    _serve(load, run_batch, finish)
 
 
 # ---- runtime side (subprocess, no torch) ---------------------------------------------------
@@ -254,44 +283,94 @@ def _runtime_scorer(work: Path, graph_file: str, threads: int):
     return Scorer(open_session(bundle, "scorer", "cpu", threads), cfg)
 
 
-def side_runtime(args, work: Path) -> dict:
+def side_runtime(args, work: Path) -> None:
     from runtime.scoring import ArrayVideos, TextFeatures, score_matrix
 
-    load = {k: np.load(work / f"{k}.npy") for k in ("sentence", "words", "video", "frames", "patches")}
-    text = TextFeatures(load["sentence"], load["words"])
-    videos = ArrayVideos({"video": load["video"], "frame_features": load["frames"], "patches": load["patches"]})
-    rss_loaded = common.rss_mib()
-    out = {}
-    for name, graph_file in (("all_levels", "scorer.onnx"), ("patch_word_only", "patch_word_only.onnx")):
-        scorer = _runtime_scorer(work, graph_file, args.threads)
-        scorer.score_tile(text.rows(0, 1), videos.features(0, 2))  # session warm-up
-        cpu0, start = time.process_time(), time.perf_counter()
-        levels = score_matrix(scorer, text, videos, args.memory_mb)
-        seconds = time.perf_counter() - start
-        cpu = time.process_time() - cpu0
-        out[name] = {"seconds": round(seconds, 3), "cpu_seconds": round(cpu, 2),
-                     "tile": list(scorer.plan_tiles(len(text), len(videos), args.memory_mb)),
-                     "concurrent_tiles": scorer.concurrency, "peak_rss_mib_so_far": round(common.peak_rss_mib(), 1)}
-        if name == "all_levels":
-            np.savez(work / "runtime.npz", **levels)
-            out["peak_rss_mib"] = round(common.peak_rss_mib(), 1)
-        del levels
-    out["rss_inputs_loaded_mib"] = round(rss_loaded, 1)
-    out["torch_imported"] = "torch" in sys.modules
-    return out
+    def load():
+        arrays = {k: np.load(work / f"{k}.npy") for k in ("sentence", "words", "video", "frames", "patches")}
+        text = TextFeatures(arrays["sentence"], arrays["words"])
+        videos = ArrayVideos({"video": arrays["video"], "frame_features": arrays["frames"], "patches": arrays["patches"]})
+        scorers = {name: _runtime_scorer(work, graph_file, args.threads)
+                   for name, graph_file in (("all_levels", "scorer.onnx"), ("patch_word_only", "patch_word_only.onnx"))}
+        for scorer in scorers.values():  # session warm-up
+            score_matrix(scorer, text.rows(0, 4), ArrayVideos(videos.features(0, 64)))
+        n = len(text)
+        return {"text": text, "videos": videos, "scorers": scorers,
+                "out": {lv: np.empty((n, len(videos)), np.float32) for lv in LEVELS},
+                "scratch": {lv: np.empty((REFERENCE_BATCH, len(videos)), np.float32) for lv in LEVELS},
+                "totals": {name: [0.0, 0.0] for name in scorers}, "batches": 0}
+
+    def run_batch(st, i: int) -> dict:
+        a, b = i * REFERENCE_BATCH, min((i + 1) * REFERENCE_BATCH, len(st["text"]))
+        rows = st["text"].rows(a, b)
+        report = {"batch": i, "texts": b - a}
+        for name, scorer in st["scorers"].items():
+            out = ({lv: st["out"][lv][a:b] for lv in LEVELS} if name == "all_levels"
+                   else {lv: st["scratch"][lv][: b - a] for lv in LEVELS})
+            cpu0, start = time.process_time(), time.perf_counter()
+            score_matrix(scorer, rows, st["videos"], args.memory_mb, out=out)
+            seconds, cpu = time.perf_counter() - start, time.process_time() - cpu0
+            st["totals"][name][0] += seconds
+            st["totals"][name][1] += cpu
+            report[name] = seconds
+        st["batches"] += 1
+        return report
+
+    def finish(st) -> dict:
+        np.savez(work / "runtime.npz", **st["out"])
+        scorer = st["scorers"]["all_levels"]
+        n_text, n_video = len(st["text"]), len(st["videos"])
+        out = {name: {"seconds": round(s, 3), "cpu_seconds": round(c, 2)} for name, (s, c) in st["totals"].items()}
+        out.update(tile=list(scorer.plan_tiles(REFERENCE_BATCH, n_video, args.memory_mb)),
+                   concurrent_tiles=scorer.concurrency, batches=st["batches"], texts=n_text,
+                   peak_rss_mib=round(common.peak_rss_mib(), 1),
+                   torch_imported="torch" in sys.modules)
+        return out
+
+    _serve(load, run_batch, finish)
+
+
+def side_probe(args, work: Path) -> None:
+    """The machine's matmul rate, probed once per text batch (its own process: no memory added to
+    the runtime side's figure)."""
+    _serve(lambda: common.MatmulProbe(args.threads), lambda probe, i: probe.run() or {"batch": i},
+           lambda probe: probe.rates())
 
 
 # ---- parent ---------------------------------------------------------------------------------
-def _subprocess(side: str, work: Path, args, **extra) -> dict:
-    cmd = [sys.executable, __file__, "--side", side, "--work", str(work), "--threads", str(args.threads),
-           "--memory-mb", str(args.memory_mb)]
-    for key, value in extra.items():
-        cmd += [f"--{key.replace('_', '-')}", str(value)]
-    print(f"[scoring] running the {side} side {extra or ''} ...", file=sys.stderr, flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{side} side failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+class _Side:
+    """One side's subprocess, driven batch by batch."""
+
+    def __init__(self, side: str, work: Path, args, **extra) -> None:
+        cmd = [sys.executable, __file__, "--side", side, "--work", str(work), "--threads", str(args.threads),
+               "--memory-mb", str(args.memory_mb)]
+        for key, value in extra.items():
+            cmd += [f"--{key.replace('_', '-')}", str(value)]
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "OPENBLAS_NUM_THREADS": str(args.threads),
+               "MKL_NUM_THREADS": str(args.threads)}
+        self.name = f"{side}{extra}"
+        self.log = open(work / f"{side}_{'_'.join(map(str, extra.values()))}.stderr", "w")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
+                                     env=env)
+        self.ready = self._read()
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            self.log.flush()
+            raise SystemExit(f"the {self.name} side died; see its stderr:\n"
+                             f"{Path(self.log.name).read_text()[-4000:]}")
+        return json.loads(line)
+
+    def ask(self, command: str) -> dict:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def finish(self) -> dict:
+        result = {**self.ready, **self.ask("finish")}
+        self.proc.wait()
+        return result
 
 
 def _compare(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict:
@@ -319,31 +398,45 @@ def main() -> None:
                         help="text batches the reference without denormal flushing is timed on (0 = skip)")
     parser.add_argument("--memory-mb", type=float, default=1024)
     parser.add_argument("-o", "--output", type=Path, default=None)
-    parser.add_argument("--side", choices=["reference", "runtime"], help=argparse.SUPPRESS)
+    parser.add_argument("--side", choices=["reference", "runtime", "probe"], help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--ftz", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--text-batches", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.side:
-        result = side_reference(args, args.work) if args.side == "reference" else side_runtime(args, args.work)
-        print(json.dumps(result))
+        {"reference": side_reference, "runtime": side_runtime, "probe": side_probe}[args.side](args, args.work)
         return
 
     machine_before = common.machine({"scorer_concurrent_tiles": args.threads, "reference_torch_threads": args.threads})
-    rates = common.matmul_rates(args.threads)
     with tempfile.TemporaryDirectory(prefix="ucofia-scoring-") as tmp:
         work = Path(tmp)
         prep = setup(args, work)
         cfg = _config(args.config)
-        runtime = _subprocess("runtime", work, args)
-        reference = _subprocess("reference", work, args, ftz=1, text_batches=args.reference_text_batches)
-        unflushed = None
-        if args.unflushed_text_batches:
-            unflushed = _subprocess("reference", work, args, ftz=0, text_batches=args.unflushed_text_batches)
+        n_batches = -(-args.texts // REFERENCE_BATCH)
+        n_ref = min(args.reference_text_batches or n_batches, n_batches)
+        n_unflushed = min(args.unflushed_text_batches, n_batches)
+        print("[scoring] starting the sides ...", file=sys.stderr, flush=True)
+        sides = {"runtime": _Side("runtime", work, args), "reference": _Side("reference", work, args, ftz=1),
+                 "probe": _Side("probe", work, args)}
+        if n_unflushed:
+            sides["unflushed"] = _Side("reference", work, args, ftz=0)
+        # interleaved batch by batch, so that load changes on a shared machine hit every side alike
+        for i in range(n_batches):
+            if i < n_unflushed:
+                sides["unflushed"].ask(f"run {i}")
+            if i < n_ref:
+                sides["reference"].ask(f"run {i}")
+            report = sides["runtime"].ask(f"run {i}")
+            sides["probe"].ask(f"run {i}")
+            print(f"[scoring] text batch {i + 1}/{n_batches}: runtime {report['all_levels']:.2f} s", file=sys.stderr,
+                  flush=True)
+        runtime, reference = sides["runtime"].finish(), sides["reference"].finish()
+        unflushed = sides["unflushed"].finish() if n_unflushed else None
         ours = dict(np.load(work / "runtime.npz"))
         ref_levels = dict(np.load(work / "reference_ftz1.npz"))
         agreement = _compare(ref_levels, ours)
+        rates = sides["probe"].finish()
 
     n_text, n_video = args.texts, args.videos
     pairs = n_text * n_video
@@ -356,7 +449,7 @@ def main() -> None:
     pw_s = runtime["patch_word_only"]["seconds"]
     flops = patch_word_flops(cfg, n_text, n_video)
     floor_s = flops / (rates["best_gflops"] * 1e9)
-    ref_scoring_mem = reference["peak_rss_mib"] - reference["rss_inputs_loaded_mib"]
+    ref_scoring_mem = reference["peak_rss_mib"] - reference["rss_inputs_loaded_mib"]  # noqa: F841
     rt_scoring_mem = runtime["peak_rss_mib"] - runtime["rss_inputs_loaded_mib"]
     result = {
         "benchmark": "scoring", "config": args.config, "texts": n_text, "videos": n_video,
