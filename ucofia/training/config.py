@@ -115,6 +115,7 @@ class RunSection:
     progress: bool = True
     dist_backend: str = "auto"  # nccl on GPU, gloo on CPU
     dist_timeout_min: int = 60  # collective timeout: ranks wait while rank 0 evaluates
+    find_unused_parameters: bool = False  # DDP: every parameter gets a gradient in training mode
 
 
 @dataclass

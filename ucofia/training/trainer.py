@@ -375,7 +375,7 @@ class Trainer:
         if self.dist.distributed:
             objective = torch.nn.parallel.DistributedDataParallel(
                 objective, device_ids=[self.dist.device.index] if self.dist.device.type == "cuda" else None,
-                find_unused_parameters=True)
+                find_unused_parameters=cfg.run.find_unused_parameters)
         max_log_scale = math.log(model.config.logit_scale_max)
         self.log(f"training {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on "
                  f"{self.dist.world_size} x {self.dist.device}: {len(train.video_ids)} videos / "
