@@ -97,6 +97,12 @@ def rss_mib() -> float:
     return float("nan") if value is None else value
 
 
+def rss_breakdown_mib() -> dict[str, float | None]:
+    """Current RSS split into anonymous (private) memory and mapped files (e.g. memory-mapped
+    index shards, which the page cache can drop) -- MiB."""
+    return {k: (None if (v := _proc_status_mib(k)) is None else round(v, 1)) for k in ("RssAnon", "RssFile")}
+
+
 def peak_rss_mib() -> float:
     """Peak resident set size of this process so far (MiB).
 

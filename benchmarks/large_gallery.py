@@ -14,7 +14,7 @@ functions and a scorer graph exported from a random ViT-B/32-geometry model:
   timed separately from the per-query cost.
 
 Synthetic structure (so that agreement means something): videos belong to topics (10 videos per
-topic); every feature of a video is its topic direction plus noise (video feature, frames,
+topic by default, ``--videos-per-topic``); every feature of a video is its topic direction plus noise (video feature, frames,
 patches, with more noise on the finer levels); each query is a noisy copy of one topic, so it has
 about ten relevant videos of graded similarity and a long tail of unrelated ones. Agreement is
 measured on the queries that also ran exhaustively: identical ordered top-10, identical top-10
@@ -38,7 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-VIDEOS_PER_TOPIC = 10
+DEFAULT_VIDEOS_PER_TOPIC = 10
 SHARD = 2000
 NOISE = {"topic": 0.6, "video": 0.3, "frames": 0.8, "patches": 1.5, "sentence": 0.3, "words": 1.0}
 PATCH_SCALE = 2.0
@@ -57,12 +57,12 @@ def topic_centres(n_topics: int, d: int, seed: int) -> np.ndarray:
     return _unit(np.random.default_rng(seed).standard_normal((n_topics, d), dtype=np.float32))
 
 
-def gallery_shard(centres: np.ndarray, start: int, stop: int, cfg, seed: int) -> dict[str, np.ndarray]:
-    """Features of videos [start, stop): video i belongs to topic i // VIDEOS_PER_TOPIC."""
+def gallery_shard(centres: np.ndarray, start: int, stop: int, cfg, seed: int, per_topic: int) -> dict[str, np.ndarray]:
+    """Features of videos [start, stop): video i belongs to topic i // per_topic."""
     rng = np.random.default_rng([seed, start])
     d, f, p = cfg.embed_dim, cfg.max_frames, cfg.num_pixels
     n = stop - start
-    topics = np.arange(start, stop) // VIDEOS_PER_TOPIC
+    topics = np.arange(start, stop) // per_topic
     z = _unit(centres[topics] + NOISE["topic"] * _noise(rng, (n, d), d))
     return {
         "video": _unit(z + NOISE["video"] * _noise(rng, (n, d), d)),
@@ -85,22 +85,25 @@ def make_queries(centres: np.ndarray, n: int, cfg, seed: int):
     return TextFeatures(sentence.astype(np.float32), words.astype(np.float32)), topics
 
 
-def build_index(root: Path, bundle, n: int, seed: int) -> dict:
+def build_index(root: Path, bundle, n: int, seed: int, per_topic: int) -> dict:
     """Write an index of ``n`` synthetic videos (skipped when ``root`` already holds it)."""
     from runtime.index import GalleryIndex, IndexWriter
 
-    if (root / "index.json").is_file() and len(GalleryIndex(root)) == n:
+    marker = root / "synthetic.json"
+    if marker.is_file() and (root / "index.json").is_file() and len(GalleryIndex(root)) == n and \
+            marker.read_text() == f"{seed} {per_topic}":
         return {"reused": True}
     if root.exists():
         shutil.rmtree(root)
     cfg = bundle.config
-    centres = topic_centres(-(-n // VIDEOS_PER_TOPIC), cfg.embed_dim, seed)
+    centres = topic_centres(-(-n // per_topic), cfg.embed_dim, seed)
     start = time.perf_counter()
     with IndexWriter(root, bundle) as writer:
         for s0 in range(0, n, SHARD):
             s1 = min(s0 + SHARD, n)
-            writer.add_batch([f"v{i:07d}" for i in range(s0, s1)], gallery_shard(centres, s0, s1, cfg, seed))
+            writer.add_batch([f"v{i:07d}" for i in range(s0, s1)], gallery_shard(centres, s0, s1, cfg, seed, per_topic))
             print(f"[large_gallery] index {root.name}: {s1}/{n}", file=sys.stderr, flush=True)
+    marker.write_text(f"{seed} {per_topic}")
     size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
     return {"reused": False, "seconds": round(time.perf_counter() - start, 1), "bytes": size}
 
@@ -117,9 +120,9 @@ def run_size(n: int, args, work: Path, bundle, scorer) -> dict:
     from runtime.index import GalleryIndex
 
     root = work / f"index_{n}"
-    built = build_index(root, bundle, n, args.seed)
+    built = build_index(root, bundle, n, args.seed, args.videos_per_topic)
     index = GalleryIndex(root)
-    centres = topic_centres(-(-n // VIDEOS_PER_TOPIC), bundle.config.embed_dim, args.seed)
+    centres = topic_centres(-(-n // args.videos_per_topic), bundle.config.embed_dim, args.seed)
     queries, topics = make_queries(centres, args.queries, bundle.config, args.seed + 1)
     n_ex = min(args.exhaustive_queries, args.queries)
     ex_queries = queries.rows(0, n_ex)
@@ -129,6 +132,7 @@ def run_size(n: int, args, work: Path, bundle, scorer) -> dict:
     exhaustive = search.exhaustive(scorer, index, ex_queries, args.top_k, args.memory_mb)
     ex_seconds = time.perf_counter() - start
     ex_per_query = ex_seconds / n_ex
+    rss_after_exhaustive = common.rss_breakdown_mib()
 
     start = time.perf_counter()  # one-time, cached in the index
     kernel = search._kernel(scorer, index, args.memory_mb)
@@ -149,7 +153,7 @@ def run_size(n: int, args, work: Path, bundle, scorer) -> dict:
             "speedup_vs_exhaustive": round(ex_per_query / per_query, 1),
             "agreement_top_k": _agreement(top.indices[:n_ex], exhaustive.indices),
         }
-    relevant_in_top = float(np.mean([(exhaustive.indices[i] // VIDEOS_PER_TOPIC == topics[i]).mean()
+    relevant_in_top = float(np.mean([(exhaustive.indices[i] // args.videos_per_topic == topics[i]).mean()
                                      for i in range(n_ex)]))
     return {
         "gallery": n, "index": built, "queries": args.queries, "exhaustive_queries": n_ex,
@@ -159,6 +163,7 @@ def run_size(n: int, args, work: Path, bundle, scorer) -> dict:
         "two_stage": stages,
         "exhaustive_top_k_share_from_query_topic": round(relevant_in_top, 3),
         "peak_rss_mib_so_far": round(common.peak_rss_mib(), 1),
+        "rss_after_exhaustive_mib": rss_after_exhaustive,
     }
 
 
@@ -170,6 +175,9 @@ def main() -> None:
                         help="of those, how many are also searched exhaustively (agreement is measured on them)")
     parser.add_argument("--shortlists", type=int, nargs="+", default=[100, 200, 500])
     parser.add_argument("--target-shortlist", type=int, default=200, help="the shortlist the targets are judged on")
+    parser.add_argument("--videos-per-topic", type=int, default=DEFAULT_VIDEOS_PER_TOPIC,
+                        help="gallery videos per topic: the relevant videos of each query (more = a harder "
+                             "test of the shortlist, which must then pick the fused top-k among many similar ones)")
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--threads", type=int, default=common.available_cpus())
     parser.add_argument("--memory-mb", type=float, default=1024)
@@ -206,9 +214,11 @@ def main() -> None:
     result = {
         "benchmark": "large_gallery", "config": "vit_b32", "machine": machine,
         "load_average_after": common.load_average(), "top_k": args.top_k,
-        "synthetic_features": {"videos_per_topic": VIDEOS_PER_TOPIC, "noise": NOISE, "patch_scale": PATCH_SCALE,
+        "synthetic_features": {"videos_per_topic": args.videos_per_topic, "noise": NOISE, "patch_scale": PATCH_SCALE,
                                "biases": "none (no caption bank)"},
         "sizes": sizes, "peak_rss_mib": round(common.peak_rss_mib(), 1),
+        "peak_rss_note": "includes memory-mapped index pages (file-backed, droppable page cache); "
+                         "rss_after_exhaustive_mib splits anonymous from file-backed memory",
         "targets": {"gallery": args.sizes[-1], "shortlist": args.target_shortlist, "speedup_at_least": 20,
                     "same_top_k_at_least": 0.99,
                     "speedup": largest["speedup_vs_exhaustive"],
