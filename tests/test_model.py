@@ -215,3 +215,23 @@ def test_importing_ucofia_does_not_import_torch():
 
     code = "import sys, ucofia, ucofia.config, ucofia.io_utils; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_hard_topk_ties_go_to_lower_positions_in_torch_and_onnx(tmp_path):
+    import onnxruntime as ort
+
+    class TopK(torch.nn.Module):
+        def forward(self, scores):
+            return hard_topk_indices(scores, 3)
+
+    scores = torch.ones(3, 16)
+    scores[0, 5] = 0.5
+    scores[1, 9] = 2.0
+    scores[2, :4] = 0.0
+    eager = TopK()(scores)
+    assert eager.tolist() == [[0, 1, 2], [0, 1, 9], [4, 5, 6]]
+    path = tmp_path / "topk.onnx"
+    torch.onnx.export(TopK(), (scores,), str(path), input_names=["s"], output_names=["i"],
+                      dynamic_axes={"s": {0: "n"}}, opset_version=17, dynamo=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"s": scores.numpy()})[0].tolist() == eager.tolist()

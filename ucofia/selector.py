@@ -50,8 +50,16 @@ class PatchScorer(nn.Module):
 
 
 def hard_topk_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices [N, k] of the k highest scores, sorted ascending by position."""
-    top = torch.topk(scores, k, dim=-1).indices
+    """Indices [N, k] of the k highest scores, sorted ascending by position.
+
+    Ties (a trained scorer's tanh saturates to exactly 1.0) go to the lower position, in eager
+    PyTorch and in the exported graph alike: ONNX TopK specifies lower-index-first for equal
+    values, while ``torch.topk`` leaves tie order unspecified, so eager mode uses a stable sort.
+    """
+    if torch.onnx.is_in_onnx_export():
+        top = torch.topk(scores, k, dim=-1).indices
+    else:
+        top = torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k]
     # Ascending sort of the k distinct indices as a second top-k with a constant k: a plain sort
     # exports to ONNX as TopK with a shape-derived K, and TensorRT's ONNX parser wants K constant.
     return torch.topk(top, k, dim=-1, largest=False, sorted=True).values

@@ -45,7 +45,7 @@ def _write_lists(data: Path, lists: Path) -> tuple[Path, Path]:
     train = read_split("msrvtt", data, "train")
     lists.mkdir(parents=True, exist_ok=True)
     videos, bank = lists / "test_videos.txt", lists / "train_captions.txt"
-    atomic_write_text(videos, "".join(f"{v.video_id}\t{v.path}\n" for v in test.videos))
+    atomic_write_text(videos, "".join(f"{v.video_id}\t{Path(v.path).resolve()}\n" for v in test.videos))
     atomic_write_text(bank, "".join(f"{' '.join(c.text.split())}\n" for c in train.captions))
     click.echo(f"wrote {videos} ({len(test.videos)} videos) and {bank} ({len(train.captions)} captions)", err=True)
     return videos, bank
