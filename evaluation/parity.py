@@ -76,7 +76,7 @@ def runtime_side(bundle: Path, bench: Benchmark, work: Path, backend: str, log: 
     from runtime.text import TextEncoder
 
     videos_list = work / "videos.txt"
-    videos_list.write_text("".join(f"{p}\n" for p in bench.video_paths))
+    videos_list.write_text("".join(f"{p.resolve()}\n" for p in bench.video_paths))
     bank = work / "bank.txt"
     bank.write_text("".join(f"{c.strip()}\n" for c in bench.bank))
     index_dir = work / "index"
