@@ -48,6 +48,27 @@ def load_average() -> list[float]:
         return []
 
 
+def contention(load_before: list[float], load_after: list[float], threads: int) -> dict[str, Any]:
+    """Whether other processes competed for the cores while a benchmark ran.
+
+    ``load_before`` is the load average read before the benchmark started its work (others only),
+    ``load_after`` when it ended (others plus this benchmark's ``threads``). Contended when either
+    says more runnable threads than cores. Then torch with several threads loses
+    disproportionately (its OpenMP threads wait for one another at every op), so ratios against
+    multi-threaded torch overstate; single-threaded sides interleaved in time stay comparable.
+    """
+    cpus = available_cpus()
+    before = load_before[0] if load_before else 0.0
+    after = load_after[0] if load_after else 0.0
+    contended = before + threads > cpus + 0.5 or after > cpus + 0.5
+    note = ("other processes competed for the cores during this run (1-min load average "
+            f"{before} before, {after} after, {cpus} cores, {threads} thread(s) per side): "
+            + ("ratios against torch with several threads overstate the speed-up; prefer the --threads 1 run"
+               if threads > 1 else "both sides single-threaded and interleaved, so the ratio stays comparable")
+            ) if contended else "the cores were free of other work (load average below the core count)"
+    return {"contended": contended, "note": note}
+
+
 def versions() -> dict[str, str]:
     """Versions of the libraries the benchmarks use (those importable here)."""
     out = {"python": platform.python_version()}

@@ -151,6 +151,7 @@ def main() -> None:
     result = {
         "benchmark": "encoders", "config": args.config, "machine": machine,
         "load_average_after": common.load_average(), "export": export_info, "cases": results,
+        "contention": common.contention(machine["load_average_1_5_15"], common.load_average(), args.threads),
         "target_speedup": TARGET,
         "meets_target": {k: v["speedup_onnxruntime_over_torch"] >= TARGET for k, v in results.items()},
         "summary": [f"{k}: torch {v['torch_eager_' + v['unit']]:.1f} vs onnxruntime {v['onnxruntime_' + v['unit']]:.1f} "
@@ -158,6 +159,8 @@ def main() -> None:
                     f"(basic graph optimisation {v['speedup_basic_opt_over_torch']:.2f}x; target {TARGET}x)"
                     for k, v in results.items()],
     }
+    if result["contention"]["contended"]:
+        result["summary"].append("NOTE: " + result["contention"]["note"])
     common.write_result(args.output, result)
     print("\n".join(result["summary"]), file=sys.stderr)
 

@@ -458,6 +458,7 @@ def main() -> None:
         "features": "raw sentence/word/frame ~ N(0,1), raw patches ~ N(0,0.01), 6-12 real frames; "
                     "ISA matrices identity + N(0, 0.05^2)",
         "machine": machine_before, "load_average_after": common.load_average(),
+        "contention": common.contention(machine_before["load_average_1_5_15"], common.load_average(), args.threads),
         "matmul_rate": rates,
         "reference_loop": {**reference, "seconds_full": round(ref_s, 2),
                            "scaled": reference["texts_timed"] < n_text,
@@ -495,6 +496,8 @@ def main() -> None:
         f"patch-word level: {pw_s:.1f} s for {flops / 1e12:.2f} TFLOP = {flops / pw_s / 1e9:.0f} GFLOP/s; matmul rate "
         f"{rates['best_gflops']:.0f} GFLOP/s -> floor {floor_s:.1f} s, {pw_s / floor_s:.2f}x the floor (target 2x)",
     ]
+    if result["contention"]["contended"]:
+        summary.append("NOTE: " + result["contention"]["note"])
     if unflushed is not None:
         summary.append(f"reference without denormal flushing (scaled from {unflushed['texts_timed']} texts): "
                        f"{full(unflushed):.0f} s ({full(unflushed) / ref_s:.1f}x the flushed reference)")
