@@ -48,25 +48,50 @@ def load_average() -> list[float]:
         return []
 
 
-def contention(load_before: list[float], load_after: list[float], threads: int) -> dict[str, Any]:
-    """Whether other processes competed for the cores while a benchmark ran.
+class CpuMonitor:
+    """How busy OTHER processes kept the cores while a benchmark ran: the machine's non-idle CPU
+    time (/proc/stat) minus this process's and its waited-for children's (getrusage), over the
+    wall time. Unlike the load average it does not lag and does not count this benchmark."""
 
-    ``load_before`` is the load average read before the benchmark started its work (others only),
-    ``load_after`` when it ended (others plus this benchmark's ``threads``). Contended when either
-    says more runnable threads than cores. Then torch with several threads loses
-    disproportionately (its OpenMP threads wait for one another at every op), so ratios against
-    multi-threaded torch overstate; single-threaded sides interleaved in time stay comparable.
+    def __init__(self) -> None:
+        self.start = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float]:
+        try:
+            fields = [float(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+            ticks = os.sysconf("SC_CLK_TCK")
+            busy = (sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0.0)) / ticks  # minus idle, iowait
+        except (OSError, ValueError, IndexError):
+            busy = float("nan")
+        own = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+                  for f in ("ru_utime", "ru_stime"))
+        return time.perf_counter(), busy, own
+
+    def others_cores(self) -> float:
+        """Average number of cores other processes kept busy since this monitor started."""
+        wall0, busy0, own0 = self.start
+        wall1, busy1, own1 = self._sample()
+        return max(0.0, ((busy1 - busy0) - (own1 - own0)) / max(wall1 - wall0, 1e-9))
+
+
+def contention(monitor: "CpuMonitor", threads: int) -> dict[str, Any]:
+    """Whether other processes competed for the cores while a benchmark ran (see CpuMonitor).
+
+    When they did, torch with several threads loses disproportionately (its OpenMP threads wait
+    for one another at every op), so ratios against multi-threaded torch overstate; single-
+    threaded sides interleaved in time stay comparable.
     """
     cpus = available_cpus()
-    before = load_before[0] if load_before else 0.0
-    after = load_after[0] if load_after else 0.0
-    contended = before + threads > cpus + 0.5 or after > cpus + 0.5
-    note = ("other processes competed for the cores during this run (1-min load average "
-            f"{before} before, {after} after, {cpus} cores, {threads} thread(s) per side): "
-            + ("ratios against torch with several threads overstate the speed-up; prefer the --threads 1 run"
-               if threads > 1 else "both sides single-threaded and interleaved, so the ratio stays comparable")
-            ) if contended else "the cores were free of other work (load average below the core count)"
-    return {"contended": contended, "note": note}
+    others = round(monitor.others_cores(), 2)
+    contended = others + threads > cpus + 0.25 if threads < cpus else others > 0.25
+    note = (f"other processes kept {others} of {cpus} cores busy on average during this run ({threads} "
+            "thread(s) per side): " + ("ratios against torch with several threads overstate the speed-up; prefer "
+                                       "the --threads 1 run" if threads > 1 else
+                                       "both sides single-threaded and interleaved, so the ratio stays comparable")
+            ) if contended else (f"other processes used {others} of {cpus} cores on average: enough cores were left "
+                                 f"for the {threads} thread(s) of the side running at any time")
+    return {"contended": contended, "other_processes_cores_busy": others, "note": note}
 
 
 def versions() -> dict[str, str]:

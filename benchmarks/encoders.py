@@ -98,6 +98,7 @@ def main() -> None:
     cfg = _config(args.config)
     model = ucofia.build_model(cfg, seed=0)
     machine = common.machine({"torch_set_num_threads": args.threads, "onnxruntime_intra_op_num_threads": args.threads})
+    monitor = common.CpuMonitor()
     with tempfile.TemporaryDirectory(prefix="ucofia-enc-") as tmp:
         export_info = {}
         bundle_dir = args.bundle
@@ -151,7 +152,7 @@ def main() -> None:
     result = {
         "benchmark": "encoders", "config": args.config, "machine": machine,
         "load_average_after": common.load_average(), "export": export_info, "cases": results,
-        "contention": common.contention(machine["load_average_1_5_15"], common.load_average(), args.threads),
+        "contention": common.contention(monitor, args.threads),
         "target_speedup": TARGET,
         "meets_target": {k: v["speedup_onnxruntime_over_torch"] >= TARGET for k, v in results.items()},
         "summary": [f"{k}: torch {v['torch_eager_' + v['unit']]:.1f} vs onnxruntime {v['onnxruntime_' + v['unit']]:.1f} "

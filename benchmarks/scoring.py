@@ -409,6 +409,7 @@ def main() -> None:
         return
 
     machine_before = common.machine({"scorer_concurrent_tiles": args.threads, "reference_torch_threads": args.threads})
+    monitor = common.CpuMonitor()
     with tempfile.TemporaryDirectory(prefix="ucofia-scoring-") as tmp:
         work = Path(tmp)
         prep = setup(args, work)
@@ -458,7 +459,7 @@ def main() -> None:
         "features": "raw sentence/word/frame ~ N(0,1), raw patches ~ N(0,0.01), 6-12 real frames; "
                     "ISA matrices identity + N(0, 0.05^2)",
         "machine": machine_before, "load_average_after": common.load_average(),
-        "contention": common.contention(machine_before["load_average_1_5_15"], common.load_average(), args.threads),
+        "contention": common.contention(monitor, args.threads),
         "matmul_rate": rates,
         "reference_loop": {**reference, "seconds_full": round(ref_s, 2),
                            "scaled": reference["texts_timed"] < n_text,
