@@ -171,6 +171,21 @@ def timed(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> dict[str, flo
     return {"best_s": min(times), "median_s": statistics.median(times), "runs": repeats}
 
 
+def matmul_session(intra_threads: int):
+    """An onnxruntime CPU session of a single float32 MatMul ``c = a @ b`` (dynamic shapes)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])], "mm",
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [None, None]) for x in "ab"],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [None, None])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_threads
+    return ort.InferenceSession(proto, options, providers=["CPUExecutionProvider"])
+
+
 def matmul_rates(threads: int, n: int = 2048, repeats: int = 5) -> dict[str, float]:
     """Measured float32 GEMM rate (GFLOP/s) of an n x n x n product: numpy (its BLAS) and
     onnxruntime's MatMul with ``threads`` intra-op threads, and onnxruntime with ``threads``
@@ -183,28 +198,14 @@ def matmul_rates(threads: int, n: int = 2048, repeats: int = 5) -> dict[str, flo
     flops = 2.0 * n ** 3
     out = {"n": n, "numpy_gflops": flops / timed(lambda: a @ b, repeats)["best_s"] / 1e9}
     try:
-        import onnxruntime as ort
-        from onnx import TensorProto, helper
+        multi = matmul_session(threads)
     except ImportError:
         return out
-
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["a", "b"], ["c"])], "mm",
-        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [None, None]) for x in "ab"],
-        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [None, None])])
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
-
-    def session(intra: int):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra
-        return ort.InferenceSession(proto, options, providers=["CPUExecutionProvider"])
-
-    multi = session(threads)
     out["onnxruntime_gflops"] = flops / timed(lambda: multi.run(None, {"a": a, "b": b}), repeats)["best_s"] / 1e9
     if threads > 1:
         from concurrent.futures import ThreadPoolExecutor
 
-        single = session(1)
+        single = matmul_session(1)
         with ThreadPoolExecutor(threads) as pool:
             def parallel() -> None:
                 list(pool.map(lambda _: single.run(None, {"a": a, "b": b}), range(threads)))
@@ -223,26 +224,13 @@ class MatmulProbe:
 
     def __init__(self, threads: int, n: int = 2048) -> None:
         import numpy as np
-        import onnxruntime as ort
-        from onnx import TensorProto, helper
 
         rng = np.random.default_rng(0)
         self.a = rng.standard_normal((n, n), dtype=np.float32)
         self.b = rng.standard_normal((n, n), dtype=np.float32)
         self.n, self.threads = n, threads
-        graph = helper.make_graph(
-            [helper.make_node("MatMul", ["a", "b"], ["c"])], "mm",
-            [helper.make_tensor_value_info(x, TensorProto.FLOAT, [None, None]) for x in "ab"],
-            [helper.make_tensor_value_info("c", TensorProto.FLOAT, [None, None])])
-        proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
-
-        def session(intra: int):
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = intra
-            return ort.InferenceSession(proto, options, providers=["CPUExecutionProvider"])
-
         feeds = {"a": self.a, "b": self.b}
-        multi, single = session(threads), session(1)
+        multi, single = matmul_session(threads), matmul_session(1)
         self.methods: dict[str, tuple[Callable[[], Any], int]] = {
             "numpy": (lambda: self.a @ self.b, 1), "onnxruntime": (lambda: multi.run(None, feeds), 1)}
         if threads > 1:
