@@ -46,7 +46,7 @@ import numpy as np  # noqa: E402
 
 import common  # noqa: E402
 
-LEVELS = ("video_sentence", "frame_sentence", "patch_word")
+from ucofia.config import LEVELS  # noqa: E402
 PRECISIONS = ("fp16", "bf16")
 
 

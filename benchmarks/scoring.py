@@ -54,7 +54,7 @@ import common  # noqa: E402
 REFERENCE_BATCH = 32  # the reference's batch_size_val for MSR-VTT
 ISA_WEIGHTS = common.ISA_WEIGHTS
 HEAD_PREFIXES = ("frame_position_embeddings.", "transformerClip.") + ISA_WEIGHTS
-LEVELS = ("video_sentence", "frame_sentence", "patch_word")
+from ucofia.config import LEVELS  # noqa: E402
 _config = common.config
 
 

@@ -11,9 +11,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from ucofia.config import LEVELS
 from evaluation.metrics import retrieval_metrics
 
-LEVELS: tuple[str, str, str] = ("video_sentence", "frame_sentence", "patch_word")
 METRIC_KEYS: tuple[str, ...] = ("R1", "R5", "R10", "MdR", "MnR")
 TOP_OVERLAP_K = 10
 

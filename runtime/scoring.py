@@ -21,11 +21,10 @@ from typing import Callable, Iterator, Mapping, Protocol
 
 import numpy as np
 
-from ucofia.config import UCoFiAConfig
+from ucofia.config import LEVELS, UCoFiAConfig
 
 from runtime.backends import GraphSession
 
-LEVELS: tuple[str, str, str] = ("video_sentence", "frame_sentence", "patch_word")
 TEXT_ROLES = ("sentence", "words")
 VIDEO_ROLES = ("video", "frame_features", "patches")
 DEFAULT_MEMORY_MB = 1024

@@ -20,6 +20,9 @@ SimHeader = Literal["seqTransf", "meanP"]
 
 CONFIG_FORMAT = "ucofia.config/1"
 
+# The three alignment levels, in the order every similarity dict, bias array and report uses.
+LEVELS: tuple[str, str, str] = ("video_sentence", "frame_sentence", "patch_word")
+
 
 class ConfigError(ValueError):
     """A configuration value is invalid or inconsistent."""

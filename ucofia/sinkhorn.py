@@ -5,7 +5,8 @@ from typing import Mapping
 
 import torch
 
-LEVELS: tuple[str, str, str] = ("video_sentence", "frame_sentence", "patch_word")
+from ucofia.config import LEVELS
+
 
 
 def _column_log_bias(log_sim: torch.Tensor, n_iters: int) -> torch.Tensor:
