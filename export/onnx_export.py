@@ -65,8 +65,13 @@ def _export_mode() -> Iterator[None]:
 
 
 def export_graph(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, spec: GraphSpec,
-                 opset: int = DEFAULT_OPSET, exporter: Exporter = "torchscript") -> onnx.ModelProto:
-    """Export ``module(*args)`` to ``path`` as ``spec`` describes; return the written model."""
+                 opset: int = DEFAULT_OPSET, exporter: Exporter = "torchscript",
+                 custom_opsets: dict[str, int] | None = None) -> onnx.ModelProto:
+    """Export ``module(*args)`` to ``path`` as ``spec`` describes; return the written model.
+
+    ``custom_opsets`` (torchscript exporter): versions of non-standard op domains the module's
+    symbolics emit, e.g. {"com.microsoft": 1}.
+    """
     check_opset(opset, exporter)
     path = Path(path)
     try:
@@ -77,7 +82,8 @@ def export_graph(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, 
                 torch.onnx.export(
                     module, args, str(path), dynamo=False, opset_version=opset,
                     input_names=spec.input_names, output_names=spec.output_names,
-                    dynamic_axes=spec.dynamic_axes(), do_constant_folding=True)
+                    dynamic_axes=spec.dynamic_axes(), do_constant_folding=True,
+                    custom_opsets=custom_opsets)
     except Exception as exc:  # the exporters raise many types
         raise ExportError(f"ONNX export of {spec.key} failed ({exporter} exporter, opset {opset}): "
                           f"{type(exc).__name__}: {exc}") from exc
