@@ -302,10 +302,9 @@ def random_model(cfg, seed: int = 0):
     return model
 
 
-def export_scorer(model, path: Path, module=None, split: bool = False) -> None:
+def export_scorer(model, path: Path, module=None) -> None:
     """Export the model's scorer graph (or ``module`` with the scorer's signature) to ``path``
-    with the bundle's contract names and dynamic axes (export.onnx_export); with ``split`` also
-    the split-int8 scorer graphs beside it (export.split_scorer)."""
+    with the bundle's contract names and dynamic axes (export.onnx_export)."""
     import torch
 
     from export.graphs import ScorerGraph
@@ -316,28 +315,19 @@ def export_scorer(model, path: Path, module=None, split: bool = False) -> None:
     d, l, f, p = cfg.embed_dim, cfg.max_words, cfg.max_frames, cfg.num_pixels
     sample = (torch.randn(2, d), torch.randn(2, l, d), torch.randn(3, d), torch.randn(3, f, d), torch.randn(3, p, d))
     export_graph((module or ScorerGraph(model)).eval(), sample, Path(path), graph_specs(cfg)["scorer"])
-    if split:
-        from export.split_scorer import export_split_graphs
-
-        export_split_graphs(model.eval(), Path(path).parent, sample, 17, lambda _msg: None)
 
 
 def scorer_bundle(root: Path, cfg, scorer_file: str = "scorer.onnx", fingerprint: str = "0" * 64):
-    """A runtime Bundle holding only the scorer graphs (torch-free): enough for runtime.scoring,
-    runtime.index and runtime.search, which use no encoder. The split-int8 scorer graphs are
-    included when their files are in ``root`` (``export_scorer(..., split=True)``)."""
-    from export.specs import SCORER, graph_specs, split_scorer_specs
-    from runtime.bundle import GRAPH_ROLES, SPLIT_GRAPH_ROLES, Bundle, GraphSpec, TensorSpec, TokenizerSpec
+    """A runtime Bundle holding only a scorer graph (torch-free): enough for runtime.scoring,
+    runtime.index and runtime.search, which use no encoder."""
+    from export.specs import graph_specs
+    from runtime.bundle import Bundle, GraphSpec, TensorSpec, TokenizerSpec
 
-    def runtime_spec(key: str, spec, file: Path) -> GraphSpec:
-        roles_in, roles_out = {**GRAPH_ROLES, **SPLIT_GRAPH_ROLES}[key]
-        return GraphSpec(key, file,
-                         {r: TensorSpec(s.name, s.dtype, tuple(s.shape)) for r, s in zip(roles_in, spec.inputs)},
-                         {r: TensorSpec(s.name, s.dtype, tuple(s.shape)) for r, s in zip(roles_out, spec.outputs)})
-
-    graphs = {SCORER: runtime_spec(SCORER, graph_specs(cfg)[SCORER], Path(root) / scorer_file)}
-    split = split_scorer_specs(cfg)
-    if all((Path(root) / spec.file).is_file() for spec in split.values()):
-        graphs.update({key: runtime_spec(key, spec, Path(root) / spec.file) for key, spec in split.items()})
+    spec = graph_specs(cfg)["scorer"]
+    roles_in = ("sentence", "words", "video", "frame_features", "patches")
+    roles_out = ("video_sentence", "frame_sentence", "patch_word")
+    graph = GraphSpec("scorer", Path(root) / scorer_file,
+                      {r: TensorSpec(s.name, s.dtype, tuple(s.shape)) for r, s in zip(roles_in, spec.inputs)},
+                      {r: TensorSpec(s.name, s.dtype, tuple(s.shape)) for r, s in zip(roles_out, spec.outputs)})
     return Bundle(root=Path(root), manifest={}, config=cfg, fingerprint=fingerprint, dtype="float32",
-                  graphs=graphs, tokenizer=TokenizerSpec(Path(root) / "none", cfg.max_words, 0, 0))
+                  graphs={"scorer": graph}, tokenizer=TokenizerSpec(Path(root) / "none", cfg.max_words, 0, 0))

@@ -111,7 +111,7 @@ def setup(args, work: Path) -> dict:
             return zeros, zeros, sims
 
     start = time.perf_counter()
-    common.export_scorer(model, work / "scorer.onnx", split=True)
+    common.export_scorer(model, work / "scorer.onnx")
     common.export_scorer(model, work / "patch_word_only.onnx", PatchWordOnly())
     export_seconds = time.perf_counter() - start
 
@@ -273,12 +273,14 @@ def side_reference(args, work: Path) -> None:
 
 
 # ---- runtime side (subprocess, no torch) ---------------------------------------------------
-def _runtime_scorer(work: Path, graph_file: str, threads: int, mode: str = "float"):
-    from runtime.scoring import open_scorer
+def _runtime_scorer(work: Path, graph_file: str, threads: int):
+    from runtime.backends import open_session
+    from runtime.scoring import Scorer
     from ucofia.config import UCoFiAConfig
 
     cfg = UCoFiAConfig.from_dict(json.loads((work / "config.json").read_text()))
-    return open_scorer(common.scorer_bundle(work, cfg, graph_file), "cpu", threads, mode)
+    bundle = common.scorer_bundle(work, cfg, graph_file)
+    return Scorer(open_session(bundle, "scorer", "cpu", threads), cfg)
 
 
 def side_runtime(args, work: Path) -> None:
@@ -288,16 +290,13 @@ def side_runtime(args, work: Path) -> None:
         arrays = {k: np.load(work / f"{k}.npy") for k in ("sentence", "words", "video", "frames", "patches")}
         text = TextFeatures(arrays["sentence"], arrays["words"])
         videos = ArrayVideos({"video": arrays["video"], "frame_features": arrays["frames"], "patches": arrays["patches"]})
-        scorers = {name: _runtime_scorer(work, graph_file, args.threads, mode)
-                   for name, graph_file, mode in (("all_levels", "scorer.onnx", "float"),
-                                                  ("all_levels_split_int8", "scorer.onnx", "split-int8"),
-                                                  ("patch_word_only", "patch_word_only.onnx", "float"))}
+        scorers = {name: _runtime_scorer(work, graph_file, args.threads)
+                   for name, graph_file in (("all_levels", "scorer.onnx"), ("patch_word_only", "patch_word_only.onnx"))}
         for scorer in scorers.values():  # session warm-up
             score_matrix(scorer, text.rows(0, 4), ArrayVideos(videos.features(0, 64)))
         n = len(text)
         return {"text": text, "videos": videos, "scorers": scorers,
                 "out": {lv: np.empty((n, len(videos)), np.float32) for lv in LEVELS},
-                "out_split": {lv: np.empty((n, len(videos)), np.float32) for lv in LEVELS},
                 "scratch": {lv: np.empty((REFERENCE_BATCH, len(videos)), np.float32) for lv in LEVELS},
                 "totals": {name: [0.0, 0.0] for name in scorers}, "batches": 0}
 
@@ -306,8 +305,7 @@ def side_runtime(args, work: Path) -> None:
         rows = st["text"].rows(a, b)
         report = {"batch": i, "texts": b - a}
         for name, scorer in st["scorers"].items():
-            kept = {"all_levels": "out", "all_levels_split_int8": "out_split"}.get(name)
-            out = ({lv: st[kept][lv][a:b] for lv in LEVELS} if kept
+            out = ({lv: st["out"][lv][a:b] for lv in LEVELS} if name == "all_levels"
                    else {lv: st["scratch"][lv][: b - a] for lv in LEVELS})
             cpu0, start = time.process_time(), time.perf_counter()
             score_matrix(scorer, rows, st["videos"], args.memory_mb, out=out)
@@ -320,7 +318,6 @@ def side_runtime(args, work: Path) -> None:
 
     def finish(st) -> dict:
         np.savez(work / "runtime.npz", **st["out"])
-        np.savez(work / "runtime_split.npz", **st["out_split"])
         scorer = st["scorers"]["all_levels"]
         n_text, n_video = len(st["text"]), len(st["videos"])
         out = {name: {"seconds": round(s, 3), "cpu_seconds": round(c, 2)} for name, (s, c) in st["totals"].items()}
@@ -438,10 +435,8 @@ def main() -> None:
         runtime, reference = sides["runtime"].finish(), sides["reference"].finish()
         unflushed = sides["unflushed"].finish() if n_unflushed else None
         ours = dict(np.load(work / "runtime.npz"))
-        ours_split = dict(np.load(work / "runtime_split.npz"))
         ref_levels = dict(np.load(work / "reference_ftz1.npz"))
         agreement = _compare(ref_levels, ours)
-        agreement_split = _compare(ref_levels, ours_split)
         rates = sides["probe"].finish()
 
     n_text, n_video = args.texts, args.videos
@@ -451,13 +446,7 @@ def main() -> None:
         return side["seconds_timed"] * n_text / side["texts_timed"]
 
     ref_s = full(reference)
-    float_s = runtime["all_levels"]["seconds"]
-    split_s = runtime["all_levels_split_int8"]["seconds"]
-    # what `ucofia-run` uses here by default (scorer auto: split-int8 on CPUs with AMX-INT8)
-    from runtime.backends import cpu_has_int8_matrix_units
-    default_mode = "split-int8" if cpu_has_int8_matrix_units() else "float"
-    rt_s = split_s if default_mode == "split-int8" else float_s
-    rt_cpu = runtime["all_levels_split_int8" if default_mode == "split-int8" else "all_levels"]["cpu_seconds"]
+    rt_s = runtime["all_levels"]["seconds"]
     pw_s = runtime["patch_word_only"]["seconds"]
     flops = patch_word_flops(cfg, n_text, n_video)
     floor_s = flops / (rates["best_gflops"] * 1e9)
@@ -478,7 +467,7 @@ def main() -> None:
         "reference_loop_unflushed": None if unflushed is None else {
             **unflushed, "seconds_full_scaled": round(full(unflushed), 1), "scaled": unflushed["texts_timed"] < n_text,
             "slowdown_vs_flushed": round(full(unflushed) / ref_s, 2)},
-        "ucofia_run": {**runtime, "default_scorer": default_mode, "pairs_per_second": round(pairs / rt_s, 1),
+        "ucofia_run": {**runtime, "pairs_per_second": round(pairs / rt_s, 1),
                        "index_time_video_feature_seconds": prep["video_feature_seconds"]},
         "patch_word_level": {
             "gflop": round(flops / 1e9, 1), "seconds": pw_s, "achieved_gflops": round(flops / pw_s / 1e9, 1),
@@ -486,31 +475,25 @@ def main() -> None:
             "target_within": 2.0},
         "ratios": {
             "speedup_vs_reference_loop": round(ref_s / rt_s, 2), "target_speedup": 8.0,
-            "speedup_float_scorer": round(ref_s / float_s, 2),
-            "speedup_split_int8_scorer": round(ref_s / split_s, 2),
             # CPU seconds (process time) of each side, the reference's scaled like its wall time: on a
             # shared machine the two sides may get different shares of the cores, and with one thread
             # per side this ratio is the contention-robust one (with more, it counts torch's spin-waits)
             "speedup_cpu_time": round(reference["cpu_seconds_timed"] * n_text / reference["texts_timed"]
-                                      / rt_cpu, 2),
+                                      / runtime["all_levels"]["cpu_seconds"], 2),
             "speedup_vs_unflushed_reference": None if unflushed is None else round(full(unflushed) / rt_s, 1),
             "peak_rss_runtime_over_reference": round(runtime["peak_rss_mib"] / reference["peak_rss_mib"], 3),
             "scoring_memory_runtime_over_reference": round(rt_scoring_mem / max(ref_scoring_mem, 1e-9), 3),
             "patch_word_seconds_over_matmul_floor": round(pw_s / floor_s, 2),
         },
         "agreement_with_reference_on_timed_rows": agreement,
-        "agreement_split_int8_with_reference_on_timed_rows": agreement_split,
     }
     summary = [
         f"reference loop (flushed denormals){' scaled from ' + str(reference['texts_timed']) + ' texts' if result['reference_loop']['scaled'] else ''}: "
         f"{ref_s:.1f} s, {pairs / ref_s:,.0f} pairs/s, peak RSS {reference['peak_rss_mib']:.0f} MiB "
         f"(temporal {reference['share_of_time']['temporal']:.0%}, patch-word {reference['share_of_time']['patch_word']:.0%})",
-        f"ucofia-run tiled scorer ({default_mode}, the default here): {rt_s:.1f} s, {pairs / rt_s:,.0f} pairs/s, "
-        f"peak RSS {runtime['peak_rss_mib']:.0f} MiB -> {ref_s / rt_s:.1f}x faster (target 8x; "
-        f"{result['ratios']['speedup_cpu_time']:.1f}x in CPU seconds), peak RSS x{runtime['peak_rss_mib'] / reference['peak_rss_mib']:.2f}",
-        f"  float scorer {float_s:.1f} s ({ref_s / float_s:.1f}x), split-int8 scorer {split_s:.1f} s ({ref_s / split_s:.1f}x; "
-        f"patch_word max |diff| to the reference {agreement_split['patch_word']['max_abs']:.2g} vs float "
-        f"{agreement['patch_word']['max_abs']:.2g}, fused top-1 same {agreement_split['fused_same_top1']:.3f})",
+        f"ucofia-run tiled scorer: {rt_s:.1f} s, {pairs / rt_s:,.0f} pairs/s, peak RSS {runtime['peak_rss_mib']:.0f} MiB "
+        f"-> {ref_s / rt_s:.1f}x faster (target 8x; {result['ratios']['speedup_cpu_time']:.1f}x in CPU seconds), "
+        f"peak RSS x{runtime['peak_rss_mib'] / reference['peak_rss_mib']:.2f}",
         f"patch-word level: {pw_s:.1f} s for {flops / 1e12:.2f} TFLOP = {flops / pw_s / 1e9:.0f} GFLOP/s; matmul rate "
         f"{rates['best_gflops']:.0f} GFLOP/s -> floor {floor_s:.1f} s, {pw_s / floor_s:.2f}x the floor (target 2x)",
     ]

@@ -66,12 +66,12 @@ def _run_cli(args: list[str], log: Log) -> None:
         raise ParityError(f"ucofia-run {args[0]} failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
 
 
-def runtime_side(bundle: Path, bench: Benchmark, work: Path, backend: str, log: Log,
-                 scorer_mode: str = "auto") -> dict:
+def runtime_side(bundle: Path, bench: Benchmark, work: Path, backend: str, log: Log) -> dict:
     """Index the benchmark's videos with ucofia-run, then score its captions with the runtime."""
+    from runtime.backends import open_session
     from runtime.bundle import load_bundle
     from runtime.index import GalleryIndex
-    from runtime.scoring import open_scorer, score_matrix
+    from runtime.scoring import Scorer, score_matrix
     from runtime.sinkhorn import text_bias
     from runtime.text import TextEncoder
 
@@ -81,7 +81,7 @@ def runtime_side(bundle: Path, bench: Benchmark, work: Path, backend: str, log: 
     bank.write_text("".join(f"{c.strip()}\n" for c in bench.bank))
     index_dir = work / "index"
     _run_cli(["index", "--bundle", str(bundle), "--videos", str(videos_list), "--bank", str(bank),
-              "-o", str(index_dir), "--backend", backend, "--scorer", scorer_mode, "--quiet"], log)
+              "-o", str(index_dir), "--backend", backend, "--quiet"], log)
     b = load_bundle(bundle)
     gallery = GalleryIndex(index_dir)
     row_of = {vid: i for i, vid in enumerate(gallery.ids)}
@@ -91,8 +91,7 @@ def runtime_side(bundle: Path, bench: Benchmark, work: Path, backend: str, log: 
                           f"see {index_dir / 'failed.jsonl'}")
     rows = np.array([row_of[v] for v in bench.video_ids])
     text = TextEncoder(b, backend).encode(bench.captions, what="caption")
-    scorer = open_scorer(b, backend, mode=scorer_mode)
-    log(f"runtime scorer: {scorer.mode}")
+    scorer = Scorer(open_session(b, "scorer", backend), b.config)
     sims = score_matrix(scorer, text, gallery.subset(rows))
     stored = gallery.biases()
     if stored is None:
@@ -103,7 +102,6 @@ def runtime_side(bundle: Path, bench: Benchmark, work: Path, backend: str, log: 
         "text_bias": {lv: text_bias(np.asarray(sims[lv]), b.config.sk_iterations) for lv in LEVELS},
         "dtype": b.dtype,
         "fingerprint": b.fingerprint,
-        "scorer": scorer.mode,
     }
 
 
@@ -156,8 +154,7 @@ def torch_side(checkpoint: Path, bench: Benchmark, vocab: Path, log: Log) -> dic
 
 # ---- the command's body ---------------------------------------------------------------------
 def run_parity(checkpoint: Path, bundle: Path, benchmark: Path, *, dataset: str = "msrvtt", split: str = "test",
-               backend: str = "auto", tolerance: Tolerance | None = None, log: Log = print,
-               scorer_mode: str = "auto") -> dict:
+               backend: str = "auto", tolerance: Tolerance | None = None, log: Log = print) -> dict:
     """Run both sides and return the comparison report (``report["passed"]``)."""
     from runtime.bundle import load_bundle
 
@@ -166,7 +163,7 @@ def run_parity(checkpoint: Path, bundle: Path, benchmark: Path, *, dataset: str 
     if not bench.captions:
         raise ParityError(f"{benchmark}: the {split} split has no captions")
     with tempfile.TemporaryDirectory(prefix="ucofia-parity-") as tmp:
-        rt = runtime_side(bundle, bench, Path(tmp), backend, log, scorer_mode)
+        rt = runtime_side(bundle, bench, Path(tmp), backend, log)
     pt = torch_side(checkpoint, bench, b.tokenizer.vocab_file, log)
     if rt["fingerprint"] and rt["fingerprint"] != pt["fingerprint"]:
         raise ParityError(f"bundle {bundle} was exported from other weights than {checkpoint} "
@@ -179,8 +176,7 @@ def run_parity(checkpoint: Path, bundle: Path, benchmark: Path, *, dataset: str 
                                rt["text_bias"], None if one_to_one else video_of_text, tol)
     report.update({"checkpoint": str(checkpoint), "bundle": str(bundle), "benchmark": str(benchmark),
                    "split": split, "captions": len(bench.captions), "videos": len(bench.video_ids),
-                   "bank_captions": len(bench.bank), "bundle_dtype": rt["dtype"], "backend": backend,
-                   "scorer": rt["scorer"]})
+                   "bank_captions": len(bench.bank), "bundle_dtype": rt["dtype"], "backend": backend})
     return report
 
 

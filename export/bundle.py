@@ -20,7 +20,6 @@ from export.graphs import graph_modules
 from export.manifest import MANIFEST_FILE, build_manifest, copy_vocab
 from export.onnx_export import DEFAULT_OPSET, Exporter, check_opset, export_graph
 from export.samples import sample_token_ids, sample_videos
-from export.split_scorer import export_split_graphs, manifest_section, verify_split_graphs
 from export.specs import SCORER, TEXT_ENCODER, VIDEO_ENCODER, graph_specs
 from export import tensorrt_build
 from export.tensorrt_build import TrtBuildOptions
@@ -66,11 +65,8 @@ def export_bundle(model: UCoFiA, out_dir: str | Path, *, fp16: bool = False, ops
                   force: bool = False, verify: bool = True, exporter: Exporter = "torchscript",
                   trt: bool = False, trt_options: TrtBuildOptions | None = None,
                   tolerances: Tolerances | None = None, source: dict[str, Any] | None = None,
-                  progress: Progress | None = None, split_scorer: bool = True) -> dict[str, Any]:
+                  progress: Progress | None = None) -> dict[str, Any]:
     """Export ``model`` to a bundle directory and return its manifest.
-
-    ``split_scorer`` (float32 bundles): also write the split-int8 scorer graphs, the CPU fast
-    path (``export.split_scorer``).
 
     Raises FileExistsError (``out_dir`` exists, no ``force``), ExportError, TrtCompatibilityError
     (``trt`` and the static check failed), VerificationError (ORT differs from PyTorch beyond
@@ -110,10 +106,6 @@ def export_bundle(model: UCoFiA, out_dir: str | Path, *, fp16: bool = False, ops
                     fp16_stats[key] = stats.to_dict()  # type: ignore[index]
                 say(f"  {spec.file}: {(tmp / spec.file).stat().st_size / 1e6:.1f} MB in {time.perf_counter() - t0:.1f}s")
 
-            split_specs = {}
-            if split_scorer and not fp16:
-                split_specs = export_split_graphs(model, tmp, inputs[SCORER], opset, say)
-
             say("static TensorRT compatibility check")
             trt_report = check_graphs({key: tmp / spec.file for key, spec in specs.items()})
             if trt and not trt_report.ok:
@@ -122,14 +114,10 @@ def export_bundle(model: UCoFiA, out_dir: str | Path, *, fp16: bool = False, ops
                     + "\n  ".join(str(i) for i in trt_report.errors), trt_report)
 
             verification = None
-            split_checks: list = []
             if verify:
                 say("verifying the graphs in onnxruntime against PyTorch")
                 model.eval()  # hard top-k reference, whatever the exporters did to module modes
                 report = verify_bundle(model, tmp, specs, dtype, tolerances)
-                if split_specs:
-                    split_checks = verify_split_graphs(model, tmp, split_specs, inputs[SCORER], report.tolerances)
-                    report.checks += split_checks
                 verification = report.to_dict()
                 if not report.passed:
                     raise VerificationError(
@@ -147,11 +135,10 @@ def export_bundle(model: UCoFiA, out_dir: str | Path, *, fp16: bool = False, ops
             hints = {"cpu_disabled_optimizers": list(ORT_FP16_CPU_DISABLED_OPTIMIZERS)} if fp16 else {}
             manifest = build_manifest(
                 config=model.config, fingerprint=fingerprint, dtype=dtype, opset=opset, exporter=exporter,
-                specs={**specs, **split_specs}, verification=verification, trt_check=trt_report.to_dict(), tensorrt=tensorrt,
+                specs=specs, verification=verification, trt_check=trt_report.to_dict(), tensorrt=tensorrt,
                 fp16=None if fp16_stats is None else {
                     "graphs": fp16_stats, "fp32_islands": {k: v.to_dict() for k, v in DEFAULT_ISLANDS.items()}},
                 source=source, onnxruntime_hints=hints, extra_versions=versions,
-                split_scorer=manifest_section(split_specs, split_checks) if split_specs else None,
                 seconds=time.perf_counter() - start)
             atomic_write_text(tmp / MANIFEST_FILE, json.dumps(manifest, indent=2))
         return manifest

@@ -4,8 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from export.specs import LEVEL_OUTPUTS, SCORER, SPLIT_SCORER, SPLIT_TEXT, SPLIT_VIDEO, TEXT_ENCODER, VIDEO_ENCODER
-from ucofia import split_int8
+from export.specs import LEVEL_OUTPUTS, SCORER, TEXT_ENCODER, VIDEO_ENCODER
 from ucofia.model import UCoFiA
 
 
@@ -50,51 +49,6 @@ class ScorerGraph(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         sims = self.model.score(sentence, words, video, frame_features, patches)
         return tuple(sims[name] for name in LEVEL_OUTPUTS)  # type: ignore[return-value]
-
-
-class SplitTextGraph(nn.Module):
-    """words [T,L,D] -> the patch-word text side split into int8 rows (ucofia.split_int8)."""
-
-    def __init__(self, model: UCoFiA) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return split_int8.split_right(self.model.patch_word_queries(words))
-
-
-class SplitVideoGraph(nn.Module):
-    """patches [V,P,D] -> the patch tokens split into uint8 rows (ucofia.split_int8)."""
-
-    def forward(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return split_int8.split_left(patches)
-
-
-class SplitScorerGraph(nn.Module):
-    """The scorer with the patch-word product on split int8 operands (split text and patches in)."""
-
-    def __init__(self, model: UCoFiA) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, sentence: torch.Tensor, words_hi: torch.Tensor, words_lohi: torch.Tensor,
-                words_scale: torch.Tensor, video: torch.Tensor, frame_features: torch.Tensor,
-                patches_hi: torch.Tensor, patches_hilo: torch.Tensor, patches_scale: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        t, l = words_scale.shape
-        v, p = patches_scale.shape
-        fine = split_int8.split_product(
-            patches_hi.reshape(v * p, -1), patches_hilo.reshape(v * p, -1), patches_scale.reshape(-1),
-            words_hi.reshape(t * l, -1), words_lohi.reshape(t * l, -1), words_scale.reshape(-1))
-        sims = self.model.sentence_levels(sentence, video, frame_features)
-        sims["patch_word"] = self.model.patch_word_from_scores(fine.reshape(v, p, t, l))
-        return tuple(sims[name] for name in LEVEL_OUTPUTS)  # type: ignore[return-value]
-
-
-def split_graph_modules(model: UCoFiA) -> dict[str, nn.Module]:
-    """The wrapper modules of the split-int8 scorer graphs, in eval mode."""
-    return {SPLIT_TEXT: SplitTextGraph(model).eval(), SPLIT_VIDEO: SplitVideoGraph().eval(),
-            SPLIT_SCORER: SplitScorerGraph(model).eval()}
 
 
 def graph_modules(model: UCoFiA) -> dict[str, nn.Module]:

@@ -98,8 +98,7 @@ def build_manifest(*, config: UCoFiAConfig, fingerprint: str, dtype: str, opset:
                    fp16: dict[str, Any] | None = None, source: dict[str, Any] | None = None,
                    onnxruntime_hints: dict[str, Any] | None = None,
                    extra_versions: dict[str, str] | None = None, seconds: float | None = None,
-                   warnings: list[str] | None = None,
-                   split_scorer: dict[str, Any] | None = None) -> dict[str, Any]:
+                   warnings: list[str] | None = None) -> dict[str, Any]:
     """Assemble the manifest dict (see the bundle contract in the team brief)."""
     tokenizer, tok_warnings = tokenizer_section(config)
     return {
@@ -119,7 +118,6 @@ def build_manifest(*, config: UCoFiAConfig, fingerprint: str, dtype: str, opset:
         "trt_check": trt_check,
         "tensorrt": tensorrt,
         "fp16": fp16,
-        "split_scorer": split_scorer,
         "onnxruntime": onnxruntime_hints or {},
         "source": source or {},
         "export_seconds": None if seconds is None else round(seconds, 2),

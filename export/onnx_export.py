@@ -65,13 +65,8 @@ def _export_mode() -> Iterator[None]:
 
 
 def export_graph(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, spec: GraphSpec,
-                 opset: int = DEFAULT_OPSET, exporter: Exporter = "torchscript",
-                 custom_opsets: dict[str, int] | None = None) -> onnx.ModelProto:
-    """Export ``module(*args)`` to ``path`` as ``spec`` describes; return the written model.
-
-    ``custom_opsets`` (torchscript exporter): versions of non-standard op domains the module's
-    symbolics emit, e.g. {"com.microsoft": 1}.
-    """
+                 opset: int = DEFAULT_OPSET, exporter: Exporter = "torchscript") -> onnx.ModelProto:
+    """Export ``module(*args)`` to ``path`` as ``spec`` describes; return the written model."""
     check_opset(opset, exporter)
     path = Path(path)
     try:
@@ -82,8 +77,7 @@ def export_graph(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, 
                 torch.onnx.export(
                     module, args, str(path), dynamo=False, opset_version=opset,
                     input_names=spec.input_names, output_names=spec.output_names,
-                    dynamic_axes=spec.dynamic_axes(), do_constant_folding=True,
-                    custom_opsets=custom_opsets)
+                    dynamic_axes=spec.dynamic_axes(), do_constant_folding=True)
     except Exception as exc:  # the exporters raise many types
         raise ExportError(f"ONNX export of {spec.key} failed ({exporter} exporter, opset {opset}): "
                           f"{type(exc).__name__}: {exc}") from exc

@@ -102,34 +102,3 @@ def graph_specs(config: UCoFiAConfig, float_dtype: str = "float32") -> dict[str,
             (sentence, words, video, frame_features, patches),
             tuple(TensorSpec(name, fl, (t, v)) for name in LEVEL_OUTPUTS)),
     }
-
-
-# CPU fast path for the scorer (ucofia.split_int8): the patch-word product on int8 units. Three
-# extra graphs, used by onnxruntime's CPU provider only (com.microsoft MatMulIntegerToFloat):
-# the text side and the patches are split once per batch / block, the scorer runs per tile.
-SPLIT_TEXT = "scorer_split_text"
-SPLIT_VIDEO = "scorer_split_video"
-SPLIT_SCORER = "scorer_split"
-SPLIT_GRAPH_KEYS = (SPLIT_TEXT, SPLIT_VIDEO, SPLIT_SCORER)
-
-
-def split_scorer_specs(config: UCoFiAConfig) -> dict[str, GraphSpec]:
-    """The three split-int8 scorer graph specs for ``config`` (float32 bundles only)."""
-    d, f, l, p = config.embed_dim, config.max_frames, config.max_words, config.num_pixels
-    t, v = TEXTS_AXIS, VIDEOS_AXIS
-    words_split = (TensorSpec("words_hi", "int8", (t, l, d)), TensorSpec("words_lohi", "int8", (t, l, 2 * d)),
-                   TensorSpec("words_scale", "float32", (t, l)))
-    patches_split = (TensorSpec("patches_hi", "uint8", (v, p, d)),
-                     TensorSpec("patches_hilo", "uint8", (v, p, 2 * d)),
-                     TensorSpec("patches_scale", "float32", (v, p)))
-    return {
-        SPLIT_TEXT: GraphSpec(SPLIT_TEXT, f"{SPLIT_TEXT}.onnx",
-                              (TensorSpec("words", "float32", (t, l, d)),), words_split),
-        SPLIT_VIDEO: GraphSpec(SPLIT_VIDEO, f"{SPLIT_VIDEO}.onnx",
-                               (TensorSpec("patches", "float32", (v, p, d)),), patches_split),
-        SPLIT_SCORER: GraphSpec(
-            SPLIT_SCORER, f"{SPLIT_SCORER}.onnx",
-            (TensorSpec("sentence", "float32", (t, d)), *words_split, TensorSpec("video", "float32", (v, d)),
-             TensorSpec("frame_features", "float32", (v, f, d)), *patches_split),
-            tuple(TensorSpec(name, "float32", (t, v)) for name in LEVEL_OUTPUTS)),
-    }

@@ -140,29 +140,12 @@ def open_session(bundle: Bundle, key: str, backend: str = "auto", threads: int |
     hints = bundle.manifest.get("onnxruntime") or {}
     disabled = hints.get("cpu_disabled_optimizers") if resolved == "cpu" else None
     threads = threads or _env_threads()
-    if key in ("scorer", "scorer_split") and resolved == "cpu":
+    if key == "scorer" and resolved == "cpu":
         # Scorer tiles are independent: one single-threaded run per core, each on its own
         # cache-sized tile, beats splitting every small op of one tile across threads.
         return OrtSession(spec, resolved, threads=1, disabled_optimizers=disabled,
                           concurrency=threads or available_cpus())
     return OrtSession(spec, resolved, threads=threads, disabled_optimizers=disabled)
-
-
-def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
-    """This CPU's feature flags as Linux reports them (empty where ``cpuinfo`` is unreadable)."""
-    try:
-        with open(cpuinfo, encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def cpu_has_int8_matrix_units(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """Whether this CPU has AMX-INT8 tiles (uint8 x int8 products ~7x the float32 rate)."""
-    return "amx_int8" in cpu_flags(cpuinfo)
 
 
 def available_cpus() -> int:

@@ -25,17 +25,9 @@ GRAPH_ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "scorer": (("sentence", "words", "video", "frame_features", "patches"),
                ("video_sentence", "frame_sentence", "patch_word")),
 }
-# Optional graphs: the split-int8 scorer, the CPU fast path (export.split_scorer); roles = names.
-SPLIT_GRAPH_ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "scorer_split_text": (("words",), ("words_hi", "words_lohi", "words_scale")),
-    "scorer_split_video": (("patches",), ("patches_hi", "patches_hilo", "patches_scale")),
-    "scorer_split": (("sentence", "words_hi", "words_lohi", "words_scale", "video", "frame_features",
-                      "patches_hi", "patches_hilo", "patches_scale"),
-                     ("video_sentence", "frame_sentence", "patch_word")),
-}
 REQUIRED_FIELDS = ("format", "config", "fingerprint", "dtype", "graphs", "tokenizer")
 TOKENIZER_FIELDS = ("vocab_file", "max_words", "sot_id", "eot_id")
-_DTYPES = {"float32", "float16", "int64", "int32", "int8", "uint8", "bool"}
+_DTYPES = {"float32", "float16", "int64", "int32", "bool"}
 _FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -77,11 +69,6 @@ class Bundle:
     dtype: str
     graphs: dict[str, GraphSpec]
     tokenizer: TokenizerSpec
-
-    @property
-    def has_split_scorer(self) -> bool:
-        """Whether the bundle carries the split-int8 scorer graphs (CPU fast path)."""
-        return all(key in self.graphs for key in SPLIT_GRAPH_ROLES)
 
     @property
     def tensorrt(self) -> dict[str, Any] | None:
@@ -141,8 +128,7 @@ def load_bundle(path: str | Path) -> Bundle:
         raise BundleError(f"{where}: dtype must be 'float32' or 'float16', got {manifest['dtype']!r}")
 
     graphs = {}
-    optional = {key: roles for key, roles in SPLIT_GRAPH_ROLES.items() if key in (manifest["graphs"] or {})}
-    for key, (in_roles, out_roles) in {**GRAPH_ROLES, **optional}.items():
+    for key, (in_roles, out_roles) in GRAPH_ROLES.items():
         entry = _field(manifest["graphs"], key, f"{where} 'graphs'")
         file = root / str(_field(entry, "file", f"{where} graphs.{key}"))
         if not file.is_file():

@@ -17,7 +17,7 @@ import click
 
 from runtime.errors import EXIT_ERROR, EXIT_PARTIAL, RuntimeUserError
 from runtime.ingest import DEFAULT_BATCH
-from runtime.scoring import DEFAULT_MEMORY_MB, SCORER_HELP, SCORER_MODES
+from runtime.scoring import DEFAULT_MEMORY_MB
 
 EXIT_CODES_HELP = ("Exit codes: 0 success; 1 error (bad input, bundle, index or backend; the message "
                    "names it); 2 bad command-line usage; 3 index written but some videos failed "
@@ -85,8 +85,6 @@ backend_option = click.option("--backend", default="auto", show_default=True,
                               type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), help=BACKEND_HELP)
 memory_option = click.option("--memory-mb", default=DEFAULT_MEMORY_MB, show_default=True, type=click.FloatRange(min=1),
                              help=MEMORY_HELP)
-scorer_option = click.option("--scorer", "scorer_mode", default="auto", show_default=True,
-                             type=click.Choice(SCORER_MODES), help=SCORER_HELP)
 threads_option = click.option("--threads", default=None, type=click.IntRange(min=1),
                               help="onnxruntime intra-op threads.")
 
@@ -112,14 +110,12 @@ threads_option = click.option("--threads", default=None, type=click.IntRange(min
               help="Decoder workers (default: CPU count, at most 8).")
 @click.option("--process-pool", is_flag=True, help="Decode in processes instead of threads.")
 @backend_option
-@scorer_option
 @memory_option
 @threads_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @_user_errors
 def index(bundle_dir: Path, videos: Path, bank: Path | None, out: Path, batch_size: int, workers: int | None,
-          process_pool: bool, backend: str, scorer_mode: str, memory_mb: float, threads: int | None,
-          quiet: bool) -> None:
+          process_pool: bool, backend: str, memory_mb: float, threads: int | None, quiet: bool) -> None:
     """Encode videos into a gallery index.
 
     Decodes every video (reference frame sampling), runs the video encoder in batches and appends
@@ -160,8 +156,7 @@ def index(bundle_dir: Path, videos: Path, bank: Path | None, out: Path, batch_si
             return _progress(total, "pair", "bank x videos", quiet)[1]
 
         report.biases = ingest.update_biases(writer, bundle, bank, backend=resolved, memory_mb=memory_mb,
-                                             threads=threads, scorer_mode=scorer_mode,
-                                             log=lambda m: click.echo(m, err=True),
+                                             threads=threads, log=lambda m: click.echo(m, err=True),
                                              progress_factory=bank_bar)
         total_indexed = len(writer.indexed)
     click.echo(f"indexed {report.indexed} new videos ({report.videos_per_second:.2f} videos/s, backend "
@@ -178,11 +173,11 @@ def index(bundle_dir: Path, videos: Path, bank: Path | None, out: Path, batch_si
 # ------------------------------------------------------------------------------------------------
 # shared: open index + bundle
 # ------------------------------------------------------------------------------------------------
-def _open(index_dir: Path, bundle_dir: Path | None, backend: str, scorer_mode: str, threads: int | None):
-    from runtime.backends import resolve_backend
+def _open(index_dir: Path, bundle_dir: Path | None, backend: str, threads: int | None):
+    from runtime.backends import open_session, resolve_backend
     from runtime.bundle import load_bundle
     from runtime.index import GalleryIndex
-    from runtime.scoring import open_scorer
+    from runtime.scoring import Scorer
     from runtime.text import TextEncoder
 
     gallery = GalleryIndex(index_dir)
@@ -192,7 +187,7 @@ def _open(index_dir: Path, bundle_dir: Path | None, backend: str, scorer_mode: s
         raise RuntimeUserError(f"index {index_dir} holds no videos; run `ucofia-run index` first")
     resolved = resolve_backend(backend, bundle)
     text = TextEncoder(bundle, resolved, threads)
-    scorer = open_scorer(bundle, resolved, threads, scorer_mode)
+    scorer = Scorer(open_session(bundle, "scorer", resolved, threads), bundle.config)
     return gallery, bundle, text, scorer
 
 
@@ -237,13 +232,12 @@ def _write_output(out: Path, text: str) -> None:
               help="Videos per query kept by the first stage of --two-stage.")
 @bundle_option
 @backend_option
-@scorer_option
 @memory_option
 @threads_option
 @_user_errors
 def search(index_dir: Path, queries_inline: tuple[str, ...], queries_file: Path | None, top_k: int, fmt: str,
-           out: Path, two_stage: bool, shortlist: int, bundle_dir: Path | None, backend: str, scorer_mode: str,
-           memory_mb: float, threads: int | None) -> None:
+           out: Path, two_stage: bool, shortlist: int, bundle_dir: Path | None, backend: str, memory_mb: float,
+           threads: int | None) -> None:
     """Rank indexed videos for text queries.
 
     The score of a (query, video) pair is the mean over the three levels (video_sentence,
@@ -256,7 +250,7 @@ def search(index_dir: Path, queries_inline: tuple[str, ...], queries_file: Path 
     if bool(queries_inline) == bool(queries_file):
         raise click.UsageError("give --query TEXT (repeatable) or --queries FILE, not both or neither")
     texts = list(queries_inline) if queries_inline else read_captions(queries_file, "queries")
-    gallery, bundle, encoder, scorer = _open(index_dir, bundle_dir, backend, scorer_mode, threads)
+    gallery, bundle, encoder, scorer = _open(index_dir, bundle_dir, backend, threads)
     tokens = encoder.tokenize(texts, "query")
     _warn_truncated(tokens.truncated, encoder.max_words, "query")
     features = encoder.encode_ids(tokens.ids)
@@ -287,14 +281,13 @@ def search(index_dir: Path, queries_inline: tuple[str, ...], queries_file: Path 
               help="Metrics JSON (written atomically); default INDEX/evaluation.json.")
 @bundle_option
 @backend_option
-@scorer_option
 @memory_option
 @threads_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @_user_errors
 def evaluate(index_dir: Path, annotations: Path, dataset: str, video_bank_dir: Path | None, no_bias: bool,
-             allow_missing: bool, out: Path | None, bundle_dir: Path | None, backend: str, scorer_mode: str,
-             memory_mb: float, threads: int | None, quiet: bool) -> None:
+             allow_missing: bool, out: Path | None, bundle_dir: Path | None, backend: str, memory_mb: float,
+             threads: int | None, quiet: bool) -> None:
     """Text-to-video and video-to-text retrieval metrics of an index on annotated captions.
 
     t2v ranks videos by the fused score with the index's SK video biases; v2t ranks captions with
@@ -305,7 +298,7 @@ def evaluate(index_dir: Path, annotations: Path, dataset: str, video_bank_dir: P
     from runtime import evaluate as ev
     from runtime.index import GalleryIndex
 
-    gallery, bundle, encoder, scorer = _open(index_dir, bundle_dir, backend, scorer_mode, threads)
+    gallery, bundle, encoder, scorer = _open(index_dir, bundle_dir, backend, threads)
     ann, videos, rows = ev.select_videos(gallery, ev.load_annotations(annotations, dataset), allow_missing)
     bank = None
     if video_bank_dir is not None:

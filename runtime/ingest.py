@@ -20,7 +20,7 @@ from ucofia.data.video import VideoSpec, decode_many
 from runtime.backends import open_session
 from runtime.bundle import Bundle
 from runtime.index import GalleryIndex, IndexWriter, ids_digest
-from runtime.scoring import LEVELS, open_scorer, score_matrix
+from runtime.scoring import DEFAULT_MEMORY_MB, LEVELS, Scorer, score_matrix
 from runtime.sinkhorn import video_bias
 from runtime.sources import read_captions
 from runtime.text import TextEncoder
@@ -98,14 +98,14 @@ def encode_videos(writer: IndexWriter, bundle: Bundle, todo: list[tuple[str, Pat
 
 def compute_bank_biases(index: GalleryIndex, bundle: Bundle, captions: list[str], *, backend: str,
                         memory_mb: float, threads: int | None, scratch: Path,
-                        progress: Callable[[int], None] | None = None, scorer_mode: str = "auto") -> np.ndarray:
+                        progress: Callable[[int], None] | None = None) -> np.ndarray:
     """[3, V] SK video bias per level from bank captions x all indexed videos.
 
     The [3, B, V] bank similarities go to a memory-mapped scratch file (deleted afterwards) and SK
     streams over it, so memory stays bounded for large banks.
     """
     text = TextEncoder(bundle, backend, threads)
-    scorer = open_scorer(bundle, backend, threads, scorer_mode)
+    scorer = Scorer(open_session(bundle, "scorer", backend, threads), bundle.config)
     n_bank, n_video = len(captions), len(index)
     sims = np.lib.format.open_memmap(scratch, mode="w+", dtype=np.float32, shape=(len(LEVELS), n_bank, n_video))
     try:
@@ -122,7 +122,7 @@ def compute_bank_biases(index: GalleryIndex, bundle: Bundle, captions: list[str]
 
 
 def update_biases(writer: IndexWriter, bundle: Bundle, bank: Path | None, *, backend: str, memory_mb: float,
-                  threads: int | None, log: Log, progress_factory=None, scorer_mode: str = "auto") -> str:
+                  threads: int | None, log: Log, progress_factory=None) -> str:
     """Recompute biases when the bank or the set of videos changed; returns what happened."""
     meta = writer.state.get("biases")
     index = GalleryIndex(writer.root)
@@ -148,7 +148,7 @@ def update_biases(writer: IndexWriter, bundle: Bundle, bank: Path | None, *, bac
     progress = progress_factory(len(captions) * len(index)) if progress_factory else None
     start = time.perf_counter()
     values = compute_bank_biases(index, bundle, captions, backend=backend, memory_mb=memory_mb, threads=threads,
-                                 scratch=writer.root / BANK_SIMS_TMP, progress=progress, scorer_mode=scorer_mode)
+                                 scratch=writer.root / BANK_SIMS_TMP, progress=progress)
     writer.set_biases(values, {"bank": {"path": str(bank), "sha256": sha, "captions": len(captions)},
                                "sk_iterations": bundle.config.sk_iterations})
     return f"computed from {len(captions)} bank captions in {time.perf_counter() - start:.1f}s"

@@ -23,9 +23,7 @@ import numpy as np
 
 from ucofia.config import LEVELS, UCoFiAConfig
 
-from runtime.backends import GraphSession, cpu_has_int8_matrix_units, open_session, resolve_backend
-from runtime.bundle import Bundle
-from runtime.errors import BackendError
+from runtime.backends import GraphSession
 
 TEXT_ROLES = ("sentence", "words")
 VIDEO_ROLES = ("video", "frame_features", "patches")
@@ -99,29 +97,12 @@ class TopK:
     levels: dict[str, np.ndarray]
 
 
-SCORER_MODES = ("auto", "float", "split-int8")
-SCORER_HELP = ("Scorer graph: auto (split-int8 on onnxruntime's CPU provider when the bundle has it and "
-               "this CPU has AMX-INT8 units, else float), float (the bundle's float scorer), split-int8 "
-               "(the patch-word product on int8 units: ~3x faster on AMX CPUs, similarities within ~1e-4 "
-               "of float; needs a float32 bundle exported with it and the CPU backend).")
-# Rows per call of the split preparation graphs (texts / videos): bounds their memory.
-SPLIT_PREP_ROWS = 256
-
-
 class Scorer:
-    """The scorer graph over tiles of texts x videos.
+    """The scorer graph over tiles of texts x videos."""
 
-    With ``text_prep``/``video_prep`` sessions (the split-int8 graphs) the text side is prepared
-    once per call and the videos once per block of the gallery; ``session`` scores the tiles.
-    """
-
-    def __init__(self, session: GraphSession, config: UCoFiAConfig, text_prep: GraphSession | None = None,
-                 video_prep: GraphSession | None = None) -> None:
+    def __init__(self, session: GraphSession, config: UCoFiAConfig) -> None:
         self.session = session
         self.config = config
-        self.text_prep = text_prep
-        self.video_prep = video_prep
-        self.mode = "split-int8" if text_prep is not None else "float"
         self.concurrency = max(1, int(getattr(session, "concurrency", 1)))
         self.cache_tiles = getattr(session, "backend", "") == "cpu"
         self._pool: ThreadPoolExecutor | None = None
@@ -132,7 +113,9 @@ class Scorer:
             self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="ucofia-score")
         return self._pool
 
-    def _cast(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def prepare(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``arrays`` (role -> array) as contiguous arrays of the graph's input dtypes, cast once
+        here instead of in every tile call that reuses them."""
         specs = getattr(self.session, "spec", None)
         out = {}
         for role, array in arrays.items():
@@ -140,32 +123,11 @@ class Scorer:
             out[role] = np.ascontiguousarray(array, dtype=None if spec is None else np.dtype(spec.dtype))
         return out
 
-    @staticmethod
-    def _prepared(prep: GraphSession, role: str, array: np.ndarray) -> dict[str, np.ndarray]:
-        parts = [prep.run({role: array[i:i + SPLIT_PREP_ROWS]}) for i in range(0, len(array), SPLIT_PREP_ROWS)]
-        return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
-
-    def prepare_text(self, text: TextFeatures) -> dict[str, np.ndarray]:
-        """The tile inputs of the text side (role -> array, texts on axis 0), made once per call."""
-        if self.text_prep is None:
-            return self._cast({"sentence": text.sentence, "words": text.words})
-        return self._cast({"sentence": text.sentence, **self._prepared(self.text_prep, "words", text.words)})
-
-    def prepare_videos(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The tile inputs of a block of videos (role -> array), made once per block."""
-        if self.video_prep is None:
-            return self._cast({role: arrays[role] for role in VIDEO_ROLES})
-        return self._cast({"video": arrays["video"], "frame_features": arrays["frame_features"],
-                           **self._prepared(self.video_prep, "patches", np.asarray(arrays["patches"]))})
-
-    def score_tile(self, text: Mapping[str, np.ndarray], videos: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """One graph call on prepared text rows and videos: level name -> [t, v] float32."""
-        out = self.session.run({**text, **videos})
+    def score_tile(self, text: TextFeatures, videos: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One graph call: level name -> [t, v] float32."""
+        out = self.session.run({"sentence": text.sentence, "words": text.words,
+                                **{role: videos[role] for role in VIDEO_ROLES}})
         return {level: out[level] for level in LEVELS}
-
-    def score(self, text: TextFeatures, videos: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """All of ``text`` x all of ``videos`` (raw features) in one graph call: level -> [t, v]."""
-        return self.score_tile(self.prepare_text(text), self.prepare_videos(videos))
 
     def plan_tiles(self, n_text: int, n_video: int, memory_mb: float) -> tuple[int, int]:
         """(texts, videos) per tile so that the tiles in flight fit in ``memory_mb``."""
@@ -196,33 +158,6 @@ class Scorer:
         return t, v
 
 
-def resolve_scorer_mode(mode: str, bundle: Bundle, backend: str) -> str:
-    """'float' or 'split-int8' for ``mode`` on the concrete ``backend``; BackendError when an
-    explicitly requested split-int8 scorer cannot run."""
-    if mode not in SCORER_MODES:
-        raise BackendError(f"unknown scorer {mode!r}; choose one of {', '.join(SCORER_MODES)}")
-    if mode == "float":
-        return mode
-    usable = bundle.has_split_scorer and backend == "cpu"
-    if mode == "split-int8" and not usable:
-        why = (f"the bundle {bundle.root} has no split-int8 scorer graphs (float16 bundles and bundles "
-               "exported with --no-split-scorer or by older versions lack them); re-export it with `ucofia export`"
-               if not bundle.has_split_scorer else
-               f"it runs on onnxruntime's CPU provider only (backend here: {backend}); use --backend cpu")
-        raise BackendError(f"--scorer split-int8 is unavailable: {why}")
-    return "split-int8" if usable and (mode == "split-int8" or cpu_has_int8_matrix_units()) else "float"
-
-
-def open_scorer(bundle: Bundle, backend: str = "auto", threads: int | None = None, mode: str = "auto") -> Scorer:
-    """The Scorer for ``bundle`` on ``backend`` (see SCORER_HELP for ``mode``)."""
-    resolved = resolve_backend(backend, bundle)
-    if resolve_scorer_mode(mode, bundle, resolved) == "float":
-        return Scorer(open_session(bundle, "scorer", resolved, threads), bundle.config)
-    return Scorer(open_session(bundle, "scorer_split", resolved, threads), bundle.config,
-                  text_prep=open_session(bundle, "scorer_split_text", resolved, threads),
-                  video_prep=open_session(bundle, "scorer_split_video", resolved, threads))
-
-
 def _tiles(n: int, size: int) -> list[tuple[int, int]]:
     return [(i, min(i + size, n)) for i in range(0, n, size)]
 
@@ -245,26 +180,24 @@ def _run_tiles(scorer: Scorer, text: TextFeatures, videos: VideoSource, t_size: 
     GIL); at most twice as many tiles are in flight, so memory stays bounded by the plan.
     """
     n_text, n_video = len(text), len(videos)
-    prepared = scorer.prepare_text(text)
-
-    def rows(t0: int, t1: int) -> dict[str, np.ndarray]:
-        return {role: array[t0:t1] for role, array in prepared.items()}
+    cast = scorer.prepare({"sentence": text.sentence, "words": text.words})
+    text = TextFeatures(cast["sentence"], cast["words"])
 
     def tiles() -> Iterator[tuple[int, int, int, int, dict[str, np.ndarray]]]:
         for v0, v1 in _tiles(n_video, v_size):
-            block = scorer.prepare_videos(videos.features(v0, v1))
+            block = scorer.prepare(videos.features(v0, v1))
             for t0, t1 in _tiles(n_text, t_size):
                 yield t0, t1, v0, v1, block
 
     if scorer.concurrency == 1:
         for t0, t1, v0, v1, block in tiles():
-            yield t0, t1, v0, v1, scorer.score_tile(rows(t0, t1), block)
+            yield t0, t1, v0, v1, scorer.score_tile(text.rows(t0, t1), block)
         return
     pool = scorer.pool()
     window: deque[tuple[int, int, int, int, Future]] = deque()
     try:
         for t0, t1, v0, v1, block in tiles():
-            window.append((t0, t1, v0, v1, pool.submit(scorer.score_tile, rows(t0, t1), block)))
+            window.append((t0, t1, v0, v1, pool.submit(scorer.score_tile, text.rows(t0, t1), block)))
             if len(window) >= 2 * scorer.concurrency:
                 t0_, t1_, v0_, v1_, fut = window.popleft()
                 yield t0_, t1_, v0_, v1_, fut.result()

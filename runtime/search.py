@@ -66,7 +66,7 @@ def check_level1_kernel(kernel: np.ndarray, scorer: Scorer, index: GalleryIndex,
     n = min(len(index), KERNEL_CHECK_ROWS)
     rows = index.features(0, n)
     q = queries.rows(0, min(len(queries), KERNEL_CHECK_ROWS))
-    want = scorer.score(q, rows)["video_sentence"]
+    want = scorer.score_tile(q, rows)["video_sentence"]
     got = _normalise(q.sentence) @ kernel @ rows["video"].T
     scale = max(float(np.abs(want).max()), 1e-6)
     if not np.allclose(got, want, rtol=0, atol=KERNEL_RTOL * scale):

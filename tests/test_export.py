@@ -102,15 +102,7 @@ def test_manifest_follows_the_contract(tiny):
     assert manifest["fingerprint"] == weights_fingerprint(model)
     assert manifest["dtype"] == "float32" and manifest["opset"] == 17 and manifest["tensorrt"] is None
     d, l, f, p, s = cfg.embed_dim, cfg.max_words, cfg.max_frames, cfg.num_pixels, cfg.clip.image_size
-    float_graphs = {k: v for k, v in manifest["graphs"].items() if not k.startswith("scorer_split")}
-    # float32 bundles also carry the split-int8 scorer graphs (tests/test_split_scorer.py)
-    assert sorted(set(manifest["graphs"]) - set(float_graphs)) == ["scorer_split", "scorer_split_text",
-                                                                   "scorer_split_video"]
-    assert manifest["graphs"]["scorer_split_text"]["outputs"] == [
-        {"name": "words_hi", "dtype": "int8", "shape": ["T", l, d]},
-        {"name": "words_lohi", "dtype": "int8", "shape": ["T", l, 2 * d]},
-        {"name": "words_scale", "dtype": "float32", "shape": ["T", l]}]
-    assert float_graphs == {
+    assert manifest["graphs"] == {
         "text_encoder": {"file": "text_encoder.onnx",
                          "inputs": [{"name": "input_ids", "dtype": "int64", "shape": ["T", l]}],
                          "outputs": [{"name": "sentence", "dtype": "float32", "shape": ["T", d]},
@@ -143,7 +135,7 @@ def test_manifest_follows_the_contract(tiny):
     assert manifest["warnings"] == []
     ver = manifest["verification"]
     assert ver["passed"] and ver["dtype"] == "float32"
-    assert all(c["max_abs"] <= 1e-4 for c in ver["checks"] if c["graph"] != "scorer_split")
+    assert all(c["max_abs"] <= 1e-4 for c in ver["checks"])
     # per-graph checks gate; the end-to-end chain is reported only
     assert {c["graph"] for c in ver["checks"] if not c["gated"]} == {"end_to_end"}
     assert all(s["mismatches"] == 0 for s in ver["patch_selection"])

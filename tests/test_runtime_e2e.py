@@ -123,7 +123,7 @@ def test_two_stage_and_tiling_on_exported_scorer(built, monkeypatch):
     staged = search.two_stage(scorer, gallery, feats, k=4, shortlist=len(gallery))
     np.testing.assert_array_equal(staged.indices, exhaustive.indices)
     np.testing.assert_allclose(staged.fused, exhaustive.fused, rtol=1e-5, atol=1e-5)
-    whole = scorer.score(feats, gallery.features(0, len(gallery)))
+    whole = scorer.score_tile(feats, gallery.features(0, len(gallery)))
     monkeypatch.setattr(scoring.Scorer, "plan_tiles", lambda self, t, v, m: (2, 4))
     tiled = scoring.score_matrix(scorer, feats, gallery)
     for level in scoring.LEVELS:

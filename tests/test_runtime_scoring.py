@@ -37,7 +37,7 @@ def _features(cfg, n_text, n_video, seed=0):
 
 def test_tiled_equals_untiled(scorer, monkeypatch):
     text, videos = _features(scorer.config, 23, 37)
-    whole = scorer.score(text, videos.features(0, len(videos)))
+    whole = scorer.score_tile(text, videos.features(0, len(videos)))
     monkeypatch.setattr(scoring.Scorer, "plan_tiles", lambda self, t, v, m: (5, 7))
     tiled = scoring.score_matrix(scorer, text, videos)
     for level in scoring.LEVELS:

@@ -63,21 +63,21 @@ def frame_sentence(sentence: torch.Tensor, frames: torch.Tensor, frame_weight: t
     return logit_scale.exp() * (scores * attn).sum(dim=-1)
 
 
-def patch_word_queries(words: torch.Tensor, local_weight: torch.Tensor,
-                       local_weight1: torch.Tensor | None, tau: float) -> torch.Tensor:
-    """The text side of level 3: normalised word tokens [T,L,D] times the local matrix, over ``tau``.
+def patch_word(words: torch.Tensor, patches: torch.Tensor, local_weight: torch.Tensor,
+               local_weight1: torch.Tensor | None, word_weight: torch.Tensor,
+               pixel_weight: torch.Tensor, pixel_weight2: torch.Tensor,
+               word_weight2: torch.Tensor, tau: float) -> torch.Tensor:
+    """Level 3: bidirectional ISA between word tokens [T,L,D] and selected patch tokens [V,P,D].
 
-    ``local_weight1`` (train variant) also projects the patches: (w A)(x B)^T = w (A B^T) x^T, so
-    it is folded into this text-side matrix (a constant in the exported graph) rather than applied
-    to every tile of patches.
+    Words are normalised, patches are raw; ``local_weight1`` (train variant) also projects the
+    patches: (w A)(x B)^T = w (A B^T) x^T, so it is folded into the text-side matrix (a constant
+    in the exported graph) rather than applied to every tile of patches. No logit scale.
     """
+    t, l, d = words.shape
+    v, p = patches.shape[:2]
     text_matrix = local_weight if local_weight1 is None else local_weight @ local_weight1.t()
-    return (l2_normalize(words) @ text_matrix) / tau
-
-
-def patch_word_pools(fine: torch.Tensor, word_weight: torch.Tensor, pixel_weight: torch.Tensor,
-                     pixel_weight2: torch.Tensor, word_weight2: torch.Tensor, tau: float) -> torch.Tensor:
-    """Level 3 from its patch-word scores ``fine`` [V,P,T,L] (already divided by ``tau``) -> [T,V]."""
+    w = (l2_normalize(words) @ text_matrix) / tau
+    fine = (patches.reshape(v * p, d) @ w.reshape(t * l, d).t()).reshape(v, p, t, l)  # [V,P,T,L] / tau
     # word axis first: for every patch, pool over words, then over patches
     word_level = _scaled_pool(fine, word_weight, tau)  # [V,P,T]
     sent_to_patch = _scaled_pool(word_level.transpose(1, 2), pixel_weight2, tau)  # [V,T]
@@ -85,19 +85,3 @@ def patch_word_pools(fine: torch.Tensor, word_weight: torch.Tensor, pixel_weight
     patch_level = _scaled_pool(fine.permute(0, 2, 3, 1), pixel_weight, tau)  # [V,T,L]
     video_to_word = _scaled_pool(patch_level, word_weight2, tau)  # [V,T]
     return ((sent_to_patch + video_to_word) * (tau / 2)).t()
-
-
-def patch_word(words: torch.Tensor, patches: torch.Tensor, local_weight: torch.Tensor,
-               local_weight1: torch.Tensor | None, word_weight: torch.Tensor,
-               pixel_weight: torch.Tensor, pixel_weight2: torch.Tensor,
-               word_weight2: torch.Tensor, tau: float) -> torch.Tensor:
-    """Level 3: bidirectional ISA between word tokens [T,L,D] and selected patch tokens [V,P,D].
-
-    Words are normalised, patches are raw; no logit scale (see ``patch_word_queries`` and
-    ``patch_word_pools`` for the two halves).
-    """
-    t, l, d = words.shape
-    v, p = patches.shape[:2]
-    w = patch_word_queries(words, local_weight, local_weight1, tau)
-    fine = (patches.reshape(v * p, d) @ w.reshape(t * l, d).t()).reshape(v, p, t, l)  # [V,P,T,L] / tau
-    return patch_word_pools(fine, word_weight, pixel_weight, pixel_weight2, word_weight2, tau)

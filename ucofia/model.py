@@ -129,32 +129,17 @@ class UCoFiA(nn.Module):
     def score(self, sentence: torch.Tensor, words: torch.Tensor, video: torch.Tensor,
               frames: torch.Tensor, patches: torch.Tensor) -> dict[str, torch.Tensor]:
         """Level similarities from raw tensors (the scorer graph the export writes)."""
-        t, l, d = words.shape
-        v, p = patches.shape[:2]
-        queries = self.patch_word_queries(words)
-        fine = (patches.reshape(v * p, d) @ queries.reshape(t * l, d).t()).reshape(v, p, t, l)
-        return {**self.sentence_levels(sentence, video, frames), "patch_word": self.patch_word_from_scores(fine)}
-
-    def sentence_levels(self, sentence: torch.Tensor, video: torch.Tensor, frames: torch.Tensor
-                        ) -> dict[str, torch.Tensor]:
-        """Levels 1 and 2 (video-sentence, frame-sentence) [T,V] from raw features."""
+        tau = self.config.isa_temperature
         ls = self.clip.logit_scale
         return {
             "video_sentence": isa.video_sentence(sentence, video, self.global_mat_weight,
                                                  self.global_mat_weight_1, ls),
-            "frame_sentence": isa.frame_sentence(sentence, frames, self.frame_logit_weight, ls,
-                                                 self.config.isa_temperature),
+            "frame_sentence": isa.frame_sentence(sentence, frames, self.frame_logit_weight, ls, tau),
+            "patch_word": isa.patch_word(
+                words, patches, self.local_mat_weight, getattr(self, "local_mat_weight1", None),
+                self.word_mat_weight, self.pixel_mat_weight, self.pixel_mat_weight2,
+                self.word_mat_weight2, tau),
         }
-
-    def patch_word_queries(self, words: torch.Tensor) -> torch.Tensor:
-        """Level 3's text side [T,L,D] (normalised words times the local matrix, over tau)."""
-        return isa.patch_word_queries(words, self.local_mat_weight, getattr(self, "local_mat_weight1", None),
-                                      self.config.isa_temperature)
-
-    def patch_word_from_scores(self, fine: torch.Tensor) -> torch.Tensor:
-        """Level 3 [T,V] from patch-word scores [V,P,T,L] (patches times ``patch_word_queries``)."""
-        return isa.patch_word_pools(fine, self.word_mat_weight, self.pixel_mat_weight, self.pixel_mat_weight2,
-                                    self.word_mat_weight2, self.config.isa_temperature)
 
     @staticmethod
     def contrastive_loss(sims: dict[str, torch.Tensor]) -> torch.Tensor:

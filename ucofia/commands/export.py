@@ -13,9 +13,6 @@ from export.specs import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Bundle directory to write (must not exist unless --force).")
 @click.option("--fp16", is_flag=True, help="Half-precision graphs (LayerNorm, softmax, ISA and top-k stay float32).")
-@click.option("--no-split-scorer", is_flag=True,
-              help="Leave out the split-int8 scorer graphs (the CPU fast path for the patch-word product on "
-                   "int8 units, used by ucofia-run on CPUs with AMX-INT8; written for float32 bundles by default).")
 @click.option("--trt", is_flag=True, help="Also build TensorRT engines (*.plan) on this machine's GPU.")
 @click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True, help=f"ONNX opset ({MIN_OPSET}..{MAX_OPSET}).")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
@@ -30,13 +27,12 @@ from export.specs import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 @click.option("--workspace-gib", type=float, default=4.0, show_default=True, help="TensorRT workspace pool limit.")
 @click.option("--timing-cache", type=click.Path(path_type=Path), default=None,
               help="TensorRT timing cache file to reuse and update (default: inside the bundle).")
-def export(checkpoint: Path, out_dir: Path, fp16: bool, no_split_scorer: bool, trt: bool, opset: int, force: bool, exporter: str,
+def export(checkpoint: Path, out_dir: Path, fp16: bool, trt: bool, opset: int, force: bool, exporter: str,
            min_texts: int, opt_texts: int, max_texts: int, min_videos: int, opt_videos: int,
            max_videos: int, workspace_gib: float, timing_cache: Path | None) -> None:
     """Export CHECKPOINT (our checkpoint directory or a reference pytorch_model.bin) to a bundle.
 
-    Writes text_encoder.onnx, video_encoder.onnx, scorer.onnx (float32 bundles also the three
-    scorer_split*.onnx graphs of the CPU int8 fast path), the CLIP BPE vocabulary and
+    Writes text_encoder.onnx, video_encoder.onnx, scorer.onnx, the CLIP BPE vocabulary and
     manifest.json, after checking every graph in onnxruntime against PyTorch. Nothing is written
     when a step fails.
     """
@@ -79,7 +75,7 @@ def export(checkpoint: Path, out_dir: Path, fp16: bool, no_split_scorer: bool, t
 
             manifest = export_bundle(model, out_dir, fp16=fp16, opset=opset, force=force, exporter=exporter,  # type: ignore[arg-type]
                                      trt=trt, trt_options=options, progress=progress,
-                                     source={"checkpoint": str(checkpoint)}, split_scorer=not no_split_scorer)
+                                     source={"checkpoint": str(checkpoint)})
     except VerificationError as exc:
         print_verification(console, exc.report.to_dict())
         raise click.ClickException(f"{exc}\nnothing was written to {out_dir}") from None

@@ -20,10 +20,6 @@ from evaluation.compare import Tolerance, format_report
 @click.option("--split", default="test", show_default=True, help="Split to evaluate (the SK bank is 'train').")
 @click.option("--backend", default="auto", show_default=True,
               type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), help="Runtime backend.")
-@click.option("--scorer", "scorer_mode", default="auto", show_default=True,
-              type=click.Choice(["auto", "float", "split-int8"]),
-              help="Runtime scorer graph (see `ucofia-run search --help`): auto picks split-int8 on CPUs with "
-                   "AMX-INT8 when the bundle has it.")
 @click.option("--max-abs", type=float, default=None,
               help="Override the similarity tolerance (default 2e-4 for fp32 bundles, unchecked for fp16).")
 @click.option("--max-r1-delta", type=float, default=None,
@@ -31,7 +27,7 @@ from evaluation.compare import Tolerance, format_report
 @click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the JSON report here (atomically).")
 def parity(checkpoint: Path, bundle: Path, benchmark: Path, dataset: str, split: str, backend: str,
-           scorer_mode: str, max_abs: float | None, max_r1_delta: float | None, out: Path | None) -> None:
+           max_abs: float | None, max_r1_delta: float | None, out: Path | None) -> None:
     """Run PyTorch and the runtime on one benchmark; exit 1 when they disagree.
 
     Reports per level, fused, and fused + Sinkhorn-Knopp: max abs/rel difference of the similarity
@@ -49,11 +45,11 @@ def parity(checkpoint: Path, bundle: Path, benchmark: Path, dataset: str, split:
                             max_r1_delta=max_r1_delta if max_r1_delta is not None else tol.max_r1_delta,
                             identical_metrics=tol.identical_metrics and max_r1_delta is None)
         report = run_parity(checkpoint, bundle, benchmark, dataset=dataset, split=split, backend=backend,
-                            tolerance=tol, log=lambda m: click.echo(m, err=True), scorer_mode=scorer_mode)
+                            tolerance=tol, log=lambda m: click.echo(m, err=True))
     except (ParityError, ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"parity on {report['captions']} captions x {report['videos']} videos "
-               f"(bank {report['bank_captions']} captions, bundle {report['bundle_dtype']}, scorer {report['scorer']}):")
+               f"(bank {report['bank_captions']} captions, bundle {report['bundle_dtype']}):")
     click.echo(format_report(report))
     if out is not None:
         write_report(report, out)
