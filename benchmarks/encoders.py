@@ -9,7 +9,9 @@ Both sides use the same number of threads (``--threads``; ``torch.set_num_thread
 onnxruntime's ``intra_op_num_threads``) and the same inputs. onnxruntime runs through the
 runtime's own session factory (``runtime.backends.open_session``: ORT_ENABLE_ALL graph
 optimisations, subnormals flushed); a second onnxruntime session with only basic graph
-optimisations shows what the optimiser contributes. torch runs eagerly under
+optimisations shows what the optimiser contributes, and a third runs the same graphs quantised
+to int8 as ``ucofia export --int8`` writes them (``export.int8``: dynamic quantisation, lossy;
+its features' cosine to torch's is reported beside its speed). torch runs eagerly under
 ``torch.inference_mode()``. Runs of the sides are interleaved (torch, ort, ort-basic, torch, ...)
 so that load changes on the machine hit them alike; medians are reported.
 
@@ -19,6 +21,7 @@ so that load changes on the machine hit them alike; medians are reported.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -91,6 +94,8 @@ def main() -> None:
 
     import ucofia
     from export import export_bundle
+    from export.int8 import quantize_encoders
+    from export.specs import graph_specs
     from runtime.backends import open_session
     from runtime.bundle import load_bundle
 
@@ -111,7 +116,12 @@ def main() -> None:
         bundle = load_bundle(bundle_dir)
         if bundle.config.to_dict() != cfg.to_dict():
             raise SystemExit(f"{bundle_dir} was exported with another config than --config {args.config}")
-        sessions = {key: (open_session(bundle, key, "cpu", args.threads), _ort_basic(bundle, key, args.threads))
+        int8_dir = Path(tmp) / "bundle_int8"
+        shutil.copytree(bundle_dir, int8_dir)
+        quantize_encoders(int8_dir, graph_specs(cfg))
+        int8_bundle = load_bundle(int8_dir)
+        sessions = {key: (open_session(bundle, key, "cpu", args.threads), _ort_basic(bundle, key, args.threads),
+                          open_session(int8_bundle, key, "cpu", args.threads))
                     for key in ("video_encoder", "text_encoder")}
         rng = np.random.default_rng(0)
         f, size = cfg.max_frames, cfg.clip.image_size
@@ -130,16 +140,19 @@ def main() -> None:
 
         results = {}
         for name, key, items, unit, torch_fn, feeds in cases:
-            ort_all, ort_basic = sessions[key]
+            ort_all, ort_basic, ort_int8 = sessions[key]
             print(f"[encoders] {name} ...", file=sys.stderr, flush=True)
             with torch.inference_mode():
                 times = _interleaved({"torch_eager": torch_fn, "onnxruntime": lambda s=ort_all: s.run(feeds),
-                                      "onnxruntime_basic_opt": lambda s=ort_basic: s.run(feeds)}, args.repeats)
+                                      "onnxruntime_basic_opt": lambda s=ort_basic: s.run(feeds),
+                                      "onnxruntime_int8": lambda s=ort_int8: s.run(feeds)}, args.repeats)
                 want = torch_fn()
-            got = ort_all.run(feeds)
-            first = want.video if key == "video_encoder" else want.sentence
+            got, got8 = ort_all.run(feeds), ort_int8.run(feeds)
+            first = (want.video if key == "video_encoder" else want.sentence).numpy().astype(np.float64)
             out_role = "video" if key == "video_encoder" else "sentence"
-            diff = float(np.abs(got[out_role] - first.numpy()).max())
+            diff = float(np.abs(got[out_role] - first).max())
+            q = got8[out_role].astype(np.float64)
+            cosine = (q * first).sum(-1) / np.linalg.norm(q, axis=-1) / np.linalg.norm(first, axis=-1)
             med = {k: statistics.median(v) for k, v in times.items()}
             results[name] = {
                 "items_per_call": items, "unit": unit,
@@ -147,7 +160,10 @@ def main() -> None:
                 **{f"{k}_{unit}": round(items / v, 2) for k, v in med.items()},
                 "speedup_onnxruntime_over_torch": round(med["torch_eager"] / med["onnxruntime"], 2),
                 "speedup_basic_opt_over_torch": round(med["torch_eager"] / med["onnxruntime_basic_opt"], 2),
+                "speedup_int8_over_torch": round(med["torch_eager"] / med["onnxruntime_int8"], 2),
                 "max_abs_diff_first_output": diff, "runs": args.repeats,
+                "int8_first_output": {"output": out_role, "min_cosine_to_torch": round(float(cosine.min()), 6),
+                                      "max_abs_over_scale": float(np.abs(q - first).max() / np.abs(first).max())},
             }
     result = {
         "benchmark": "encoders", "config": args.config, "machine": machine,
@@ -155,9 +171,13 @@ def main() -> None:
         "contention": common.contention(monitor, args.threads),
         "target_speedup": TARGET,
         "meets_target": {k: v["speedup_onnxruntime_over_torch"] >= TARGET for k, v in results.items()},
+        "meets_target_int8": {k: v["speedup_int8_over_torch"] >= TARGET for k, v in results.items()},
         "summary": [f"{k}: torch {v['torch_eager_' + v['unit']]:.1f} vs onnxruntime {v['onnxruntime_' + v['unit']]:.1f} "
                     f"{v['unit'].replace('_per_s', '/s')} -> {v['speedup_onnxruntime_over_torch']:.2f}x "
-                    f"(basic graph optimisation {v['speedup_basic_opt_over_torch']:.2f}x; target {TARGET}x)"
+                    f"(basic graph optimisation {v['speedup_basic_opt_over_torch']:.2f}x); int8 bundle "
+                    f"{v['onnxruntime_int8_' + v['unit']]:.1f} -> {v['speedup_int8_over_torch']:.2f}x, "
+                    f"{v['int8_first_output']['output']} min cosine {v['int8_first_output']['min_cosine_to_torch']:.4f} "
+                    f"(target {TARGET}x)"
                     for k, v in results.items()],
     }
     if result["contention"]["contended"]:

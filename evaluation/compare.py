@@ -7,7 +7,7 @@ deltas in both directions.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -33,6 +33,15 @@ class Tolerance:
         if dtype in ("float16", "fp16"):
             return cls(max_abs=None, max_r1_delta=0.2, identical_metrics=False)
         return cls()
+
+    @classmethod
+    def for_manifest(cls, manifest: Mapping[str, Any]) -> "Tolerance":
+        """Defaults for a bundle: ``for_dtype``, or for int8 encoders (lossy) R@1 within the
+        manifest's ``int8.parity_r1_delta`` points and no similarity bound."""
+        int8 = manifest.get("int8")
+        if int8:
+            return cls(max_abs=None, max_r1_delta=float(int8.get("parity_r1_delta", 2.0)), identical_metrics=False)
+        return cls.for_dtype(str(manifest.get("dtype", "float32")))
 
 
 def fuse_numpy(sims: Mapping[str, np.ndarray], biases: Mapping[str, np.ndarray] | None = None,

@@ -171,12 +171,13 @@ def run_parity(checkpoint: Path, bundle: Path, benchmark: Path, *, dataset: str 
     col_of = {v: i for i, v in enumerate(bench.video_ids)}
     video_of_text = [col_of[v] for v in bench.caption_video_ids]
     one_to_one = video_of_text == list(range(len(bench.video_ids)))
-    tol = tolerance or Tolerance.for_dtype(rt["dtype"])
+    tol = tolerance or Tolerance.for_manifest(b.manifest)
     report = compare_retrieval(pt["sims"], rt["sims"], pt["video_bias"], rt["video_bias"], pt["text_bias"],
                                rt["text_bias"], None if one_to_one else video_of_text, tol)
     report.update({"checkpoint": str(checkpoint), "bundle": str(bundle), "benchmark": str(benchmark),
                    "split": split, "captions": len(bench.captions), "videos": len(bench.video_ids),
-                   "bank_captions": len(bench.bank), "bundle_dtype": rt["dtype"], "backend": backend})
+                   "bank_captions": len(bench.bank), "bundle_dtype": rt["dtype"] + (" + int8 encoders" if b.manifest.get("int8") else ""),
+                   "backend": backend})
     return report
 
 

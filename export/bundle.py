@@ -20,6 +20,7 @@ from export.graphs import graph_modules
 from export.manifest import MANIFEST_FILE, build_manifest, copy_vocab
 from export.onnx_export import DEFAULT_OPSET, Exporter, check_opset, export_graph
 from export.samples import sample_token_ids, sample_videos
+from export.int8 import INT8_TOLERANCES, quantize_encoders
 from export.specs import SCORER, TEXT_ENCODER, VIDEO_ENCODER, graph_specs
 from export import tensorrt_build
 from export.tensorrt_build import TrtBuildOptions
@@ -65,8 +66,10 @@ def export_bundle(model: UCoFiA, out_dir: str | Path, *, fp16: bool = False, ops
                   force: bool = False, verify: bool = True, exporter: Exporter = "torchscript",
                   trt: bool = False, trt_options: TrtBuildOptions | None = None,
                   tolerances: Tolerances | None = None, source: dict[str, Any] | None = None,
-                  progress: Progress | None = None) -> dict[str, Any]:
+                  progress: Progress | None = None, int8: bool = False) -> dict[str, Any]:
     """Export ``model`` to a bundle directory and return its manifest.
+
+    ``int8``: quantise the encoder graphs dynamically to int8 (``export.int8``; lossy, CPU).
 
     Raises FileExistsError (``out_dir`` exists, no ``force``), ExportError, TrtCompatibilityError
     (``trt`` and the static check failed), VerificationError (ORT differs from PyTorch beyond
@@ -77,6 +80,9 @@ def export_bundle(model: UCoFiA, out_dir: str | Path, *, fp16: bool = False, ops
     if not isinstance(model, UCoFiA):
         raise TypeError(f"export_bundle needs a ucofia UCoFiA model, got {type(model).__name__}")
     check_opset(opset, exporter)
+    if int8 and (fp16 or trt):
+        raise ValueError("int8 encoders are an onnxruntime CPU option: they cannot be combined with "
+                         + ("fp16" if fp16 else "TensorRT engines (trt)") + "; export them separately")
     if out_dir.exists() and not force:
         raise FileExistsError(f"{out_dir} already exists; pass --force (force=True) to replace it")
     start = time.perf_counter()
@@ -105,6 +111,12 @@ def export_bundle(model: UCoFiA, out_dir: str | Path, *, fp16: bool = False, ops
                     onnx.save(proto, str(tmp / spec.file))
                     fp16_stats[key] = stats.to_dict()  # type: ignore[index]
                 say(f"  {spec.file}: {(tmp / spec.file).stat().st_size / 1e6:.1f} MB in {time.perf_counter() - t0:.1f}s")
+
+            int8_section = None
+            if int8:
+                say("quantising the encoders to int8 (onnxruntime dynamic quantisation)")
+                int8_section = quantize_encoders(tmp, specs32)
+                tolerances = tolerances or INT8_TOLERANCES
 
             say("static TensorRT compatibility check")
             trt_report = check_graphs({key: tmp / spec.file for key, spec in specs.items()})
@@ -138,7 +150,7 @@ def export_bundle(model: UCoFiA, out_dir: str | Path, *, fp16: bool = False, ops
                 specs=specs, verification=verification, trt_check=trt_report.to_dict(), tensorrt=tensorrt,
                 fp16=None if fp16_stats is None else {
                     "graphs": fp16_stats, "fp32_islands": {k: v.to_dict() for k, v in DEFAULT_ISLANDS.items()}},
-                source=source, onnxruntime_hints=hints, extra_versions=versions,
+                source=source, onnxruntime_hints=hints, extra_versions=versions, int8=int8_section,
                 seconds=time.perf_counter() - start)
             atomic_write_text(tmp / MANIFEST_FILE, json.dumps(manifest, indent=2))
         return manifest

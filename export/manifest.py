@@ -98,7 +98,7 @@ def build_manifest(*, config: UCoFiAConfig, fingerprint: str, dtype: str, opset:
                    fp16: dict[str, Any] | None = None, source: dict[str, Any] | None = None,
                    onnxruntime_hints: dict[str, Any] | None = None,
                    extra_versions: dict[str, str] | None = None, seconds: float | None = None,
-                   warnings: list[str] | None = None) -> dict[str, Any]:
+                   warnings: list[str] | None = None, int8: dict[str, Any] | None = None) -> dict[str, Any]:
     """Assemble the manifest dict (see the bundle contract in the team brief)."""
     tokenizer, tok_warnings = tokenizer_section(config)
     return {
@@ -118,6 +118,7 @@ def build_manifest(*, config: UCoFiAConfig, fingerprint: str, dtype: str, opset:
         "trt_check": trt_check,
         "tensorrt": tensorrt,
         "fp16": fp16,
+        "int8": int8,
         "onnxruntime": onnxruntime_hints or {},
         "source": source or {},
         "export_seconds": None if seconds is None else round(seconds, 2),

@@ -21,9 +21,11 @@ from evaluation.compare import Tolerance, format_report
 @click.option("--backend", default="auto", show_default=True,
               type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), help="Runtime backend.")
 @click.option("--max-abs", type=float, default=None,
-              help="Override the similarity tolerance (default 2e-4 for fp32 bundles, unchecked for fp16).")
+              help="Override the similarity tolerance (default 2e-4 for fp32 bundles, unchecked for fp16 and "
+                   "int8 encoders).")
 @click.option("--max-r1-delta", type=float, default=None,
-              help="Override the allowed R@1 difference in points (default 0 for fp32, 0.2 for fp16).")
+              help="Override the allowed R@1 difference in points (default 0 for fp32, 0.2 for fp16, 2 for int8 "
+                   "encoders).")
 @click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the JSON report here (atomically).")
 def parity(checkpoint: Path, bundle: Path, benchmark: Path, dataset: str, split: str, backend: str,
@@ -39,7 +41,7 @@ def parity(checkpoint: Path, bundle: Path, benchmark: Path, dataset: str, split:
     from evaluation.parity import ParityError, run_parity, write_report
 
     try:
-        tol = Tolerance.for_dtype(load_bundle(bundle).dtype)
+        tol = Tolerance.for_manifest(load_bundle(bundle).manifest)
         if max_abs is not None or max_r1_delta is not None:
             tol = Tolerance(max_abs=max_abs if max_abs is not None else tol.max_abs,
                             max_r1_delta=max_r1_delta if max_r1_delta is not None else tol.max_r1_delta,
