@@ -43,6 +43,9 @@ def test_int8_bundle_quantises_the_encoders_only(int8_bundle):
     assert manifest["dtype"] == "float32"
     assert manifest["graphs"]["text_encoder"]["outputs"][0]["dtype"] == "float32"
     assert manifest["verification"]["passed"]
+    # TensorRT's parser is not asked about the onnxruntime-only int8 encoders
+    assert set(manifest["trt_check"]["not_checked"]) == {"text_encoder", "video_encoder"}
+    assert manifest["trt_check"]["ok"] and manifest["trt_check"]["issues"] == []
 
 
 def test_int8_text_features_stay_close_to_pytorch(int8_bundle):

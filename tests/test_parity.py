@@ -116,3 +116,26 @@ def test_parity_command_on_demo_data(tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode != 0
     assert "fingerprint" in done.stderr and "re-export" in done.stderr
+
+
+@pytest.mark.slow
+def test_parity_judges_int8_bundles_by_retrieval_metrics(tmp_path):
+    """An --int8 bundle is lossy: parity applies the manifest's R@1 rule instead of 2e-4."""
+    import ucofia
+    from evaluation.parity import run_parity
+    from export import export_bundle
+    from export.int8 import INT8_R1_DELTA
+    from ucofia.config import tiny_config
+    from ucofia.data.demo import generate_demo
+
+    data = tmp_path / "data"
+    generate_demo(data, scale=0.05, seed=0)
+    model = ucofia.build_model(tiny_config(), seed=0)
+    ucofia.save_checkpoint(tmp_path / "ck", model)
+    export_bundle(model, tmp_path / "bundle8", int8=True)
+    report = run_parity(tmp_path / "ck", tmp_path / "bundle8", data, log=lambda _m: None)
+    assert report["tolerance"] == {"max_abs": None, "max_r1_delta": INT8_R1_DELTA, "identical_metrics": False}
+    assert report["bundle_dtype"] == "float32 + int8 encoders"
+    assert max(r["max_abs"] for r in report["rows"]) > 2e-4  # really the quantised encoders
+    worst = max(abs(d["R1"]) for r in report["rows"] for d in r["metric_deltas"].values())
+    assert report["passed"] == (worst <= INT8_R1_DELTA)
