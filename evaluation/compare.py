@@ -40,7 +40,7 @@ class Tolerance:
         manifest's ``int8.parity_r1_delta`` points and no similarity bound."""
         int8 = manifest.get("int8")
         if int8:
-            return cls(max_abs=None, max_r1_delta=float(int8.get("parity_r1_delta", 2.0)), identical_metrics=False)
+            return cls(max_abs=None, max_r1_delta=float(int8["parity_r1_delta"]), identical_metrics=False)
         return cls.for_dtype(str(manifest.get("dtype", "float32")))
 
 

@@ -174,10 +174,10 @@ def run_parity(checkpoint: Path, bundle: Path, benchmark: Path, *, dataset: str 
     tol = tolerance or Tolerance.for_manifest(b.manifest)
     report = compare_retrieval(pt["sims"], rt["sims"], pt["video_bias"], rt["video_bias"], pt["text_bias"],
                                rt["text_bias"], None if one_to_one else video_of_text, tol)
+    bundle_dtype = rt["dtype"] + (" + int8 encoders" if b.manifest.get("int8") else "")
     report.update({"checkpoint": str(checkpoint), "bundle": str(bundle), "benchmark": str(benchmark),
                    "split": split, "captions": len(bench.captions), "videos": len(bench.video_ids),
-                   "bank_captions": len(bench.bank), "bundle_dtype": rt["dtype"] + (" + int8 encoders" if b.manifest.get("int8") else ""),
-                   "backend": backend})
+                   "bank_captions": len(bench.bank), "bundle_dtype": bundle_dtype, "backend": backend})
     return report
 
 

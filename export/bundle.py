@@ -17,10 +17,10 @@ import torch
 
 from export.fp16 import DEFAULT_ISLANDS, convert_to_fp16
 from export.graphs import graph_modules
+from export.int8 import INT8_GRAPHS, INT8_TOLERANCES, quantize_encoders
 from export.manifest import MANIFEST_FILE, build_manifest, copy_vocab
 from export.onnx_export import DEFAULT_OPSET, Exporter, check_opset, export_graph
 from export.samples import sample_token_ids, sample_videos
-from export.int8 import INT8_GRAPHS, INT8_TOLERANCES, quantize_encoders
 from export.specs import SCORER, TEXT_ENCODER, VIDEO_ENCODER, graph_specs
 from export import tensorrt_build
 from export.tensorrt_build import TrtBuildOptions
@@ -122,6 +122,9 @@ def export_bundle(model: UCoFiA, out_dir: str | Path, *, fp16: bool = False, ops
             # int8 encoders are for onnxruntime's CPU provider only: TensorRT's view of them is moot
             unchecked = set(INT8_GRAPHS) if int8 else set()
             trt_report = check_graphs({key: tmp / spec.file for key, spec in specs.items() if key not in unchecked})
+            trt_check = trt_report.to_dict()
+            if unchecked:
+                trt_check["not_checked"] = {key: "int8 encoder (onnxruntime CPU only)" for key in sorted(unchecked)}
             if trt and not trt_report.ok:
                 raise TrtCompatibilityError(
                     f"{len(trt_report.errors)} TensorRT compatibility errors:\n  "
@@ -149,10 +152,7 @@ def export_bundle(model: UCoFiA, out_dir: str | Path, *, fp16: bool = False, ops
             hints = {"cpu_disabled_optimizers": list(ORT_FP16_CPU_DISABLED_OPTIMIZERS)} if fp16 else {}
             manifest = build_manifest(
                 config=model.config, fingerprint=fingerprint, dtype=dtype, opset=opset, exporter=exporter,
-                specs=specs, verification=verification, tensorrt=tensorrt,
-                trt_check={**trt_report.to_dict(),
-                           **({"not_checked": {k: "int8 encoder (onnxruntime CPU only)" for k in sorted(unchecked)}}
-                              if unchecked else {})},
+                specs=specs, verification=verification, trt_check=trt_check, tensorrt=tensorrt,
                 fp16=None if fp16_stats is None else {
                     "graphs": fp16_stats, "fp32_islands": {k: v.to_dict() for k, v in DEFAULT_ISLANDS.items()}},
                 source=source, onnxruntime_hints=hints, extra_versions=versions, int8=int8_section,

@@ -4,8 +4,8 @@
 weights become int8 per output channel (stored), the activations are quantised to uint8 per tensor
 at run time (onnxruntime fuses both into ``DynamicQuantizeMatMul``), so the encoders' GEMMs run on
 uint8 x int8 kernels (AMX-INT8 / VNNI). Products of two activations (attention) and the patch
-embedding convolution stay float32, as does the scorer (whose float32 graph and split-int8 graphs
-are written as usual). Inputs and outputs keep their float32 contract: the runtime needs nothing new.
+embedding convolution stay float32, as does the scorer. Inputs and outputs keep their float32
+contract: the runtime needs nothing new.
 
 This changes the features (cosine ~0.999 to float32 with random ViT-B/32 weights; real CLIP
 activations have outliers that per-tensor uint8 handles worse) and so the hard top-k patch
