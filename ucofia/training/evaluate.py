@@ -24,14 +24,17 @@ VARIANTS = LEVELS + ("all", "all_sk")
 
 @dataclass
 class EvalSettings:
-    video_batch: int = 32
-    text_batch: int = 256
-    text_chunk: int = 64
-    video_chunk: int = 256
-    sk: bool = True
-    sk_bank_size: int = 0  # training captions (0: all)
-    sk_video_bank_size: int = 0  # training videos (0: all)
-    seed: int = 0
+    """What evaluate_split needs, taken from the training config's ``eval`` section (the one place
+    its defaults live, ``ucofia.training.config.EvalSection``) and ``optim.seed``."""
+
+    video_batch: int
+    text_batch: int
+    text_chunk: int  # texts per similarity tile
+    video_chunk: int  # videos per similarity tile
+    sk: bool
+    sk_bank_size: int  # training captions (0: all)
+    sk_video_bank_size: int  # training videos (0: all)
+    seed: int
 
 
 @dataclass
