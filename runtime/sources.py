@@ -90,9 +90,16 @@ def read_captions(path: str | Path, what: str = "captions") -> list[str]:
     texts = []
     for number, text in rows:
         if not text.strip():
-            raise QueryError(f"{path} line {number}: empty {what[:-1] if what.endswith('s') else what}; "
+            raise QueryError(f"{path} line {number}: empty {_singular(what)}; "
                              f"remove the line or give it text")
         texts.append(text)
     if not texts:
         raise QueryError(f"{path} holds no {what}")
     return texts
+
+
+def _singular(noun: str) -> str:
+    """'queries' -> 'query', 'bank captions' -> 'bank caption' (for messages)."""
+    if noun.endswith("ies"):
+        return noun[:-3] + "y"
+    return noun[:-1] if noun.endswith("s") else noun

@@ -235,3 +235,29 @@ def test_hard_topk_ties_go_to_lower_positions_in_torch_and_onnx(tmp_path):
                       dynamic_axes={"s": {0: "n"}}, opset_version=17, dynamo=False)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert session.run(None, {"s": scores.numpy()})[0].tolist() == eager.tolist()
+
+
+def test_unreadable_torch_files_get_a_cause_and_a_fix(tmp_path):
+    import argparse
+
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"\x00\x01garbage" * 10)
+    with pytest.raises(CheckpointError) as err:
+        ucofia.load_reference_checkpoint(junk)
+    message = str(err.value)
+    assert str(junk) in message and "not a torch.save file" in message and "pytorch_model.bin" in message
+    assert "weights_only" not in message  # torch's advice to unpickle unsafely is not passed on
+    pickled = tmp_path / "with_object.bin"
+    torch.save({"w": torch.zeros(2), "args": argparse.Namespace(lr=1.0)}, pickled)
+    with pytest.raises(CheckpointError, match="refusing to unpickle .*argparse.Namespace.*state_dict"):
+        ucofia.load_reference_checkpoint(pickled)
+
+
+def test_damaged_training_state_names_the_file_and_the_way_out(tmp_path):
+    model = ucofia.build_model(tiny_config(), seed=0)
+    save_checkpoint(tmp_path / "last", model, training_state={"step": torch.tensor(3)})
+    state = tmp_path / "last" / "training_state.pt"
+    state.write_bytes(state.read_bytes()[:40])
+    assert load_checkpoint(tmp_path / "last")[0] is not None  # the weights alone still load
+    with pytest.raises(CheckpointError, match=r"training_state\.pt.*step-N.*init_checkpoint"):
+        load_checkpoint(tmp_path / "last", with_training_state=True)

@@ -183,7 +183,7 @@ def test_search_empty_line_in_queries_file_names_line(built, tmp_path):
     queries = tmp_path / "q.txt"
     queries.write_text("a car\n\na dog\n")
     result = run_cli("search", "--index", str(built), "--queries", str(queries))
-    assert result.returncode == 1 and "line 2" in result.stderr
+    assert result.returncode == 1 and "line 2: empty query;" in result.stderr
 
 
 def test_index_lock_rejects_second_writer(bundle_dir, tmp_path):

@@ -92,7 +92,10 @@ def load_checkpoint(directory: str | Path, with_training_state: bool = False
     if (directory / META_FILE).is_file():
         meta = json.loads((directory / META_FILE).read_text())
     if with_training_state and (directory / TRAINING_STATE_FILE).is_file():
-        meta["training_state"] = torch.load(directory / TRAINING_STATE_FILE, map_location="cpu", weights_only=True)
+        meta["training_state"] = _torch_load(
+            directory / TRAINING_STATE_FILE,
+            f"To resume, replace {directory} with an intact step checkpoint (RUN_DIR/checkpoints/step-N), "
+            f"or start a new run from these weights with model.init_checkpoint={directory}")
     return model.eval(), meta
 
 
@@ -126,19 +129,40 @@ def load_model(path: str | Path) -> UCoFiA:
 
 
 # ---- raw torch files ------------------------------------------------------------------------
-def _torch_load(path: Path) -> Any:
+CHECKPOINT_HINT = "Give a ucofia checkpoint directory (from `ucofia train`) or a reference pytorch_model.bin"
+CLIP_HINT = "Give OpenAI / open_clip CLIP weights (a .pt or .bin state dict, or an OpenAI JIT archive)"
+
+
+def _torch_load(path: Path, hint: str = CHECKPOINT_HINT) -> Any:
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint file {path} is empty")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
-        raise CheckpointError(
-            f"cannot read {path} as a PyTorch state dict ({type(exc).__name__}: {str(exc)[:200]}); "
-            "the file may be truncated, or not a checkpoint") from None
-    except Exception as exc:  # pickle errors on untrusted/foreign content
-        raise CheckpointError(f"refusing to unpickle {path}: {str(exc)[:200]}") from None
+    except Exception as exc:  # torch.load raises many types for foreign or damaged files
+        raise CheckpointError(_torch_load_failure(path, exc, hint)) from None
+
+
+_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def _torch_load_failure(path: Path, exc: Exception, hint: str) -> str:
+    """What went wrong reading ``path`` with torch.load(weights_only=True), and the fix (``hint``:
+    what the file should have been)."""
+    unsafe = _UNSAFE_GLOBAL.search(str(exc))
+    if unsafe:
+        return (f"refusing to unpickle {path}: besides tensors it holds a Python object of type "
+                f"{unsafe.group(1)}, and ucofia only loads plain weights from files it did not write. "
+                f"Re-save it where you trust it as a state dict: torch.save(model.state_dict(), PATH)")
+    text = str(exc).strip()
+    # torch wraps unpickler errors in advice about weights_only=False that is wrong for junk files
+    reason = re.search(r"WeightsUnpickler error: *([^\n]*)", text) or re.search(r"^([^\n]*)", text)
+    detail = reason.group(1).strip().split(". ")[0][:200] if reason else ""
+    if "Weights only load failed" in detail or detail.isdigit():
+        detail = ""  # torch's weights_only advice, or the stray magic number of a non-torch file
+    return (f"cannot read {path} as a PyTorch checkpoint ({type(exc).__name__}"
+            f"{': ' + detail if detail else ''}): the file is truncated or not a torch.save file. {hint}")
 
 
 def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -269,7 +293,7 @@ def load_clip_state(path_or_tag: str, model_name: str = "ViT-B-32") -> dict[str,
     if path.exists():
         try:
             obj = torch.jit.load(str(path), map_location="cpu").state_dict() if _is_torchscript(path) \
-                else _torch_load(path)
+                else _torch_load(path, CLIP_HINT)
         except CheckpointError:
             raise
         except Exception as exc:
