@@ -223,7 +223,8 @@ def _write_output(out: Path, text: str) -> None:
 @click.option("--format", "fmt", default="jsonl", show_default=True, type=click.Choice(["jsonl", "csv"]),
               help="jsonl: one object per query {query, results: [{rank, video_id, score, levels}]}; "
                    "csv: one row per (query, rank).")
-@click.option("-o", "--output", "out", default="-", show_default=True, type=click.Path(path_type=Path),
+@click.option("-o", "--output", "out", default="-", show_default=True,
+              type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
               help="Output file (written atomically), or - for stdout.")
 @click.option("--two-stage", is_flag=True,
               help="FAISS shortlist by the video_sentence level (+ its bias), then re-rank the shortlist "
@@ -277,7 +278,7 @@ def search(index_dir: Path, queries_inline: tuple[str, ...], queries_file: Path 
                    "videos); default: the evaluated videos.")
 @click.option("--no-bias", is_flag=True, help="Rank by the plain mean of the three levels (no SK biases).")
 @click.option("--allow-missing", is_flag=True, help="Drop captions whose video is not in the index (else an error).")
-@click.option("-o", "--output", "out", type=click.Path(path_type=Path), default=None,
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Metrics JSON (written atomically); default INDEX/evaluation.json.")
 @bundle_option
 @backend_option

@@ -186,6 +186,13 @@ def test_search_empty_line_in_queries_file_names_line(built, tmp_path):
     assert result.returncode == 1 and "line 2: empty query;" in result.stderr
 
 
+def test_output_that_is_a_directory_is_refused_before_any_work(built, tmp_path):
+    for command in (["search", "--query", "a car"], ["evaluate", "--annotations", str(tmp_path / "none.csv")]):
+        result = run_cli(*command, "--index", str(built), "-o", str(tmp_path))
+        assert result.returncode == 2, result.stderr
+        assert "is a directory" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_index_lock_rejects_second_writer(bundle_dir, tmp_path):
     bundle = load_bundle(bundle_dir)
     with IndexWriter(tmp_path / "idx", bundle):
