@@ -308,7 +308,7 @@ def evaluate(index_dir: Path, annotations: Path, dataset: str, video_bank_dir: P
     tokens = encoder.tokenize(ann.captions, "caption")
     _warn_truncated(tokens.truncated, encoder.max_words, "caption")
     start = time.perf_counter()
-    text = encoder.encode_ids(tokens.ids)
+    text = encoder.encode_ids(tokens.ids, "caption")
     bar, update = _progress(len(ann.captions) * len(videos), "pair", "scoring", quiet)
     try:
         report = ev.evaluate(gallery, scorer, text, ann, videos, rows, memory_mb, bank, not no_bias, update)

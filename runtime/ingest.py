@@ -19,8 +19,9 @@ from ucofia.data.video import VideoSpec, decode_many
 
 from runtime.backends import open_session
 from runtime.bundle import Bundle
+from runtime.finite import NON_FINITE_FIX, non_finite_rows
 from runtime.index import GalleryIndex, IndexWriter, ids_digest
-from runtime.scoring import DEFAULT_MEMORY_MB, LEVELS, Scorer, score_matrix
+from runtime.scoring import LEVELS, Scorer, score_matrix
 from runtime.sinkhorn import video_bias
 from runtime.sources import read_captions
 from runtime.text import TextEncoder
@@ -64,6 +65,7 @@ def encode_videos(writer: IndexWriter, bundle: Bundle, todo: list[tuple[str, Pat
     encoder = open_session(bundle, "video_encoder", backend, threads)
     spec = VideoSpec.from_config(bundle.config)
     batch_ids: list[str] = []
+    batch_paths: list[Path] = []
     batch_frames: list[np.ndarray] = []
     batch_masks: list[np.ndarray] = []
 
@@ -73,11 +75,19 @@ def encode_videos(writer: IndexWriter, bundle: Bundle, todo: list[tuple[str, Pat
         frames = np.stack(batch_frames)
         mask = np.stack(batch_masks).astype(np.float32)
         out = encoder.run({"frames": frames, "video_mask": mask})
-        writer.add_batch(list(batch_ids), {**out, "video_mask": mask})
-        report.indexed += len(batch_ids)
+        bad = non_finite_rows(out.values())
+        for i in np.flatnonzero(bad):  # never store NaN/inf features: list the video as failed
+            error = f"the video encoder produced non-finite features (NaN/inf) for {batch_paths[i]}; {NON_FINITE_FIX}"
+            writer.record_failure(batch_ids[i], str(batch_paths[i]), error)
+            report.failed.append((batch_ids[i], error))
+        keep = np.flatnonzero(~bad)
+        if len(keep):
+            writer.add_batch([batch_ids[i] for i in keep], {**{role: v[keep] for role, v in out.items()},
+                                                           "video_mask": mask[keep]})
+        report.indexed += len(keep)
         if progress:
             progress(len(batch_ids))
-        batch_ids.clear(), batch_frames.clear(), batch_masks.clear()
+        batch_ids.clear(), batch_paths.clear(), batch_frames.clear(), batch_masks.clear()
 
     outcomes = decode_many([path for _, path in todo], spec, workers=max(workers, 1), processes=processes,
                            prefetch=max(2 * workers, batch_size))
@@ -89,6 +99,7 @@ def encode_videos(writer: IndexWriter, bundle: Bundle, todo: list[tuple[str, Pat
                 progress(1)
             continue
         batch_ids.append(vid)
+        batch_paths.append(path)
         batch_frames.append(outcome.video.to_model_input(spec))
         batch_masks.append(outcome.video.video_mask)
         if len(batch_ids) >= batch_size:

@@ -24,6 +24,8 @@ import numpy as np
 from ucofia.config import LEVELS, UCoFiAConfig
 
 from runtime.backends import GraphSession
+from runtime.errors import RuntimeUserError
+from runtime.finite import NON_FINITE_FIX
 
 TEXT_ROLES = ("sentence", "words")
 VIDEO_ROLES = ("video", "frame_features", "patches")
@@ -191,7 +193,7 @@ def _run_tiles(scorer: Scorer, text: TextFeatures, videos: VideoSource, t_size: 
 
     if scorer.concurrency == 1:
         for t0, t1, v0, v1, block in tiles():
-            yield t0, t1, v0, v1, scorer.score_tile(text.rows(t0, t1), block)
+            yield t0, t1, v0, v1, _finite(scorer.score_tile(text.rows(t0, t1), block), t0, v0)
         return
     pool = scorer.pool()
     window: deque[tuple[int, int, int, int, Future]] = deque()
@@ -200,13 +202,26 @@ def _run_tiles(scorer: Scorer, text: TextFeatures, videos: VideoSource, t_size: 
             window.append((t0, t1, v0, v1, pool.submit(scorer.score_tile, text.rows(t0, t1), block)))
             if len(window) >= 2 * scorer.concurrency:
                 t0_, t1_, v0_, v1_, fut = window.popleft()
-                yield t0_, t1_, v0_, v1_, fut.result()
+                yield t0_, t1_, v0_, v1_, _finite(fut.result(), t0_, v0_)
         while window:
             t0_, t1_, v0_, v1_, fut = window.popleft()
-            yield t0_, t1_, v0_, v1_, fut.result()
+            yield t0_, t1_, v0_, v1_, _finite(fut.result(), t0_, v0_)
     finally:  # an error or an abandoned generator: let no tile run on unobserved
         for *_, fut in window:
             fut.cancel()
+
+
+def _finite(levels: dict[str, np.ndarray], t0: int, v0: int) -> dict[str, np.ndarray]:
+    """``levels`` unchanged, or RuntimeUserError naming the first text and gallery row whose score is
+    NaN/inf (it would otherwise be ranked silently)."""
+    for level in LEVELS:
+        bad = np.argwhere(~np.isfinite(levels[level]))
+        if len(bad):
+            t, v = (int(x) for x in bad[0])
+            raise RuntimeUserError(f"the scorer produced a non-finite {level} similarity (NaN/inf) for text "
+                                   f"{t0 + t + 1} and gallery row {v0 + v} ({len(bad)} in that tile); "
+                                   f"{NON_FINITE_FIX}")
+    return levels
 
 
 def score_matrix(scorer: Scorer, text: TextFeatures, videos: VideoSource, memory_mb: float = DEFAULT_MEMORY_MB,

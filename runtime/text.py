@@ -13,6 +13,7 @@ import numpy as np
 from runtime.backends import open_session
 from runtime.bundle import Bundle
 from runtime.errors import BundleError, QueryError
+from runtime.finite import NON_FINITE_FIX, non_finite_rows
 from runtime.scoring import TextFeatures
 
 # Texts per text-encoder call.
@@ -58,14 +59,21 @@ class TextEncoder:
             truncated = [first_number + i for i, t in enumerate(texts) if len(self.tokenizer.encode(t)) > keep]
         return Tokenized(ids, truncated)
 
-    def encode_ids(self, ids: np.ndarray) -> TextFeatures:
-        """Run the text encoder over token ids [T, L] in batches."""
+    def encode_ids(self, ids: np.ndarray, what: str = "query", first_number: int = 1) -> TextFeatures:
+        """Run the text encoder over token ids [T, L] in batches; raises QueryError naming the texts
+        (``what`` and 1-based numbers from ``first_number``) whose features are not finite."""
         parts = []
         for start in range(0, len(ids), TEXT_BATCH):
             out = self.session.run({"input_ids": ids[start:start + TEXT_BATCH]})
+            bad = np.flatnonzero(non_finite_rows([out["sentence"], out["words"]]))
+            if len(bad):
+                numbers = ", ".join(str(first_number + start + int(i)) for i in bad[:10])
+                raise QueryError(f"the text encoder produced non-finite features (NaN/inf) for {what} {numbers}; "
+                                 f"{NON_FINITE_FIX}")
             parts.append(TextFeatures(out["sentence"], out["words"]))
         return TextFeatures.concat(parts)
 
     def encode(self, texts: list[str], what: str = "query", first_number: int = 1) -> TextFeatures:
-        """Tokenize and encode ``texts`` (see ``tokenize`` for errors)."""
-        return self.encode_ids(self.tokenize(texts, what, first_number, report_truncation=False).ids)
+        """Tokenize and encode ``texts`` (see ``tokenize`` and ``encode_ids`` for errors)."""
+        return self.encode_ids(self.tokenize(texts, what, first_number, report_truncation=False).ids,
+                               what, first_number)

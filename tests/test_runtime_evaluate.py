@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 from runtime_helpers import build_fake_bundle, make_clip, run_cli
 

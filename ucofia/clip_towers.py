@@ -10,7 +10,6 @@ from __future__ import annotations
 import open_clip
 import torch
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg
-from torch import nn
 
 from ucofia.config import CLIPConfig
 from ucofia.patch_shift import patch_shift
