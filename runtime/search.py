@@ -55,9 +55,10 @@ def probe_level1_kernel(scorer: Scorer, memory_mb: float = DEFAULT_MEMORY_MB) ->
     cfg = scorer.config
     d = cfg.embed_dim
     eye = np.eye(d, dtype=np.float32)
-    text = TextFeatures(eye, np.zeros((d, cfg.max_words, d), np.float32))
-    videos = ArrayVideos({"video": eye, "frame_features": np.zeros((d, cfg.max_frames, d), np.float32),
-                          "patches": np.zeros((d, cfg.num_pixels, d), np.float32)})
+    # the other levels' inputs only need to keep their (unused) scores finite: all ones
+    text = TextFeatures(eye, np.ones((d, cfg.max_words, d), np.float32))
+    videos = ArrayVideos({"video": eye, "frame_features": np.ones((d, cfg.max_frames, d), np.float32),
+                          "patches": np.ones((d, cfg.num_pixels, d), np.float32)})
     return score_matrix(scorer, text, videos, memory_mb)["video_sentence"].astype(np.float32)
 
 
