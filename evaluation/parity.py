@@ -101,21 +101,18 @@ def runtime_side(bundle: Path, bench: Benchmark, work: Path, backend: str, log: 
         "video_bias": {lv: np.asarray(stored[lv][rows]) for lv in LEVELS},
         "text_bias": {lv: text_bias(np.asarray(sims[lv]), b.config.sk_iterations) for lv in LEVELS},
         "dtype": b.dtype,
-        "fingerprint": b.fingerprint,
     }
 
 
 # ---- PyTorch side ---------------------------------------------------------------------------
-def torch_side(checkpoint: Path, bench: Benchmark, vocab: Path, log: Log) -> dict:
-    """Decode, encode and score the benchmark with the PyTorch checkpoint."""
+def torch_side(model, bench: Benchmark, vocab: Path, log: Log) -> dict:
+    """Decode, encode and score the benchmark with the PyTorch model (in eval mode)."""
     import torch
 
     import ucofia
-    from ucofia.checkpoints import load_model, weights_fingerprint
     from ucofia.data.tokenizer import ClipTokenizer
     from ucofia.data.video import VideoSpec, decode_many
 
-    model = load_model(checkpoint).eval()
     cfg = model.config
     spec = VideoSpec.from_config(cfg)
     tokenizer = ClipTokenizer(vocab)
@@ -148,7 +145,6 @@ def torch_side(checkpoint: Path, bench: Benchmark, vocab: Path, log: Log) -> dic
             "sims": {lv: sims[lv].numpy() for lv in LEVELS},
             "video_bias": {lv: ucofia.sinkhorn_video_bias(bank_sims[lv], n).numpy() for lv in LEVELS},
             "text_bias": {lv: ucofia.sinkhorn_text_bias(sims[lv], n).numpy() for lv in LEVELS},
-            "fingerprint": weights_fingerprint(model),
         }
 
 
@@ -157,17 +153,20 @@ def run_parity(checkpoint: Path, bundle: Path, benchmark: Path, *, dataset: str 
                backend: str = "auto", tolerance: Tolerance | None = None, log: Log = print) -> dict:
     """Run both sides and return the comparison report (``report["passed"]``)."""
     from runtime.bundle import load_bundle
+    from ucofia.checkpoints import load_model, weights_fingerprint
 
     b = load_bundle(bundle)
+    model = load_model(checkpoint).eval()
+    fingerprint = weights_fingerprint(model)
+    if b.fingerprint and b.fingerprint != fingerprint:  # before any decoding or encoding
+        raise ParityError(f"bundle {bundle} was exported from other weights than {checkpoint} "
+                          f"(fingerprint {b.fingerprint[:12]} vs {fingerprint[:12]}); re-export it")
     bench = load_benchmark(benchmark, dataset, split)
     if not bench.captions:
         raise ParityError(f"{benchmark}: the {split} split has no captions")
     with tempfile.TemporaryDirectory(prefix="ucofia-parity-") as tmp:
         rt = runtime_side(bundle, bench, Path(tmp), backend, log)
-    pt = torch_side(checkpoint, bench, b.tokenizer.vocab_file, log)
-    if rt["fingerprint"] and rt["fingerprint"] != pt["fingerprint"]:
-        raise ParityError(f"bundle {bundle} was exported from other weights than {checkpoint} "
-                          f"(fingerprint {rt['fingerprint'][:12]} vs {pt['fingerprint'][:12]}); re-export it")
+    pt = torch_side(model, bench, b.tokenizer.vocab_file, log)
     col_of = {v: i for i, v in enumerate(bench.video_ids)}
     video_of_text = [col_of[v] for v in bench.caption_video_ids]
     one_to_one = video_of_text == list(range(len(bench.video_ids)))

@@ -116,6 +116,8 @@ def test_parity_command_on_demo_data(tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode != 0
     assert "fingerprint" in done.stderr and "re-export" in done.stderr
+    # refused up front: neither side decoded or encoded anything
+    assert "ucofia-run index" not in done.stdout + done.stderr and "PyTorch: encoding" not in done.stdout + done.stderr
 
 
 @pytest.mark.slow
