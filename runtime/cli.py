@@ -128,13 +128,15 @@ def index(bundle_dir: Path, videos: Path, bank: Path | None, out: Path, batch_si
     from runtime.backends import resolve_backend
     from runtime.bundle import load_bundle
     from runtime.index import IndexWriter
-    from runtime.sources import list_videos
+    from runtime.sources import list_videos, read_captions
 
     bundle = load_bundle(bundle_dir)
     resolved = resolve_backend(backend, bundle)
     pairs = list_videos(videos)
-    if bank is not None and not bank.is_file():
-        raise RuntimeUserError(f"--bank {bank}: file not found")
+    if bank is not None:  # a bad bank fails now, not after hours of encoding
+        if not bank.is_file():
+            raise RuntimeUserError(f"--bank {bank}: file not found")
+        read_captions(bank, "bank captions")
     workers = workers or ingest.default_workers()
     report = ingest.IngestReport(total=len(pairs))
     with IndexWriter(out, bundle) as writer:

@@ -186,6 +186,14 @@ def test_search_empty_line_in_queries_file_names_line(built, tmp_path):
     assert result.returncode == 1 and "line 2: empty query;" in result.stderr
 
 
+def test_bad_bank_is_refused_before_encoding(bundle_dir, clips, tmp_path):
+    bank = tmp_path / "bank.txt"
+    bank.write_text("a red car\n\na dog\n")
+    result = _index(bundle_dir, clips, tmp_path / "index", "--bank", str(bank))
+    assert result.returncode == 1 and "line 2: empty bank caption" in result.stderr
+    assert not (tmp_path / "index").exists()  # nothing was encoded or written
+
+
 def test_output_that_is_a_directory_is_refused_before_any_work(built, tmp_path):
     for command in (["search", "--query", "a car"], ["evaluate", "--annotations", str(tmp_path / "none.csv")]):
         result = run_cli(*command, "--index", str(built), "-o", str(tmp_path))
