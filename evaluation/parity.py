@@ -40,20 +40,30 @@ class Benchmark:
     bank: list[str]
 
 
-def load_benchmark(root: Path, dataset: str = "msrvtt", split: str = "test") -> Benchmark:
-    """Read a benchmark with the dataset readers; the SK bank is the training captions."""
-    from ucofia.data.readers import read_split
+def load_benchmark(root: Path, dataset: str = "msrvtt", split: str = "test", bank: Path | None = None
+                   ) -> Benchmark:
+    """Read a benchmark with the dataset readers. The SK bank is the captions of ``bank`` (any file
+    ``ucofia-run index --bank`` reads) when given, else the benchmark's training captions."""
+    from runtime.sources import read_captions
+    from ucofia.data.readers import DatasetError, read_split
 
     if not root.exists():
         raise ParityError(f"benchmark folder not found: {root}")
     test = read_split(dataset, root, split)
-    train = read_split(dataset, root, "train")
+    if bank is not None:
+        bank_captions = read_captions(bank, "bank captions")
+    else:
+        try:
+            bank_captions = [c.text for c in read_split(dataset, root, "train").captions]
+        except DatasetError as exc:
+            raise ParityError(f"{root} has no training split for the SK caption bank ({exc}). Pass --bank FILE "
+                              f"with bank captions (e.g. the training captions, one per line)") from None
     video_ids = [v.video_id for v in test.videos]
     return Benchmark(
         captions=[c.text for c in test.captions],
         caption_video_ids=[video_ids[c.video_index] for c in test.captions],
         video_ids=video_ids, video_paths=[Path(v.path) for v in test.videos],
-        bank=[c.text for c in train.captions],
+        bank=bank_captions,
     )
 
 
@@ -78,7 +88,7 @@ def runtime_side(bundle: Path, bench: Benchmark, work: Path, backend: str, log: 
     videos_list = work / "videos.txt"
     videos_list.write_text("".join(f"{p.resolve()}\n" for p in bench.video_paths))
     bank = work / "bank.txt"
-    bank.write_text("".join(f"{c.strip()}\n" for c in bench.bank))
+    bank.write_text("".join(f"{' '.join(c.split())}\n" for c in bench.bank))  # one caption per line
     index_dir = work / "index"
     _run_cli(["index", "--bundle", str(bundle), "--videos", str(videos_list), "--bank", str(bank),
               "-o", str(index_dir), "--backend", backend, "--quiet"], log)
@@ -150,7 +160,8 @@ def torch_side(model, bench: Benchmark, vocab: Path, log: Log) -> dict:
 
 # ---- the command's body ---------------------------------------------------------------------
 def run_parity(checkpoint: Path, bundle: Path, benchmark: Path, *, dataset: str = "msrvtt", split: str = "test",
-               backend: str = "auto", tolerance: Tolerance | None = None, log: Log = print) -> dict:
+               bank: Path | None = None, backend: str = "auto", tolerance: Tolerance | None = None,
+               log: Log = print) -> dict:
     """Run both sides and return the comparison report (``report["passed"]``)."""
     from runtime.bundle import load_bundle
     from ucofia.checkpoints import load_model, weights_fingerprint
@@ -161,7 +172,7 @@ def run_parity(checkpoint: Path, bundle: Path, benchmark: Path, *, dataset: str 
     if b.fingerprint and b.fingerprint != fingerprint:  # before any decoding or encoding
         raise ParityError(f"bundle {bundle} was exported from other weights than {checkpoint} "
                           f"(fingerprint {b.fingerprint[:12]} vs {fingerprint[:12]}); re-export it")
-    bench = load_benchmark(benchmark, dataset, split)
+    bench = load_benchmark(benchmark, dataset, split, bank)
     if not bench.captions:
         raise ParityError(f"{benchmark}: the {split} split has no captions")
     with tempfile.TemporaryDirectory(prefix="ucofia-parity-") as tmp:
@@ -176,7 +187,8 @@ def run_parity(checkpoint: Path, bundle: Path, benchmark: Path, *, dataset: str 
     bundle_dtype = rt["dtype"] + (" + int8 encoders" if b.manifest.get("int8") else "")
     report.update({"checkpoint": str(checkpoint), "bundle": str(bundle), "benchmark": str(benchmark),
                    "split": split, "captions": len(bench.captions), "videos": len(bench.video_ids),
-                   "bank_captions": len(bench.bank), "bundle_dtype": bundle_dtype, "backend": backend})
+                   "bank_captions": len(bench.bank), "bank": str(bank) if bank else "the benchmark's train split",
+                   "bundle_dtype": bundle_dtype, "backend": backend})
     return report
 
 

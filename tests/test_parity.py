@@ -141,3 +141,26 @@ def test_parity_judges_int8_bundles_by_retrieval_metrics(tmp_path):
     assert max(r["max_abs"] for r in report["rows"]) > 2e-4  # really the quantised encoders
     worst = max(abs(d["R1"]) for r in report["rows"] for d in r["metric_deltas"].values())
     assert report["passed"] == (worst <= INT8_R1_DELTA)
+
+
+def test_test_only_benchmark_needs_a_bank_file(tmp_path):
+    """A benchmark holding only its test split (e.g. MSR-VTT 1k-A) is refused with the way out
+    (--bank); with a bank file its captions are the SK bank."""
+    import shutil
+
+    from evaluation.parity import ParityError, load_benchmark
+    from ucofia.data.demo import generate_demo
+
+    data = tmp_path / "data"
+    generate_demo(data, scale=0.05, seed=0)
+    full = load_benchmark(data)
+    test_only = tmp_path / "test_only"
+    shutil.copytree(data, test_only)
+    (test_only / "MSRVTT_train.9k.csv").unlink()
+    with pytest.raises(ParityError, match="no training split.*--bank FILE"):
+        load_benchmark(test_only)
+    bank = tmp_path / "bank.txt"
+    bank.write_text("a red car drives\na dog runs on the beach\n")
+    bench = load_benchmark(test_only, bank=bank)
+    assert bench.bank == ["a red car drives", "a dog runs on the beach"]
+    assert bench.captions == full.captions and bench.video_ids == full.video_ids

@@ -17,7 +17,12 @@ from evaluation.compare import Tolerance, format_report
 @click.option("--benchmark", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Benchmark folder in a layout the dataset readers know (e.g. `ucofia demo-data` output).")
 @click.option("--dataset", default="msrvtt", show_default=True, help="Dataset layout of --benchmark.")
-@click.option("--split", default="test", show_default=True, help="Split to evaluate (the SK bank is 'train').")
+@click.option("--split", default="test", show_default=True,
+              help="Split to evaluate (the SK bank is the 'train' split's captions unless --bank is given).")
+@click.option("--bank", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Captions for the Sinkhorn-Knopp bank instead of the benchmark's training split (.txt one "
+                   "per line, .csv with a sentence/caption column, .json or .jsonl): for a benchmark that "
+                   "holds only its test split, e.g. MSR-VTT 1k-A.")
 @click.option("--backend", default="auto", show_default=True,
               type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), help="Runtime backend.")
 @click.option("--max-abs", type=float, default=None,
@@ -28,7 +33,7 @@ from evaluation.compare import Tolerance, format_report
                    "encoders).")
 @click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the JSON report here (atomically).")
-def parity(checkpoint: Path, bundle: Path, benchmark: Path, dataset: str, split: str, backend: str,
+def parity(checkpoint: Path, bundle: Path, benchmark: Path, dataset: str, split: str, bank: Path | None, backend: str,
            max_abs: float | None, max_r1_delta: float | None, out: Path | None) -> None:
     """Run PyTorch and the runtime on one benchmark; exit 1 when they disagree.
 
@@ -37,6 +42,7 @@ def parity(checkpoint: Path, bundle: Path, benchmark: Path, dataset: str, split:
     MnR) in both directions.
     """
     from runtime.bundle import load_bundle
+    from runtime.errors import RuntimeUserError
 
     from evaluation.parity import ParityError, run_parity, write_report
 
@@ -46,9 +52,9 @@ def parity(checkpoint: Path, bundle: Path, benchmark: Path, dataset: str, split:
             tol = Tolerance(max_abs=max_abs if max_abs is not None else tol.max_abs,
                             max_r1_delta=max_r1_delta if max_r1_delta is not None else tol.max_r1_delta,
                             identical_metrics=tol.identical_metrics and max_r1_delta is None)
-        report = run_parity(checkpoint, bundle, benchmark, dataset=dataset, split=split, backend=backend,
+        report = run_parity(checkpoint, bundle, benchmark, dataset=dataset, split=split, bank=bank, backend=backend,
                             tolerance=tol, log=lambda m: click.echo(m, err=True))
-    except (ParityError, ValueError, FileNotFoundError) as exc:
+    except (ParityError, ValueError, FileNotFoundError, RuntimeUserError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"parity on {report['captions']} captions x {report['videos']} videos "
                f"(bank {report['bank_captions']} captions, bundle {report['bundle_dtype']}):")
