@@ -164,3 +164,27 @@ def test_test_only_benchmark_needs_a_bank_file(tmp_path):
     bench = load_benchmark(test_only, bank=bank)
     assert bench.bank == ["a red car drives", "a dog runs on the beach"]
     assert bench.captions == full.captions and bench.video_ids == full.video_ids
+
+
+@pytest.mark.slow
+def test_parity_on_real_test_only_clips_with_bank(shared_dir, tmp_path):
+    """The 24 real MSR-VTT 1k-A clips (test CSV only) through both sides, bank from --bank."""
+    import ucofia
+    from export import export_bundle
+    from ucofia.config import tiny_config
+
+    model = ucofia.build_model(tiny_config(), seed=0)
+    ucofia.save_checkpoint(tmp_path / "ck", model)
+    export_bundle(model, tmp_path / "bundle")
+    bank = tmp_path / "bank.txt"
+    bank.write_text("a man is talking\nsomeone cooks food in a kitchen\na car drives on a road\n")
+    out = tmp_path / "parity.json"
+    cmd = [sys.executable, "-c", "from ucofia.cli import main; main()", "parity", "--checkpoint", str(tmp_path / "ck"),
+           "--bundle", str(tmp_path / "bundle"), "--benchmark", str(shared_dir / "data" / "msrvtt_1ka_sample"),
+           "--bank", str(bank), "-o", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(out.read_text())
+    assert report["passed"] and report["videos"] == report["captions"] == 24
+    assert report["bank_captions"] == 3 and report["bank"] == str(bank)
+    assert max(r["max_abs"] for r in report["rows"]) < 2e-4
