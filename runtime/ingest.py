@@ -75,16 +75,18 @@ def encode_videos(writer: IndexWriter, bundle: Bundle, todo: list[tuple[str, Pat
         frames = np.stack(batch_frames)
         mask = np.stack(batch_masks).astype(np.float32)
         out = encoder.run({"frames": frames, "video_mask": mask})
+        ids = list(batch_ids)
         bad = non_finite_rows(out.values())
-        for i in np.flatnonzero(bad):  # never store NaN/inf features: list the video as failed
-            error = f"the video encoder produced non-finite features (NaN/inf) for {batch_paths[i]}; {NON_FINITE_FIX}"
-            writer.record_failure(batch_ids[i], str(batch_paths[i]), error)
-            report.failed.append((batch_ids[i], error))
-        keep = np.flatnonzero(~bad)
-        if len(keep):
-            writer.add_batch([batch_ids[i] for i in keep], {**{role: v[keep] for role, v in out.items()},
-                                                           "video_mask": mask[keep]})
-        report.indexed += len(keep)
+        if bad.any():  # never store NaN/inf features: list those videos as failed, keep the rest
+            for i in np.flatnonzero(bad):
+                error = f"the video encoder produced non-finite features (NaN/inf) for {batch_paths[i]}; {NON_FINITE_FIX}"
+                writer.record_failure(batch_ids[i], str(batch_paths[i]), error)
+                report.failed.append((batch_ids[i], error))
+            ids = [vid for vid, failed in zip(batch_ids, bad) if not failed]
+            out = {role: value[~bad] for role, value in out.items()}
+            mask = mask[~bad]
+        writer.add_batch(ids, {**out, "video_mask": mask})  # no-op when every video failed
+        report.indexed += len(ids)
         if progress:
             progress(len(batch_ids))
         batch_ids.clear(), batch_paths.clear(), batch_frames.clear(), batch_masks.clear()
