@@ -100,9 +100,9 @@ def compare_matrix(name: str, ref: np.ndarray, cand: np.ndarray, ref_v2t: np.nda
     diff = np.abs(ref - cand)
     rel = diff / np.maximum(np.abs(ref), 1e-6)
     top1, overlap = _top_agreement(ref, cand, TOP_OVERLAP_K)
-    m_ref = _metrics_both(ref, np.asarray(ref_v2t, np.float64), video_of_text)
     ref_v2t = np.asarray(ref_v2t, np.float64)
     cand_v2t = np.asarray(cand_v2t, np.float64)
+    m_ref = _metrics_both(ref, ref_v2t, video_of_text)
     m_cand = _metrics_both(cand, cand_v2t, video_of_text)
     deltas = {d: {k: m_cand[d][k] - m_ref[d][k] for k in METRIC_KEYS} for d in m_ref}
     m_snap = _metrics_both(_snap(ref, cand, tie_tol), _snap(ref_v2t, cand_v2t, tie_tol), video_of_text)

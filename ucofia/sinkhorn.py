@@ -8,7 +8,6 @@ import torch
 from ucofia.config import LEVELS
 
 
-
 def _column_log_bias(log_sim: torch.Tensor, n_iters: int) -> torch.Tensor:
     m = log_sim.max()
     s = torch.exp(log_sim - m)
