@@ -3,7 +3,7 @@
 Layout of an index directory::
 
     index.json          state: format, bundle fingerprint + path, config, shard list, biases info
-    shards/NNNNNN/      one shard per encoded batch: ids.json, video.npy [n,D],
+    shards/NNNNNN/      one shard per encoded batch: ids.json, entries.json (format 2), video.npy [n,D],
                         frame_features.npy [n,F,D], patches.npy [n,P,D], video_mask.npy [n,F]
     failed.jsonl        videos that could not be decoded/encoded (id, path, error), rewritten atomically
     biases.npy          [3, V] SK video bias per level (rows in LEVELS order), when a bank was given
@@ -14,6 +14,13 @@ Layout of an index directory::
 Crash safety: a shard is written to a temporary directory and renamed into place, then the state
 file is replaced atomically; shards not named by the state (a crash between the two renames) are
 deleted on the next open, so a killed run loses at most the batch in flight.
+
+Entries (format 2): ``entries.json`` holds one JSON object per row, in row order, describing what
+the row was made from: ``id`` always; for a video file ``path`` (absolute, as resolved at index
+time), ``sha256``, ``bytes`` and ``mtime`` of the file, and the stream's ``duration_s``, ``fps``,
+``width``, ``height`` and the number of sampled ``frames``. Format 1 indexes (no entries.json)
+still open; their entries hold only the id. Writing to a format 1 index upgrades its state to
+format 2 (old shards keep working, only new rows get full entries).
 """
 from __future__ import annotations
 
@@ -38,9 +45,12 @@ from runtime.bundle import Bundle
 from runtime.errors import GalleryIndexError
 from runtime.scoring import LEVELS, VIDEO_ROLES
 
-INDEX_FORMAT = "ucofia.index/1"
+INDEX_FORMAT = "ucofia.index/2"
+# Formats this code reads (format 1: no entries.json in the shards).
+READABLE_FORMATS = ("ucofia.index/1", INDEX_FORMAT)
 STATE = "index.json"
 SHARDS = "shards"
+ENTRIES = "entries.json"
 FAILED = "failed.jsonl"
 BIASES = "biases.npy"
 LOCK = ".lock"
@@ -67,8 +77,9 @@ def _read_state(root: Path) -> dict[str, Any]:
         state = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise GalleryIndexError(f"{path} is corrupt ({exc}); rebuild the index") from None
-    if state.get("format") != INDEX_FORMAT:
-        raise GalleryIndexError(f"{path}: unsupported index format {state.get('format')!r} (expected {INDEX_FORMAT!r})")
+    if state.get("format") not in READABLE_FORMATS:
+        raise GalleryIndexError(f"{path}: unsupported index format {state.get('format')!r} (this version reads "
+                                f"{', '.join(READABLE_FORMATS)}); rebuild the index or upgrade ucofia")
     return state
 
 
@@ -84,6 +95,8 @@ class GalleryIndex:
         self._shards = [_Shard(s["name"], int(s["count"])) for s in self.state["shards"]]
         self._offsets = np.cumsum([0] + [s.count for s in self._shards])
         self._ids: list[str] | None = None
+        self._entries: list[dict[str, Any]] | None = None
+        self._rows: dict[str, int] | None = None
 
     # ---- identity --------------------------------------------------------------------------
     @property
@@ -114,6 +127,39 @@ class GalleryIndex:
                 ids.extend(json.loads((self._shard_dir(shard.name) / "ids.json").read_text()))
             self._ids = ids
         return self._ids
+
+    @property
+    def entries(self) -> list[dict[str, Any]]:
+        """One dict per row, in row order: ``id`` always, plus the source file's details where the
+        index recorded them (format 2; see the module docstring)."""
+        if self._entries is None:
+            entries: list[dict[str, Any]] = []
+            for shard in self._shards:
+                path = self._shard_dir(shard.name) / ENTRIES
+                if path.is_file():
+                    try:
+                        entries.extend(json.loads(path.read_text()))
+                    except json.JSONDecodeError as exc:
+                        raise GalleryIndexError(f"{path} is corrupt ({exc}); rebuild the index") from None
+                else:  # a format 1 shard
+                    start = len(entries)
+                    entries.extend({"id": vid} for vid in self.ids[start:start + shard.count])
+            if len(entries) != len(self):
+                raise GalleryIndexError(f"{self.root}: the shards' {ENTRIES} hold {len(entries)} entries for "
+                                        f"{len(self)} rows; rebuild the index")
+            self._entries = entries
+        return self._entries
+
+    def row_of(self, video_id: str) -> int | None:
+        """The gallery row of ``video_id``, or None when it is not indexed."""
+        if self._rows is None:
+            self._rows = {vid: row for row, vid in enumerate(self.ids)}
+        return self._rows.get(video_id)
+
+    def entry(self, video_id: str) -> dict[str, Any] | None:
+        """The entry of ``video_id`` (see :attr:`entries`), or None when it is not indexed."""
+        row = self.row_of(video_id)
+        return None if row is None else self.entries[row]
 
     def _shard_dir(self, name: str) -> Path:
         return self.root / SHARDS / name
@@ -237,6 +283,7 @@ class IndexWriter:
                                    "config": self.bundle.config.to_dict(), "shards": [], "biases": None,
                                    "created": time.time()}
             self.state["bundle"] = str(self.bundle.root.resolve())
+            self.state["format"] = INDEX_FORMAT  # format 1 shards stay readable (entries: ids only)
             self._save_state()  # a new index exists from here on, even if this run is killed
             self._clean_orphans()
             self.indexed = set(GalleryIndex(self.root).ids)
@@ -290,8 +337,12 @@ class IndexWriter:
         atomic_write_text(self.root / FAILED, text)
 
     # ---- updates ---------------------------------------------------------------------------
-    def add_batch(self, ids: list[str], features: Mapping[str, np.ndarray]) -> None:
-        """Append one encoded batch as a new shard (temp dir + rename, then the state file)."""
+    def add_batch(self, ids: list[str], features: Mapping[str, np.ndarray],
+                  entries: list[dict[str, Any]] | None = None) -> None:
+        """Append one encoded batch as a new shard (temp dir + rename, then the state file).
+
+        ``entries`` describe the rows (see the module docstring); by default they hold only the ids.
+        """
         if not ids:
             return
         dup = [i for i in ids if i in self.indexed]
@@ -300,11 +351,16 @@ class IndexWriter:
         for role in SHARD_ARRAYS:
             if features[role].shape[0] != len(ids):
                 raise ValueError(f"{role} has {features[role].shape[0]} rows for {len(ids)} ids")
+        if entries is None:
+            entries = [{"id": vid} for vid in ids]
+        if [e.get("id") for e in entries] != list(ids):
+            raise ValueError("entries must describe the batch's ids, in the same order")
         name = f"{len(self.state['shards']):06d}"
         shard_root = self.root / SHARDS
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=shard_root))
         try:
             (tmp / "ids.json").write_text(json.dumps(ids))
+            (tmp / ENTRIES).write_text(json.dumps(entries, ensure_ascii=False))
             for role in SHARD_ARRAYS:
                 np.save(tmp / f"{role}.npy", np.ascontiguousarray(features[role]))
             os.replace(tmp, shard_root / name)

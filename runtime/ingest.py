@@ -6,16 +6,17 @@ Videos that fail to decode are listed in ``failed.jsonl`` and skipped (a rerun r
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from ucofia.data.video import VideoSpec, decode_many
+from ucofia.data.video import DecodedVideo, VideoSpec, decode_many
+from ucofia.io_utils import file_sha256
 
 from runtime.backends import open_session
 from runtime.bundle import Bundle
@@ -50,63 +51,90 @@ class IngestReport:
         return (self.indexed + len(self.failed)) / self.seconds if self.seconds > 0 else 0.0
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def file_identity(path: Path) -> dict[str, Any]:
+    """What identifies a video file's content in an index entry: absolute path, sha256, size, mtime."""
+    stat = path.stat()
+    return {"path": str(path.resolve()), "sha256": file_sha256(path), "bytes": stat.st_size,
+            "mtime": stat.st_mtime}
+
+
+def video_entry(video_id: str, identity: dict[str, Any], video: DecodedVideo) -> dict[str, Any]:
+    """The index entry of one decoded video file (see runtime.index)."""
+    info = video.info
+    return {"id": video_id, **identity, "duration_s": info.duration_s, "fps": info.cv_fps,
+            "width": info.width, "height": info.height, "frames": video.num_frames}
 
 
 def encode_videos(writer: IndexWriter, bundle: Bundle, todo: list[tuple[str, Path]], *, backend: str,
                   batch_size: int, workers: int, processes: bool, threads: int | None,
                   report: IngestReport, progress: Callable[[int], None] | None = None) -> None:
-    """Decode ``todo`` in a pool, encode batches with the video encoder, append shards."""
+    """Decode ``todo`` in a pool, encode batches with the video encoder, append shards.
+
+    Each file is hashed (for its index entry) on a thread pool while the decoders work ahead.
+    """
     encoder = open_session(bundle, "video_encoder", backend, threads)
     spec = VideoSpec.from_config(bundle.config)
-    batch_ids: list[str] = []
-    batch_paths: list[Path] = []
+    batch_entries: list[dict[str, Any]] = []
     batch_frames: list[np.ndarray] = []
     batch_masks: list[np.ndarray] = []
 
     def flush() -> None:
-        if not batch_ids:
+        if not batch_entries:
             return
         frames = np.stack(batch_frames)
         mask = np.stack(batch_masks).astype(np.float32)
         out = encoder.run({"frames": frames, "video_mask": mask})
-        ids = list(batch_ids)
+        entries = list(batch_entries)
         bad = non_finite_rows(out.values())
         if bad.any():  # never store NaN/inf features: list those videos as failed, keep the rest
             for i in np.flatnonzero(bad):
-                error = f"the video encoder produced non-finite features (NaN/inf) for {batch_paths[i]}; {NON_FINITE_FIX}"
-                writer.record_failure(batch_ids[i], str(batch_paths[i]), error)
-                report.failed.append((batch_ids[i], error))
-            ids = [vid for vid, failed in zip(batch_ids, bad) if not failed]
+                path = entries[i]["path"]
+                error = f"the video encoder produced non-finite features (NaN/inf) for {path}; {NON_FINITE_FIX}"
+                writer.record_failure(entries[i]["id"], path, error)
+                report.failed.append((entries[i]["id"], error))
+            entries = [entry for entry, failed in zip(entries, bad) if not failed]
             out = {role: value[~bad] for role, value in out.items()}
             mask = mask[~bad]
-        writer.add_batch(ids, {**out, "video_mask": mask})  # no-op when every video failed
+        ids = [entry["id"] for entry in entries]
+        writer.add_batch(ids, {**out, "video_mask": mask}, entries)  # no-op when every video failed
         report.indexed += len(ids)
         if progress:
-            progress(len(batch_ids))
-        batch_ids.clear(), batch_paths.clear(), batch_frames.clear(), batch_masks.clear()
+            progress(len(batch_entries))
+        batch_entries.clear(), batch_frames.clear(), batch_masks.clear()
 
-    outcomes = decode_many([path for _, path in todo], spec, workers=max(workers, 1), processes=processes,
-                           prefetch=max(2 * workers, batch_size))
-    for (vid, path), outcome in zip(todo, outcomes):
-        if not outcome.ok:
-            writer.record_failure(vid, str(path), str(outcome.error))
-            report.failed.append((vid, str(outcome.error)))
-            if progress:
-                progress(1)
-            continue
-        batch_ids.append(vid)
-        batch_paths.append(path)
-        batch_frames.append(outcome.video.to_model_input(spec))
-        batch_masks.append(outcome.video.video_mask)
-        if len(batch_ids) >= batch_size:
-            flush()
-    flush()
+    with ThreadPoolExecutor(max_workers=max(workers, 1), thread_name_prefix="ucofia-hash") as hasher:
+        identities: dict[str, Future] = {}
+
+        def paths() -> Iterator[Path]:  # decode_many reads ahead; hashing starts as each file is taken
+            for vid, path in todo:
+                identities[vid] = hasher.submit(file_identity, path)
+                yield path
+
+        outcomes = decode_many(paths(), spec, workers=max(workers, 1), processes=processes,
+                               prefetch=max(2 * workers, batch_size))
+        for (vid, path), outcome in zip(todo, outcomes):
+            identity = identities.pop(vid)
+            if not outcome.ok:
+                writer.record_failure(vid, str(path), str(outcome.error))
+                report.failed.append((vid, str(outcome.error)))
+                if progress:
+                    progress(1)
+                continue
+            try:
+                entry = video_entry(vid, identity.result(), outcome.video)
+            except OSError as exc:  # the file went away or became unreadable after decoding
+                error = f"{path}: cannot read the file to hash it ({exc}); check it exists and is readable"
+                writer.record_failure(vid, str(path), error)
+                report.failed.append((vid, error))
+                if progress:
+                    progress(1)
+                continue
+            batch_entries.append(entry)
+            batch_frames.append(outcome.video.to_model_input(spec))
+            batch_masks.append(outcome.video.video_mask)
+            if len(batch_entries) >= batch_size:
+                flush()
+        flush()
 
 
 def compute_bank_biases(index: GalleryIndex, bundle: Bundle, captions: list[str], *, backend: str,
@@ -152,7 +180,7 @@ def update_biases(writer: IndexWriter, bundle: Bundle, bank: Path | None, *, bac
                 f"biases dropped, re-run with --bank to compute them")
             return "dropped"
     bank = bank.resolve()
-    sha = _file_sha256(bank)
+    sha = file_sha256(bank)
     if meta and meta["bank"]["sha256"] == sha and meta["ids_sha256"] == digest:
         return "unchanged"
     if len(index) == 0:

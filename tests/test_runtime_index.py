@@ -218,3 +218,67 @@ def test_ingest_report_counts(bundle_dir, clips, tmp_path):
                              threads=None, report=report)
     assert report.indexed == 3 and [vid for vid, _ in report.failed] == ["broken"]
     assert [s["count"] for s in json.loads((tmp_path / "idx" / "index.json").read_text())["shards"]] == [2, 1]
+
+
+def test_entries_record_each_source_file(built, clips):
+    import hashlib
+
+    gallery = GalleryIndex(built)
+    assert [e["id"] for e in gallery.entries] == gallery.ids
+    for i in range(N_CLIPS):
+        path = clips / f"clip{i}.mp4"
+        entry = gallery.entry(f"clip{i}")
+        assert gallery.entries[gallery.row_of(f"clip{i}")] is entry
+        assert entry["path"] == str(path.resolve())
+        assert entry["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert entry["bytes"] == path.stat().st_size and entry["mtime"] == path.stat().st_mtime
+        assert (entry["width"], entry["height"]) == (48, 40) and entry["fps"] == 3
+        assert entry["duration_s"] == pytest.approx(1 + i, abs=0.4)
+        assert entry["frames"] == min(1 + i, load_bundle(gallery.bundle_path).config.max_frames)
+    assert gallery.entry("broken") is None and gallery.row_of("broken") is None
+
+
+def test_format_1_index_opens_and_is_upgraded_on_append(bundle_dir, clips, tmp_path):
+    """An index written before entries existed reads with id-only entries; appending upgrades it."""
+    listing = tmp_path / "videos.txt"
+    listing.write_text("".join(f"{clips / f'clip{i}.mp4'}\n" for i in range(2)))
+    out = tmp_path / "index"
+    assert _index(bundle_dir, listing, out).returncode == 0
+    state = json.loads((out / "index.json").read_text())
+    state["format"] = "ucofia.index/1"
+    (out / "index.json").write_text(json.dumps(state))
+    for entries in (out / "shards").glob("*/entries.json"):
+        entries.unlink()
+    old = GalleryIndex(out)
+    assert old.entries == [{"id": "clip0"}, {"id": "clip1"}] and old.entry("clip1") == {"id": "clip1"}
+
+    listing.write_text("".join(f"{clips / f'clip{i}.mp4'}\n" for i in range(3)))
+    assert _index(bundle_dir, listing, out).returncode == 0
+    upgraded = GalleryIndex(out)
+    assert upgraded.state["format"] == "ucofia.index/2"
+    assert upgraded.entries[:2] == [{"id": "clip0"}, {"id": "clip1"}]
+    assert upgraded.entry("clip2")["path"] == str((clips / "clip2.mp4").resolve())
+
+
+def test_add_batch_refuses_entries_of_other_ids(bundle_dir, tmp_path):
+    bundle = load_bundle(bundle_dir)
+    cfg = bundle.config
+    d, f, p = cfg.embed_dim, cfg.max_frames, cfg.num_pixels
+    features = {"video": np.zeros((1, d), np.float32), "frame_features": np.zeros((1, f, d), np.float32),
+                "patches": np.zeros((1, p, d), np.float32), "video_mask": np.ones((1, f), np.float32)}
+    with IndexWriter(tmp_path / "index", bundle) as writer:
+        with pytest.raises(ValueError, match="entries"):
+            writer.add_batch(["a"], features, [{"id": "b"}])
+    assert GalleryIndex(tmp_path / "index").ids == []
+
+
+def test_unknown_index_format_is_refused_with_the_fix(built, tmp_path):
+    import shutil
+
+    copy = tmp_path / "index"
+    shutil.copytree(built, copy)
+    state = json.loads((copy / "index.json").read_text())
+    state["format"] = "ucofia.index/99"
+    (copy / "index.json").write_text(json.dumps(state))
+    with pytest.raises(GalleryIndexError, match="unsupported index format.*rebuild the index or upgrade"):
+        GalleryIndex(copy)
