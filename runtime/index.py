@@ -31,6 +31,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -242,6 +243,31 @@ class _Subset:
         return self.index.gather(self.rows[start:stop])
 
 
+def write_shard(shard_root: Path, name: str, ids: list[str], features: Mapping[str, np.ndarray],
+                entries: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Write one shard directory ``shard_root/name`` atomically (temp dir + rename) and return its
+    state record; the shard is part of an index only once :meth:`IndexWriter.commit_shards` has
+    recorded it (until then the next writer to open the index deletes it as an orphan)."""
+    for role in SHARD_ARRAYS:
+        if features[role].shape[0] != len(ids):
+            raise ValueError(f"{role} has {features[role].shape[0]} rows for {len(ids)} ids")
+    if entries is None:
+        entries = [{"id": vid} for vid in ids]
+    if [e.get("id") for e in entries] != list(ids):
+        raise ValueError("entries must describe the batch's ids, in the same order")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=shard_root))
+    try:
+        (tmp / "ids.json").write_text(json.dumps(ids))
+        (tmp / ENTRIES).write_text(json.dumps(entries, ensure_ascii=False))
+        for role in SHARD_ARRAYS:
+            np.save(tmp / f"{role}.npy", np.ascontiguousarray(features[role]))
+        os.replace(tmp, shard_root / name)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return {"name": name, "count": len(ids)}
+
+
 @contextmanager
 def _locked(root: Path) -> Iterator[None]:
     handle = open(root / LOCK, "a+")
@@ -348,30 +374,24 @@ class IndexWriter:
         dup = [i for i in ids if i in self.indexed]
         if dup:
             raise GalleryIndexError(f"video ids already indexed: {dup[:5]}")
-        for role in SHARD_ARRAYS:
-            if features[role].shape[0] != len(ids):
-                raise ValueError(f"{role} has {features[role].shape[0]} rows for {len(ids)} ids")
-        if entries is None:
-            entries = [{"id": vid} for vid in ids]
-        if [e.get("id") for e in entries] != list(ids):
-            raise ValueError("entries must describe the batch's ids, in the same order")
         name = f"{len(self.state['shards']):06d}"
-        shard_root = self.root / SHARDS
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=shard_root))
-        try:
-            (tmp / "ids.json").write_text(json.dumps(ids))
-            (tmp / ENTRIES).write_text(json.dumps(entries, ensure_ascii=False))
-            for role in SHARD_ARRAYS:
-                np.save(tmp / f"{role}.npy", np.ascontiguousarray(features[role]))
-            os.replace(tmp, shard_root / name)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
-        self.state["shards"].append({"name": name, "count": len(ids)})
+        record = write_shard(self.root / SHARDS, name, ids, features, entries)
+        self.commit_shards([record])
+
+    def commit_shards(self, records: list[dict[str, Any]]) -> None:
+        """Add shards already written by :func:`write_shard` (here or by other processes) to the
+        index in one atomic state update. Refuses ids already indexed or repeated across shards."""
+        new_ids: list[str] = []
+        for record in records:
+            new_ids.extend(json.loads((self.root / SHARDS / record["name"] / "ids.json").read_text()))
+        dup = sorted(i for i, n in Counter(new_ids).items() if n > 1 or i in self.indexed)
+        if dup:
+            raise GalleryIndexError(f"video ids already indexed: {dup[:5]}")
+        self.state["shards"].extend({"name": r["name"], "count": int(r["count"])} for r in records)
         self._save_state()
-        self.indexed.update(ids)
-        if any(i in self.failures for i in ids):
-            for i in ids:
+        self.indexed.update(new_ids)
+        if any(i in self.failures for i in new_ids):
+            for i in new_ids:
                 self.failures.pop(i, None)
             self._save_failures()
 

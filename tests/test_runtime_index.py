@@ -282,3 +282,34 @@ def test_unknown_index_format_is_refused_with_the_fix(built, tmp_path):
     (copy / "index.json").write_text(json.dumps(state))
     with pytest.raises(GalleryIndexError, match="unsupported index format.*rebuild the index or upgrade"):
         GalleryIndex(copy)
+
+
+def test_shards_written_elsewhere_are_committed_once_and_never_twice(bundle_dir, tmp_path):
+    """write_shard + commit_shards: how parallel workers add shards; duplicate ids are refused."""
+    from runtime.index import SHARDS, write_shard
+
+    bundle = load_bundle(bundle_dir)
+    cfg = bundle.config
+    d, f, p = cfg.embed_dim, cfg.max_frames, cfg.num_pixels
+
+    def features(n, value):
+        return {"video": np.full((n, d), value, np.float32), "frame_features": np.zeros((n, f, d), np.float32),
+                "patches": np.zeros((n, p, d), np.float32), "video_mask": np.ones((n, f), np.float32)}
+
+    with IndexWriter(tmp_path / "index", bundle) as writer:
+        a = write_shard(tmp_path / "index" / SHARDS, "w0-a", ["a", "b"], features(2, 1.0))
+        b = write_shard(tmp_path / "index" / SHARDS, "w1-b", ["c"], features(1, 2.0))
+        assert GalleryIndex(tmp_path / "index").ids == []  # written, not yet committed
+        writer.commit_shards([a, b])
+        clash = write_shard(tmp_path / "index" / SHARDS, "w2-c", ["d", "b"], features(2, 3.0))
+        with pytest.raises(GalleryIndexError, match="already indexed.*'b'"):
+            writer.commit_shards([clash])
+        twice = write_shard(tmp_path / "index" / SHARDS, "w3-d", ["e", "e"], features(2, 4.0))
+        with pytest.raises(GalleryIndexError, match="'e'"):
+            writer.commit_shards([twice])
+    gallery = GalleryIndex(tmp_path / "index")
+    assert gallery.ids == ["a", "b", "c"]
+    np.testing.assert_array_equal(gallery.features(0, 3)["video"][:, 0], [1.0, 1.0, 2.0])
+    with IndexWriter(tmp_path / "index", bundle):  # uncommitted shards are orphans: removed on open
+        pass
+    assert sorted(x.name for x in (tmp_path / "index" / SHARDS).iterdir()) == ["w0-a", "w1-b"]
