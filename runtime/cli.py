@@ -108,14 +108,22 @@ threads_option = click.option("--threads", default=None, type=click.IntRange(min
               help="Videos per encoder call and per shard (a killed run loses at most one batch).")
 @click.option("--workers", default=None, type=click.IntRange(min=1),
               help="Decoder workers (default: CPU count, at most 8).")
-@click.option("--process-pool", is_flag=True, help="Decode in processes instead of threads.")
+@click.option("--process-pool", is_flag=True, help="Decode in processes instead of threads (whole-file "
+                                                    "indexing; windows are always decoded in threads).")
+@click.option("--window", type=float, default=None, metavar="SECONDS",
+              help="Index time windows of this length instead of whole files: each window becomes a row, "
+                   "sampled like a clip of its span (12 frames at the reference frame rate; a short last "
+                   "window is padded). Default: whole files, as the reference.")
+@click.option("--stride", type=float, default=None, metavar="SECONDS",
+              help="Seconds between window starts (default: --window, i.e. back to back; smaller overlaps).")
 @backend_option
 @memory_option
 @threads_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @_user_errors
 def index(bundle_dir: Path, videos: Path, bank: Path | None, out: Path, batch_size: int, workers: int | None,
-          process_pool: bool, backend: str, memory_mb: float, threads: int | None, quiet: bool) -> None:
+          process_pool: bool, window: float | None, stride: float | None, backend: str, memory_mb: float,
+          threads: int | None, quiet: bool) -> None:
     """Encode videos into a gallery index.
 
     Decodes every video (reference frame sampling), runs the video encoder in batches and appends
@@ -123,13 +131,19 @@ def index(bundle_dir: Path, videos: Path, bank: Path | None, out: Path, batch_si
     interrupted run resumes where it stopped; videos that cannot be decoded are skipped, listed in
     INDEX/failed.jsonl and retried by the next run. With --bank, the per-level SK video biases
     are computed once over bank captions x all indexed videos (recomputed when either changes).
+
+    With --window SECONDS [--stride SECONDS] each file becomes one row per time window (ids
+    FILE@START-END); each file is decoded once, in one sequential pass, for all its windows.
+    Search then returns the span of each result and groups results by file.
     """
     from runtime import ingest
     from runtime.backends import resolve_backend
     from runtime.bundle import load_bundle
     from runtime.index import IndexWriter
     from runtime.sources import list_videos, read_captions
+    from runtime.windows import WindowSetting
 
+    setting = WindowSetting.from_options(window, stride)
     bundle = load_bundle(bundle_dir)
     resolved = resolve_backend(backend, bundle)
     pairs = list_videos(videos)
@@ -139,16 +153,30 @@ def index(bundle_dir: Path, videos: Path, bank: Path | None, out: Path, batch_si
         read_captions(bank, "bank captions")
     workers = workers or ingest.default_workers()
     report = ingest.IngestReport(total=len(pairs))
+    unit = "video" if setting is None else "window"
     with IndexWriter(out, bundle) as writer:
-        todo = [(vid, path) for vid, path in pairs if vid not in writer.indexed]
-        report.skipped = len(pairs) - len(todo)
-        if report.skipped and not quiet:
-            click.echo(f"resuming {out}: {report.skipped} of {len(pairs)} videos already indexed", err=True)
-        bar, update = _progress(len(todo), "video", "encoding", quiet)
         start = time.perf_counter()
+        if setting is None:
+            check_setting(writer, None)
+            todo = [(vid, path) for vid, path in pairs if vid not in writer.indexed]
+            report.skipped = len(pairs) - len(todo)
+            to_encode = len(todo)
+        else:
+            check_setting(writer, setting)
+            plans = _plan_windows(pairs, setting, writer, report, quiet)
+            to_encode = sum(len(p.spans) for p in plans)
+        if report.skipped and not quiet:
+            click.echo(f"resuming {out}: {report.skipped} of {report.total} {unit}s already indexed", err=True)
+        bar, update = _progress(to_encode, unit, "encoding", quiet)
         try:
-            ingest.encode_videos(writer, bundle, todo, backend=resolved, batch_size=batch_size, workers=workers,
-                                 processes=process_pool, threads=threads, report=report, progress=update)
+            if setting is None:
+                ingest.encode_videos(writer, bundle, todo, backend=resolved, batch_size=batch_size, workers=workers,
+                                     processes=process_pool, threads=threads, report=report, progress=update)
+            else:
+                from runtime.window_ingest import encode_windows
+
+                encode_windows(writer, bundle, plans, setting, backend=resolved, batch_size=batch_size,
+                               workers=workers, threads=threads, report=report, progress=update)
         finally:
             report.seconds = time.perf_counter() - start
             if bar is not None:
@@ -161,15 +189,41 @@ def index(bundle_dir: Path, videos: Path, bank: Path | None, out: Path, batch_si
                                              threads=threads, log=lambda m: click.echo(m, err=True),
                                              progress_factory=bank_bar)
         total_indexed = len(writer.indexed)
-    click.echo(f"indexed {report.indexed} new videos ({report.videos_per_second:.2f} videos/s, backend "
+    click.echo(f"indexed {report.indexed} new {unit}s ({report.videos_per_second:.2f} {unit}s/s, backend "
                f"{resolved}), {report.skipped} already present, {len(report.failed)} failed; "
-               f"{total_indexed} videos in {out}; biases: {report.biases}")
+               f"{total_indexed} {unit}s in {out}; biases: {report.biases}")
     if report.failed:
         for vid, error in report.failed[:10]:
             click.echo(f"failed: {vid}: {error}", err=True)
         more = f" ({len(report.failed) - 10} more)" if len(report.failed) > 10 else ""
-        click.echo(f"{len(report.failed)} videos failed{more}; see {out / 'failed.jsonl'}", err=True)
+        click.echo(f"{len(report.failed)} {unit}s failed{more}; see {out / 'failed.jsonl'}", err=True)
         sys.exit(EXIT_PARTIAL)
+
+
+def check_setting(writer: Any, setting: Any) -> None:
+    """Refuse to mix whole-file rows and windows (or two window settings) in one index."""
+    from runtime.index import GalleryIndex
+    from runtime.windows import check_setting as check
+
+    check(writer.root, GalleryIndex(writer.root).entries, setting)
+
+
+def _plan_windows(pairs: list, setting: Any, writer: Any, report: Any, quiet: bool) -> list:
+    """Probe the files (a progress bar for long lists) and plan the windows still to index."""
+    from runtime.window_ingest import plan_files
+
+    report.total = 0
+    bar, update = _progress(len(pairs), "file", "planning windows", quiet or len(pairs) < 100)
+    try:
+        plans = []
+        for pair in pairs:
+            plans.extend(plan_files([pair], setting, writer, report))
+            if update:
+                update(1)
+        return plans
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -232,20 +286,28 @@ def _write_output(out: Path, text: str) -> None:
               help="FAISS shortlist by the video_sentence level (+ its bias), then re-rank the shortlist "
                    "with the full fused score. For large galleries.")
 @click.option("--shortlist", default=1000, show_default=True, type=click.IntRange(min=1),
-              help="Videos per query kept by the first stage of --two-stage.")
+              help="Videos (or windows) per query kept by the first stage of --two-stage.")
+@click.option("--group-by", "group_by", default=None, type=click.Choice(["file", "window"]),
+              help="On an index of time windows: 'file' (default there) returns each file once, ranked by its "
+                   "best window, with its best windows; 'window' ranks windows on their own. Results carry "
+                   "file_id, start and end (seconds) of each window.")
+@click.option("--windows-per-file", default=3, show_default=True, type=click.IntRange(min=1),
+              help="With --group-by file: best windows listed per file.")
 @bundle_option
 @backend_option
 @memory_option
 @threads_option
 @_user_errors
 def search(index_dir: Path, queries_inline: tuple[str, ...], queries_file: Path | None, top_k: int, fmt: str,
-           out: Path, two_stage: bool, shortlist: int, bundle_dir: Path | None, backend: str, memory_mb: float,
-           threads: int | None) -> None:
+           out: Path, two_stage: bool, shortlist: int, group_by: str | None, windows_per_file: int,
+           bundle_dir: Path | None, backend: str, memory_mb: float, threads: int | None) -> None:
     """Rank indexed videos for text queries.
 
     The score of a (query, video) pair is the mean over the three levels (video_sentence,
     frame_sentence, patch_word) of the level similarity plus that level's SK video bias (when the
-    index was built with --bank), as the reference evaluation fuses them.
+    index was built with --bank), as the reference evaluation fuses them. On an index of time
+    windows (`index --window`) each window is scored like a video, and results are grouped by file
+    unless --group-by window.
     """
     from runtime import search as search_mod
     from runtime.sources import read_captions
@@ -257,6 +319,17 @@ def search(index_dir: Path, queries_inline: tuple[str, ...], queries_file: Path 
     tokens = encoder.tokenize(texts, "query")
     _warn_truncated(tokens.truncated, encoder.max_words, "query")
     features = encoder.encode_ids(tokens.ids)
+    if search_mod.has_windows(gallery) and group_by != "window":
+        from runtime import grouping
+
+        if two_stage:
+            wide = search_mod.two_stage(scorer, gallery, features, max(shortlist, top_k), max(shortlist, top_k),
+                                        memory_mb)
+            groups = grouping.group_rows(wide, gallery, top_k, windows_per_file)
+        else:
+            groups = grouping.grouped_exhaustive(scorer, gallery, features, top_k, windows_per_file, memory_mb)
+        _write_output(out, format_grouped(texts, grouping.to_records(groups, gallery), fmt))
+        return
     if two_stage:
         top = search_mod.two_stage(scorer, gallery, features, top_k, max(shortlist, top_k), memory_mb)
     else:
@@ -272,7 +345,8 @@ def search(index_dir: Path, queries_inline: tuple[str, ...], queries_file: Path 
 @index_option
 @click.option("--annotations", required=True, type=click.Path(path_type=Path),
               help="Captions with their video ids: the MSR-VTT test CSV (key,vid_key,video_id,sentence) or "
-                   "any CSV/JSON/JSONL with video_id and sentence/caption columns.")
+                   "any CSV/JSON/JSONL with video_id and sentence/caption columns; optional start/end columns "
+                   "(seconds: each caption's true span) add moment retrieval metrics.")
 @click.option("--dataset", default="msrvtt", show_default=True, type=click.Choice(["msrvtt", "generic"]),
               help="Annotation layout.")
 @click.option("--video-bank", "video_bank_dir", type=click.Path(path_type=Path), default=None,
@@ -296,6 +370,11 @@ def evaluate(index_dir: Path, annotations: Path, dataset: str, video_bank_dir: P
     t2v ranks videos by the fused score with the index's SK video biases; v2t ranks captions with
     an SK text bias per caption over a video bank, as the reference's eval_t2v / eval_v2t do.
     Prints R@1, R@5, R@10, median rank (MdR) and mean rank (MnR) and writes them as JSON.
+
+    On an index of time windows a file's score is its best window's. With start/end columns in
+    the annotations it also reports moment retrieval: R@1/R@5 where a hit is a window of the
+    right file with temporal IoU >= 0.5 (and >= 0.3) with the caption's span (on a whole-file
+    index each file counts as the moment [0, duration]: the baseline).
     """
     from evaluation.metrics import format_metrics_table
     from runtime import evaluate as ev
@@ -311,7 +390,7 @@ def evaluate(index_dir: Path, annotations: Path, dataset: str, video_bank_dir: P
     _warn_truncated(tokens.truncated, encoder.max_words, "caption")
     start = time.perf_counter()
     text = encoder.encode_ids(tokens.ids, "caption")
-    bar, update = _progress(len(ann.captions) * len(videos), "pair", "scoring", quiet)
+    bar, update = _progress(len(ann.captions) * len(rows), "pair", "scoring", quiet)
     try:
         report = ev.evaluate(gallery, scorer, text, ann, videos, rows, memory_mb, bank, not no_bias, update)
     finally:
@@ -325,6 +404,12 @@ def evaluate(index_dir: Path, annotations: Path, dataset: str, video_bank_dir: P
                    err=True)
     click.echo(format_metrics_table(report["metrics"],
                                     title=f"{dataset}: {report['captions']} captions x {report['videos']} videos"))
+    moments = report.get("moments")
+    if moments and "t2v" in moments:
+        click.echo(f"moment retrieval ({moments['moments']} moments, {moments['moment_of_row']}): " +
+                   "  ".join(f"{k} {v:.1f}" for k, v in moments["t2v"].items()))
+    elif moments:
+        click.echo(f"moment retrieval skipped: {moments['skipped']}", err=True)
     _write_output(out or index_dir / "evaluation.json", json.dumps(report, indent=2) + "\n")
 
 
@@ -332,21 +417,52 @@ def format_results(texts: list[str], result: Any, fmt: str) -> str:
     """Search results as JSONL (one object per query) or CSV (one row per query and rank)."""
     from runtime.scoring import LEVELS
 
+    windowed = result.file_ids is not None
     if fmt == "jsonl":
         lines = []
         for q, text in enumerate(texts):
-            hits = [{"rank": r + 1, "video_id": vid, "score": float(result.fused[q, r]),
-                     "levels": {lv: float(result.levels[lv][q, r]) for lv in LEVELS}}
-                    for r, vid in enumerate(result.ids[q])]
+            hits = []
+            for r, vid in enumerate(result.ids[q]):
+                hit: dict[str, Any] = {"rank": r + 1, "video_id": vid}
+                if windowed:
+                    start, end = result.spans[q][r]
+                    hit.update({"file_id": result.file_ids[q][r], "start": start, "end": end})
+                hit.update({"score": float(result.fused[q, r]),
+                            "levels": {lv: float(result.levels[lv][q, r]) for lv in LEVELS}})
+                hits.append(hit)
             lines.append(json.dumps({"query": text, "results": hits}, ensure_ascii=False))
         return "".join(line + "\n" for line in lines)
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["query_index", "query", "rank", "video_id", "score", *LEVELS])
+    writer.writerow(["query_index", "query", "rank", "video_id", *(("file_id", "start", "end") if windowed else ()),
+                     "score", *LEVELS])
     for q, text in enumerate(texts):
         for r, vid in enumerate(result.ids[q]):
-            writer.writerow([q, text, r + 1, vid, f"{result.fused[q, r]:.6g}",
+            span = (result.file_ids[q][r], *result.spans[q][r]) if windowed else ()
+            writer.writerow([q, text, r + 1, vid, *span, f"{result.fused[q, r]:.6g}",
                              *(f"{result.levels[lv][q, r]:.6g}" for lv in LEVELS)])
+    return buf.getvalue()
+
+
+def format_grouped(texts: list[str], records: list[list[dict[str, Any]]], fmt: str) -> str:
+    """Results grouped by file (``runtime.grouping.to_records``) as JSONL (one object per query:
+    ``{query, results: [{rank, file_id, score, video_id, start, end, levels, windows}]}``) or CSV
+    (one row per query, file rank and window)."""
+    from runtime.scoring import LEVELS
+
+    if fmt == "jsonl":
+        return "".join(json.dumps({"query": text, "results": hits}, ensure_ascii=False) + "\n"
+                       for text, hits in zip(texts, records))
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["query_index", "query", "rank", "file_id", "window_rank", "video_id", "start", "end", "score",
+                     *LEVELS])
+    for q, (text, hits) in enumerate(zip(texts, records)):
+        for hit in hits:
+            for w, window in enumerate(hit["windows"], 1):
+                writer.writerow([q, text, hit["rank"], hit["file_id"], w, window["video_id"], window["start"],
+                                 window["end"], f"{window['score']:.6g}",
+                                 *(f"{window['levels'][lv]:.6g}" for lv in LEVELS)])
     return buf.getvalue()
 
 

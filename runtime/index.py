@@ -21,6 +21,14 @@ time), ``sha256``, ``bytes`` and ``mtime`` of the file, and the stream's ``durat
 ``width``, ``height`` and the number of sampled ``frames``. Format 1 indexes (no entries.json)
 still open; their entries hold only the id. Writing to a format 1 index upgrades its state to
 format 2 (old shards keep working, only new rows get full entries).
+
+Windowed rows (``ucofia-run index --window W --stride S``, see ``runtime.windows``): one row per
+time window of a file. Their entries add ``file_id`` (the file's whole-file id), ``start`` and
+``end`` (the span in seconds, float on a millisecond grid, ``end`` exclusive), ``window`` and
+``stride`` (the setting, seconds); ``frames`` counts the window's sampled frames and the other
+fields describe the file. Row ids are ``<file_id>@<start>-<end>`` (e.g. ``talk@2.5-12.5``), stable
+across runs so that a rerun skips the windows already indexed. An index holds either whole-file
+rows or windows of one setting.
 """
 from __future__ import annotations
 
@@ -399,6 +407,13 @@ class IndexWriter:
         """List a video that could not be indexed in failed.jsonl (rewritten atomically)."""
         self.failures[video_id] = {"id": video_id, "path": path, "error": error, "time": time.time()}
         self._save_failures()
+
+    def forget_failures(self, ids: list[str]) -> None:
+        """Drop the failed.jsonl records of ``ids`` (e.g. a file whose windows are now indexed)."""
+        if any(i in self.failures for i in ids):
+            for i in ids:
+                self.failures.pop(i, None)
+            self._save_failures()
 
     def set_biases(self, values: np.ndarray | None, meta: dict[str, Any] | None) -> None:
         """Store the per-level SK video biases [3, V] (or drop them with None) for the current ids."""

@@ -22,6 +22,7 @@ from runtime.errors import GalleryIndexError
 from runtime.index import GalleryIndex, ids_digest
 from runtime.scoring import (DEFAULT_MEMORY_MB, LEVELS, ArrayVideos, Scorer, TextFeatures, TopK, score_matrix,
                              score_topk)
+from runtime.windows import file_of, is_windowed, span_of
 
 KERNEL_FILE = "level1_kernel.npy"
 FAISS_FILE = "faiss.index"
@@ -33,11 +34,14 @@ KERNEL_CHECK_ROWS = 16
 
 @dataclass
 class SearchResult:
-    """Top-k per query: gallery ids, fused scores and per-level scores."""
+    """Top-k per query: gallery ids, fused scores and per-level scores; on a windowed index also
+    each row's file id and span (start, end seconds), else None."""
 
     ids: list[list[str]]
     fused: np.ndarray
     levels: dict[str, np.ndarray]
+    file_ids: list[list[str]] | None = None
+    spans: list[list[tuple[float, float]]] | None = None
 
 
 def exhaustive(scorer: Scorer, index: GalleryIndex, queries: TextFeatures, k: int,
@@ -146,6 +150,16 @@ def two_stage(scorer: Scorer, index: GalleryIndex, queries: TextFeatures, k: int
 
 
 def to_result(index: GalleryIndex, top: TopK) -> SearchResult:
-    """Map gallery rows to video ids."""
+    """Map gallery rows to video ids (and, for windows, to their file and span)."""
     ids = index.ids
-    return SearchResult(ids=[[ids[j] for j in row] for row in top.indices], fused=top.fused, levels=top.levels)
+    result = SearchResult(ids=[[ids[j] for j in row] for row in top.indices], fused=top.fused, levels=top.levels)
+    if has_windows(index):
+        entries = index.entries
+        result.file_ids = [[file_of(entries[j]) for j in row] for row in top.indices]
+        result.spans = [[span_of(entries[j]) for j in row] for row in top.indices]
+    return result
+
+
+def has_windows(index: GalleryIndex) -> bool:
+    """Whether the index holds time windows of files (``ucofia-run index --window``)."""
+    return len(index) > 0 and is_windowed(index.entries[0])
