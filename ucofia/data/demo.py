@@ -465,20 +465,30 @@ def render_frames(video: DemoVideo, settings: VideoSettings = VideoSettings()) -
 
 
 # ---- encoding ---------------------------------------------------------------------------------------
-def encode_mp4(frames: np.ndarray, path: Path, settings: VideoSettings = VideoSettings()) -> None:
-    """Encode RGB frames as an H.264 mp4, reproducibly (one x264 thread, bit-exact muxer)."""
+def encode_mp4(frames: np.ndarray | Iterable[np.ndarray], path: Path, settings: VideoSettings = VideoSettings()) -> None:
+    """Encode RGB frames as an H.264 mp4, reproducibly (one x264 thread, bit-exact muxer).
+
+    ``frames``: one [N, H, W, 3] uint8 array, or an iterable of such chunks (a long video
+    rendered piece by piece); the output depends only on the frames, not on the chunking.
+    """
     import av  # PyAV; imported here so planning works without it
 
-    n, h, w, _ = frames.shape
+    chunks = [frames] if isinstance(frames, np.ndarray) else frames
     with av.open(str(path), mode="w", format="mp4", options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream(settings.codec, rate=settings.fps, options={
             "preset": settings.preset, "crf": str(settings.crf), "threads": "1",
             "x264-params": settings.x264_params})
-        stream.width, stream.height, stream.pix_fmt = w, h, settings.pix_fmt
-        for i in range(n):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames[i]), format="rgb24")
-            frame.pts = i
-            container.mux(stream.encode(frame))
+        stream.width, stream.height, stream.pix_fmt = settings.width, settings.height, settings.pix_fmt
+        i = 0
+        for chunk in chunks:
+            if chunk.shape[1:] != (settings.height, settings.width, 3):
+                raise DemoDataError(f"frames of shape {chunk.shape[1:]} do not match the settings' "
+                                    f"{settings.height}x{settings.width} RGB")
+            for image in chunk:
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+                frame.pts = i
+                i += 1
+                container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
 
 
