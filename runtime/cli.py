@@ -277,8 +277,9 @@ def _write_output(out: Path, text: str) -> None:
                    ".json or .jsonl.")
 @click.option("--top-k", default=10, show_default=True, type=click.IntRange(min=1), help="Results per query.")
 @click.option("--format", "fmt", default="jsonl", show_default=True, type=click.Choice(["jsonl", "csv"]),
-              help="jsonl: one object per query {query, results: [{rank, video_id, score, levels}]}; "
-                   "csv: one row per (query, rank).")
+              help="jsonl: one object per query {query, results: [{rank, video_id, score, levels}]} (on windows "
+                   "also file_id, start, end; grouped by file also windows: [...]); csv: one row per (query, rank) "
+                   "(grouped: per query, file rank and window).")
 @click.option("-o", "--output", "out", default="-", show_default=True,
               type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
               help="Output file (written atomically), or - for stdout.")
@@ -326,6 +327,10 @@ def search(index_dir: Path, queries_inline: tuple[str, ...], queries_file: Path 
             wide = search_mod.two_stage(scorer, gallery, features, max(shortlist, top_k), max(shortlist, top_k),
                                         memory_mb)
             groups = grouping.group_rows(wide, gallery, top_k, windows_per_file)
+            short = sum(len(g) < top_k for g in groups)
+            if short and len(grouping.RowFiles.of(gallery).file_ids) > min(len(g) for g in groups):
+                click.echo(f"note: for {short} queries the {max(shortlist, top_k)} shortlisted windows came from fewer "
+                           f"than {top_k} files; raise --shortlist to see more files", err=True)
         else:
             groups = grouping.grouped_exhaustive(scorer, gallery, features, top_k, windows_per_file, memory_mb)
         _write_output(out, format_grouped(texts, grouping.to_records(groups, gallery), fmt))

@@ -29,7 +29,6 @@ from ucofia.data.windows import Span, WindowError, format_seconds, seconds_to_ms
 from runtime.errors import GalleryIndexError, RuntimeUserError
 
 ID_SEPARATOR = "@"
-WINDOW_FIELDS = ("file_id", "start", "end", "window", "stride")
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,8 @@ sys.meta_path.insert(0, _NoTorch())
 '''
 RUNTIME_MODULES = ["runtime", "runtime.cli", "runtime.bundle", "runtime.backends", "runtime.trt", "runtime.sinkhorn",
                    "runtime.scoring", "runtime.index", "runtime.search", "runtime.ingest", "runtime.text",
-                   "runtime.sources", "runtime.evaluate"]
+                   "runtime.sources", "runtime.evaluate", "runtime.windows", "runtime.window_ingest",
+                   "runtime.grouping", "ucofia.data.windows", "ucofia.data.window_decode", "evaluation.moments"]
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +98,10 @@ def test_index_search_evaluate_without_torch(no_torch_env, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "R@1" in result.stdout
     assert set(json.loads(report.read_text())["metrics"]) == {"t2v", "v2t"}
+    windows = tmp_path / "windows"
+    result = _cli(no_torch_env, "index", "--bundle", str(bundle), "--videos", str(videos), "-o", str(windows), "-q",
+                  "--window", "1", "--stride", "0.5")
+    assert result.returncode == 0, result.stderr
+    result = _cli(no_torch_env, "search", "--index", str(windows), "--query", "a red car", "--top-k", "2")
+    assert result.returncode == 0, result.stderr
+    assert {"file_id", "start", "end", "windows"} <= set(json.loads(result.stdout)["results"][0])
