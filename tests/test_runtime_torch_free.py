@@ -31,7 +31,7 @@ sys.meta_path.insert(0, _NoTorch())
 '''
 RUNTIME_MODULES = ["runtime", "runtime.cli", "runtime.bundle", "runtime.backends", "runtime.trt", "runtime.sinkhorn",
                    "runtime.scoring", "runtime.index", "runtime.search", "runtime.ingest", "runtime.text",
-                   "runtime.sources", "runtime.evaluate"]
+                   "runtime.sources", "runtime.evaluate", "runtime.vocabulary"]
 
 
 @pytest.fixture(scope="module")
