@@ -1,6 +1,7 @@
 """Benchmark: ingest (decode + encode) of the shared real clips through ucofia-run's index path.
 
-The 30 real clips of ``../shared/data`` (24 MSR-VTT 1k-A test clips + 6 assorted real clips) are
+The 30 real clips of the shared data folder kept outside the repository (``common.SHARED``: 24
+MSR-VTT 1k-A test clips + 6 assorted real clips, 4 of them also shipped in tests/data/real_clips) are
 indexed with a ViT-B/32-geometry bundle (random weights, ``export.export_bundle``) by
 ``runtime.ingest.encode_videos`` -- the code ``ucofia-run index`` runs: decoding in a worker pool
 (``ucofia.data.video.decode_many``) overlapping the video encoder (onnxruntime CPU) over batches,
@@ -38,7 +39,8 @@ def shared_clips() -> list[Path]:
     data = common.SHARED / "data"
     clips = sorted((data / "msrvtt_1ka_sample" / "videos").glob("*.mp4")) + sorted((data / "real_clips").glob("*.mp4"))
     if not clips:
-        raise SystemExit(f"no clips under {data}: the shared data is needed (../shared next to the repository)")
+        raise SystemExit(f"no clips under {data}: this benchmark needs the shared data folder (set UCOFIA_SHARED_DIR "
+                         f"to the folder holding data/msrvtt_1ka_sample and data/real_clips)")
     return clips
 
 

@@ -27,6 +27,16 @@ texts (all levels, then patch-word only), then one matmul-rate probe (a process 
 batch i + 1 -- so that load changes on a shared machine hit all sides alike; each side's time is
 the sum over its batches.
 
+The reference code itself (``--reference-tree DIR``, an extracted checkout of the public
+reference, github.com/Ziyang412/UCoFiA): a third side imports the reference's eval_t2v tree at run
+time, as the parity-fixture generator does (``reference_code.py``: same run-time patches), and
+runs its own ``main_ucofia._run_on_single_gpu`` -- one call per text batch over all video batches,
+``model.get_similarity_logits`` per pair, exactly as ``eval_epoch`` -- on the same features. Its
+weights are the benchmark's random weights written into a reference checkpoint, and every other
+side gets its weights by importing that checkpoint (``ucofia.load_reference_checkpoint``): the
+scorer graph of ``ucofia-run`` is exported from the imported model, so the level values of the
+reference code, the re-implementation and ``ucofia-run`` are compared as well as timed.
+
 Subnormal floats: softmax(x / 0.01) produces them, and x86 CPUs handle them in microcode (10-100x
 slower per operation). The reference runs twice: with ``torch.set_flush_denormal(True)`` (the
 fair, fast baseline the speed-up is quoted against) and as published (no flushing) on a few text
@@ -34,6 +44,8 @@ batches, scaled. onnxruntime flushes them (``session.set_denormal_as_zero``, run
 
     .venv/bin/python benchmarks/scoring.py -o benchmarks/results/scoring_vit_b32.json
     .venv/bin/python benchmarks/scoring.py --config tiny --texts 200 --videos 200   # quick check
+    .venv/bin/python benchmarks/scoring.py --reference-tree /tmp/UCoFiA \
+        -o benchmarks/results/scoring_vit_b32_reference_code.json    # + the reference's own loop
 """
 from __future__ import annotations
 
@@ -52,6 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 REFERENCE_BATCH = 32  # the reference's batch_size_val for MSR-VTT
+REFERENCE_CHECKPOINT = "reference_model.bin"
 ISA_WEIGHTS = common.ISA_WEIGHTS
 HEAD_PREFIXES = ("frame_position_embeddings.", "transformerClip.") + ISA_WEIGHTS
 from ucofia.config import LEVELS  # noqa: E402
@@ -89,6 +102,9 @@ def setup(args, work: Path) -> dict:
 
     cfg = _config(args.config)
     model = common.random_model(cfg)
+    imported = None
+    if args.reference_tree:
+        model, imported = _through_reference_checkpoint(args.reference_tree, model, work)
     heads = {k: v for k, v in model.state_dict().items() if k.startswith(HEAD_PREFIXES)}
     heads["logit_scale"] = model.clip.logit_scale.detach().clone()
     torch.save(heads, work / "heads.pt")
@@ -124,7 +140,30 @@ def setup(args, work: Path) -> dict:
         video = model._temporal(torch.from_numpy(feats["frames"]), torch.from_numpy(feats["video_mask"])).numpy()
     index_seconds = time.perf_counter() - start
     np.save(work / "video.npy", video)
-    return {"export_seconds": round(export_seconds, 2), "video_feature_seconds": round(index_seconds, 3)}
+    return {"export_seconds": round(export_seconds, 2), "video_feature_seconds": round(index_seconds, 3),
+            "reference_checkpoint": imported}
+
+
+def _through_reference_checkpoint(tree: Path, model, work: Path):
+    """Write ``model``'s scorer weights into the reference's own model, save that as a reference
+    checkpoint and import it back with ``ucofia.load_reference_checkpoint``: the imported model is
+    what the other sides use, so all sides hold the same values by construction of the importer."""
+    import torch
+
+    import reference_code
+    import ucofia
+
+    ns = reference_code.load(tree)
+    reference = reference_code.build_model(ns, model.config)
+    copied = reference_code.copy_heads(model.state_dict(), reference)
+    torch.save(reference.state_dict(), work / REFERENCE_CHECKPOINT)
+    imported = ucofia.load_reference_checkpoint(work / REFERENCE_CHECKPOINT)
+    state = imported.state_dict()
+    for name in copied:  # the importer must hand back exactly what was written
+        if not torch.equal(state[name], model.state_dict()[name]):
+            raise SystemExit(f"ucofia.load_reference_checkpoint changed {name}")
+    return imported, {"tree": str(Path(tree).resolve()), "parameters_copied": len(copied),
+                      "imported_with": "ucofia.load_reference_checkpoint"}
 
 
 # ---- reference side (subprocess, torch) ----------------------------------------------------
@@ -272,6 +311,70 @@ def side_reference(args, work: Path) -> None:
     _serve(load, run_batch, finish)
 
 
+# ---- reference code side (subprocess, torch, the reference's own modules) -------------------
+def side_reference_code(args, work: Path) -> None:
+    """The reference's ``_run_on_single_gpu`` on the benchmark's features: per text batch, one call
+    with that batch against every video batch, as ``eval_epoch`` runs it for its rows."""
+    import torch
+
+    import reference_code
+    from ucofia.config import UCoFiAConfig
+
+    def load():
+        torch.set_num_threads(args.threads)
+        torch.set_flush_denormal(bool(args.ftz))
+        cfg = UCoFiAConfig.from_dict(json.loads((work / "config.json").read_text()))
+        ns = reference_code.load(args.reference_tree)
+        model = reference_code.build_model(ns, cfg)
+        model.load_state_dict(torch.load(work / REFERENCE_CHECKPOINT, weights_only=True))
+        model.eval()
+        t = {k: torch.from_numpy(np.load(work / f"{k}.npy")) for k in ("sentence", "words", "frames", "patches", "video_mask")}
+
+        def batches(x):
+            return [x[i:i + REFERENCE_BATCH] for i in range(0, x.shape[0], REFERENCE_BATCH)]
+
+        # what eval_epoch collects: text batches (input_mask, segment_ids), [n, 1, D] sentence and
+        # [n, L, D] word features; video batches (video_mask,), frame and selected-patch features
+        sentence = batches(t["sentence"].unsqueeze(1))
+        input_mask = torch.ones(t["words"].shape[:2], dtype=torch.long)
+        text_batches = [(m, torch.zeros_like(m)) for m in batches(input_mask)]
+        video_batches = [(m,) for m in batches(t["video_mask"])]
+        state = {"ns": ns, "model": model, "sentence": sentence, "words": batches(t["words"]),
+                 "text_batches": text_batches, "video_batches": video_batches, "frames": batches(t["frames"]),
+                 "patches": batches(t["patches"]), "rows": {}, "seconds": 0.0, "cpu": 0.0}
+        with torch.no_grad():  # warm-up: one pair of batches
+            ns.main._run_on_single_gpu(model, text_batches[:1], video_batches[:1], sentence[:1], state["words"][:1],
+                                       state["frames"][:1], state["patches"][:1])
+        return state
+
+    def run_batch(st, i: int) -> dict:
+        cpu0, start = time.process_time(), time.perf_counter()
+        with torch.no_grad():
+            sims = st["ns"].main._run_on_single_gpu(st["model"], [st["text_batches"][i]], st["video_batches"],
+                                                    [st["sentence"][i]], [st["words"][i]], st["frames"],
+                                                    st["patches"])
+        st["rows"][i] = {lv: rows[0] for lv, rows in zip(LEVELS, sims)}
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu0
+        st["seconds"] += seconds
+        st["cpu"] += cpu
+        return {"batch": i, "texts": int(st["sentence"][i].shape[0]), "seconds": seconds, "cpu": cpu}
+
+    def finish(st) -> dict:
+        done = sorted(st["rows"])
+        np.savez(work / "reference_code.npz",
+                 **{lv: np.concatenate([st["rows"][i][lv] for i in done]) for lv in LEVELS})
+        return {
+            "code": "reference eval_t2v main_ucofia._run_on_single_gpu (imported from --reference-tree)",
+            "flush_denormal": bool(args.ftz), "torch_threads": torch.get_num_threads(),
+            "text_batches_timed": len(done), "texts_timed": sum(st["rows"][i][LEVELS[0]].shape[0] for i in done),
+            "video_batches": len(st["video_batches"]), "seconds_timed": round(st["seconds"], 3),
+            "cpu_seconds_timed": round(st["cpu"], 2), "peak_rss_mib": round(common.peak_rss_mib(), 1),
+            "torch_imported": True,
+        }
+
+    _serve(load, run_batch, finish)
+
+
 # ---- runtime side (subprocess, no torch) ---------------------------------------------------
 def _runtime_scorer(work: Path, graph_file: str, threads: int):
     from runtime.backends import open_session
@@ -344,6 +447,8 @@ class _Side:
     def __init__(self, side: str, work: Path, args, **extra) -> None:
         cmd = [sys.executable, __file__, "--side", side, "--work", str(work), "--threads", str(args.threads),
                "--memory-mb", str(args.memory_mb)]
+        if args.reference_tree:
+            cmd += ["--reference-tree", str(args.reference_tree)]
         for key, value in extra.items():
             cmd += [f"--{key.replace('_', '-')}", str(value)]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "OPENBLAS_NUM_THREADS": str(args.threads),
@@ -397,15 +502,19 @@ def main() -> None:
     parser.add_argument("--unflushed-text-batches", type=int, default=1,
                         help="text batches the reference without denormal flushing is timed on (0 = skip)")
     parser.add_argument("--memory-mb", type=float, default=1024)
+    parser.add_argument("--reference-tree", type=Path, default=None,
+                        help="an extracted checkout of github.com/Ziyang412/UCoFiA (commit 6098be2): also time the "
+                             "reference's own _run_on_single_gpu and compare its level values")
     parser.add_argument("-o", "--output", type=Path, default=None)
-    parser.add_argument("--side", choices=["reference", "runtime", "probe"], help=argparse.SUPPRESS)
+    parser.add_argument("--side", choices=["reference", "reference_code", "runtime", "probe"], help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--ftz", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--text-batches", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.side:
-        {"reference": side_reference, "runtime": side_runtime, "probe": side_probe}[args.side](args, args.work)
+        {"reference": side_reference, "reference_code": side_reference_code, "runtime": side_runtime,
+         "probe": side_probe}[args.side](args, args.work)
         return
 
     machine_before = common.machine({"scorer_concurrent_tiles": args.threads, "reference_torch_threads": args.threads})
@@ -422,21 +531,31 @@ def main() -> None:
                  "probe": _Side("probe", work, args)}
         if n_unflushed:
             sides["unflushed"] = _Side("reference", work, args, ftz=0)
+        if args.reference_tree:
+            sides["reference_code"] = _Side("reference_code", work, args, ftz=1)
         # interleaved batch by batch, so that load changes on a shared machine hit every side alike
         for i in range(n_batches):
             if i < n_unflushed:
                 sides["unflushed"].ask(f"run {i}")
             if i < n_ref:
                 sides["reference"].ask(f"run {i}")
+                if "reference_code" in sides:
+                    sides["reference_code"].ask(f"run {i}")
             report = sides["runtime"].ask(f"run {i}")
             sides["probe"].ask(f"run {i}")
             print(f"[scoring] text batch {i + 1}/{n_batches}: runtime {report['all_levels']:.2f} s", file=sys.stderr,
                   flush=True)
         runtime, reference = sides["runtime"].finish(), sides["reference"].finish()
         unflushed = sides["unflushed"].finish() if n_unflushed else None
+        ref_code = sides["reference_code"].finish() if "reference_code" in sides else None
         ours = dict(np.load(work / "runtime.npz"))
         ref_levels = dict(np.load(work / "reference_ftz1.npz"))
         agreement = _compare(ref_levels, ours)
+        code_agreement = None
+        if ref_code is not None:
+            code_levels = dict(np.load(work / "reference_code.npz"))
+            code_agreement = {"reference_code_vs_ucofia_run": _compare(code_levels, ours),
+                              "reference_code_vs_reimplementation": _compare(code_levels, ref_levels)}
         rates = sides["probe"].finish()
 
     n_text, n_video = args.texts, args.videos
@@ -467,6 +586,9 @@ def main() -> None:
         "reference_loop_unflushed": None if unflushed is None else {
             **unflushed, "seconds_full_scaled": round(full(unflushed), 1), "scaled": unflushed["texts_timed"] < n_text,
             "slowdown_vs_flushed": round(full(unflushed) / ref_s, 2)},
+        "reference_code": None if ref_code is None else {
+            **ref_code, "seconds_full": round(full(ref_code), 2), "scaled": ref_code["texts_timed"] < n_text,
+            "pairs_per_second": round(pairs / full(ref_code), 1), "weights": prep["reference_checkpoint"]},
         "ucofia_run": {**runtime, "pairs_per_second": round(pairs / rt_s, 1),
                        "index_time_video_feature_seconds": prep["video_feature_seconds"]},
         "patch_word_level": {
@@ -481,11 +603,17 @@ def main() -> None:
             "speedup_cpu_time": round(reference["cpu_seconds_timed"] * n_text / reference["texts_timed"]
                                       / runtime["all_levels"]["cpu_seconds"], 2),
             "speedup_vs_unflushed_reference": None if unflushed is None else round(full(unflushed) / rt_s, 1),
+            "speedup_vs_reference_code": None if ref_code is None else round(full(ref_code) / rt_s, 2),
+            "speedup_cpu_time_vs_reference_code": None if ref_code is None else round(
+                ref_code["cpu_seconds_timed"] * n_text / ref_code["texts_timed"]
+                / runtime["all_levels"]["cpu_seconds"], 2),
+            "reference_code_over_reimplementation": None if ref_code is None else round(full(ref_code) / ref_s, 3),
             "peak_rss_runtime_over_reference": round(runtime["peak_rss_mib"] / reference["peak_rss_mib"], 3),
             "scoring_memory_runtime_over_reference": round(rt_scoring_mem / max(ref_scoring_mem, 1e-9), 3),
             "patch_word_seconds_over_matmul_floor": round(pw_s / floor_s, 2),
         },
         "agreement_with_reference_on_timed_rows": agreement,
+        "agreement_with_reference_code_on_timed_rows": code_agreement,
     }
     summary = [
         f"reference loop (flushed denormals){' scaled from ' + str(reference['texts_timed']) + ' texts' if result['reference_loop']['scaled'] else ''}: "
@@ -497,6 +625,13 @@ def main() -> None:
         f"patch-word level: {pw_s:.1f} s for {flops / 1e12:.2f} TFLOP = {flops / pw_s / 1e9:.0f} GFLOP/s; matmul rate "
         f"{rates['best_gflops']:.0f} GFLOP/s -> floor {floor_s:.1f} s, {pw_s / floor_s:.2f}x the floor (target 2x)",
     ]
+    if ref_code is not None:
+        worst = max(code_agreement["reference_code_vs_ucofia_run"][lv]["max_abs"] for lv in LEVELS)
+        summary.append(
+            f"reference code's own _run_on_single_gpu{' scaled from ' + str(ref_code['texts_timed']) + ' texts' if ref_code['texts_timed'] < n_text else ''}: "
+            f"{full(ref_code):.1f} s, peak RSS {ref_code['peak_rss_mib']:.0f} MiB -> ucofia-run "
+            f"{full(ref_code) / rt_s:.1f}x faster; the re-implementation takes {ref_s / full(ref_code):.2f}x its time; "
+            f"level values differ from ucofia-run's by at most {worst:.2g}")
     if result["contention"]["contended"]:
         summary.append("NOTE: " + result["contention"]["note"])
     if unflushed is not None:

@@ -1,6 +1,7 @@
 """Benchmark: ucofia.data.video decoding (PyAV, sequential) vs an OpenCV seek-per-sample baseline.
 
-Per clip of ``../shared/data`` (MSR-VTT 1k-A sample + real clips): median wall time of
+Per clip of the shared data folder kept outside the repository (``common.SHARED``: MSR-VTT 1k-A
+sample + real clips): median wall time of
 ``decode_video`` with the published settings (224 px, 12 frames, 1 frame/s, linspace) with
 FFmpeg's automatic threads and with one thread, and, when opencv-python is installed, of the
 reference's way of reading (``cv2`` seek + read per sampled second, then the same PIL resize and
@@ -16,6 +17,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -23,14 +25,18 @@ import numpy as np
 
 from ucofia.data.video import VideoSpec, decode_many, decode_video, preprocess_frame, select_positions
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+SHARED = common.SHARED / "data"
 
 
 def clips() -> list[Path]:
     out = sorted((SHARED / "msrvtt_1ka_sample" / "videos").glob("*.mp4"))
     out += sorted((SHARED / "real_clips").glob("*.mp4"))
     if not out:
-        raise SystemExit(f"no clips under {SHARED}")
+        raise SystemExit(f"no clips under {SHARED}: this benchmark needs the shared data folder (set "
+                         f"UCOFIA_SHARED_DIR to the folder holding data/msrvtt_1ka_sample and data/real_clips)")
     return out
 
 

@@ -18,7 +18,7 @@ import torch
 from export.fp16 import DEFAULT_ISLANDS, convert_to_fp16
 from export.graphs import graph_modules
 from export.int8 import INT8_GRAPHS, INT8_TOLERANCES, quantize_encoders
-from export.manifest import MANIFEST_FILE, build_manifest, copy_vocab
+from export.manifest import MANIFEST_FILE, build_manifest, check_vocabulary, copy_vocab
 from export.onnx_export import DEFAULT_OPSET, Exporter, check_opset, export_graph
 from export.samples import sample_token_ids, sample_videos
 from export.specs import SCORER, TEXT_ENCODER, VIDEO_ENCODER, graph_specs
@@ -66,12 +66,16 @@ def export_bundle(model: UCoFiA, out_dir: str | Path, *, fp16: bool = False, ops
                   force: bool = False, verify: bool = True, exporter: Exporter = "torchscript",
                   trt: bool = False, trt_options: TrtBuildOptions | None = None,
                   tolerances: Tolerances | None = None, source: dict[str, Any] | None = None,
-                  progress: Progress | None = None, int8: bool = False) -> dict[str, Any]:
+                  progress: Progress | None = None, int8: bool = False,
+                  allow_small_vocab: bool = False) -> dict[str, Any]:
     """Export ``model`` to a bundle directory and return its manifest.
 
     ``int8``: quantise the encoder graphs dynamically to int8 (``export.int8``; lossy, CPU).
+    ``allow_small_vocab``: export a model whose text tower has fewer token embeddings than the
+    CLIP BPE tokenizer has ids (otherwise SmallVocabularyError); its bundle can only encode token
+    ids from elsewhere, the runtime refuses ids beyond its vocabulary.
 
-    Raises FileExistsError (``out_dir`` exists, no ``force``), ExportError, TrtCompatibilityError
+    Raises SmallVocabularyError, FileExistsError (``out_dir`` exists, no ``force``), ExportError, TrtCompatibilityError
     (``trt`` and the static check failed), VerificationError (ORT differs from PyTorch beyond
     ``tolerances``) or TensorRTError; in every such case nothing is written.
     """
@@ -80,6 +84,7 @@ def export_bundle(model: UCoFiA, out_dir: str | Path, *, fp16: bool = False, ops
     if not isinstance(model, UCoFiA):
         raise TypeError(f"export_bundle needs a ucofia UCoFiA model, got {type(model).__name__}")
     check_opset(opset, exporter)
+    check_vocabulary(model.config, allow_small_vocab)
     if int8 and (fp16 or trt):
         raise ValueError("int8 encoders are an onnxruntime CPU option: they cannot be combined with "
                          + ("fp16" if fp16 else "TensorRT engines (trt)") + "; export them separately")

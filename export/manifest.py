@@ -25,6 +25,10 @@ class VocabularyError(RuntimeError):
     """The CLIP BPE vocabulary cannot be found in the installed open_clip package."""
 
 
+class SmallVocabularyError(ValueError):
+    """The model's text tower has fewer token embeddings than the CLIP BPE tokenizer has ids."""
+
+
 def vocab_source() -> Path:
     """Path of the CLIP BPE vocabulary shipped inside the installed open_clip package."""
     spec = importlib.util.find_spec("open_clip")
@@ -54,15 +58,36 @@ def tokenizer_ids() -> tuple[int, int, int]:
     return int(tok.sot_token_id), int(tok.eot_token_id), len(tok.encoder)
 
 
+def check_vocabulary(config: UCoFiAConfig, allow_small_vocab: bool = False) -> None:
+    """Refuse a model whose text tower cannot embed every id of the bundled CLIP BPE tokenizer.
+
+    Such a bundle would fail on its first text (onnxruntime: indices out of bounds). Test models
+    that are only ever fed token ids from elsewhere may pass ``allow_small_vocab``.
+    """
+    _, _, size = tokenizer_ids()
+    rows = config.clip.vocab_size
+    if rows < size and not allow_small_vocab:
+        raise SmallVocabularyError(
+            f"the checkpoint's text tower has {rows:,} token embeddings (model.clip.vocab_size) but the CLIP BPE "
+            f"tokenizer uses {size:,} ids: its bundle could not encode any text (SOT is id {size - 2:,}); export a "
+            f"checkpoint with the full {size:,}-token vocabulary, or pass --allow-small-vocab "
+            f"(allow_small_vocab=True) for a model that is only fed token ids from elsewhere")
+
+
 def tokenizer_section(config: UCoFiAConfig) -> tuple[dict[str, Any], list[str]]:
-    """The manifest's tokenizer entry and any warning about a vocabulary/model mismatch."""
+    """The manifest's tokenizer entry and any warning about a vocabulary/model mismatch.
+
+    ``vocab_size`` is the BPE tokenizer's; ``model_vocab_size`` the text encoder's number of token
+    embeddings, which the runtime checks every token id against.
+    """
     sot, eot, size = tokenizer_ids()
     warnings = []
     if size != config.clip.vocab_size:
         warnings.append(f"the CLIP BPE vocabulary has {size} tokens but the model's text tower has "
                         f"{config.clip.vocab_size}: token ids from the bundled tokenizer do not fit this model")
     return {"vocab_file": VOCAB_FILE, "max_words": config.max_words, "sot_id": sot, "eot_id": eot,
-            "vocab_size": size, "context_length": config.clip.context_length}, warnings
+            "vocab_size": size, "model_vocab_size": config.clip.vocab_size,
+            "context_length": config.clip.context_length}, warnings
 
 
 def preprocessing_section(config: UCoFiAConfig) -> dict[str, Any]:

@@ -52,10 +52,14 @@ class GraphSpec:
 
 @dataclass(frozen=True)
 class TokenizerSpec:
+    """The manifest's tokenizer section. ``model_vocab_size``: token embeddings of the text encoder
+    (token ids must be below it); None in bundles written before the field existed."""
+
     vocab_file: Path
     max_words: int
     sot_id: int
     eot_id: int
+    model_vocab_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -146,7 +150,11 @@ def load_bundle(path: str | Path) -> Bundle:
     vocab = root / str(tok["vocab_file"])
     if not vocab.is_file():
         raise BundleError(f"bundle file missing: {vocab} (named by {where} tokenizer.vocab_file)")
-    tokenizer = TokenizerSpec(vocab, int(tok["max_words"]), int(tok["sot_id"]), int(tok["eot_id"]))
+    model_vocab = tok.get("model_vocab_size")
+    if model_vocab is not None and (not isinstance(model_vocab, int) or model_vocab <= 0):
+        raise BundleError(f"{where}: tokenizer.model_vocab_size must be a positive integer, got {model_vocab!r}; "
+                          f"re-export the bundle")
+    tokenizer = TokenizerSpec(vocab, int(tok["max_words"]), int(tok["sot_id"]), int(tok["eot_id"]), model_vocab)
     if tokenizer.max_words != config.max_words:
         raise BundleError(f"{where}: tokenizer.max_words ({tokenizer.max_words}) differs from "
                           f"config.max_words ({config.max_words}); the bundle is inconsistent, re-export it")

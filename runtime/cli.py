@@ -141,6 +141,7 @@ def index(bundle_dir: Path, videos: Path, bank: Path | None, out: Path, batch_si
     from runtime.bundle import load_bundle
     from runtime.index import IndexWriter
     from runtime.sources import list_videos, read_captions
+    from runtime.vocabulary import check_tokenized_text_fits
     from runtime.windows import WindowSetting
 
     setting = WindowSetting.from_options(window, stride)
@@ -151,6 +152,7 @@ def index(bundle_dir: Path, videos: Path, bank: Path | None, out: Path, batch_si
         if not bank.is_file():
             raise RuntimeUserError(f"--bank {bank}: file not found")
         read_captions(bank, "bank captions")
+        check_tokenized_text_fits(bundle, "bank caption")
     workers = workers or ingest.default_workers()
     report = ingest.IngestReport(total=len(pairs))
     unit = "video" if setting is None else "window"

@@ -2,7 +2,8 @@
 
 Over-long texts are truncated the way the reference tokenizer does: ``[SOT] + tokens[:max_words-2]
 + [EOT]`` (``ucofia.data.tokenizer``); ``tokenize`` reports which texts were cut so the CLI can say
-so. Empty texts are errors naming the text's number.
+so. Empty texts are errors naming the text's number. Token ids are checked against the text
+encoder's vocabulary before it runs (``runtime.vocabulary``).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from runtime.bundle import Bundle
 from runtime.errors import BundleError, QueryError
 from runtime.finite import NON_FINITE_FIX, non_finite_rows
 from runtime.scoring import TextFeatures
+from runtime.vocabulary import check_token_ids, text_vocab_size
 
 # Texts per text-encoder call.
 TEXT_BATCH = 256
@@ -41,6 +43,7 @@ class TextEncoder:
             raise BundleError(f"{bundle.root}/manifest.json: tokenizer sot_id/eot_id "
                               f"({bundle.tokenizer.sot_id}, {bundle.tokenizer.eot_id}) differ from the vocabulary's "
                               f"({self.tokenizer.sot_id}, {self.tokenizer.eot_id}); re-export the bundle")
+        self.vocab_size = text_vocab_size(bundle)
         self.session = open_session(bundle, "text_encoder", backend, threads)
 
     def tokenize(self, texts: list[str], what: str = "query", first_number: int = 1,
@@ -61,7 +64,9 @@ class TextEncoder:
 
     def encode_ids(self, ids: np.ndarray, what: str = "query", first_number: int = 1) -> TextFeatures:
         """Run the text encoder over token ids [T, L] in batches; raises QueryError naming the texts
-        (``what`` and 1-based numbers from ``first_number``) whose features are not finite."""
+        (``what`` and 1-based numbers from ``first_number``) whose features are not finite, and a
+        one-line error (``check_token_ids``) for ids outside the encoder's vocabulary."""
+        check_token_ids(np.asarray(ids), self.vocab_size, self.bundle.root, what, first_number)
         parts = []
         for start in range(0, len(ids), TEXT_BATCH):
             out = self.session.run({"input_ids": ids[start:start + TEXT_BATCH]})

@@ -144,7 +144,7 @@ def build_fake_bundle(out: Path, cfg: UCoFiAConfig | None = None, seed: int = 0)
         "format": "ucofia.bundle/1", "config": cfg.to_dict(), "fingerprint": digest.hexdigest(),
         "dtype": "float32", "opset": OPSET, "graphs": entries, "preprocessing": {},
         "tokenizer": {"vocab_file": "bpe_simple_vocab_16e6.txt.gz", "max_words": cfg.max_words,
-                      "sot_id": 49406, "eot_id": 49407},
+                      "sot_id": 49406, "eot_id": 49407, "model_vocab_size": cfg.clip.vocab_size},
         "versions": {"fake": True}, "verification": {}, "tensorrt": None,
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))

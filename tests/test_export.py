@@ -346,13 +346,16 @@ def test_dynamo_exporter_scorer(tmp_path):
 @pytest.mark.skipif(not REFERENCE_FIXTURES, reason="no reference fixture tests/fixtures/reference/*/pytorch_model.bin")
 def test_reference_checkpoint_exports(tmp_path):
     path = REFERENCE_FIXTURES[0]
+    model = ucofia.load_model(path)
+    assert model.config.clip.vocab_size == 128  # the fixtures' toy vocabulary: refused unless asked for
     result = CliRunner().invoke(cli, ["export", str(path), "-o", str(tmp_path / "bundle")])
+    assert result.exit_code == 1 and "128 token embeddings" in result.output and not (tmp_path / "bundle").exists()
+    result = CliRunner().invoke(cli, ["export", str(path), "-o", str(tmp_path / "bundle"), "--allow-small-vocab"])
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
     assert manifest["verification"]["passed"] and manifest["source"]["checkpoint"] == str(path)
-    model = ucofia.load_model(path)
-    if model.config.clip.vocab_size != 49408:  # toy vocabularies: the bundle says the BPE does not fit
-        assert any("vocabulary" in w for w in manifest["warnings"]) and "warning" in result.output
+    assert manifest["tokenizer"]["model_vocab_size"] == 128
+    assert any("vocabulary" in w for w in manifest["warnings"]) and "warning" in result.output
     assert manifest["fingerprint"] == weights_fingerprint(model)
     f = model.config.max_frames
     _check_bundle_against_torch(model, tmp_path / "bundle", manifest, 2, [f, 3], FP32_TOLERANCES)

@@ -1,4 +1,5 @@
-"""Dataset readers: every CLIP4Clip layout on small files, the shared MSR-VTT sample and real clips."""
+"""Dataset readers: every CLIP4Clip layout on small files, the shipped real clips and (when present)
+the shared MSR-VTT sample and real clips."""
 from __future__ import annotations
 
 import csv
@@ -13,9 +14,11 @@ import pytest
 from ucofia.data.readers import (DatasetError, MissingVideosError, RetrievalSplit, VideoIndex, read_csv,
                                  read_split)
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-MSRVTT_SAMPLE = SHARED / "msrvtt_1ka_sample"
-REAL_CLIPS = SHARED / "real_clips"
+from data_paths import REAL_CLIPS as BUNDLED_CLIPS
+from data_paths import SHARED_DATA
+
+MSRVTT_SAMPLE = SHARED_DATA / "msrvtt_1ka_sample"
+REAL_CLIPS = SHARED_DATA / "real_clips"
 JSFUSION_HEADER = ["key", "vid_key", "video_id", "sentence"]
 
 
@@ -239,13 +242,34 @@ def test_vatex(tmp_path):
 
 
 # ---- generic CSV ------------------------------------------------------------------------------
-@pytest.mark.skipif(not (REAL_CLIPS / "captions.csv").is_file(), reason=f"{REAL_CLIPS} absent")
-def test_real_clips_csv():
-    split = read_split("csv", REAL_CLIPS / "captions.csv")
-    rows = list(csv.DictReader(open(REAL_CLIPS / "captions.csv")))
-    assert [v.path for v in split.videos] == [REAL_CLIPS / r["file"] for r in rows]
+def _check_real_clips_csv(folder: Path) -> RetrievalSplit:
+    split = read_split("csv", folder / "captions.csv")
+    rows = list(csv.DictReader(open(folder / "captions.csv")))
+    assert [v.path for v in split.videos] == [folder / r["file"] for r in rows]
     assert split.texts == [r["caption"] for r in rows] and split.video_of_text == list(range(len(rows)))
     check_consistent(split)
+    return split
+
+
+def test_bundled_real_clips_csv():
+    split = _check_real_clips_csv(BUNDLED_CLIPS)
+    assert split.video_ids == ["car-turn.mp4", "man-skiing.mp4", "man-surfing.mp4", "rabbit-watermelon.mp4"]
+    assert split.texts[3] == "a rabbit is eating a watermelon"
+
+
+def test_bundled_real_clips_have_licence_and_attribution():
+    licence = (BUNDLED_CLIPS / "LICENSE").read_text()
+    assert "Apache License" in licence and "Version 2.0, January 2004" in licence
+    notes = (BUNDLED_CLIPS / "README.md").read_text()
+    assert "https://github.com/showlab/Tune-A-Video" in notes
+    rows = list(csv.DictReader(open(BUNDLED_CLIPS / "captions.csv")))
+    assert {r["licence"] for r in rows} == {"Apache-2.0"}
+    assert {r["file"] for r in rows} == {p.name for p in BUNDLED_CLIPS.glob("*.mp4")}
+
+
+@pytest.mark.skipif(not (REAL_CLIPS / "captions.csv").is_file(), reason=f"{REAL_CLIPS} absent")
+def test_real_clips_csv():
+    _check_real_clips_csv(REAL_CLIPS)
 
 
 def test_generic_csv_ids_paths_and_columns(tmp_path):

@@ -31,8 +31,9 @@ sys.meta_path.insert(0, _NoTorch())
 '''
 RUNTIME_MODULES = ["runtime", "runtime.cli", "runtime.bundle", "runtime.backends", "runtime.trt", "runtime.sinkhorn",
                    "runtime.scoring", "runtime.index", "runtime.search", "runtime.ingest", "runtime.text",
-                   "runtime.sources", "runtime.evaluate", "runtime.windows", "runtime.window_ingest",
-                   "runtime.grouping", "ucofia.data.windows", "ucofia.data.window_decode", "evaluation.moments"]
+                   "runtime.sources", "runtime.evaluate", "runtime.vocabulary", "runtime.windows",
+                   "runtime.window_ingest", "runtime.grouping", "ucofia.data.windows", "ucofia.data.window_decode",
+                   "evaluation.moments"]
 
 
 @pytest.fixture(scope="module")

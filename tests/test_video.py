@@ -1,9 +1,10 @@
 """Video decoding: parity with the reference cv2 + PIL pipeline, edge cases and bad inputs.
 
 Fixtures (``tests/fixtures/video``) come from running the reference ``rawvideo_util`` / MSR-VTT
-dataloader (see ``make_fixtures.py``) on all 30 clips of ``../shared/data`` and 19 synthetic
-edge-case clips, at five settings (published 224/12/1/2, head/tail slicing, 2 frames per second,
-a DiDeMo-style time window).
+dataloader (see ``make_fixtures.py``) on the 4 real clips shipped in ``tests/data/real_clips``
+(tested on every clone), 19 synthetic edge-case clips and the 26 real clips of the optional
+shared data folder (MSR-VTT; ``data_paths.py``, skipped when absent), at five settings (published
+224/12/1/2, head/tail slicing, 2 frames per second, a DiDeMo-style time window).
 
 Asserted: identical read and kept frame indices on every clip and setting; pixels within
 1/255 in 0-1 units (1 in uint8, (1/255)/min(std) ~= 0.0146 in normalised units).
@@ -29,9 +30,11 @@ from ucofia.data.video import (DecodedVideo, VideoDecodeError, VideoSpec, decode
                                preprocess_frame, probe_video, reference_targets, select_positions,
                                to_model_input)
 
+from data_paths import REAL_CLIPS, SHARED, TESTS_DATA
+
 HERE = Path(__file__).resolve().parent
 FIX = HERE / "fixtures" / "video"
-SHARED = HERE.parents[1] / "shared"
+ROOTS = {"shared": SHARED, "bundled": TESTS_DATA, "fixtures": FIX}  # expected.json "root" -> folder
 EXPECTED = json.loads((FIX / "expected.json").read_text())
 PIXELS = dict(np.load(FIX / "pixels.npz"))
 MEAN, STD = tuple(EXPECTED["mean"]), tuple(EXPECTED["std"])
@@ -40,7 +43,7 @@ TOL_NORM = (1.0 / 255.0) / min(STD) + 1e-6      # the same in normalised units
 
 
 def _clip_path(clip: dict) -> Path:
-    return (SHARED / clip["rel"]) if clip["root"] == "shared" else FIX / clip["rel"]
+    return ROOTS[clip["root"]] / clip["rel"]
 
 
 def _spec(setting: str) -> tuple[VideoSpec, int | None, int | None]:
@@ -73,17 +76,26 @@ def _params():
     return out
 
 
+def test_fixtures_cover_every_bundled_and_synthetic_clip():
+    bundled = {p.name for p in REAL_CLIPS.glob("*.mp4")}
+    assert len(bundled) >= 4
+    assert bundled == {Path(c["rel"]).name for c in EXPECTED["clips"] if c["root"] == "bundled"}
+    synthetic = {p.name for p in (FIX / "clips").iterdir()}
+    assert len(synthetic) >= 15
+    assert synthetic == {Path(c["rel"]).name for c in EXPECTED["clips"] if c["root"] == "fixtures"}
+    size = sum(p.stat().st_size for p in FIX.rglob("*") if p.is_file())
+    assert size < 3_000_000
+
+
 def test_fixtures_cover_every_shared_clip():
+    bundled = {p.name for p in REAL_CLIPS.glob("*.mp4")}
     for sub in ("data/msrvtt_1ka_sample/videos", "data/real_clips"):
         folder = SHARED / sub
         if not folder.is_dir():
             pytest.skip(f"{folder} absent")
-        names = {p.name for p in folder.glob("*.mp4")}
-        covered = {Path(c["rel"]).name for c in EXPECTED["clips"] if c["rel"].startswith(sub)}
+        names = {p.name for p in folder.glob("*.mp4")} - bundled  # shipped clips are listed as bundled
+        covered = {Path(c["rel"]).name for c in EXPECTED["clips"] if c["root"] == "shared" and c["rel"].startswith(sub)}
         assert names and names == covered
-    assert (FIX / "clips").is_dir() and sum(c["root"] == "fixtures" for c in EXPECTED["clips"]) >= 15
-    size = sum(p.stat().st_size for p in FIX.rglob("*") if p.is_file())
-    assert size < 3_000_000
 
 
 @pytest.mark.parametrize("key", _params())

@@ -17,6 +17,10 @@ from export.specs import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
               help="Quantise the text and video encoders to int8 (onnxruntime dynamic quantisation; CPU only, "
                    "~3x faster on CPUs with int8 units, lossy: check it with `ucofia parity`). Not with --fp16/--trt.")
 @click.option("--trt", is_flag=True, help="Also build TensorRT engines (*.plan) on this machine's GPU.")
+@click.option("--allow-small-vocab", is_flag=True,
+              help="Export a checkpoint whose text tower has fewer token embeddings than the CLIP BPE tokenizer's "
+                   "49,408 ids (refused otherwise: its bundle cannot encode text; the runtime then rejects any "
+                   "token id beyond the model's vocabulary). For test models fed token ids from elsewhere.")
 @click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True, help=f"ONNX opset ({MIN_OPSET}..{MAX_OPSET}).")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 @click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True,
@@ -30,8 +34,8 @@ from export.specs import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 @click.option("--workspace-gib", type=float, default=4.0, show_default=True, help="TensorRT workspace pool limit.")
 @click.option("--timing-cache", type=click.Path(path_type=Path), default=None,
               help="TensorRT timing cache file to reuse and update (default: inside the bundle).")
-def export(checkpoint: Path, out_dir: Path, fp16: bool, int8: bool, trt: bool, opset: int, force: bool,
-           exporter: str,
+def export(checkpoint: Path, out_dir: Path, fp16: bool, int8: bool, trt: bool, allow_small_vocab: bool, opset: int,
+           force: bool, exporter: str,
            min_texts: int, opt_texts: int, max_texts: int, min_videos: int, opt_videos: int,
            max_videos: int, workspace_gib: float, timing_cache: Path | None) -> None:
     """Export CHECKPOINT (our checkpoint directory or a reference pytorch_model.bin) to a bundle.
@@ -82,7 +86,8 @@ def export(checkpoint: Path, out_dir: Path, fp16: bool, int8: bool, trt: bool, o
 
             manifest = export_bundle(model, out_dir, fp16=fp16, opset=opset, force=force, exporter=exporter,  # type: ignore[arg-type]
                                      trt=trt, trt_options=options, progress=progress,
-                                     source={"checkpoint": str(checkpoint)}, int8=int8)
+                                     source={"checkpoint": str(checkpoint)}, int8=int8,
+                                     allow_small_vocab=allow_small_vocab)
     except VerificationError as exc:
         print_verification(console, exc.report.to_dict())
         raise click.ClickException(f"{exc}\nnothing was written to {out_dir}") from None

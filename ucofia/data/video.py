@@ -26,8 +26,9 @@ the last frame it needs:
   ``CAP_PROP_ORIENTATION_AUTO`` does (multiples of 90 degrees).
 
 Parity (``tests/test_video.py``, fixtures made by running the reference ``rawvideo_util`` from a
-scratch folder on all 30 clips of ``../shared/data``): selected frame indices are identical on every
-clip and the pixels are bit-identical (max abs difference 0 in 0-255 units and 0.0 in normalised
+scratch folder on 30 real clips -- the 4 shipped in ``tests/data/real_clips`` and an MSR-VTT sample
+kept outside the repository -- and 19 synthetic edge cases): selected frame indices are identical
+on every clip and the pixels are bit-identical (max abs difference 0 in 0-255 units and 0.0 in normalised
 units); the tests assert max 1/255 in 0-1 units (= 1 in uint8, about 0.0146 in normalised units).
 
 Deviations (only where the reference crashes or silently returns an all-zero video):
