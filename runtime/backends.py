@@ -40,6 +40,13 @@ class GraphSession(abc.ABC):
     def __init__(self, spec: GraphSpec) -> None:
         self.spec = spec
 
+    def max_rows(self, role: str) -> int | None:
+        """Most rows (texts or videos) one graph call should get for input ``role`` (None: no limit).
+
+        ``run`` accepts any number; sessions with a limit (TensorRT profiles) split larger calls.
+        """
+        return None
+
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Cast ``inputs`` (role -> array) to the manifest dtypes, run, return role -> array."""
         missing = [role for role in self.spec.inputs if role not in inputs]

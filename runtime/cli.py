@@ -24,8 +24,9 @@ EXIT_CODES_HELP = ("Exit codes: 0 success; 1 error (bad input, bundle, index or 
                    "(listed in INDEX/failed.jsonl); 130 interrupted (re-run the same command to resume).")
 BACKEND_HELP = ("Execution backend: auto (TensorRT engines when usable, else onnxruntime CUDA when "
                 "installed, else CPU), cpu, cuda (onnxruntime-gpu) or tensorrt (engines in the bundle).")
-MEMORY_HELP = ("Working-memory budget of the scorer in MiB; tiles of texts x videos are sized to fit. "
-               "Peak memory is this plus one tile of stored features, whatever the gallery size.")
+MEMORY_HELP = ("Working-memory budget of the scorer in MiB: tiles of texts x videos are sized so that the "
+               "tiles running at once and the stored features they read fit in it, whatever the gallery "
+               "size (query features and results come on top).")
 
 
 def _fail(message: str, code: int = EXIT_ERROR) -> None:

@@ -25,7 +25,7 @@ import shutil
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -56,7 +56,6 @@ def ids_digest(ids: list[str]) -> str:
 class _Shard:
     name: str
     count: int
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _read_state(root: Path) -> dict[str, Any]:
@@ -118,19 +117,22 @@ class GalleryIndex:
     def _shard_dir(self, name: str) -> Path:
         return self.root / SHARDS / name
 
-    def _arrays(self, shard: _Shard) -> dict[str, np.ndarray]:
-        if not shard.arrays:
-            folder = self._shard_dir(shard.name)
-            for role in SHARD_ARRAYS:
-                path = folder / f"{role}.npy"
-                try:
-                    shard.arrays[role] = np.load(path, mmap_mode="r")
-                except (OSError, ValueError) as exc:
-                    raise GalleryIndexError(f"index shard file {path} is unreadable ({exc}); rebuild the index") from None
-                if shard.arrays[role].shape[0] != shard.count:
-                    raise GalleryIndexError(f"{path} has {shard.arrays[role].shape[0]} rows, the state says "
-                                            f"{shard.count}; rebuild the index")
-        return shard.arrays
+    def _arrays(self, shard: _Shard, roles: tuple[str, ...] = SHARD_ARRAYS) -> dict[str, np.ndarray]:
+        """The shard's arrays, memory-mapped for one read: callers copy the rows they need and drop
+        the maps, so the pages of a large gallery do not stay resident in this process (a kept map
+        made a search's peak memory grow with the gallery whatever --memory-mb said)."""
+        folder = self._shard_dir(shard.name)
+        arrays = {}
+        for role in roles:
+            path = folder / f"{role}.npy"
+            try:
+                arrays[role] = np.load(path, mmap_mode="r")
+            except (OSError, ValueError) as exc:
+                raise GalleryIndexError(f"index shard file {path} is unreadable ({exc}); rebuild the index") from None
+            if arrays[role].shape[0] != shard.count:
+                raise GalleryIndexError(f"{path} has {arrays[role].shape[0]} rows, the state says "
+                                        f"{shard.count}; rebuild the index")
+        return arrays
 
     def features(self, start: int, stop: int, roles: tuple[str, ...] = VIDEO_ROLES) -> dict[str, np.ndarray]:
         """role -> float32 array of gallery rows [start, stop) (read from the memory-mapped shards)."""
@@ -139,7 +141,7 @@ class GalleryIndex:
         i = max(first, 0)
         while i < len(self._shards) and self._offsets[i] < stop:
             lo, hi = max(start - self._offsets[i], 0), min(stop, self._offsets[i + 1]) - self._offsets[i]
-            arrays = self._arrays(self._shards[i])
+            arrays = self._arrays(self._shards[i], roles)
             for role in roles:
                 parts[role].append(arrays[role][lo:hi])
             i += 1
@@ -151,12 +153,13 @@ class GalleryIndex:
         rows = np.asarray(rows, dtype=np.int64)
         shard_of = np.searchsorted(self._offsets, rows, side="right") - 1
         out: dict[str, np.ndarray] = {}
+        first = self._arrays(self._shards[0], roles)
         for role in roles:
-            first = self._arrays(self._shards[0])[role]
-            out[role] = np.empty((len(rows),) + first.shape[1:], dtype=np.float32)
+            out[role] = np.empty((len(rows),) + first[role].shape[1:], dtype=np.float32)
+        del first
         for s in np.unique(shard_of):
             sel = np.nonzero(shard_of == s)[0]
-            arrays = self._arrays(self._shards[s])
+            arrays = self._arrays(self._shards[s], roles)
             local = rows[sel] - self._offsets[s]
             for role in roles:
                 out[role][sel] = arrays[role][local]
