@@ -181,6 +181,24 @@ def build_fake_bundle(out: Path, cfg: UCoFiAConfig | None = None, seed: int = 0,
     return out
 
 
+def synthetic_index(root: Path, bundle, videos: int, shard: int = 1000, seed: int = 0) -> Path:
+    """An index at ``root`` for ``bundle`` (a loaded Bundle) holding ``videos`` rows of random
+    features (ids v0, v1, ...), written in shards of ``shard`` rows; no video is decoded."""
+    from runtime.index import IndexWriter
+
+    cfg = bundle.config
+    rng = np.random.default_rng(seed)
+    with IndexWriter(root, bundle) as writer:
+        for start in range(0, videos, shard):
+            n = min(shard, videos - start)
+            writer.add_batch([f"v{i}" for i in range(start, start + n)], {
+                "video": rng.standard_normal((n, cfg.embed_dim), dtype=np.float32),
+                "frame_features": rng.standard_normal((n, cfg.max_frames, cfg.embed_dim), dtype=np.float32),
+                "patches": rng.standard_normal((n, cfg.num_pixels, cfg.embed_dim), dtype=np.float32),
+                "video_mask": np.ones((n, cfg.max_frames), np.float32)})
+    return root
+
+
 def make_clip(path: Path, seconds: float, size: tuple[int, int] = (48, 40), fps: int = 3, seed: int = 0) -> Path:
     """A small H.264 test clip written with PyAV (random coloured frames)."""
     import av

@@ -15,13 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from runtime_helpers import build_fake_bundle
+from runtime_helpers import build_fake_bundle, synthetic_index
 
 from runtime.bundle import load_bundle
-from runtime.index import IndexWriter
 
 GALLERY = 4000  # x 15.6 KB of features per video (tiny config) = 60 MB
-SHARD = 1000
 SMALL_MB, LARGE_MB = 4, 256
 # what a tile may hold beyond its plan: block copies while reading, onnxruntime arena rounding
 # (measured 2.7 MB over the 4 MB budget on this project's 2-core machine)
@@ -34,25 +32,11 @@ _PEAK = ("import resource, runpy, sys\n"
          "    print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n")
 
 
-def _index(root: Path, bundle, videos: int) -> Path:
-    cfg = bundle.config
-    rng = np.random.default_rng(videos)
-    with IndexWriter(root, bundle) as writer:
-        for start in range(0, videos, SHARD):
-            n = min(SHARD, videos - start)
-            writer.add_batch([f"v{i}" for i in range(start, start + n)], {
-                "video": rng.standard_normal((n, cfg.embed_dim), dtype=np.float32),
-                "frame_features": rng.standard_normal((n, cfg.max_frames, cfg.embed_dim), dtype=np.float32),
-                "patches": rng.standard_normal((n, cfg.num_pixels, cfg.embed_dim), dtype=np.float32),
-                "video_mask": np.ones((n, cfg.max_frames), np.float32)})
-    return root
-
-
 @pytest.fixture(scope="module")
 def galleries(tmp_path_factory):
     root = tmp_path_factory.mktemp("memory")
     bundle = load_bundle(build_fake_bundle(root / "bundle", pairwise_patch_word=True))
-    return _index(root / "small", bundle, 64), _index(root / "large", bundle, GALLERY)
+    return synthetic_index(root / "small", bundle, 64), synthetic_index(root / "large", bundle, GALLERY)
 
 
 def _search(index: Path, memory_mb: int) -> subprocess.Popen:

@@ -90,11 +90,14 @@ def test_cpu_scorer_session_runs_tiles_concurrently(bundle):
     assert t == 1 and v < 1000 and -(-1000 // v) >= 2
 
 
-def test_fuse_is_mean_of_levels_plus_bias():
-    levels = {lv: np.full((2, 3), i + 1.0, np.float32) for i, lv in enumerate(scoring.LEVELS)}
-    biases = {lv: np.array([0.0, 3.0, 6.0], np.float32) for lv in scoring.LEVELS}
-    np.testing.assert_allclose(scoring.fuse(levels, None), 2.0)
-    np.testing.assert_allclose(scoring.fuse(levels, biases), [[2, 5, 8]] * 2)
+def test_fuse_adds_each_level_its_own_bias():
+    levels = dict(zip(scoring.LEVELS, (np.full((2, 2), 1.0, np.float32), np.full((2, 2), 2.0, np.float32),
+                                       np.array([[3.0, 4.0], [5.0, 6.0]], np.float32))))
+    biases = dict(zip(scoring.LEVELS, (np.array([0.0, 3.0], np.float32), np.array([10.0, 20.0], np.float32),
+                                       np.array([100.0, 200.0], np.float32))))
+    np.testing.assert_allclose(scoring.fuse(levels, None), [[2, 7 / 3], [8 / 3, 3]], rtol=1e-6)
+    # (1 + 0 + 2 + 10 + 3 + 100) / 3 = 116 / 3, (1 + 3 + 2 + 20 + 4 + 200) / 3 = 230 / 3, ...
+    np.testing.assert_allclose(scoring.fuse(levels, biases), [[116 / 3, 230 / 3], [118 / 3, 232 / 3]], rtol=1e-6)
 
 
 class _Metered:
