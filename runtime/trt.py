@@ -30,20 +30,21 @@ from runtime.errors import BackendError
 _CU_ATTR_CC_MAJOR = 75
 _CU_ATTR_CC_MINOR = 76
 _cuda: ctypes.CDLL | None = None
+_context = ctypes.c_void_p()
 
 
 def _driver() -> ctypes.CDLL:
-    """libcuda with a current primary context on device 0 (raises OSError / BackendError)."""
+    """libcuda with the primary context of device 0 current on the calling thread (raises OSError /
+    BackendError). A CUDA context is current per thread, so every call makes it current again."""
     global _cuda
     if _cuda is None:
         lib = ctypes.CDLL("libcuda.so.1")
         _check(lib.cuInit(0), "cuInit")
         dev = ctypes.c_int()
         _check(lib.cuDeviceGet(ctypes.byref(dev), 0), "cuDeviceGet")
-        ctx = ctypes.c_void_p()
-        _check(lib.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev), "cuDevicePrimaryCtxRetain")
-        _check(lib.cuCtxSetCurrent(ctx), "cuCtxSetCurrent")
+        _check(lib.cuDevicePrimaryCtxRetain(ctypes.byref(_context), dev), "cuDevicePrimaryCtxRetain")
         _cuda = lib
+    _check(_cuda.cuCtxSetCurrent(_context), "cuCtxSetCurrent")
     return _cuda
 
 
@@ -99,6 +100,9 @@ class CudaMemory:
         self.stream = int(stream.value or 0)
 
     def alloc(self, nbytes: int) -> int:
+        """A device buffer of ``nbytes``; the first call of every engine run, so it also makes the
+        context current on the running thread."""
+        _driver()
         ptr = ctypes.c_uint64()
         _check(self._lib.cuMemAlloc_v2(ctypes.byref(ptr), ctypes.c_size_t(max(nbytes, 1))), "cuMemAlloc")
         return int(ptr.value)
@@ -190,7 +194,10 @@ class TensorRTSession(GraphSession):
         for tensor in self.spec.inputs.values():
             for i, dim in enumerate(tensor.shape):
                 if isinstance(dim, str):
-                    sizes[dim] = int(feeds[tensor.name].shape[i])
+                    size = int(feeds[tensor.name].shape[i])
+                    if sizes.setdefault(dim, size) != size:
+                        raise ValueError(f"{self.spec.key}: inputs disagree on axis {dim!r} ({sizes[dim]} vs {size} "
+                                         f"rows in {tensor.name!r})")
         outputs = {}
         for tensor in self.spec.outputs.values():
             dtype = np.dtype(self._trt.nptype(self._engine.get_tensor_dtype(tensor.name)))

@@ -65,6 +65,8 @@ def test_scorer_calls_beyond_the_profile_are_split_and_padded(tmp_path, monkeypa
         assert set(r["addresses"]) == set(engines[-1].inputs) | set(engines[-1].outputs)
         assert len(set(r["addresses"].values())) == len(r["addresses"])
     assert not BUFFERS  # every device buffer was freed
+    with pytest.raises(ValueError, match="inputs disagree on axis 'T'"):
+        session.run({**inputs, "words": text.words[:4]})
 
 
 def test_encoders_and_tiled_scoring_on_tensorrt_equal_onnxruntime(tmp_path, monkeypatch):
