@@ -3,7 +3,7 @@
 The scorer graph computes the three level matrices for a tile of texts x videos in one call; the
 patch_word level dominates (a [v*P, D] x [D, t*L] product and four softmaxes over a
 [v, P, t, L] tensor), so a tile's working memory grows with t * v * L * P. Video tiles are read once
-(outer loop) from the stored features (memory-mapped), text tiles vary inside.
+(outer loop) from the index's shard files, text tiles vary inside.
 
 Tile sizes: on CPU, small cache-sized tiles (``CPU_TILE_TEXTS`` texts, about
 ``CPU_TILE_SCORE_BYTES`` of patch-word scores) run concurrently, one single-threaded graph call

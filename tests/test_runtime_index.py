@@ -178,6 +178,22 @@ def test_two_stage_shortlist_ranks_by_video_sentence_plus_its_bias(bundle_dir, t
     assert not np.array_equal(exhaustive.indices, got.indices)  # stage 1 really decided something
 
 
+def test_damaged_shards_are_named(bundle_dir, tmp_path):
+    bundle = load_bundle(bundle_dir)
+    root = synthetic_index(tmp_path / "index", bundle, 10, shard=5)
+    patches = root / "shards" / "000001" / "patches.npy"
+    patches.write_bytes(patches.read_bytes()[:-100])  # a half-written copy
+    gallery = GalleryIndex(root)
+    assert gallery.features(0, 5)["patches"].shape[0] == 5  # the intact shard still reads
+    with pytest.raises(GalleryIndexError, match="000001/patches.npy is (truncated|unreadable)"):
+        gallery.features(3, 10)
+    with pytest.raises(GalleryIndexError, match="000001/patches.npy is unreadable"):
+        gallery.gather(np.array([9]))
+    np.save(root / "shards" / "000001" / "video.npy", np.zeros((4, bundle.config.embed_dim), np.float32))
+    with pytest.raises(GalleryIndexError, match=r"000001/video.npy has shape \(4, 64\), the state says 5 rows"):
+        GalleryIndex(root).features(5, 6)
+
+
 def test_search_cli_outputs(built, tmp_path):
     out = tmp_path / "res.jsonl"
     result = run_cli("search", "--index", str(built), "--query", "a red car", "--query", "a dog",
