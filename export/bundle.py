@@ -126,7 +126,8 @@ def export_bundle(model: UCoFiA, out_dir: str | Path, *, fp16: bool = False, ops
             say("static TensorRT compatibility check")
             # int8 encoders are for onnxruntime's CPU provider only: TensorRT's view of them is moot
             unchecked = set(INT8_GRAPHS) if int8 else set()
-            trt_report = check_graphs({key: tmp / spec.file for key, spec in specs.items() if key not in unchecked})
+            trt_report = check_graphs({key: tmp / spec.file for key, spec in specs.items() if key not in unchecked},
+                                      trt_version=str(trt_module.__version__) if trt_module else None)
             trt_check = trt_report.to_dict()
             if unchecked:
                 trt_check["not_checked"] = {key: "int8 encoder (onnxruntime CPU only)" for key in sorted(unchecked)}
@@ -152,7 +153,7 @@ def export_bundle(model: UCoFiA, out_dir: str | Path, *, fp16: bool = False, ops
             if trt:
                 say("building TensorRT engines")
                 tensorrt = tensorrt_build.build_engines(tmp, specs, dtype, trt_options or TrtBuildOptions(),
-                                                        trt=trt_module, device=device)
+                                                        trt=trt_module, device=device, log=say)
                 versions["tensorrt"] = tensorrt["version"]
             hints = {"cpu_disabled_optimizers": list(ORT_FP16_CPU_DISABLED_OPTIMIZERS)} if fp16 else {}
             manifest = build_manifest(

@@ -3,13 +3,20 @@
 Follows TensorRT's Python build flow: ``trt.Builder`` -> network from ``trt.OnnxParser`` ->
 builder config (workspace memory-pool limit, timing cache, one optimisation profile giving
 min/opt/max for every dynamic axis) -> ``build_serialized_network`` -> ``<graph>.plan`` next to
-the ONNX file. Precision follows the bundle dtype:
+the ONNX file.
 
-* float32 bundle: a float32 engine (TF32 switched off where the flag exists, to stay within
-  the float32 tolerances);
-* float16 bundle (its ONNX graphs are already float16 with float32 islands): TensorRT 10.x
-  builds with ``BuilderFlag.FP16``; TensorRT 11.x removed that flag (weak typing is gone) and
-  builds the float16 graph as a strongly typed network. The flag is detected, not the version.
+Precision: every network is *strongly typed*, so the ONNX graph decides each tensor's type — a
+float32 bundle builds a float32 engine, a float16 bundle keeps its float32 islands (LayerNorm,
+softmax, top-k, the scorer) in float32. TensorRT 10.x needs the ``STRONGLY_TYPED`` creation flag
+for that (with ``BuilderFlag.FP16`` instead, weak typing — deprecated since 10.12 — lets TensorRT
+run float32 layers in float16); TensorRT 11.x removed weak typing and ``BuilderFlag.FP16``, and
+every network is strongly typed. TF32 is switched off where the flag exists (it rounds float32
+matrix products to 10-bit mantissas). The API is detected, not the version.
+
+Timing cache: by default one file per TensorRT version and GPU in the user cache directory
+(``$XDG_CACHE_HOME/ucofia/tensorrt``, else ``~/.cache/ucofia/tensorrt``), so a re-export on the
+same machine reuses the measured tactics; a cache TensorRT refuses (another GPU or version) is
+replaced by a fresh one.
 
 Engines only run on the GPU model / TensorRT version that built them; ``load_engine`` refuses
 others with a message saying how to rebuild. ``tensorrt`` is imported lazily (optional extra).
@@ -17,19 +24,24 @@ others with a message saying how to rebuild. ``tensorrt`` is imported lazily (op
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable
+
+from ucofia.io_utils import atomic_write_bytes
 
 from export.specs import TEXTS_AXIS, VIDEOS_AXIS, GraphSpec
 
 PLAN_SUFFIX = ".plan"
-DEFAULT_TIMING_CACHE = "trt_timing.cache"
+CACHE_SUBDIR = ("ucofia", "tensorrt")
 GIB = 1 << 30
+Log = Callable[[str], None]
 
 
 class TensorRTError(RuntimeError):
@@ -63,7 +75,7 @@ class TrtBuildOptions:
     texts: AxisRange = AxisRange(1, 16, 64)
     videos: AxisRange = AxisRange(1, 4, 16)
     workspace_gib: float = 4.0
-    timing_cache: Path | None = None  # None: <bundle>/trt_timing.cache
+    timing_cache: Path | None = None  # None: default_timing_cache(...) in the user cache directory
 
     def __post_init__(self) -> None:
         if not self.workspace_gib > 0:
@@ -107,16 +119,24 @@ class PrecisionPlan:
 
 
 def precision_plan(trt: ModuleType, dtype: str) -> PrecisionPlan:
-    """Pick the fp16/fp32 API the installed TensorRT has (BuilderFlag.FP16 in 10.x, strong typing in 11.x)."""
-    flags = trt.BuilderFlag
-    clear = ("TF32",) if hasattr(flags, "TF32") else ()
-    if dtype == "float32":
-        return PrecisionPlan("fp32", clear_flags=clear)
-    if dtype != "float16":
+    """A strongly typed network on every TensorRT >= 10, so the ONNX graph's casts decide precision.
+
+    10.x (``BuilderFlag.FP16`` still there, weak typing possible): the ``STRONGLY_TYPED`` network
+    creation flag. 11.x (no ``BuilderFlag.FP16``): networks are always strongly typed and the
+    flag is deprecated, so none is passed. No precision builder flag is ever set; TF32 is cleared.
+    """
+    if dtype not in ("float32", "float16"):
         raise ValueError(f"unsupported engine dtype {dtype!r}")
-    if hasattr(flags, "FP16"):
-        return PrecisionPlan("fp16 via BuilderFlag.FP16 (TensorRT 10.x)", set_flags=("FP16",), clear_flags=clear)
-    return PrecisionPlan("fp16 via strongly typed network from the float16 ONNX (TensorRT 11.x)", clear_flags=clear)
+    clear = ("TF32",) if hasattr(trt.BuilderFlag, "TF32") else ()
+    what = "float32 engine" if dtype == "float32" else "float16 with float32 islands, as the ONNX graph casts"
+    if not hasattr(trt.BuilderFlag, "FP16"):
+        return PrecisionPlan(f"{what}; strongly typed network (TensorRT 11.x: always)", clear_flags=clear)
+    creation = getattr(trt, "NetworkDefinitionCreationFlag", None)
+    if creation is None or not hasattr(creation, "STRONGLY_TYPED"):
+        raise TensorRTError(f"TensorRT {getattr(trt, '__version__', '?')} cannot build strongly typed networks; "
+                            "install TensorRT 10 or newer (`pip install 'tensorrt>=10'`)")
+    return PrecisionPlan(f"{what}; strongly typed network (NetworkDefinitionCreationFlag.STRONGLY_TYPED)",
+                         network_flags=1 << int(creation.STRONGLY_TYPED), clear_flags=clear)
 
 
 def import_tensorrt() -> ModuleType:
@@ -165,8 +185,14 @@ def _parse(trt: ModuleType, builder: Any, logger: Any, onnx_path: Path, flags: i
 
 def build_engine(trt: ModuleType, onnx_path: Path, plan_path: Path, spec: GraphSpec,
                  ranges: dict[str, AxisRange], plan: PrecisionPlan, workspace_bytes: int,
-                 timing_cache: bytes) -> tuple[dict[str, Any], bytes]:
-    """Build one engine; return (its manifest entry, the updated serialized timing cache)."""
+                 timing_cache: bytes, log: Log | None = None) -> tuple[dict[str, Any], bytes]:
+    """Build one engine; return (its manifest entry, the updated serialized timing cache).
+
+    A timing cache TensorRT refuses (``set_timing_cache`` returns False: built on another GPU or
+    TensorRT) is replaced by an empty one; when the config holds no cache afterwards
+    (``get_timing_cache`` is None) the cache passed in is returned unchanged.
+    """
+    say = log or (lambda _msg: None)
     start = time.perf_counter()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -177,8 +203,7 @@ def build_engine(trt: ModuleType, onnx_path: Path, plan_path: Path, spec: GraphS
         config.clear_flag(getattr(trt.BuilderFlag, name))
     for name in plan.set_flags:
         config.set_flag(getattr(trt.BuilderFlag, name))
-    cache = config.create_timing_cache(timing_cache)
-    config.set_timing_cache(cache, False)
+    _attach_timing_cache(config, timing_cache, onnx_path.name, say)
     profile = builder.create_optimization_profile()
     shapes = input_profiles(spec, ranges)
     for name, s in shapes.items():
@@ -189,29 +214,61 @@ def build_engine(trt: ModuleType, onnx_path: Path, plan_path: Path, spec: GraphS
         raise TensorRTError(f"TensorRT failed to build an engine from {onnx_path.name} (see its log above)")
     data = bytes(serialized)
     plan_path.write_bytes(data)
-    new_cache = bytes(config.get_timing_cache().serialize())
+    used = config.get_timing_cache()
+    new_cache = bytes(used.serialize()) if used is not None else timing_cache
     entry = {"file": plan_path.name, "onnx": onnx_path.name, "profile": shapes, "bytes": len(data),
              "build_seconds": round(time.perf_counter() - start, 2)}
     return entry, new_cache
 
 
+def _attach_timing_cache(config: Any, data: bytes, what: str, say: Log) -> None:
+    """Give ``config`` the serialized cache ``data``; a cache TensorRT refuses (``set_timing_cache``
+    returns False: another GPU or TensorRT wrote it) is replaced by a fresh one."""
+    if config.set_timing_cache(config.create_timing_cache(data), False):
+        return
+    if data:
+        say(f"TensorRT refused the timing cache (written on another GPU or TensorRT version); "
+            f"building {what} with a fresh one")
+        if config.set_timing_cache(config.create_timing_cache(b""), False):
+            return
+    say(f"TensorRT refused an empty timing cache; building {what} without one")
+
+
+def default_timing_cache(trt_version: str, device: dict[str, str]) -> Path:
+    """The timing cache file for this TensorRT version and GPU in the user cache directory."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    gpu = re.sub(r"[^A-Za-z0-9.]+", "-", str(device.get("gpu", "gpu"))).strip("-")
+    name = f"timing-trt{trt_version}-sm{device.get('compute_capability', '?')}-{gpu}.cache"
+    return base.joinpath(*CACHE_SUBDIR, name)
+
+
 def build_engines(directory: Path, specs: dict[str, GraphSpec], dtype: str, options: TrtBuildOptions,
-                  trt: ModuleType | None = None, device: dict[str, str] | None = None) -> dict[str, Any]:
-    """Build ``<graph>.plan`` for every graph in ``directory``; return the manifest's tensorrt section."""
+                  trt: ModuleType | None = None, device: dict[str, str] | None = None,
+                  log: Log | None = None) -> dict[str, Any]:
+    """Build ``<graph>.plan`` for every graph in ``directory``; return the manifest's tensorrt section.
+
+    The timing cache (``options.timing_cache``, else ``default_timing_cache``) is read before the
+    first build and written back (atomically) after the last one. ``log`` gets one-line notes.
+    """
     trt = trt or import_tensorrt()
     device = device or device_info()
     plan = precision_plan(trt, dtype)
     ranges = options.axis_ranges()
-    cache_path = Path(options.timing_cache) if options.timing_cache else Path(directory) / DEFAULT_TIMING_CACHE
+    cache_path = (Path(options.timing_cache) if options.timing_cache
+                  else default_timing_cache(str(trt.__version__), device))
     cache = cache_path.read_bytes() if cache_path.is_file() else b""
+    reused = len(cache)
     engines = {}
     for key, spec in specs.items():
         onnx_path = Path(directory) / spec.file
         plan_path = onnx_path.with_suffix(PLAN_SUFFIX)
         engines[key], cache = build_engine(trt, onnx_path, plan_path, spec, ranges, plan,
-                                           options.workspace_bytes, cache)
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    cache_path.write_bytes(cache)
+                                           options.workspace_bytes, cache, log)
+    if cache:
+        try:
+            atomic_write_bytes(cache_path, cache)
+        except OSError as exc:  # a read-only cache directory must not fail the export
+            (log or (lambda _m: None))(f"could not save the TensorRT timing cache to {cache_path}: {exc}")
     return {
         "version": str(trt.__version__),
         "gpu": device["gpu"],
@@ -219,7 +276,7 @@ def build_engines(directory: Path, specs: dict[str, GraphSpec], dtype: str, opti
         "precision": plan.mode,
         "dtype": dtype,
         "workspace_bytes": options.workspace_bytes,
-        "timing_cache": cache_path.name if cache_path.parent == Path(directory) else str(cache_path),
+        "timing_cache": {"path": str(cache_path), "bytes_read": reused, "bytes_written": len(cache)},
         "axes": {name: {"min": r.min, "opt": r.opt, "max": r.max} for name, r in ranges.items()},
         "engines": engines,
     }

@@ -1,40 +1,51 @@
 """Static TensorRT compatibility check of ONNX graphs (no TensorRT needed).
 
 Walks every node of every graph (subgraphs of If/Loop/Scan included) and checks it against the
-operator table of TensorRT 10's ONNX parser (onnx-tensorrt ``docs/operators.md``, 10.x release:
-supported operators, opset 9..20) plus the restrictions that matter for our graphs:
+rules of TensorRT 10's ONNX parser: the operator table of onnx-tensorrt ``docs/operators.md``
+(10.0 GA: opsets 9..20; 10.15: opsets 9..24) and its ``docs/Changelog.md``:
 
-* TopK: ``K`` must be a build-time constant (initializer or Constant), ``K < 3840``, ``sorted=1``;
-* ArgMax/ArgMin: ``select_last_index=0``;
-* Slice/Squeeze/Unsqueeze/Reduce*/Pad ``axes``, CumSum ``axis``, OneHot ``depth``: constant;
-* Einsum without ellipsis; ScatterND without reduction; LayerNormalization: only output ``Y``;
-* no sequence / optional / string ops, no custom-domain ops;
-* int64: TensorRT casts int64 down to int32 where it can, so int64 graph inputs/outputs other
-  than the token ids are flagged, and int64 weights outside the int32 range are warned about
-  (except Slice bounds, where clamping keeps the meaning "to the end").
+* supported operators (10.0's table; window ops from 10.4, STFT from 10.5, Attention,
+  RMSNormalization, RotaryEmbedding and TensorScatter as documented in 10.15's table);
+* TopK: ``sorted=1`` and ``K < 3840``; ``K`` may be computed at run time (dynamic K since 8.6);
+* inputs that must be initializers (or Constant nodes): ``axes`` of Reduce*, Dropout's
+  ``training_mode`` (and it must be False), STFT's ``frame_step`` and ``window``;
+* inputs that must be build-time constants: ``axes`` of Squeeze/Unsqueeze, CumSum ``axis``,
+  OneHot ``depth``; Slice ``axes`` until 10.2 and Pad ``axes`` until 10.3 (tensor axes came
+  with 10.3 / 10.4);
+* ScatterND without reduction; LayerNormalization and MaxPool: only their first output;
+  pooling without dilations; LSTM ``input_forget=0``/``layout=0``; Resize modes; Constant
+  without sparse or string values; Q/DQ zero points zero;
+* no sequence / optional / string ops, no custom-domain ops.
 
-``error`` issues make ``ucofia export --trt`` fail; otherwise they are printed as warnings.
+What TensorRT 8 required and 10 no longer does is not flagged: int64 tensors (native since 9.0),
+ArgMax/ArgMin ``select_last_index=1``, Einsum with an ellipsis, TopK with a run-time K, Clip with
+tensor bounds (imported as elementwise min/max). float64 is cast down to float32 (warning).
+
+Rules that depend on the 10.x release are errors when the installed TensorRT is known to be
+older (``trt_version``), warnings when the version is unknown. ``error`` issues make
+``ucofia export --trt`` fail; warnings are printed.
 """
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Callable, Literal
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
 Severity = Literal["error", "warning"]
+Version = tuple[int, int]
 
-TRT_TABLE = "TensorRT 10.x ONNX parser (onnx-tensorrt docs/operators.md)"
+TRT_TABLE = "TensorRT 10.x ONNX parser (onnx-tensorrt docs/operators.md and Changelog.md)"
+BASELINE: Version = (10, 0)
 TRT_MIN_OPSET = 9
-TRT_MAX_OPSET = 20
+# Highest opset per release, from the operator tables (newest first).
+MAX_OPSET_BY_VERSION: tuple[tuple[Version, int], ...] = (((10, 15), 24), ((10, 0), 20))
 TOPK_MAX_K = 3840
-INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
-# Graph inputs/outputs allowed to be int64 (token ids, by contract).
-DEFAULT_INT64_IO = ("input_ids",)
 
 SUPPORTED_OPS = frozenset({
     "Abs", "Acos", "Acosh", "Add", "And", "ArgMax", "ArgMin", "Asin", "Asinh", "Atan", "Atanh",
@@ -57,24 +68,49 @@ SUPPORTED_OPS = frozenset({
     "SpaceToDepth", "Split", "Sqrt", "Squeeze", "Sub", "Sum", "Tan", "Tanh", "ThresholdedRelu",
     "Tile", "TopK", "Transpose", "Trilu", "Unsqueeze", "Upsample", "Where", "Xor",
 })
-
-# input index that must be a build-time constant, per op (when the input is present)
-CONSTANT_INPUTS: dict[str, tuple[int, str]] = {
-    "TopK": (1, "K"),
-    "Slice": (3, "axes"),
-    "Squeeze": (1, "axes"),
-    "Unsqueeze": (1, "axes"),
-    "Pad": (3, "axes"),
-    "CumSum": (1, "axis"),
-    "OneHot": (1, "depth"),
-    **{op: (1, "axes") for op in ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp",
-                                  "ReduceMax", "ReduceMean", "ReduceMin", "ReduceProd", "ReduceSum",
-                                  "ReduceSumSquare")},
+# Operators added after 10.0: the first release whose changelog or table lists them.
+LATER_OPS: dict[str, Version] = {
+    "BlackmanWindow": (10, 4), "HammingWindow": (10, 4), "HannWindow": (10, 4), "STFT": (10, 5),
+    "Attention": (10, 15), "RMSNormalization": (10, 15), "RotaryEmbedding": (10, 15),
+    "TensorScatter": (10, 15),
 }
+_REDUCE_OPS = ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean",
+               "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare")
+# (input index, name) that must be an initializer or a Constant node's output.
+INITIALIZER_INPUTS: dict[str, tuple[tuple[int, str], ...]] = {
+    **{op: ((1, "axes"),) for op in _REDUCE_OPS},
+    "Dropout": ((2, "training_mode"),),
+    "STFT": ((1, "frame_step"), (2, "window")),
+}
+# (input index, name) that must be computable at build time (constants and shape arithmetic on them).
+BUILD_CONSTANT_INPUTS: dict[str, tuple[int, str]] = {
+    "Squeeze": (1, "axes"), "Unsqueeze": (1, "axes"), "CumSum": (1, "axis"), "OneHot": (1, "depth"),
+}
+# ... that must be build-time constants before the release that accepted tensors there.
+VERSIONED_CONSTANT_INPUTS: dict[str, tuple[int, str, Version]] = {
+    "Slice": (3, "axes", (10, 3)), "Pad": (3, "axes", (10, 4)),
+}
+RESIZE_COORDINATE_MODES = {"half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric", "align_corners"}
+RESIZE_MODES = {"nearest", "linear"}
+RESIZE_NEAREST_MODES = {"floor", "ceil", "round_prefer_floor", "round_prefer_ceil"}
 # ops whose output is constant when all their inputs are (shape arithmetic on constants)
 _NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
                      "Multinomial", "Bernoulli"}
 _DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+def parse_version(version: str | None) -> Version | None:
+    """(major, minor) of a TensorRT version string such as "10.3.0.26" (None when unknown)."""
+    match = re.match(r"^\s*(\d+)\.(\d+)", version or "")
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def max_opset(version: Version | None) -> int:
+    """The highest opset the parser of ``version`` documents (10.0's when unknown)."""
+    for since, opset in MAX_OPSET_BY_VERSION:
+        if version is not None and version >= since:
+            return opset
+    return MAX_OPSET_BY_VERSION[-1][1]
 
 
 @dataclass(frozen=True)
@@ -101,6 +137,7 @@ class TrtCheckReport:
 
     issues: list[Issue] = field(default_factory=list)
     op_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    tensorrt_version: str | None = None  # the release the rules were applied for (None: any 10.x)
 
     @property
     def errors(self) -> list[Issue]:
@@ -115,9 +152,9 @@ class TrtCheckReport:
         return not self.errors
 
     def to_dict(self) -> dict[str, object]:
-        return {"table": TRT_TABLE, "ok": self.ok, "errors": len(self.errors),
-                "warnings": len(self.warnings), "issues": [i.to_dict() for i in self.issues],
-                "op_counts": self.op_counts}
+        return {"table": TRT_TABLE, "tensorrt_version": self.tensorrt_version, "ok": self.ok,
+                "errors": len(self.errors), "warnings": len(self.warnings),
+                "issues": [i.to_dict() for i in self.issues], "op_counts": self.op_counts}
 
 
 def _node_label(node: onnx.NodeProto, index: int) -> str:
@@ -132,26 +169,37 @@ def _attr(node: onnx.NodeProto, name: str, default: object = None) -> object:
 
 
 class _GraphWalker:
-    def __init__(self, graph_name: str, int64_io: Iterable[str]) -> None:
+    def __init__(self, graph_name: str, version: Version | None) -> None:
         self.graph_name = graph_name
-        self.int64_io = set(int64_io)
+        self.version = version
         self.issues: list[Issue] = []
         self.ops: Counter[str] = Counter()
 
     def add(self, node: str, op: str, severity: Severity, message: str) -> None:
         self.issues.append(Issue(self.graph_name, node, op, severity, message))
 
+    def needs(self, since: Version, node: str, op: str, what: str) -> None:
+        """``what`` works from TensorRT ``since`` on: error when the installed version is older,
+        warning when it is unknown."""
+        wanted = f"{since[0]}.{since[1]}"
+        if self.version is None:
+            self.add(node, op, "warning", f"{what} needs TensorRT >= {wanted}")
+        elif self.version < since:
+            self.add(node, op, "error", f"{what} needs TensorRT >= {wanted} "
+                                        f"(installed: {self.version[0]}.{self.version[1]})")
+
     # ---- model level ---------------------------------------------------------------------
     def check_model(self, model: onnx.ModelProto) -> None:
+        top = max_opset(self.version)
         for opset in model.opset_import:
-            if opset.domain in _DEFAULT_DOMAINS and not TRT_MIN_OPSET <= opset.version <= TRT_MAX_OPSET:
+            if opset.domain in _DEFAULT_DOMAINS and not TRT_MIN_OPSET <= opset.version <= top:
                 self.add("<model>", "opset", "error",
-                         f"opset {opset.version} is outside the {TRT_MIN_OPSET}..{TRT_MAX_OPSET} range "
-                         f"TensorRT's parser supports; re-export with --opset {TRT_MAX_OPSET} or lower")
+                         f"opset {opset.version} is outside the {TRT_MIN_OPSET}..{top} range "
+                         f"TensorRT's parser supports; re-export with --opset {min(top, 20)} or lower")
         graph = model.graph
         for value in list(graph.input) + list(graph.output):
             self._check_io(value)
-        self.check_graph(graph, outer_constants=set())
+        self.check_graph(graph, outer_constants=set(), outer_initializers=set())
 
     def _check_io(self, value: onnx.ValueInfoProto) -> None:
         t = value.type
@@ -159,12 +207,10 @@ class _GraphWalker:
             self.add(value.name, "io", "error", "sequence/optional/map graph I/O is not supported by TensorRT")
             return
         elem = t.tensor_type.elem_type
-        if elem == onnx.TensorProto.INT64 and value.name not in self.int64_io:
-            self.add(value.name, "io", "error",
-                     f"graph I/O {value.name!r} is int64; TensorRT casts int64 down to int32 — "
-                     "only the token ids may be int64 (make it int32 or float)")
-        elif elem == onnx.TensorProto.DOUBLE:
+        if elem == onnx.TensorProto.DOUBLE:
             self.add(value.name, "io", "warning", f"graph I/O {value.name!r} is float64; TensorRT casts it to float32")
+        elif elem == onnx.TensorProto.STRING:
+            self.add(value.name, "io", "error", f"graph I/O {value.name!r} is a string tensor")
         for i, dim in enumerate(t.tensor_type.shape.dim):
             if not dim.HasField("dim_value") and not dim.dim_param:
                 self.add(value.name, "io", "warning",
@@ -172,48 +218,38 @@ class _GraphWalker:
                          "cannot be derived from the manifest")
 
     # ---- graph level ---------------------------------------------------------------------
-    def check_graph(self, graph: onnx.GraphProto, outer_constants: set[str]) -> None:
-        constants = set(outer_constants)
+    def check_graph(self, graph: onnx.GraphProto, outer_constants: set[str], outer_initializers: set[str]) -> None:
+        constants = set(outer_constants)  # computable at build time
+        initializers = set(outer_initializers)  # initializers and Constant outputs (weights to the parser)
         values: dict[str, np.ndarray] = {}
-        slice_bounds = set()
-        for node in graph.node:
-            if node.op_type == "Slice":
-                slice_bounds.update(node.input[1:3])
         for init in graph.initializer:
             constants.add(init.name)
-            self._check_initializer(init, init.name in slice_bounds)
-            if init.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32) and _size(init) <= 16:
+            initializers.add(init.name)
+            if init.data_type == onnx.TensorProto.DOUBLE:
+                self.add(init.name, "initializer", "warning", "float64 weight; TensorRT casts it to float32")
+            if _size(init) <= 16:
                 values[init.name] = numpy_helper.to_array(init)
         for index, node in enumerate(graph.node):
             label = _node_label(node, index)
             self.ops[node.op_type] += 1
-            self._check_node(node, label, constants, values)
+            self._check_node(node, label, constants, initializers, values)
             for a in node.attribute:
                 if a.type == onnx.AttributeProto.GRAPH:
-                    self.check_graph(a.g, constants)
+                    self.check_graph(a.g, constants, initializers)
                 elif a.type == onnx.AttributeProto.GRAPHS:
                     for g in a.graphs:
-                        self.check_graph(g, constants)
+                        self.check_graph(g, constants, initializers)
             if node.op_type == "Constant":
                 constants.update(node.output)
+                initializers.update(node.output)
                 tensor = _attr(node, "value")
-                if isinstance(tensor, onnx.TensorProto):
-                    if tensor.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32) and _size(tensor) <= 16:
-                        values[node.output[0]] = numpy_helper.to_array(tensor)
+                if isinstance(tensor, onnx.TensorProto) and _size(tensor) <= 16:
+                    values[node.output[0]] = numpy_helper.to_array(tensor)
             elif (node.op_type not in _NONDETERMINISTIC and node.op_type not in ("If", "Loop", "Scan")
                   and node.input and all(not i or i in constants for i in node.input)):
                 constants.update(node.output)
 
-    def _check_initializer(self, init: onnx.TensorProto, is_slice_bound: bool) -> None:
-        if init.data_type == onnx.TensorProto.INT64 and not is_slice_bound:
-            arr = numpy_helper.to_array(init)
-            if arr.size and (arr.min() < INT32_MIN or arr.max() > INT32_MAX):
-                self.add(init.name, "initializer", "warning",
-                         "int64 weight outside the int32 range; TensorRT clamps it when casting down")
-        elif init.data_type == onnx.TensorProto.DOUBLE:
-            self.add(init.name, "initializer", "warning", "float64 weight; TensorRT casts it to float32")
-
-    def _check_node(self, node: onnx.NodeProto, label: str, constants: set[str],
+    def _check_node(self, node: onnx.NodeProto, label: str, constants: set[str], initializers: set[str],
                     values: dict[str, np.ndarray]) -> None:
         op = node.op_type
         if node.domain not in _DEFAULT_DOMAINS:
@@ -222,42 +258,83 @@ class _GraphWalker:
         if op.startswith("Sequence") or op in ("SplitToSequence", "ConcatFromSequence") or op.startswith("Optional"):
             self.add(label, op, "error", "sequence/optional ops are not supported by TensorRT")
             return
-        if op not in SUPPORTED_OPS:
+        if op in LATER_OPS:
+            self.needs(LATER_OPS[op], label, op, op)
+        elif op not in SUPPORTED_OPS:
             self.add(label, op, "error", f"{op} is not supported by the {TRT_TABLE}")
             return
-        if op in CONSTANT_INPUTS:
-            index, what = CONSTANT_INPUTS[op]
-            if len(node.input) > index and node.input[index] and node.input[index] not in constants:
-                self.add(label, op, "error",
-                         f"input {what!r} ({node.input[index]}) must be a build-time constant (initializer "
-                         "or Constant) for TensorRT, but it is computed at run time")
+
+        def given(index: int) -> str:
+            return node.input[index] if len(node.input) > index else ""
+
+        for index, what in INITIALIZER_INPUTS.get(op, ()):
+            if given(index) and given(index) not in initializers:
+                self.add(label, op, "error", f"input {what!r} ({given(index)}) must be an initializer (or a "
+                                             "Constant node) for TensorRT, but it is computed in the graph")
+        if op in BUILD_CONSTANT_INPUTS:
+            index, what = BUILD_CONSTANT_INPUTS[op]
+            if given(index) and given(index) not in constants:
+                self.add(label, op, "error", f"input {what!r} ({given(index)}) must be a build-time constant "
+                                             "for TensorRT, but it is computed at run time")
+        if op in VERSIONED_CONSTANT_INPUTS:
+            index, what, since = VERSIONED_CONSTANT_INPUTS[op]
+            if given(index) and given(index) not in constants:
+                self.needs(since, label, op, f"{op} with run-time {what!r} ({given(index)})")
+        self._check_attributes(node, label, op, values, given)
+
+    def _check_attributes(self, node: onnx.NodeProto, label: str, op: str, values: dict[str, np.ndarray],
+                          given: Callable[[int], str]) -> None:
         if op == "TopK":
             if _attr(node, "sorted", 1) != 1:
                 self.add(label, op, "error", "TopK needs sorted=1 in TensorRT")
-            k = values.get(node.input[1]) if len(node.input) > 1 else None
+            k = values.get(given(1))
             if k is not None and int(np.asarray(k).reshape(-1)[0]) >= TOPK_MAX_K:
                 self.add(label, op, "error", f"TopK K={int(np.asarray(k).reshape(-1)[0])} must be < {TOPK_MAX_K}")
-        elif op in ("ArgMax", "ArgMin"):
-            if _attr(node, "select_last_index", 0) != 0:
-                self.add(label, op, "error", f"{op} with select_last_index=1 is not supported by TensorRT")
-        elif op == "Einsum":
-            equation = _attr(node, "equation", b"")
-            equation = equation.decode() if isinstance(equation, bytes) else str(equation)
-            if "..." in equation:
-                self.add(label, op, "error", f"Einsum equation {equation!r} uses an ellipsis")
-        elif op == "ScatterND":
-            reduction = _attr(node, "reduction", b"none")
-            reduction = reduction.decode() if isinstance(reduction, bytes) else str(reduction)
-            if reduction != "none":
-                self.add(label, op, "error", f"ScatterND reduction={reduction!r} is not supported")
-        elif op == "LayerNormalization":
-            if any(node.output[1:]):
-                self.add(label, op, "error", "only output Y of LayerNormalization is supported")
         elif op == "Dropout":
-            if len(node.input) > 2 and node.input[2] and node.input[2] not in constants:
-                self.add(label, op, "error", "Dropout training_mode must be a constant False")
+            mode = values.get(given(2))
+            if mode is not None and bool(np.asarray(mode).reshape(-1)[0]):
+                self.add(label, op, "error", "Dropout training_mode must be False for TensorRT")
+        elif op == "ScatterND":
+            if _text(_attr(node, "reduction", b"none")) != "none":
+                self.add(label, op, "error", f"ScatterND reduction={_text(_attr(node, 'reduction'))!r} is not supported")
+        elif op in ("LayerNormalization", "MaxPool"):
+            if any(node.output[1:]):
+                self.add(label, op, "error", f"only the first output of {op} is supported by TensorRT")
+        if op in ("AveragePool", "MaxPool", "LpPool"):
+            dilations = _attr(node, "dilations", [])
+            if any(int(d) != 1 for d in dilations or []):
+                self.add(label, op, "error", f"{op} dilations must be empty or all ones, got {list(dilations)}")
+        elif op == "LSTM":
+            if _attr(node, "input_forget", 0) != 0 or _attr(node, "layout", 0) != 0:
+                self.add(label, op, "error", "LSTM needs input_forget=0 and layout=0 in TensorRT")
+        elif op == "Resize":
+            self._check_resize(node, label)
+        elif op == "Constant":
+            bad = [a.name for a in node.attribute if a.name in ("sparse_value", "value_string", "value_strings")]
+            if bad:
+                self.add(label, op, "error", f"Constant with {bad[0]} is not supported by TensorRT")
+        elif op in ("QuantizeLinear", "DequantizeLinear"):
+            zero = values.get(given(2))
+            if zero is not None and np.any(np.asarray(zero) != 0):
+                self.add(label, op, "error", f"{op} needs a zero zero_point in TensorRT")
         elif op == "Cast" and _attr(node, "to") == onnx.TensorProto.DOUBLE:
             self.add(label, op, "warning", "cast to float64; TensorRT computes it in float32")
+
+    def _check_resize(self, node: onnx.NodeProto, label: str) -> None:
+        checks = (("coordinate_transformation_mode", "half_pixel", RESIZE_COORDINATE_MODES),
+                  ("mode", "nearest", RESIZE_MODES), ("nearest_mode", "round_prefer_floor", RESIZE_NEAREST_MODES),
+                  ("keep_aspect_ratio_policy", "stretch", {"stretch"}))
+        for name, default, allowed in checks:
+            value = _text(_attr(node, name, default.encode()))
+            if value not in allowed:
+                self.add(label, "Resize", "error", f"Resize {name}={value!r} is not supported by TensorRT "
+                                                   f"(supported: {', '.join(sorted(allowed))})")
+        if _attr(node, "antialias", 0):
+            self.add(label, "Resize", "error", "Resize with antialias is not supported by TensorRT")
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _size(t: onnx.TensorProto) -> int:
@@ -265,20 +342,19 @@ def _size(t: onnx.TensorProto) -> int:
 
 
 def check_model(model: onnx.ModelProto, graph_name: str,
-                int64_io: Iterable[str] = DEFAULT_INT64_IO) -> tuple[list[Issue], dict[str, int]]:
-    """Check one ONNX model; return (issues, op counts)."""
-    walker = _GraphWalker(graph_name, int64_io)
+                trt_version: str | None = None) -> tuple[list[Issue], dict[str, int]]:
+    """Check one ONNX model for the TensorRT ``trt_version`` (None: any 10.x); return (issues, op counts)."""
+    walker = _GraphWalker(graph_name, parse_version(trt_version))
     walker.check_model(model)
     return walker.issues, dict(sorted(walker.ops.items()))
 
 
-def check_graphs(graphs: dict[str, Path | onnx.ModelProto],
-                 int64_io: Iterable[str] = DEFAULT_INT64_IO) -> TrtCheckReport:
-    """Check several graphs ({name: path or model}) and collect one report."""
-    report = TrtCheckReport()
+def check_graphs(graphs: dict[str, Path | onnx.ModelProto], trt_version: str | None = None) -> TrtCheckReport:
+    """Check several graphs ({name: path or model}) for the TensorRT ``trt_version`` and collect one report."""
+    report = TrtCheckReport(tensorrt_version=trt_version)
     for name, graph in graphs.items():
         model = graph if isinstance(graph, onnx.ModelProto) else onnx.load(str(graph), load_external_data=False)
-        issues, ops = check_model(model, name, int64_io)
+        issues, ops = check_model(model, name, trt_version)
         report.issues.extend(issues)
         report.op_counts[name] = ops
     return report

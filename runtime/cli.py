@@ -22,15 +22,21 @@ from runtime.scoring import DEFAULT_MEMORY_MB
 EXIT_CODES_HELP = ("Exit codes: 0 success; 1 error (bad input, bundle, index or backend; the message "
                    "names it); 2 bad command-line usage; 3 index written but some videos failed "
                    "(listed in INDEX/failed.jsonl); 130 interrupted (re-run the same command to resume).")
-BACKEND_HELP = ("Execution backend: auto (TensorRT engines when usable, else onnxruntime CUDA when "
-                "installed, else CPU), cpu, cuda (onnxruntime-gpu) or tensorrt (engines in the bundle).")
-MEMORY_HELP = ("Working-memory budget of the scorer in MiB; tiles of texts x videos are sized to fit. "
-               "Peak memory is this plus one tile of stored features, whatever the gallery size.")
+BACKEND_HELP = ("Execution backend: auto (TensorRT engines when usable, else onnxruntime CUDA when it "
+                "really runs here, else CPU, with a note saying why), cpu, cuda (onnxruntime-gpu) or "
+                "tensorrt (engines in the bundle).")
+MEMORY_HELP = ("Working-memory budget of the scorer in MiB: tiles of texts x videos are sized so that the "
+               "tiles running at once and the stored features they read fit in it, whatever the gallery "
+               "size (query features and results come on top).")
 
 
 def _fail(message: str, code: int = EXIT_ERROR) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
+
+
+def _note(message: str) -> None:
+    click.echo(message, err=True)
 
 
 def _user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -146,7 +152,7 @@ def index(bundle_dir: Path, videos: Path, bank: Path | None, out: Path, batch_si
 
     setting = WindowSetting.from_options(window, stride)
     bundle = load_bundle(bundle_dir)
-    resolved = resolve_backend(backend, bundle)
+    resolved = resolve_backend(backend, bundle, log=_note)
     pairs = list_videos(videos)
     if bank is not None:  # a bad bank fails now, not after hours of encoding
         if not bank.is_file():
@@ -243,7 +249,7 @@ def _open(index_dir: Path, bundle_dir: Path | None, backend: str, threads: int |
     gallery.check_bundle(bundle)
     if len(gallery) == 0:
         raise RuntimeUserError(f"index {index_dir} holds no videos; run `ucofia-run index` first")
-    resolved = resolve_backend(backend, bundle)
+    resolved = resolve_backend(backend, bundle, log=_note)
     text = TextEncoder(bundle, resolved, threads)
     scorer = Scorer(open_session(bundle, "scorer", resolved, threads), bundle.config)
     return gallery, bundle, text, scorer
@@ -404,6 +410,7 @@ def evaluate(index_dir: Path, annotations: Path, dataset: str, video_bank_dir: P
         if bar is not None:
             bar.close()
     report.update({"index": str(index_dir), "annotations": str(annotations), "dataset": dataset,
+                   "backend": scorer.session.backend,
                    "seconds": round(time.perf_counter() - start, 3), "bundle_fingerprint": bundle.fingerprint})
     if report["extra_gallery_videos"]:
         click.echo(f"note: the index holds {report['extra_gallery_videos']} videos that are not annotated; they "

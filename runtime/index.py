@@ -71,11 +71,24 @@ def ids_digest(ids: list[str]) -> str:
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """Where one shard array's rows are in its .npy file."""
+
+    dtype: np.dtype
+    row_shape: tuple[int, ...]
+    offset: int  # bytes before the first row (the .npy header)
+
+    @property
+    def row_items(self) -> int:
+        return int(np.prod(self.row_shape, dtype=np.int64))
+
+
 @dataclass
 class _Shard:
     name: str
     count: int
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    layouts: dict[str, _Layout] = field(default_factory=dict)
 
 
 def _read_state(root: Path) -> dict[str, Any]:
@@ -93,7 +106,13 @@ def _read_state(root: Path) -> dict[str, Any]:
 
 
 class GalleryIndex:
-    """Read access to an index: ids, memory-mapped features by row range, biases."""
+    """Read access to an index: ids, features by row range or by rows, biases.
+
+    Features are read from the shard files with plain file reads into fresh arrays: nothing of
+    the gallery stays mapped or cached in this process, so what a search holds is what its tiles
+    hold (a memory map kept open made every page a search touched stay resident: peak memory grew
+    with the gallery whatever --memory-mb said).
+    """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -173,48 +192,74 @@ class GalleryIndex:
     def _shard_dir(self, name: str) -> Path:
         return self.root / SHARDS / name
 
-    def _arrays(self, shard: _Shard) -> dict[str, np.ndarray]:
-        if not shard.arrays:
-            folder = self._shard_dir(shard.name)
-            for role in SHARD_ARRAYS:
-                path = folder / f"{role}.npy"
-                try:
-                    shard.arrays[role] = np.load(path, mmap_mode="r")
-                except (OSError, ValueError) as exc:
-                    raise GalleryIndexError(f"index shard file {path} is unreadable ({exc}); rebuild the index") from None
-                if shard.arrays[role].shape[0] != shard.count:
-                    raise GalleryIndexError(f"{path} has {shard.arrays[role].shape[0]} rows, the state says "
-                                            f"{shard.count}; rebuild the index")
-        return shard.arrays
+    def _layout(self, shard: _Shard, role: str) -> _Layout:
+        """The dtype, row shape and data offset of a shard array (read once from its header)."""
+        if role not in shard.layouts:
+            path = self._shard_dir(shard.name) / f"{role}.npy"
+            try:
+                with open(path, "rb") as fh:
+                    version = np.lib.format.read_magic(fh)
+                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0)
+                    shape, fortran, dtype = read_header(fh)
+                    offset = fh.tell()
+            except (OSError, ValueError) as exc:
+                raise GalleryIndexError(f"index shard file {path} is unreadable ({exc}); rebuild the index") from None
+            if fortran or not shape or shape[0] != shard.count:
+                raise GalleryIndexError(f"{path} has shape {shape}{' (Fortran order)' if fortran else ''}, the state "
+                                        f"says {shard.count} rows; rebuild the index")
+            shard.layouts[role] = _Layout(np.dtype(dtype), tuple(shape[1:]), offset)
+        return shard.layouts[role]
+
+    def _map(self, shard: _Shard, role: str) -> np.ndarray:
+        """A read-only memory map of one shard array for a single read: the caller copies what it
+        needs and drops the map (unmapped with it, so no page stays resident)."""
+        layout = self._layout(shard, role)
+        path = self._shard_dir(shard.name) / f"{role}.npy"
+        try:
+            return np.memmap(path, dtype=layout.dtype, mode="r", offset=layout.offset,
+                             shape=(shard.count,) + layout.row_shape)
+        except (OSError, ValueError) as exc:  # ValueError: the file is shorter than its header says
+            raise GalleryIndexError(f"index shard file {path} is unreadable ({exc}); rebuild the index") from None
+
+    def _read(self, shard: _Shard, role: str, lo: int, hi: int) -> np.ndarray:
+        """Rows [lo, hi) of one shard array, read from its file into a fresh array."""
+        layout = self._layout(shard, role)
+        path = self._shard_dir(shard.name) / f"{role}.npy"
+        count = (hi - lo) * layout.row_items
+        try:
+            flat = np.fromfile(path, dtype=layout.dtype, count=count,
+                               offset=layout.offset + lo * layout.row_items * layout.dtype.itemsize)
+        except OSError as exc:
+            raise GalleryIndexError(f"index shard file {path} is unreadable ({exc}); rebuild the index") from None
+        if flat.size != count:
+            raise GalleryIndexError(f"index shard file {path} is truncated; rebuild the index")
+        return flat.reshape((hi - lo,) + layout.row_shape)
 
     def features(self, start: int, stop: int, roles: tuple[str, ...] = VIDEO_ROLES) -> dict[str, np.ndarray]:
-        """role -> float32 array of gallery rows [start, stop) (read from the memory-mapped shards)."""
+        """role -> float32 array of gallery rows [start, stop) (a copy; see the class docstring)."""
         first = int(np.searchsorted(self._offsets, start, side="right")) - 1
         parts: dict[str, list[np.ndarray]] = {role: [] for role in roles}
         i = max(first, 0)
         while i < len(self._shards) and self._offsets[i] < stop:
             lo, hi = max(start - self._offsets[i], 0), min(stop, self._offsets[i + 1]) - self._offsets[i]
-            arrays = self._arrays(self._shards[i])
             for role in roles:
-                parts[role].append(arrays[role][lo:hi])
+                parts[role].append(self._read(self._shards[i], role, int(lo), int(hi)).astype(np.float32, copy=False))
             i += 1
-        return {role: np.concatenate(p).astype(np.float32, copy=False) if p else
-                np.empty((0,), np.float32) for role, p in parts.items()}
+        return {role: (p[0] if len(p) == 1 else np.concatenate(p)) if p else np.empty((0,), np.float32)
+                for role, p in parts.items()}
 
     def gather(self, rows: np.ndarray, roles: tuple[str, ...] = VIDEO_ROLES) -> dict[str, np.ndarray]:
-        """role -> array of the given gallery rows, in the given order."""
+        """role -> float32 array of the given gallery rows, in the given order (a copy)."""
         rows = np.asarray(rows, dtype=np.int64)
         shard_of = np.searchsorted(self._offsets, rows, side="right") - 1
-        out: dict[str, np.ndarray] = {}
-        for role in roles:
-            first = self._arrays(self._shards[0])[role]
-            out[role] = np.empty((len(rows),) + first.shape[1:], dtype=np.float32)
+        out = {role: np.empty((len(rows),) + self._layout(self._shards[0], role).row_shape, dtype=np.float32)
+               for role in roles}
         for s in np.unique(shard_of):
             sel = np.nonzero(shard_of == s)[0]
-            arrays = self._arrays(self._shards[s])
             local = rows[sel] - self._offsets[s]
             for role in roles:
-                out[role][sel] = arrays[role][local]
+                out[role][sel] = self._map(self._shards[s], role)[local]
         return out
 
     def subset(self, rows: np.ndarray) -> "GalleryIndex | _Subset":

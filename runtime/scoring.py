@@ -3,14 +3,20 @@
 The scorer graph computes the three level matrices for a tile of texts x videos in one call; the
 patch_word level dominates (a [v*P, D] x [D, t*L] product and four softmaxes over a
 [v, P, t, L] tensor), so a tile's working memory grows with t * v * L * P. Video tiles are read once
-(outer loop) from the stored features (memory-mapped), text tiles vary inside.
+(outer loop) from the index's shard files, text tiles vary inside.
 
 Tile sizes: on CPU, small cache-sized tiles (``CPU_TILE_TEXTS`` texts, about
 ``CPU_TILE_SCORE_BYTES`` of patch-word scores) run concurrently, one single-threaded graph call
 per core (``GraphSession.concurrency``): the tile's intermediates stay in the core's cache and no
 op waits for another thread. On GPUs tiles are as large as the memory budget (``--memory-mb``)
-allows. Either way all tiles in flight fit in the budget: peak memory is the budget plus the
-features of one video tile and all query features, independent of the gallery size.
+allows, and never larger than the engine's optimisation profile (``GraphSession.max_rows``).
+
+Memory: the budget covers the working memory of the ``concurrency`` tiles that run at once
+(``PAIR_TENSOR_COPIES`` float32 [t, v, L, P] tensors each) plus the stored features of every video
+block alive at once (``IN_FLIGHT_PER_RUN`` queued tiles per run, each may hold its own block, plus
+the block being read). The gallery itself is never resident: blocks are read from the index's
+shards and dropped. Outside the budget: the query features and the result (top-k, or the full
+[T, V] matrices of ``score_matrix``).
 """
 from __future__ import annotations
 
@@ -46,6 +52,10 @@ CPU_TILE_SCORE_BYTES = 3 * 2**20
 CPU_TILE_MAX_VIDEOS = 256
 # Fewer tiles than concurrent runs (one query): videos are split across the runs, down to this.
 CPU_TILE_MIN_VIDEOS = 32
+# Tiles submitted per concurrent run before the oldest result is taken (keeps the runs busy while
+# results are merged); each queued tile may hold its own block of video features.
+IN_FLIGHT_PER_RUN = 2
+FLOAT32_BYTES = 4
 
 Progress = Callable[[int], None]
 
@@ -132,31 +142,40 @@ class Scorer:
         return {level: out[level] for level in LEVELS}
 
     def plan_tiles(self, n_text: int, n_video: int, memory_mb: float) -> tuple[int, int]:
-        """(texts, videos) per tile so that the tiles in flight fit in ``memory_mb``."""
+        """(texts, videos) per tile so that everything in flight fits in ``memory_mb`` (at least one
+        text x one video) and no tile exceeds the session's ``max_rows``."""
         cfg = self.config
         if memory_mb <= 0:
             raise ValueError(f"--memory-mb must be positive, got {memory_mb}")
-        pair_bytes = PAIR_TENSOR_COPIES * cfg.max_words * cfg.num_pixels * 4
-        video_bytes = (1 + cfg.max_frames + cfg.num_pixels) * cfg.embed_dim * 4
-        budget = memory_mb * 2**20 / self.concurrency
+        runs = self.concurrency
+        pair_bytes = PAIR_TENSOR_COPIES * cfg.max_words * cfg.num_pixels * FLOAT32_BYTES
+        video_bytes = (1 + cfg.max_frames + cfg.num_pixels) * cfg.embed_dim * FLOAT32_BYTES
+        blocks = IN_FLIGHT_PER_RUN * runs + 1  # video blocks alive at once
+        budget = memory_mb * 2**20
         n_text, n_video = max(n_text, 1), max(n_video, 1)
+        max_rows = getattr(self.session, "max_rows", lambda _role: None)
+        t_cap, v_cap = min(n_text, max_rows("sentence") or n_text), min(n_video, max_rows("video") or n_video)
+
+        def fits(t: int, v: int) -> bool:
+            return runs * t * v * pair_bytes + blocks * v * video_bytes <= budget
+
         if self.cache_tiles:
-            score_bytes = cfg.max_words * cfg.num_pixels * 4
-            t = min(n_text, CPU_TILE_TEXTS)
-            v = min(n_video, CPU_TILE_MAX_VIDEOS, max(1, CPU_TILE_SCORE_BYTES // (t * score_bytes)))
-            if v == n_video:  # the whole gallery fits in one tile: take more texts per tile
-                t = min(n_text, max(t, CPU_TILE_SCORE_BYTES // (v * score_bytes)))
+            score_bytes = cfg.max_words * cfg.num_pixels * FLOAT32_BYTES
+            t = min(t_cap, CPU_TILE_TEXTS)
+            v = min(v_cap, CPU_TILE_MAX_VIDEOS, max(1, CPU_TILE_SCORE_BYTES // (t * score_bytes)))
+            if v == v_cap:  # the whole gallery fits in one tile: take more texts per tile
+                t = min(t_cap, max(t, CPU_TILE_SCORE_BYTES // (v * score_bytes)))
             text_tiles = -(-n_text // t)
-            if text_tiles * -(-n_video // v) < self.concurrency:  # e.g. one query: keep every core busy
-                v = min(v, max(CPU_TILE_MIN_VIDEOS, -(-n_video // -(-self.concurrency // text_tiles))))
-            if t * v * pair_bytes + v * video_bytes <= budget:
+            if text_tiles * -(-n_video // v) < runs:  # e.g. one query: keep every core busy
+                v = min(v, max(CPU_TILE_MIN_VIDEOS, -(-n_video // -(-runs // text_tiles))))
+            if fits(t, v):
                 return t, v
-        t = min(n_text, MAX_TEXT_TILE)
-        v = min(n_video, int(budget // (t * pair_bytes + video_bytes)))
-        if v < 1:  # not even one text x one video tile of t texts: shrink the text side
-            t, v = max(1, min(t, int(budget // (pair_bytes + video_bytes)))), 1
-        elif v == n_video:  # the whole gallery fits in one tile: spend the rest on texts
-            t = min(n_text, max(t, int((budget - v * video_bytes) // (v * pair_bytes))))
+        t = min(t_cap, MAX_TEXT_TILE)
+        v = min(v_cap, int(budget // (runs * t * pair_bytes + blocks * video_bytes)))
+        if v < 1:  # not even one video with t texts: shrink the text side
+            t, v = max(1, min(t, int((budget - blocks * video_bytes) // (runs * pair_bytes)))), 1
+        elif v == v_cap:  # the whole gallery (or profile) fits in one tile: spend the rest on texts
+            t = min(t_cap, max(t, int((budget - blocks * v * video_bytes) // (runs * v * pair_bytes))))
         return t, v
 
 
@@ -179,7 +198,7 @@ def _run_tiles(scorer: Scorer, text: TextFeatures, videos: VideoSource, t_size: 
     """(t0, t1, v0, v1, level tiles) for every tile, video blocks outer, in order.
 
     With ``scorer.concurrency`` > 1 the tiles run on that many threads (graph calls release the
-    GIL); at most twice as many tiles are in flight, so memory stays bounded by the plan.
+    GIL); at most ``IN_FLIGHT_PER_RUN`` times as many tiles are in flight, as the plan assumes.
     """
     n_text, n_video = len(text), len(videos)
     cast = scorer.prepare({"sentence": text.sentence, "words": text.words})
@@ -200,7 +219,7 @@ def _run_tiles(scorer: Scorer, text: TextFeatures, videos: VideoSource, t_size: 
     try:
         for t0, t1, v0, v1, block in tiles():
             window.append((t0, t1, v0, v1, pool.submit(scorer.score_tile, text.rows(t0, t1), block)))
-            if len(window) >= 2 * scorer.concurrency:
+            if len(window) >= IN_FLIGHT_PER_RUN * scorer.concurrency:
                 t0_, t1_, v0_, v1_, fut = window.popleft()
                 yield t0_, t1_, v0_, v1_, _finite(fut.result(), t0_, v0_)
         while window:

@@ -139,7 +139,8 @@ def two_stage(scorer: Scorer, index: GalleryIndex, queries: TextFeatures, k: int
     for i in range(len(queries)):
         rows = np.sort(cand[i][cand[i] >= 0])  # ascending rows keep the exhaustive tie order
         sub_bias = None if biases is None else {lv: biases[lv][rows] for lv in LEVELS}
-        best = score_topk(scorer, queries.rows(i, i + 1), ArrayVideos(index.gather(rows)), k, sub_bias, memory_mb)
+        # the shortlist's features are read tile by tile (index.subset), within the memory budget
+        best = score_topk(scorer, queries.rows(i, i + 1), index.subset(rows), k, sub_bias, memory_mb)
         out.indices[i] = rows[best.indices[0]]
         out.fused[i] = best.fused[0]
         for lv in LEVELS:

@@ -7,10 +7,18 @@ check and the guarded engine loading are the export's own (``compatibility_probl
 (libcuda), so torch is never imported. Device memory is handled through libcuda too (no torch /
 cupy / pycuda needed). Anything that does not fit makes ``tensorrt_unusable_reason`` name it, and
 ``--backend auto`` then falls back to onnxruntime.
+
+An engine only accepts batch sizes inside its optimisation profile (``ucofia export --trt``
+defaults: 1..64 texts, 1..16 videos): ``TensorRTSession`` splits larger calls into pieces and
+``max_rows`` lets the tile planner size tiles to the profile. TensorRT calls are checked against
+the 10.x Python bindings' return values (``set_input_shape``, ``set_tensor_address`` and
+``execute_async_v3`` return False on failure; output shapes with -1 mean unresolved inputs).
 """
 from __future__ import annotations
 
 import ctypes
+import itertools
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -22,20 +30,21 @@ from runtime.errors import BackendError
 _CU_ATTR_CC_MAJOR = 75
 _CU_ATTR_CC_MINOR = 76
 _cuda: ctypes.CDLL | None = None
+_context = ctypes.c_void_p()
 
 
 def _driver() -> ctypes.CDLL:
-    """libcuda with a current primary context on device 0 (raises OSError / BackendError)."""
+    """libcuda with the primary context of device 0 current on the calling thread (raises OSError /
+    BackendError). A CUDA context is current per thread, so every call makes it current again."""
     global _cuda
     if _cuda is None:
         lib = ctypes.CDLL("libcuda.so.1")
         _check(lib.cuInit(0), "cuInit")
         dev = ctypes.c_int()
         _check(lib.cuDeviceGet(ctypes.byref(dev), 0), "cuDeviceGet")
-        ctx = ctypes.c_void_p()
-        _check(lib.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev), "cuDevicePrimaryCtxRetain")
-        _check(lib.cuCtxSetCurrent(ctx), "cuCtxSetCurrent")
+        _check(lib.cuDevicePrimaryCtxRetain(ctypes.byref(_context), dev), "cuDevicePrimaryCtxRetain")
         _cuda = lib
+    _check(_cuda.cuCtxSetCurrent(_context), "cuCtxSetCurrent")
     return _cuda
 
 
@@ -81,23 +90,69 @@ def tensorrt_unusable_reason(bundle: Bundle) -> str | None:
     return None
 
 
-class _DeviceBuffer:
-    def __init__(self, nbytes: int) -> None:
-        self.ptr = ctypes.c_uint64()
-        _check(_driver().cuMemAlloc_v2(ctypes.byref(self.ptr), ctypes.c_size_t(max(nbytes, 1))), "cuMemAlloc")
+class CudaMemory:
+    """Device buffers, host<->device copies and one CUDA stream, through libcuda (no torch/cupy)."""
 
-    def free(self) -> None:
-        if self.ptr.value:
-            _driver().cuMemFree_v2(self.ptr)
-            self.ptr = ctypes.c_uint64()
+    def __init__(self) -> None:
+        self._lib = _driver()
+        stream = ctypes.c_void_p()
+        _check(self._lib.cuStreamCreate(ctypes.byref(stream), 0), "cuStreamCreate")
+        self.stream = int(stream.value or 0)
+
+    def alloc(self, nbytes: int) -> int:
+        """A device buffer of ``nbytes``; the first call of every engine run, so it also makes the
+        context current on the running thread."""
+        _driver()
+        ptr = ctypes.c_uint64()
+        _check(self._lib.cuMemAlloc_v2(ctypes.byref(ptr), ctypes.c_size_t(max(nbytes, 1))), "cuMemAlloc")
+        return int(ptr.value)
+
+    def free(self, ptr: int) -> None:
+        self._lib.cuMemFree_v2(ctypes.c_uint64(ptr))
+
+    def to_device(self, ptr: int, host: np.ndarray) -> None:
+        _check(self._lib.cuMemcpyHtoD_v2(ctypes.c_uint64(ptr), host.ctypes.data_as(ctypes.c_void_p),
+                                         ctypes.c_size_t(host.nbytes)), "cuMemcpyHtoD")
+
+    def to_host(self, host: np.ndarray, ptr: int) -> None:
+        _check(self._lib.cuMemcpyDtoH_v2(host.ctypes.data_as(ctypes.c_void_p), ctypes.c_uint64(ptr),
+                                         ctypes.c_size_t(host.nbytes)), "cuMemcpyDtoH")
+
+    def synchronize(self) -> None:
+        _check(self._lib.cuStreamSynchronize(ctypes.c_void_p(self.stream)), "cuStreamSynchronize")
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """Rows [start, stop) of one dynamic axis, sent as ``size`` rows (the last row repeated up to the
+    profile's minimum)."""
+
+    start: int
+    stop: int
+    size: int
+
+    def rows(self) -> np.ndarray:
+        return np.minimum(np.arange(self.start, self.start + self.size), self.stop - 1)
+
+
+def split_axis(n: int, low: int, high: int) -> list[_Piece]:
+    """Pieces of ``n`` rows that each fit an optimisation profile allowing ``low``..``high`` rows."""
+    return [_Piece(start, min(start + high, n), max(min(start + high, n) - start, low))
+            for start in range(0, n, high)]
 
 
 class TensorRTSession(GraphSession):
-    """Runs one serialized TensorRT engine (TensorRT >= 10 tensor API)."""
+    """Runs one serialized TensorRT engine (TensorRT >= 10 tensor API) within its optimisation profile.
+
+    Every call is split along the dynamic axes (texts ``T``, videos ``V``) into pieces inside
+    profile 0's min..max, a piece below the minimum is padded by repeating its last row (rows are
+    independent in all three graphs) and the results are reassembled. Every TensorRT call's
+    result is checked; a failure is a one-line BackendError naming the engine and the shape.
+    """
 
     backend = "tensorrt"
 
-    def __init__(self, spec: GraphSpec, bundle: Bundle) -> None:
+    def __init__(self, spec: GraphSpec, bundle: Bundle, memory: CudaMemory | None = None) -> None:
         import tensorrt as trt
 
         super().__init__(spec)
@@ -108,37 +163,109 @@ class TensorRTSession(GraphSession):
             raise BackendError(str(exc)) from None
         self._engine = engine
         self._context = engine.create_execution_context()
+        if self._context is None:
+            raise BackendError(f"TensorRT could not create an execution context for the {spec.key} engine "
+                               "(out of GPU memory?)")
+        self._memory = memory or CudaMemory()
+        self.axes = self._profile_axes()
+
+    def _profile_axes(self) -> dict[str, tuple[int, int]]:
+        """Dynamic axis name -> (min, max) rows allowed by optimisation profile 0 of the engine."""
+        axes: dict[str, tuple[int, int]] = {}
+        for tensor in self.spec.inputs.values():
+            low, _opt, high = (tuple(int(d) for d in dims) for dims in
+                               self._engine.get_tensor_profile_shape(tensor.name, 0))
+            for i, dim in enumerate(tensor.shape):
+                if isinstance(dim, str):
+                    lo, hi = axes.get(dim, (1, high[i]))
+                    axes[dim] = (max(lo, low[i], 1), min(hi, high[i]))
+        for name, (lo, hi) in axes.items():
+            if hi < lo:
+                raise BackendError(f"the {self.spec.key} engine's optimisation profile allows no size of axis "
+                                   f"{name!r} (min {lo} > max {hi}); rebuild it with `ucofia export --trt --force`")
+        return axes
+
+    def max_rows(self, role: str) -> int | None:
+        axis = self.spec.inputs[role].shape[0]
+        return self.axes[axis][1] if isinstance(axis, str) and axis in self.axes else None
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        trt, ctx, lib = self._trt, self._context, _driver()
-        buffers: list[_DeviceBuffer] = []
+        sizes: dict[str, int] = {}
+        for tensor in self.spec.inputs.values():
+            for i, dim in enumerate(tensor.shape):
+                if isinstance(dim, str):
+                    size = int(feeds[tensor.name].shape[i])
+                    if sizes.setdefault(dim, size) != size:
+                        raise ValueError(f"{self.spec.key}: inputs disagree on axis {dim!r} ({sizes[dim]} vs {size} "
+                                         f"rows in {tensor.name!r})")
+        outputs = {}
+        for tensor in self.spec.outputs.values():
+            dtype = np.dtype(self._trt.nptype(self._engine.get_tensor_dtype(tensor.name)))
+            shape = tuple(sizes[d] if isinstance(d, str) else int(d) for d in tensor.shape)
+            outputs[tensor.name] = np.empty(shape, dtype=dtype)
+        if 0 in sizes.values():
+            return outputs
+        names = list(sizes)
+        for pieces in itertools.product(*(split_axis(sizes[n], *self.axes[n]) for n in names)):
+            chosen = dict(zip(names, pieces))
+            piece_feeds = {tensor.name: self._take(feeds[tensor.name], tensor.shape, chosen)
+                           for tensor in self.spec.inputs.values()}
+            result = self._run_piece(piece_feeds)
+            for tensor in self.spec.outputs.values():
+                target = tuple(slice(chosen[d].start, chosen[d].stop) if isinstance(d, str) else slice(None)
+                               for d in tensor.shape)
+                valid = tuple(slice(0, chosen[d].stop - chosen[d].start) if isinstance(d, str) else slice(None)
+                              for d in tensor.shape)
+                outputs[tensor.name][target] = result[tensor.name][valid]
+        return outputs
+
+    @staticmethod
+    def _take(array: np.ndarray, shape: tuple, chosen: dict[str, _Piece]) -> np.ndarray:
+        for i, dim in enumerate(shape):
+            if isinstance(dim, str):
+                array = np.take(array, chosen[dim].rows(), axis=i)
+        return np.ascontiguousarray(array)
+
+    def _run_piece(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One engine execution on feeds inside the profile."""
+        trt, ctx, engine, memory = self._trt, self._context, self._engine, self._memory
+        key = self.spec.key
+        buffers: list[int] = []
         outputs: dict[str, np.ndarray] = {}
         try:
             for name, array in feeds.items():
-                want = np.dtype(trt.nptype(self._engine.get_tensor_dtype(name)))
-                host = np.ascontiguousarray(array, dtype=want)
-                buf = _DeviceBuffer(host.nbytes)
-                buffers.append(buf)
-                _check(lib.cuMemcpyHtoD_v2(buf.ptr, host.ctypes.data_as(ctypes.c_void_p),
-                                           ctypes.c_size_t(host.nbytes)), "cuMemcpyHtoD")
-                ctx.set_input_shape(name, host.shape)
-                ctx.set_tensor_address(name, buf.ptr.value)
-            for spec in self.spec.outputs.values():
-                shape = tuple(ctx.get_tensor_shape(spec.name))
-                dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(spec.name)))
-                outputs[spec.name] = np.empty(shape, dtype=dtype)
-                buf = _DeviceBuffer(outputs[spec.name].nbytes)
-                buffers.append(buf)
-                ctx.set_tensor_address(spec.name, buf.ptr.value)
-            if not ctx.execute_async_v3(0):
-                raise BackendError(f"TensorRT failed to run the {self.spec.key} engine")
-            _check(lib.cuCtxSynchronize(), "cuCtxSynchronize")
-            out_buffers = buffers[len(feeds):]
-            for (name, host), buf in zip(outputs.items(), out_buffers):
-                _check(lib.cuMemcpyDtoH_v2(host.ctypes.data_as(ctypes.c_void_p), buf.ptr,
-                                           ctypes.c_size_t(host.nbytes)), "cuMemcpyDtoH")
+                host = np.ascontiguousarray(array, dtype=np.dtype(trt.nptype(engine.get_tensor_dtype(name))))
+                if not ctx.set_input_shape(name, host.shape):
+                    raise BackendError(f"TensorRT rejected input {name!r} of shape {list(host.shape)} for the {key} "
+                                       f"engine (its optimisation profile: {self._profile_text(name)}); rebuild it "
+                                       "with wider --min/--max-texts|videos")
+                buffers.append(memory.alloc(host.nbytes))
+                memory.to_device(buffers[-1], host)
+                self._bind(name, buffers[-1])
+            for tensor in self.spec.outputs.values():
+                shape = tuple(int(d) for d in ctx.get_tensor_shape(tensor.name))
+                if any(d < 0 for d in shape):
+                    raise BackendError(f"TensorRT could not infer the shape of output {tensor.name!r} of the {key} "
+                                       f"engine from inputs {({n: list(a.shape) for n, a in feeds.items()})}")
+                dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(tensor.name)))
+                outputs[tensor.name] = np.empty(shape, dtype=dtype)
+                buffers.append(memory.alloc(outputs[tensor.name].nbytes))
+                self._bind(tensor.name, buffers[-1])
+            if not ctx.execute_async_v3(memory.stream):
+                raise BackendError(f"TensorRT failed to run the {key} engine on inputs "
+                                   f"{({n: list(a.shape) for n, a in feeds.items()})} (see its log above)")
+            memory.synchronize()
+            for (name, host), ptr in zip(outputs.items(), buffers[len(feeds):]):
+                memory.to_host(host, ptr)
             return outputs
         finally:
-            for buf in buffers:
-                buf.free()
+            for ptr in buffers:
+                memory.free(ptr)
 
+    def _bind(self, name: str, ptr: int) -> None:
+        if not self._context.set_tensor_address(name, ptr):
+            raise BackendError(f"TensorRT refused the device address of tensor {name!r} of the {self.spec.key} engine")
+
+    def _profile_text(self, name: str) -> str:
+        low, _opt, high = (list(int(d) for d in dims) for dims in self._engine.get_tensor_profile_shape(name, 0))
+        return f"{low}..{high}"

@@ -16,11 +16,17 @@ def fake_flags(*names: str) -> types.SimpleNamespace:
 class FakeTRT(types.ModuleType):
     """Records the calls the build makes; version/flags selectable."""
 
-    def __init__(self, version="10.3.0", has_fp16=True, parse_ok=True, build_ok=True):
+    def __init__(self, version="10.3.0", has_fp16=True, parse_ok=True, build_ok=True, cache_ok=True,
+                 cache_kept=True):
+        """``cache_ok``: set_timing_cache accepts caches (False: it refuses any non-empty one);
+        ``cache_kept``: get_timing_cache returns the cache (False: None)."""
         super().__init__("tensorrt")
         self.__version__ = version
         flags = ["TF32"] + (["FP16"] if has_fp16 else [])
         self.BuilderFlag = fake_flags(*flags)
+        # TensorRT 10.x: EXPLICIT_BATCH = 0 (ignored), STRONGLY_TYPED = 1; 11.x: STRONGLY_TYPED = 0
+        self.NetworkDefinitionCreationFlag = (types.SimpleNamespace(EXPLICIT_BATCH=0, STRONGLY_TYPED=1) if has_fp16
+                                              else types.SimpleNamespace(STRONGLY_TYPED=0))
         self.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
         self.calls: list[tuple] = []
         trt = self
@@ -52,13 +58,17 @@ class FakeTRT(types.ModuleType):
                 trt.calls.append(("clear_flag", flag))
 
             def create_timing_cache(self, data):
+                trt.calls.append(("create_cache", bytes(data)))
                 return Cache(bytes(data))
 
             def set_timing_cache(self, cache, ignore_mismatch):
+                if cache.data and not cache_ok:
+                    return False
                 self.cache = cache
+                return True
 
             def get_timing_cache(self):
-                return self.cache
+                return self.cache if cache_kept else None
 
             def add_optimization_profile(self, profile):
                 trt.calls.append(("profile", dict(profile.shapes)))

@@ -87,8 +87,29 @@ def _video_graph(cfg: UCoFiAConfig, rng: np.random.Generator) -> onnx.GraphProto
          _const("ax1", np.array([1], dtype=np.int64)), _const("ax2", np.array([2], dtype=np.int64))])
 
 
-def _scorer_graph(cfg: UCoFiAConfig, rng: np.random.Generator) -> onnx.GraphProto:
-    """Level 1: e^2 * (s_hat G)(v G1)^T (bilinear, like the real scorer); levels 2/3: pooled dots."""
+def _pairwise_patch_word() -> list[onnx.NodeProto]:
+    """patch_word from the full [t*L, v, P] word-patch similarity tensor, softmax-pooled over
+    patches and averaged over words: like the real scorer's ISA level, its working memory grows
+    with t * v * L * P (three float32 copies of that tensor)."""
+    return [
+        helper.make_node("Reshape", ["words", "rows_d"], ["w2"]),  # [T*L, D]
+        helper.make_node("Reshape", ["patches", "rows_d"], ["p2"]),  # [V*P, D]
+        helper.make_node("Transpose", ["p2"], ["p2_t"], perm=[1, 0]),
+        helper.make_node("MatMul", ["w2", "p2_t"], ["wp"]),  # [T*L, V*P]
+        helper.make_node("Reshape", ["wp", "keep_split_p"], ["wvp"]),  # [T*L, V, P]
+        helper.make_node("Softmax", ["wvp"], ["attn"], axis=-1),
+        helper.make_node("Mul", ["attn", "wvp"], ["weighted"]),
+        helper.make_node("ReduceSum", ["weighted", "ax2"], ["pooled"], keepdims=0),  # [T*L, V]
+        helper.make_node("Transpose", ["pooled"], ["pooled_t"], perm=[1, 0]),  # [V, T*L]
+        helper.make_node("Reshape", ["pooled_t", "keep_split_l"], ["vtl"]),  # [V, T, L]
+        helper.make_node("ReduceMean", ["vtl"], ["vt"], axes=[2], keepdims=0),
+        helper.make_node("Transpose", ["vt"], ["patch_word"], perm=[1, 0]),
+    ]
+
+
+def _scorer_graph(cfg: UCoFiAConfig, rng: np.random.Generator, pairwise: bool = False) -> onnx.GraphProto:
+    """Level 1: e^2 * (s_hat G)(v G1)^T (bilinear, like the real scorer); level 2: pooled dot;
+    level 3: pooled dot, or with ``pairwise`` the softmax-pooled word x patch tensor."""
     d, f, l, p = cfg.embed_dim, cfg.max_frames, cfg.max_words, cfg.num_pixels
     g = (np.eye(d) + 0.3 * rng.standard_normal((d, d))).astype(np.float32)
     g1 = (np.eye(d) + 0.3 * rng.standard_normal((d, d))).astype(np.float32)
@@ -104,18 +125,25 @@ def _scorer_graph(cfg: UCoFiAConfig, rng: np.random.Generator) -> onnx.GraphProt
         helper.make_node("Transpose", ["f_hat"], ["f_t"], perm=[1, 0]),
         helper.make_node("MatMul", ["s_hat", "f_t"], ["fs_raw"]),
         helper.make_node("Mul", ["fs_raw", "scale"], ["frame_sentence"]),
-        helper.make_node("ReduceMean", ["words"], ["wmean"], axes=[1], keepdims=0),
-        helper.make_node("ReduceMean", ["patches"], ["pmean"], axes=[1], keepdims=0),
-        helper.make_node("Transpose", ["pmean"], ["p_t"], perm=[1, 0]),
-        helper.make_node("MatMul", ["wmean", "p_t"], ["patch_word"]),
     ]
+    if pairwise:
+        nodes += _pairwise_patch_word()
+    else:
+        nodes += [helper.make_node("ReduceMean", ["words"], ["wmean"], axes=[1], keepdims=0),
+                  helper.make_node("ReduceMean", ["patches"], ["pmean"], axes=[1], keepdims=0),
+                  helper.make_node("Transpose", ["pmean"], ["p_t"], perm=[1, 0]),
+                  helper.make_node("MatMul", ["wmean", "p_t"], ["patch_word"])]
+    shapes = [_const("rows_d", np.array([-1, d], dtype=np.int64)),
+              _const("keep_split_p", np.array([0, -1, p], dtype=np.int64)),
+              _const("keep_split_l", np.array([0, -1, l], dtype=np.int64)),
+              _const("ax2", np.array([2], dtype=np.int64))] if pairwise else []
     return helper.make_graph(
         nodes, "scorer",
         [_vinfo("sentence", TensorProto.FLOAT, ["T", d]), _vinfo("words", TensorProto.FLOAT, ["T", l, d]),
          _vinfo("video", TensorProto.FLOAT, ["V", d]), _vinfo("frame_features", TensorProto.FLOAT, ["V", f, d]),
          _vinfo("patches", TensorProto.FLOAT, ["V", p, d])],
         [_vinfo(n, TensorProto.FLOAT, ["T", "V"]) for n in ("video_sentence", "frame_sentence", "patch_word")],
-        [_const("g", g), _const("g1", g1), _const("scale", np.array(np.exp(2.0), dtype=np.float32))])
+        [_const("g", g), _const("g1", g1), _const("scale", np.array(np.exp(2.0), dtype=np.float32)), *shapes])
 
 
 def _io(graph: onnx.GraphProto) -> dict:
@@ -126,13 +154,15 @@ def _io(graph: onnx.GraphProto) -> dict:
     return {"inputs": [spec(v) for v in graph.input], "outputs": [spec(v) for v in graph.output]}
 
 
-def build_fake_bundle(out: Path, cfg: UCoFiAConfig | None = None, seed: int = 0) -> Path:
-    """Write a contract-conforming bundle of small hand-built graphs into ``out``."""
+def build_fake_bundle(out: Path, cfg: UCoFiAConfig | None = None, seed: int = 0,
+                      pairwise_patch_word: bool = False) -> Path:
+    """Write a contract-conforming bundle of small hand-built graphs into ``out``
+    (``pairwise_patch_word``: a scorer whose working memory grows like the real one's)."""
     cfg = cfg or tiny_config()
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
     graphs = {"text_encoder": _text_graph(cfg, rng), "video_encoder": _video_graph(cfg, rng),
-              "scorer": _scorer_graph(cfg, rng)}
+              "scorer": _scorer_graph(cfg, rng, pairwise_patch_word)}
     digest = hashlib.sha256()
     entries = {}
     for key, graph in graphs.items():
@@ -149,6 +179,24 @@ def build_fake_bundle(out: Path, cfg: UCoFiAConfig | None = None, seed: int = 0)
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return out
+
+
+def synthetic_index(root: Path, bundle, videos: int, shard: int = 1000, seed: int = 0) -> Path:
+    """An index at ``root`` for ``bundle`` (a loaded Bundle) holding ``videos`` rows of random
+    features (ids v0, v1, ...), written in shards of ``shard`` rows; no video is decoded."""
+    from runtime.index import IndexWriter
+
+    cfg = bundle.config
+    rng = np.random.default_rng(seed)
+    with IndexWriter(root, bundle) as writer:
+        for start in range(0, videos, shard):
+            n = min(shard, videos - start)
+            writer.add_batch([f"v{i}" for i in range(start, start + n)], {
+                "video": rng.standard_normal((n, cfg.embed_dim), dtype=np.float32),
+                "frame_features": rng.standard_normal((n, cfg.max_frames, cfg.embed_dim), dtype=np.float32),
+                "patches": rng.standard_normal((n, cfg.num_pixels, cfg.embed_dim), dtype=np.float32),
+                "video_mask": np.ones((n, cfg.max_frames), np.float32)})
+    return root
 
 
 def make_clip(path: Path, seconds: float, size: tuple[int, int] = (48, 40), fps: int = 3, seed: int = 0) -> Path:

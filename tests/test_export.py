@@ -280,10 +280,15 @@ def test_fp16_bundle_with_fake_tensorrt(tmp_path, monkeypatch):
     fake = FakeTRT(version="11.4.0", has_fp16=False)
     monkeypatch.setattr(tensorrt_build, "import_tensorrt", lambda: fake)
     monkeypatch.setattr(tensorrt_build, "device_info", lambda: dict(DEVICE))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     model = ucofia.build_model(tiny_config(), seed=13)
     bundle = tmp_path / "bundle"
     manifest = export_bundle(model, bundle, fp16=True, trt=True)
     assert manifest["dtype"] == "float16"
+    # the timing cache outlives the temporary build directory: a re-export finds it
+    cache = tensorrt_build.default_timing_cache("11.4.0", DEVICE)
+    assert manifest["tensorrt"]["timing_cache"]["path"] == str(cache) and cache.read_bytes() == b"+++"
+    assert str(cache).startswith(str(tmp_path / "cache")) and not list(bundle.glob("*.cache"))
     ver = manifest["verification"]
     assert ver["passed"] and ver["tolerances"]["features"] == FP16_TOLERANCES.features
     assert max(c["max_rel"] for c in ver["checks"] if c["gated"]) < 5e-3  # measured ~1.6e-3
@@ -314,7 +319,7 @@ def test_trt_check_errors_abort_a_trt_export(tmp_path, monkeypatch):
     monkeypatch.setattr(tensorrt_build, "import_tensorrt", lambda: FakeTRT())
     monkeypatch.setattr(tensorrt_build, "device_info", lambda: dict(DEVICE))
     bad = TrtCheckReport([Issue("video_encoder", "/selector/TopK", "TopK", "error", "K must be constant")])
-    monkeypatch.setattr(bundle_module, "check_graphs", lambda graphs: bad)
+    monkeypatch.setattr(bundle_module, "check_graphs", lambda graphs, trt_version=None: bad)
     model = ucofia.build_model(tiny_config(), seed=1)
     with pytest.raises(TrtCompatibilityError, match="TopK"):
         export_bundle(model, tmp_path / "bundle", trt=True, verify=False)

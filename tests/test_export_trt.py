@@ -47,17 +47,20 @@ def test_good_graph_passes():
     assert errors == [] and warnings == []
 
 
-def test_topk_with_runtime_k_is_flagged_with_node_name():
+def test_topk_k_may_be_computed_at_run_time_but_must_stay_below_3840():
+    # TensorRT 8.6 added TopK with a dynamic K (onnx-tensorrt Changelog); 10.x only caps K
     nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape"),
              helper.make_node("Gather", ["s", "one"], ["k"], axis=0, name="gather_k"),
              helper.make_node("Unsqueeze", ["k", "zero"], ["k1"], name="unsq"),
              helper.make_node("TopK", ["x", "k1"], ["v", "i"], axis=-1, name="dynamic_topk")]
     inits = [numpy_helper.from_array(np.array(1, dtype=np.int64), "one"),
              numpy_helper.from_array(np.array([0], dtype=np.int64), "zero")]
-    model = _model(nodes, [_vi("x")], [_vi("v")], inits)
-    errors, _ = _errors(model)
-    assert len(errors) == 1
-    assert errors[0].node == "dynamic_topk" and errors[0].op == "TopK" and "'K'" in errors[0].message
+    errors, _ = _errors(_model(nodes, [_vi("x")], [_vi("v")], inits))
+    assert errors == []
+    big = numpy_helper.from_array(np.array([4000], dtype=np.int64), "k")
+    nodes = [helper.make_node("TopK", ["x", "k"], ["v", "i"], axis=-1, name="huge_topk")]
+    errors, _ = _errors(_model(nodes, [_vi("x")], [_vi("v")], [big]))
+    assert [e.node for e in errors] == ["huge_topk"] and "3840" in errors[0].message
 
 
 def test_topk_k_from_constant_node_and_unsorted():
@@ -68,8 +71,27 @@ def test_topk_k_from_constant_node_and_unsorted():
     assert [e.node for e in errors] == ["unsorted_topk"] and "sorted" in errors[0].message
 
 
-@pytest.mark.parametrize("case", ["sequence", "custom", "unsupported", "ellipsis", "argmax_last",
-                                  "int64_io", "opset", "slice_axes"])
+@pytest.mark.parametrize("case", ["ellipsis", "argmax_last", "int64_io", "clip_tensor_bounds"])
+def test_what_tensorrt_10_accepts_is_not_flagged(case):
+    """TensorRT 8's restrictions that 10.x lifted (onnx-tensorrt operators.md 10.x, Changelog 9.0/9.3)."""
+    x, y, inits = _vi("x"), _vi("y"), []
+    if case == "ellipsis":
+        nodes = [helper.make_node("Einsum", ["x", "x"], ["y"], equation="...i,...i->...i", name="ein")]
+    elif case == "argmax_last":
+        nodes = [helper.make_node("ArgMax", ["x"], ["y"], axis=-1, select_last_index=1, name="am")]
+        y = _vi("y", TensorProto.INT64, ("N", 1))
+    elif case == "int64_io":  # int64 I/O is native since TensorRT 9.0
+        nodes = [helper.make_node("Cast", ["x"], ["y"], to=TensorProto.INT64, name="cast")]
+        x, y = _vi("x", TensorProto.INT64), _vi("y", TensorProto.INT64)
+    else:  # bounds computed in the graph: imported as elementwise max/min
+        nodes = [helper.make_node("ReduceMin", ["x"], ["lo"], keepdims=0, name="lo"),
+                 helper.make_node("Clip", ["x", "lo"], ["y"], name="clip")]
+    errors, warnings = _errors(_model(nodes, [x], [y], inits))
+    assert errors == [] and warnings == []
+
+
+@pytest.mark.parametrize("case", ["sequence", "custom", "unsupported", "opset", "reduce_axes", "dropout",
+                                  "maxpool_indices", "dilations", "resize", "lstm", "zero_point", "squeeze_axes"])
 def test_bad_graphs_are_flagged(case):
     x, y = _vi("x"), _vi("y")
     inits, domains, opset = [], [], 17
@@ -82,39 +104,75 @@ def test_bad_graphs_are_flagged(case):
         domains = ["com.example"]
     elif case == "unsupported":
         nodes = [helper.make_node("Unique", ["x"], ["y"], name="uniq")]
-    elif case == "ellipsis":
-        nodes = [helper.make_node("Einsum", ["x", "x"], ["y"], equation="...i,...i->...i", name="ein")]
-    elif case == "argmax_last":
-        nodes = [helper.make_node("ArgMax", ["x"], ["y"], axis=-1, select_last_index=1, name="am")]
-        y = _vi("y", TensorProto.INT64, ("N", 1))
-    elif case == "int64_io":
-        nodes = [helper.make_node("ArgMax", ["x"], ["y"], axis=-1, name="am")]
-        y = _vi("y", TensorProto.INT64, ("N", 1))
     elif case == "opset":
         nodes = [helper.make_node("Relu", ["x"], ["y"], name="relu")]
         opset = 21
-    else:  # Slice whose axes come from the input's shape
+    elif case == "reduce_axes":  # axes computed from constants: a build-time constant, but no initializer
+        nodes = [helper.make_node("Add", ["one", "zero"], ["ax"], name="axes_sum"),
+                 helper.make_node("ReduceSum", ["x", "ax"], ["y"], name="reduce")]
+        inits = [numpy_helper.from_array(np.array([1], dtype=np.int64), "one"),
+                 numpy_helper.from_array(np.array([0], dtype=np.int64), "zero")]
+    elif case == "dropout":
+        nodes = [helper.make_node("Dropout", ["x", "", "train"], ["y"], name="drop")]
+        inits = [numpy_helper.from_array(np.array(True), "train")]
+    elif case == "maxpool_indices":
+        nodes = [helper.make_node("MaxPool", ["x"], ["y", "idx"], kernel_shape=[2, 2], name="pool")]
+    elif case == "dilations":
+        nodes = [helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[2, 2], dilations=[2, 2], name="pool")]
+    elif case == "resize":
+        nodes = [helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="cubic", name="resize")]
+        inits = [numpy_helper.from_array(np.array([1, 2], dtype=np.float32), "scales")]
+    elif case == "lstm":
+        nodes = [helper.make_node("LSTM", ["x", "w", "r"], ["y"], hidden_size=4, layout=1, name="lstm")]
+    elif case == "zero_point":
+        nodes = [helper.make_node("DequantizeLinear", ["q", "scale", "zp"], ["y"], name="dq")]
+        inits = [numpy_helper.from_array(np.array(3, dtype=np.int8), "zp"),
+                 numpy_helper.from_array(np.array(0.5, dtype=np.float32), "scale")]
+    else:  # Unsqueeze whose axes come from the input's shape
         nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape"),
-                 helper.make_node("Slice", ["x", "s", "s", "s"], ["y"], name="slice_dyn_axes")]
+                 helper.make_node("Unsqueeze", ["x", "s"], ["y"], name="unsq_dyn_axes")]
     model = _model(nodes, [x], [y], inits, opset=opset, domains=domains)
     errors, _ = _errors(model)
     assert errors, f"{case}: expected an error"
     text = " ".join(str(e) for e in errors)
-    expected = {"sequence": "sequence", "custom": "plugin", "unsupported": "not supported",
-                "ellipsis": "ellipsis", "argmax_last": "select_last_index", "int64_io": "int64",
-                "opset": "opset", "slice_axes": "'axes'"}[case]
+    expected = {"sequence": "sequence", "custom": "plugin", "unsupported": "not supported", "opset": "opset",
+                "reduce_axes": "must be an initializer", "dropout": "training_mode must be False",
+                "maxpool_indices": "first output", "dilations": "dilations", "resize": "mode='cubic'",
+                "lstm": "layout=0", "zero_point": "zero_point", "squeeze_axes": "build-time constant"}[case]
     assert expected in text
 
 
-def test_int64_input_ids_allowed_but_big_int64_weights_warned():
+def test_version_dependent_rules_follow_the_installed_release():
+    """Slice with tensor axes came with TensorRT 10.3, STFT with 10.5 (onnx-tensorrt Changelog)."""
+    nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape"),
+             helper.make_node("Slice", ["x", "s", "s", "s"], ["y"], name="slice_dyn_axes")]
+    model = _model(nodes, [_vi("x")], [_vi("y")])
+    for version, errors_, warnings_ in (("10.2.0", 1, 0), ("10.3.0.26", 0, 0), (None, 0, 1)):
+        issues, _ = check_model(model, "g", trt_version=version)
+        assert [i.severity for i in issues].count("error") == errors_, version
+        assert [i.severity for i in issues].count("warning") == warnings_, version
+        assert all("10.3" in i.message for i in issues)
+    stft = _model([helper.make_node("STFT", ["x", "step"], ["y"], name="stft")], [_vi("x")], [_vi("y")],
+                  [numpy_helper.from_array(np.array(4, dtype=np.int64), "step")])
+    assert [i.severity for i in check_model(stft, "g", "10.4.0")[0]] == ["error"]
+    assert check_model(stft, "g", "10.15.1")[0] == []
+    # opsets 21..24 are documented from 10.15 on; 10.0's table stops at 20
+    relu = _model([helper.make_node("Relu", ["x"], ["y"])], [_vi("x")], [_vi("y")], opset=22)
+    assert check_model(relu, "g", "10.15.1")[0] == [] and check_model(relu, "g", "10.8.0")[0]
+
+
+def test_float64_weights_warned_int64_weights_native():
     big = numpy_helper.from_array(np.array([2 ** 40], dtype=np.int64), "big")
+    wide = numpy_helper.from_array(np.array([1.5], dtype=np.float64), "wide")
     nodes = [helper.make_node("Cast", ["input_ids"], ["f"], to=TensorProto.FLOAT, name="cast"),
              helper.make_node("Cast", ["big"], ["bf"], to=TensorProto.FLOAT, name="cast_big"),
-             helper.make_node("Add", ["f", "bf"], ["y"], name="add")]
-    model = _model(nodes, [_vi("input_ids", TensorProto.INT64)], [_vi("y")], [big])
+             helper.make_node("Cast", ["wide"], ["wf"], to=TensorProto.FLOAT, name="cast_wide"),
+             helper.make_node("Add", ["f", "bf"], ["g"], name="add"),
+             helper.make_node("Add", ["g", "wf"], ["y"], name="add2")]
+    model = _model(nodes, [_vi("input_ids", TensorProto.INT64)], [_vi("y")], [big, wide])
     errors, warnings = _errors(model)
     assert errors == []
-    assert [w.node for w in warnings] == ["big"] and "int32" in warnings[0].message
+    assert [w.node for w in warnings] == ["wide"] and "float32" in warnings[0].message
 
 
 def test_subgraphs_are_walked():
@@ -165,16 +223,26 @@ def test_input_profiles_cover_every_dynamic_axis():
     assert set(scorer) == {"sentence", "words", "video", "frame_features", "patches"}
 
 
-def test_precision_plan_detects_the_fp16_api():
-    trt10 = types.SimpleNamespace(BuilderFlag=_fake_flags("FP16", "TF32"))
-    trt11 = types.SimpleNamespace(BuilderFlag=_fake_flags("TF32"))
-    p10 = precision_plan(trt10, "float16")
-    assert p10.set_flags == ("FP16",) and p10.network_flags == 0 and "BuilderFlag.FP16" in p10.mode
-    p11 = precision_plan(trt11, "float16")
-    assert p11.set_flags == () and "strongly typed" in p11.mode
-    assert precision_plan(trt10, "float32").set_flags == ()
-    assert precision_plan(trt10, "float32").clear_flags == ("TF32",)
-    assert precision_plan(types.SimpleNamespace(BuilderFlag=_fake_flags()), "float32").clear_flags == ()
+def _trt(*flags, creation=None):
+    ns = types.SimpleNamespace(BuilderFlag=_fake_flags(*flags), __version__="x")
+    if creation is not None:
+        ns.NetworkDefinitionCreationFlag = creation
+    return ns
+
+
+def test_precision_plan_is_strongly_typed_on_10x_and_11x():
+    """10.x: the STRONGLY_TYPED creation flag (bit 1) instead of BuilderFlag.FP16's weak typing;
+    11.x: no BuilderFlag.FP16 and always strongly typed, so no flag (STRONGLY_TYPED is deprecated)."""
+    trt10 = _trt("FP16", "TF32", creation=types.SimpleNamespace(EXPLICIT_BATCH=0, STRONGLY_TYPED=1))
+    trt11 = _trt("TF32", creation=types.SimpleNamespace(STRONGLY_TYPED=0))
+    for dtype in ("float16", "float32"):
+        p10, p11 = precision_plan(trt10, dtype), precision_plan(trt11, dtype)
+        assert p10.network_flags == 1 << 1 and p10.set_flags == () and "STRONGLY_TYPED" in p10.mode
+        assert p11.network_flags == 0 and p11.set_flags == () and "strongly typed" in p11.mode
+        assert p10.clear_flags == p11.clear_flags == ("TF32",)
+    assert precision_plan(_trt(creation=types.SimpleNamespace(STRONGLY_TYPED=0)), "float32").clear_flags == ()
+    with pytest.raises(TensorRTError, match="TensorRT 10 or newer"):  # weak typing only (TensorRT 8)
+        precision_plan(_trt("FP16", "TF32", creation=types.SimpleNamespace(EXPLICIT_BATCH=0)), "float16")
     with pytest.raises(ValueError):
         precision_plan(trt10, "int8")
 
@@ -186,26 +254,41 @@ def _bundle_dir(tmp_path):
     return specs
 
 
-def test_build_engines_with_fake_trt10(tmp_path):
+@pytest.fixture
+def cache_home(tmp_path, monkeypatch):
+    home = tmp_path / "xdg_cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home))
+    return home
+
+
+def test_build_engines_with_fake_trt10(tmp_path, cache_home):
     specs = _bundle_dir(tmp_path)
     trt = FakeTRT()
     opts = TrtBuildOptions(texts=AxisRange(1, 2, 4), videos=AxisRange(1, 2, 3), workspace_gib=0.5)
     section = build_engines(tmp_path, specs, "float16", opts, trt=trt, device=DEVICE)
     assert section["version"] == "10.3.0" and section["gpu"] == DEVICE["gpu"]
-    assert section["compute_capability"] == "9.0" and "BuilderFlag.FP16" in section["precision"]
+    assert section["compute_capability"] == "9.0" and "STRONGLY_TYPED" in section["precision"]
     assert section["axes"] == {"T": {"min": 1, "opt": 2, "max": 4}, "V": {"min": 1, "opt": 2, "max": 3}}
     for key, spec in specs.items():
         entry = section["engines"][key]
         assert entry["file"] == spec.file.replace(".onnx", ".plan")
         assert (tmp_path / entry["file"]).read_bytes() == b"PLAN"
     assert ("pool", "WORKSPACE", 1 << 29) in trt.calls
-    assert trt.calls.count(("set_flag", "FP16")) == 3 and ("clear_flag", "TF32") in trt.calls
-    assert [c[1] for c in trt.calls if c[0] == "network"] == [0, 0, 0]
+    # strongly typed: no precision flag (BuilderFlag.FP16 would let float32 islands run in float16)
+    assert not any(c[0] == "set_flag" for c in trt.calls) and ("clear_flag", "TF32") in trt.calls
+    assert [c[1] for c in trt.calls if c[0] == "network"] == [2, 2, 2]
     profiles = [c[1] for c in trt.calls if c[0] == "profile"]
     assert profiles[0]["input_ids"] == ([1, 32], [2, 32], [4, 32])
-    # the timing cache is threaded through the three builds and saved in the bundle
-    assert (tmp_path / "trt_timing.cache").read_bytes() == b"+++"
+    # the timing cache is threaded through the three builds and saved outside the build directory
+    cache = cache_home / "ucofia" / "tensorrt" / "timing-trt10.3.0-sm9.0-NVIDIA-H100-80GB-HBM3.cache"
+    assert cache.read_bytes() == b"+++" and section["timing_cache"]["path"] == str(cache)
+    assert not list(tmp_path.glob("*.cache"))
     json.dumps(section)
+    # a second export on the same machine starts from the saved cache
+    again = FakeTRT()
+    build_engines(tmp_path, specs, "float16", opts, trt=again, device=DEVICE)
+    assert [c[1] for c in again.calls if c[0] == "create_cache"][0] == b"+++"
+    assert cache.read_bytes() == b"++++++"
 
 
 def test_build_engines_trt11_strongly_typed_and_reuses_cache(tmp_path):
@@ -217,10 +300,31 @@ def test_build_engines_trt11_strongly_typed_and_reuses_cache(tmp_path):
     section = build_engines(tmp_path, specs, "float16", TrtBuildOptions(timing_cache=cache), trt=trt, device=DEVICE)
     assert "strongly typed" in section["precision"]
     assert not any(c[0] == "set_flag" for c in trt.calls)
-    assert cache.read_bytes() == b"old+++" and section["timing_cache"] == str(cache)
+    assert [c[1] for c in trt.calls if c[0] == "network"] == [0, 0, 0]
+    assert cache.read_bytes() == b"old+++" and section["timing_cache"]["path"] == str(cache)
+    assert section["timing_cache"]["bytes_read"] == 3
 
 
-def test_build_errors_are_clear(tmp_path):
+def test_refused_or_missing_timing_cache_is_handled(tmp_path):
+    specs = _bundle_dir(tmp_path)
+    cache = tmp_path / "foreign.cache"
+    cache.write_bytes(b"other-gpu")
+    notes = []
+    trt = FakeTRT(cache_ok=False)  # set_timing_cache returns False for a non-empty cache
+    build_engines(tmp_path, specs, "float32", TrtBuildOptions(timing_cache=cache), trt=trt, device=DEVICE,
+                  log=notes.append)
+    # each build falls back to a fresh cache, and the one saved is the fresh one's result
+    assert [c[1] for c in trt.calls if c[0] == "create_cache"][:2] == [b"other-gpu", b""]
+    assert sum("refused the timing cache" in n for n in notes) >= 1
+    assert not cache.read_bytes().startswith(b"other-gpu")
+    # get_timing_cache() may return None: the cache read in is kept, nothing crashes
+    cache.write_bytes(b"mine")
+    build_engines(tmp_path, specs, "float32", TrtBuildOptions(timing_cache=cache),
+                  trt=FakeTRT(cache_kept=False), device=DEVICE)
+    assert cache.read_bytes() == b"mine"
+
+
+def test_build_errors_are_clear(tmp_path, cache_home):
     specs = _bundle_dir(tmp_path)
     with pytest.raises(TensorRTError, match="(?s)parser rejected text_encoder.onnx.*K must be an initializer"):
         build_engines(tmp_path, specs, "float32", TrtBuildOptions(), trt=FakeTRT(parse_ok=False), device=DEVICE)

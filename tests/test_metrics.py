@@ -112,10 +112,23 @@ def test_multi_caption_recall_is_float32():
 
 
 def test_multi_caption_ties_broken_by_video_index():
-    sim = np.array([[1.0, 1.0, 1.0]] * 3)
-    r = retrieval_metrics(sim, [0, 1, 2])  # ranks 1, 2, 3
-    assert r["R1"] == pytest.approx(100 / 3, rel=1e-6)
-    assert r["MdR"] == 2.0 and r["MnR"] == 2.0
+    # every caption ties with every video: the lower video index ranks first (torch's argsort
+    # order), so captions of video 0 rank 1 and the caption of video 2 ranks 3; the other
+    # direction would give ranks 3, 3, 2, 1
+    sim = np.array([[1.0, 1.0, 1.0]] * 4)
+    r = retrieval_metrics(sim, [0, 0, 1, 2])  # ranks 1, 1, 2, 3
+    assert r["R1"] == 50.0
+    assert r["MdR"] == 1.0 and r["MnR"] == 1.75
+
+
+def test_captions_with_non_finite_ground_truth_score_are_dropped():
+    # caption 1's ground truth (video 0) scores -inf and caption 3's +inf: neither counts (the
+    # reference ranks only captions with a finite ground-truth score); the others rank 1 and 2
+    sim = np.array([[2.0, 1.0, 0.0], [-np.inf, 3.0, 0.0], [0.0, 1.0, 5.0], [np.inf, 0.0, 0.0]])
+    r = retrieval_metrics(sim, [0, 0, 1, 0])
+    assert r == {"R1": 50.0, "R5": 100.0, "R10": 100.0, "MdR": 1.0, "MnR": 1.5}
+    with pytest.raises(MetricsError, match="no caption has a finite ground-truth score"):
+        retrieval_metrics(np.array([[-np.inf, 0.0], [0.0, np.inf]]), [0, 1])
 
 
 def test_v2t_uses_best_caption_of_each_video():

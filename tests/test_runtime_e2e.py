@@ -130,15 +130,36 @@ def test_two_stage_and_tiling_on_exported_scorer(built, monkeypatch):
         np.testing.assert_allclose(tiled[level], whole[level], rtol=1e-5, atol=1e-5)
 
 
-def test_evaluate_on_exported_bundle(built, tmp_path):
-    _, index = built
+SECOND_CAPTIONS = ["a vehicle on a street", "an animal outdoors", "food being prepared", "a ball game",
+                   "a pet resting", "music being performed"]
+
+
+def test_evaluate_on_exported_bundle(model, built, tmp_path):
+    """`ucofia-run evaluate` against metrics computed from the PyTorch model: torch level
+    similarities, SK biases (video bias over the index's bank, text bias over the evaluated
+    videos) and fusion from ucofia, metrics from evaluation.retrieval_metrics."""
+    root, index = built
+    captions = BANK + SECOND_CAPTIONS  # two captions per video: the multi-caption protocol
+    video_of_text = list(range(N_VIDEOS)) * 2
     ann = tmp_path / "test.csv"
     ann.write_text("key,vid_key,video_id,sentence\n" +
-                   "".join(f"ret{i},msr{i},video{i},{BANK[i]}\n" for i in range(N_VIDEOS)))
+                   "".join(f"ret{i},msr{v},video{v},{c}\n" for i, (v, c) in enumerate(zip(video_of_text, captions))))
     out = tmp_path / "metrics.json"
     result = run_cli("evaluate", "--index", str(index), "--annotations", str(ann), "-o", str(out), "-q")
     assert result.returncode == 0, result.stderr
-    metrics = json.loads(out.read_text())["metrics"]
-    for direction in ("t2v", "v2t"):
-        assert 0 <= metrics[direction]["R1"] <= metrics[direction]["R5"] <= 100
-        assert 1 <= metrics[direction]["MdR"] <= N_VIDEOS
+    report = json.loads(out.read_text())
+    assert report["captions"] == 2 * N_VIDEOS and report["protocol"] == "multi-caption"
+
+    from evaluation import retrieval_metrics
+
+    n_iters = model.config.sk_iterations
+    videos = _torch_videos(model, root / "videos")
+    with torch.no_grad():
+        bank = model.level_similarities(_torch_text(model, BANK), videos)
+        sims = model.level_similarities(_torch_text(model, captions), videos)
+        video_bias = {lv: ucofia.sinkhorn_video_bias(bank[lv], n_iters) for lv in sims}
+        text_bias = {lv: ucofia.sinkhorn_text_bias(sims[lv], n_iters) for lv in sims}
+        t2v = ucofia.fuse(sims, video_bias).numpy()
+        v2t = ucofia.fuse({lv: sims[lv] + text_bias[lv][:, None] for lv in sims}).numpy()
+    want = {"t2v": retrieval_metrics(t2v, video_of_text, "t2v"), "v2t": retrieval_metrics(v2t, video_of_text, "v2t")}
+    assert report["metrics"] == want

@@ -6,13 +6,13 @@ import json
 
 import numpy as np
 import pytest
-from runtime_helpers import build_fake_bundle, make_clip, run_cli
+from runtime_helpers import build_fake_bundle, make_clip, run_cli, synthetic_index
 
 from runtime import ingest, search
 from runtime.bundle import load_bundle
 from runtime.errors import GalleryIndexError
 from runtime.index import GalleryIndex, IndexWriter
-from runtime.scoring import LEVELS, Scorer
+from runtime.scoring import LEVELS, Scorer, score_matrix
 from runtime.backends import open_session
 from runtime.text import TextEncoder
 
@@ -144,6 +144,54 @@ def test_two_stage_with_full_shortlist_equals_exhaustive(built):
         np.testing.assert_allclose(staged.levels[level], exhaustive.levels[level], rtol=1e-5, atol=1e-6)
     # the probed kernel reproduces the video_sentence level exactly enough to rank by it
     search.check_level1_kernel(np.load(built / search.KERNEL_FILE), scorer, gallery, feats)
+
+
+def test_two_stage_shortlist_ranks_by_video_sentence_plus_its_bias(bundle_dir, tmp_path):
+    """A real shortlist (10 of 200) whose membership the video_sentence bias changes: stage 1 must
+    keep the 10 best by video_sentence + bias, stage 2 re-rank them by the fused score. Expected
+    values come from the level matrices and plain numpy, not from the search code."""
+    bundle = load_bundle(bundle_dir)
+    root = synthetic_index(tmp_path / "index", bundle, 200, shard=64, seed=11)
+    gallery = GalleryIndex(root)
+    scorer = Scorer(open_session(bundle, "scorer", "cpu"), bundle.config)
+    queries = TextEncoder(bundle, "cpu").encode(["a red car", "a dog on the beach", "someone is cooking"])
+    sims = score_matrix(scorer, queries, gallery)
+    rng = np.random.default_rng(12)
+    spread = float(sims["video_sentence"].std())
+    biases = {lv: rng.normal(0, 2 * spread, 200).astype(np.float32) for lv in LEVELS}
+    with IndexWriter(root, bundle) as writer:
+        writer.set_biases(np.stack([biases[lv] for lv in LEVELS]), {"bank": {"path": "synthetic"}})
+    gallery = GalleryIndex(root)  # re-read: the state now names the biases
+    k, shortlist = 3, 10
+
+    stage1 = sims["video_sentence"] + biases["video_sentence"][None, :]
+    want = []
+    for q in range(len(queries)):
+        short = np.argsort(-stage1[q], kind="stable")[:shortlist]
+        by_level_alone = set(np.argsort(-sims["video_sentence"][q], kind="stable")[:shortlist])
+        assert set(short) != by_level_alone, "the bias must change the shortlist for this test to mean anything"
+        fused = sum(sims[lv][q, short] + biases[lv][short] for lv in LEVELS) / 3
+        want.append(short[np.argsort(-fused, kind="stable")[:k]])
+    got = search.two_stage(scorer, gallery, queries, k=k, shortlist=shortlist)
+    np.testing.assert_array_equal(got.indices, np.array(want))
+    exhaustive = search.exhaustive(scorer, gallery, queries, k=k)
+    assert not np.array_equal(exhaustive.indices, got.indices)  # stage 1 really decided something
+
+
+def test_damaged_shards_are_named(bundle_dir, tmp_path):
+    bundle = load_bundle(bundle_dir)
+    root = synthetic_index(tmp_path / "index", bundle, 10, shard=5)
+    patches = root / "shards" / "000001" / "patches.npy"
+    patches.write_bytes(patches.read_bytes()[:-100])  # a half-written copy
+    gallery = GalleryIndex(root)
+    assert gallery.features(0, 5)["patches"].shape[0] == 5  # the intact shard still reads
+    with pytest.raises(GalleryIndexError, match="000001/patches.npy is (truncated|unreadable)"):
+        gallery.features(3, 10)
+    with pytest.raises(GalleryIndexError, match="000001/patches.npy is unreadable"):
+        gallery.gather(np.array([9]))
+    np.save(root / "shards" / "000001" / "video.npy", np.zeros((4, bundle.config.embed_dim), np.float32))
+    with pytest.raises(GalleryIndexError, match=r"000001/video.npy has shape \(4, 64\), the state says 5 rows"):
+        GalleryIndex(root).features(5, 6)
 
 
 def test_search_cli_outputs(built, tmp_path):

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+import time
+import weakref
 
 import numpy as np
 import pytest
@@ -87,21 +90,85 @@ def test_cpu_scorer_session_runs_tiles_concurrently(bundle):
     assert t == 1 and v < 1000 and -(-1000 // v) >= 2
 
 
-def test_fuse_is_mean_of_levels_plus_bias():
-    levels = {lv: np.full((2, 3), i + 1.0, np.float32) for i, lv in enumerate(scoring.LEVELS)}
-    biases = {lv: np.array([0.0, 3.0, 6.0], np.float32) for lv in scoring.LEVELS}
-    np.testing.assert_allclose(scoring.fuse(levels, None), 2.0)
-    np.testing.assert_allclose(scoring.fuse(levels, biases), [[2, 5, 8]] * 2)
+def test_fuse_adds_each_level_its_own_bias():
+    levels = dict(zip(scoring.LEVELS, (np.full((2, 2), 1.0, np.float32), np.full((2, 2), 2.0, np.float32),
+                                       np.array([[3.0, 4.0], [5.0, 6.0]], np.float32))))
+    biases = dict(zip(scoring.LEVELS, (np.array([0.0, 3.0], np.float32), np.array([10.0, 20.0], np.float32),
+                                       np.array([100.0, 200.0], np.float32))))
+    np.testing.assert_allclose(scoring.fuse(levels, None), [[2, 7 / 3], [8 / 3, 3]], rtol=1e-6)
+    # (1 + 0 + 2 + 10 + 3 + 100) / 3 = 116 / 3, (1 + 3 + 2 + 20 + 4 + 200) / 3 = 230 / 3, ...
+    np.testing.assert_allclose(scoring.fuse(levels, biases), [[116 / 3, 230 / 3], [118 / 3, 232 / 3]], rtol=1e-6)
 
 
-def test_plan_tiles_respects_budget(scorer):
-    cfg = scorer.config
-    pair = scoring.PAIR_TENSOR_COPIES * cfg.max_words * cfg.num_pixels * 4
-    for memory_mb in (1, 16, 256):
-        t, v = scorer.plan_tiles(1000, 100000, memory_mb)
-        assert t >= 1 and v >= 1
-        assert t * v * pair <= memory_mb * 2**20 or (t, v) == (1, 1)
+class _Metered:
+    """Wraps a scorer session: runs overlap (a short sleep), and every call records the bytes then
+    in flight: the planned working memory of the calls running at once plus the video feature
+    blocks still alive (tracked with weakref.finalize on the arrays the source handed out)."""
+
+    def __init__(self, session, config, runs):
+        self.session, self.spec, self.concurrency = session, session.spec, runs
+        self.pair = scoring.PAIR_TENSOR_COPIES * config.max_words * config.num_pixels * 4
+        self.lock = threading.Lock()
+        self.running = self.blocks = self.peak = 0
+
+    def max_rows(self, role):
+        return None
+
+    def block_alive(self, nbytes):
+        with self.lock:
+            self.blocks += nbytes
+
+    def block_dropped(self, nbytes):
+        with self.lock:
+            self.blocks -= nbytes
+
+    def run(self, inputs):
+        work = len(inputs["sentence"]) * len(inputs["video"]) * self.pair
+        with self.lock:
+            self.running += work
+            self.peak = max(self.peak, self.running + self.blocks)
+        try:
+            time.sleep(0.002)
+            return self.session.run(inputs)
+        finally:
+            with self.lock:
+                self.running -= work
+
+
+class _TrackedVideos(scoring.ArrayVideos):
+    def __init__(self, arrays, meter):
+        super().__init__(arrays)
+        self.meter = meter
+
+    def features(self, start, stop):
+        block = {role: np.array(a) for role, a in super().features(start, stop).items()}
+        nbytes = sum(a.nbytes for a in block.values())
+        self.meter.block_alive(nbytes)
+        weakref.finalize(block["video"], self.meter.block_dropped, nbytes)
+        return block
+
+
+@pytest.mark.parametrize("runs, backend, budgets", [(1, "cuda", (1, 3)), (4, "cuda", (1, 3)),
+                                                     (4, "cpu", (2, 64))])
+def test_everything_in_flight_fits_the_memory_budget(bundle, runs, backend, budgets):
+    """The planner counts every concurrent run and every video block alive, not one tile."""
+    cfg = bundle.config
+    meter = _Metered(open_session(bundle, "scorer", "cpu", threads=1), cfg, runs)
+    meter.backend = backend  # "cpu": cache-sized tiles when they fit
+    scorer = scoring.Scorer(meter, cfg)
+    text, videos = _features(cfg, 6, 400, seed=5)
+    for memory_mb in budgets:
+        meter.peak = 0
+        t, v = scorer.plan_tiles(6, 400, memory_mb)
+        assert t * v >= 4, "budget too small to tell anything"
+        scoring.score_topk(scorer, text, _TrackedVideos(videos.arrays, meter), 3, memory_mb=memory_mb)
+        assert 0 < meter.peak <= memory_mb * 2**20, (runs, memory_mb, t, v, meter.peak)
+        assert meter.blocks == 0
+
+
+def test_plan_tiles_limits(scorer):
     assert scorer.plan_tiles(3, 5, 1024) == (3, 5)  # everything fits in one call
+    assert scorer.plan_tiles(1000, 100000, 1e-3) == (1, 1)  # below one pair: the smallest tile
     with pytest.raises(ValueError, match="memory-mb"):
         scorer.plan_tiles(3, 5, 0)
 

@@ -52,17 +52,20 @@ def _grad_worker(rank: int, port: int, out: str) -> None:
 
 
 def _train_worker(rank: int, port: int, out: str) -> None:
-    """One rank of a full 2-process training run through the Trainer (perturbed top-k on)."""
-    from ucofia.training.trainer import train
+    """One rank of a full 2-process training run through the Trainer (perturbed top-k on); saves
+    the fingerprint of the weights this rank holds before and after training."""
+    from ucofia.checkpoints import weights_fingerprint
+    from ucofia.training.trainer import Trainer
 
     _env(rank, port)
     cfg = tiny_train_config(optim__epochs=1, optim__batch_size=4, eval__sk=False,
                             eval__select_metric="t2v.all.R1", run__num_threads=1)
-    train(cfg, Path(out) / "run", splits=synthetic_splits(train_videos=8, captions=1), log=lambda _m: None)
-    from ucofia.checkpoints import load_checkpoint
-
-    model, meta = load_checkpoint(Path(out) / "run" / "last")
-    torch.save({"fingerprint": meta["fingerprint"]}, f"{out}/trained{rank}.pt")
+    trainer = Trainer(cfg, Path(out) / "run", splits=synthetic_splits(train_videos=8, captions=1),
+                      log=lambda _m: None)
+    trainer.preflight()
+    initial = weights_fingerprint(trainer._model)
+    trainer.run()
+    torch.save({"initial": initial, "trained": weights_fingerprint(trainer._model)}, f"{out}/trained{rank}.pt")
 
 
 def test_ddp_gradient_equals_single_process_large_batch(tmp_path):
@@ -91,7 +94,13 @@ def test_ddp_gradient_equals_single_process_large_batch(tmp_path):
 def test_ddp_training_run_two_processes(tmp_path):
     mp.start_processes(_train_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True,
                        start_method="spawn")
-    fps = [torch.load(tmp_path / f"trained{r}.pt", weights_only=True)["fingerprint"] for r in range(WORLD)]
-    assert fps[0] == fps[1]
+    ranks = [torch.load(tmp_path / f"trained{r}.pt", weights_only=True) for r in range(WORLD)]
+    # each rank's own weights: equal on both ranks (DDP averaged every step), moved by training,
+    # and what rank 0 saved as `last`
+    assert ranks[0]["initial"] == ranks[1]["initial"]
+    assert ranks[0]["trained"] == ranks[1]["trained"] != ranks[0]["initial"]
+    from ucofia.checkpoints import load_checkpoint
+
+    assert load_checkpoint(tmp_path / "run" / "last")[1]["fingerprint"] == ranks[1]["trained"]
     assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
     assert (tmp_path / "run" / "metrics.jsonl").read_text().strip()

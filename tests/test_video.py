@@ -162,10 +162,24 @@ def test_vfr_uses_the_seek_emulation_and_cfr_does_not():
     assert not _decode("ntsc_2997", "default").two_pass
 
 
-def test_rotation_and_portrait_geometry():
-    rot = _decode("rot90", "default")
-    assert probe_video(FIX / "clips" / "rot90.mp4").width == 96  # stored landscape, shown portrait
+@pytest.mark.parametrize("key, gradient_half, brighter_at_top", [("rot90", "right", True),
+                                                                  ("rot270", "left", False)])
+def test_rotated_files_come_out_upright(key, gradient_half, brighter_at_top):
+    """rot90/rot270 store a landscape 96 x 64 picture (make_fixtures._image): a flat colour above,
+    a dark-to-bright gradient from left to right below, and a display matrix turning it portrait.
+    Upright (as OpenCV's auto-orientation shows it, which the reference decodes) the gradient runs
+    along the height: on the right half with the bright end on top for rot90 (np.rot90 k=1), on the
+    left half with the bright end at the bottom for rot270 (k=-1). Unrotated, it would run along
+    the width in the lower half."""
+    assert probe_video(FIX / "clips" / f"{key}.mp4").width == 96  # stored landscape
+    rot = _decode(key, "default")
     assert rot.frames_uint8.shape[1:] == (224, 224, 3)
+    grey = rot.frames_uint8[0].astype(float).mean(axis=-1)  # frame 0: no frame-number bars
+    grid = grey.reshape(4, 56, 4, 56).mean(axis=(1, 3))  # 4 x 4 blocks, rows top to bottom
+    gradient, flat = (grid[:, 2:], grid[:, :2]) if gradient_half == "right" else (grid[:, :2], grid[:, 2:])
+    steps = np.diff(gradient.mean(axis=1))  # top to bottom
+    assert ((steps < -20) if brighter_at_top else (steps > 20)).all(), grid.round()
+    assert np.ptp(gradient, axis=1).max() < 5 and np.ptp(flat) < 5, grid.round()
 
 
 # ---- sampling arithmetic -------------------------------------------------------------------

@@ -33,7 +33,8 @@ from export.specs import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 @click.option("--max-videos", type=int, default=16, show_default=True, help="TensorRT profile: most videos.")
 @click.option("--workspace-gib", type=float, default=4.0, show_default=True, help="TensorRT workspace pool limit.")
 @click.option("--timing-cache", type=click.Path(path_type=Path), default=None,
-              help="TensorRT timing cache file to reuse and update (default: inside the bundle).")
+              help="TensorRT timing cache file to reuse and update (default: one per TensorRT version "
+                   "and GPU under $XDG_CACHE_HOME/ucofia/tensorrt, else ~/.cache/ucofia/tensorrt).")
 def export(checkpoint: Path, out_dir: Path, fp16: bool, int8: bool, trt: bool, allow_small_vocab: bool, opset: int,
            force: bool, exporter: str,
            min_texts: int, opt_texts: int, max_texts: int, min_videos: int, opt_videos: int,

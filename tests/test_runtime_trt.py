@@ -1,0 +1,127 @@
+"""runtime.trt.TensorRTSession against a fake TensorRT engine that enforces its optimisation profile
+(tests/trt_runtime_fakes.py): calls larger than the profile are split, smaller than its minimum
+padded, every TensorRT return value is checked, results equal onnxruntime's on the same graphs."""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+from runtime_helpers import build_fake_bundle
+from trt_runtime_fakes import BUFFERS, HostMemory, add_fake_engines, fake_tensorrt
+
+from runtime import scoring, trt as runtime_trt
+from runtime.backends import open_session, resolve_backend
+from runtime.bundle import load_bundle
+from runtime.errors import BackendError
+from runtime.text import TextEncoder
+
+DEVICE = {"gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
+VERSION = "10.8.0"
+TEXTS = (2, 2, 3)  # profile min/opt/max texts: the minimum 2 forces padding of single texts
+VIDEOS = (1, 2, 2)
+
+
+def _setup(tmp_path, monkeypatch, fail=None):
+    root = build_fake_bundle(tmp_path / "bundle")
+    add_fake_engines(root, TEXTS, VIDEOS, DEVICE, VERSION, fail)
+    engines = []
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(VERSION, root, engines))
+    monkeypatch.setattr(runtime_trt, "gpu_device", lambda: dict(DEVICE))
+    monkeypatch.setattr(runtime_trt, "CudaMemory", HostMemory)
+    return load_bundle(root), engines
+
+
+def _features(cfg, n_text, n_video, seed=0):
+    rng = np.random.default_rng(seed)
+    d = cfg.embed_dim
+    text = scoring.TextFeatures(rng.standard_normal((n_text, d), dtype=np.float32),
+                                rng.standard_normal((n_text, cfg.max_words, d), dtype=np.float32))
+    videos = {"video": rng.standard_normal((n_video, d), dtype=np.float32),
+              "frame_features": rng.standard_normal((n_video, cfg.max_frames, d), dtype=np.float32),
+              "patches": rng.standard_normal((n_video, cfg.num_pixels, d), dtype=np.float32)}
+    return text, videos
+
+
+def test_scorer_calls_beyond_the_profile_are_split_and_padded(tmp_path, monkeypatch):
+    bundle, engines = _setup(tmp_path, monkeypatch)
+    assert resolve_backend("auto", bundle) == "tensorrt"
+    session = open_session(bundle, "scorer", "auto")
+    assert session.backend == "tensorrt" and session.axes == {"T": (2, 3), "V": (1, 2)}
+    assert session.max_rows("sentence") == 3 and session.max_rows("patches") == 2
+    text, videos = _features(bundle.config, 7, 5)
+    inputs = {"sentence": text.sentence, "words": text.words, **videos}
+    got = session.run(inputs)
+    want = open_session(bundle, "scorer", "cpu").run(inputs)
+    for level in scoring.LEVELS:
+        assert got[level].shape == (7, 5)
+        np.testing.assert_allclose(got[level], want[level], rtol=1e-6, atol=1e-6)
+    runs = engines[-1].executions
+    # 7 texts -> 3 + 3 + 1 (padded to the minimum 2); 5 videos -> 2 + 2 + 1
+    assert len(runs) == 9
+    assert sorted({r["shapes"]["sentence"][0] for r in runs}) == [2, 3]
+    assert sorted({r["shapes"]["video"][0] for r in runs}) == [1, 2]
+    for r in runs:  # every tensor bound to its own buffer, inputs and outputs alike
+        assert set(r["addresses"]) == set(engines[-1].inputs) | set(engines[-1].outputs)
+        assert len(set(r["addresses"].values())) == len(r["addresses"])
+    assert not BUFFERS  # every device buffer was freed
+    with pytest.raises(ValueError, match="inputs disagree on axis 'T'"):
+        session.run({**inputs, "words": text.words[:4]})
+
+
+def test_encoders_and_tiled_scoring_on_tensorrt_equal_onnxruntime(tmp_path, monkeypatch):
+    bundle, engines = _setup(tmp_path, monkeypatch)
+    texts = [f"query number {i} about a red car" for i in range(5)]
+    trt_feats = TextEncoder(bundle, "tensorrt").encode(texts)
+    cpu_feats = TextEncoder(bundle, "cpu").encode(texts)
+    np.testing.assert_allclose(trt_feats.words, cpu_feats.words, rtol=1e-6, atol=1e-6)
+    assert all(r["shapes"]["input_ids"][0] <= TEXTS[2] for r in engines[-1].executions)
+
+    trt_scorer = scoring.Scorer(open_session(bundle, "scorer", "tensorrt"), bundle.config)
+    cpu_scorer = scoring.Scorer(open_session(bundle, "scorer", "cpu"), bundle.config)
+    # the planner sizes tiles to the engine's profile whatever the memory budget
+    assert trt_scorer.plan_tiles(100, 1000, 4096) == (TEXTS[2], VIDEOS[2])
+    text, videos = _features(bundle.config, 5, 9, seed=1)
+    biases = {lv: np.linspace(-1, 1, 9, dtype=np.float32) * (i + 1) for i, lv in enumerate(scoring.LEVELS)}
+    top_trt = scoring.score_topk(trt_scorer, text, scoring.ArrayVideos(videos), 4, biases)
+    top_cpu = scoring.score_topk(cpu_scorer, text, scoring.ArrayVideos(videos), 4, biases)
+    np.testing.assert_array_equal(top_trt.indices, top_cpu.indices)
+    np.testing.assert_allclose(top_trt.fused, top_cpu.fused, rtol=1e-6, atol=1e-6)
+    assert all(r["shapes"]["video"][0] <= VIDEOS[2] for r in engines[-1].executions)
+
+
+def test_video_encoder_on_tensorrt(tmp_path, monkeypatch):
+    bundle, _ = _setup(tmp_path, monkeypatch)
+    cfg = bundle.config
+    rng = np.random.default_rng(3)
+    size = cfg.clip.image_size
+    inputs = {"frames": rng.random((3, cfg.max_frames, 3, size, size), dtype=np.float32),
+              "video_mask": np.ones((3, cfg.max_frames), np.float32)}
+    got = open_session(bundle, "video_encoder", "tensorrt").run(inputs)
+    want = open_session(bundle, "video_encoder", "cpu").run(inputs)
+    for role in ("video", "frame_features", "patches"):
+        np.testing.assert_allclose(got[role], want[role], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("fail, message", [
+    ("shape", r"rejected input 'sentence' of shape \[2, 64\].*profile: \[2, 64\]\.\.\[3, 64\]"),
+    ("address", "refused the device address of tensor 'sentence'"),
+    ("output_shape", "could not infer the shape of output 'video_sentence'"),
+    ("execute", "failed to run the scorer engine"),
+])
+def test_tensorrt_failures_are_one_line_errors(tmp_path, monkeypatch, fail, message):
+    bundle, _ = _setup(tmp_path, monkeypatch, fail={"scorer": fail})
+    text, videos = _features(bundle.config, 1, 1)
+    session = open_session(bundle, "scorer", "tensorrt")
+    with pytest.raises(BackendError, match=message) as info:
+        session.run({"sentence": text.sentence, "words": text.words, **videos})
+    assert "\n" not in str(info.value)
+    assert not BUFFERS  # nothing leaks on the error path
+
+
+def test_split_axis_covers_every_row_once():
+    for n, low, high in ((7, 2, 3), (1, 2, 3), (6, 1, 3), (64, 1, 16), (5, 5, 5)):
+        pieces = runtime_trt.split_axis(n, low, high)
+        assert [i for p in pieces for i in range(p.start, p.stop)] == list(range(n))
+        assert all(low <= p.size <= high and p.stop - p.start <= p.size for p in pieces)
+        assert all(len(p.rows()) == p.size and p.rows().max() == p.stop - 1 for p in pieces)
