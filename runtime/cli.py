@@ -73,6 +73,8 @@ def main() -> None:
     1. ucofia-run index    -> encode videos into an index directory (resumable)
     2. ucofia-run search   -> top-k videos for text queries (JSONL or CSV)
     3. ucofia-run evaluate -> R@1/5/10, median and mean rank on annotated captions
+    Updates: ucofia-run remove / compact / merge (atomic; a killed update leaves the index as before
+    or after it).
     """
 
 
@@ -87,6 +89,11 @@ memory_option = click.option("--memory-mb", default=DEFAULT_MEMORY_MB, show_defa
                              help=MEMORY_HELP)
 threads_option = click.option("--threads", default=None, type=click.IntRange(min=1),
                               help="onnxruntime intra-op threads.")
+STORE_HELP = ("Feature dtype on disk, recorded in the index: float16 (default for a new index; half the bytes "
+              "of float32, R@1 identical in parity), int8 (frames and patches as int8 with a scale per vector, "
+              "a quarter; lossy) or float32. An existing index keeps its own; convert with `merge --store`.")
+store_option = click.option("--store", default=None, type=click.Choice(["float32", "float16", "int8"]),
+                            help=STORE_HELP)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -109,20 +116,24 @@ threads_option = click.option("--threads", default=None, type=click.IntRange(min
 @click.option("--workers", default=None, type=click.IntRange(min=1),
               help="Decoder workers (default: CPU count, at most 8).")
 @click.option("--process-pool", is_flag=True, help="Decode in processes instead of threads.")
+@store_option
 @backend_option
 @memory_option
 @threads_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @_user_errors
 def index(bundle_dir: Path, videos: Path, bank: Path | None, out: Path, batch_size: int, workers: int | None,
-          process_pool: bool, backend: str, memory_mb: float, threads: int | None, quiet: bool) -> None:
+          process_pool: bool, store: str | None, backend: str, memory_mb: float, threads: int | None,
+          quiet: bool) -> None:
     """Encode videos into a gallery index.
 
     Decodes every video (reference frame sampling), runs the video encoder in batches and appends
     the features to INDEX as .npy shards. Re-running skips videos already indexed, so an
-    interrupted run resumes where it stopped; videos that cannot be decoded are skipped, listed in
-    INDEX/failed.jsonl and retried by the next run. With --bank, the per-level SK video biases
-    are computed once over bank captions x all indexed videos (recomputed when either changes).
+    interrupted run resumes where it stopped; a listed video whose file content changed (sha256)
+    is encoded again and replaces every row made from its old file. Videos that cannot be decoded
+    are skipped, listed in INDEX/failed.jsonl and retried by the next run. With --bank, the
+    per-level SK video biases are computed once over bank captions x all indexed videos
+    (recomputed when either changes).
     """
     from runtime import ingest
     from runtime.backends import resolve_backend
@@ -139,16 +150,19 @@ def index(bundle_dir: Path, videos: Path, bank: Path | None, out: Path, batch_si
         read_captions(bank, "bank captions")
     workers = workers or ingest.default_workers()
     report = ingest.IngestReport(total=len(pairs))
-    with IndexWriter(out, bundle) as writer:
-        todo = [(vid, path) for vid, path in pairs if vid not in writer.indexed]
-        report.skipped = len(pairs) - len(todo)
+    with IndexWriter(out, bundle, store) as writer:
+        writer.publish_later = bank is not None  # new rows appear with the biases computed at the end
+        todo, replaces, report.skipped = ingest.plan_ingest(writer, pairs)
         if report.skipped and not quiet:
             click.echo(f"resuming {out}: {report.skipped} of {len(pairs)} videos already indexed", err=True)
+        if replaces and not quiet:
+            click.echo(f"{len(replaces)} indexed videos changed content; their rows will be replaced", err=True)
         bar, update = _progress(len(todo), "video", "encoding", quiet)
         start = time.perf_counter()
         try:
             ingest.encode_videos(writer, bundle, todo, backend=resolved, batch_size=batch_size, workers=workers,
-                                 processes=process_pool, threads=threads, report=report, progress=update)
+                                 processes=process_pool, threads=threads, report=report, progress=update,
+                                 replaces=replaces)
         finally:
             report.seconds = time.perf_counter() - start
             if bar is not None:
@@ -162,7 +176,8 @@ def index(bundle_dir: Path, videos: Path, bank: Path | None, out: Path, batch_si
                                              progress_factory=bank_bar)
         total_indexed = len(writer.indexed)
     click.echo(f"indexed {report.indexed} new videos ({report.videos_per_second:.2f} videos/s, backend "
-               f"{resolved}), {report.skipped} already present, {len(report.failed)} failed; "
+               f"{resolved}), {report.replaced} of them replacing changed files, {report.skipped} already "
+               f"present, {len(report.failed)} failed; "
                f"{total_indexed} videos in {out}; biases: {report.biases}")
     if report.failed:
         for vid, error in report.failed[:10]:
@@ -170,6 +185,133 @@ def index(bundle_dir: Path, videos: Path, bank: Path | None, out: Path, batch_si
         more = f" ({len(report.failed) - 10} more)" if len(report.failed) > 10 else ""
         click.echo(f"{len(report.failed)} videos failed{more}; see {out / 'failed.jsonl'}", err=True)
         sys.exit(EXIT_PARTIAL)
+
+
+# ------------------------------------------------------------------------------------------------
+# remove / compact / merge
+# ------------------------------------------------------------------------------------------------
+def _settings(backend: str, bundle, memory_mb: float, threads: int | None, quiet: bool):
+    from runtime.backends import resolve_backend
+    from runtime.updates import ScoringSettings
+
+    return ScoringSettings(backend=resolve_backend(backend, bundle) if bundle is not None else "cpu",
+                           memory_mb=memory_mb, threads=threads,
+                           progress_factory=lambda total: _progress(total, "pair", "bank x videos", quiet)[1])
+
+
+def _bundle_for(index_dir: Path, bundle_dir: Path | None, required: bool):
+    """The bundle of an index (``--bundle`` or the recorded one), or None when it is not needed and gone."""
+    from runtime.bundle import load_bundle
+    from runtime.index import GalleryIndex
+
+    gallery = GalleryIndex(index_dir)
+    path = bundle_dir or gallery.bundle_path
+    if not required and bundle_dir is None and not (path / "manifest.json").is_file():
+        return None
+    bundle = load_bundle(path)
+    gallery.check_bundle(bundle)
+    return bundle
+
+
+@main.command(epilog=EXIT_CODES_HELP)
+@index_option
+@click.option("--ids", "ids_file", required=True, type=click.Path(path_type=Path),
+              help="File of video ids to remove, one per line (an `id<TAB>path` list as given to `index "
+                   "--videos` works too).")
+@click.option("--allow-missing", is_flag=True, help="Skip ids that are not in the index (else nothing is removed).")
+@click.option("--bank", type=click.Path(path_type=Path), default=None,
+              help="Caption bank for the recomputed SK biases (default: the one the index's biases came from).")
+@bundle_option
+@backend_option
+@memory_option
+@threads_option
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@_user_errors
+def remove(index_dir: Path, ids_file: Path, allow_missing: bool, bank: Path | None, bundle_dir: Path | None,
+           backend: str, memory_mb: float, threads: int | None, quiet: bool) -> None:
+    """Remove videos from an index; they never appear in results again.
+
+    One atomic update: the rows are marked removed and the SK video biases are recomputed for the
+    videos that remain (SK normalises over the whole gallery), so a reader sees the index before or
+    after, never between. The files keep their bytes until `ucofia-run compact`.
+    """
+    from runtime.index import IndexWriter
+    from runtime.updates import read_id_list, remove_videos
+
+    ids = read_id_list(ids_file)
+    bundle = _bundle_for(index_dir, bundle_dir, required=False)
+    with IndexWriter(index_dir, bundle) as writer:
+        done = remove_videos(writer, bundle, ids, bank=bank, allow_missing=allow_missing,
+                             settings=_settings(backend, bundle, memory_mb, threads, quiet),
+                             log=lambda m: click.echo(m, err=True))
+        left = len(writer.indexed)
+    skipped = f", {done['missing']} not in the index (skipped)" if done["missing"] else ""
+    click.echo(f"removed {done['removed']} videos{skipped}; {left} videos in {index_dir}; biases: {done['biases']}")
+
+
+@main.command(epilog=EXIT_CODES_HELP)
+@index_option
+@click.option("--rows-per-shard", default=None, type=click.IntRange(min=1),
+              help="Rows per rewritten shard (default 4096); smaller shards are coalesced.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@_user_errors
+def compact(index_dir: Path, rows_per_shard: int | None, quiet: bool) -> None:
+    """Reclaim the space of removed videos and coalesce small shards.
+
+    Rewrites only the shards that hold removed rows or are small, keeps the row order (biases and
+    search caches stay valid), commits atomically, then deletes the old shard files.
+    """
+    from runtime.index import COMPACT_ROWS, IndexWriter
+
+    with IndexWriter(index_dir, None) as writer:
+        bar, update = _progress(len(writer.indexed) + writer.index.removed_rows, "row", "compacting", quiet)
+        try:
+            done = writer.compact(rows_per_shard or COMPACT_ROWS, progress=update)
+        finally:
+            if bar is not None:
+                bar.close()
+    click.echo(f"compacted {index_dir}: {done['shards_before']} -> {done['shards_after']} shards, "
+               f"{done['rows_reclaimed']} removed rows reclaimed")
+
+
+@main.command(epilog=EXIT_CODES_HELP)
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
+              help="The merged index (a new directory; appears only when the merge is complete).")
+@click.option("--on-duplicate", default="error", show_default=True, type=click.Choice(["error", "first", "last"]),
+              help="An id in several inputs: refuse the merge, or keep the row of the first / last input "
+                   "that has it.")
+@click.option("--store", default=None, type=click.Choice(["float32", "float16", "int8"]),
+              help="Stored dtype of the merged index (default: the inputs'; required when they differ). "
+                   "Shards of another dtype are converted.")
+@click.option("--bank", type=click.Path(path_type=Path), default=None,
+              help="Caption bank for the merged gallery's SK biases (default: the one the inputs' biases "
+                   "came from).")
+@bundle_option
+@backend_option
+@memory_option
+@threads_option
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@_user_errors
+def merge(inputs: tuple[Path, ...], out: Path, on_duplicate: str, store: str | None, bank: Path | None,
+          bundle_dir: Path | None, backend: str, memory_mb: float, threads: int | None, quiet: bool) -> None:
+    """Merge indexes of the same bundle into a new index.
+
+    Rows keep the inputs' order (first input first). Shards are hard-linked from the inputs where
+    the file system and the stored dtype allow (else copied or converted); the SK video biases
+    are recomputed for the merged gallery. Built aside and renamed into place at the end: a killed
+    merge leaves no output and never changes the inputs.
+    """
+    from runtime.updates import merge_indexes
+
+    bundle = _bundle_for(inputs[0], bundle_dir, required=True)
+    done = merge_indexes(list(inputs), out, bundle, on_duplicate=on_duplicate, store=store, bank=bank,
+                         settings=_settings(backend, bundle, memory_mb, threads, quiet),
+                         log=lambda m: click.echo(m, err=True))
+    dropped = f", {done['duplicates_dropped']} duplicate rows dropped ({on_duplicate} wins)" \
+        if done["duplicates_dropped"] else ""
+    click.echo(f"merged {done['inputs']} indexes into {out}: {done['videos']} videos ({done['store']}){dropped}; "
+               f"biases: {done['biases']}")
 
 
 # ------------------------------------------------------------------------------------------------
