@@ -375,14 +375,22 @@ def _write_output(out: Path, text: str) -> None:
                    "with the full fused score. For large galleries.")
 @click.option("--shortlist", default=1000, show_default=True, type=click.IntRange(min=1),
               help="Videos per query kept by the first stage of --two-stage.")
+@click.option("--stage1", "stage1_kind", default="auto", show_default=True,
+              type=click.Choice(["auto", "flat", "ivf", "hnsw"]),
+              help="FAISS index of --two-stage's first stage: flat (exact), ivf or hnsw (approximate, for "
+                   "large galleries); auto: flat up to 200,000 videos, ivf above. Built once and cached in "
+                   "the index with its parameters (INDEX/stage1-*.json).")
+@click.option("--nprobe", default=None, type=click.IntRange(min=1), help="IVF cells scanned per query (default 32).")
+@click.option("--ef-search", default=None, type=click.IntRange(min=1),
+              help="HNSW search breadth (default 256, at least --shortlist).")
 @bundle_option
 @backend_option
 @memory_option
 @threads_option
 @_user_errors
 def search(index_dir: Path, queries_inline: tuple[str, ...], queries_file: Path | None, top_k: int, fmt: str,
-           out: Path, two_stage: bool, shortlist: int, bundle_dir: Path | None, backend: str, memory_mb: float,
-           threads: int | None) -> None:
+           out: Path, two_stage: bool, shortlist: int, stage1_kind: str, nprobe: int | None, ef_search: int | None,
+           bundle_dir: Path | None, backend: str, memory_mb: float, threads: int | None) -> None:
     """Rank indexed videos for text queries.
 
     The score of a (query, video) pair is the mean over the three levels (video_sentence,
@@ -400,7 +408,10 @@ def search(index_dir: Path, queries_inline: tuple[str, ...], queries_file: Path 
     _warn_truncated(tokens.truncated, encoder.max_words, "query")
     features = encoder.encode_ids(tokens.ids)
     if two_stage:
-        top = search_mod.two_stage(scorer, gallery, features, top_k, max(shortlist, top_k), memory_mb)
+        from runtime import stage1
+
+        params = stage1.choose(stage1_kind, len(gallery), nprobe=nprobe, ef_search=ef_search)
+        top = search_mod.two_stage(scorer, gallery, features, top_k, max(shortlist, top_k), memory_mb, params=params)
     else:
         top = search_mod.exhaustive(scorer, gallery, features, top_k, memory_mb)
     result = search_mod.to_result(gallery, top)

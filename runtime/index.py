@@ -3,14 +3,15 @@
 Layout of an index directory::
 
     index.json          state: format, bundle fingerprint + path, config, stored dtype, shard list
-                        (with removed rows), biases info, stage-1 record
+                        (with removed rows), biases info, pending rows of an unfinished index run
     shards/NAME/        one shard per encoded batch: ids.json, entries.json, video.npy [n,D],
                         frame_features.npy [n,F,D], patches.npy [n,P,D], video_mask.npy [n,F];
                         with the int8 store also frame_features.scale.npy [n,F], patches.scale.npy [n,P]
     failed.jsonl        videos that could not be decoded/encoded (id, path, error), rewritten atomically
     biases-HASH.npy     [3, V] SK video bias per level (rows in LEVELS order), when a bank was given
     level1_kernel.npy   [D, D] video_sentence bilinear form (two-stage search cache)
-    stage1-HASH.faiss   FAISS index over the video_sentence level + bias (two-stage search cache)
+    stage1-HASH.faiss   FAISS index over the video_sentence level + bias (two-stage search cache;
+    stage1-HASH.json    its kind and parameters: flat, IVF or HNSW, runtime/stage1.py)
     .lock               held (flock) by the one process writing the index
 
 Stored dtype (format 3): ``state["store"]`` is ``float32``, ``float16`` or ``int8`` (see
@@ -73,6 +74,7 @@ FAILED = "failed.jsonl"
 LEGACY_BIASES = "biases.npy"  # format 1/2 name; format 3 names the file by content
 BIASES_PREFIX = "biases-"
 STAGE1_PREFIX = "stage1-"
+LEGACY_STAGE1 = ("faiss.index", "faiss.json")  # format 2's stage-1 cache
 LOCK = ".lock"
 SHARD_ARRAYS = VIDEO_ROLES + ("video_mask",)
 # Live rows per shard that ``compact`` writes (coalescing smaller shards).
@@ -180,6 +182,7 @@ class GalleryIndex:
         self.config = UCoFiAConfig.from_dict(self.state["config"])
         self._entries: list[dict[str, Any]] | None = None
         self._rows: dict[str, int] | None = None
+        self._digest: str | None = None
 
     def _open(self) -> None:
         shards = []
@@ -228,6 +231,13 @@ class GalleryIndex:
     # ---- rows ------------------------------------------------------------------------------
     def __len__(self) -> int:
         return int(self._offsets[-1])
+
+    @property
+    def ids_digest(self) -> str:
+        """:func:`ids_digest` of this snapshot's ids (computed once)."""
+        if self._digest is None:
+            self._digest = ids_digest(self.ids)
+        return self._digest
 
     @property
     def removed_rows(self) -> int:
@@ -340,7 +350,7 @@ class GalleryIndex:
         meta = self.state.get("biases")
         if not meta or self._bias_values is None:
             return None
-        if meta.get("ids_sha256") != ids_digest(self.ids):
+        if meta.get("ids_sha256") != self.ids_digest:
             raise GalleryIndexError(f"the SK biases of {self.root} do not match the indexed videos; re-run "
                                     f"`ucofia-run index` on this directory to recompute them")
         return {level: self._bias_values[i] for i, level in enumerate(LEVELS)}
@@ -525,11 +535,16 @@ class IndexWriter:
         for entry in shard_root.iterdir():
             if entry.name not in known:  # temp dirs and shards renamed in before a crash
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-        keep = {(self.state.get("biases") or {}).get("file", LEGACY_BIASES),
-                (self.state.get("stage1") or {}).get("file")}
+        keep = (self.state.get("biases") or {}).get("file", LEGACY_BIASES)
         for entry in self.root.iterdir():
-            if entry.name.startswith((BIASES_PREFIX, STAGE1_PREFIX)) and entry.name not in keep:
+            if entry.name.startswith(BIASES_PREFIX) and entry.name != keep:
                 entry.unlink()
+
+    def _drop_stage1_caches(self) -> None:
+        """Delete the stage-1 FAISS indexes: built over rows and biases a commit just changed."""
+        for entry in self.root.iterdir():
+            if entry.name.startswith(STAGE1_PREFIX) or entry.name in LEGACY_STAGE1:
+                entry.unlink(missing_ok=True)
 
     def _save_state(self) -> None:
         self.state["updated"] = time.time()
@@ -627,6 +642,8 @@ class IndexWriter:
         self._save_state()
         if old_biases and old_biases != (state.get("biases") or {}).get("file"):
             (self.root / old_biases).unlink(missing_ok=True)  # superseded (readers loaded theirs at open)
+        if not defer and (records or remove or biases is not KEEP_BIASES):
+            self._drop_stage1_caches()
         self._index = None
         self.indexed = (self.indexed - remove) | set(new_ids)
         if any(i in self.failures for i in new_ids):
@@ -704,14 +721,6 @@ class IndexWriter:
     def set_biases(self, values: np.ndarray | None, meta: dict[str, Any] | None) -> None:
         """Store the per-level SK video biases [3, V] (or drop them with None) for the current ids."""
         self.commit_biases(None if values is None else self.stage_biases(values, meta or {}, self.index.ids))
-
-    def set_stage1(self, record: dict[str, Any] | None) -> None:
-        """Record the stage-1 FAISS index of two-stage search (its file already written)."""
-        old = (self.state.get("stage1") or {}).get("file")
-        self.state["stage1"] = record
-        self._save_state()
-        if old and old != (record or {}).get("file"):
-            (self.root / old).unlink(missing_ok=True)
 
     def compact(self, rows_per_shard: int = COMPACT_ROWS, progress=None) -> dict[str, int]:
         """Rewrite the shards that hold removed rows or fewer than half ``rows_per_shard`` rows,
