@@ -61,7 +61,8 @@ def choose(kind: str, rows: int, **overrides: int) -> Stage1Params:
         raise ValueError(f"unknown stage-1 kind {kind!r}; choose one of {', '.join(STAGE1_KINDS)}")
     if kind == "auto":
         kind = "flat" if rows <= AUTO_FLAT_MAX_ROWS else "ivf"
-    nlist = max(IVF_MIN_LISTS, 1 << int(round(np.log2(max(rows, 1) / IVF_ROWS_PER_LIST)))) if kind == "ivf" else 0
+    cells = max(1, int(round(np.log2(max(rows, 1) / IVF_ROWS_PER_LIST)))) if rows > IVF_ROWS_PER_LIST else 0
+    nlist = max(IVF_MIN_LISTS, 1 << cells) if kind == "ivf" else 0
     values = {"kind": kind, "nlist": nlist, **{k: v for k, v in overrides.items() if v is not None}}
     return Stage1Params(**values)
 

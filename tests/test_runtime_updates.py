@@ -315,9 +315,11 @@ def _assert_answers(index_dir, allowed: list[list[str]]):
     assert top.indices.shape == (len(QUERIES), min(4, len(gallery)))
 
 
-REMOVE_POINTS = ["state:before#1", "biases:written", "state:before#2", "state:after#2"]
-COMPACT_POINTS = ["shard:written", "shard:renamed", "compact:written", "state:before#2", "compact:committed",
-                  "compact:deleting"]
+# Every step that writes (see runtime.faults); "#N": the N-th pass (pass 1 of state:* is the writer's open).
+REMOVE_POINTS = ["biases:written", "state:before#2", "state:after#2"]
+COMPACT_POINTS = ["shard:renamed", "state:before#2", "compact:committed", "compact:deleting"]
+REPLACE_POINTS = ["shard:renamed", "state:before#2", "state:after#2", "biases:written"]
+MERGE_POINTS = ["merge:linked", "state:after#2", "biases:written", "merge:built", "merge:renamed"]
 
 
 def test_kill_during_remove_and_compact_leaves_a_working_index(scratch, tmp_path):
@@ -357,7 +359,7 @@ def test_kill_during_replace_and_merge_leaves_working_indexes(bundle_dir, clips,
     base = tmp_path / "base"
     assert _index(bundle_dir, listing, base, "--bank", str(bank_file)).returncode == 0
     shutil.copy(clips / "clip5.mp4", folder / "clip1.mp4")
-    for point in ["shard:written", "shard:renamed", "state:before#2", "state:after#2", "biases:written"]:
+    for point in REPLACE_POINTS:
         out = tmp_path / f"replace_{point.replace(':', '_').replace('#', '_')}"
         shutil.copytree(base, out)
         result = _index(bundle_dir, listing, out, env=_env(point))
@@ -373,8 +375,7 @@ def test_kill_during_replace_and_merge_leaves_working_indexes(bundle_dir, clips,
     assert _index(bundle_dir, _listing(tmp_path, clips, (0, 1, 2), "a.txt"), a, "--bank", str(bank_file)).returncode == 0
     assert _index(bundle_dir, _listing(tmp_path, clips, (2, 3, 4), "b.txt"), b, "--bank", str(bank_file)).returncode == 0
     snapshot = {p: p.read_bytes() for d in (a, b) for p in d.rglob("*") if p.is_file() and p.name != ".lock"}
-    for point in ["shard:renamed#3", "merge:linked", "state:after#2", "biases:written", "merge:built",
-                  "merge:renamed"]:
+    for point in MERGE_POINTS:
         out = tmp_path / f"merged_{point.replace(':', '_').replace('#', '_')}"
         result = run_cli("merge", str(a), str(b), "-o", str(out), "--on-duplicate", "first", "-q", env=_env(point))
         assert _killed(result), (point, result.returncode, result.stderr)
@@ -392,3 +393,19 @@ def test_writer_without_bundle_refuses_a_missing_index(tmp_path):
     with pytest.raises(GalleryIndexError, match="not a ucofia index"):
         with IndexWriter(tmp_path / "none", None):
             pass
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_stage1_kinds_are_recorded_and_exact_with_a_full_shortlist(kind, scratch):
+    from runtime.stage1 import choose
+
+    gallery, exhaustive = _search(scratch["all"])
+    bundle = load_bundle(gallery.bundle_path)
+    feats = TextEncoder(bundle, "cpu").encode(QUERIES)
+    scorer = Scorer(open_session(bundle, "scorer", "cpu"), bundle.config)
+    staged = search.two_stage(scorer, gallery, feats, k=4, shortlist=N_CLIPS, params=choose(kind, len(gallery)))
+    np.testing.assert_array_equal(staged.indices, exhaustive.indices)
+    recorded = [json.loads(p.read_text()) for p in scratch["all"].glob("stage1-*.json")]
+    assert any(r["params"]["kind"] == kind and r["rows"] == N_CLIPS for r in recorded)
+    if kind == "ivf":
+        assert {"nlist", "nprobe"} <= set(next(r for r in recorded if r["params"]["kind"] == "ivf")["params"])
