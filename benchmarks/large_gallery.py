@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 DEFAULT_VIDEOS_PER_TOPIC = 10
-SHARD = 4000
+SHARD = 5000
 STORE_GALLERY = 2000
 NOISE = {"topic": 0.6, "video": 0.3, "frames": 0.8, "patches": 1.5, "sentence": 0.3, "words": 1.0}
 PATCH_SCALE = 2.0
@@ -67,6 +67,23 @@ def topic_centres(n_topics: int, d: int, seed: int) -> np.ndarray:
     return _unit(np.random.default_rng(seed).standard_normal((n_topics, d), dtype=np.float32))
 
 
+NOISE_BANK_ROWS = 1024  # frame/patch noise vectors drawn once and reused by every shard
+
+
+def _noise_bank(seed: int, f: int, p: int, d: int) -> tuple[np.ndarray, np.ndarray]:
+    """Frame [R, f, d] and patch [R, p, d] noise drawn once (drawing ~30k normals per video made
+    building a 2.5 x 10^5 gallery take hours on a busy 2-core machine); each video takes a random
+    bank row, so videos share noise patterns but never their topic or video-level noise."""
+    key = (seed, f, p, d)
+    if key not in _BANKS:
+        rng = np.random.default_rng([seed, 7])
+        _BANKS[key] = (_noise(rng, (NOISE_BANK_ROWS, f, d), d), _noise(rng, (NOISE_BANK_ROWS, p, d), d))
+    return _BANKS[key]
+
+
+_BANKS: dict = {}
+
+
 def gallery_shard(centres: np.ndarray, start: int, stop: int, cfg, seed: int, per_topic: int) -> dict[str, np.ndarray]:
     """Features of videos [start, stop): video i belongs to topic i // per_topic."""
     rng = np.random.default_rng([seed, start])
@@ -74,12 +91,17 @@ def gallery_shard(centres: np.ndarray, start: int, stop: int, cfg, seed: int, pe
     n = stop - start
     topics = np.arange(start, stop) // per_topic
     z = _unit(centres[topics] + NOISE["topic"] * _noise(rng, (n, d), d))
-    return {
-        "video": _unit(z + NOISE["video"] * _noise(rng, (n, d), d)),
-        "frame_features": z[:, None, :] + NOISE["frames"] * _noise(rng, (n, f, d), d),
-        "patches": PATCH_SCALE * (z[:, None, :] + NOISE["patches"] * _noise(rng, (n, p, d), d)),
-        "video_mask": np.ones((n, f), np.float32),
-    }
+    video = _unit(z + NOISE["video"] * _noise(rng, (n, d), d))
+    frame_bank, patch_bank = _noise_bank(seed, f, p, d)
+    pick = rng.integers(0, NOISE_BANK_ROWS, (2, n))
+    frames = frame_bank[pick[0]]
+    frames *= np.float32(NOISE["frames"])
+    frames += z[:, None, :]
+    patches = patch_bank[pick[1]]
+    patches *= np.float32(NOISE["patches"])
+    patches += z[:, None, :]
+    patches *= np.float32(PATCH_SCALE)
+    return {"video": video, "frame_features": frames, "patches": patches, "video_mask": np.ones((n, f), np.float32)}
 
 
 def video_rows(centres: np.ndarray, start: int, stop: int, cfg, seed: int, per_topic: int) -> np.ndarray:
@@ -103,28 +125,58 @@ def make_queries(centres: np.ndarray, n: int, cfg, seed: int):
     return TextFeatures(sentence.astype(np.float32), words.astype(np.float32)), topics
 
 
-def build_index(root: Path, bundle, n: int, seed: int, per_topic: int, store: str) -> dict:
-    """Write an index of ``n`` synthetic videos stored as ``store`` (reused when ``root`` holds it)."""
-    from runtime.index import GalleryIndex, IndexWriter
+def build_index(root: Path, bundle, n: int, seed: int, per_topic: int, store: str, pool_shards: int = 0) -> dict:
+    """Write an index of ``n`` synthetic videos stored as ``store`` (reused when ``root`` holds it).
 
+    ``pool_shards`` > 0 (a time saver for the largest galleries on a busy machine): only the first
+    ``pool_shards`` shards are generated in full; topics repeat with that period, and every later
+    shard gets its own ids and freshly drawn video vectors (what stage 1 ranks) but hard links to
+    the frame / patch / mask files of the pool shard of the same topics. Re-ranking still reads
+    those rows from disk (the cold measurements evict the page cache), exhaustive search still
+    scores every row."""
+    from runtime.index import SHARDS, GalleryIndex, IndexWriter
+    from runtime.store import encode
+
+    tag = f"{seed} {per_topic} {store} {pool_shards}"
     marker = root / "synthetic.json"
     if marker.is_file() and (root / "index.json").is_file() and len(GalleryIndex(root)) == n and \
-            marker.read_text() == f"{seed} {per_topic} {store}":
+            marker.read_text() == tag:
         return {"reused": True, "bytes": _bytes(root), "bytes_per_video": round(_bytes(root) / n, 1)}
     if root.exists():
         shutil.rmtree(root)
     cfg = bundle.config
-    centres = topic_centres(-(-n // per_topic), cfg.embed_dim, seed)
+    period = pool_shards * SHARD if pool_shards and n > pool_shards * SHARD else n
+    centres = topic_centres(-(-period // per_topic), cfg.embed_dim, seed)
     start = time.perf_counter()
     with IndexWriter(root, bundle, store) as writer:
+        pool: list[str] = []
         for s0 in range(0, n, SHARD):
             s1 = min(s0 + SHARD, n)
-            writer.add_batch([f"v{i:07d}" for i in range(s0, s1)], gallery_shard(centres, s0, s1, cfg, seed, per_topic))
+            ids = [f"v{i:07d}" for i in range(s0, s1)]
+            if s0 < period or s1 - s0 != SHARD:  # a pool shard, or a last partial one
+                local = s0 % period
+                writer.add_batch(ids, gallery_shard(centres, local, local + s1 - s0, cfg, seed + s0 - local, per_topic))
+                pool.append(writer.state["shards"][-1]["name"])
+            else:
+                source = root / SHARDS / pool[(s0 % period) // SHARD]
+                name = writer.new_shard_name()
+                folder = root / SHARDS / name
+                folder.mkdir()
+                v = video_rows(centres, s0 % period, s0 % period + (s1 - s0), cfg, seed + s0, per_topic)
+                np.save(folder / "video.npy", encode({"video": v}, store)["video"])
+                for other in source.iterdir():
+                    if other.name not in ("video.npy", "ids.json", "entries.json"):
+                        os.link(other, folder / other.name)
+                (folder / "ids.json").write_text(json.dumps(ids))
+                (folder / "entries.json").write_text(json.dumps([{"id": vid} for vid in ids]))
+                writer.commit_shards([{"name": name, "count": len(ids), "store": store}])
             print(f"[large_gallery] index {root.name}: {s1}/{n}", file=sys.stderr, flush=True)
-    marker.write_text(f"{seed} {per_topic} {store}")
+    marker.write_text(tag)
     size = _bytes(root)
+    unique = sum({p.stat().st_ino: p.stat().st_size for p in (root / "shards").rglob("*") if p.is_file()}.values())
     return {"reused": False, "seconds": round(time.perf_counter() - start, 1), "bytes": size,
-            "bytes_per_video": round(size / n, 1)}
+            "bytes_per_video": round(size / n, 1), "pool_shards": pool_shards,
+            "videos_per_topic_in_gallery": per_topic * n // period, "bytes_unique_on_disk": unique}
 
 
 def _bytes(root: Path) -> int:
@@ -191,9 +243,10 @@ def run_size(n: int, args, work: Path, bundle, scorer) -> dict:
     from runtime.index import GalleryIndex
 
     root = work / f"index_{n}"
-    built = build_index(root, bundle, n, args.seed, args.videos_per_topic, args.store)
+    built = build_index(root, bundle, n, args.seed, args.videos_per_topic, args.store, args.pool_shards)
     index = GalleryIndex(root)
-    centres = topic_centres(-(-n // args.videos_per_topic), bundle.config.embed_dim, args.seed)
+    period = args.pool_shards * SHARD if args.pool_shards and n > args.pool_shards * SHARD else n
+    centres = topic_centres(-(-period // args.videos_per_topic), bundle.config.embed_dim, args.seed)
     queries, topics = make_queries(centres, args.queries, bundle.config, args.seed + 1)
     n_ex = min(args.exhaustive_queries, args.queries)
 
@@ -256,7 +309,8 @@ def run_size(n: int, args, work: Path, bundle, scorer) -> dict:
         gc.collect()
         for path in root.glob("stage1-*"):
             path.unlink()
-    relevant_in_top = float(np.mean([(ex_top[i] // args.videos_per_topic == topics[i]).mean() for i in range(n_ex)]))
+    relevant_in_top = float(np.mean([((ex_top[i] % period) // args.videos_per_topic == topics[i]).mean()
+                                     for i in range(n_ex)]))
     result = {
         "gallery": n, "store": args.store, "index": built, "queries": args.queries, "exhaustive_queries": n_ex,
         "exhaustive": _percentiles(ex_times), "kernel_readout_seconds": round(kernel_seconds, 2),
@@ -392,6 +446,9 @@ def main() -> None:
     parser.add_argument("--memory-mb", type=float, default=1024)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-stores", action="store_true")
+    parser.add_argument("--pool-shards", type=int, default=0,
+                        help="generate only this many shards of frames/patches and hard-link them into the "
+                             "rest (video vectors stay unique); 0: generate every shard")
     parser.add_argument("--keep", action="store_true", help="keep the size galleries in --work")
     parser.add_argument("--work", type=Path, default=None,
                         help="keep the indexes here (reused by a later run); default: a temporary directory")

@@ -18,7 +18,6 @@ biases from the training captions (``ucofia-run index``), converts the index to 
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time

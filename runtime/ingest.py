@@ -23,7 +23,7 @@ from ucofia.io_utils import file_sha256
 from runtime.backends import open_session
 from runtime.bundle import Bundle
 from runtime.finite import NON_FINITE_FIX, non_finite_rows
-from runtime.index import KEEP_BIASES, GalleryIndex, IndexWriter, ids_digest, source_key
+from runtime.index import KEEP_BIASES, IndexWriter, ids_digest, source_key
 from runtime.scoring import LEVELS, Scorer, VideoSource, score_matrix
 from runtime.sinkhorn import video_bias
 from runtime.sources import read_captions

@@ -22,7 +22,7 @@ from ucofia.io_utils import atomic_path, atomic_write_text
 
 from runtime import stage1
 from runtime.errors import GalleryIndexError
-from runtime.index import STAGE1_PREFIX, GalleryIndex, ids_digest
+from runtime.index import STAGE1_PREFIX, GalleryIndex
 from runtime.stage1 import Stage1Params
 from runtime.scoring import (DEFAULT_MEMORY_MB, LEVELS, ArrayVideos, Scorer, TextFeatures, TopK, score_matrix,
                              score_topk)

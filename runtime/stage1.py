@@ -10,7 +10,7 @@ level plus its SK bias as one inner product), of one of three kinds:
   smaller). Approximate.
 
 ``auto`` picks by gallery size what benchmarks/large_gallery.py measured (see
-``benchmarks/results/large_gallery_vit_b32.json``): flat up to ``AUTO_FLAT_MAX_ROWS`` rows (exact,
+``benchmarks/results/large_gallery_1e6_vit_b32.json``): flat up to ``AUTO_FLAT_MAX_ROWS`` rows (exact,
 fast enough), IVF above (HNSW's graph took far longer to build on a 2-core CPU). The kind and its parameters are recorded next to the cached index
 (``stage1-HASH.json`` in the index directory) and in the search result's provenance.
 """
