@@ -89,9 +89,10 @@ memory_option = click.option("--memory-mb", default=DEFAULT_MEMORY_MB, show_defa
                              help=MEMORY_HELP)
 threads_option = click.option("--threads", default=None, type=click.IntRange(min=1),
                               help="onnxruntime intra-op threads.")
-STORE_HELP = ("Feature dtype on disk, recorded in the index: float16 (default for a new index; half the bytes "
-              "of float32, R@1 identical in parity), int8 (frames and patches as int8 with a scale per vector, "
-              "a quarter; lossy) or float32. An existing index keeps its own; convert with `merge --store`.")
+STORE_HELP = ("Feature dtype on disk, recorded in the index: float32 (default for a new index), float16 (half "
+              "the bytes; fused R@1 identical in parity, see the README) or int8 (frames and patches as int8 "
+              "with a scale per vector: a quarter; lossy). An existing index keeps its own; convert with "
+              "`merge --store`.")
 store_option = click.option("--store", default=None, type=click.Choice(["float32", "float16", "int8"]),
                             help=STORE_HELP)
 
