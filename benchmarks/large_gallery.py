@@ -446,6 +446,8 @@ def main() -> None:
     parser.add_argument("--memory-mb", type=float, default=1024)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-stores", action="store_true")
+    parser.add_argument("--only-stage1", action="store_true",
+                        help="measure only stage 1 at --stage1-rows (no galleries on disk)")
     parser.add_argument("--pool-shards", type=int, default=0,
                         help="generate only this many shards of frames/patches and hard-link them into the "
                              "rest (video vectors stay unique); 0: generate every shard")
@@ -475,8 +477,18 @@ def main() -> None:
 
         bundle = common.scorer_bundle(work, cfg)
         scorer = Scorer(open_session(bundle, "scorer", "cpu", args.threads), cfg)
+        if args.only_stage1:
+            at = run_stage1_at(args.stage1_rows, args, bundle, probe_level1_kernel(scorer, args.memory_mb))
+            common.write_result(args.output, {"benchmark": "large_gallery (stage 1 only)", "machine": machine,
+                                              "contention": common.contention(monitor, args.threads),
+                                              "stage1_at": at, "peak_rss_mib": round(common.peak_rss_mib(), 1)})
+            return
         stores = None if args.skip_stores else run_stores(args, work, bundle, scorer)
-        sizes = [run_size(n, args, work, bundle, scorer) for n in args.sizes]
+        sizes = []
+        for n in args.sizes:
+            sizes.append(run_size(n, args, work, bundle, scorer))
+            if args.output:  # partial results survive a run stopped during a later part
+                common.write_result(args.output.with_suffix(".partial.json"), {"stores": stores, "sizes": sizes})
         at = run_stage1_at(args.stage1_rows, args, bundle, probe_level1_kernel(scorer, args.memory_mb))
     finally:
         if tmp is not None:
