@@ -402,7 +402,7 @@ def model_1e6(sizes: list[dict], stage1_at: dict, args, kind: str) -> dict:
              else json.dumps({"ef_search": stage1.HNSW_EF_SEARCH}))
     s1 = stage1_at[kind]["probes"][probe][key]
     rerank = real["rerank_cold_p50_ms"]
-    rss_real = (real["rss_mib"]["RssAnon"] or 0.0) + (real["rss_mib"]["RssFile"] or 0.0)
+    rss_real = real["rss_mib"]["RssAnon"] or 0.0  # file-backed pages: reclaimable page cache, see rss_note
     index_real = real["stage1_index_bytes"] / 2**20
     index_big = stage1_at[kind]["index_anon_mib"] * (stage1_at["rows"] / stage1_at[kind]["rows"])
     ids_growth = largest["ids_bytes_estimate_per_video"] * (stage1_at["rows"] - largest["gallery"]) / 2**20
@@ -410,13 +410,15 @@ def model_1e6(sizes: list[dict], stage1_at: dict, args, kind: str) -> dict:
         "modelled": True,
         "how": f"stage-1 p50 measured over {stage1_at['rows']} rows ({kind}, {probe}) + cold re-rank p50 measured at "
                f"{largest['gallery']} videos (shortlist {key}); RSS = RSS at {largest['gallery']} - its stage-1 index "
-               f"+ the 10^6 stage-1 index + ids of the extra videos",
+               f"+ the 10^6 stage-1 index + ids of the extra videos (anonymous memory)",
         "stage1": kind, "shortlist": args.target_shortlist,
         "stage1_p50_ms": s1["p50_ms"], "stage1_p99_ms": s1["p99_ms"], "rerank_cold_p50_ms": rerank,
         "two_stage_p50_ms": round(s1["p50_ms"] + rerank, 1),
         "two_stage_p99_ms": round(s1["p99_ms"] + real["two_stage_cold_pages"]["p99_ms"] - real["shortlists"][key][
             "stage1_only"]["p50_ms"], 1),
         "rss_mib": round(rss_real - index_real + index_big + ids_growth, 0),
+        "rss_note": "anonymous memory; memory-mapped shard pages (RssFile) are page cache the kernel reclaims; a "
+                    "query adds shortlist x bytes-per-video of them (12.5 MB at shortlist 200, float16)",
         "shortlist_recall_of_exact": s1.get("recall_of_exact_shortlist"),
         "exhaustive_p50_s_modelled": round(largest["exhaustive"]["p50_ms"] / 1000 * 1e6 / largest["gallery"], 1),
     }
@@ -448,6 +450,9 @@ def main() -> None:
     parser.add_argument("--skip-stores", action="store_true")
     parser.add_argument("--only-stage1", action="store_true",
                         help="measure only stage 1 at --stage1-rows (no galleries on disk)")
+    parser.add_argument("--combine", type=Path, nargs=2, metavar=("SIZES_PARTIAL", "STAGE1"), default=None,
+                        help="write the full result (with the modelled 10^6 query) from a run's .partial.json and "
+                             "an --only-stage1 result measured beside it, instead of measuring")
     parser.add_argument("--pool-shards", type=int, default=0,
                         help="generate only this many shards of frames/patches and hard-link them into the "
                              "rest (video vectors stay unique); 0: generate every shard")
@@ -461,6 +466,10 @@ def main() -> None:
 
     machine = common.machine({"scorer_concurrent_tiles": args.threads})
     monitor = common.CpuMonitor()
+    if args.combine:
+        partial, staged = (json.loads(path.read_text()) for path in args.combine)
+        report(args, partial["stores"], partial["sizes"], staged["stage1_at"], staged["machine"], staged["contention"])
+        return
     tmp = None if args.work else tempfile.TemporaryDirectory(prefix="ucofia-gallery-")
     work = args.work or Path(tmp.name)
     work.mkdir(parents=True, exist_ok=True)
@@ -493,13 +502,17 @@ def main() -> None:
     finally:
         if tmp is not None:
             tmp.cleanup()
+    report(args, stores, sizes, at, machine, common.contention(monitor, args.threads))
+
+
+def report(args, stores: dict | None, sizes: list[dict], at: dict, machine: dict, contention: dict) -> None:
+    """Assemble, print and write the result with the modelled 10^6 query."""
     modelled = model_1e6(sizes, at, args, args.model_kind)
     key = str(args.target_shortlist)
     largest = sizes[-1]
     chosen = largest["stage1_kinds"][args.model_kind]["shortlists"][key]
     result = {
-        "benchmark": "large_gallery", "config": "vit_b32", "machine": machine,
-        "contention": common.contention(monitor, args.threads),
+        "benchmark": "large_gallery", "config": "vit_b32", "machine": machine, "contention": contention,
         "load_average_after": common.load_average(), "top_k": args.top_k,
         "synthetic_features": {"videos_per_topic": args.videos_per_topic, "noise": NOISE, "patch_scale": PATCH_SCALE,
                                "biases": "none (no caption bank)"},
