@@ -3,7 +3,8 @@
 The synthetic topic features of large_gallery.py say nothing about whether a trained UCoFiA
 model's video-sentence level (stage 1) keeps the fused top-10 in its shortlist. This script takes
 a checkpoint trained on a larger demo benchmark, exports it, indexes the test videos with SK
-biases from the training captions (``ucofia-run index``), converts the index to float16 and int8
+biases from an even subset of the training captions (``--bank-captions``; ``ucofia-run index``),
+converts the index to float16 and int8
 (``ucofia-run merge --store``, which recomputes the biases), and for every test caption compares:
 
 * per store: t2v/v2t metrics (``runtime.evaluate``) and exhaustive top-10 agreement with float32;
