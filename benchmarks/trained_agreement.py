@@ -9,7 +9,7 @@ converts the index to float16 and int8
 
 * per store: t2v/v2t metrics (``runtime.evaluate``) and exhaustive top-10 agreement with float32;
 * per shortlist size: two-stage (exact flat stage 1) vs exhaustive top-10 agreement (ordered, set,
-  overlap) and t2v R@1 of both, on the default store.
+  overlap) and t2v R@1 of both, on the float16 index.
 
     ucofia demo-data -o WORK/demo15 --scale 15
     ucofia train --config demo --data WORK/demo15 -o WORK/train15 --epochs 4
