@@ -16,6 +16,8 @@ from evaluation.metrics import retrieval_metrics
 
 METRIC_KEYS: tuple[str, ...] = ("R1", "R5", "R10", "MdR", "MnR")
 TOP_OVERLAP_K = 10
+# R@1 points a parity run may differ by when the index stores features as float16 / int8.
+STORE_R1_DELTA = {"float16": 0.0, "int8": 2.0}
 
 
 @dataclass(frozen=True)
@@ -35,13 +37,20 @@ class Tolerance:
         return cls()
 
     @classmethod
-    def for_manifest(cls, manifest: Mapping[str, Any]) -> "Tolerance":
+    def for_manifest(cls, manifest: Mapping[str, Any], store: str = "float32") -> "Tolerance":
         """Defaults for a bundle: ``for_dtype``, or for int8 encoders (lossy) R@1 within the
-        manifest's ``int8.parity_r1_delta`` points and no similarity bound."""
+        manifest's ``int8.parity_r1_delta`` points and no similarity bound; an index that stores
+        features in float16 or int8 (``ucofia-run index --store``) rounds them, so the similarity
+        bound goes and R@1 must stay within ``STORE_R1_DELTA`` points (float16: identical)."""
         int8 = manifest.get("int8")
         if int8:
-            return cls(max_abs=None, max_r1_delta=float(int8["parity_r1_delta"]), identical_metrics=False)
-        return cls.for_dtype(str(manifest.get("dtype", "float32")))
+            base = cls(max_abs=None, max_r1_delta=float(int8["parity_r1_delta"]), identical_metrics=False)
+        else:
+            base = cls.for_dtype(str(manifest.get("dtype", "float32")))
+        if store == "float32":
+            return base
+        delta = STORE_R1_DELTA[store] if base.identical_metrics else max(base.max_r1_delta, STORE_R1_DELTA[store])
+        return cls(max_abs=None, max_r1_delta=delta, identical_metrics=False)
 
 
 def fuse_numpy(sims: Mapping[str, np.ndarray], biases: Mapping[str, np.ndarray] | None = None,

@@ -76,8 +76,9 @@ def _run_cli(args: list[str], log: Log) -> None:
         raise ParityError(f"ucofia-run {args[0]} failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
 
 
-def runtime_side(bundle: Path, bench: Benchmark, work: Path, backend: str, log: Log) -> dict:
-    """Index the benchmark's videos with ucofia-run, then score its captions with the runtime."""
+def runtime_side(bundle: Path, bench: Benchmark, work: Path, backend: str, log: Log, store: str = "float32") -> dict:
+    """Index the benchmark's videos with ucofia-run (features stored as ``store``), then score its
+    captions with the runtime."""
     from runtime.backends import open_session
     from runtime.bundle import load_bundle
     from runtime.index import GalleryIndex
@@ -91,7 +92,7 @@ def runtime_side(bundle: Path, bench: Benchmark, work: Path, backend: str, log: 
     bank.write_text("".join(f"{' '.join(c.split())}\n" for c in bench.bank))  # one caption per line
     index_dir = work / "index"
     _run_cli(["index", "--bundle", str(bundle), "--videos", str(videos_list), "--bank", str(bank),
-              "-o", str(index_dir), "--backend", backend, "--quiet"], log)
+              "-o", str(index_dir), "--backend", backend, "--store", store, "--quiet"], log)
     b = load_bundle(bundle)
     gallery = GalleryIndex(index_dir)
     row_of = {vid: i for i, vid in enumerate(gallery.ids)}
@@ -161,8 +162,9 @@ def torch_side(model, bench: Benchmark, vocab: Path, log: Log) -> dict:
 # ---- the command's body ---------------------------------------------------------------------
 def run_parity(checkpoint: Path, bundle: Path, benchmark: Path, *, dataset: str = "msrvtt", split: str = "test",
                bank: Path | None = None, backend: str = "auto", tolerance: Tolerance | None = None,
-               log: Log = print) -> dict:
-    """Run both sides and return the comparison report (``report["passed"]``)."""
+               log: Log = print, store: str = "float32") -> dict:
+    """Run both sides and return the comparison report (``report["passed"]``); the runtime stores
+    the gallery's features as ``store`` (float32, float16 or int8: ``ucofia-run index --store``)."""
     from runtime.bundle import load_bundle
     from ucofia.checkpoints import load_model, weights_fingerprint
 
@@ -176,19 +178,19 @@ def run_parity(checkpoint: Path, bundle: Path, benchmark: Path, *, dataset: str 
     if not bench.captions:
         raise ParityError(f"{benchmark}: the {split} split has no captions")
     with tempfile.TemporaryDirectory(prefix="ucofia-parity-") as tmp:
-        rt = runtime_side(bundle, bench, Path(tmp), backend, log)
+        rt = runtime_side(bundle, bench, Path(tmp), backend, log, store)
     pt = torch_side(model, bench, b.tokenizer.vocab_file, log)
     col_of = {v: i for i, v in enumerate(bench.video_ids)}
     video_of_text = [col_of[v] for v in bench.caption_video_ids]
     one_to_one = video_of_text == list(range(len(bench.video_ids)))
-    tol = tolerance or Tolerance.for_manifest(b.manifest)
+    tol = tolerance or Tolerance.for_manifest(b.manifest, store)
     report = compare_retrieval(pt["sims"], rt["sims"], pt["video_bias"], rt["video_bias"], pt["text_bias"],
                                rt["text_bias"], None if one_to_one else video_of_text, tol)
     bundle_dtype = rt["dtype"] + (" + int8 encoders" if b.manifest.get("int8") else "")
     report.update({"checkpoint": str(checkpoint), "bundle": str(bundle), "benchmark": str(benchmark),
                    "split": split, "captions": len(bench.captions), "videos": len(bench.video_ids),
                    "bank_captions": len(bench.bank), "bank": str(bank) if bank else "the benchmark's train split",
-                   "bundle_dtype": bundle_dtype, "backend": backend})
+                   "bundle_dtype": bundle_dtype, "index_store": store, "backend": backend})
     return report
 
 

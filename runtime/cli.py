@@ -79,6 +79,8 @@ def main() -> None:
     1. ucofia-run index    -> encode videos into an index directory (resumable)
     2. ucofia-run search   -> top-k videos for text queries (JSONL or CSV)
     3. ucofia-run evaluate -> R@1/5/10, median and mean rank on annotated captions
+    Updates: ucofia-run remove / compact / merge (atomic; a killed update leaves the index as before
+    or after it).
     """
 
 
@@ -93,6 +95,12 @@ memory_option = click.option("--memory-mb", default=DEFAULT_MEMORY_MB, show_defa
                              help=MEMORY_HELP)
 threads_option = click.option("--threads", default=None, type=click.IntRange(min=1),
                               help="onnxruntime intra-op threads.")
+STORE_HELP = ("Feature dtype on disk, recorded in the index: float32 (default for a new index), float16 (half "
+              "the bytes; fused R@1 identical in parity, see the README) or int8 (frames and patches as int8 "
+              "with a scale per vector: a quarter; lossy). An existing index keeps its own; convert with "
+              "`merge --store`.")
+store_option = click.option("--store", default=None, type=click.Choice(["float32", "float16", "int8"]),
+                            help=STORE_HELP)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -122,21 +130,24 @@ threads_option = click.option("--threads", default=None, type=click.IntRange(min
                    "window is padded). Default: whole files, as the reference.")
 @click.option("--stride", type=float, default=None, metavar="SECONDS",
               help="Seconds between window starts (default: --window, i.e. back to back; smaller overlaps).")
+@store_option
 @backend_option
 @memory_option
 @threads_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @_user_errors
 def index(bundle_dir: Path, videos: Path, bank: Path | None, out: Path, batch_size: int, workers: int | None,
-          process_pool: bool, window: float | None, stride: float | None, backend: str, memory_mb: float,
-          threads: int | None, quiet: bool) -> None:
+          process_pool: bool, window: float | None, stride: float | None, store: str | None, backend: str,
+          memory_mb: float, threads: int | None, quiet: bool) -> None:
     """Encode videos into a gallery index.
 
     Decodes every video (reference frame sampling), runs the video encoder in batches and appends
     the features to INDEX as .npy shards. Re-running skips videos already indexed, so an
-    interrupted run resumes where it stopped; videos that cannot be decoded are skipped, listed in
-    INDEX/failed.jsonl and retried by the next run. With --bank, the per-level SK video biases
-    are computed once over bank captions x all indexed videos (recomputed when either changes).
+    interrupted run resumes where it stopped; a listed video whose file content changed (sha256)
+    is encoded again and replaces every row made from its old file. Videos that cannot be decoded
+    are skipped, listed in INDEX/failed.jsonl and retried by the next run. With --bank, the
+    per-level SK video biases are computed once over bank captions x all indexed videos
+    (recomputed when either changes).
 
     With --window SECONDS [--stride SECONDS] each file becomes one row per time window (ids
     FILE@START-END); each file is decoded once, in one sequential pass, for all its windows.
@@ -162,24 +173,26 @@ def index(bundle_dir: Path, videos: Path, bank: Path | None, out: Path, batch_si
     workers = workers or ingest.default_workers()
     report = ingest.IngestReport(total=len(pairs))
     unit = "video" if setting is None else "window"
-    with IndexWriter(out, bundle) as writer:
+    with IndexWriter(out, bundle, store) as writer:
+        writer.publish_later = bank is not None  # new rows appear with the biases computed at the end
         start = time.perf_counter()
+        check_setting(writer, setting)
         if setting is None:
-            check_setting(writer, None)
-            todo = [(vid, path) for vid, path in pairs if vid not in writer.indexed]
-            report.skipped = len(pairs) - len(todo)
-            to_encode = len(todo)
+            todo, replaces, report.skipped = ingest.plan_ingest(writer, pairs)
+            to_encode, changed = len(todo), len(replaces)
         else:
-            check_setting(writer, setting)
             plans = _plan_windows(pairs, setting, writer, report, quiet)
-            to_encode = sum(len(p.spans) for p in plans)
+            to_encode, changed = sum(len(p.spans) for p in plans), sum(bool(p.replaces) for p in plans)
         if report.skipped and not quiet:
             click.echo(f"resuming {out}: {report.skipped} of {report.total} {unit}s already indexed", err=True)
+        if changed and not quiet:
+            click.echo(f"{changed} indexed files changed content; their rows will be replaced", err=True)
         bar, update = _progress(to_encode, unit, "encoding", quiet)
         try:
             if setting is None:
                 ingest.encode_videos(writer, bundle, todo, backend=resolved, batch_size=batch_size, workers=workers,
-                                     processes=process_pool, threads=threads, report=report, progress=update)
+                                     processes=process_pool, threads=threads, report=report, progress=update,
+                                     replaces=replaces)
             else:
                 from runtime.window_ingest import encode_windows
 
@@ -197,8 +210,10 @@ def index(bundle_dir: Path, videos: Path, bank: Path | None, out: Path, batch_si
                                              threads=threads, log=lambda m: click.echo(m, err=True),
                                              progress_factory=bank_bar)
         total_indexed = len(writer.indexed)
+    replaced = (f"{report.replaced} of them replacing changed files" if setting is None else
+                f"{report.replaced} changed files re-indexed")
     click.echo(f"indexed {report.indexed} new {unit}s ({report.videos_per_second:.2f} {unit}s/s, backend "
-               f"{resolved}), {report.skipped} already present, {len(report.failed)} failed; "
+               f"{resolved}), {replaced}, {report.skipped} already present, {len(report.failed)} failed; "
                f"{total_indexed} {unit}s in {out}; biases: {report.biases}")
     if report.failed:
         for vid, error in report.failed[:10]:
@@ -218,20 +233,148 @@ def check_setting(writer: Any, setting: Any) -> None:
 
 def _plan_windows(pairs: list, setting: Any, writer: Any, report: Any, quiet: bool) -> list:
     """Probe the files (a progress bar for long lists) and plan the windows still to index."""
-    from runtime.window_ingest import plan_files
+    from runtime.window_ingest import changed_files, plan_files
 
     report.total = 0
+    changed = changed_files(writer, pairs)
     bar, update = _progress(len(pairs), "file", "planning windows", quiet or len(pairs) < 100)
     try:
         plans = []
         for pair in pairs:
-            plans.extend(plan_files([pair], setting, writer, report))
+            plans.extend(plan_files([pair], setting, writer, report, changed))
             if update:
                 update(1)
         return plans
     finally:
         if bar is not None:
             bar.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# remove / compact / merge
+# ------------------------------------------------------------------------------------------------
+def _settings(backend: str, bundle, memory_mb: float, threads: int | None, quiet: bool):
+    from runtime.backends import resolve_backend
+    from runtime.updates import ScoringSettings
+
+    return ScoringSettings(backend=resolve_backend(backend, bundle) if bundle is not None else "cpu",
+                           memory_mb=memory_mb, threads=threads,
+                           progress_factory=lambda total: _progress(total, "pair", "bank x videos", quiet)[1])
+
+
+def _bundle_for(index_dir: Path, bundle_dir: Path | None, required: bool):
+    """The bundle of an index (``--bundle`` or the recorded one), or None when it is not needed and gone."""
+    from runtime.bundle import load_bundle
+    from runtime.index import GalleryIndex
+
+    gallery = GalleryIndex(index_dir)
+    path = bundle_dir or gallery.bundle_path
+    if not required and bundle_dir is None and not (path / "manifest.json").is_file():
+        return None
+    bundle = load_bundle(path)
+    gallery.check_bundle(bundle)
+    return bundle
+
+
+@main.command(epilog=EXIT_CODES_HELP)
+@index_option
+@click.option("--ids", "ids_file", required=True, type=click.Path(path_type=Path),
+              help="File of video ids to remove, one per line (an `id<TAB>path` list as given to `index "
+                   "--videos` works too).")
+@click.option("--allow-missing", is_flag=True, help="Skip ids that are not in the index (else nothing is removed).")
+@click.option("--bank", type=click.Path(path_type=Path), default=None,
+              help="Caption bank for the recomputed SK biases (default: the one the index's biases came from).")
+@bundle_option
+@backend_option
+@memory_option
+@threads_option
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@_user_errors
+def remove(index_dir: Path, ids_file: Path, allow_missing: bool, bank: Path | None, bundle_dir: Path | None,
+           backend: str, memory_mb: float, threads: int | None, quiet: bool) -> None:
+    """Remove videos from an index; they never appear in results again.
+
+    One atomic update: the rows are marked removed and the SK video biases are recomputed for the
+    videos that remain (SK normalises over the whole gallery), so a reader sees the index before or
+    after, never between. The files keep their bytes until `ucofia-run compact`.
+    """
+    from runtime.index import IndexWriter
+    from runtime.updates import read_id_list, remove_videos
+
+    ids = read_id_list(ids_file)
+    bundle = _bundle_for(index_dir, bundle_dir, required=False)
+    with IndexWriter(index_dir, bundle) as writer:
+        done = remove_videos(writer, bundle, ids, bank=bank, allow_missing=allow_missing,
+                             settings=_settings(backend, bundle, memory_mb, threads, quiet),
+                             log=lambda m: click.echo(m, err=True))
+        left = len(writer.indexed)
+    skipped = f", {done['missing']} not in the index (skipped)" if done["missing"] else ""
+    click.echo(f"removed {done['removed']} videos{skipped}; {left} videos in {index_dir}; biases: {done['biases']}")
+
+
+@main.command(epilog=EXIT_CODES_HELP)
+@index_option
+@click.option("--rows-per-shard", default=None, type=click.IntRange(min=1),
+              help="Rows per rewritten shard (default 4096); smaller shards are coalesced.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@_user_errors
+def compact(index_dir: Path, rows_per_shard: int | None, quiet: bool) -> None:
+    """Reclaim the space of removed videos and coalesce small shards.
+
+    Rewrites only the shards that hold removed rows or are small, keeps the row order (biases and
+    search caches stay valid), commits atomically, then deletes the old shard files.
+    """
+    from runtime.index import COMPACT_ROWS, IndexWriter
+
+    with IndexWriter(index_dir, None) as writer:
+        bar, update = _progress(len(writer.indexed) + writer.index.removed_rows, "row", "compacting", quiet)
+        try:
+            done = writer.compact(rows_per_shard or COMPACT_ROWS, progress=update)
+        finally:
+            if bar is not None:
+                bar.close()
+    click.echo(f"compacted {index_dir}: {done['shards_before']} -> {done['shards_after']} shards, "
+               f"{done['rows_reclaimed']} removed rows reclaimed")
+
+
+@main.command(epilog=EXIT_CODES_HELP)
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
+              help="The merged index (a new directory; appears only when the merge is complete).")
+@click.option("--on-duplicate", default="error", show_default=True, type=click.Choice(["error", "first", "last"]),
+              help="An id in several inputs: refuse the merge, or keep the row of the first / last input "
+                   "that has it.")
+@click.option("--store", default=None, type=click.Choice(["float32", "float16", "int8"]),
+              help="Stored dtype of the merged index (default: the inputs'; required when they differ). "
+                   "Shards of another dtype are converted.")
+@click.option("--bank", type=click.Path(path_type=Path), default=None,
+              help="Caption bank for the merged gallery's SK biases (default: the one the inputs' biases "
+                   "came from).")
+@bundle_option
+@backend_option
+@memory_option
+@threads_option
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@_user_errors
+def merge(inputs: tuple[Path, ...], out: Path, on_duplicate: str, store: str | None, bank: Path | None,
+          bundle_dir: Path | None, backend: str, memory_mb: float, threads: int | None, quiet: bool) -> None:
+    """Merge indexes of the same bundle into a new index.
+
+    Rows keep the inputs' order (first input first). Shards are hard-linked from the inputs where
+    the file system and the stored dtype allow (else copied or converted); the SK video biases
+    are recomputed for the merged gallery. Built aside and renamed into place at the end: a killed
+    merge leaves no output and never changes the inputs.
+    """
+    from runtime.updates import merge_indexes
+
+    bundle = _bundle_for(inputs[0], bundle_dir, required=True)
+    done = merge_indexes(list(inputs), out, bundle, on_duplicate=on_duplicate, store=store, bank=bank,
+                         settings=_settings(backend, bundle, memory_mb, threads, quiet),
+                         log=lambda m: click.echo(m, err=True))
+    dropped = f", {done['duplicates_dropped']} duplicate rows dropped ({on_duplicate} wins)" \
+        if done["duplicates_dropped"] else ""
+    click.echo(f"merged {done['inputs']} indexes into {out}: {done['videos']} videos ({done['store']}){dropped}; "
+               f"biases: {done['biases']}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -302,6 +445,14 @@ def _write_output(out: Path, text: str) -> None:
                    "file_id, start and end (seconds) of each window.")
 @click.option("--windows-per-file", default=3, show_default=True, type=click.IntRange(min=1),
               help="With --group-by file: best windows listed per file.")
+@click.option("--stage1", "stage1_kind", default="auto", show_default=True,
+              type=click.Choice(["auto", "flat", "ivf", "hnsw"]),
+              help="FAISS index of --two-stage's first stage: flat (exact), ivf or hnsw (approximate, for "
+                   "large galleries); auto: flat up to 200,000 videos, hnsw above. Built once and cached in "
+                   "the index with its parameters (INDEX/stage1-*.json).")
+@click.option("--nprobe", default=None, type=click.IntRange(min=1), help="IVF cells scanned per query (default 32).")
+@click.option("--ef-search", default=None, type=click.IntRange(min=1),
+              help="HNSW search breadth (default 256, at least --shortlist).")
 @bundle_option
 @backend_option
 @memory_option
@@ -309,6 +460,7 @@ def _write_output(out: Path, text: str) -> None:
 @_user_errors
 def search(index_dir: Path, queries_inline: tuple[str, ...], queries_file: Path | None, top_k: int, fmt: str,
            out: Path, two_stage: bool, shortlist: int, group_by: str | None, windows_per_file: int,
+           stage1_kind: str, nprobe: int | None, ef_search: int | None,
            bundle_dir: Path | None, backend: str, memory_mb: float, threads: int | None) -> None:
     """Rank indexed videos for text queries.
 
@@ -328,12 +480,17 @@ def search(index_dir: Path, queries_inline: tuple[str, ...], queries_file: Path 
     tokens = encoder.tokenize(texts, "query")
     _warn_truncated(tokens.truncated, encoder.max_words, "query")
     features = encoder.encode_ids(tokens.ids)
+    params = None
+    if two_stage:
+        from runtime import stage1
+
+        params = stage1.choose(stage1_kind, len(gallery), nprobe=nprobe, ef_search=ef_search)
     if search_mod.has_windows(gallery) and group_by != "window":
         from runtime import grouping
 
         if two_stage:
             wide = search_mod.two_stage(scorer, gallery, features, max(shortlist, top_k), max(shortlist, top_k),
-                                        memory_mb)
+                                        memory_mb, params=params)
             groups = grouping.group_rows(wide, gallery, top_k, windows_per_file)
             short = sum(len(g) < top_k for g in groups)
             if short and len(grouping.RowFiles.of(gallery).file_ids) > min(len(g) for g in groups):
@@ -344,7 +501,7 @@ def search(index_dir: Path, queries_inline: tuple[str, ...], queries_file: Path 
         _write_output(out, format_grouped(texts, grouping.to_records(groups, gallery), fmt))
         return
     if two_stage:
-        top = search_mod.two_stage(scorer, gallery, features, top_k, max(shortlist, top_k), memory_mb)
+        top = search_mod.two_stage(scorer, gallery, features, top_k, max(shortlist, top_k), memory_mb, params=params)
     else:
         top = search_mod.exhaustive(scorer, gallery, features, top_k, memory_mb)
     result = search_mod.to_result(gallery, top)

@@ -1,8 +1,10 @@
 """``ucofia-run index``: decode videos in a worker pool, encode them in batches, store shards,
 then compute the per-level SK video biases against a caption bank.
 
-Resumable: ids already in the index are skipped; a killed run loses at most the batch in flight.
-Videos that fail to decode are listed in ``failed.jsonl`` and skipped (a rerun retries them).
+Resumable: ids already in the index are skipped unless their file's content changed, in which case
+the new features replace every row made from the old file (:func:`plan_ingest`); a killed run
+loses at most the batch in flight. Videos that fail to decode are listed in ``failed.jsonl`` and
+skipped (a rerun retries them).
 """
 from __future__ import annotations
 
@@ -21,10 +23,11 @@ from ucofia.io_utils import file_sha256
 from runtime.backends import open_session
 from runtime.bundle import Bundle
 from runtime.finite import NON_FINITE_FIX, non_finite_rows
-from runtime.index import GalleryIndex, IndexWriter, ids_digest
-from runtime.scoring import LEVELS, Scorer, score_matrix
+from runtime.index import KEEP_BIASES, IndexWriter, ids_digest, source_key
+from runtime.scoring import LEVELS, Scorer, VideoSource, score_matrix
 from runtime.sinkhorn import video_bias
 from runtime.sources import read_captions
+from runtime.store import unstorable_rows
 from runtime.text import TextEncoder
 
 DEFAULT_BATCH = 16
@@ -41,6 +44,7 @@ class IngestReport:
 
     total: int = 0
     skipped: int = 0
+    replaced: int = 0
     indexed: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
@@ -65,13 +69,95 @@ def video_entry(video_id: str, identity: dict[str, Any], video: DecodedVideo) ->
             "width": info.width, "height": info.height, "frames": video.num_frames}
 
 
+def content_changed(entry: dict[str, Any], path: Path) -> bool:
+    """Whether ``path`` now holds other content than the file ``entry`` was made from: same path,
+    size and mtime mean unchanged; otherwise the sha256 decides. Rows without a recorded sha256
+    (format 1) and files that are gone count as unchanged (remove those with ``ucofia-run remove``)."""
+    sha = entry.get("sha256")
+    if not sha:
+        return False
+    try:
+        stat = path.stat()
+        if (str(path.resolve()) == entry.get("path") and stat.st_size == entry.get("bytes")
+                and stat.st_mtime == entry.get("mtime")):
+            return False
+        return file_sha256(path) != sha
+    except OSError:
+        return False
+
+
+def plan_ingest(writer: IndexWriter, pairs: list[tuple[str, Path]]
+                ) -> tuple[list[tuple[str, Path]], dict[str, list[str]], int]:
+    """(videos to encode, id -> ids of the rows its new features replace, videos unchanged).
+
+    A listed id that is indexed is encoded again when its file's content changed
+    (:func:`content_changed`); its new rows then replace every row made from the same source file
+    (same ``file_id`` or ``path``: all time windows of a file), in the same commit."""
+    todo = [(vid, path) for vid, path in pairs if vid not in writer.indexed]
+    if len(todo) == len(pairs):
+        return todo, {}, 0
+    index = writer.index
+    by_source: dict[str, list[str]] = {}
+    for entry in index.entries:
+        by_source.setdefault(source_key(entry), []).append(entry["id"])
+    replaces: dict[str, list[str]] = {}
+    claimed: set[str] = set()
+    unchanged = 0
+    for vid, path in pairs:
+        if vid not in writer.indexed:
+            continue
+        entry = index.entry(vid)
+        if entry is not None and content_changed(entry, path):
+            todo.append((vid, path))
+            replaces[vid] = [old for old in by_source[source_key(entry)] if old not in claimed]
+            claimed.update(replaces[vid])
+        else:
+            unchanged += 1
+    return todo, replaces, unchanged
+
+
+ReplaceFor = Callable[[list[dict[str, Any]]], list[str]]
+
+
+def store_batch(writer: IndexWriter, entries: list[dict[str, Any]], features: dict[str, np.ndarray],
+                report: IngestReport, replace_for: ReplaceFor | None = None) -> list[str]:
+    """Add one encoded batch to the index as a shard and return the ids stored.
+
+    Rows whose features are NaN/inf, or beyond what the index's store can hold, are never stored:
+    they are listed in failed.jsonl with the cause and the fix. ``replace_for(stored entries)``
+    names the rows the stored ones supersede (an earlier version of a changed file), removed in
+    the same commit."""
+    bad = non_finite_rows(features.values())
+    too_big = unstorable_rows(features, writer.store) & ~bad
+    bad |= too_big
+    if bad.any():
+        for i in np.flatnonzero(bad):
+            what = f"{entries[i]['id']} ({entries[i]['path']})"
+            error = (f"the video encoder produced features beyond the float16 range for {what}; index with "
+                     f"--store float32" if too_big[i] else
+                     f"the video encoder produced non-finite features (NaN/inf) for {what}; {NON_FINITE_FIX}")
+            writer.record_failure(entries[i]["id"], entries[i]["path"], error)
+            report.failed.append((entries[i]["id"], error))
+        entries = [entry for entry, failed in zip(entries, bad) if not failed]
+        features = {role: value[~bad] for role, value in features.items()}
+    ids = [entry["id"] for entry in entries]
+    replace = replace_for(entries) if replace_for is not None and entries else []
+    writer.add_batch(ids, features, entries, replace)  # no-op when every row failed
+    report.indexed += len(ids)
+    return ids
+
+
 def encode_videos(writer: IndexWriter, bundle: Bundle, todo: list[tuple[str, Path]], *, backend: str,
                   batch_size: int, workers: int, processes: bool, threads: int | None,
-                  report: IngestReport, progress: Callable[[int], None] | None = None) -> None:
+                  report: IngestReport, progress: Callable[[int], None] | None = None,
+                  replaces: dict[str, list[str]] | None = None) -> None:
     """Decode ``todo`` in a pool, encode batches with the video encoder, append shards.
 
     Each file is hashed (for its index entry) on a thread pool while the decoders work ahead.
+    ``replaces`` (from :func:`plan_ingest`): id -> ids of rows its new features supersede, marked
+    removed in the commit that adds them.
     """
+    replaces = replaces or {}
     encoder = open_session(bundle, "video_encoder", backend, threads)
     spec = VideoSpec.from_config(bundle.config)
     batch_entries: list[dict[str, Any]] = []
@@ -84,20 +170,9 @@ def encode_videos(writer: IndexWriter, bundle: Bundle, todo: list[tuple[str, Pat
         frames = np.stack(batch_frames)
         mask = np.stack(batch_masks).astype(np.float32)
         out = encoder.run({"frames": frames, "video_mask": mask})
-        entries = list(batch_entries)
-        bad = non_finite_rows(out.values())
-        if bad.any():  # never store NaN/inf features: list those videos as failed, keep the rest
-            for i in np.flatnonzero(bad):
-                path = entries[i]["path"]
-                error = f"the video encoder produced non-finite features (NaN/inf) for {path}; {NON_FINITE_FIX}"
-                writer.record_failure(entries[i]["id"], path, error)
-                report.failed.append((entries[i]["id"], error))
-            entries = [entry for entry, failed in zip(entries, bad) if not failed]
-            out = {role: value[~bad] for role, value in out.items()}
-            mask = mask[~bad]
-        ids = [entry["id"] for entry in entries]
-        writer.add_batch(ids, {**out, "video_mask": mask}, entries)  # no-op when every video failed
-        report.indexed += len(ids)
+        ids = store_batch(writer, batch_entries, {**out, "video_mask": mask}, report,
+                          lambda kept: [old for entry in kept for old in replaces.get(entry["id"], ())])
+        report.replaced += sum(vid in replaces for vid in ids)
         if progress:
             progress(len(batch_entries))
         batch_entries.clear(), batch_frames.clear(), batch_masks.clear()
@@ -137,7 +212,7 @@ def encode_videos(writer: IndexWriter, bundle: Bundle, todo: list[tuple[str, Pat
         flush()
 
 
-def compute_bank_biases(index: GalleryIndex, bundle: Bundle, captions: list[str], *, backend: str,
+def compute_bank_biases(index: VideoSource, bundle: Bundle, captions: list[str], *, backend: str,
                         memory_mb: float, threads: int | None, scratch: Path,
                         progress: Callable[[int], None] | None = None) -> np.ndarray:
     """[3, V] SK video bias per level from bank captions x all indexed videos.
@@ -162,37 +237,50 @@ def compute_bank_biases(index: GalleryIndex, bundle: Bundle, captions: list[str]
         scratch.unlink(missing_ok=True)
 
 
-def update_biases(writer: IndexWriter, bundle: Bundle, bank: Path | None, *, backend: str, memory_mb: float,
-                  threads: int | None, log: Log, progress_factory=None) -> str:
-    """Recompute biases when the bank or the set of videos changed; returns what happened."""
+def biases_for(writer: IndexWriter, bundle: Bundle, bank: Path | None, videos: VideoSource, ids: list[str], *,
+               backend: str, memory_mb: float, threads: int | None, log: Log, progress_factory=None
+               ) -> tuple[Any, str]:
+    """The biases of the gallery ``ids`` (features served by ``videos``, in that order), which may
+    differ from the committed one (e.g. the rows a removal keeps): ``(record, what happened)``
+    where record is KEEP_BIASES when the stored biases still fit, None to drop them, or a record
+    from :meth:`IndexWriter.stage_biases` to commit. ``bank`` None: the bank the stored biases came
+    from, when there are any."""
     meta = writer.state.get("biases")
-    index = GalleryIndex(writer.root)
-    digest = ids_digest(index.ids)
+    digest = ids_digest(ids)
     if bank is None:
         if not meta:
-            return "none (no --bank given)"
+            return KEEP_BIASES, "none (no --bank given)"
         bank = Path(meta["bank"]["path"])
         if meta["ids_sha256"] == digest:
-            return "unchanged"
+            return KEEP_BIASES, "unchanged"
         if not bank.is_file():
-            writer.set_biases(None, None)
             log(f"warning: the videos changed but the caption bank {bank} used for the biases is gone; "
-                f"biases dropped, re-run with --bank to compute them")
-            return "dropped"
+                f"biases dropped, re-run `ucofia-run index` with --bank to compute them")
+            return None, "dropped"
     bank = bank.resolve()
     sha = file_sha256(bank)
     if meta and meta["bank"]["sha256"] == sha and meta["ids_sha256"] == digest:
-        return "unchanged"
-    if len(index) == 0:
-        return "none (no videos indexed)"
+        return KEEP_BIASES, "unchanged"
+    if not ids:
+        return None, "none (no videos indexed)"
     captions = read_captions(bank, "bank captions")
-    progress = progress_factory(len(captions) * len(index)) if progress_factory else None
+    progress = progress_factory(len(captions) * len(ids)) if progress_factory else None
     start = time.perf_counter()
-    values = compute_bank_biases(index, bundle, captions, backend=backend, memory_mb=memory_mb, threads=threads,
+    values = compute_bank_biases(videos, bundle, captions, backend=backend, memory_mb=memory_mb, threads=threads,
                                  scratch=writer.root / BANK_SIMS_TMP, progress=progress)
-    writer.set_biases(values, {"bank": {"path": str(bank), "sha256": sha, "captions": len(captions)},
-                               "sk_iterations": bundle.config.sk_iterations})
-    return f"computed from {len(captions)} bank captions in {time.perf_counter() - start:.1f}s"
+    record = writer.stage_biases(values, {"bank": {"path": str(bank), "sha256": sha, "captions": len(captions)},
+                                          "sk_iterations": bundle.config.sk_iterations}, ids)
+    return record, f"computed from {len(captions)} bank captions in {time.perf_counter() - start:.1f}s"
+
+
+def update_biases(writer: IndexWriter, bundle: Bundle, bank: Path | None, *, backend: str, memory_mb: float,
+                  threads: int | None, log: Log, progress_factory=None) -> str:
+    """Recompute biases when the bank or the set of videos changed; returns what happened."""
+    index = writer.index
+    record, what = biases_for(writer, bundle, bank, index, index.ids, backend=backend, memory_mb=memory_mb,
+                              threads=threads, log=log, progress_factory=progress_factory)
+    writer.publish(record)  # pending rows become visible together with the biases that fit them
+    return what
 
 
 def default_workers() -> int:

@@ -6,27 +6,30 @@ of the scorer graph by probing it with unit vectors (no weights are needed besid
 checked against the graph on real rows, and cached in the index. A FAISS inner-product index over
 rows ``[v, bias_vs(v)]`` queried with ``[s_hat K, 1]`` returns each query's shortlist by
 ``video_sentence + its SK bias`` exactly; the fused three-level score then re-ranks the shortlist.
-With a shortlist as large as the gallery the result equals exhaustive search.
+With a shortlist as large as the gallery and the exact (flat) stage 1 the result equals exhaustive
+search. The stage-1 index kind (flat, IVF, HNSW) and its parameters: runtime/stage1.py.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
 from ucofia.io_utils import atomic_path, atomic_write_text
 
+from runtime import stage1
 from runtime.errors import GalleryIndexError
-from runtime.index import GalleryIndex, ids_digest
+from runtime.index import STAGE1_PREFIX, GalleryIndex
+from runtime.stage1 import Stage1Params
 from runtime.scoring import (DEFAULT_MEMORY_MB, LEVELS, ArrayVideos, Scorer, TextFeatures, TopK, score_matrix,
                              score_topk)
 from runtime.windows import file_of, is_windowed, span_of
 
 KERNEL_FILE = "level1_kernel.npy"
-FAISS_FILE = "faiss.index"
-FAISS_META = "faiss.json"
+FAISS_CHUNK = 65536  # rows read per step while building the stage-1 index
 # Relative tolerance of the bilinear read-out of the video_sentence level against the graph.
 KERNEL_RTOL = 1e-3
 KERNEL_CHECK_ROWS = 16
@@ -93,7 +96,7 @@ def _kernel(scorer: Scorer, index: GalleryIndex, memory_mb: float) -> np.ndarray
     return kernel
 
 
-def _faiss_rows(index: GalleryIndex, bias: np.ndarray | None, chunk: int = 65536):
+def _faiss_rows(index: GalleryIndex, bias: np.ndarray | None, chunk: int = FAISS_CHUNK) -> Iterator[np.ndarray]:
     for start in range(0, len(index), chunk):
         stop = min(start + chunk, len(index))
         v = index.features(start, stop, roles=("video",))["video"]
@@ -101,53 +104,78 @@ def _faiss_rows(index: GalleryIndex, bias: np.ndarray | None, chunk: int = 65536
         yield np.ascontiguousarray(np.concatenate([v, extra], axis=1), dtype=np.float32)
 
 
-def faiss_index(index: GalleryIndex):
-    """The cached FAISS inner-product index over [v, bias_vs] rows (built when stale or missing)."""
+def faiss_index(index: GalleryIndex, params: Stage1Params | None = None):
+    """The stage-1 FAISS index over [v, bias_vs] rows (``params``: default ``auto`` for the gallery
+    size), cached in the index directory as ``stage1-HASH.faiss`` with its kind and parameters in
+    ``stage1-HASH.json``; built when missing. Returns (faiss index, params)."""
     import faiss
 
+    params = params or stage1.choose("auto", len(index))
     biases = index.biases()
     bias = None if biases is None else biases["video_sentence"]
-    key = hashlib.sha256((ids_digest(index.ids) + index.fingerprint +
+    key = hashlib.sha256((index.ids_digest + index.fingerprint + stage1.describe(params) +
                           ("" if bias is None else hashlib.sha256(bias.tobytes()).hexdigest())).encode()).hexdigest()
-    path, meta_path = index.root / FAISS_FILE, index.root / FAISS_META
+    path = index.root / f"{STAGE1_PREFIX}{key[:16]}.faiss"
+    meta_path = path.with_suffix(".json")
     if path.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()).get("key") == key:
-        return faiss.read_index(str(path))
-    flat = faiss.IndexFlatIP(index.config.embed_dim + 1)
-    for rows in _faiss_rows(index, bias):
-        flat.add(rows)
+        return faiss.read_index(str(path)), params
+    built = stage1.build(params, index.config.embed_dim + 1, lambda: _faiss_rows(index, bias), len(index))
     with atomic_path(path) as tmp:
-        faiss.write_index(flat, str(tmp))
-    atomic_write_text(meta_path, json.dumps({"key": key, "rows": len(index)}))
-    return flat
+        faiss.write_index(built, str(tmp))
+    atomic_write_text(meta_path, json.dumps({"key": key, "rows": len(index), "params": params.to_dict()}))
+    return built, params
+
+
+class TwoStage:
+    """Two-stage search over one opened index, with everything a query reuses loaded once: the
+    level-1 kernel (checked against the graph on real rows), the stage-1 FAISS index and the
+    biases. A server keeps one; :func:`two_stage` builds one per call."""
+
+    def __init__(self, scorer: Scorer, index: GalleryIndex, memory_mb: float = DEFAULT_MEMORY_MB,
+                 params: Stage1Params | None = None, check_queries: TextFeatures | None = None) -> None:
+        self.scorer, self.index, self.memory_mb = scorer, index, memory_mb
+        self.kernel = _kernel(scorer, index, memory_mb)
+        if check_queries is not None:
+            check_level1_kernel(self.kernel, scorer, index, check_queries)
+        self.stage1_index, self.params = faiss_index(index, params)
+        self.biases = index.biases()
+
+    def search(self, queries: TextFeatures, k: int, shortlist: int, progress=None) -> TopK:
+        """Top ``k`` per query: FAISS shortlist of ``shortlist`` rows by video_sentence (+ bias), then
+        the fused re-rank of the shortlisted rows only (read from the shards tile by tile)."""
+        if shortlist < k:
+            raise ValueError(f"--shortlist ({shortlist}) must be at least --top-k ({k})")
+        index, biases = self.index, self.biases
+        shortlist = min(shortlist, len(index))
+        k = min(k, len(index))
+        q = _normalise(queries.sentence.astype(np.float64)) @ self.kernel
+        q = np.concatenate([q, np.ones((len(queries), 1))], axis=1).astype(np.float32)
+        stage1.configure(self.stage1_index, self.params, shortlist)
+        _, cand = self.stage1_index.search(q, shortlist)
+        out = TopK(indices=np.empty((len(queries), k), np.int64), fused=np.empty((len(queries), k), np.float32),
+                   levels={lv: np.empty((len(queries), k), np.float32) for lv in LEVELS})
+        for i in range(len(queries)):
+            rows = np.sort(cand[i][cand[i] >= 0])  # ascending rows keep the exhaustive tie order
+            sub_bias = None if biases is None else {lv: biases[lv][rows] for lv in LEVELS}
+            # the shortlist's features are read tile by tile (index.subset), within the memory budget
+            best = score_topk(self.scorer, queries.rows(i, i + 1), index.subset(rows), min(k, len(rows)),
+                              sub_bias, self.memory_mb)
+            out.indices[i] = rows[best.indices[0]]
+            out.fused[i] = best.fused[0]
+            for lv in LEVELS:
+                out.levels[lv][i] = best.levels[lv][0]
+            if progress:
+                progress(1)
+        return out
 
 
 def two_stage(scorer: Scorer, index: GalleryIndex, queries: TextFeatures, k: int, shortlist: int,
-              memory_mb: float = DEFAULT_MEMORY_MB, progress=None) -> TopK:
-    """FAISS shortlist of ``shortlist`` videos per query by video_sentence (+ bias), then fused re-rank."""
+              memory_mb: float = DEFAULT_MEMORY_MB, progress=None, params: Stage1Params | None = None) -> TopK:
+    """FAISS shortlist of ``shortlist`` videos per query by video_sentence (+ bias), then fused
+    re-rank of the shortlisted rows (``params``: the stage-1 index kind, default ``auto``)."""
     if shortlist < k:
         raise ValueError(f"--shortlist ({shortlist}) must be at least --top-k ({k})")
-    shortlist = min(shortlist, len(index))
-    k = min(k, len(index))
-    kernel = _kernel(scorer, index, memory_mb)
-    check_level1_kernel(kernel, scorer, index, queries)
-    q = _normalise(queries.sentence.astype(np.float64)) @ kernel
-    q = np.concatenate([q, np.ones((len(queries), 1))], axis=1).astype(np.float32)
-    _, cand = faiss_index(index).search(q, shortlist)
-    biases = index.biases()
-    out = TopK(indices=np.empty((len(queries), k), np.int64), fused=np.empty((len(queries), k), np.float32),
-               levels={lv: np.empty((len(queries), k), np.float32) for lv in LEVELS})
-    for i in range(len(queries)):
-        rows = np.sort(cand[i][cand[i] >= 0])  # ascending rows keep the exhaustive tie order
-        sub_bias = None if biases is None else {lv: biases[lv][rows] for lv in LEVELS}
-        # the shortlist's features are read tile by tile (index.subset), within the memory budget
-        best = score_topk(scorer, queries.rows(i, i + 1), index.subset(rows), k, sub_bias, memory_mb)
-        out.indices[i] = rows[best.indices[0]]
-        out.fused[i] = best.fused[0]
-        for lv in LEVELS:
-            out.levels[lv][i] = best.levels[lv][0]
-        if progress:
-            progress(1)
-    return out
+    return TwoStage(scorer, index, memory_mb, params, check_queries=queries).search(queries, k, shortlist, progress)
 
 
 def to_result(index: GalleryIndex, top: TopK) -> SearchResult:

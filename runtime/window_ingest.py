@@ -26,10 +26,9 @@ from ucofia.data.window_decode import WindowOutcome, decode_windows
 
 from runtime.backends import open_session
 from runtime.bundle import Bundle
-from runtime.finite import NON_FINITE_FIX, non_finite_rows
 from runtime.index import IndexWriter
-from runtime.ingest import IngestReport, file_identity, video_entry
-from runtime.windows import FilePlan, WindowSetting, plan_file, window_entry, window_id
+from runtime.ingest import IngestReport, content_changed, file_identity, store_batch, video_entry
+from runtime.windows import FilePlan, WindowSetting, is_windowed, plan_file, window_entry, window_id
 
 # Decoded windows waiting per file for the encoder (bounds memory: windows are [F, S, S, 3] uint8).
 QUEUE_WINDOWS = 32
@@ -39,14 +38,33 @@ STOP_POLL_S = 0.1
 Progress = Callable[[int], None]
 
 
+def changed_files(writer: IndexWriter, pairs: list[tuple[str, Path]]) -> dict[str, list[str]]:
+    """file_id -> ids of its indexed windows, for the listed files whose content changed since they
+    were indexed (``runtime.ingest.content_changed``): all their windows are indexed again and the
+    new rows replace every old one (also windows the new content no longer has)."""
+    if not writer.indexed:
+        return {}
+    rows: dict[str, list[str]] = {}
+    first: dict[str, dict[str, Any]] = {}
+    for entry in writer.index.entries:
+        if is_windowed(entry):
+            rows.setdefault(entry["file_id"], []).append(entry["id"])
+            first.setdefault(entry["file_id"], entry)
+    return {file_id: rows[file_id] for file_id, path in pairs
+            if file_id in first and content_changed(first[file_id], path)}
+
+
 def plan_files(pairs: list[tuple[str, Path]], setting: WindowSetting, writer: IndexWriter,
-               report: IngestReport) -> list[FilePlan]:
-    """Probe every file and keep those with windows left to index. Files that cannot be probed
-    are recorded as failed (under the file id); ``report`` counts windows."""
+               report: IngestReport, changed: dict[str, list[str]] | None = None) -> list[FilePlan]:
+    """Probe every file and keep those with windows left to index (all windows of the ``changed``
+    files, see :func:`changed_files`). Files that cannot be probed are recorded as failed (under
+    the file id); ``report`` counts windows."""
+    changed = changed or {}
     plans = []
     for file_id, path in pairs:
         try:
-            plan = plan_file(file_id, path, setting, writer.indexed)
+            plan = plan_file(file_id, path, setting, set() if file_id in changed else writer.indexed)
+            plan.replaces = changed.get(file_id, [])
         except VideoDecodeError as exc:
             writer.record_failure(file_id, str(path), str(exc))
             report.failed.append((file_id, str(exc)))
@@ -111,6 +129,8 @@ class _Batches:
         self.entries: list[dict[str, Any]] = []
         self.frames: list[np.ndarray] = []
         self.masks: list[np.ndarray] = []
+        # file_id -> old rows its new windows replace; taken by the first batch storing one of them
+        self.replaces: dict[str, list[str]] = {}
 
     def add(self, entry: dict[str, Any], outcome: WindowOutcome) -> None:
         self.entries.append(entry)
@@ -132,21 +152,14 @@ class _Batches:
         out = self.encoder.run({"frames": np.stack(self.frames), "video_mask": mask})
         entries, count = list(self.entries), len(self.entries)
         self.entries.clear(), self.frames.clear(), self.masks.clear()
-        bad = non_finite_rows(out.values())
-        if bad.any():  # never store NaN/inf features: list those windows as failed, keep the rest
-            for i in np.flatnonzero(bad):
-                path = entries[i]["path"]
-                error = f"the video encoder produced non-finite features (NaN/inf) for {entries[i]['id']}; {NON_FINITE_FIX}"
-                self.writer.record_failure(entries[i]["id"], path, error)
-                self.report.failed.append((entries[i]["id"], error))
-            entries = [e for e, failed in zip(entries, bad) if not failed]
-            out = {role: value[~bad] for role, value in out.items()}
-            mask = mask[~bad]
-        ids = [e["id"] for e in entries]
-        self.writer.add_batch(ids, {**out, "video_mask": mask}, entries)
-        self.report.indexed += len(ids)
+        store_batch(self.writer, entries, {**out, "video_mask": mask}, self.report, self._replaced_by)
         if self.progress:
             self.progress(count)
+
+    def _replaced_by(self, stored: list[dict[str, Any]]) -> list[str]:
+        files = [file_id for file_id in dict.fromkeys(entry["file_id"] for entry in stored) if file_id in self.replaces]
+        self.report.replaced += len(files)
+        return [old for file_id in files for old in self.replaces.pop(file_id)]
 
 
 def encode_windows(writer: IndexWriter, bundle: Bundle, plans: list[FilePlan], setting: WindowSetting, *,
@@ -154,6 +167,7 @@ def encode_windows(writer: IndexWriter, bundle: Bundle, plans: list[FilePlan], s
                    progress: Progress | None = None) -> None:
     """Decode each planned file once and encode its windows in batches (shards), in file order."""
     batches = _Batches(writer, bundle, backend, threads, batch_size, report, progress)
+    batches.replaces = {plan.file_id: plan.replaces for plan in plans if plan.replaces}
     spec = batches.spec
     workers = max(workers, 1)
     decoder_threads = 1 if workers > 1 and len(plans) > 1 else 0  # one long file: let FFmpeg use the cores

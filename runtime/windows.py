@@ -19,7 +19,7 @@ the ``@start-end`` suffix is parsed from the right.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -129,6 +129,7 @@ class FilePlan:
     duration_ms: int
     spans: list[Span]      # not yet indexed, in time order
     planned: int           # windows the file has in all
+    replaces: list[str] = field(default_factory=list)  # old rows of a changed file its windows replace
 
 
 def plan_file(file_id: str, path: Path, setting: WindowSetting, indexed: set[str]) -> FilePlan:

@@ -188,3 +188,32 @@ def test_parity_on_real_test_only_clips_with_bank(shared_dir, tmp_path):
     assert report["passed"] and report["videos"] == report["captions"] == 24
     assert report["bank_captions"] == 3 and report["bank"] == str(bank)
     assert max(r["max_abs"] for r in report["rows"]) < 2e-4
+
+
+@pytest.mark.slow
+def test_parity_reports_the_effect_of_the_stored_dtype(tmp_path):
+    """An index storing float16 / int8 features: parity compares it with PyTorch like any other
+    deployment choice (levels, top-k agreement, metric deltas) under the store's R@1 rule."""
+    import ucofia
+    from evaluation.compare import STORE_R1_DELTA
+    from evaluation.parity import run_parity
+    from export import export_bundle
+    from ucofia.config import tiny_config
+    from ucofia.data.demo import generate_demo
+
+    data = tmp_path / "data"
+    generate_demo(data, scale=0.05, seed=0)
+    model = ucofia.build_model(tiny_config(), seed=0)
+    ucofia.save_checkpoint(tmp_path / "ck", model)
+    export_bundle(model, tmp_path / "bundle")
+    worst_abs = {}
+    for store in ("float16", "int8"):
+        report = run_parity(tmp_path / "ck", tmp_path / "bundle", data, log=lambda _m: None, store=store)
+        assert report["index_store"] == store
+        assert report["tolerance"] == {"max_abs": None, "max_r1_delta": STORE_R1_DELTA[store],
+                                       "identical_metrics": False}
+        worst_abs[store] = max(r["max_abs"] for r in report["rows"])
+        worst = max(abs(d["R1"]) for r in report["rows"] for d in r["metric_deltas"].values())
+        assert report["passed"] == (worst <= STORE_R1_DELTA[store])
+        assert all(0 <= r["top1_agreement"] <= 1 for r in report["rows"])
+    assert 0 < worst_abs["float16"] < worst_abs["int8"]  # really the rounded features, int8 coarser

@@ -187,7 +187,7 @@ def test_damaged_shards_are_named(bundle_dir, tmp_path):
     assert gallery.features(0, 5)["patches"].shape[0] == 5  # the intact shard still reads
     with pytest.raises(GalleryIndexError, match="000001/patches.npy is (truncated|unreadable)"):
         gallery.features(3, 10)
-    with pytest.raises(GalleryIndexError, match="000001/patches.npy is unreadable"):
+    with pytest.raises(GalleryIndexError, match="000001/patches.npy is truncated; rebuild the index"):
         gallery.gather(np.array([9]))
     np.save(root / "shards" / "000001" / "video.npy", np.zeros((4, bundle.config.embed_dim), np.float32))
     with pytest.raises(GalleryIndexError, match=r"000001/video.npy has shape \(4, 64\), the state says 5 rows"):
@@ -291,9 +291,13 @@ def test_format_1_index_opens_and_is_upgraded_on_append(bundle_dir, clips, tmp_p
     listing = tmp_path / "videos.txt"
     listing.write_text("".join(f"{clips / f'clip{i}.mp4'}\n" for i in range(2)))
     out = tmp_path / "index"
-    assert _index(bundle_dir, listing, out).returncode == 0
+    assert _index(bundle_dir, listing, out, "--store", "float32").returncode == 0
     state = json.loads((out / "index.json").read_text())
     state["format"] = "ucofia.index/1"
+    for key in ("store", "next_shard"):  # what format 1 did not record
+        state.pop(key)
+    for record in state["shards"]:
+        record.pop("store")
     (out / "index.json").write_text(json.dumps(state))
     for entries in (out / "shards").glob("*/entries.json"):
         entries.unlink()
@@ -303,7 +307,7 @@ def test_format_1_index_opens_and_is_upgraded_on_append(bundle_dir, clips, tmp_p
     listing.write_text("".join(f"{clips / f'clip{i}.mp4'}\n" for i in range(3)))
     assert _index(bundle_dir, listing, out).returncode == 0
     upgraded = GalleryIndex(out)
-    assert upgraded.state["format"] == "ucofia.index/2"
+    assert upgraded.state["format"] == "ucofia.index/3" and upgraded.store == "float32"
     assert upgraded.entries[:2] == [{"id": "clip0"}, {"id": "clip1"}]
     assert upgraded.entry("clip2")["path"] == str((clips / "clip2.mp4").resolve())
 

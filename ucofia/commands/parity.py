@@ -25,6 +25,9 @@ from evaluation.compare import Tolerance, format_report
                    "holds only its test split, e.g. MSR-VTT 1k-A.")
 @click.option("--backend", default="auto", show_default=True,
               type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), help="Runtime backend.")
+@click.option("--store", default="float32", show_default=True, type=click.Choice(["float32", "float16", "int8"]),
+              help="Stored feature dtype of the runtime's index (`ucofia-run index --store`): float16 must give "
+                   "identical R@1, int8 R@1 within 2 points (similarity bound unchecked for both).")
 @click.option("--max-abs", type=float, default=None,
               help="Override the similarity tolerance (default 2e-4 for fp32 bundles, unchecked for fp16 and "
                    "int8 encoders).")
@@ -34,7 +37,7 @@ from evaluation.compare import Tolerance, format_report
 @click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the JSON report here (atomically).")
 def parity(checkpoint: Path, bundle: Path, benchmark: Path, dataset: str, split: str, bank: Path | None, backend: str,
-           max_abs: float | None, max_r1_delta: float | None, out: Path | None) -> None:
+           store: str, max_abs: float | None, max_r1_delta: float | None, out: Path | None) -> None:
     """Run PyTorch and the runtime on one benchmark; exit 1 when they disagree.
 
     Reports per level, fused, and fused + Sinkhorn-Knopp: max abs/rel difference of the similarity
@@ -47,17 +50,18 @@ def parity(checkpoint: Path, bundle: Path, benchmark: Path, dataset: str, split:
     from evaluation.parity import ParityError, run_parity, write_report
 
     try:
-        tol = Tolerance.for_manifest(load_bundle(bundle).manifest)
+        tol = Tolerance.for_manifest(load_bundle(bundle).manifest, store)
         if max_abs is not None or max_r1_delta is not None:
             tol = Tolerance(max_abs=max_abs if max_abs is not None else tol.max_abs,
                             max_r1_delta=max_r1_delta if max_r1_delta is not None else tol.max_r1_delta,
                             identical_metrics=tol.identical_metrics and max_r1_delta is None)
         report = run_parity(checkpoint, bundle, benchmark, dataset=dataset, split=split, bank=bank, backend=backend,
-                            tolerance=tol, log=lambda m: click.echo(m, err=True))
+                            tolerance=tol, log=lambda m: click.echo(m, err=True), store=store)
     except (ParityError, ValueError, FileNotFoundError, RuntimeUserError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"parity on {report['captions']} captions x {report['videos']} videos "
-               f"(bank {report['bank_captions']} captions, bundle {report['bundle_dtype']}):")
+               f"(bank {report['bank_captions']} captions, bundle {report['bundle_dtype']}, index store "
+               f"{report['index_store']}):")
     click.echo(format_report(report))
     if out is not None:
         write_report(report, out)

@@ -1,0 +1,113 @@
+"""Stage 1 of two-stage search: a FAISS index over rows ``[v, bias_vs(v)]`` (the video_sentence
+level plus its SK bias as one inner product), of one of three kinds:
+
+* ``flat``: exact inner product over every row (IndexFlatIP); memory 4 (D+1) bytes a row, time
+  linear in the gallery (memory-bound: about 2 GB read per query at 10^6 videos of D=512).
+* ``ivf``: inverted lists (IndexIVFFlat, inner product) over ``nlist`` k-means cells; a query
+  scans the ``nprobe`` nearest cells. Approximate.
+* ``hnsw``: a navigable small-world graph (IndexHNSWFlat, inner product) with ``M`` links a row,
+  built with ``ef_construction`` and searched with ``ef_search`` (raised to the shortlist when
+  smaller). Approximate.
+
+``auto`` picks by gallery size what benchmarks/large_gallery.py measured (see
+``benchmarks/results/large_gallery_1e6_vit_b32.json``): flat up to ``AUTO_FLAT_MAX_ROWS`` rows (exact;
+at 10^6 rows a flat query scanned 2 GB, about 1 s on the loaded 2-core machine), HNSW above: it
+kept 91-97 % of the exact shortlist and 98 % of the exact top-10 (10^4 rows), whereas IVF at 10^6
+rows (1024 lists) kept only 11 % of the shortlist at nprobe 32 and 31 % at nprobe 128: the
+stage-1 queries ``s_hat K`` are not where the k-means cells of the video vectors put them. The kind and its parameters are recorded next to the cached index
+(``stage1-HASH.json`` in the index directory) and in the search result's provenance.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterable
+
+import numpy as np
+
+STAGE1_KINDS = ("auto", "flat", "ivf", "hnsw")
+# Galleries up to this many rows use the exact flat index under ``auto`` (at 10^5 rows a flat
+# query scans 200 MB; HNSW's build time is not worth it there).
+AUTO_FLAT_MAX_ROWS = 200_000
+IVF_ROWS_PER_LIST = 1024  # nlist = rows / this, rounded to a power of two (k-means cells)
+IVF_MIN_LISTS = 64
+IVF_TRAIN_ROWS_PER_LIST = 40  # k-means training sample per cell (FAISS warns below 39)
+IVF_DEFAULT_NPROBE = 32
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 80
+HNSW_EF_SEARCH = 256
+
+
+@dataclass(frozen=True)
+class Stage1Params:
+    """A stage-1 index kind with its parameters (unused ones are ignored by that kind)."""
+
+    kind: str = "flat"
+    nlist: int = 0
+    nprobe: int = IVF_DEFAULT_NPROBE
+    m: int = HNSW_M
+    ef_construction: int = HNSW_EF_CONSTRUCTION
+    ef_search: int = HNSW_EF_SEARCH
+
+    def to_dict(self) -> dict:
+        keep = {"flat": (), "ivf": ("nlist", "nprobe"), "hnsw": ("m", "ef_construction", "ef_search")}[self.kind]
+        return {"kind": self.kind, **{k: v for k, v in asdict(self).items() if k in keep}}
+
+    @staticmethod
+    def from_dict(values: dict) -> "Stage1Params":
+        return Stage1Params(**values)
+
+
+def choose(kind: str, rows: int, **overrides: int) -> Stage1Params:
+    """The parameters of ``kind`` (``auto``: by gallery size) for a gallery of ``rows`` rows."""
+    if kind not in STAGE1_KINDS:
+        raise ValueError(f"unknown stage-1 kind {kind!r}; choose one of {', '.join(STAGE1_KINDS)}")
+    if kind == "auto":
+        kind = "flat" if rows <= AUTO_FLAT_MAX_ROWS else "hnsw"
+    cells = max(1, int(round(np.log2(max(rows, 1) / IVF_ROWS_PER_LIST)))) if rows > IVF_ROWS_PER_LIST else 0
+    nlist = max(IVF_MIN_LISTS, 1 << cells) if kind == "ivf" else 0
+    values = {"kind": kind, "nlist": nlist, **{k: v for k, v in overrides.items() if v is not None}}
+    return Stage1Params(**values)
+
+
+def build(params: Stage1Params, dim: int, chunks: Callable[[], Iterable[np.ndarray]], rows: int):
+    """A FAISS index of ``params`` over the float32 rows that ``chunks()`` yields (``rows`` in all,
+    ``dim`` wide; IVF reads them twice: a training sample, then every row)."""
+    import faiss
+
+    if params.kind == "flat":
+        index = faiss.IndexFlatIP(dim)
+    elif params.kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, params.m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = params.ef_construction
+    elif params.kind == "ivf":
+        quantizer = faiss.IndexFlatIP(dim)
+        index = faiss.IndexIVFFlat(quantizer, dim, min(params.nlist, max(rows, 1)), faiss.METRIC_INNER_PRODUCT)
+        quantizer.this.disown()  # the IVF index owns and frees its quantizer
+        index.own_fields = True
+        want = min(rows, index.nlist * IVF_TRAIN_ROWS_PER_LIST)
+        step = max(1, rows // max(want, 1))
+        sample, seen = [], 0
+        for chunk in chunks():  # an evenly spread training sample
+            sample.append(chunk[np.arange((-seen) % step, len(chunk), step)])
+            seen += len(chunk)
+        index.train(np.ascontiguousarray(np.concatenate(sample)[:want], dtype=np.float32))
+    else:
+        raise ValueError(f"unknown stage-1 kind {params.kind!r}")
+    for chunk in chunks():
+        index.add(np.ascontiguousarray(chunk, dtype=np.float32))
+    return index
+
+
+def configure(index, params: Stage1Params, shortlist: int) -> None:
+    """Set the search-time parameters (nprobe, ef_search) for a shortlist of ``shortlist`` rows."""
+    import faiss
+
+    if params.kind == "ivf":
+        faiss.extract_index_ivf(index).nprobe = params.nprobe
+    elif params.kind == "hnsw":
+        index.hnsw.efSearch = max(params.ef_search, shortlist)
+
+
+def describe(params: Stage1Params) -> str:
+    return json.dumps(params.to_dict(), sort_keys=True)

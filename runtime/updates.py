@@ -1,0 +1,218 @@
+"""Index updates beyond appending: remove videos, merge indexes (``ucofia-run remove`` / ``merge``).
+
+Both keep the SK video biases right for the gallery they leave behind: SK normalises over all
+videos, so each video's bias depends on the whole gallery and is recomputed (from the caption bank
+the biases came from, or ``--bank``) before the update is committed, in the same state update.
+
+* remove: marks rows removed in one atomic state update (their files stay until
+  ``ucofia-run compact``); removed videos never appear in results again.
+* merge: builds the merged index in a temporary sibling directory (shards hard-linked from the
+  inputs where the stored dtype matches, else rewritten) and renames it onto ``-o`` at the end,
+  so a killed merge leaves no output and the inputs untouched.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from runtime import ingest
+from runtime.bundle import Bundle
+from runtime.errors import GalleryIndexError
+from runtime.faults import crash_point
+from runtime.index import (KEEP_BIASES, SHARD_ARRAYS, SHARDS, GalleryIndex, IndexWriter, file_lock, link_shard,
+                           write_shard, writer_lock)
+
+DUPLICATE_POLICIES = ("error", "first", "last")
+Log = Callable[[str], None]
+
+
+@dataclass
+class ScoringSettings:
+    """How biases are recomputed: backend, scorer memory budget, threads, progress bars."""
+
+    backend: str = "cpu"
+    memory_mb: float = 1024
+    threads: int | None = None
+    progress_factory: Callable[[int], Callable[[int], None] | None] | None = None
+
+
+def read_id_list(path: Path) -> list[str]:
+    """Video ids, one per line (``id<TAB>path`` lines, as ``index --videos`` lists take, give their id);
+    blank lines and lines starting with # are skipped."""
+    if not path.is_file():
+        raise GalleryIndexError(f"--ids {path}: file not found")
+    ids = []
+    for line in path.read_text().splitlines():
+        text = line.split("\t", 1)[0].strip()
+        if text and not text.startswith("#"):
+            ids.append(text)
+    if not ids:
+        raise GalleryIndexError(f"--ids {path} lists no video ids (one id per line)")
+    return ids
+
+
+def remove_videos(writer: IndexWriter, bundle: Bundle | None, ids: list[str], *, bank: Path | None,
+                  allow_missing: bool, settings: ScoringSettings, log: Log) -> dict[str, Any]:
+    """Remove ``ids`` from the index of ``writer`` and recompute its biases, in one commit."""
+    wanted = set(ids)
+    missing = sorted(wanted - writer.indexed)
+    if missing and not allow_missing:
+        raise GalleryIndexError(f"{len(missing)} of the ids are not in the index {writer.root} (e.g. {missing[:5]}); "
+                                f"nothing was removed; pass --allow-missing to remove the others")
+    remove = wanted & writer.indexed
+    if not remove:
+        return {"removed": 0, "missing": len(missing), "biases": "unchanged"}
+    index = writer.index
+    kept = np.array([row for row, vid in enumerate(index.ids) if vid not in remove], dtype=np.int64)
+    kept_ids = [index.ids[row] for row in kept]
+    record, what = _biases(writer, bundle, bank, index.subset(kept), kept_ids, settings, log)
+    writer.remove(remove, biases=record)
+    return {"removed": len(remove), "missing": len(missing), "biases": what, "videos": len(kept_ids)}
+
+
+def _biases(writer: IndexWriter, bundle: Bundle | None, bank: Path | None, videos, ids: list[str],
+            settings: ScoringSettings, log: Log) -> tuple[Any, str]:
+    if bundle is None:
+        if writer.state.get("biases") or bank is not None:
+            raise GalleryIndexError(f"the SK biases of {writer.root} must be recomputed, which needs its bundle "
+                                    f"{writer.state.get('bundle')}; pass --bundle")
+        return KEEP_BIASES, "none"
+    return ingest.biases_for(writer, bundle, bank, videos, ids, backend=settings.backend,
+                             memory_mb=settings.memory_mb, threads=settings.threads, log=log,
+                             progress_factory=settings.progress_factory)
+
+
+# ---- merge ------------------------------------------------------------------------------------
+def _merge_bank(inputs: list[GalleryIndex], bank: Path | None, log: Log) -> Path | None:
+    """The caption bank for the merged biases: ``bank``, else the one every input's biases came from."""
+    if bank is not None:
+        return bank
+    metas = [g.state.get("biases") for g in inputs]
+    banks = {m["bank"]["sha256"]: Path(m["bank"]["path"]) for m in metas if m}
+    if not banks:
+        return None
+    if len(banks) > 1 or not all(metas):
+        raise GalleryIndexError("the inputs' SK biases come from different caption banks (or only some inputs have "
+                                "biases); pass --bank FILE to compute the merged gallery's biases from one bank")
+    path = next(iter(banks.values()))
+    if not path.is_file():
+        log(f"warning: the caption bank {path} of the inputs' biases is gone; the merged index has no biases "
+            f"(pass --bank to compute them)")
+        return None
+    return path
+
+
+def _winners(inputs: list[GalleryIndex], on_duplicate: str) -> list[set[str]]:
+    """Per input, the ids whose rows lose to another input's row with the same id."""
+    if on_duplicate not in DUPLICATE_POLICIES:
+        raise ValueError(f"unknown duplicate policy {on_duplicate!r}; choose one of {', '.join(DUPLICATE_POLICIES)}")
+    owner: dict[str, int] = {}
+    losers: list[set[str]] = [set() for _ in inputs]
+    clashes: list[str] = []
+    for i, gallery in enumerate(inputs):
+        for vid in gallery.ids:
+            if vid not in owner:
+                owner[vid] = i
+                continue
+            clashes.append(vid)
+            if on_duplicate == "first":
+                losers[i].add(vid)
+            else:  # last
+                losers[owner[vid]].add(vid)
+                owner[vid] = i
+    if clashes and on_duplicate == "error":
+        raise GalleryIndexError(f"{len(clashes)} video ids are in more than one input (e.g. {sorted(clashes)[:5]}); "
+                                f"pass --on-duplicate first or last to say which input's row wins")
+    return losers
+
+
+def merge_indexes(inputs: list[Path], out: Path, bundle: Bundle, *, on_duplicate: str = "error",
+                  store: str | None = None, bank: Path | None = None, settings: ScoringSettings | None = None,
+                  log: Log = print) -> dict[str, Any]:
+    """Merge indexes of one bundle into a new index ``out`` (rows: each input's rows in input order)."""
+    settings = settings or ScoringSettings()
+    if out.exists():
+        raise GalleryIndexError(f"{out} already exists; merge into a new directory")
+    with ExitStack() as stack:
+        for path in inputs:  # no writer may change an input while its shards are linked
+            GalleryIndex(path)  # a clear error for a non-index before taking its lock
+            stack.enter_context(writer_lock(Path(path)))
+        galleries = [GalleryIndex(p) for p in inputs]
+        for gallery in galleries:
+            gallery.check_bundle(bundle)
+        stores = {g.store for g in galleries}
+        if store is None:
+            if len(stores) > 1:
+                raise GalleryIndexError(f"the inputs store features as {', '.join(sorted(stores))}; pass --store to "
+                                        f"choose the merged index's")
+            store = stores.pop()
+        losers = _winners(galleries, on_duplicate)
+        bank_path = _merge_bank(galleries, bank, log)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stack.enter_context(_merge_lock(out))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.merge-", dir=out.parent))
+        try:
+            with IndexWriter(tmp, bundle, store) as writer:
+                records = []
+                for gallery, lost in zip(galleries, losers):
+                    records.extend(_bring_shards(writer, gallery, lost))
+                crash_point("merge:linked")
+                writer.commit_shards(records)
+                record, what = _biases(writer, bundle, bank_path, writer.index, writer.index.ids, settings, log)
+                if record is not KEEP_BIASES:
+                    writer.commit_biases(record)
+                videos = len(writer.indexed)
+            crash_point("merge:built")
+            os.rename(tmp, out)
+            crash_point("merge:renamed")
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+    duplicates = sum(len(x) for x in losers)
+    return {"videos": videos, "inputs": len(inputs), "duplicates_dropped": duplicates, "store": store,
+            "biases": what}
+
+
+def _bring_shards(writer: IndexWriter, gallery: GalleryIndex, lost: set[str]) -> list[dict[str, Any]]:
+    """The input's shards in the writer's index (linked, or rewritten for another store), with the
+    rows of ``lost`` ids marked removed."""
+    records = []
+    shard_root = writer.root / SHARDS
+    for shard, old in zip(gallery._shards, gallery.state["shards"]):
+        if shard.size == 0:
+            continue
+        name = writer.new_shard_name()
+        if shard.store == writer.store:
+            record = link_shard(gallery.root / SHARDS / shard.name, shard_root, name, old)
+            lost_rows = [int(shard.physical(np.array([i]))[0]) for i, vid in enumerate(shard.ids) if vid in lost]
+        else:
+            live = shard.physical(np.arange(shard.size))
+            entries = gallery.entries_of_shard(shard)
+            feats = {role: gallery._read(shard, role, live) for role in SHARD_ARRAYS}
+            record = write_shard(shard_root, name, list(shard.ids), feats, entries, writer.store)
+            lost_rows = [i for i, vid in enumerate(shard.ids) if vid in lost]
+        if lost_rows:
+            record["removed"] = sorted(set(record.get("removed", [])) | set(lost_rows))
+        records.append(record)
+    return records
+
+
+@contextmanager
+def _merge_lock(out: Path) -> Iterator[None]:
+    """Exclusive lock on ``.OUT.merge.lock`` beside the output; temp dirs of killed merges into the
+    same output are deleted once it is held."""
+    lock = out.parent / f".{out.name}.merge.lock"
+    with file_lock(lock, f"another merge into {out} is running ({lock} held)"):
+        for stale in out.parent.glob(f".{out.name}.merge-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)

@@ -1,0 +1,413 @@
+"""Stored dtypes and index updates (remove, replace, merge, compact) on a hand-built bundle: each
+update gives the index an index built from scratch on the same videos would be, and a SIGKILL at
+any step of an update leaves an index that opens and answers (no torch involved)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+
+import numpy as np
+import pytest
+from runtime_helpers import build_fake_bundle, make_clip, run_cli
+
+from runtime import search
+from runtime.backends import open_session
+from runtime.bundle import load_bundle
+from runtime.errors import GalleryIndexError
+from runtime.faults import CRASH_ENV
+from runtime.index import GalleryIndex, IndexWriter
+from runtime.scoring import LEVELS, VIDEO_ROLES, Scorer
+from runtime.store import STORES, bytes_per_video, decode, encode
+from runtime.text import TextEncoder
+
+N_CLIPS = 5
+QUERIES = ["a red car", "a dog on the beach", "cooking pasta"]
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory):
+    return build_fake_bundle(tmp_path_factory.mktemp("bundle"))
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clips")
+    for i in range(N_CLIPS + 1):  # clip5 is the changed content of clip1 in the replace test
+        make_clip(folder / f"clip{i}.mp4", seconds=1 + i, seed=i)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def bank_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bank") / "bank.txt"
+    path.write_text("a red car drives\na dog on the beach\nsomeone is cooking\na man plays guitar\ntwo people talk\n")
+    return path
+
+
+def _listing(folder, clips, numbers, name="videos.txt"):
+    path = folder / name
+    path.write_text("".join(f"clip{i}\t{clips / f'clip{i}.mp4'}\n" for i in numbers))
+    return path
+
+
+def _index(bundle_dir, videos, out, *extra, env=None):
+    return run_cli("index", "--bundle", str(bundle_dir), "--videos", str(videos), "-o", str(out),
+                   "--batch-size", "2", "--workers", "1", "-q", *extra, env=env)
+
+
+def _search(index_dir, k=4):
+    gallery = GalleryIndex(index_dir)
+    bundle = load_bundle(gallery.bundle_path)
+    feats = TextEncoder(bundle, "cpu").encode(QUERIES)
+    scorer = Scorer(open_session(bundle, "scorer", "cpu"), bundle.config)
+    return gallery, search.exhaustive(scorer, gallery, feats, k=min(k, len(gallery)))
+
+
+def assert_same_gallery(got, want):
+    """Same ids, features, biases and search results as the index ``want`` (built from scratch)."""
+    a, top_a = _search(got)
+    b, top_b = _search(want)
+    assert a.ids == b.ids and a.store == b.store
+    for role in VIDEO_ROLES:
+        np.testing.assert_allclose(a.features(0, len(a))[role], b.features(0, len(b))[role], rtol=1e-6, atol=1e-6)
+    bias_a, bias_b = a.biases(), b.biases()
+    assert (bias_a is None) == (bias_b is None)
+    for level in LEVELS if bias_a else ():
+        np.testing.assert_allclose(bias_a[level], bias_b[level], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(top_a.indices, top_b.indices)
+    np.testing.assert_allclose(top_a.fused, top_b.fused, rtol=1e-5, atol=1e-6)
+
+
+# ---- stored dtypes -------------------------------------------------------------------------------
+def test_store_encode_decode_bounds():
+    rng = np.random.default_rng(0)
+    x = {"video": rng.standard_normal((3, 16)).astype(np.float32),
+         "frame_features": rng.standard_normal((3, 4, 16)).astype(np.float32) * 5,
+         "patches": np.concatenate([np.zeros((1, 8, 16)), rng.standard_normal((2, 8, 16)) * 100]).astype(np.float32),
+         "video_mask": np.ones((3, 4), np.float32)}
+    for store in STORES:
+        stored = encode(x, store)
+        for role in x:
+            scale = stored.get(f"{role}.scale")
+            back = decode(stored[role], scale)
+            assert back.dtype == np.float32 and back.shape == x[role].shape
+            if store == "float32" or role == "video_mask":
+                np.testing.assert_array_equal(back, x[role])
+            elif scale is None:  # float16: relative rounding 2^-11
+                np.testing.assert_allclose(back, x[role], rtol=2 ** -11, atol=1e-7)
+            else:  # int8: within half a step of the vector's scale; zero vectors stay zero
+                step = np.abs(x[role]).max(axis=-1, keepdims=True) / 127
+                assert (np.abs(back - x[role]) <= step / 2 + 1e-6).all()
+    assert np.all(decode(encode(x, "int8")["patches"], encode(x, "int8")["patches.scale"])[0] == 0)
+    with pytest.raises(ValueError, match="float16 range"):
+        encode({"video": np.full((1, 4), 1e5, np.float32)}, "float16")
+    sizes = {s: bytes_per_video(s, 512, 12, 48) for s in STORES}
+    assert sizes["float32"] == (512 * 61 + 12) * 4 and sizes["float16"] < sizes["float32"] / 1.9
+    assert sizes["int8"] < sizes["float32"] / 3.5
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_each_store_round_trips_through_search_and_evaluate(store, bundle_dir, clips, bank_file, tmp_path):
+    listing = _listing(tmp_path, clips, range(N_CLIPS))
+    ref, out = tmp_path / "f32", tmp_path / store
+    assert _index(bundle_dir, listing, ref, "--bank", str(bank_file), "--store", "float32").returncode == 0
+    done = _index(bundle_dir, listing, out, "--bank", str(bank_file), "--store", store)
+    assert done.returncode == 0, done.stderr
+    gallery = GalleryIndex(out)
+    assert gallery.store == store and json.loads((out / "index.json").read_text())["store"] == store
+    dtypes = {p.name: np.load(p, mmap_mode="r").dtype.name for p in next((out / "shards").iterdir()).glob("*.npy")}
+    want = {"float32": "float32", "float16": "float16", "int8": "int8"}[store]
+    assert dtypes["patches.npy"] == want and dtypes["video_mask.npy"] == "float32"
+    assert ("patches.scale.npy" in dtypes) == (store == "int8")
+    exact = GalleryIndex(ref).features(0, N_CLIPS)
+    got = gallery.features(0, N_CLIPS)
+    tol = {"float32": 0, "float16": 2 ** -10, "int8": 2 / 127}[store]
+    for role in VIDEO_ROLES:
+        assert got[role].dtype == np.float32
+        scale = np.abs(exact[role]).max(axis=-1, keepdims=True)
+        assert (np.abs(got[role] - exact[role]) <= tol * scale + 1e-7).all()
+    found = run_cli("search", "--index", str(out), "--query", "a red car", "--top-k", "3", "--two-stage",
+                    "--shortlist", "5")
+    assert found.returncode == 0, found.stderr
+    assert len(json.loads(found.stdout)["results"]) == 3
+    annotations = tmp_path / "ann.csv"
+    annotations.write_text("video_id,sentence\n" + "".join(f"clip{i},caption {i}\n" for i in range(N_CLIPS)))
+    evaluated = run_cli("evaluate", "--index", str(out), "--annotations", str(annotations), "--dataset", "generic",
+                        "-o", str(tmp_path / "eval.json"))
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads((tmp_path / "eval.json").read_text())["videos"] == N_CLIPS
+
+
+def test_existing_index_keeps_its_store(bundle_dir, clips, tmp_path):
+    listing = _listing(tmp_path, clips, range(2))
+    assert _index(bundle_dir, listing, tmp_path / "idx", "--store", "int8").returncode == 0
+    again = _index(bundle_dir, _listing(tmp_path, clips, range(3)), tmp_path / "idx")  # no --store: the index's
+    assert again.returncode == 0 and GalleryIndex(tmp_path / "idx").store == "int8"
+    clash = _index(bundle_dir, listing, tmp_path / "idx", "--store", "float32")
+    assert clash.returncode == 1 and "stores features as int8" in clash.stderr and "merge" in clash.stderr
+
+
+# ---- updates equal a from-scratch index ----------------------------------------------------------
+@pytest.fixture(scope="module")
+def scratch(bundle_dir, clips, bank_file, tmp_path_factory):
+    """Indexes built from scratch: name -> path (all five clips; without clip1 and clip3)."""
+    folder = tmp_path_factory.mktemp("scratch")
+    out = {}
+    for name, numbers in {"all": range(N_CLIPS), "without_1_3": (0, 2, 4)}.items():
+        out[name] = folder / name
+        done = _index(bundle_dir, _listing(folder, clips, numbers, f"{name}.txt"), out[name], "--bank", str(bank_file))
+        assert done.returncode == 0, done.stderr
+    return out
+
+
+def test_remove_then_compact_equal_a_fresh_index(bundle_dir, clips, bank_file, scratch, tmp_path):
+    out = tmp_path / "idx"
+    shutil.copytree(scratch["all"], out)
+    ids = tmp_path / "ids.txt"
+    ids.write_text("clip1\n# a comment\n\nclip3\n")
+    done = run_cli("remove", "--index", str(out), "--ids", str(ids), "-q")
+    assert done.returncode == 0, done.stderr
+    assert "removed 2 videos" in done.stdout and "computed from 5 bank captions" in done.stdout
+    assert GalleryIndex(out).removed_rows == 2
+    assert_same_gallery(out, scratch["without_1_3"])
+    # removed videos never come back in results, also two-stage
+    found = run_cli("search", "--index", str(out), "--query", "a car", "--top-k", "3", "--two-stage",
+                    "--shortlist", "3")
+    assert found.returncode == 0 and {"clip1", "clip3"}.isdisjoint(
+        r["video_id"] for r in json.loads(found.stdout)["results"])
+
+    size = sum(p.stat().st_size for p in (out / "shards").rglob("*.npy"))
+    done = run_cli("compact", "--index", str(out), "-q")
+    assert done.returncode == 0 and "2 removed rows reclaimed" in done.stdout, done.stderr
+    assert GalleryIndex(out).removed_rows == 0
+    assert sum(p.stat().st_size for p in (out / "shards").rglob("*.npy")) < size * 0.7
+    assert len(list((out / "shards").iterdir())) == 1  # three shards of 2, 2, 1 rows coalesced
+    assert_same_gallery(out, scratch["without_1_3"])
+
+
+def test_remove_refuses_unknown_ids_unless_allowed(scratch, tmp_path):
+    out = tmp_path / "idx"
+    shutil.copytree(scratch["all"], out)
+    ids = tmp_path / "ids.txt"
+    ids.write_text("clip0\nnope\n")
+    done = run_cli("remove", "--index", str(out), "--ids", str(ids), "-q")
+    assert done.returncode == 1 and "nope" in done.stderr and "nothing was removed" in done.stderr
+    assert len(GalleryIndex(out)) == N_CLIPS
+    done = run_cli("remove", "--index", str(out), "--ids", str(ids), "--allow-missing", "-q")
+    assert done.returncode == 0 and "removed 1 videos, 1 not in the index" in done.stdout
+    assert "clip0" not in GalleryIndex(out).ids
+
+
+def test_reindexing_a_changed_file_replaces_its_rows(bundle_dir, clips, bank_file, tmp_path):
+    """clip1's file gets new content: re-indexing replaces its row; equal to a fresh index of the new files."""
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for i in range(N_CLIPS):
+        shutil.copy(clips / f"clip{i}.mp4", folder / f"clip{i}.mp4")
+    out, fresh = tmp_path / "idx", tmp_path / "fresh"
+    listing = _listing(tmp_path, folder, range(N_CLIPS))
+    assert _index(bundle_dir, listing, out, "--bank", str(bank_file)).returncode == 0
+    unchanged = _index(bundle_dir, listing, out)
+    assert "indexed 0 new" in unchanged.stdout and "5 already present" in unchanged.stdout
+    os.utime(folder / "clip2.mp4")  # touched, same content: kept
+    shutil.copy(clips / "clip5.mp4", folder / "clip1.mp4")  # new content
+    done = _index(bundle_dir, listing, out)
+    assert done.returncode == 0, done.stderr
+    assert "indexed 1 new videos" in done.stdout and "1 of them replacing" in done.stdout
+    gallery = GalleryIndex(out)
+    assert sorted(gallery.ids) == [f"clip{i}" for i in range(N_CLIPS)] and gallery.removed_rows == 1
+    assert gallery.entry("clip1")["sha256"] != gallery.entry("clip0")["sha256"]
+    # a fresh index of the new files in the same row order (the replaced video is now last)
+    order = [0, 2, 3, 4, 1]
+    assert gallery.ids == [f"clip{i}" for i in order]
+    assert _index(bundle_dir, _listing(tmp_path, folder, order, "fresh.txt"), fresh,
+                  "--bank", str(bank_file)).returncode == 0
+    assert_same_gallery(out, fresh)
+
+
+@pytest.mark.parametrize("policy", ["first", "last"])
+def test_merge_equals_a_fresh_index_and_recomputes_biases(policy, bundle_dir, clips, bank_file, scratch, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _index(bundle_dir, _listing(tmp_path, clips, (0, 1, 2), "a.txt"), a, "--bank", str(bank_file)).returncode == 0
+    assert _index(bundle_dir, _listing(tmp_path, clips, (2, 3, 4), "b.txt"), b, "--bank", str(bank_file)).returncode == 0
+    refused = run_cli("merge", str(a), str(b), "-o", str(tmp_path / "c"), "-q")
+    assert refused.returncode == 1 and "clip2" in refused.stderr and "--on-duplicate" in refused.stderr
+    assert not (tmp_path / "c").exists()
+    done = run_cli("merge", str(a), str(b), "-o", str(tmp_path / "c"), "--on-duplicate", policy, "-q")
+    assert done.returncode == 0, done.stderr
+    assert "1 duplicate rows dropped" in done.stdout and "computed from 5 bank captions" in done.stdout
+    assert_same_gallery(tmp_path / "c", scratch["all"])
+    # shards are shared with the inputs (hard links), not copied
+    merged = next((tmp_path / "c" / "shards").iterdir()) / "patches.npy"
+    assert merged.stat().st_nlink == 2
+
+
+def test_merge_converts_the_store_and_refuses_other_bundles(bundle_dir, clips, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _index(bundle_dir, _listing(tmp_path, clips, (0, 1), "a.txt"), a, "--store", "float32").returncode == 0
+    assert _index(bundle_dir, _listing(tmp_path, clips, (2,), "b.txt"), b, "--store", "float16").returncode == 0
+    mixed = run_cli("merge", str(a), str(b), "-o", str(tmp_path / "c"), "-q")
+    assert mixed.returncode == 1 and "--store" in mixed.stderr
+    done = run_cli("merge", str(a), str(b), "-o", str(tmp_path / "c"), "--store", "float16", "-q")
+    assert done.returncode == 0, done.stderr
+    merged = GalleryIndex(tmp_path / "c")
+    assert merged.store == "float16" and merged.ids == ["clip0", "clip1", "clip2"]
+    np.testing.assert_allclose(merged.features(0, 2)["patches"], GalleryIndex(a).features(0, 2)["patches"],
+                               rtol=2 ** -10, atol=1e-6)
+    other = build_fake_bundle(tmp_path / "other", seed=3)
+    c = tmp_path / "other_index"
+    assert _index(other, _listing(tmp_path, clips, (3,), "o.txt"), c).returncode == 0
+    refused = run_cli("merge", str(a), str(c), "-o", str(tmp_path / "d"), "--store", "float16", "-q")
+    assert refused.returncode == 1 and "fingerprint" in refused.stderr and not (tmp_path / "d").exists()
+
+
+def test_shard_names_never_collide_after_compaction(bundle_dir, clips, tmp_path):
+    out = tmp_path / "idx"
+    assert _index(bundle_dir, _listing(tmp_path, clips, range(4)), out).returncode == 0
+    ids = tmp_path / "ids.txt"
+    ids.write_text("clip0\n")
+    assert run_cli("remove", "--index", str(out), "--ids", str(ids), "-q").returncode == 0
+    assert run_cli("compact", "--index", str(out), "--rows-per-shard", "2", "-q").returncode == 0
+    names_before = {s["name"] for s in json.loads((out / "index.json").read_text())["shards"]}
+    assert _index(bundle_dir, _listing(tmp_path, clips, range(N_CLIPS)), out).returncode == 0
+    state = json.loads((out / "index.json").read_text())
+    names = [s["name"] for s in state["shards"]]
+    assert len(set(names)) == len(names) and names_before < set(names)
+    assert GalleryIndex(out).ids == ["clip1", "clip2", "clip3", "clip0", "clip4"]
+
+
+def test_reader_opened_before_an_update_keeps_its_snapshot(scratch, tmp_path):
+    out = tmp_path / "idx"
+    shutil.copytree(scratch["all"], out)
+    before = GalleryIndex(out)
+    ids = tmp_path / "ids.txt"
+    ids.write_text("clip4\n")
+    assert run_cli("remove", "--index", str(out), "--ids", str(ids), "-q").returncode == 0
+    assert len(before) == N_CLIPS and before.biases() is not None  # its own biases, loaded at open
+    assert before.features(0, N_CLIPS)["video"].shape[0] == N_CLIPS
+    unread = GalleryIndex(out)  # opened, nothing read yet
+    assert run_cli("compact", "--index", str(out), "-q").returncode == 0
+    from runtime.index import IndexChangedError
+
+    # compaction deletes the shards it rewrote: readers of an older state are told to reopen (a
+    # reader holds no file open or mapped between reads, so nothing of the gallery stays resident)
+    for reader in (unread, before):
+        with pytest.raises(IndexChangedError, match="open it again"):
+            reader.features(0, 1)
+    reopened = GalleryIndex(out)
+    assert len(reopened) == N_CLIPS - 1 and reopened.features(0, N_CLIPS - 1)["video"].shape[0] == N_CLIPS - 1
+
+
+# ---- kill at every step of every update ----------------------------------------------------------
+def _killed(result):
+    return result.returncode == -signal.SIGKILL
+
+
+def _env(point):
+    return {**os.environ, CRASH_ENV: point}
+
+
+def _assert_answers(index_dir, allowed: list[list[str]]):
+    """The index opens, its ids are one of the ``allowed`` galleries, its biases fit, and it answers."""
+    gallery, top = _search(index_dir)
+    assert gallery.ids in allowed, gallery.ids
+    assert gallery.biases() is not None
+    assert top.indices.shape == (len(QUERIES), min(4, len(gallery)))
+
+
+# Every step that writes (see runtime.faults); "#N": the N-th pass (pass 1 of state:* is the writer's open).
+REMOVE_POINTS = ["biases:written", "state:before#2", "state:after#2"]
+COMPACT_POINTS = ["shard:renamed", "state:before#2", "compact:committed", "compact:deleting"]
+REPLACE_POINTS = ["shard:renamed", "state:before#2", "state:after#2", "biases:written"]
+MERGE_POINTS = ["merge:linked", "state:after#2", "biases:written", "merge:built", "merge:renamed"]
+
+
+def test_kill_during_remove_and_compact_leaves_a_working_index(scratch, tmp_path):
+    everything = [f"clip{i}" for i in range(N_CLIPS)]
+    kept = ["clip0", "clip2", "clip4"]
+    ids = tmp_path / "ids.txt"
+    ids.write_text("clip1\nclip3\n")
+    for point in REMOVE_POINTS:
+        out = tmp_path / f"remove_{point.replace(':', '_').replace('#', '_')}"
+        shutil.copytree(scratch["all"], out)
+        result = run_cli("remove", "--index", str(out), "--ids", str(ids), "-q", env=_env(point))
+        assert _killed(result), (point, result.returncode, result.stderr)
+        _assert_answers(out, [everything, kept])
+        assert run_cli("remove", "--index", str(out), "--ids", str(ids), "--allow-missing", "-q").returncode == 0
+        assert_same_gallery(out, scratch["without_1_3"])
+        assert not [p for p in out.iterdir() if p.name.startswith("biases-")][1:]  # one bias file left
+    for point in COMPACT_POINTS:
+        out = tmp_path / f"compact_{point.replace(':', '_').replace('#', '_')}"
+        shutil.copytree(scratch["all"], out)
+        assert run_cli("remove", "--index", str(out), "--ids", str(ids), "-q").returncode == 0
+        result = run_cli("compact", "--index", str(out), "-q", env=_env(point))
+        assert _killed(result), (point, result.returncode, result.stderr)
+        _assert_answers(out, [kept])
+        assert run_cli("compact", "--index", str(out), "-q").returncode == 0
+        state = json.loads((out / "index.json").read_text())
+        assert sorted(p.name for p in (out / "shards").iterdir()) == sorted(s["name"] for s in state["shards"])
+        assert_same_gallery(out, scratch["without_1_3"])
+
+
+def test_kill_during_replace_and_merge_leaves_working_indexes(bundle_dir, clips, bank_file, scratch, tmp_path):
+    everything = [f"clip{i}" for i in range(N_CLIPS)]
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for i in range(N_CLIPS):
+        shutil.copy(clips / f"clip{i}.mp4", folder / f"clip{i}.mp4")
+    listing = _listing(tmp_path, folder, range(N_CLIPS))
+    base = tmp_path / "base"
+    assert _index(bundle_dir, listing, base, "--bank", str(bank_file)).returncode == 0
+    shutil.copy(clips / "clip5.mp4", folder / "clip1.mp4")
+    for point in REPLACE_POINTS:
+        out = tmp_path / f"replace_{point.replace(':', '_').replace('#', '_')}"
+        shutil.copytree(base, out)
+        result = _index(bundle_dir, listing, out, env=_env(point))
+        assert _killed(result), (point, result.returncode, result.stderr)
+        gallery = GalleryIndex(out)  # clip1 old or new, never missing or twice, with biases that fit
+        assert gallery.ids in (everything, ["clip0", "clip2", "clip3", "clip4", "clip1"])
+        assert gallery.biases() is not None
+        assert _index(bundle_dir, listing, out).returncode == 0
+        assert GalleryIndex(out).ids == ["clip0", "clip2", "clip3", "clip4", "clip1"]
+        assert GalleryIndex(out).biases() is not None
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _index(bundle_dir, _listing(tmp_path, clips, (0, 1, 2), "a.txt"), a, "--bank", str(bank_file)).returncode == 0
+    assert _index(bundle_dir, _listing(tmp_path, clips, (2, 3, 4), "b.txt"), b, "--bank", str(bank_file)).returncode == 0
+    snapshot = {p: p.read_bytes() for d in (a, b) for p in d.rglob("*") if p.is_file() and p.name != ".lock"}
+    for point in MERGE_POINTS:
+        out = tmp_path / f"merged_{point.replace(':', '_').replace('#', '_')}"
+        result = run_cli("merge", str(a), str(b), "-o", str(out), "--on-duplicate", "first", "-q", env=_env(point))
+        assert _killed(result), (point, result.returncode, result.stderr)
+        if out.exists():  # complete or absent, never partial
+            assert point == "merge:renamed"
+            assert_same_gallery(out, scratch["all"])
+        else:
+            assert run_cli("merge", str(a), str(b), "-o", str(out), "--on-duplicate", "first", "-q").returncode == 0
+            assert_same_gallery(out, scratch["all"])
+        assert not list(tmp_path.glob(f".{out.name}.merge-*"))  # the temp dir of the killed merge is gone
+    assert {p: p.read_bytes() for d in (a, b) for p in d.rglob("*") if p.is_file() and p.name != ".lock"} == snapshot
+
+
+def test_writer_without_bundle_refuses_a_missing_index(tmp_path):
+    with pytest.raises(GalleryIndexError, match="not a ucofia index"):
+        with IndexWriter(tmp_path / "none", None):
+            pass
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_stage1_kinds_are_recorded_and_exact_with_a_full_shortlist(kind, scratch):
+    from runtime.stage1 import choose
+
+    gallery, exhaustive = _search(scratch["all"])
+    bundle = load_bundle(gallery.bundle_path)
+    feats = TextEncoder(bundle, "cpu").encode(QUERIES)
+    scorer = Scorer(open_session(bundle, "scorer", "cpu"), bundle.config)
+    staged = search.two_stage(scorer, gallery, feats, k=4, shortlist=N_CLIPS, params=choose(kind, len(gallery)))
+    np.testing.assert_array_equal(staged.indices, exhaustive.indices)
+    recorded = [json.loads(p.read_text()) for p in scratch["all"].glob("stage1-*.json")]
+    assert any(r["params"]["kind"] == kind and r["rows"] == N_CLIPS for r in recorded)
+    if kind == "ivf":
+        assert {"nlist", "nprobe"} <= set(next(r for r in recorded if r["params"]["kind"] == "ivf")["params"])
