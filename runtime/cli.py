@@ -79,6 +79,7 @@ def main() -> None:
     1. ucofia-run index    -> encode videos into an index directory (resumable)
     2. ucofia-run search   -> top-k videos for text queries (JSONL or CSV)
     3. ucofia-run evaluate -> R@1/5/10, median and mean rank on annotated captions
+    4. ucofia-run serve    -> HTTP search service and search page (pip install 'ucofia[serve]')
     Updates: ucofia-run remove / compact / merge (atomic; a killed update leaves the index as before
     or after it).
     """
@@ -131,13 +132,17 @@ store_option = click.option("--store", default=None, type=click.Choice(["float32
 @click.option("--stride", type=float, default=None, metavar="SECONDS",
               help="Seconds between window starts (default: --window, i.e. back to back; smaller overlaps).")
 @store_option
+@click.option("--no-thumbnails", is_flag=True,
+              help="Skip the JPEG thumbnails (INDEX/thumbnails/, one frame of each source file or window) "
+                   "that `ucofia-run serve` shows; `ucofia-run thumbnails` makes them later.")
 @backend_option
 @memory_option
 @threads_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @_user_errors
 def index(bundle_dir: Path, videos: Path, bank: Path | None, out: Path, batch_size: int, workers: int | None,
-          process_pool: bool, window: float | None, stride: float | None, store: str | None, backend: str,
+          process_pool: bool, window: float | None, stride: float | None, store: str | None, no_thumbnails: bool,
+          backend: str,
           memory_mb: float, threads: int | None, quiet: bool) -> None:
     """Encode videos into a gallery index.
 
@@ -156,8 +161,9 @@ def index(bundle_dir: Path, videos: Path, bank: Path | None, out: Path, batch_si
     from runtime import ingest
     from runtime.backends import resolve_backend
     from runtime.bundle import load_bundle
-    from runtime.index import IndexWriter
+    from runtime.index import GalleryIndex, IndexWriter
     from runtime.sources import list_videos, read_captions
+    from runtime.thumbnails import ThumbnailWriter
     from runtime.vocabulary import check_tokenized_text_fits
     from runtime.windows import WindowSetting
 
@@ -175,6 +181,7 @@ def index(bundle_dir: Path, videos: Path, bank: Path | None, out: Path, batch_si
     unit = "video" if setting is None else "window"
     with IndexWriter(out, bundle, store) as writer:
         writer.publish_later = bank is not None  # new rows appear with the biases computed at the end
+        thumbnails = None if no_thumbnails else ThumbnailWriter(out)  # made while the encoder works
         start = time.perf_counter()
         check_setting(writer, setting)
         if setting is None:
@@ -192,16 +199,28 @@ def index(bundle_dir: Path, videos: Path, bank: Path | None, out: Path, batch_si
             if setting is None:
                 ingest.encode_videos(writer, bundle, todo, backend=resolved, batch_size=batch_size, workers=workers,
                                      processes=process_pool, threads=threads, report=report, progress=update,
-                                     replaces=replaces)
+                                     replaces=replaces, on_stored=thumbnails.submit if thumbnails else None)
             else:
                 from runtime.window_ingest import encode_windows
 
                 encode_windows(writer, bundle, plans, setting, backend=resolved, batch_size=batch_size,
                                workers=workers, threads=threads, report=report, progress=update)
+        except BaseException:
+            if thumbnails is not None:
+                thumbnails.abort()
+            raise
         finally:
             report.seconds = time.perf_counter() - start
             if bar is not None:
                 bar.close()
+        if thumbnails is not None:
+            entries = GalleryIndex(out, include_pending=True).entries  # rows published with the biases too
+            thumb_bar, thumb_update = _progress(len(entries), unit, "thumbnails", quiet)
+            made = thumbnails.close(entries, thumb_update, log=lambda m: click.echo(m, err=True))
+            if thumb_bar is not None:
+                thumb_bar.close()
+            if not quiet or made.failed:
+                click.echo(f"thumbnails: {made.summary()}", err=True)
 
         def bank_bar(total: int):
             return _progress(total, "pair", "bank x videos", quiet)[1]
@@ -587,22 +606,12 @@ def evaluate(index_dir: Path, annotations: Path, dataset: str, video_bank_dir: P
 def format_results(texts: list[str], result: Any, fmt: str) -> str:
     """Search results as JSONL (one object per query) or CSV (one row per query and rank)."""
     from runtime.scoring import LEVELS
+    from runtime.search import hit_records
 
     windowed = result.file_ids is not None
     if fmt == "jsonl":
-        lines = []
-        for q, text in enumerate(texts):
-            hits = []
-            for r, vid in enumerate(result.ids[q]):
-                hit: dict[str, Any] = {"rank": r + 1, "video_id": vid}
-                if windowed:
-                    start, end = result.spans[q][r]
-                    hit.update({"file_id": result.file_ids[q][r], "start": start, "end": end})
-                hit.update({"score": float(result.fused[q, r]),
-                            "levels": {lv: float(result.levels[lv][q, r]) for lv in LEVELS}})
-                hits.append(hit)
-            lines.append(json.dumps({"query": text, "results": hits}, ensure_ascii=False))
-        return "".join(line + "\n" for line in lines)
+        return "".join(json.dumps({"query": text, "results": hit_records(result, q)}, ensure_ascii=False) + "\n"
+                       for q, text in enumerate(texts))
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["query_index", "query", "rank", "video_id", *(("file_id", "start", "end") if windowed else ()),
@@ -636,6 +645,12 @@ def format_grouped(texts: list[str], records: list[list[dict[str, Any]]], fmt: s
                                  *(f"{window['levels'][lv]:.6g}" for lv in LEVELS)])
     return buf.getvalue()
 
+
+# `serve`, `thumbnails` and `api-key` (runtime/serve/commands.py; the server's own dependencies are
+# imported only when `serve` runs)
+from runtime.serve.commands import register as _register_serve_commands  # noqa: E402
+
+_register_serve_commands(main, sys.modules[__name__])
 
 if __name__ == "__main__":
     main()

@@ -150,12 +150,14 @@ def store_batch(writer: IndexWriter, entries: list[dict[str, Any]], features: di
 def encode_videos(writer: IndexWriter, bundle: Bundle, todo: list[tuple[str, Path]], *, backend: str,
                   batch_size: int, workers: int, processes: bool, threads: int | None,
                   report: IngestReport, progress: Callable[[int], None] | None = None,
-                  replaces: dict[str, list[str]] | None = None) -> None:
+                  replaces: dict[str, list[str]] | None = None,
+                  on_stored: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
     """Decode ``todo`` in a pool, encode batches with the video encoder, append shards.
 
     Each file is hashed (for its index entry) on a thread pool while the decoders work ahead.
     ``replaces`` (from :func:`plan_ingest`): id -> ids of rows its new features supersede, marked
-    removed in the commit that adds them.
+    removed in the commit that adds them. ``on_stored`` gets the entries of every stored batch
+    (e.g. to make their thumbnails).
     """
     replaces = replaces or {}
     encoder = open_session(bundle, "video_encoder", backend, threads)
@@ -173,6 +175,9 @@ def encode_videos(writer: IndexWriter, bundle: Bundle, todo: list[tuple[str, Pat
         ids = store_batch(writer, batch_entries, {**out, "video_mask": mask}, report,
                           lambda kept: [old for entry in kept for old in replaces.get(entry["id"], ())])
         report.replaced += sum(vid in replaces for vid in ids)
+        if on_stored and ids:
+            stored = set(ids)
+            on_stored([entry for entry in batch_entries if entry["id"] in stored])
         if progress:
             progress(len(batch_entries))
         batch_entries.clear(), batch_frames.clear(), batch_masks.clear()

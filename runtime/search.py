@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -192,3 +192,20 @@ def to_result(index: GalleryIndex, top: TopK) -> SearchResult:
 def has_windows(index: GalleryIndex) -> bool:
     """Whether the index holds time windows of files (``ucofia-run index --window``)."""
     return len(index) > 0 and is_windowed(index.entries[0])
+
+
+def hit_records(result: SearchResult, query: int, k: int | None = None) -> list[dict[str, Any]]:
+    """The ranked hits of query number ``query`` (the first ``k``) with the fields of
+    ``ucofia-run search``'s JSONL: rank, video_id, (on a windowed index: file_id, start, end),
+    score (fused) and levels (the three level scores)."""
+    ids = result.ids[query] if k is None else result.ids[query][:k]
+    hits = []
+    for r, vid in enumerate(ids):
+        hit: dict[str, Any] = {"rank": r + 1, "video_id": vid}
+        if result.file_ids is not None and result.spans is not None:
+            start, end = result.spans[query][r]
+            hit.update({"file_id": result.file_ids[query][r], "start": start, "end": end})
+        hit.update({"score": float(result.fused[query, r]),
+                    "levels": {lv: float(result.levels[lv][query, r]) for lv in LEVELS}})
+        hits.append(hit)
+    return hits

@@ -42,6 +42,7 @@ Deviations (only where the reference crashes or silently returns an all-zero vid
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -63,8 +64,8 @@ _TRUNCATION_CHECK_ENTRIES = 64
 
 __all__ = [
     "VideoSpec", "VideoDecodeError", "StreamInfo", "DecodedVideo", "DecodeOutcome",
-    "probe_video", "reference_targets", "select_positions", "decode_video", "preprocess_frame",
-    "to_model_input", "decode_many",
+    "probe_video", "open_video_stream", "display_rotation_k", "reference_targets", "select_positions",
+    "decode_video", "preprocess_frame", "to_model_input", "decode_many",
 ]
 
 
@@ -334,6 +335,16 @@ def _check_truncation(stream: Any, path: Path) -> None:
                                f"file has {size}; download or copy it again")
 
 
+@contextlib.contextmanager
+def open_video_stream(path: str | os.PathLike[str]) -> Iterator[tuple[Any, Any, StreamInfo]]:
+    """The open PyAV container, its video stream and what ``probe_video`` reports about it;
+    :class:`VideoDecodeError` (with the cause and the fix) for a missing, empty or non-video file."""
+    p = Path(path)
+    with _open(p) as container:
+        stream = _video_stream(container, p)
+        yield container, stream, _stream_info(container, stream, p)
+
+
 def probe_video(path: str | os.PathLike[str]) -> StreamInfo:
     """Open ``path`` and report what OpenCV would (fps, frame count) plus geometry and codec."""
     p = Path(path)
@@ -351,6 +362,11 @@ def _frame_to_rgb(frame: Any, rotation_k: int) -> np.ndarray:
     if rotation_k:
         rgb = np.rot90(rgb, rotation_k)
     return np.ascontiguousarray(rgb)
+
+
+def display_rotation_k(frame: Any) -> int:
+    """Quarter turns for ``np.rot90`` that show ``frame`` upright (its display-matrix rotation)."""
+    return _rotation_k(frame)
 
 
 def _rotation_k(frame: Any) -> int:

@@ -1,0 +1,130 @@
+"""The model side of the service: one text-encoder call and one scoring pass per batch of requests.
+
+Runs in the batcher's worker thread, never on the event loop. Requests of a batch may ask for
+different ``top_k`` and search modes: all queries are encoded together, each mode's queries are
+scored together for the largest ``top_k`` asked, and every request gets its first ``top_k`` (the
+ranking is by fused score, then gallery row, so a shorter list is a prefix of a longer one).
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from runtime import search
+from runtime.bundle import Bundle
+from runtime.errors import RuntimeUserError
+from runtime.scoring import Scorer, TextFeatures
+from runtime.serve.settings import PROBE_QUERY, ServeSettings
+from runtime.serve.snapshot import Snapshot
+from runtime.text import TextEncoder
+
+EXHAUSTIVE = "exhaustive"
+TWO_STAGE = "two_stage"
+
+
+@dataclass
+class SearchJob:
+    """One request waiting for the model."""
+
+    queries: list[str]
+    top_k: int
+    two_stage: bool | None = None  # None: the server's choice for the gallery size
+    enqueued: float = field(default_factory=time.monotonic)
+    started: float | None = None
+    future: asyncio.Future | None = None
+    abandoned: bool = False  # its client gave up (timeout): skip it if not started
+
+    @property
+    def size(self) -> int:
+        return len(self.queries)
+
+
+@dataclass
+class JobResult:
+    """What one request gets back: per query its ranked hits, plus how the batch went."""
+
+    queries: list[dict[str, Any]]
+    mode: str
+    snapshot: Snapshot
+    encode_s: float
+    score_s: float
+    batch_queries: int
+    batch_requests: int
+
+
+class SearchEngine:
+    """Tokenizer + text encoder + scorer of one bundle, and the search settings."""
+
+    def __init__(self, bundle: Bundle, text: TextEncoder, scorer: Scorer, settings: ServeSettings) -> None:
+        self.bundle = bundle
+        self.text = text
+        self.scorer = scorer
+        self.settings = settings
+        self.probe: TextFeatures = text.encode([PROBE_QUERY])
+
+    def mode(self, videos: int, requested: bool | None) -> str:
+        """The search mode of a request on a gallery of ``videos``: its own choice, else the server's."""
+        setting = self.settings.two_stage
+        if requested is not None:
+            return TWO_STAGE if requested else EXHAUSTIVE
+        if setting == "on" or (setting == "auto" and videos >= self.settings.two_stage_min_videos):
+            return TWO_STAGE
+        return EXHAUSTIVE
+
+    def run_batch(self, jobs: list[SearchJob], snapshot: Snapshot) -> list[JobResult | Exception]:
+        """Results (or the exception) of every job; an error in a shared call is retried job by job
+        so that it is reported to the request that caused it only."""
+        try:
+            return list(self._run(jobs, snapshot))
+        except RuntimeUserError as exc:
+            if len(jobs) == 1:
+                return [exc]
+        results: list[JobResult | Exception] = []
+        for job in jobs:
+            try:
+                results.extend(self._run([job], snapshot))
+            except RuntimeUserError as exc:
+                results.append(exc)
+        return results
+
+    def _run(self, jobs: list[SearchJob], snapshot: Snapshot) -> list[JobResult]:
+        texts = [q for job in jobs for q in job.queries]
+        start = time.perf_counter()
+        tokens = self.text.tokenize(texts, "query")
+        truncated = set(tokens.truncated)  # 1-based numbers over the whole batch
+        features = self.text.encode_ids(tokens.ids)
+        encoded = time.perf_counter()
+
+        offsets = np.cumsum([0] + [job.size for job in jobs])
+        modes = [self.mode(snapshot.videos, job.two_stage) for job in jobs]
+        hits: dict[int, list[list[dict[str, Any]]]] = {}
+        for mode in sorted(set(modes)):
+            members = [i for i, m in enumerate(modes) if m == mode]
+            rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in members])
+            queries = TextFeatures(features.sentence[rows], features.words[rows])
+            k = max(jobs[i].top_k for i in members)
+            if mode == TWO_STAGE:
+                prepared = snapshot.two_stage()
+                top = search.two_stage(self.scorer, snapshot.index, queries, k, max(self.settings.shortlist, k),
+                                       self.settings.memory_mb, prepared=prepared)
+            else:
+                top = search.exhaustive(self.scorer, snapshot.index, queries, k, self.settings.memory_mb,
+                                        prepared=snapshot.prepared)
+            result = search.to_result(snapshot.index, top)
+            position = 0
+            for i in members:
+                hits[i] = [search.hit_records(result, position + q, jobs[i].top_k) for q in range(jobs[i].size)]
+                position += jobs[i].size
+        scored = time.perf_counter()
+
+        out = []
+        for i, job in enumerate(jobs):
+            per_query = [{"query": text, "truncated": int(offsets[i]) + q + 1 in truncated, "results": hits[i][q]}
+                         for q, text in enumerate(job.queries)]
+            out.append(JobResult(per_query, modes[i], snapshot, encoded - start, scored - encoded, len(texts),
+                                 len(jobs)))
+        return out

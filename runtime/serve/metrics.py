@@ -1,0 +1,51 @@
+"""Prometheus metrics of the service (``prometheus-client``, in its own registry per app)."""
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+QUEUE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    """Counters, histograms and gauges under the ``ucofia_`` prefix."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("ucofia_http_requests", "HTTP requests by route template, method and status",
+                                ("route", "method", "status"), registry=r)
+        self.latency = Histogram("ucofia_http_request_duration_seconds", "HTTP request latency by route template",
+                                 ("route",), buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_queries = Histogram("ucofia_batch_queries", "Queries per model call (dynamic batch size)",
+                                       buckets=BATCH_BUCKETS, registry=r)
+        self.batch_requests = Histogram("ucofia_batch_requests", "Requests coalesced per model call",
+                                        buckets=BATCH_BUCKETS, registry=r)
+        self.queue_wait_seconds = Histogram("ucofia_queue_wait_seconds", "Time a request waited for its batch",
+                                            buckets=QUEUE_BUCKETS, registry=r)
+        self.queue_depth_gauge = Gauge("ucofia_queue_depth", "Requests waiting for the model", registry=r)
+        self.stage_seconds = Histogram("ucofia_search_stage_seconds", "Model time per batch by stage",
+                                       ("stage",), buckets=LATENCY_BUCKETS, registry=r)
+        self.gallery_videos = Gauge("ucofia_gallery_videos", "Videos in the served index snapshot", registry=r)
+        self.snapshot_version = Gauge("ucofia_snapshot_version", "Loads of the index since start", registry=r)
+        self.errors = Counter("ucofia_errors", "Errors by kind (rejected, timeout, search, internal, reload, "
+                              "thumbnail)", ("kind",), registry=r)
+        self.reloads = Counter("ucofia_reloads", "Index reloads by trigger and outcome", ("trigger", "outcome"),
+                               registry=r)
+
+    # ---- BatchObserver ---------------------------------------------------------------------
+    def batch_started(self, queries: int, requests: int) -> None:
+        self.batch_queries.observe(queries)
+        self.batch_requests.observe(requests)
+
+    def queue_wait(self, seconds: float) -> None:
+        self.queue_wait_seconds.observe(seconds)
+
+    def queue_depth(self, requests: int) -> None:
+        self.queue_depth_gauge.set(requests)
+
+    # ---- exposition ------------------------------------------------------------------------
+    def render(self) -> tuple[bytes, str]:
+        """The text exposition format and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

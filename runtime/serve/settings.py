@@ -1,0 +1,73 @@
+"""Settings of ``ucofia-run serve`` and the limits every request is checked against."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runtime.scoring import DEFAULT_MEMORY_MB
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+# Queries per model call (text encoder + one scoring pass) and how long a batch waits to fill.
+DEFAULT_MAX_BATCH = 32
+DEFAULT_MAX_WAIT_MS = 5.0
+# Requests waiting for the model; one more is answered 503 with Retry-After.
+DEFAULT_MAX_QUEUE = 256
+RETRY_AFTER_S = 1
+DEFAULT_REQUEST_TIMEOUT_S = 30.0
+# Galleries of at least this many videos are searched two-stage (FAISS shortlist + fused re-rank)
+# under --two-stage auto: at 10^4 ViT-B/32 videos exhaustive search costs ~160 ms per query on two
+# cores, a shortlist of 1000 about a tenth of that (benchmarks/large_gallery.py).
+TWO_STAGE_AUTO_MIN_VIDEOS = 5000
+DEFAULT_SHORTLIST = 1000
+TWO_STAGE_MODES = ("auto", "on", "off")
+# --watch polls index.json this often (bounded), and reloads once a change has held for one poll.
+DEFAULT_WATCH_INTERVAL_S = 2.0
+MIN_WATCH_INTERVAL_S = 0.1
+MAX_WATCH_INTERVAL_S = 60.0
+# Thumbnails made on demand at once (decoding competes with search for the cores).
+THUMBNAIL_CONCURRENCY = 2
+# Lifetime of the signed thumbnail/media URLs handed out in results when auth is on.
+MEDIA_URL_TTL_S = 3600
+# Open connections uvicorn accepts before answering 503 (the queue bounds the model's work).
+MAX_CONNECTIONS = 1024
+# Text encoded once at start to check the two-stage kernel against the scorer graph.
+PROBE_QUERY = "a video"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for; larger requests get a 4xx naming the limit."""
+
+    max_queries: int = 64
+    max_query_chars: int = 1000
+    max_top_k: int = 100
+    max_body_bytes: int = 256 * 1024
+
+
+@dataclass
+class ServeSettings:
+    """Everything ``ucofia-run serve`` was started with."""
+
+    index_dir: Path
+    bundle_dir: Path | None = None
+    backend: str = "auto"
+    threads: int | None = None
+    memory_mb: float = DEFAULT_MEMORY_MB
+    max_batch: int = DEFAULT_MAX_BATCH
+    max_wait_ms: float = DEFAULT_MAX_WAIT_MS
+    max_queue: int = DEFAULT_MAX_QUEUE
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
+    two_stage: str = "auto"
+    two_stage_min_videos: int = TWO_STAGE_AUTO_MIN_VIDEOS
+    shortlist: int = DEFAULT_SHORTLIST
+    api_keys: Path | None = None
+    cors_origins: tuple[str, ...] = ()
+    watch: bool = False
+    watch_interval_s: float = DEFAULT_WATCH_INTERVAL_S
+    limits: Limits = field(default_factory=Limits)
+
+    def __post_init__(self) -> None:
+        if self.two_stage not in TWO_STAGE_MODES:
+            raise ValueError(f"two_stage must be one of {TWO_STAGE_MODES}, got {self.two_stage!r}")
+        self.watch_interval_s = min(max(self.watch_interval_s, MIN_WATCH_INTERVAL_S), MAX_WATCH_INTERVAL_S)

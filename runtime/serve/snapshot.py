@@ -1,0 +1,120 @@
+"""One opened index as an immutable snapshot, and the holder the service swaps on reload.
+
+A snapshot holds the index (memory-mapped shards, entries, id -> row map), its SK biases and,
+when two-stage search is used, the checked video_sentence kernel and the FAISS index: everything
+a search reads besides the model. Building one happens off the event loop; the service then
+replaces one reference, so a batch that started on the old snapshot finishes on it (the index
+writer only appends shards and replaces files atomically, so the old snapshot stays readable).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runtime import search
+from runtime.bundle import Bundle
+from runtime.errors import GalleryIndexError
+from runtime.index import STATE, GalleryIndex
+from runtime.scoring import Scorer, TextFeatures
+
+# index.json fields that change without changing what a search sees (a no-op indexing run).
+VOLATILE_STATE_FIELDS = ("updated",)
+
+
+def state_digest(state: dict[str, Any]) -> str:
+    """A digest of an index's state that changes when its rows, biases or bundle change."""
+    stable = {k: v for k, v in state.items() if k not in VOLATILE_STATE_FIELDS}
+    return hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()
+
+
+def read_state_digest(index_dir: Path) -> str | None:
+    """The digest of ``index_dir/index.json`` now (None when it is missing or unreadable)."""
+    try:
+        return state_digest(json.loads((index_dir / STATE).read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def state_stamp(index_dir: Path) -> tuple[int, int] | None:
+    """(mtime_ns, size) of index.json: a cheap check before reading it (None when missing)."""
+    try:
+        stat = os.stat(index_dir / STATE)
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
+@dataclass
+class Snapshot:
+    """An opened index; ``version`` counts loads since the server started (1 = the first)."""
+
+    version: int
+    index: GalleryIndex
+    prepared: search.PreparedGallery
+    digest: str
+    loaded_at: float
+    load_seconds: float
+    scorer: Scorer = field(repr=False)
+    memory_mb: float = 0.0
+    probe: TextFeatures | None = field(default=None, repr=False)
+    _two_stage_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def videos(self) -> int:
+        return len(self.index)
+
+    def two_stage(self) -> search.PreparedGallery:
+        """The gallery prepared for two-stage search (kernel + FAISS), built on first use."""
+        if not self.prepared.two_stage_ready:
+            with self._two_stage_lock:
+                if not self.prepared.two_stage_ready:
+                    self.prepared = search.prepare(self.scorer, self.index, self.memory_mb, two_stage=True,
+                                                   probe=self.probe)
+        return self.prepared
+
+    def describe(self) -> dict[str, Any]:
+        return {"version": self.version, "videos": self.videos, "loaded_at": round(self.loaded_at, 3),
+                "load_seconds": round(self.load_seconds, 3)}
+
+
+def open_gallery(index_dir: Path, bundle: Bundle) -> GalleryIndex:
+    """The index at ``index_dir``, checked to be non-empty and built with ``bundle``."""
+    gallery = GalleryIndex(index_dir)
+    gallery.check_bundle(bundle)
+    if len(gallery) == 0:
+        raise GalleryIndexError(f"index {index_dir} holds no videos; run `ucofia-run index` first")
+    return gallery
+
+
+def load_snapshot(gallery: GalleryIndex, scorer: Scorer, *, version: int, two_stage: bool, memory_mb: float,
+                  probe: TextFeatures | None) -> Snapshot:
+    """Read everything a search needs from ``gallery`` (blocking: call it off the event loop)."""
+    start = time.perf_counter()
+    gallery.entries  # reads and checks entries.json now rather than in the first request
+    gallery.row_of("")  # builds the id -> row map
+    prepared = search.prepare(scorer, gallery, memory_mb, two_stage=two_stage, probe=probe)
+    return Snapshot(version=version, index=gallery, prepared=prepared, digest=state_digest(gallery.state),
+                    loaded_at=time.time(), load_seconds=time.perf_counter() - start, scorer=scorer,
+                    memory_mb=memory_mb, probe=probe)
+
+
+class SnapshotHolder:
+    """The current snapshot; ``swap`` replaces it in one assignment."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self._current = snapshot
+
+    @property
+    def current(self) -> Snapshot:
+        return self._current
+
+    def swap(self, snapshot: Snapshot) -> Snapshot:
+        """Install ``snapshot``; returns the old one (still valid for whoever holds it)."""
+        old, self._current = self._current, snapshot
+        return old
