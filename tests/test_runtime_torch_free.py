@@ -33,7 +33,11 @@ RUNTIME_MODULES = ["runtime", "runtime.cli", "runtime.bundle", "runtime.backends
                    "runtime.scoring", "runtime.index", "runtime.search", "runtime.ingest", "runtime.text",
                    "runtime.sources", "runtime.evaluate", "runtime.vocabulary", "runtime.windows",
                    "runtime.window_ingest", "runtime.grouping", "ucofia.data.windows", "ucofia.data.window_decode",
-                   "evaluation.moments"]
+                   "evaluation.moments", "runtime.thumbnails", "runtime.serve", "runtime.serve.commands",
+                   "runtime.serve.auth", "runtime.serve.settings", "runtime.serve.snapshot", "runtime.serve.engine",
+                   "runtime.serve.batching", "runtime.serve.service"]
+# Modules that need the 'serve' extra (checked only where it is installed).
+SERVE_MODULES = ["runtime.serve.app", "runtime.serve.metrics", "runtime.serve.guard", "runtime.serve.server"]
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +69,65 @@ def test_runtime_modules_import_without_torch(no_torch_env):
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr
 
 
-@pytest.mark.parametrize("command", [[], ["index"], ["search"], ["evaluate"]])
+@pytest.mark.parametrize("command", [[], ["index"], ["search"], ["evaluate"], ["serve"], ["thumbnails"],
+                                     ["api-key", "create"]])
 def test_help_without_torch(no_torch_env, command):
     result = _cli(no_torch_env, *command, "--help")
     assert result.returncode == 0, result.stderr
     assert "Usage" in result.stdout and "Exit codes" in result.stdout
+
+
+SERVE_SCRIPT = """
+import sys
+from pathlib import Path
+from fastapi.testclient import TestClient
+from runtime.serve.app import create_app
+from runtime.serve.service import SearchService
+from runtime.serve.settings import ServeSettings
+
+service = SearchService.open(ServeSettings(index_dir=Path(sys.argv[1]), backend="cpu"))
+with TestClient(create_app(service)) as client:
+    assert client.get("/readyz").json()["ready"] is True
+    reply = client.post("/v1/search", json={"queries": ["a red car"], "top_k": 2})
+    assert reply.status_code == 200, reply.text
+    assert len(reply.json()["results"][0]["results"]) == 2
+    assert client.get("/v1/videos/video0/thumbnail").status_code == 200
+    assert client.get("/metrics").status_code == 200
+assert not any(m.split(".")[0] in {blocked!r} for m in sys.modules), "torch got imported"
+print("served")
+"""
+
+
+def test_serve_without_torch(no_torch_env, tmp_path):
+    pytest.importorskip("fastapi", reason="ucofia-run serve needs the 'serve' extra")
+    pytest.importorskip("httpx", reason="TestClient needs httpx")
+    code = ("import importlib\n"
+            f"for name in {SERVE_MODULES!r}:\n"
+            "    importlib.import_module(name)\n")
+    result = subprocess.run([sys.executable, "-c", code], env=no_torch_env, capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    bundle = build_fake_bundle(tmp_path / "bundle")
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for i in range(3):
+        make_clip(videos / f"video{i}.mp4", seconds=1 + i, seed=i)
+    index = tmp_path / "index"
+    result = _cli(no_torch_env, "index", "--bundle", str(bundle), "--videos", str(videos), "-o", str(index), "-q",
+                  "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    result = subprocess.run([sys.executable, "-c", SERVE_SCRIPT.replace("{blocked!r}", repr(BLOCKED)), str(index)],
+                            env=no_torch_env, capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0 and "served" in result.stdout, result.stderr
+
+
+def test_serve_without_its_extra_says_how_to_install(no_torch_env, tmp_path):
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(HOOK.replace(repr(BLOCKED), repr(BLOCKED + ("fastapi", "uvicorn"))))
+    env = {**no_torch_env, "PYTHONPATH": os.pathsep.join([str(hook), str(REPO)])}
+    result = _cli(env, "serve", "--index", str(tmp_path / "index"))
+    assert result.returncode == 1
+    assert "pip install 'ucofia[serve]'" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_index_search_evaluate_without_torch(no_torch_env, tmp_path):

@@ -27,8 +27,13 @@ SERVE_MODULES = ("fastapi", "uvicorn", "prometheus_client")
 
 def require_serve_dependencies() -> None:
     """Raise RuntimeUserError naming the install command when the ``serve`` extra is missing."""
-    import importlib.util
+    import importlib
 
-    missing = [name for name in SERVE_MODULES if importlib.util.find_spec(name) is None]
+    missing = []
+    for name in SERVE_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
     if missing:
         raise RuntimeUserError(f"`ucofia-run serve` needs {', '.join(missing)}: {SERVE_EXTRA_HINT}")

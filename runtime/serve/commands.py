@@ -93,7 +93,12 @@ def register(main: click.Group, cli: ModuleType) -> None:
         auth = f"API keys from {api_keys}" if api_keys else "no auth"
         click.echo(f"serving {service.snapshot.videos} videos from {index_dir} at {url_of(sock)} ({auth}; "
                    f"Ctrl+C stops)", err=True)
-        make_server(create_app(service), log_level=log_level, access_log=not no_access_log).run(sockets=[sock])
+        server = make_server(create_app(service), log_level=log_level, access_log=not no_access_log)
+        try:
+            server.run(sockets=[sock])
+        except KeyboardInterrupt:  # uvicorn re-raises Ctrl+C after its graceful shutdown: a normal stop
+            pass
+        click.echo("stopped", err=True)
 
     @main.command(epilog=cli.EXIT_CODES_HELP)
     @cli.index_option

@@ -72,6 +72,7 @@ def demo(out: Path, scale: float, epochs: int | None, force: bool) -> None:
       6. ucofia-run search         example queries -> ranked videos (JSONL)
       7. ucofia-run evaluate       R@1/5/10, MdR, MnR both directions
       8. ucofia parity             PyTorch vs the deployed runtime, per level
+    It ends by printing the `ucofia-run serve` command that serves the index with a search page.
     """
     if out.exists() and any(out.iterdir()) and not force:
         raise click.ClickException(f"{out} already holds a run; pass --force to start over or -o another folder")
@@ -126,3 +127,13 @@ def demo(out: Path, scale: float, epochs: int | None, force: bool) -> None:
         for direction, values in summary["runtime_metrics"].items():
             click.echo(f"  {direction}: " + "  ".join(f"{k} {v:.1f}" for k, v in values.items()))
     click.echo(f"\nEverything is under {out}/ (see summary.json, parity.json, search.jsonl).")
+    click.echo("\n" + serve_hint(index))
+
+
+def serve_hint(index: Path) -> str:
+    """How to serve the demo's index and where to open its search page."""
+    from runtime.serve.settings import DEFAULT_HOST, DEFAULT_PORT
+
+    return (f"Search it in a browser (needs `pip install 'ucofia[serve]'`):\n"
+            f"  ucofia-run serve --index {shlex.quote(str(index))}\n"
+            f"  then open http://{DEFAULT_HOST}:{DEFAULT_PORT}/")

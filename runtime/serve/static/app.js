@@ -22,26 +22,25 @@
   // ---- API key -----------------------------------------------------------------------------
   const apiKey = () => sessionStorage.getItem(KEY_STORAGE) || "";
 
+  // Resolves once the key dialog has closed (focus is back on the page by then).
   function askKey(message) {
     $("key-error").textContent = message || "";
     $("key").value = "";
     return new Promise((resolve) => {
-      const form = $("key-form");
-      const done = (event) => {
-        const key = $("key").value.trim();
-        if (!key) {
-          event.preventDefault();
-          return;
-        }
-        sessionStorage.setItem(KEY_STORAGE, key);
-        form.removeEventListener("submit", done);
-        resolve();
-      };
-      form.addEventListener("submit", done);
+      dialog.addEventListener("close", () => resolve(), {once: true});
       if (!dialog.open) dialog.showModal();
       $("key").focus();
     });
   }
+
+  $("key-form").addEventListener("submit", (event) => {
+    const key = $("key").value.trim();
+    if (!key) {
+      event.preventDefault();
+      return;
+    }
+    sessionStorage.setItem(KEY_STORAGE, key);
+  });
 
   async function api(path, options = {}, retries = 2) {
     const headers = {"Content-Type": "application/json"};
