@@ -45,6 +45,9 @@ def register(main: click.Group, cli: ModuleType) -> None:
                   help="Videos per query kept by the first stage of two-stage search.")
     @click.option("--max-top-k", default=defaults.Limits.max_top_k, show_default=True, type=click.IntRange(1, 10000),
                   help="Largest top_k a request may ask for.")
+    @click.option("--preload-mb", default=defaults.DEFAULT_PRELOAD_MB, show_default=True,
+                  type=click.FloatRange(min=0), help="Hold the index's features in memory when they fit in this "
+                                                     "many MiB (0: always read the memory-mapped shards).")
     @click.option("--watch", is_flag=True,
                   help="Reload the index by itself when `ucofia-run index` changed it (polls index.json).")
     @click.option("--watch-interval", default=defaults.DEFAULT_WATCH_INTERVAL_S, show_default=True,
@@ -62,7 +65,7 @@ def register(main: click.Group, cli: ModuleType) -> None:
     @cli._user_errors
     def serve(index_dir: Path, bundle_dir: Path | None, host: str, port: int, api_keys: Path | None,
               insecure_no_auth: bool, max_batch: int, max_wait_ms: float, max_queue: int, request_timeout: float,
-              two_stage: str, shortlist: int, max_top_k: int, watch: bool, watch_interval: float,
+              two_stage: str, shortlist: int, max_top_k: int, preload_mb: float, watch: bool, watch_interval: float,
               cors_origins: tuple[str, ...], backend: str, memory_mb: float, threads: int | None, log_level: str,
               no_access_log: bool) -> None:
         """Serve text-to-video search over HTTP, with a search page at /.
@@ -82,6 +85,7 @@ def register(main: click.Group, cli: ModuleType) -> None:
         check_exposure(host, api_keys is not None, insecure_no_auth)
         settings = defaults.ServeSettings(
             index_dir=index_dir, bundle_dir=bundle_dir, backend=backend, threads=threads, memory_mb=memory_mb,
+            preload_mb=preload_mb,
             max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, request_timeout_s=request_timeout,
             two_stage=two_stage, shortlist=shortlist, api_keys=api_keys, cors_origins=cors_origins, watch=watch,
             watch_interval_s=watch_interval, limits=defaults.Limits(max_top_k=max_top_k))

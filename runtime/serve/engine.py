@@ -112,8 +112,8 @@ class SearchEngine:
                 top = search.two_stage(self.scorer, snapshot.index, queries, k, max(self.settings.shortlist, k),
                                        self.settings.memory_mb, prepared=prepared)
             else:
-                top = search.exhaustive(self.scorer, snapshot.index, queries, k, self.settings.memory_mb,
-                                        prepared=snapshot.prepared)
+                top = search.exhaustive(self.scorer, snapshot.source or snapshot.index, queries, k,
+                                        self.settings.memory_mb, prepared=snapshot.prepared)
             result = search.to_result(snapshot.index, top)
             position = 0
             for i in members:

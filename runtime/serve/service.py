@@ -54,7 +54,8 @@ class SearchService:
                                               settings.threads)
         engine = SearchEngine(bundle, text, scorer, settings)
         snapshot = load_snapshot(gallery, scorer, version=1, memory_mb=settings.memory_mb, probe=engine.probe,
-                                 two_stage=engine.mode(len(gallery), None) == TWO_STAGE)
+                                 two_stage=engine.mode(len(gallery), None) == TWO_STAGE,
+                                 preload_mb=settings.preload_mb)
         return cls(settings, engine, snapshot, keyring, metrics)
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -116,7 +117,8 @@ class SearchService:
         gallery = open_gallery(Path(current.index.root), self.engine.bundle)
         snapshot = load_snapshot(gallery, self.engine.scorer, version=current.version + 1,
                                  memory_mb=self.settings.memory_mb, probe=self.engine.probe,
-                                 two_stage=self.engine.mode(len(gallery), None) == TWO_STAGE)
+                                 two_stage=self.engine.mode(len(gallery), None) == TWO_STAGE,
+                                 preload_mb=self.settings.preload_mb)
         keyring = KeyRing.load(self.settings.api_keys) if self.settings.api_keys is not None else None
         return snapshot, keyring
 

@@ -31,6 +31,9 @@ THUMBNAIL_CONCURRENCY = 2
 MEDIA_URL_TTL_S = 3600
 # Open connections uvicorn accepts before answering 503 (the queue bounds the model's work).
 MAX_CONNECTIONS = 1024
+# Galleries whose features fit in this many MiB are held in memory (exhaustive search then reads
+# no shard pages per request); 1024 MiB is ~8,000 ViT-B/32 videos.
+DEFAULT_PRELOAD_MB = 1024
 # Text encoded once at start to check the two-stage kernel against the scorer graph.
 PROBE_QUERY = "a video"
 
@@ -54,6 +57,7 @@ class ServeSettings:
     backend: str = "auto"
     threads: int | None = None
     memory_mb: float = DEFAULT_MEMORY_MB
+    preload_mb: float = DEFAULT_PRELOAD_MB
     max_batch: int = DEFAULT_MAX_BATCH
     max_wait_ms: float = DEFAULT_MAX_WAIT_MS
     max_queue: int = DEFAULT_MAX_QUEUE
