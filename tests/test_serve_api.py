@@ -349,3 +349,28 @@ def test_request_timeout_answers_504_and_the_server_recovers(gated):
     assert time.monotonic() - start < 10
     gate.set()
     assert client.post("/v1/search", json=QUERY).status_code == 200
+
+
+def test_windowed_index_answers_with_spans(tmp_path):
+    from fastapi.testclient import TestClient
+    from serve_helpers import make_clips
+
+    from runtime_helpers import build_fake_bundle
+
+    bundle = build_fake_bundle(tmp_path / "bundle")
+    make_clips(tmp_path / "clips", 2, seconds=3.0)
+    index = tmp_path / "index"
+    result = run_cli("index", "--bundle", str(bundle), "--videos", str(tmp_path / "clips"), "-o", str(index), "-q",
+                     "--workers", "1", "--window", "1")
+    assert result.returncode == 0, result.stderr
+    _, app = open_app(index)
+    with TestClient(app) as client:
+        body = client.post("/v1/search", json={"queries": ["a red car"], "top_k": 4}).json()
+        hits = body["results"][0]["results"]
+        assert len(hits) == 4
+        for hit in hits:
+            assert hit["file_id"] in ("clip0", "clip1") and hit["video_id"].startswith(hit["file_id"] + "@")
+            assert 0 <= hit["start"] < hit["end"] and hit["entry"]["start"] == hit["start"]
+            assert hit["links"]["media"].endswith(f"#t={hit['start']:g},{hit['end']:g}")
+            thumb = client.get(hit["links"]["thumbnail"])
+            assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"

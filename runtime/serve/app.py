@@ -69,6 +69,9 @@ class Links(BaseModel):
 class Hit(BaseModel):
     rank: int
     video_id: str
+    file_id: str | None = Field(None, description="on an index of time windows: the file the window is of")
+    start: float | None = Field(None, description="on an index of time windows: the window's start (seconds)")
+    end: float | None = Field(None, description="on an index of time windows: the window's end (seconds)")
     score: float = Field(description="fused score: mean over the levels of (level score + its SK bias)")
     levels: dict[str, float] = Field(description=f"the level scores: {', '.join(LEVELS)}")
     entry: dict[str, Any] = Field(description="what the index recorded about the video (duration_s, fps, "
@@ -211,13 +214,20 @@ def create_app(service: SearchService) -> FastAPI:
         check_key(credentials, "search")
 
     # ---- helpers -------------------------------------------------------------------------------
-    def links(request: Request, video_id: str) -> dict[str, str]:
+    def links(request: Request, video_id: str, entry: dict[str, Any] | None = None) -> dict[str, str]:
         base = f"{request.scope.get('root_path', '')}/v1/videos/{quote(video_id, safe='')}"
         signed = "" if service.signer is None else "?" + urlencode(service.signer.sign(video_id))
-        return {"video": base, "thumbnail": f"{base}/thumbnail{signed}", "media": f"{base}/media{signed}"}
+        media = f"{base}/media{signed}"
+        if entry and entry.get("start") is not None and entry.get("end") is not None:
+            media += f"#t={float(entry['start']):g},{float(entry['end']):g}"  # a window: play its span
+        return {"video": base, "thumbnail": f"{base}/thumbnail{signed}", "media": media}
 
     def public_entry(entry: dict[str, Any] | None) -> dict[str, Any]:
         return {k: v for k, v in (entry or {}).items() if k not in HIDDEN_ENTRY_FIELDS}
+
+    def decorate(request: Request, snapshot: Snapshot, hit: dict[str, Any]) -> dict[str, Any]:
+        entry = snapshot.index.entry(hit["video_id"])
+        return {**hit, "entry": public_entry(entry), "links": links(request, hit["video_id"], entry)}
 
     def entry_or_404(snapshot: Snapshot, video_id: str) -> dict[str, Any]:
         entry = snapshot.index.entry(video_id)
@@ -313,8 +323,7 @@ def create_app(service: SearchService) -> FastAPI:
         queue = (job.started or start) - job.enqueued
         return {
             "mode": result.mode, "top_k": body.top_k,
-            "results": [{**q, "results": [{**hit, "entry": public_entry(snapshot.index.entry(hit["video_id"])),
-                                           "links": links(request, hit["video_id"])} for hit in q["results"]]}
+            "results": [{**q, "results": [decorate(request, snapshot, hit) for hit in q["results"]]}
                         for q in result.queries],
             "snapshot": snapshot.describe(),
             "batch": {"queries": result.batch_queries, "requests": result.batch_requests},
@@ -373,7 +382,7 @@ def create_app(service: SearchService) -> FastAPI:
         snapshot = service.snapshot
         entry = entry_or_404(snapshot, video_id)
         return {"id": video_id, "row": snapshot.index.row_of(video_id), "has_media": source_path(entry) is not None,
-                "entry": public_entry(entry), "links": links(request, video_id)}
+                "entry": public_entry(entry), "links": links(request, video_id, entry)}
 
     # ---- admin -------------------------------------------------------------------------------
     @app.post("/v1/admin/reload", tags=["admin"], response_model=ReloadResponse, responses=ERRORS,

@@ -7,7 +7,8 @@
   const SCORE_LABELS = {score: "fused", video_sentence: "video–sentence", frame_sentence: "frame–sentence",
                         patch_word: "patch–word"};
   // Entry fields not worth a line on a card; every other field is shown (e.g. a window's start/end).
-  const HIDDEN_DETAILS = new Set(["sha256", "mtime", "bytes", "frames", "fps", "width", "height", "duration_s"]);
+  const HIDDEN_DETAILS = new Set(["sha256", "mtime", "bytes", "frames", "fps", "width", "height", "duration_s",
+                                  "start", "end", "window", "stride"]);
 
   const $ = (id) => document.getElementById(id);
   const form = $("search");
@@ -122,6 +123,7 @@
     if (entry.width && entry.height) parts.push(`${entry.width}×${entry.height}`);
     if (entry.fps) parts.push(`${Math.round(entry.fps)} fps`);
     if (parts.length) addRow(list, "clip", parts.join(" · "));
+    if (entry.start != null && entry.end != null) addRow(list, "span", `${entry.start}–${entry.end} s`);
     for (const [name, value] of Object.entries(entry)) {
       if (!HIDDEN_DETAILS.has(name) && value !== null && typeof value !== "object") addRow(list, name, String(value));
     }
