@@ -7,7 +7,6 @@ import json
 import re
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,8 +144,8 @@ def test_public_routes_need_no_key(served, path):
 
 BIG_BODY = json.dumps({"queries": ["x" * 900] * 300}).encode()  # ~270 KB, over the 256 KiB limit
 BAD_REQUESTS = [
-    ("malformed JSON", "POST", "/v1/search", {"content": b'{"queries": ["a"', "headers": {"Content-Type": "application/json"}},
-     400, "not valid JSON"),
+    ("malformed JSON", "POST", "/v1/search",
+     {"content": b'{"queries": ["a"', "headers": {"Content-Type": "application/json"}}, 400, "not valid JSON"),
     ("wrong content type", "POST", "/v1/search", {"content": b"queries=a", "headers": {"Content-Type": "text/plain"}},
      415, "application/json"),
     ("no content type", "POST", "/v1/search", {"content": json.dumps(QUERY).encode()}, 415, "application/json"),
@@ -284,7 +283,8 @@ def test_page_security_headers_and_no_inline_script(served):
     html = reply.text
     assert html.count("<script") == html.count('<script src="/static/')
     assert "style=" not in html and re.search(r"\son[a-z]+\s*=", html) is None  # no inline styles or handlers
-    assert "access-control-allow-origin" not in served["client"].get("/v1/info", headers={"Origin": "https://evil.example"}).headers
+    other_origin = served["client"].get("/v1/info", headers={"Origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in other_origin.headers
 
 
 def test_cors_only_for_the_configured_origin(served):

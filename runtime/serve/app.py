@@ -36,7 +36,7 @@ from starlette.middleware.cors import CORSMiddleware
 from runtime.errors import QueryError, RuntimeUserError
 from runtime.scoring import LEVELS
 from runtime.serve.batching import QueueFull, RequestTimeout
-from runtime.serve.engine import EXHAUSTIVE, TWO_STAGE, JobResult, SearchJob
+from runtime.serve.engine import JobResult, SearchJob
 from runtime.serve.guard import GuardMiddleware
 from runtime.serve.metrics import Metrics
 from runtime.serve.service import SearchService
@@ -237,7 +237,8 @@ def create_app(service: SearchService) -> FastAPI:
 
     def ensure_ready() -> None:
         if not all(service.readiness().values()):
-            raise HTTPException(503, "the service is not ready; see /readyz", headers={"Retry-After": str(RETRY_AFTER_S)})
+            raise HTTPException(503, "the service is not ready; see /readyz",
+                                headers={"Retry-After": str(RETRY_AFTER_S)})
 
     # ---- errors --------------------------------------------------------------------------------
     @app.exception_handler(StarletteHTTPException)
@@ -296,7 +297,8 @@ def create_app(service: SearchService) -> FastAPI:
     # ---- search ------------------------------------------------------------------------------
     @app.post("/v1/search", tags=["search"], response_model=SearchResponse, responses=ERRORS,
               dependencies=[Depends(require("search"))], summary="Rank the indexed videos for text queries")
-    async def search_route(body: SearchRequest, request: Request, response: Response) -> dict[str, Any]:  # type: ignore[valid-type]
+    async def search_route(body: SearchRequest,  # type: ignore[valid-type]
+                           request: Request, response: Response) -> dict[str, Any]:
         ensure_ready()
         if body.two_stage and settings.two_stage == "off":
             raise HTTPException(400, "two-stage search is off on this server (--two-stage off); leave two_stage "
@@ -355,8 +357,8 @@ def create_app(service: SearchService) -> FastAPI:
             return FileResponse(made, media_type="image/jpeg", headers=headers)
         return Response(made, media_type="image/jpeg", headers=headers)
 
-    @app.get("/v1/videos/{video_id:path}/media", tags=["videos"], responses={**ERRORS, 206: {"description": "a range"},
-                                                                            416: {"description": "range not satisfiable"}},
+    @app.get("/v1/videos/{video_id:path}/media", tags=["videos"],
+             responses={**ERRORS, 206: {"description": "a range"}, 416: {"description": "range not satisfiable"}},
              response_class=Response, summary="The indexed source file (HTTP Range supported)",
              dependencies=[Depends(media_access)])
     async def media(video_id: str) -> Response:
@@ -392,7 +394,8 @@ def create_app(service: SearchService) -> FastAPI:
         try:
             return await service.reload("api")
         except RuntimeUserError as exc:
-            raise HTTPException(409, f"reload failed, still serving snapshot {service.snapshot.version}: {exc}") from None
+            raise HTTPException(409, f"reload failed, still serving snapshot {service.snapshot.version}: "
+                                     f"{exc}") from None
 
     # ---- the page ----------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)
@@ -412,4 +415,4 @@ def create_app(service: SearchService) -> FastAPI:
     return app
 
 
-__all__ = ["create_app", "EXHAUSTIVE", "TWO_STAGE"]
+__all__ = ["create_app"]
