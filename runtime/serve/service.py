@@ -56,6 +56,7 @@ class SearchService:
         snapshot = load_snapshot(gallery, scorer, version=1, memory_mb=settings.memory_mb, probe=engine.probe,
                                  two_stage=engine.mode(len(gallery), None) == TWO_STAGE,
                                  preload_mb=settings.preload_mb)
+        engine.warm_up(snapshot)
         return cls(settings, engine, snapshot, keyring, metrics)
 
     # ---- lifecycle -------------------------------------------------------------------------
