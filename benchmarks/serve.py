@@ -7,7 +7,7 @@ runs), synthetic galleries of 10^3 and 10^5 videos written as real indexes (feat
 * cold CLI: one ``ucofia-run search`` process per query (loads the sessions and opens the index
   every time), the same search mode the server picks for that gallery;
 * the service with ``--max-batch 1`` (no batching: one query per model call);
-* the service with dynamic batching (``--max-batch 32 --max-wait-ms 5``, the defaults),
+* the service with dynamic batching (``--max-batch 32 --max-wait-ms 5``),
 
 each under 1, 8 and 32 concurrent clients (loopback HTTP, one query per request, top 10):
 QPS, latency p50/p95/p99, errors, server RSS, mean batch size. Then a soak: the batching server
@@ -42,6 +42,7 @@ from large_gallery import DEFAULT_VIDEOS_PER_TOPIC, build_index  # noqa: E402
 
 CLIENTS = (1, 8, 32)
 TOP_K = 10
+STORE = "float32"  # the index's stored dtype (`ucofia-run index --store`)
 MAX_REQUESTS_PER_RUN = 20_000
 START_TIMEOUT_S = 600
 SOAK_CLIENTS = 8
@@ -250,7 +251,7 @@ def run_gallery(n: int, args, work: Path, bundle_dir: Path, texts: list[str], re
     from runtime.serve.settings import DEFAULT_SHORTLIST, TWO_STAGE_AUTO_MIN_VIDEOS
 
     index = work / f"index_{n}"
-    built = build_index(index, load_bundle(bundle_dir), n, args.seed, DEFAULT_VIDEOS_PER_TOPIC)
+    built = build_index(index, load_bundle(bundle_dir), n, args.seed, DEFAULT_VIDEOS_PER_TOPIC, STORE)
     two_stage = n >= TWO_STAGE_AUTO_MIN_VIDEOS
     print(f"[serve] {n}: cold CLI x {args.cold_queries} ...", file=sys.stderr, flush=True)
     cold = cold_cli(index, bundle_dir, texts[:args.cold_queries], two_stage, DEFAULT_SHORTLIST, args.threads)

@@ -157,3 +157,25 @@ def test_watch_reloads_by_itself(growing_index):
     assert _check_complete(load) == {1, 2}
     assert 'ucofia_reloads_total{outcome="ok",trigger="watch"} 1.0' in metrics
     assert all(a.body["snapshot"]["version"] == 2 for a in load.all if a.started > swapped)
+
+
+def test_compaction_under_an_old_snapshot_reloads_and_retries(growing_index, tmp_path):
+    """Without --watch or a reload, a compaction deletes the shards the served snapshot reads
+    (features not held in memory: --preload-mb 0): the next search opens the index again."""
+    _, index, _ = growing_index
+    service, app = open_app(index, preload_mb=0)
+    ids = tmp_path / "remove.txt"
+    ids.write_text("clip1\n")
+    with ServerThread(app) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+        before = client.post("/v1/search", json=REQUEST).json()
+        assert before["snapshot"]["version"] == 1 and before["snapshot"]["videos"] == FIRST
+        for args in (("remove", "--index", str(index), "--ids", str(ids)), ("compact", "--index", str(index))):
+            result = run_cli(*args)
+            assert result.returncode == 0, result.stderr
+        after = client.post("/v1/search", json=REQUEST)
+        assert after.status_code == 200, after.text
+        body = after.json()
+        assert body["snapshot"]["version"] == 2 and body["snapshot"]["videos"] == FIRST - 1
+        assert "clip1" not in {hit["video_id"] for q in body["results"] for hit in q["results"]}
+        metrics = client.get("/metrics").text
+    assert 'ucofia_reloads_total{outcome="ok",trigger="changed"} 1.0' in metrics

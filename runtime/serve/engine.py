@@ -17,7 +17,8 @@ import numpy as np
 from runtime import search
 from runtime.bundle import Bundle
 from runtime.errors import RuntimeUserError
-from runtime.scoring import Scorer, TextFeatures
+from runtime.index import IndexChangedError
+from runtime.scoring import Scorer, TextFeatures, score_topk
 from runtime.serve.settings import PROBE_QUERY, ServeSettings
 from runtime.serve.snapshot import Snapshot
 from runtime.text import TextEncoder
@@ -85,9 +86,12 @@ class SearchEngine:
 
     def run_batch(self, jobs: list[SearchJob], snapshot: Snapshot) -> list[JobResult | Exception]:
         """Results (or the exception) of every job; an error in a shared call is retried job by job
-        so that it is reported to the request that caused it only."""
+        so that it is reported to the request that caused it only. ``IndexChangedError`` (the
+        snapshot's shards were compacted away) propagates: the caller reloads and retries."""
         try:
             return list(self._run(jobs, snapshot))
+        except IndexChangedError:
+            raise
         except RuntimeUserError as exc:
             if len(jobs) == 1:
                 return [exc]
@@ -95,6 +99,8 @@ class SearchEngine:
         for job in jobs:
             try:
                 results.extend(self._run([job], snapshot))
+            except IndexChangedError:
+                raise
             except RuntimeUserError as exc:
                 results.append(exc)
         return results
@@ -116,12 +122,9 @@ class SearchEngine:
             queries = TextFeatures(features.sentence[rows], features.words[rows])
             k = max(jobs[i].top_k for i in members)
             if mode == TWO_STAGE:
-                prepared = snapshot.two_stage()
-                top = search.two_stage(self.scorer, snapshot.index, queries, k, max(self.settings.shortlist, k),
-                                       self.settings.memory_mb, prepared=prepared)
-            else:
-                top = search.exhaustive(self.scorer, snapshot.source or snapshot.index, queries, k,
-                                        self.settings.memory_mb, prepared=snapshot.prepared)
+                top = snapshot.two_stage().search(queries, k, max(self.settings.shortlist, k))
+            else:  # what search.exhaustive does, on the snapshot's features and biases
+                top = score_topk(self.scorer, queries, snapshot.source, k, snapshot.biases, self.settings.memory_mb)
             result = search.to_result(snapshot.index, top)
             position = 0
             for i in members:

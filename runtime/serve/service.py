@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from runtime.index import IndexChangedError
 from runtime.serve.auth import KeyRing, MediaSigner
 from runtime.serve.batching import DynamicBatcher
 from runtime.serve.engine import TWO_STAGE, JobResult, SearchEngine, SearchJob
@@ -34,6 +36,7 @@ class SearchService:
         self.started_at = time.time()
         self.last_reload_error: str | None = None
         self._reload_lock: asyncio.Lock | None = None
+        self._build_lock = threading.Lock()
         self._watch_task: asyncio.Task | None = None
         self.thumbnail_slots: asyncio.Semaphore | None = None
         self._observe_snapshot(snapshot)
@@ -99,8 +102,15 @@ class SearchService:
 
     # ---- search ----------------------------------------------------------------------------
     def _process(self, jobs: list[SearchJob]) -> list[JobResult | Exception]:
-        """One batch on the snapshot current when it starts (runs on the batcher's thread)."""
-        results = self.engine.run_batch(jobs, self.holder.current)
+        """One batch on the snapshot current when it starts (runs on the batcher's thread); when
+        an update deleted the shards that snapshot reads (compaction), the index is opened again
+        and the batch retried once on it."""
+        snapshot = self.holder.current
+        try:
+            results = self.engine.run_batch(jobs, snapshot)
+        except IndexChangedError as exc:
+            log.info("the index changed under snapshot %d (%s); reloading", snapshot.version, exc)
+            results = self.engine.run_batch(jobs, self._reload_blocking("changed", stale=snapshot)[1])
         if self.metrics is not None:
             done = next((r for r in results if isinstance(r, JobResult)), None)
             if done is not None:
@@ -123,15 +133,15 @@ class SearchService:
         keyring = KeyRing.load(self.settings.api_keys) if self.settings.api_keys is not None else None
         return snapshot, keyring
 
-    async def reload(self, trigger: str) -> dict[str, Any]:
-        """Open the index again off the event loop (and re-read the key file), then swap the
-        snapshot in one assignment; batches already running finish on the old one. On error
-        the old snapshot stays and the error (RuntimeUserError) propagates."""
-        assert self._reload_lock is not None, "start() the service first"
-        async with self._reload_lock:
-            start = time.perf_counter()
+    def _reload_blocking(self, trigger: str, stale: Snapshot | None = None) -> tuple[Snapshot, Snapshot]:
+        """Build a new snapshot and swap it in (one at a time, from any thread); returns (old, new).
+        With ``stale``: nothing to do when the current snapshot is already newer than it."""
+        with self._build_lock:
+            current = self.holder.current
+            if stale is not None and current is not stale:
+                return current, current
             try:
-                snapshot, keyring = await asyncio.get_running_loop().run_in_executor(None, self._build)
+                snapshot, keyring = self._build()
             except Exception as exc:
                 self.last_reload_error = str(exc)
                 if self.metrics is not None:
@@ -145,6 +155,16 @@ class SearchService:
             self._observe_snapshot(snapshot)
             if self.metrics is not None:
                 self.metrics.reloads.labels(trigger, "ok").inc()
+            return old, snapshot
+
+    async def reload(self, trigger: str) -> dict[str, Any]:
+        """Open the index again off the event loop (and re-read the key file), then swap the
+        snapshot in one assignment; batches already running finish on the old one. On error
+        the old snapshot stays and the error (RuntimeUserError) propagates."""
+        assert self._reload_lock is not None, "start() the service first"
+        async with self._reload_lock:
+            start = time.perf_counter()
+            old, snapshot = await asyncio.get_running_loop().run_in_executor(None, self._reload_blocking, trigger)
             seconds = time.perf_counter() - start
             log.info("reloaded %s (%s): %d -> %d videos in %.2f s", snapshot.index.root, trigger, old.videos,
                      snapshot.videos, seconds)

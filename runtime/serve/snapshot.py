@@ -1,10 +1,12 @@
 """One opened index as an immutable snapshot, and the holder the service swaps on reload.
 
-A snapshot holds the index (memory-mapped shards, entries, id -> row map), its SK biases and,
-when two-stage search is used, the checked video_sentence kernel and the FAISS index: everything
-a search reads besides the model. Building one happens off the event loop; the service then
-replaces one reference, so a batch that started on the old snapshot finishes on it (the index
-writer only appends shards and replaces files atomically, so the old snapshot stays readable).
+A snapshot holds the index (entries, id -> row map), its SK biases, the features themselves when
+they fit in ``--preload-mb`` and, once two-stage search is used, a ``search.TwoStage`` (the checked
+video_sentence kernel and the stage-1 FAISS index): everything a search reads besides the model.
+Building one happens off the event loop; the service then replaces one reference, so a batch that
+started on the old snapshot finishes on it. Index updates add shards and replace files by rename,
+so an old snapshot stays readable, except after ``ucofia-run compact`` deleted the shards it
+reads: that read raises ``IndexChangedError`` and the service reloads and retries the batch.
 """
 from __future__ import annotations
 
@@ -23,12 +25,13 @@ from runtime.errors import GalleryIndexError
 from runtime.index import STATE, GalleryIndex
 from runtime.scoring import ArrayVideos, Scorer, TextFeatures, VideoSource
 
-# index.json fields that change without changing what a search sees (a no-op indexing run).
-VOLATILE_STATE_FIELDS = ("updated",)
+# index.json fields that change without changing what a search sees: the time stamp of a no-op
+# indexing run, and rows an unfinished run has written but not yet published.
+VOLATILE_STATE_FIELDS = ("updated", "pending")
 
 
 def state_digest(state: dict[str, Any]) -> str:
-    """A digest of an index's state that changes when its rows, biases or bundle change."""
+    """A digest of an index's state that changes when its visible rows, biases or bundle change."""
     stable = {k: v for k, v in state.items() if k not in VOLATILE_STATE_FIELDS}
     return hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()
 
@@ -56,28 +59,30 @@ class Snapshot:
 
     version: int
     index: GalleryIndex
-    prepared: search.PreparedGallery
+    biases: dict[str, Any] | None
+    source: VideoSource  # what exhaustive search reads: the index, or its features held in memory
     digest: str
     loaded_at: float
     load_seconds: float
     scorer: Scorer = field(repr=False)
-    source: VideoSource | None = field(default=None, repr=False)  # what exhaustive search reads
     memory_mb: float = 0.0
     probe: TextFeatures | None = field(default=None, repr=False)
+    _two_stage: search.TwoStage | None = field(default=None, repr=False)
     _two_stage_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def videos(self) -> int:
         return len(self.index)
 
-    def two_stage(self) -> search.PreparedGallery:
-        """The gallery prepared for two-stage search (kernel + FAISS), built on first use."""
-        if not self.prepared.two_stage_ready:
+    def two_stage(self) -> search.TwoStage:
+        """Two-stage search over this snapshot (kernel checked on the probe query, stage-1 index
+        read from the index's cache or built), made on first use."""
+        if self._two_stage is None:
             with self._two_stage_lock:
-                if not self.prepared.two_stage_ready:
-                    self.prepared = search.prepare(self.scorer, self.index, self.memory_mb, two_stage=True,
-                                                   probe=self.probe)
-        return self.prepared
+                if self._two_stage is None:
+                    self._two_stage = search.TwoStage(self.scorer, self.index, self.memory_mb,
+                                                      check_queries=self.probe)
+        return self._two_stage
 
     def describe(self) -> dict[str, Any]:
         return {"version": self.version, "videos": self.videos, "loaded_at": round(self.loaded_at, 3),
@@ -103,19 +108,23 @@ def load_snapshot(gallery: GalleryIndex, scorer: Scorer, *, version: int, two_st
                   probe: TextFeatures | None, preload_mb: float = 0) -> Snapshot:
     """Read everything a search needs from ``gallery`` (blocking: call it off the event loop).
 
-    When all features fit in ``preload_mb``, they are read into memory once, in the scorer's input
-    dtype, so that exhaustive searches stop copying them out of the memory-mapped shards (125 KB
-    per ViT-B/32 video) on every request."""
+    When all features fit in ``preload_mb`` they are read into memory once, in the scorer's input
+    dtype, so that exhaustive searches stop reading them from the shards (125 KB per ViT-B/32
+    video) on every request. With ``two_stage`` the two-stage search is prepared now rather than
+    in the first request that needs it."""
     start = time.perf_counter()
     gallery.entries  # reads and checks entries.json now rather than in the first request
     gallery.row_of("")  # builds the id -> row map
-    prepared = search.prepare(scorer, gallery, memory_mb, two_stage=two_stage, probe=probe)
     source: VideoSource = gallery
     if feature_bytes(gallery) <= preload_mb * 2**20:
         source = ArrayVideos(scorer.prepare(gallery.features(0, len(gallery))))
-    return Snapshot(version=version, index=gallery, prepared=prepared, digest=state_digest(gallery.state),
-                    loaded_at=time.time(), load_seconds=time.perf_counter() - start, scorer=scorer,
-                    source=source, memory_mb=memory_mb, probe=probe)
+    snapshot = Snapshot(version=version, index=gallery, biases=gallery.biases(), source=source,
+                        digest=state_digest(gallery.state), loaded_at=time.time(), load_seconds=0.0, scorer=scorer,
+                        memory_mb=memory_mb, probe=probe)
+    if two_stage:
+        snapshot.two_stage()
+    snapshot.load_seconds = time.perf_counter() - start
+    return snapshot
 
 
 class SnapshotHolder:
