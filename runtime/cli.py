@@ -132,6 +132,17 @@ store_option = click.option("--store", default=None, type=click.Choice(["float32
 @click.option("--stride", type=float, default=None, metavar="SECONDS",
               help="Seconds between window starts (default: --window, i.e. back to back; smaller overlaps).")
 @store_option
+@click.option("--ray", "use_ray", is_flag=True,
+              help="Run on a Ray cluster (pip install 'ucofia[ray]'): decode in CPU tasks, encode in an actor pool "
+                   "(one GPU per actor where the cluster has GPUs), each batch written as a shard by its actor; "
+                   "same index as without --ray. Without --ray-address Ray starts locally for the job.")
+@click.option("--ray-address", default=None, metavar="ADDR",
+              help="Address of a running Ray cluster (`ray start --head` prints it; e.g. 10.0.0.1:6379). The index "
+                   "directory, the bundle and the videos must be at the same paths on every node (shared storage).")
+@click.option("--ray-cpus", default=None, type=click.IntRange(min=2),
+              help="CPUs of the local Ray started without --ray-address (default: all).")
+@click.option("--ray-encoders", default=None, type=click.IntRange(min=1),
+              help="Encoder actors (default: one per GPU in the cluster, else one per node).")
 @click.option("--no-thumbnails", is_flag=True,
               help="Skip the JPEG thumbnails (INDEX/thumbnails/, one frame of each source file or window) "
                    "that `ucofia-run serve` shows; `ucofia-run thumbnails` makes them later.")
@@ -141,9 +152,9 @@ store_option = click.option("--store", default=None, type=click.Choice(["float32
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @_user_errors
 def index(bundle_dir: Path, videos: Path, bank: Path | None, out: Path, batch_size: int, workers: int | None,
-          process_pool: bool, window: float | None, stride: float | None, store: str | None, no_thumbnails: bool,
-          backend: str,
-          memory_mb: float, threads: int | None, quiet: bool) -> None:
+          process_pool: bool, window: float | None, stride: float | None, store: str | None, use_ray: bool,
+          ray_address: str | None, ray_cpus: int | None, ray_encoders: int | None, no_thumbnails: bool,
+          backend: str, memory_mb: float, threads: int | None, quiet: bool) -> None:
     """Encode videos into a gallery index.
 
     Decodes every video (reference frame sampling), runs the video encoder in batches and appends
@@ -157,6 +168,9 @@ def index(bundle_dir: Path, videos: Path, bank: Path | None, out: Path, batch_si
     With --window SECONDS [--stride SECONDS] each file becomes one row per time window (ids
     FILE@START-END); each file is decoded once, in one sequential pass, for all its windows.
     Search then returns the span of each result and groups results by file.
+
+    With --ray the same index is built on a Ray cluster (see "Indexing on a Ray cluster" in the
+    README); a killed run resumes the same way.
     """
     from runtime import ingest
     from runtime.backends import resolve_backend
@@ -168,6 +182,7 @@ def index(bundle_dir: Path, videos: Path, bank: Path | None, out: Path, batch_si
     from runtime.windows import WindowSetting
 
     setting = WindowSetting.from_options(window, stride)
+    ray_run = _ray_options(use_ray, ray_address, ray_cpus, ray_encoders, setting, workers, process_pool)
     bundle = load_bundle(bundle_dir)
     resolved = resolve_backend(backend, bundle, log=_note)
     pairs = list_videos(videos)
@@ -194,9 +209,13 @@ def index(bundle_dir: Path, videos: Path, bank: Path | None, out: Path, batch_si
             click.echo(f"resuming {out}: {report.skipped} of {report.total} {unit}s already indexed", err=True)
         if changed and not quiet:
             click.echo(f"{changed} indexed files changed content; their rows will be replaced", err=True)
-        bar, update = _progress(to_encode, unit, "encoding", quiet)
+        bar, update = _progress(to_encode, unit, "encoding" + (" (ray)" if ray_run else ""), quiet)
         try:
-            if setting is None:
+            if ray_run is not None:
+                ray_times = _index_on_ray(writer, bundle, todo, replaces, ray_run, backend=backend, batch_size=batch_size,
+                                          threads=threads, report=report, progress=update,
+                                          on_stored=thumbnails.submit if thumbnails else None)
+            elif setting is None:
                 ingest.encode_videos(writer, bundle, todo, backend=resolved, batch_size=batch_size, workers=workers,
                                      processes=process_pool, threads=threads, report=report, progress=update,
                                      replaces=replaces, on_stored=thumbnails.submit if thumbnails else None)
@@ -225,10 +244,17 @@ def index(bundle_dir: Path, videos: Path, bank: Path | None, out: Path, batch_si
         def bank_bar(total: int):
             return _progress(total, "pair", "bank x videos", quiet)[1]
 
-        report.biases = ingest.update_biases(writer, bundle, bank, backend=resolved, memory_mb=memory_mb,
-                                             threads=threads, log=lambda m: click.echo(m, err=True),
-                                             progress_factory=bank_bar)
+        try:
+            report.biases = ingest.update_biases(
+                writer, bundle, bank, backend=resolved, memory_mb=memory_mb, threads=threads,
+                log=lambda m: click.echo(m, err=True), progress_factory=bank_bar,
+                compute=_ray_bank(writer, bundle, ray_run, backend, threads) if ray_run else None)
+        finally:
+            if ray_run is not None:
+                _ray_shutdown()
         total_indexed = len(writer.indexed)
+    if ray_run is not None and not quiet:
+        click.echo(ray_times.summary(), err=True)
     replaced = (f"{report.replaced} of them replacing changed files" if setting is None else
                 f"{report.replaced} changed files re-indexed")
     click.echo(f"indexed {report.indexed} new {unit}s ({report.videos_per_second:.2f} {unit}s/s, backend "
@@ -240,6 +266,56 @@ def index(bundle_dir: Path, videos: Path, bank: Path | None, out: Path, batch_si
         more = f" ({len(report.failed) - 10} more)" if len(report.failed) > 10 else ""
         click.echo(f"{len(report.failed)} {unit}s failed{more}; see {out / 'failed.jsonl'}", err=True)
         sys.exit(EXIT_PARTIAL)
+
+
+def _ray_options(use_ray: bool, address: str | None, cpus: int | None, encoders: int | None, setting: Any,
+                 workers: int | None, process_pool: bool) -> Any:
+    """The RayOptions of an ``index --ray`` run (None without --ray); refuses what --ray cannot do."""
+    if not use_ray:
+        if address or cpus or encoders:
+            raise click.UsageError("--ray-address, --ray-cpus and --ray-encoders need --ray")
+        return None
+    if setting is not None:
+        raise click.UsageError("--window is not supported with --ray yet: index windows without --ray")
+    if workers or process_pool:
+        raise click.UsageError("--workers/--process-pool size the local decoder pool; with --ray, Ray schedules "
+                               "decode tasks on every CPU of the cluster (size a local Ray with --ray-cpus)")
+    if address and cpus:
+        raise click.UsageError("--ray-cpus sizes a local Ray; a cluster at --ray-address has its own CPUs")
+    from runtime.distributed import require_ray
+    from runtime.distributed.pipeline import RayOptions
+
+    require_ray()  # fails now, with how to install it
+    return RayOptions(address=address, num_cpus=cpus, encoders=encoders)
+
+
+def _index_on_ray(writer: Any, bundle: Any, todo: list, replaces: dict, options: Any, **kwargs: Any) -> Any:
+    """Connect to (or start) Ray and run the index pipeline."""
+    from runtime.distributed import require_ray
+    from runtime.distributed.pipeline import RayIndexRun, connect
+
+    connect(require_ray(), options, _note)
+    return RayIndexRun(writer, bundle, options=options, replaces=replaces, log=_note, **kwargs).run(todo)
+
+
+def _ray_bank(writer: Any, bundle: Any, options: Any, backend: str, threads: int | None) -> Any:
+    """The bank x gallery scoring for the biases, on the Ray actors of the same cluster."""
+    from runtime.distributed import require_ray
+    from runtime.distributed.bank import ray_bank_biases
+    from runtime.distributed.pipeline import actor_resources, connect
+
+    ray = require_ray()
+    connect(ray, options, _note)
+    actors, resources = actor_resources(ray, backend, options)
+    return ray_bank_biases(ray, bundle_dir=bundle.root.resolve(), index_root=writer.root.resolve(), backend=backend,
+                           actors=actors, actor_options=resources)
+
+
+def _ray_shutdown() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 def check_setting(writer: Any, setting: Any) -> None:

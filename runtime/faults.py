@@ -27,3 +27,26 @@ def crash_point(name: str) -> None:
     point, _, nth = target.partition("#")
     if point == name and _passes[name] == int(nth or 1):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+ONCE_ENV = "UCOFIA_CRASH_ONCE"
+
+
+def crash_once(name: str) -> None:
+    """Like :func:`crash_point` for pools of worker processes: when ``UCOFIA_CRASH_ONCE`` is
+    ``name#N=MARKER`` the first process to pass ``name`` N times creates the file MARKER and
+    kills itself (SIGKILL); the marker stops every later pass, in any process, from crashing
+    (so a restarted worker carries on). Used by the Ray tests to kill an encoder actor mid-run."""
+    target = os.environ.get(ONCE_ENV)
+    if not target or not target.startswith(name):
+        return
+    spec, _, marker = target.partition("=")
+    _passes[f"once:{name}"] += 1
+    point, _, nth = spec.partition("#")
+    if point != name or _passes[f"once:{name}"] < int(nth or 1) or not marker:
+        return
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -119,25 +119,35 @@ def plan_ingest(writer: IndexWriter, pairs: list[tuple[str, Path]]
 ReplaceFor = Callable[[list[dict[str, Any]]], list[str]]
 
 
+def screen_features(entries: list[dict[str, Any]], features: dict[str, np.ndarray], store: str
+                    ) -> tuple[np.ndarray, list[tuple[dict[str, Any], str]]]:
+    """(rows to drop, [(entry, error)] for each): rows whose features are NaN/inf, or beyond what
+    ``store`` can hold, must never be stored; each error names the video and the fix."""
+    bad = non_finite_rows(features.values())
+    too_big = unstorable_rows(features, store) & ~bad
+    bad |= too_big
+    errors = []
+    for i in np.flatnonzero(bad):
+        what = f"{entries[i]['id']} ({entries[i]['path']})"
+        errors.append((entries[i], f"the video encoder produced features beyond the float16 range for {what}; "
+                                   f"index with --store float32" if too_big[i] else
+                                   f"the video encoder produced non-finite features (NaN/inf) for {what}; "
+                                   f"{NON_FINITE_FIX}"))
+    return bad, errors
+
+
 def store_batch(writer: IndexWriter, entries: list[dict[str, Any]], features: dict[str, np.ndarray],
                 report: IngestReport, replace_for: ReplaceFor | None = None) -> list[str]:
     """Add one encoded batch to the index as a shard and return the ids stored.
 
-    Rows whose features are NaN/inf, or beyond what the index's store can hold, are never stored:
-    they are listed in failed.jsonl with the cause and the fix. ``replace_for(stored entries)``
-    names the rows the stored ones supersede (an earlier version of a changed file), removed in
-    the same commit."""
-    bad = non_finite_rows(features.values())
-    too_big = unstorable_rows(features, writer.store) & ~bad
-    bad |= too_big
+    Rows :func:`screen_features` drops are never stored: they are listed in failed.jsonl with the
+    cause and the fix. ``replace_for(stored entries)`` names the rows the stored ones supersede
+    (an earlier version of a changed file), removed in the same commit."""
+    bad, errors = screen_features(entries, features, writer.store)
     if bad.any():
-        for i in np.flatnonzero(bad):
-            what = f"{entries[i]['id']} ({entries[i]['path']})"
-            error = (f"the video encoder produced features beyond the float16 range for {what}; index with "
-                     f"--store float32" if too_big[i] else
-                     f"the video encoder produced non-finite features (NaN/inf) for {what}; {NON_FINITE_FIX}")
-            writer.record_failure(entries[i]["id"], entries[i]["path"], error)
-            report.failed.append((entries[i]["id"], error))
+        for entry, error in errors:
+            writer.record_failure(entry["id"], entry["path"], error)
+            report.failed.append((entry["id"], error))
         entries = [entry for entry, failed in zip(entries, bad) if not failed]
         features = {role: value[~bad] for role, value in features.items()}
     ids = [entry["id"] for entry in entries]
@@ -217,6 +227,11 @@ def encode_videos(writer: IndexWriter, bundle: Bundle, todo: list[tuple[str, Pat
         flush()
 
 
+def sk_biases(sims: np.ndarray, iterations: int) -> np.ndarray:
+    """[3, V] SK video bias per level from the [3, B, V] bank x gallery similarities."""
+    return np.stack([video_bias(sims[i], iterations) for i in range(len(LEVELS))])
+
+
 def compute_bank_biases(index: VideoSource, bundle: Bundle, captions: list[str], *, backend: str,
                         memory_mb: float, threads: int | None, scratch: Path,
                         progress: Callable[[int], None] | None = None) -> np.ndarray:
@@ -236,15 +251,18 @@ def compute_bank_biases(index: VideoSource, bundle: Bundle, captions: list[str],
             score_matrix(scorer, feats, index, memory_mb,
                          out={lv: sims[i, c0:c1] for i, lv in enumerate(LEVELS)}, progress=progress)
         sims.flush()
-        return np.stack([video_bias(sims[i], bundle.config.sk_iterations) for i in range(len(LEVELS))])
+        return sk_biases(sims, bundle.config.sk_iterations)
     finally:
         del sims
         scratch.unlink(missing_ok=True)
 
 
+ComputeBiases = Callable[..., np.ndarray]  # the signature of compute_bank_biases
+
+
 def biases_for(writer: IndexWriter, bundle: Bundle, bank: Path | None, videos: VideoSource, ids: list[str], *,
-               backend: str, memory_mb: float, threads: int | None, log: Log, progress_factory=None
-               ) -> tuple[Any, str]:
+               backend: str, memory_mb: float, threads: int | None, log: Log, progress_factory=None,
+               compute: "ComputeBiases | None" = None) -> tuple[Any, str]:
     """The biases of the gallery ``ids`` (features served by ``videos``, in that order), which may
     differ from the committed one (e.g. the rows a removal keeps): ``(record, what happened)``
     where record is KEEP_BIASES when the stored biases still fit, None to drop them, or a record
@@ -271,19 +289,20 @@ def biases_for(writer: IndexWriter, bundle: Bundle, bank: Path | None, videos: V
     captions = read_captions(bank, "bank captions")
     progress = progress_factory(len(captions) * len(ids)) if progress_factory else None
     start = time.perf_counter()
-    values = compute_bank_biases(videos, bundle, captions, backend=backend, memory_mb=memory_mb, threads=threads,
-                                 scratch=writer.root / BANK_SIMS_TMP, progress=progress)
+    values = (compute or compute_bank_biases)(videos, bundle, captions, backend=backend, memory_mb=memory_mb,
+                                              threads=threads, scratch=writer.root / BANK_SIMS_TMP, progress=progress)
     record = writer.stage_biases(values, {"bank": {"path": str(bank), "sha256": sha, "captions": len(captions)},
                                           "sk_iterations": bundle.config.sk_iterations}, ids)
     return record, f"computed from {len(captions)} bank captions in {time.perf_counter() - start:.1f}s"
 
 
 def update_biases(writer: IndexWriter, bundle: Bundle, bank: Path | None, *, backend: str, memory_mb: float,
-                  threads: int | None, log: Log, progress_factory=None) -> str:
-    """Recompute biases when the bank or the set of videos changed; returns what happened."""
+                  threads: int | None, log: Log, progress_factory=None, compute: "ComputeBiases | None" = None) -> str:
+    """Recompute biases when the bank or the set of videos changed; returns what happened.
+    ``compute`` replaces :func:`compute_bank_biases` (same signature; e.g. spread over a Ray cluster)."""
     index = writer.index
     record, what = biases_for(writer, bundle, bank, index, index.ids, backend=backend, memory_mb=memory_mb,
-                              threads=threads, log=log, progress_factory=progress_factory)
+                              threads=threads, log=log, progress_factory=progress_factory, compute=compute)
     writer.publish(record)  # pending rows become visible together with the biases that fit them
     return what
 

@@ -1,0 +1,139 @@
+"""What the workers of the Ray index pipeline do, free of Ray (tested directly).
+
+Both stages take and return column batches (name -> numpy array), the form Ray Data's
+``map_batches(batch_format="numpy")`` passes. A decode batch carries ``id`` and ``path``; each
+stage adds its columns and passes every row on, failed ones included (``error`` non-empty), so the
+driver sees every video exactly once whatever happened to it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ucofia.data.video import VideoSpec, decode_many, to_model_input
+
+from runtime.faults import crash_once
+from runtime.index import IDS, SHARDS, write_shard
+
+Batch = dict[str, np.ndarray]
+SHARD_PREFIX = "ray-"
+
+
+def _strings(values: Any) -> list[str]:
+    return [str(v) for v in np.asarray(values).tolist()]
+
+
+def decode_batch(batch: Batch, spec: VideoSpec) -> Batch:
+    """Decode each video of the batch (one thread each: a Ray task holds one CPU) and hash its
+    file; frames stay uint8 ``[F, S, S, 3]`` (a quarter of float32 in the object store).
+
+    Adds ``frames``, ``video_mask`` (float32 [F]), ``entry`` (the index entry as JSON), ``error``
+    ("" when decoded) and ``decode_s``. Failures get zero frames and the same error text as the
+    single-process path."""
+    from runtime.ingest import file_identity, video_entry
+
+    ids, paths = _strings(batch["id"]), _strings(batch["path"])
+    shape = (spec.max_frames, spec.image_size, spec.image_size, 3)
+    frames = np.zeros((len(ids), *shape), np.uint8)
+    masks = np.zeros((len(ids), spec.max_frames), np.float32)
+    entries, errors, seconds = [""] * len(ids), [""] * len(ids), np.zeros(len(ids), np.float64)
+    start = time.perf_counter()
+    outcomes = decode_many(paths, spec, workers=1, threads_per_video=1, prefetch=1)
+    for i, (vid, path, outcome) in enumerate(zip(ids, paths, outcomes)):
+        if not outcome.ok:
+            errors[i] = str(outcome.error)
+        else:
+            try:
+                entries[i] = json.dumps(video_entry(vid, file_identity(Path(path)), outcome.video))
+                frames[i] = outcome.video.frames_uint8
+                masks[i] = outcome.video.video_mask
+            except OSError as exc:  # the file went away or became unreadable after decoding
+                errors[i] = f"{path}: cannot read the file to hash it ({exc}); check it exists and is readable"
+        now = time.perf_counter()
+        seconds[i], start = now - start, now
+    return {"id": np.asarray(ids, dtype=object), "path": np.asarray(paths, dtype=object), "frames": frames,
+            "video_mask": masks, "entry": np.asarray(entries, dtype=object),
+            "error": np.asarray(errors, dtype=object), "decode_s": seconds}
+
+
+def shard_name(ids: list[str]) -> str:
+    """The shard of a batch is named by its ids: a retried batch writes the same shard again."""
+    digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()
+    return f"{SHARD_PREFIX}{digest[:24]}"
+
+
+def write_shard_once(shard_root: Path, ids: list[str], features: dict[str, np.ndarray],
+                     entries: list[dict[str, Any]], store: str) -> dict[str, Any]:
+    """:func:`runtime.index.write_shard` under :func:`shard_name`; when an earlier attempt of the
+    same batch already wrote it (same ids), that shard is kept (shards are never changed)."""
+    name = shard_name(ids)
+    record = {"name": name, "count": len(ids), "store": store}
+    existing = shard_root / name / IDS
+    if existing.is_file() and json.loads(existing.read_text()) == ids:
+        return record
+    try:
+        return write_shard(shard_root, name, ids, features, entries, store)
+    except OSError:
+        if existing.is_file() and json.loads(existing.read_text()) == ids:  # written meanwhile by a retry
+            return record
+        raise
+
+
+class ShardEncoder:
+    """One encoder (a Ray actor holds one): runs the bundle's video encoder on a decoded batch and
+    writes the videos that encoded to finite, storable features as one shard of the index.
+
+    Adds ``shard`` (name, "" when the row was not stored), ``shard_rows`` (rows in that shard),
+    ``encode_s`` and ``write_s`` (the batch's seconds, shared out over its rows) and fills
+    ``error`` for rows :func:`runtime.ingest.screen_features` refuses. Frames are dropped from
+    the output: the driver only needs what to commit."""
+
+    def __init__(self, bundle_dir: str, backend: str, threads: int | None, index_root: str, store: str) -> None:
+        from runtime.backends import open_session, resolve_backend
+        from runtime.bundle import load_bundle
+
+        bundle = load_bundle(bundle_dir)
+        self.backend = resolve_backend(backend, bundle)  # on this worker's machine
+        self.session = open_session(bundle, "video_encoder", self.backend, threads)
+        self.spec = VideoSpec.from_config(bundle.config)
+        self.shard_root = Path(index_root) / SHARDS
+        self.store = store
+        self.pid = os.getpid()
+
+    def __call__(self, batch: Batch) -> Batch:
+        from runtime.ingest import screen_features
+
+        crash_once("ray:encode")
+        ids, errors = _strings(batch["id"]), _strings(batch["error"])
+        n = len(ids)
+        shard, shard_rows = [""] * n, np.zeros(n, np.int64)
+        encode_s, write_s = np.zeros(n), np.zeros(n)
+        ok = [i for i in range(n) if not errors[i]]
+        if ok:
+            start = time.perf_counter()
+            frames = np.stack([to_model_input(batch["frames"][i], batch["video_mask"][i], self.spec) for i in ok])
+            mask = np.stack([np.asarray(batch["video_mask"][i], np.float32) for i in ok])
+            features = {**self.session.run({"frames": frames, "video_mask": mask}), "video_mask": mask}
+            entries = [json.loads(str(batch["entry"][i])) for i in ok]
+            bad, refused = screen_features(entries, features, self.store)
+            for (entry, error) in refused:
+                errors[ids.index(entry["id"])] = error
+            encoded = time.perf_counter()
+            keep = [i for i, dropped in zip(ok, bad) if not dropped]
+            if keep:
+                kept = {role: value[~bad] for role, value in features.items()}
+                record = write_shard_once(self.shard_root, [ids[i] for i in keep], kept,
+                                          [e for e, dropped in zip(entries, bad) if not dropped], self.store)
+                for i in keep:
+                    shard[i], shard_rows[i] = record["name"], record["count"]
+            done = time.perf_counter()
+            encode_s[ok], write_s[ok] = (encoded - start) / len(ok), (done - encoded) / len(ok)
+        return {"id": np.asarray(ids, dtype=object), "path": batch["path"], "error": np.asarray(errors, dtype=object),
+                "shard": np.asarray(shard, dtype=object), "shard_rows": shard_rows, "decode_s": batch["decode_s"],
+                "encode_s": encode_s, "write_s": write_s}
