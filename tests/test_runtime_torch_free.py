@@ -35,7 +35,8 @@ RUNTIME_MODULES = ["runtime", "runtime.cli", "runtime.bundle", "runtime.backends
                    "runtime.window_ingest", "runtime.grouping", "ucofia.data.windows", "ucofia.data.window_decode",
                    "evaluation.moments", "runtime.thumbnails", "runtime.serve", "runtime.serve.commands",
                    "runtime.serve.auth", "runtime.serve.settings", "runtime.serve.snapshot", "runtime.serve.engine",
-                   "runtime.serve.batching", "runtime.serve.service"]
+                   "runtime.serve.batching", "runtime.serve.service", "runtime.distributed",
+                   "runtime.distributed.stages", "runtime.distributed.bank", "runtime.distributed.pipeline"]
 # Modules that need the 'serve' extra (checked only where it is installed).
 SERVE_MODULES = ["runtime.serve.app", "runtime.serve.metrics", "runtime.serve.guard", "runtime.serve.server"]
 

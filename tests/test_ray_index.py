@@ -1,0 +1,248 @@
+"""``ucofia-run index --ray``: the index a Ray pipeline builds equals the single-process one (ids,
+entries, features and biases bit for bit, search results), bad files are reported the same way,
+and the job survives a killed driver (resume), a killed encoder actor and a node removed mid-run.
+
+Every Ray process runs inside a private network + PID namespace (tests/ray_helpers.py): it binds
+127.0.0.1 only, and nothing of it outlives its test. Tests skip with the reason where Ray is not
+installed or namespaces cannot be made.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ray_helpers import need_netns, run_confined, scenario, ucofia_run
+from runtime_helpers import build_fake_bundle, make_clip, run_cli
+
+from runtime.index import SHARDS, GalleryIndex, effective_shards
+
+REPO = Path(__file__).resolve().parents[1]
+N_CLIPS = 8
+BATCH = "2"
+NO_TORCH_HOOK = '''
+import sys
+
+
+class _NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "torchvision", "open_clip"):
+            raise ImportError(f"{name} is blocked: ucofia-run must not import torch")
+        return None
+
+
+sys.meta_path.insert(0, _NoTorch())
+'''
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A fake bundle, N_CLIPS small clips plus a broken file, a caption bank, and the index the
+    single-process path builds from them."""
+    root = tmp_path_factory.mktemp("ray_data")
+    bundle = build_fake_bundle(root / "bundle")
+    clips = root / "clips"
+    clips.mkdir()
+    for i in range(N_CLIPS):
+        make_clip(clips / f"clip{i}.mp4", seconds=1 + i % 4, seed=i)
+    (clips / "broken.mp4").write_bytes(b"this is not a video")
+    bank = root / "bank.txt"
+    bank.write_text("a red car drives\na dog on the beach\nsomeone is cooking\na man plays guitar\ntwo people talk\n")
+    single = root / "single"
+    result = run_cli("index", "--bundle", str(bundle), "--videos", str(clips), "--bank", str(bank), "-o", str(single),
+                     "--batch-size", BATCH, "--no-thumbnails", "-q")
+    assert result.returncode == 3, result.stderr
+    return {"root": root, "bundle": bundle, "clips": clips, "bank": bank, "single": single}
+
+
+def _env(**extra: str) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.update(extra)
+    return env
+
+
+def _ray_index(data, out: Path, *extra: str, env: dict | None = None, timeout: float = 240):
+    return run_confined(ucofia_run("index", "--bundle", str(data["bundle"]), "--videos", str(data["clips"]),
+                                   "--bank", str(data["bank"]), "-o", str(out), "--batch-size", BATCH, "--ray",
+                                   "--ray-cpus", "2", "--no-thumbnails", "-q", *extra),
+                        env=env or _env(), timeout=timeout, cwd=REPO)
+
+
+def _by_id(index: GalleryIndex) -> dict[str, int]:
+    rows = {vid: row for row, vid in enumerate(index.ids)}
+    assert len(rows) == len(index.ids), "an id is stored twice"
+    return rows
+
+
+def assert_same_index(expected_dir: Path, got_dir: Path, same_order: bool = True) -> None:
+    """Same ids, entries, features (bit for bit) and SK biases as the single-process index."""
+    expected, got = GalleryIndex(expected_dir), GalleryIndex(got_dir)
+    rows_e, rows_g = _by_id(expected), _by_id(got)
+    assert sorted(rows_e) == sorted(rows_g)
+    if same_order:
+        assert expected.ids == got.ids
+    order = np.asarray([rows_g[vid] for vid in expected.ids])
+    fe, fg = expected.features(0, len(expected)), got.features(0, len(got))
+    for role in fe:
+        assert np.array_equal(fe[role], fg[role][order]), role
+    assert [got.entry(vid) for vid in expected.ids] == expected.entries
+    be, bg = expected.biases(), got.biases()
+    assert be is not None and bg is not None
+    for level in be:
+        if same_order:
+            assert np.array_equal(be[level], bg[level]), level
+        else:  # SK sums over the gallery in row order: another order may change the last bits
+            np.testing.assert_allclose(bg[level][order], be[level], rtol=0, atol=1e-6)
+    state = json.loads((got_dir / "index.json").read_text())
+    named = {s["name"] for s in effective_shards(state, include_pending=True)}
+    assert {p.name for p in (got_dir / SHARDS).iterdir()} == named, "shards written but never committed"
+    assert not state.get("pending"), "rows left unpublished"
+
+
+def _failed_ids(index_dir: Path) -> dict[str, str]:
+    lines = (index_dir / "failed.jsonl").read_text().splitlines()
+    return {json.loads(line)["id"]: json.loads(line)["error"] for line in lines if line.strip()}
+
+
+def test_ray_index_equals_single_process_and_never_imports_torch(data, tmp_path):
+    need_netns()
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(NO_TORCH_HOOK)  # Ray's workers inherit it: all of them stay torch-free
+    out = tmp_path / "ray_index"
+    result = _ray_index(data, out, env=_env(PYTHONPATH=os.pathsep.join([str(hook), str(REPO)])))
+    assert result.returncode == 3, result.stderr  # broken.mp4, exactly as without --ray
+    assert "1 videos failed" in result.stderr and "blocked" not in result.stderr
+    assert_same_index(data["single"], out)
+    assert _failed_ids(out) == _failed_ids(data["single"])
+    for index in (data["single"], out):
+        searched = run_cli("search", "--index", str(index), "--query", "a red car", "--query", "two people talk",
+                           "--top-k", "5", "-o", str(tmp_path / f"{index.name}.jsonl"))
+        assert searched.returncode == 0, searched.stderr
+    ranked = [[(h["video_id"], h["score"], h["levels"]) for h in json.loads(line)["results"]]
+              for index in (data["single"], out) for line in (tmp_path / f"{index.name}.jsonl").read_text().splitlines()]
+    assert ranked[:2] == ranked[2:]
+
+    again = _ray_index(data, out)  # a re-run finds everything indexed (the broken file is retried and fails)
+    assert again.returncode == 3, again.stderr
+    assert len(GalleryIndex(out)) == N_CLIPS
+
+
+def test_ray_resumes_after_the_driver_is_killed(data, tmp_path):
+    need_netns()
+    out = tmp_path / "ray_index"
+    killed = _ray_index(data, out, "--ray-commit-every", "0", env=_env(UCOFIA_CRASH_AT="ray:committed#2"))
+    assert killed.returncode == 137, killed.stderr  # SIGKILL after its second commit
+    partial = GalleryIndex(out, include_pending=True)
+    assert 0 < len(partial) < N_CLIPS
+    resumed = _ray_index(data, out)
+    assert resumed.returncode == 3, resumed.stderr
+    assert_same_index(data["single"], out)
+
+
+def test_ray_survives_a_killed_encoder_actor(data, tmp_path):
+    need_netns()
+    marker = tmp_path / "actor-killed"
+    out = tmp_path / "ray_index"
+    result = _ray_index(data, out, env=_env(UCOFIA_CRASH_ONCE=f"ray:encode#2={marker}"))
+    assert marker.exists(), "the fault was not injected"
+    assert result.returncode == 3, result.stderr
+    assert_same_index(data["single"], out)
+
+
+def test_two_node_cluster_on_loopback_survives_a_removed_node(data, tmp_path):
+    need_netns()
+    out = tmp_path / "ray_index"
+    result = run_confined(scenario("--bundle", str(data["bundle"]), "--videos", str(data["clips"]), "--bank",
+                                   str(data["bank"]), "-o", str(out), "--remove-node-after", "3"),
+                          env=_env(), timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["addresses"] == ["127.0.0.1"] and report["nodes"] == 2
+    assert report["node_removed"]
+    assert report["failed"] == ["broken"] and report["indexed"] == N_CLIPS
+    assert report["biases"].startswith("computed")  # bank scored on actors in tiles of 2 videos
+    assert_same_index(data["single"], out, same_order=False)
+
+
+# ---- without a cluster -------------------------------------------------------------------------
+def test_ray_options_are_checked_before_anything_starts(data, tmp_path):
+    base = ["index", "--bundle", str(data["bundle"]), "--videos", str(data["clips"]), "-o", str(tmp_path / "i")]
+    for extra, message in ((["--ray", "--window", "5"], "--window is not supported with --ray"),
+                           (["--ray-cpus", "2"], "need --ray"),
+                           (["--ray", "--workers", "2"], "--workers"),
+                           (["--ray", "--ray-address", "127.0.0.1:1", "--ray-cpus", "2"], "--ray-cpus sizes a local Ray")):
+        result = run_cli(*base, *extra)
+        assert result.returncode == 2 and message in result.stderr, (extra, result.stderr)
+    assert not (tmp_path / "i").exists()
+
+
+def test_ray_missing_says_how_to_install(data, tmp_path):
+    blocker = tmp_path / "noray"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(NO_TORCH_HOOK.replace('("torch", "torchvision", "open_clip")', '("ray",)'))
+    result = run_cli("index", "--bundle", str(data["bundle"]), "--videos", str(data["clips"]), "-o",
+                     str(tmp_path / "i"), "--ray", env=_env(PYTHONPATH=os.pathsep.join([str(blocker), str(REPO)])))
+    assert result.returncode == 1
+    assert "pip install 'ucofia[ray]'" in result.stderr
+    assert not (tmp_path / "i").exists()
+
+
+def test_decode_stage_reports_bad_files_like_the_single_process_path(data):
+    from ucofia.data.video import VideoSpec
+
+    from runtime.bundle import load_bundle
+    from runtime.distributed.stages import decode_batch
+
+    spec = VideoSpec.from_config(load_bundle(data["bundle"]).config)
+    out = decode_batch({"id": np.asarray(["clip0", "broken"], dtype=object),
+                        "path": np.asarray([str(data["clips"] / "clip0.mp4"), str(data["clips"] / "broken.mp4")],
+                                           dtype=object)}, spec)
+    assert out["frames"].dtype == np.uint8 and out["frames"].shape[1:] == (spec.max_frames, spec.image_size,
+                                                                           spec.image_size, 3)
+    assert out["error"][0] == "" and json.loads(out["entry"][0])["id"] == "clip0"
+    assert out["error"][1] == _failed_ids(data["single"])["broken"]
+    assert not out["frames"][1].any() and out["entry"][1] == ""
+
+
+def test_a_batch_delivered_twice_is_stored_once(data, tmp_path):
+    """The driver commits by shard; ids it already holds come back as removed rows, never twice."""
+    from runtime.bundle import load_bundle
+    from runtime.distributed.pipeline import RayIndexRun, RayOptions, _Arrivals
+    from runtime.distributed.stages import shard_name, write_shard_once
+    from runtime.index import IDS, IndexWriter
+    from runtime.ingest import IngestReport
+
+    bundle = load_bundle(data["bundle"])
+    single = GalleryIndex(data["single"])
+    ids = single.ids[:3]
+    features = {**single.features(0, 3), "video_mask": single.features(0, 3, roles=("video_mask",))["video_mask"]}
+    out = tmp_path / "index"
+    with IndexWriter(out, bundle) as writer:
+        first = write_shard_once(out / SHARDS, ids[:2], {k: v[:2] for k, v in features.items()},
+                                 single.entries[:2], writer.store)
+        ids_file = out / SHARDS / first["name"] / IDS
+        written = ids_file.stat().st_mtime_ns
+        assert write_shard_once(out / SHARDS, ids[:2], {k: v[:2] for k, v in features.items()},
+                                single.entries[:2], writer.store) == first  # a retry keeps the shard
+        assert ids_file.stat().st_mtime_ns == written and first["name"] == shard_name(ids[:2])
+        overlapping = write_shard_once(out / SHARDS, ids[1:], {k: v[1:] for k, v in features.items()},
+                                       single.entries[1:3], writer.store)
+        report = IngestReport()
+        run = RayIndexRun(writer, bundle, backend="cpu", batch_size=2, threads=1, options=RayOptions(), report=report)
+        arrivals = _Arrivals()
+        for record, shard_ids in ((first, ids[:2]), (overlapping, ids[1:])):
+            n = len(shard_ids)
+            run._receive({"id": np.asarray(shard_ids, dtype=object), "path": np.asarray(["p"] * n, dtype=object),
+                          "error": np.asarray([""] * n, dtype=object), "shard": np.asarray([record["name"]] * n,
+                                                                                            dtype=object),
+                          "shard_rows": np.full(n, n), "decode_s": np.zeros(n), "encode_s": np.zeros(n),
+                          "write_s": np.zeros(n)}, arrivals)
+            run._commit(arrivals)
+    index = GalleryIndex(out)
+    assert index.ids == ids and report.indexed == 3
+    assert np.array_equal(index.features(0, 3)["video"], features["video"])
