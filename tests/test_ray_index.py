@@ -132,6 +132,35 @@ def test_ray_index_equals_single_process_and_never_imports_torch(data, tmp_path)
     assert len(GalleryIndex(out)) == N_CLIPS
 
 
+@pytest.mark.parametrize("source", ["demo", "shared"])
+def test_ray_index_equals_single_process_on_demo_and_real_clips(source, data, tmp_path, request):
+    """The demo benchmark's clips and the real clips of the shared data folder (two aspect ratios,
+    10-30 s, 480-718 px, audio tracks), both with a caption bank: the same index either way."""
+    need_netns()
+    if source == "demo":
+        from ucofia.data import demo
+
+        bench = tmp_path / "bench"
+        demo.generate_demo(bench, scale=0.05, seed=3)
+        videos, bank = bench / "videos", bench / "MSRVTT_JSFUSION_test.csv"
+    else:
+        shared = request.getfixturevalue("shared_dir") / "data"
+        videos = tmp_path / "videos.txt"
+        clips = sorted((shared / "msrvtt_1ka_sample" / "videos").glob("*.mp4")) + sorted(
+            (shared / "real_clips").glob("*.mp4"))
+        videos.write_text("".join(f"{p.stem}\t{p}\n" for p in clips))
+        bank = shared / "msrvtt_1ka_sample" / "MSRVTT_JSFUSION_test.csv"
+    common = ["--bundle", str(data["bundle"]), "--videos", str(videos), "--bank", str(bank), "--batch-size", "4",
+              "--no-thumbnails", "-q"]
+    single = run_cli("index", *common, "-o", str(tmp_path / "single"))
+    assert single.returncode == 0, single.stderr
+    on_ray = run_confined(ucofia_run("index", *common, "-o", str(tmp_path / "ray"), "--ray", "--ray-cpus", "2"),
+                          env=_env(), timeout=300, cwd=REPO)
+    assert on_ray.returncode == 0, on_ray.stderr
+    assert len(GalleryIndex(tmp_path / "ray")) >= 20
+    assert_same_index(tmp_path / "single", tmp_path / "ray")
+
+
 def test_ray_resumes_after_the_driver_is_killed(data, tmp_path):
     need_netns()
     out = tmp_path / "ray_index"
