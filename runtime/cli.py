@@ -219,7 +219,7 @@ def index(bundle_dir: Path, videos: Path, bank: Path | None, out: Path, batch_si
             if ray_run is not None:
                 ray_times = _index_on_ray(writer, bundle, todo, replaces, ray_run, backend=backend, batch_size=batch_size,
                                           threads=threads, report=report, progress=update,
-                                          on_stored=thumbnails.submit if thumbnails else None)
+                                          thumbnails=thumbnails is not None)  # made by the decode tasks
             elif setting is None:
                 ingest.encode_videos(writer, bundle, todo, backend=resolved, batch_size=batch_size, workers=workers,
                                      processes=process_pool, threads=threads, report=report, progress=update,
@@ -295,10 +295,12 @@ def _ray_options(use_ray: bool, address: str | None, cpus: int | None, encoders:
 
 
 def _index_on_ray(writer: Any, bundle: Any, todo: list, replaces: dict, options: Any, **kwargs: Any) -> Any:
-    """Connect to (or start) Ray and run the index pipeline."""
+    """Connect to (or start) Ray and run the index pipeline (nothing to encode: Ray is not started)."""
     from runtime.distributed import require_ray
-    from runtime.distributed.pipeline import RayIndexRun, connect
+    from runtime.distributed.pipeline import RayIndexRun, StageTimes, connect
 
+    if not todo:
+        return StageTimes()
     connect(require_ray(), options, _note)
     return RayIndexRun(writer, bundle, options=options, replaces=replaces, log=_note, **kwargs).run(todo)
 

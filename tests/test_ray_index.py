@@ -19,6 +19,7 @@ from ray_helpers import need_netns, run_confined, scenario, ucofia_run
 from runtime_helpers import build_fake_bundle, make_clip, run_cli
 
 from runtime.index import SHARDS, GalleryIndex, effective_shards
+from runtime.thumbnails import thumbnail_file
 
 REPO = Path(__file__).resolve().parents[1]
 N_CLIPS = 8
@@ -150,15 +151,19 @@ def test_ray_index_equals_single_process_on_demo_and_real_clips(source, data, tm
             (shared / "real_clips").glob("*.mp4"))
         videos.write_text("".join(f"{p.stem}\t{p}\n" for p in clips))
         bank = shared / "msrvtt_1ka_sample" / "MSRVTT_JSFUSION_test.csv"
-    common = ["--bundle", str(data["bundle"]), "--videos", str(videos), "--bank", str(bank), "--batch-size", "4",
-              "--no-thumbnails", "-q"]
-    single = run_cli("index", *common, "-o", str(tmp_path / "single"))
+    common = ["--bundle", str(data["bundle"]), "--videos", str(videos), "--bank", str(bank), "--batch-size", "4"]
+    single = run_cli("index", *common, "-o", str(tmp_path / "single"), "--no-thumbnails", "-q")
     assert single.returncode == 0, single.stderr
     on_ray = run_confined(ucofia_run("index", *common, "-o", str(tmp_path / "ray"), "--ray", "--ray-cpus", "2"),
                           env=_env(), timeout=300, cwd=REPO)
     assert on_ray.returncode == 0, on_ray.stderr
     assert len(GalleryIndex(tmp_path / "ray")) >= 20
     assert_same_index(tmp_path / "single", tmp_path / "ray")
+    # thumbnails were made by the decode tasks: the driver's backfill found every one present
+    entries = GalleryIndex(tmp_path / "ray").entries
+    assert all(thumbnail_file(tmp_path / "ray", entry).is_file() for entry in entries)
+    assert f"thumbnails: 0 thumbnails made, {len(entries)} already present" in on_ray.stderr
+    assert "ray: " in on_ray.stderr and "videos/s" in on_ray.stderr  # the summary
 
 
 def test_ray_resumes_after_the_driver_is_killed(data, tmp_path):

@@ -141,13 +141,13 @@ class RayIndexRun:
     def __init__(self, writer: IndexWriter, bundle: Bundle, *, backend: str, batch_size: int, threads: int | None,
                  options: RayOptions, report: IngestReport, replaces: dict[str, list[str]] | None = None,
                  progress: Callable[[int], None] | None = None, log: Log = lambda m: None,
-                 on_stored: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
+                 thumbnails: bool = False) -> None:
         self.ray = require_ray()
         self.writer, self.bundle = writer, bundle
         self.backend, self.batch_size, self.threads = backend, batch_size, threads
         self.options, self.report = options, report
         self.replaces = replaces or {}
-        self.progress, self.log, self.on_stored = progress, log, on_stored
+        self.progress, self.log, self.thumbnails = progress, log, thumbnails
         self.times = StageTimes()
         self.done: set[str] = set()  # ids committed or failed in this run
         self.committed_now: set[str] = set()
@@ -166,7 +166,8 @@ class RayIndexRun:
         ds = ray.data.from_items(items, override_num_blocks=min(blocks, 100_000))
         # Ray Data's defaults do the retrying: tasks are retried after system failures (max_retries -1),
         # actors restarted and their batches retried (max_restarts / max_task_retries -1).
-        ds = ds.map_batches(decode_batch, fn_kwargs={"spec": spec}, batch_size=self.options.decode_batch,
+        fn_kwargs = {"spec": spec, "thumbnails_root": str(self.writer.root.resolve()) if self.thumbnails else None}
+        ds = ds.map_batches(decode_batch, fn_kwargs=fn_kwargs, batch_size=self.options.decode_batch,
                             batch_format="numpy", num_cpus=1, memory=DECODE_TASK_MEMORY)
         return ds.map_batches(
             ShardEncoder, batch_size=self.batch_size, batch_format="numpy",
@@ -197,7 +198,7 @@ class RayIndexRun:
         if not arrivals.complete:
             return
         start = time.perf_counter()
-        records, replace, entries = [], [], []
+        records, replace = [], []
         for name in arrivals.complete:
             ids = json.loads((self.writer.root / SHARDS / name / IDS).read_text())
             removed = [row for row, vid in enumerate(ids)
@@ -212,15 +213,10 @@ class RayIndexRun:
             self.done.update(ids)
             self.report.indexed += len(kept)
             self.report.replaced += sum(vid in self.replaces for vid in kept)
-            if self.on_stored and kept:
-                shard_entries = json.loads((self.writer.root / SHARDS / name / "entries.json").read_text())
-                entries.extend(e for e in shard_entries if e["id"] in set(kept))
         self.writer.commit_shards(records, replace=replace)
         arrivals.complete.clear()
         self.times.commit += time.perf_counter() - start
         crash_point("ray:committed")
-        if self.on_stored and entries:
-            self.on_stored(entries)
 
     def _run_once(self, todo: list[tuple[str, Path]], encoders: int, resources: dict[str, Any]) -> None:
         arrivals = _Arrivals()

@@ -29,14 +29,17 @@ def _strings(values: Any) -> list[str]:
     return [str(v) for v in np.asarray(values).tolist()]
 
 
-def decode_batch(batch: Batch, spec: VideoSpec) -> Batch:
+def decode_batch(batch: Batch, spec: VideoSpec, thumbnails_root: str | None = None) -> Batch:
     """Decode each video of the batch (one thread each: a Ray task holds one CPU) and hash its
     file; frames stay uint8 ``[F, S, S, 3]`` (a quarter of float32 in the object store).
 
     Adds ``frames``, ``video_mask`` (float32 [F]), ``entry`` (the index entry as JSON), ``error``
     ("" when decoded) and ``decode_s``. Failures get zero frames and the same error text as the
-    single-process path."""
+    single-process path. With ``thumbnails_root`` (the index directory) each decoded video's
+    thumbnail is written there too, so thumbnails scale with the decode tasks; one that cannot be
+    made is left to the driver's backfill, which reports it."""
     from runtime.ingest import file_identity, video_entry
+    from runtime.thumbnails import ThumbnailError, make_thumbnail
 
     ids, paths = _strings(batch["id"]), _strings(batch["path"])
     shape = (spec.max_frames, spec.image_size, spec.image_size, 3)
@@ -50,11 +53,18 @@ def decode_batch(batch: Batch, spec: VideoSpec) -> Batch:
             errors[i] = str(outcome.error)
         else:
             try:
-                entries[i] = json.dumps(video_entry(vid, file_identity(Path(path)), outcome.video))
+                entry = video_entry(vid, file_identity(Path(path)), outcome.video)
+                entries[i] = json.dumps(entry)
                 frames[i] = outcome.video.frames_uint8
                 masks[i] = outcome.video.video_mask
             except OSError as exc:  # the file went away or became unreadable after decoding
                 errors[i] = f"{path}: cannot read the file to hash it ({exc}); check it exists and is readable"
+            else:
+                if thumbnails_root is not None:
+                    try:
+                        make_thumbnail(thumbnails_root, entry)
+                    except ThumbnailError:
+                        pass
         now = time.perf_counter()
         seconds[i], start = now - start, now
     return {"id": np.asarray(ids, dtype=object), "path": np.asarray(paths, dtype=object), "frames": frames,
