@@ -106,7 +106,8 @@ def connect(ray: Any, options: RayOptions, log: Log) -> bool:
             raise RuntimeUserError(f"--ray-address {options.address}: cannot connect to a Ray cluster ({exc}); "
                                    f"start one with `ray start --head` and pass the address it prints") from None
         return True
-    ray.init(num_cpus=options.num_cpus, **quiet)
+    # address="local": always a new Ray for this job, never one found through /tmp/ray (another job's)
+    ray.init(address="local", num_cpus=options.num_cpus, **quiet)
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # our bar and summary say what it would
     return True
 
