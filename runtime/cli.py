@@ -143,6 +143,8 @@ store_option = click.option("--store", default=None, type=click.Choice(["float32
               help="CPUs of the local Ray started without --ray-address (default: all).")
 @click.option("--ray-encoders", default=None, type=click.IntRange(min=1),
               help="Encoder actors (default: one per GPU in the cluster, else one per node).")
+@click.option("--ray-decode-batch", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Videos per Ray decode task (Ray's own cost is per task; smaller spreads short lists wider).")
 @click.option("--ray-commit-every", default=5.0, show_default=True, type=click.FloatRange(min=0), metavar="SECONDS",
               help="How often the driver commits the shards that arrived (a killed driver loses at most this "
                    "much work; 0: after every batch).")
@@ -156,7 +158,8 @@ store_option = click.option("--store", default=None, type=click.Choice(["float32
 @_user_errors
 def index(bundle_dir: Path, videos: Path, bank: Path | None, out: Path, batch_size: int, workers: int | None,
           process_pool: bool, window: float | None, stride: float | None, store: str | None, use_ray: bool,
-          ray_address: str | None, ray_cpus: int | None, ray_encoders: int | None, ray_commit_every: float,
+          ray_address: str | None, ray_cpus: int | None, ray_encoders: int | None, ray_decode_batch: int,
+          ray_commit_every: float,
           no_thumbnails: bool,
           backend: str, memory_mb: float, threads: int | None, quiet: bool) -> None:
     """Encode videos into a gallery index.
@@ -186,8 +189,8 @@ def index(bundle_dir: Path, videos: Path, bank: Path | None, out: Path, batch_si
     from runtime.windows import WindowSetting
 
     setting = WindowSetting.from_options(window, stride)
-    ray_run = _ray_options(use_ray, ray_address, ray_cpus, ray_encoders, ray_commit_every, setting, workers,
-                           process_pool)
+    ray_run = _ray_options(use_ray, ray_address, ray_cpus, ray_encoders, ray_decode_batch, ray_commit_every,
+                           setting, workers, process_pool)
     bundle = load_bundle(bundle_dir)
     resolved = resolve_backend(backend, bundle, log=_note)
     pairs = list_videos(videos)
@@ -258,7 +261,7 @@ def index(bundle_dir: Path, videos: Path, bank: Path | None, out: Path, batch_si
             if ray_run is not None:
                 _ray_shutdown()
         total_indexed = len(writer.indexed)
-    if ray_run is not None and not quiet:
+    if ray_run is not None and ray_times.videos:
         click.echo(ray_times.summary(), err=True)
     replaced = (f"{report.replaced} of them replacing changed files" if setting is None else
                 f"{report.replaced} changed files re-indexed")
@@ -273,8 +276,8 @@ def index(bundle_dir: Path, videos: Path, bank: Path | None, out: Path, batch_si
         sys.exit(EXIT_PARTIAL)
 
 
-def _ray_options(use_ray: bool, address: str | None, cpus: int | None, encoders: int | None, commit_every: float,
-                 setting: Any, workers: int | None, process_pool: bool) -> Any:
+def _ray_options(use_ray: bool, address: str | None, cpus: int | None, encoders: int | None, decode_batch: int,
+                 commit_every: float, setting: Any, workers: int | None, process_pool: bool) -> Any:
     """The RayOptions of an ``index --ray`` run (None without --ray); refuses what --ray cannot do."""
     if not use_ray:
         if address or cpus or encoders:
@@ -291,7 +294,8 @@ def _ray_options(use_ray: bool, address: str | None, cpus: int | None, encoders:
     from runtime.distributed.pipeline import RayOptions
 
     require_ray()  # fails now, with how to install it
-    return RayOptions(address=address, num_cpus=cpus, encoders=encoders, commit_every_s=commit_every)
+    return RayOptions(address=address, num_cpus=cpus, encoders=encoders, decode_batch=decode_batch,
+                      commit_every_s=commit_every)
 
 
 def _index_on_ray(writer: Any, bundle: Any, todo: list, replaces: dict, options: Any, **kwargs: Any) -> Any:

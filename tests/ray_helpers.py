@@ -2,7 +2,8 @@
 127.0.0.1 only and none outlives the test.
 
 ``unshare -n`` gives the command a network namespace holding nothing but a loopback interface
-(brought up first): Ray can reach nothing else and binds 127.0.0.1. ``-p -f --mount-proc`` puts it
+(brought up first): Ray can reach nothing else and binds 127.0.0.1; its /tmp/ray is a private
+tmpfs. ``-p -f --mount-proc`` puts it
 in a PID namespace whose first process is a shell: when the shell exits (after the command, or
 after the command was killed) the kernel kills every process left in the namespace: raylets, GCS,
 workers. Tests skip with the reason when the machine does not allow namespaces.
@@ -19,8 +20,11 @@ import pytest
 
 NETNS = ["unshare", "-n", "-p", "-f", "--mount-proc"]
 # The shell is PID 1 of the namespace; "exit $?" after the command keeps it from exec-ing the command
-# (PID 1 ignores the SIGKILL a crash test sends itself).
-SHELL = 'ip link set lo up || exit 97; "$@"; exit $?'
+# (PID 1 ignores the SIGKILL a crash test sends itself). A private tmpfs on /tmp/ray (the namespace
+# has its own mounts) keeps Ray's session files, and the address a plain ray.init() would join,
+# away from every other Ray on the machine.
+SHELL = ('ip link set lo up || exit 97; mkdir -p /tmp/ray && mount -t tmpfs ucofia-ray /tmp/ray || exit 96; '
+         '"$@"; exit $?')
 TESTS = Path(__file__).resolve().parent
 
 

@@ -55,7 +55,7 @@ def main() -> None:
             removed.set()
             cluster.remove_node(worker)  # kills its raylet and every task and actor on it
 
-    options = RayOptions(address=cluster.address, commit_every_s=0.0, encoders=2)
+    options = RayOptions(address=cluster.address, commit_every_s=0.0, encoders=2, decode_batch=2)
     with IndexWriter(args.out, bundle) as writer:
         writer.publish_later = args.bank is not None
         todo, replaces, _ = plan_ingest(writer, list_videos(args.videos))
