@@ -322,3 +322,34 @@ def test_encoder_actor_converts_frames_the_same_with_threads(data, tmp_path):
         shards.append(root / SHARDS / out["shard"][0])
     for name in ("video.npy", "frame_features.npy", "patches.npy", "video_mask.npy", "ids.json", "entries.json"):
         assert (shards[0] / name).read_bytes() == (shards[1] / name).read_bytes(), name
+
+
+class _FakeRay:
+    """What actor_resources reads of a cluster: its resources and nodes."""
+
+    def __init__(self, nodes: int, cpus: float, gpus: float) -> None:
+        self._resources = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+        self._nodes = [{"Alive": True}] * nodes
+
+    def cluster_resources(self) -> dict:
+        return self._resources
+
+    def nodes(self) -> list:
+        return self._nodes
+
+
+def test_actor_resources_follow_the_cluster():
+    from runtime.distributed.pipeline import GPU_ACTOR_CPUS, RayOptions, actor_resources
+    from runtime.errors import RuntimeUserError
+
+    options = RayOptions()
+    assert actor_resources(_FakeRay(1, 2, 0), "auto", options) == (1, {"num_cpus": 1})
+    assert actor_resources(_FakeRay(3, 48, 0), "cpu", options) == (3, {"num_cpus": 1})  # one per node
+    assert actor_resources(_FakeRay(4, 64, 4), "auto", options) == (4, {"num_gpus": 1, "num_cpus": GPU_ACTOR_CPUS})
+    assert actor_resources(_FakeRay(1, 3, 1), "cuda", options) == (1, {"num_gpus": 1, "num_cpus": 2})
+    assert actor_resources(_FakeRay(4, 64, 4), "cpu", options) == (4, {"num_cpus": 1})  # GPUs unused on cpu
+    assert actor_resources(_FakeRay(4, 64, 4), "auto", RayOptions(encoders=2))[0] == 2
+    with pytest.raises(RuntimeUserError, match="needs GPUs"):
+        actor_resources(_FakeRay(2, 32, 0), "tensorrt", options)
+    with pytest.raises(RuntimeUserError, match="at least 2"):
+        actor_resources(_FakeRay(1, 1, 0), "cpu", options)

@@ -143,7 +143,9 @@ def actor_resources(ray: Any, backend: str, options: RayOptions) -> tuple[int, d
                                f"actor, one for decode tasks)")
     count = options.encoders or (int(gpus) if use_gpu else max(1, nodes))
     count = max(1, min(count, int(gpus) if use_gpu else int(cpus) - 1))
-    return count, ({"num_gpus": 1, "num_cpus": GPU_ACTOR_CPUS} if use_gpu else {"num_cpus": 1})
+    if use_gpu:  # leave CPUs to decoding on small nodes (and never ask more than a GPU's share)
+        return count, {"num_gpus": 1, "num_cpus": max(1, min(GPU_ACTOR_CPUS, int(cpus // gpus) - 1))}
+    return count, {"num_cpus": 1}
 
 
 class RayIndexRun:
