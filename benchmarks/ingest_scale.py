@@ -8,7 +8,8 @@ fresh index directory:
 
 * ``single``: ``ucofia-run index --bundle B --videos LIST -o OUT --batch-size 16`` (decoding in a
   thread pool overlapping the onnxruntime encoder);
-* ``ray_local``: the same plus ``--ray --ray-cpus 2`` (Ray started by the command);
+* ``ray_local``: the same plus ``--ray --ray-cpus 2`` (Ray started by the command; every other Ray
+  setting at the CLI's default, e.g. decode tasks of ``RayOptions.decode_batch`` videos);
 * ``two_nodes``: a ``ray.cluster_utils.Cluster`` of two nodes of 1 CPU each on this machine (the two
   cores shared out, the same 2 CPUs of Ray resources as ``ray_local``; 1 GiB object store each),
   then the same command with ``--ray --ray-address <the cluster's address>``.
@@ -31,9 +32,15 @@ features).
 The model (``modelled``, not measured): hours to index 10^6 videos on N nodes of 1 GPU + 16 cores,
 from the measured single-core decode cost per video of these clips (decode + file hash, what a Ray
 decode task does), the measured host-side cost per video of the encoder actor (uint8 -> float
-frames, shard writes), the measured driver CPU per video, and a GPU encode rate read from
+frames, one core; a GPU actor holds ``pipeline.GPU_ACTOR_CPUS`` CPUs and converts on that many
+threads, modelled as the one-core cost / threads, then the GPU call, in turn: an actor handles one
+batch at a time), the shard writes, the driver CPU per video at the shipped decode batch (the Ray
+engine alone, measured here), and a GPU encode rate read from
 ``benchmarks/results/gpu_check_h100.json`` (ViT-B/32 video encoder, fp32, batch of 384 frames on a
-lent H100: ~4,300 frames/s = ~360 videos/s of 12 frames).
+lent H100: ~4,300 frames/s = ~360 videos/s of 12 frames). Variants: as shipped; as shipped with
+``--ray-decode-batch`` at 4x the default (a CLI option); and a HYPOTHETICAL use, one ``index --ray``
+job per node on its part of the list (a driver each) merged with ``ucofia-run merge`` (the merge is
+not modelled).
 
     .venv/bin/python benchmarks/ingest_scale.py --work runs/ingest_scale \\
         -o benchmarks/results/ingest_scale_vit_b32.json
@@ -69,6 +76,12 @@ NODE_CORES = 16
 NODE_COUNTS = (1, 4, 16, 64)
 VIDEOS_TO_MODEL = 10 ** 6
 ENGINE_SLEEP = 0.05  # s per item in the engine's sleep-bound run: at most 20 items/s on one decode CPU
+EARLIER_DECODE_BATCH = 2  # RayOptions.decode_batch before commit 0399f21 (the engine measures it beside the shipped one)
+
+
+def engine_decode_batches(shipped: int) -> tuple[int, ...]:
+    """Decode batches the engine runs at: the earlier default, the shipped one, 4x the shipped one."""
+    return tuple(sorted({EARLIER_DECODE_BATCH, shipped, 4 * shipped}))
 GPU_RESULT = common.RESULTS / "gpu_check_h100.json"
 GPU_FRAMES_PER_S_FALLBACK = 4300.0  # the README's figure for the same run
 SUMMARY_RE = re.compile(
@@ -409,9 +422,10 @@ def run_engine(spec: dict[str, Any]) -> dict[str, Any]:
     stages that do no work but carry frame-sized uint8 arrays. Its rate is the engine's ceiling on
     this machine; its CPU per item the engine's overhead per video. Runs: a warm-up (starts the
     workers), N and 3N items at the shipped decode batch (the difference gives the marginal cost per
-    item, without the per-dataset set-up), 3N items at 4x that decode batch (fewer, larger tasks), N
-    items whose decode tasks sleep ENGINE_SLEEP s per item (a slow pipeline: does the driver's CPU
-    follow the items or the clock?)."""
+    item, without the per-dataset set-up), 3N items at each other decode batch of ENGINE_DECODE_BATCHES
+    (the earlier default 2; 4x the shipped one: fewer, larger tasks), N items whose decode tasks sleep
+    ENGINE_SLEEP s per item at the shipped decode batch (a slow pipeline: does the driver's CPU follow
+    the items or the clock?)."""
     import logging
     import math
 
@@ -426,8 +440,10 @@ def run_engine(spec: dict[str, Any]) -> dict[str, Any]:
     video = VideoSpec.from_config(load_bundle(spec["bundle"]).config)
     shape = (video.max_frames, video.image_size, video.image_size, 3)
     shipped, n = RayOptions().decode_batch, spec["engine_items"]
+    other_batches = sorted({b for b in engine_decode_batches(shipped) if b != shipped})
     plan = [("warm_up", max(32, n // 5), shipped, 0.0), ("n", n, shipped, 0.0), ("3n", 3 * n, shipped, 0.0),
-            ("3n_decode_batch_x4", 3 * n, 4 * shipped, 0.0), ("n_sleep_bound", n, shipped, ENGINE_SLEEP)]
+            *[(f"3n_decode_batch_{b}", 3 * n, b, 0.0) for b in other_batches],
+            ("n_sleep_bound", n, shipped, ENGINE_SLEEP)]
     out: dict[str, Any] = {"mode": "ray_engine", "interfaces": _interfaces(), "shipped_decode_batch": shipped,
                            "batch_size": spec["batch_size"], "frames_shape": list(shape)}
     ray.init(address="local", num_cpus=RAY_CPUS, include_dashboard=False, log_to_driver=False,
@@ -468,17 +484,21 @@ def run_engine(spec: dict[str, Any]) -> dict[str, Any]:
         out["runs"] = runs
         a, b = runs["n"], runs["3n"]
         extra = b["rows"] - a["rows"]
-        fast, slow, big = runs["3n"], runs["n_sleep_bound"], runs["3n_decode_batch_x4"]
+        fast, slow = runs["3n"], runs["n_sleep_bound"]
         slope = (fast["driver_cores_busy"] - slow["driver_cores_busy"]) / max(
             fast["items_per_second"] - slow["items_per_second"], 1e-9)
         base = slow["driver_cores_busy"] - slope * slow["items_per_second"]
+        by_batch = {str(shipped): round(1e3 * slope, 2)}
+        for size in other_batches:  # the same clock part; the rest of the driver's CPU follows the items
+            run = runs[f"3n_decode_batch_{size}"]
+            by_batch[str(size)] = round(1e3 * (run["driver_cores_busy"] - base) / run["items_per_second"], 2)
         out["driver_fit"] = {
             "what": "driver cores busy = clock_cores + cpu_s_per_item x items/s, through the full-speed (3n) and the "
-                    "sleep-bound run: the part that follows the clock (the executor's polling) and the part that "
-                    "follows the items (task submission, actor calls, receiving batches)",
-            "clock_cores": round(base, 3), "cpu_ms_per_item": round(1e3 * slope, 2),
-            "cpu_ms_per_item_at_decode_batch_x4": round(
-                1e3 * (big["driver_cores_busy"] - base) / big["items_per_second"], 2)}
+                    "sleep-bound run at the shipped decode batch: the part that follows the clock (the executor's "
+                    "polling) and the part that follows the items (task submission, actor calls, receiving "
+                    "batches); at the other decode batches, (cores busy - clock_cores) / items/s of their 3n run",
+            "decode_batch": shipped, "clock_cores": round(base, 3), "cpu_ms_per_item": round(1e3 * slope, 2),
+            "cpu_ms_per_item_by_decode_batch": dict(sorted(by_batch.items(), key=lambda kv: int(kv[0])))}
         out["marginal_per_item"] = {
             "driver_cpu_ms": round(1e3 * (b["driver_cpu_seconds"] - a["driver_cpu_seconds"]) / extra, 2),
             "total_cpu_ms": round((b["total_cpu_ms_per_item"] * b["rows"] - a["total_cpu_ms_per_item"] * a["rows"])
@@ -561,20 +581,25 @@ def clip_facts(clips: list[Path]) -> dict[str, Any]:
             "mean_file_mib": round(statistics.mean(sizes) / 2**20, 2), "resolutions": shapes}
 
 
-def decode_probe(bundle_dir: Path, clips: list[Path]) -> dict[str, Any]:
+def decode_probe(bundle_dir: Path, clips: list[Path], batch_size: int) -> dict[str, Any]:
     """Single-core cost per video: ``stages.decode_batch`` (what a Ray decode task runs: decode with
-    one thread + sha256 of the file) over the clips in batches of 2, wall and thread CPU; plus the
-    encoder actor's host-side frame conversion (uint8 -> normalised float32, ``to_model_input``)."""
+    one thread + sha256 of the file) over the clips in batches of the shipped decode batch, wall and
+    thread CPU; plus the encoder actor's host-side frame conversion (uint8 -> normalised float32,
+    ``to_model_input``) on one core, and the actor's own batch conversion
+    (``ShardEncoder._model_input``) of ``batch_size`` videos on 1 thread and on as many threads as a
+    GPU actor uses (at most this machine's cores), wall time: do the threads scale?"""
     import numpy as np
 
     from runtime.bundle import load_bundle
+    from runtime.distributed.pipeline import RayOptions
     from runtime.distributed.stages import decode_batch
     from ucofia.data.video import VideoSpec, to_model_input
 
     spec = VideoSpec.from_config(load_bundle(bundle_dir).config)
-    walls, cpus, converts = [], [], []
-    for b0 in range(0, len(clips), 2):
-        part = clips[b0:b0 + 2]
+    walls, cpus, converts, kept = [], [], [], []
+    per_task = RayOptions().decode_batch
+    for b0 in range(0, len(clips), per_task):
+        part = clips[b0:b0 + per_task]
         batch = {"id": np.asarray([p.stem for p in part], dtype=object),
                  "path": np.asarray([str(p) for p in part], dtype=object)}
         wall0, cpu0 = time.perf_counter(), time.thread_time()
@@ -587,10 +612,45 @@ def decode_probe(bundle_dir: Path, clips: list[Path]) -> dict[str, Any]:
             c0 = time.thread_time()
             to_model_input(out["frames"][i], out["video_mask"][i], spec)
             converts.append(time.thread_time() - c0)
+            if len(kept) < batch_size:
+                kept.append((out["frames"][i], out["video_mask"][i]))
     n = len(clips)
-    return {"videos": n, "wall_s_per_video": round(sum(walls) / n, 4), "cpu_s_per_video": round(sum(cpus) / n, 4),
+    return {"videos": n, "decode_batch": per_task, "wall_s_per_video": round(sum(walls) / n, 4),
+            "cpu_s_per_video": round(sum(cpus) / n, 4),
             "to_model_input_cpu_s_per_video": round(sum(converts) / n, 5),
+            "encoder_actor_conversion": convert_probe(np.stack([f for f, _ in kept]), np.stack([m for _, m in kept]),
+                                                      spec),
             "frames": [spec.max_frames, spec.image_size, spec.image_size, 3]}
+
+
+def convert_probe(frames: Any, masks: Any, spec: Any, repeats: int = 3) -> dict[str, Any]:
+    """``ShardEncoder._model_input`` (the encoder actor's frame conversion, its own code) over one
+    batch, on 1 thread and on min(GPU_ACTOR_CPUS, cores) threads: wall seconds per video (best of
+    ``repeats``). Only a check that the threads scale here; the model divides the one-core cost by
+    GPU_ACTOR_CPUS."""
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    from runtime.distributed.pipeline import GPU_ACTOR_CPUS
+    from runtime.distributed.stages import ShardEncoder
+
+    rows = list(range(len(frames)))
+    counts = sorted({1, max(1, min(GPU_ACTOR_CPUS, os.cpu_count() or 1))})
+    per_video: dict[str, float] = {}
+    for threads in counts:
+        pool = ThreadPoolExecutor(threads) if threads > 1 else None
+        actor = SimpleNamespace(_convert=pool, spec=spec)  # what _model_input reads of the actor
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            ShardEncoder._model_input(actor, frames, masks, rows)
+            best = min(best, time.perf_counter() - start)
+        if pool is not None:
+            pool.shutdown()
+        per_video[str(threads)] = round(best / len(rows), 5)
+    top = str(counts[-1])
+    return {"videos": len(rows), "gpu_actor_cpus": GPU_ACTOR_CPUS, "wall_s_per_video_by_threads": per_video,
+            "speedup": round(per_video["1"] / per_video[top], 2), "threads_measured": counts[-1]}
 
 
 def run_mode(mode: str, spec: dict[str, Any], work: Path, timeout: float) -> dict[str, Any]:
@@ -657,22 +717,28 @@ def gpu_encode_rate(frames_per_video: int) -> dict[str, Any]:
             "fp16_videos_per_second": round(fp16 / frames_per_video, 1) if fp16 else None}
 
 
-def model(decode_s: float, actor_host_s: float, driver_s: float | None, driver_clock: float, gpu_rate: float,
-          label: str) -> dict[str, Any]:
+def model(decode_s: float, convert_s: float, write_s: float, actor_cpus: int, driver_s: float | None,
+          driver_clock: float, gpu_rate: float, label: str, driver_per_node: bool = False) -> dict[str, Any]:
     """Hours for 10^6 videos on N nodes of 1 GPU + NODE_CORES cores (modelled). ``decode_s``: CPU
-    seconds per video of a decode task; ``actor_host_s``: the encoder actor's host-side seconds per
-    video (frames to float, shard write), run in turn with the GPU call."""
-    actor_s = actor_host_s + 1.0 / gpu_rate
+    seconds per video of a decode task; ``convert_s``: one core's seconds per video to turn uint8
+    frames into the encoder's float input, which a GPU actor of ``actor_cpus`` CPUs spreads over as
+    many threads; then the GPU call, then the shard write, one after another (an actor handles one
+    batch at a time). ``driver_s``: the driver's CPU seconds per video, on one core of which
+    ``driver_clock`` goes to polling. ``driver_per_node``: one job (its own driver, on its node) per
+    node instead of one driver for the cluster."""
+    actor_s = convert_s / actor_cpus + 1.0 / gpu_rate + write_s
     rows = []
     for n in NODE_COUNTS:
-        decode_cores = n * (NODE_CORES - 1) - 1  # one core per node for its encoder actor, one for driver + GCS
+        # each node: actor_cpus for its encoder actor; one core for the driver (+ GCS) on the head,
+        # or on every node with a job per node
+        decode_cores = n * (NODE_CORES - actor_cpus) - (n if driver_per_node else 1)
         caps = {
             "decode": decode_cores / decode_s,
             "gpu_encode": n * gpu_rate,
             "encoder_actor_serial": n / actor_s,
         }
         if driver_s:
-            caps["driver"] = (1.0 - driver_clock) / driver_s  # one core, less the executor's polling
+            caps["driver"] = (n if driver_per_node else 1) * (1.0 - driver_clock) / driver_s
         binding = min(caps, key=caps.get)
         rate = caps[binding]
         rows.append({
@@ -684,9 +750,12 @@ def model(decode_s: float, actor_host_s: float, driver_s: float | None, driver_c
         })
     return {
         "label": label, "modelled": True, "gpu_videos_per_s": gpu_rate, "decode_cpu_s_per_video": round(decode_s, 5),
+        "encoder_actor_cpus_and_convert_threads": actor_cpus, "convert_s_per_video_one_core": round(convert_s, 5),
         "driver_cpu_s_per_video": driver_s, "driver_clock_cores": driver_clock,
+        "drivers": "one per node" if driver_per_node else "one for the cluster",
         "decode_cores_per_gpu_to_keep_it_busy": round(gpu_rate * decode_s, 1),
         "decode_cores_per_gpu_at_encoder_actor_rate": round(decode_s / actor_s, 1),
+        "decode_cores_per_node": NODE_CORES - actor_cpus - (1 if driver_per_node else 0),
         "encoder_actor_s_per_video": round(actor_s, 5),
         "encoder_actor_videos_per_s": round(1.0 / actor_s, 1), "rows": rows,
     }
@@ -753,7 +822,7 @@ def main() -> None:
         video_list = write_list(work, clips, args.videos)
         facts = clip_facts(clips)
         print(f"[probe] single-core decode of {len(clips)} clips ...", file=sys.stderr, flush=True)
-        probes = [decode_probe(bundle_dir, clips)]
+        probes = [decode_probe(bundle_dir, clips, args.batch_size)]
         spec = {"bundle": str(bundle_dir), "videos": str(video_list), "batch_size": args.batch_size,
                 "object_store_bytes": args.object_store_mib * 2**20}
         rounds: list[dict[str, Any]] = []
@@ -784,7 +853,7 @@ def main() -> None:
             print(f"[engine] the Ray pipeline's shape with no-op stages, {args.engine_items} items ...",
                   file=sys.stderr, flush=True)
             engine = run_mode("ray_engine", {**spec, "engine_items": args.engine_items}, work, args.timeout)
-        probes.append(decode_probe(bundle_dir, clips))
+        probes.append(decode_probe(bundle_dir, clips, args.batch_size))
         result = assemble(args, machine, facts, probes, rounds, engine, time.perf_counter() - started)
         result["code"] = {"at_start": code_before, "at_end": _code_state()}
     finally:
@@ -829,7 +898,8 @@ def _cpu_line(mode: str, item: dict[str, Any], videos: int) -> str:
 
 def summary_lines(args: argparse.Namespace, per_mode: dict[str, Any], ratios: dict[str, Any], ray_modes: list[str],
                   indexes_equal: bool, bitwise: bool, loopback_only: bool, addresses: set[str], decode_s: float,
-                  prep_s: float, write_s: float, engine: dict[str, Any] | None, models: dict[str, Any]) -> list[str]:
+                  prep_s: float, write_s: float, engine: dict[str, Any] | None, models: dict[str, Any],
+                  probes_conv: dict[str, Any] | None = None) -> list[str]:
     """The printout: measured figures first, then the model (labelled as such)."""
     n = args.videos
     lines = [f"MEASURED: {n} videos, {args.rounds} round(s) with the modes alternating, batch {args.batch_size}, "
@@ -860,23 +930,30 @@ def summary_lines(args: argparse.Namespace, per_mode: dict[str, Any], ratios: di
     lines.append(f"  per video: decode + hash {decode_s * 1e3:.1f} ms CPU on one core (stages.decode_batch alone; "
                  f"{(ray_decode or 0) * 1e3:.0f} ms wall in the Ray runs, sharing the cores with the encoder), frames "
                  f"to float {prep_s * 1e3:.1f} ms, shard write {write_s * 1e3:.1f} ms")
+    if probes_conv:
+        per = probes_conv["wall_s_per_video_by_threads"]
+        lines.append(f"  encoder actor's frame conversion (ShardEncoder._model_input, {probes_conv['videos']} videos): "
+                     + ", ".join(f"{t} thread(s) {1e3 * v:.1f} ms" for t, v in per.items())
+                     + f" wall per video ({probes_conv['speedup']:.2f}x on {probes_conv['threads_measured']} threads; "
+                       f"GPU actors use {probes_conv['gpu_actor_cpus']})")
     if engine:
-        fast, big, slow = engine["runs"]["3n"], engine["runs"]["3n_decode_batch_x4"], engine["runs"]["n_sleep_bound"]
-        fit = engine["driver_fit"]
-        lines.append(f"  Ray engine alone (no-op stages carrying frame-sized arrays, {RAY_CPUS} CPUs): decode batch "
-                     f"{fast['decode_batch']}: {fast['items_per_second']:.0f} items/s, "
-                     f"{fast['total_cpu_ms_per_item']:.1f} ms CPU per item in all, driver "
-                     f"{fast['driver_cpu_ms_per_item']:.1f} ms; decode batch {big['decode_batch']}: "
-                     f"{big['items_per_second']:.0f} items/s, {big['total_cpu_ms_per_item']:.1f} ms, driver "
-                     f"{big['driver_cpu_ms_per_item']:.1f} ms")
+        runs, fit = engine["runs"], engine["driver_fit"]
+        fast, slow = runs["3n"], runs["n_sleep_bound"]
+        per_batch = sorted((r for r in runs.values() if r is fast or r["rows"] == fast["rows"]),
+                           key=lambda r: r["decode_batch"])
+        lines.append(f"  Ray engine alone (no-op stages carrying frame-sized arrays, {RAY_CPUS} CPUs): " + "; ".join(
+            f"decode batch {r['decode_batch']}: {r['items_per_second']:.0f} items/s, {r['total_cpu_ms_per_item']:.1f} "
+            f"ms CPU per item in all, driver {r['driver_cpu_ms_per_item']:.1f} ms" for r in per_batch))
         lines.append(f"  driver: {fast['driver_cores_busy']:.2f} cores at {fast['items_per_second']:.0f} items/s, "
-                     f"{slow['driver_cores_busy']:.2f} at {slow['items_per_second']:.0f} (sleep-bound) -> "
-                     f"{fit['clock_cores']:.2f} cores polling + {fit['cpu_ms_per_item']:.1f} ms per video at decode "
-                     f"batch {fast['decode_batch']} ({fit['cpu_ms_per_item_at_decode_batch_x4']:.1f} ms at "
-                     f"{big['decode_batch']})")
+                     f"{slow['driver_cores_busy']:.2f} at {slow['items_per_second']:.0f} (sleep-bound), decode batch "
+                     f"{fit['decode_batch']} (shipped) -> {fit['clock_cores']:.2f} cores polling + per video: "
+                     + ", ".join(f"{v:.1f} ms at decode batch {b}" for b, v in
+                                 fit["cpu_ms_per_item_by_decode_batch"].items()))
     for m in models.values():
         lines.append(f"MODELLED, {m['label']}: {m['gpu_videos_per_s']} videos/s per GPU, {NODE_CORES} cores per node; "
-                     f"{m['decode_cores_per_gpu_to_keep_it_busy']} decode cores per GPU keep it busy")
+                     f"{m['decode_cores_per_gpu_to_keep_it_busy']} decode cores per GPU keep it busy, "
+                     f"{m['decode_cores_per_gpu_at_encoder_actor_rate']} feed its encoder actor "
+                     f"({m['encoder_actor_videos_per_s']} videos/s); {m['decode_cores_per_node']} decode cores per node")
         for row in m["rows"]:
             caps = ", ".join(f"{k} {row[f'{k}_videos_per_s']:.0f}" for k in
                              ("decode", "gpu_encode", "encoder_actor_serial", "driver") if f"{k}_videos_per_s" in row)
@@ -888,6 +965,8 @@ def summary_lines(args: argparse.Namespace, per_mode: dict[str, Any], ratios: di
 def assemble(args: argparse.Namespace, machine: dict[str, Any], facts: dict[str, Any], probes: list[dict[str, Any]],
              rounds: list[dict[str, Any]], engine: dict[str, Any] | None, seconds: float) -> dict[str, Any]:
     """The per-mode medians over rounds, ratios, utilisation, the model, the summary lines."""
+    from runtime.distributed.pipeline import GPU_ACTOR_CPUS, RayOptions
+
     n = args.videos
     per_mode: dict[str, Any] = {}
     for mode in args.modes:
@@ -947,24 +1026,29 @@ def assemble(args: argparse.Namespace, machine: dict[str, Any], facts: dict[str,
     prep_s = statistics.mean(p["to_model_input_cpu_s_per_video"] for p in probes)
     ray_modes = [m for m in ("ray_local", "two_nodes") if m in per_mode]
     write_s = _median([per_mode[m]["stage_seconds_per_video"]["write"] for m in ray_modes]) or 0.0
-    driver_s = max(engine["driver_fit"]["cpu_ms_per_item"], 0.01) / 1e3 if engine else None
+    shipped = RayOptions().decode_batch
+    by_batch = engine["driver_fit"]["cpu_ms_per_item_by_decode_batch"] if engine else {}
+    driver_s = max(by_batch[str(shipped)], 0.01) / 1e3 if engine else None
     driver_clock = min(max(engine["driver_fit"]["clock_cores"], 0.0), 0.9) if engine else 0.0
     gpu = gpu_encode_rate(probes[0]["frames"][0])
-    models = {"shipped_fp32": model(decode_s, prep_s + write_s, driver_s, driver_clock, gpu["videos_per_second"],
-                                    "the pipeline as shipped, GPU fp32 (the gpu_check H100 rate)")}
-    if engine:
-        driver_x4 = max(engine["driver_fit"]["cpu_ms_per_item_at_decode_batch_x4"], 0.01) / 1e3
-        models["changed_fp32"] = model(
-            decode_s + prep_s, write_s, driver_x4, driver_clock, gpu["videos_per_second"],
-            f"HYPOTHETICAL changes, GPU fp32: frames converted to float in the decode tasks (not in the encoder "
-            f"actor) and decode tasks of {4 * engine['shipped_decode_batch']} videos")
-        if gpu.get("fp16_videos_per_second"):
-            models["changed_fp16"] = model(
-                decode_s + prep_s, write_s, driver_x4, driver_clock, gpu["fp16_videos_per_second"],
-                "HYPOTHETICAL changes as above, GPU fp16 autocast rate (same gpu_check run; the exported bundle "
-                "runs fp32 today)")
+    fp32 = gpu["videos_per_second"]
+    # what pipeline.actor_resources gives a GPU actor on a node of NODE_CORES CPUs and 1 GPU
+    actor_cpus = max(1, min(GPU_ACTOR_CPUS, NODE_CORES - 1))
+    models = {"shipped_fp32": model(
+        decode_s, prep_s, write_s, actor_cpus, driver_s, driver_clock, fp32,
+        f"AS SHIPPED (decode tasks of {shipped} videos, GPU actors of {actor_cpus} CPUs converting frames on "
+        f"{actor_cpus} threads), one driver, GPU fp32 (the gpu_check H100 rate)")}
+    if engine and str(4 * shipped) in by_batch:
+        models["shipped_decode_batch_x4_fp32"] = model(
+            decode_s, prep_s, write_s, actor_cpus, max(by_batch[str(4 * shipped)], 0.01) / 1e3, driver_clock,
+            fp32, f"as shipped with the CLI option --ray-decode-batch {4 * shipped}, one driver, GPU fp32")
+    models["hypothetical_job_per_node_fp32"] = model(
+        decode_s, prep_s, write_s, actor_cpus, driver_s, driver_clock, fp32,
+        f"HYPOTHETICAL use: the list split in N parts, one `index --ray` job per node (its own driver, decode "
+        f"batch {shipped}) into its own index, then `ucofia-run merge` (the merge is NOT modelled), GPU fp32",
+        driver_per_node=True)
     lines = summary_lines(args, per_mode, ratios, ray_modes, indexes_equal, bitwise, loopback_only, addresses,
-                          decode_s, prep_s, write_s, engine, models)
+                          decode_s, prep_s, write_s, engine, models, probes[-1].get("encoder_actor_conversion"))
     return {
         "benchmark": "ingest_scale", "config": args.config, "videos": n, "rounds": len(rounds),
         "batch_size": args.batch_size, "clips": facts, "machine": machine,
@@ -972,11 +1056,13 @@ def assemble(args: argparse.Namespace, machine: dict[str, Any], facts: dict[str,
         "setup": {
             "single": "ucofia-run index (decode thread pool + onnxruntime encoder, one process)",
             "ray_local": f"ucofia-run index --ray --ray-cpus {RAY_CPUS} (Ray started by the command)",
+            "ray_settings": f"the CLI's defaults: decode tasks of {RayOptions().decode_batch} videos, one CPU encoder "
+                            f"actor of 1 CPU (no GPU here; a GPU actor would hold {GPU_ACTOR_CPUS})",
             "two_nodes": f"ray.cluster_utils.Cluster: head + 1 node, 1 CPU each (the 2 cores shared out; the same "
                          f"{RAY_CPUS} CPUs of Ray resources as ray_local), {args.object_store_mib} MiB object store "
                          f"each; ucofia-run index --ray --ray-address <cluster>",
             "thumbnails": "off (--no-thumbnails) in every mode: thumbnails.py measures them",
-            "progress_bars": "on (no -q): the CLI prints its `ray:` stage summary only without -q",
+            "progress_bars": "on (no -q) in every mode, as before; the `ray:` stage summary is printed either way",
             "namespace": "each mode in `unshare -n -p -f --mount-proc` with only lo up and a private tmpfs on /tmp/ray",
         },
         "measured": {
@@ -997,14 +1083,21 @@ def assemble(args: argparse.Namespace, machine: dict[str, Any], facts: dict[str,
                          "decode scales linearly over cores at this machine's single-core cost per video of these "
                          "clips (mean duration and resolution in `clips`); each node keeps 1 core for its encoder "
                          "actor, the head 1 more for the driver and GCS",
-                         "the encoder actor runs frames-to-float, the GPU call and the shard write one after another "
-                         "(stages.ShardEncoder), so one actor per GPU peaks at 1 / (prep + 1/gpu_rate + write); the "
-                         "HYPOTHETICAL variants move frames-to-float into the decode tasks",
+                         f"a GPU encoder actor holds GPU_ACTOR_CPUS = {GPU_ACTOR_CPUS} CPUs (runtime.distributed."
+                         f"pipeline) and converts a batch's frames to float on as many threads, then runs the GPU "
+                         f"call, then writes the shard, one after another (stages.ShardEncoder: one batch at a "
+                         f"time), so one actor per GPU peaks at 1 / (convert / {GPU_ACTOR_CPUS} + 1/gpu_rate + write); "
+                         f"convert = this machine's one-core cost (linear thread scaling assumed: "
+                         f"decode_probe_single_core[].encoder_actor_conversion checks it on this machine's cores). "
+                         f"Each node has {NODE_CORES} - {GPU_ACTOR_CPUS} cores left for decode tasks",
                          "one driver for the whole cluster, one core: it binds at (1 - clock_cores) / cpu_s_per_item "
                          "(ray_engine_alone.driver_fit: the no-op pipeline at full speed and sleep-bound on this VM's "
                          "busy cores; Ray Data's executor, task and actor-call submission, receiving batches); commits "
                          "(measured ~0) left out. Per decode task more than per video: a larger decode batch divides "
-                         "it (driver_fit.cpu_ms_per_item_at_decode_batch_x4)",
+                         "it (driver_fit.cpu_ms_per_item_by_decode_batch); as shipped = the CLI default decode batch",
+                         "HYPOTHETICAL job per node: N independent `index --ray` jobs (a driver and its core on each "
+                         "node), each on 1/N of the list, merged by `ucofia-run merge` afterwards (not modelled: "
+                         "it hard-links the inputs' shards where it can and recomputes the SK video biases)",
                          "shared storage and the network are not modelled (no bottleneck assumed)"],
                      **models},
         "summary": lines,
