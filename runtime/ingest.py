@@ -62,6 +62,11 @@ def file_identity(path: Path) -> dict[str, Any]:
             "mtime": stat.st_mtime}
 
 
+def unreadable_reason(exc: OSError) -> str:
+    """Why a decoded video has no index entry: its file could not be read to hash it."""
+    return f"cannot read the file to hash it ({exc}); check it exists and is readable"
+
+
 def video_entry(video_id: str, identity: dict[str, Any], video: DecodedVideo) -> dict[str, Any]:
     """The index entry of one decoded video file (see runtime.index)."""
     info = video.info
@@ -213,7 +218,7 @@ def encode_videos(writer: IndexWriter, bundle: Bundle, todo: list[tuple[str, Pat
             try:
                 entry = video_entry(vid, identity.result(), outcome.video)
             except OSError as exc:  # the file went away or became unreadable after decoding
-                error = f"{path}: cannot read the file to hash it ({exc}); check it exists and is readable"
+                error = f"{path}: {unreadable_reason(exc)}"
                 writer.record_failure(vid, str(path), error)
                 report.failed.append((vid, error))
                 if progress:

@@ -27,7 +27,7 @@ from ucofia.data.window_decode import WindowOutcome, decode_windows
 from runtime.backends import open_session
 from runtime.bundle import Bundle
 from runtime.index import IndexWriter
-from runtime.ingest import IngestReport, content_changed, file_identity, store_batch, video_entry
+from runtime.ingest import IngestReport, content_changed, file_identity, store_batch, unreadable_reason, video_entry
 from runtime.windows import FilePlan, WindowSetting, is_windowed, plan_file, window_entry, window_id
 
 # Decoded windows waiting per file for the encoder (bounds memory: windows are [F, S, S, 3] uint8).
@@ -99,8 +99,7 @@ def _produce(plan: FilePlan, out: "queue.Queue[_Item]", stop: threading.Event, s
         try:
             identity = file_identity(plan.path)
         except OSError as exc:
-            raise VideoDecodeError(plan.path, f"cannot read the file to hash it ({exc}); check it exists "
-                                   f"and is readable") from None
+            raise VideoDecodeError(plan.path, unreadable_reason(exc)) from None
         if not put(_Item("identity", identity)):
             return
         windows = decode_windows(plan.path, spec, plan.spans, threads=threads)

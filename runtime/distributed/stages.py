@@ -39,7 +39,7 @@ def decode_batch(batch: Batch, spec: VideoSpec, thumbnails_root: str | None = No
     single-process path. With ``thumbnails_root`` (the index directory) each decoded video's
     thumbnail is written there too, so thumbnails scale with the decode tasks; one that cannot be
     made is left to the driver's backfill, which reports it."""
-    from runtime.ingest import file_identity, video_entry
+    from runtime.ingest import file_identity, unreadable_reason, video_entry
     from runtime.thumbnails import ThumbnailError, make_thumbnail
 
     ids, paths = _strings(batch["id"]), _strings(batch["path"])
@@ -59,7 +59,7 @@ def decode_batch(batch: Batch, spec: VideoSpec, thumbnails_root: str | None = No
                 frames[i] = outcome.video.frames_uint8
                 masks[i] = outcome.video.video_mask
             except OSError as exc:  # the file went away or became unreadable after decoding
-                errors[i] = f"{path}: cannot read the file to hash it ({exc}); check it exists and is readable"
+                errors[i] = f"{path}: {unreadable_reason(exc)}"
             else:
                 if thumbnails_root is not None:
                     try:
