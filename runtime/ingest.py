@@ -232,34 +232,38 @@ def encode_videos(writer: IndexWriter, bundle: Bundle, todo: list[tuple[str, Pat
         flush()
 
 
-def sk_biases(sims: np.ndarray, iterations: int) -> np.ndarray:
-    """[3, V] SK video bias per level from the [3, B, V] bank x gallery similarities."""
-    return np.stack([video_bias(sims[i], iterations) for i in range(len(LEVELS))])
+def biases_from_bank_scores(scratch: Path, n_bank: int, n_video: int, iterations: int,
+                            fill: Callable[[np.ndarray], None]) -> np.ndarray:
+    """[3, V] SK video bias per level: ``fill`` writes the [3, B, V] bank x gallery similarities
+    into a memory-mapped scratch file (deleted afterwards) and SK streams over it, so memory stays
+    bounded for large banks."""
+    sims = np.lib.format.open_memmap(scratch, mode="w+", dtype=np.float32, shape=(len(LEVELS), n_bank, n_video))
+    try:
+        fill(sims)
+        sims.flush()
+        return np.stack([video_bias(sims[i], iterations) for i in range(len(LEVELS))])
+    finally:
+        del sims
+        scratch.unlink(missing_ok=True)
 
 
 def compute_bank_biases(index: VideoSource, bundle: Bundle, captions: list[str], *, backend: str,
                         memory_mb: float, threads: int | None, scratch: Path,
                         progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """[3, V] SK video bias per level from bank captions x all indexed videos.
-
-    The [3, B, V] bank similarities go to a memory-mapped scratch file (deleted afterwards) and SK
-    streams over it, so memory stays bounded for large banks.
-    """
+    """[3, V] SK video bias per level from bank captions x all indexed videos, scored here
+    (see :func:`biases_from_bank_scores`)."""
     text = TextEncoder(bundle, backend, threads)
     scorer = Scorer(open_session(bundle, "scorer", backend, threads), bundle.config)
-    n_bank, n_video = len(captions), len(index)
-    sims = np.lib.format.open_memmap(scratch, mode="w+", dtype=np.float32, shape=(len(LEVELS), n_bank, n_video))
-    try:
+    n_bank = len(captions)
+
+    def fill(sims: np.ndarray) -> None:
         for c0 in range(0, n_bank, BANK_CHUNK):
             c1 = min(c0 + BANK_CHUNK, n_bank)
             feats = text.encode(captions[c0:c1], what="bank caption", first_number=c0 + 1)
             score_matrix(scorer, feats, index, memory_mb,
                          out={lv: sims[i, c0:c1] for i, lv in enumerate(LEVELS)}, progress=progress)
-        sims.flush()
-        return sk_biases(sims, bundle.config.sk_iterations)
-    finally:
-        del sims
-        scratch.unlink(missing_ok=True)
+
+    return biases_from_bank_scores(scratch, n_bank, len(index), bundle.config.sk_iterations, fill)
 
 
 ComputeBiases = Callable[..., np.ndarray]  # the signature of compute_bank_biases

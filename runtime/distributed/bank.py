@@ -69,7 +69,7 @@ def ray_bank_biases(ray: Any, *, bundle_dir: Path, index_root: Path, backend: st
                     actor_options: dict[str, Any], tile_videos: int = BANK_TILE_VIDEOS) -> Callable[..., np.ndarray]:
     """A ``compute`` for :func:`runtime.ingest.update_biases` that scores on ``actors`` Ray actors;
     each resolves ``backend`` (as asked for, e.g. auto) on its own machine."""
-    from runtime.ingest import BANK_CHUNK, sk_biases
+    from runtime.ingest import BANK_CHUNK, biases_from_bank_scores
 
     def compute(videos: VideoSource, bundle: Any, captions: list[str], *, memory_mb: float, threads: int | None,
                 scratch: Path, progress: Callable[[int], None] | None = None, **_: Any) -> np.ndarray:
@@ -81,17 +81,14 @@ def ray_bank_biases(ray: Any, *, bundle_dir: Path, index_root: Path, backend: st
                           for _ in range(max(1, actors))])
         tiles = [(c0, captions[c0:c0 + BANK_CHUNK], v0, min(v0 + tile_videos, n_video))
                  for c0 in range(0, n_bank, BANK_CHUNK) for v0 in range(0, n_video, tile_videos)]
-        sims = np.lib.format.open_memmap(scratch, mode="w+", dtype=np.float32, shape=(len(LEVELS), n_bank, n_video))
-        try:
+
+        def fill(sims: np.ndarray) -> None:
             for c0, v0, block in pool.map_unordered(
                     lambda actor, t: actor.score.remote(t[0], t[1], t[2], t[3], memory_mb), tiles):
                 sims[:, c0:c0 + block.shape[1], v0:v0 + block.shape[2]] = block
                 if progress:
                     progress(block.shape[1] * block.shape[2])
-            sims.flush()
-            return sk_biases(sims, bundle.config.sk_iterations)
-        finally:
-            del sims
-            scratch.unlink(missing_ok=True)
+
+        return biases_from_bank_scores(scratch, n_bank, n_video, bundle.config.sk_iterations, fill)
 
     return compute
