@@ -444,38 +444,39 @@ def write_shard(shard_root: Path, name: str, ids: list[str], features: Mapping[s
     if [e.get("id") for e in entries] != list(ids):
         raise ValueError("entries must describe the batch's ids, in the same order")
     arrays = encode({role: features[role] for role in SHARD_ARRAYS}, store)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=shard_root))
-    try:
+    with _new_shard_dir(shard_root, name) as tmp:
         (tmp / IDS).write_text(json.dumps(ids))
         (tmp / ENTRIES).write_text(json.dumps(entries, ensure_ascii=False))
         for stem, value in arrays.items():
             np.save(tmp / f"{stem}.npy", np.ascontiguousarray(value))
+    return {"name": name, "count": len(ids), "store": store}
+
+
+@contextmanager
+def _new_shard_dir(shard_root: Path, name: str) -> Iterator[Path]:
+    """A temporary directory to fill, renamed to ``shard_root/name`` when the block ends without
+    an error (deleted otherwise): a shard directory appears whole or not at all."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=shard_root))
+    try:
+        yield tmp
         crash_point("shard:written")
         os.replace(tmp, shard_root / name)
         crash_point("shard:renamed")
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-    return {"name": name, "count": len(ids), "store": store}
 
 
 def link_shard(source: Path, shard_root: Path, name: str, record: Mapping[str, Any]) -> dict[str, Any]:
     """Bring a committed shard of another index in as ``shard_root/name`` (hard links where the file
     system allows, else copies; temp dir + rename) and return its state record. Shard files are
     never changed after they are written, so the two indexes can share them."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=shard_root))
-    try:
+    with _new_shard_dir(shard_root, name) as tmp:
         for path in source.iterdir():
             try:
                 os.link(path, tmp / path.name)
             except OSError:
                 shutil.copy2(path, tmp / path.name)
-        crash_point("shard:written")
-        os.replace(tmp, shard_root / name)
-        crash_point("shard:renamed")
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     out = {"name": name, "count": int(record["count"]), "store": record.get("store", LEGACY_STORE)}
     if record.get("removed"):
         out["removed"] = sorted(int(r) for r in record["removed"])
