@@ -333,3 +333,14 @@ def scorer_bundle(root: Path, cfg, scorer_file: str = "scorer.onnx", fingerprint
                       {r: TensorSpec(s.name, s.dtype, tuple(s.shape)) for r, s in zip(roles_out, spec.outputs)})
     return Bundle(root=Path(root), manifest={}, config=cfg, fingerprint=fingerprint, dtype="float32",
                   graphs={"scorer": graph}, tokenizer=TokenizerSpec(Path(root) / "none", cfg.max_words, 0, 0))
+
+
+def shared_clips() -> list[Path]:
+    """The 30 real clips of the shared data folder: the 24 MSR-VTT 1k-A clips, then data/real_clips
+    (SystemExit naming the folder when it is absent)."""
+    data = SHARED / "data"
+    clips = sorted((data / "msrvtt_1ka_sample" / "videos").glob("*.mp4")) + sorted((data / "real_clips").glob("*.mp4"))
+    if not clips:
+        raise SystemExit(f"no clips under {data}: this benchmark needs the shared data folder (set UCOFIA_SHARED_DIR "
+                         f"to the folder holding data/msrvtt_1ka_sample and data/real_clips)")
+    return clips

@@ -35,15 +35,6 @@ import common  # noqa: E402
 TARGET_DECODE_SHARE = 0.20
 
 
-def shared_clips() -> list[Path]:
-    data = common.SHARED / "data"
-    clips = sorted((data / "msrvtt_1ka_sample" / "videos").glob("*.mp4")) + sorted((data / "real_clips").glob("*.mp4"))
-    if not clips:
-        raise SystemExit(f"no clips under {data}: this benchmark needs the shared data folder (set UCOFIA_SHARED_DIR "
-                         f"to the folder holding data/msrvtt_1ka_sample and data/real_clips)")
-    return clips
-
-
 class _TimedIterator:
     """Wraps an iterator; accumulates the wall time spent waiting in next()."""
 
@@ -130,7 +121,7 @@ def main() -> None:
     from runtime.bundle import load_bundle
     from ucofia.data.video import VideoSpec, decode_many
 
-    clips = shared_clips()
+    clips = common.shared_clips()
     batch = args.batch_size or ingest.DEFAULT_BATCH
     workers = args.workers or ingest.default_workers()
     machine = common.machine({"decode_workers": workers, "encoder_intra_op_threads": args.threads or "onnxruntime default"})

@@ -513,15 +513,6 @@ def run_engine(spec: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------
 # outside: bundle, list, probes, the modes, checks, the model
 # ------------------------------------------------------------------------------------------------
-def shared_clips() -> list[Path]:
-    data = common.SHARED / "data"
-    clips = sorted((data / "msrvtt_1ka_sample" / "videos").glob("*.mp4")) + sorted((data / "real_clips").glob("*.mp4"))
-    if not clips:
-        raise SystemExit(f"no clips under {data}: this benchmark needs the shared data folder (set UCOFIA_SHARED_DIR "
-                         f"to the folder holding data/msrvtt_1ka_sample and data/real_clips)")
-    return clips
-
-
 def check_namespace() -> None:
     """Fail clearly when this machine does not let us make a network + PID namespace."""
     probe = subprocess.run(["unshare", "-n", "-p", "-f", "--mount-proc", "sh", "-c", NAMESPACE, "true"],
@@ -817,7 +808,7 @@ def main() -> None:
         work = args.work.resolve()
         work.mkdir(parents=True, exist_ok=True)
     try:
-        clips = shared_clips()
+        clips = common.shared_clips()
         bundle_dir = cached_bundle(work, args.config, args.bundle)
         video_list = write_list(work, clips, args.videos)
         facts = clip_facts(clips)
