@@ -38,7 +38,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -543,6 +543,19 @@ def _video_record(v: DemoVideo, settings: VideoSettings) -> dict:
     }
 
 
+def _write_texts(tmp: Path, texts: dict[str, str], videos: Iterable[Any]) -> dict[str, str]:
+    """Write the benchmark's text files into ``tmp``; return the sha256 of every file (texts and
+    the already written ``videos``, anything with a ``filename`` under videos/), by relative path,
+    for its manifest."""
+    for name, text in texts.items():
+        (tmp / name).write_text(text, encoding="utf-8")
+    files = {name: hashlib.sha256(text.encode("utf-8")).hexdigest() for name, text in texts.items()}
+    for video in videos:
+        rel = f"{VIDEO_DIR}/{video.filename}"
+        files[rel] = hashlib.sha256((tmp / rel).read_bytes()).hexdigest()
+    return files
+
+
 def _library_versions() -> dict[str, str]:
     import av
 
@@ -631,12 +644,7 @@ def generate_demo(out_dir: str | Path, scale: float = 1.0, seed: int = 0, force:
             TEST_CSV: _jsfusion_csv(by_split["test"]),
             README: _readme(counts, seed, scale, settings),
         }
-        for name, text in texts.items():
-            (tmp / name).write_text(text, encoding="utf-8")
-        files = {name: hashlib.sha256(text.encode("utf-8")).hexdigest() for name, text in texts.items()}
-        for video in videos:
-            rel = f"{VIDEO_DIR}/{video.filename}"
-            files[rel] = hashlib.sha256((tmp / rel).read_bytes()).hexdigest()
+        files = _write_texts(tmp, texts, videos)
         benchmark = {
             "format": FORMAT, "generator_version": GENERATOR_VERSION, "seed": int(seed),
             "scale": float(scale), "counts": counts.as_dict(),

@@ -21,7 +21,6 @@ Deterministic: the same seed and scale write byte-identical files.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -33,8 +32,8 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ucofia.data.demo import (DemoDataError, DemoVideo, Look, Scene, VideoSettings, _csv_text, _library_versions,
-                              _random_look, _random_phrasing, _random_scene, _check_target, demo_counts, describe,
-                              encode_mp4, plan_benchmark, render_frames)
+                              _random_look, _random_phrasing, _random_scene, _check_target, _write_texts, demo_counts,
+                              describe, encode_mp4, plan_benchmark, render_frames)
 from ucofia.io_utils import atomic_directory
 
 LONG_FORMAT = "ucofia.demo-long/1"
@@ -208,12 +207,7 @@ def generate_long_demo(out_dir: str | Path, scale: float = 1.0, seed: int = 0, f
                 progress(done, len(videos))
         rows = [(v.video_id, e.caption, e.start, e.end) for v in videos for e in v.events]
         texts = {MOMENTS_CSV: _csv_text(MOMENT_COLUMNS, rows), README: _readme(videos, seed, scale, settings)}
-        for name, text in texts.items():
-            (tmp / name).write_text(text, encoding="utf-8")
-        files = {name: hashlib.sha256(text.encode("utf-8")).hexdigest() for name, text in texts.items()}
-        for video in videos:
-            rel = f"{VIDEO_DIR}/{video.filename}"
-            files[rel] = hashlib.sha256((tmp / rel).read_bytes()).hexdigest()
+        files = _write_texts(tmp, texts, videos)
         benchmark = {
             "format": LONG_FORMAT, "generator_version": LONG_GENERATOR_VERSION, "seed": int(seed),
             "scale": float(scale), "settings": dataclasses.asdict(settings), "versions": _library_versions(),
