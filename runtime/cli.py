@@ -305,7 +305,7 @@ def _index_on_ray(writer: Any, bundle: Any, todo: list, replaces: dict, options:
 
     if not todo:
         return StageTimes()
-    connect(require_ray(), options, _note)
+    connect(require_ray(), options)
     return RayIndexRun(writer, bundle, options=options, replaces=replaces, log=_note, **kwargs).run(todo)
 
 
@@ -316,7 +316,7 @@ def _ray_bank(writer: Any, bundle: Any, options: Any, backend: str, threads: int
     from runtime.distributed.pipeline import actor_resources, connect
 
     ray = require_ray()
-    connect(ray, options, _note)
+    connect(ray, options)
     actors, resources = actor_resources(ray, backend, options)
     return ray_bank_biases(ray, bundle_dir=bundle.root.resolve(), index_root=writer.root.resolve(), backend=backend,
                            actors=actors, actor_options=resources)

@@ -77,9 +77,6 @@ class StageTimes:
                 f"worker seconds: decode {self.decode:.1f}, encode {self.encode:.1f}, shard writes {self.write:.1f}; "
                 f"driver commits {self.commit:.1f}s")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
 
 @dataclass
 class _Arrivals:
@@ -103,10 +100,10 @@ def _quiet_ray_data() -> None:
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
 
-def connect(ray: Any, options: RayOptions, log: Log) -> bool:
-    """Connect to the cluster at ``options.address`` or start a local Ray; True when started here."""
+def connect(ray: Any, options: RayOptions) -> None:
+    """Connect to the cluster at ``options.address`` or start a local Ray (once per process)."""
     if ray.is_initialized():
-        return False
+        return
     quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
     if options.address:
         try:
@@ -115,11 +112,10 @@ def connect(ray: Any, options: RayOptions, log: Log) -> bool:
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise RuntimeUserError(f"--ray-address {options.address}: cannot connect to a Ray cluster ({exc}); "
                                    f"start one with `ray start --head` and pass the address it prints") from None
-        return True
+        return
     # address="local": always a new Ray for this job, never one found through /tmp/ray (another job's)
     ray.init(address="local", num_cpus=options.num_cpus, **quiet)
     _quiet_ray_data()
-    return True
 
 
 def cluster_shape(ray: Any) -> tuple[int, float, float]:
@@ -220,7 +216,8 @@ class RayIndexRun:
             if removed:
                 record["removed"] = removed
             records.append(record)
-            kept = [vid for row, vid in enumerate(ids) if row not in set(removed)]
+            dropped = set(removed)
+            kept = [vid for row, vid in enumerate(ids) if row not in dropped]
             replace.extend(old for vid in kept for old in self.replaces.get(vid, ()))
             self.committed_now.update(kept)
             self.done.update(ids)

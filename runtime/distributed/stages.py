@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -116,7 +115,6 @@ class ShardEncoder:
         self.spec = VideoSpec.from_config(bundle.config)
         self.shard_root = Path(index_root) / SHARDS
         self.store = store
-        self.pid = os.getpid()
         # numpy releases the GIL on whole-array work: several threads convert a batch's frames at once
         self._convert = ThreadPoolExecutor(convert_threads) if convert_threads > 1 else None
 
