@@ -222,3 +222,30 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> sub
     """Run ``python -m runtime.cli ARGS`` in a subprocess (optionally with a custom env)."""
     return subprocess.run([sys.executable, "-m", "runtime.cli", *args], capture_output=True, text=True,
                           env=env, cwd=cwd)
+
+
+TORCH_MODULES = ("torch", "torchvision", "open_clip")
+_BLOCKER = """
+import sys
+
+BLOCKED = {blocked!r}
+
+
+class _Blocked:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{{name}} is blocked: ucofia-run must not import it here")
+        return None
+
+
+sys.meta_path.insert(0, _Blocked())
+"""
+
+
+def import_blocker(folder: Path, blocked: tuple[str, ...] = TORCH_MODULES) -> Path:
+    """Write ``folder/sitecustomize.py``: in every Python started with ``folder`` first on
+    PYTHONPATH (subprocesses and Ray workers inherit it), importing any of ``blocked`` raises
+    ImportError ("... is blocked"). Returns ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(_BLOCKER.format(blocked=tuple(blocked)))
+    return folder

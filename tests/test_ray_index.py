@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ray_helpers import need_netns, run_confined, scenario, ucofia_run
-from runtime_helpers import build_fake_bundle, make_clip, run_cli
+from runtime_helpers import build_fake_bundle, import_blocker, make_clip, run_cli
 
 from runtime.index import SHARDS, GalleryIndex, effective_shards
 from runtime.thumbnails import thumbnail_file
@@ -24,19 +24,6 @@ from runtime.thumbnails import thumbnail_file
 REPO = Path(__file__).resolve().parents[1]
 N_CLIPS = 8
 BATCH = "2"
-NO_TORCH_HOOK = '''
-import sys
-
-
-class _NoTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "torchvision", "open_clip"):
-            raise ImportError(f"{name} is blocked: ucofia-run must not import torch")
-        return None
-
-
-sys.meta_path.insert(0, _NoTorch())
-'''
 
 
 @pytest.fixture(scope="module")
@@ -115,9 +102,7 @@ def _failed_ids(index_dir: Path) -> dict[str, str]:
 
 def test_ray_index_equals_single_process_and_never_imports_torch(data, tmp_path):
     need_netns()
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(NO_TORCH_HOOK)  # Ray's workers inherit it: all of them stay torch-free
+    hook = import_blocker(tmp_path / "hook")  # Ray's workers inherit it: all of them stay torch-free
     out = tmp_path / "ray_index"
     result = _ray_index(data, out, env=_env(PYTHONPATH=os.pathsep.join([str(hook), str(REPO)])))
     assert result.returncode == 3, result.stderr  # broken.mp4, exactly as without --ray
@@ -235,9 +220,7 @@ def test_ray_options_are_checked_before_anything_starts(data, tmp_path):
 
 
 def test_ray_missing_says_how_to_install(data, tmp_path):
-    blocker = tmp_path / "noray"
-    blocker.mkdir()
-    (blocker / "sitecustomize.py").write_text(NO_TORCH_HOOK.replace('("torch", "torchvision", "open_clip")', '("ray",)'))
+    blocker = import_blocker(tmp_path / "noray", ("ray",))
     result = run_cli("index", "--bundle", str(data["bundle"]), "--videos", str(data["clips"]), "-o",
                      str(tmp_path / "i"), "--ray", env=_env(PYTHONPATH=os.pathsep.join([str(blocker), str(REPO)])))
     assert result.returncode == 1

@@ -10,25 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from runtime_helpers import build_fake_bundle, make_clip
+from runtime_helpers import TORCH_MODULES, build_fake_bundle, import_blocker, make_clip
 
 REPO = Path(__file__).resolve().parents[1]
-BLOCKED = ("torch", "torchvision", "open_clip")
-HOOK = f'''
-import sys
-
-BLOCKED = {BLOCKED!r}
-
-
-class _NoTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ImportError(f"{{name}} is blocked: ucofia-run must not import torch")
-        return None
-
-
-sys.meta_path.insert(0, _NoTorch())
-'''
+BLOCKED = TORCH_MODULES
 RUNTIME_MODULES = ["runtime", "runtime.cli", "runtime.bundle", "runtime.backends", "runtime.trt", "runtime.sinkhorn",
                    "runtime.scoring", "runtime.index", "runtime.search", "runtime.ingest", "runtime.text",
                    "runtime.sources", "runtime.evaluate", "runtime.vocabulary", "runtime.windows",
@@ -43,8 +28,7 @@ SERVE_MODULES = ["runtime.serve.app", "runtime.serve.metrics", "runtime.serve.gu
 
 @pytest.fixture(scope="module")
 def no_torch_env(tmp_path_factory):
-    hook_dir = tmp_path_factory.mktemp("no_torch")
-    (hook_dir / "sitecustomize.py").write_text(HOOK)
+    hook_dir = import_blocker(tmp_path_factory.mktemp("no_torch"))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(hook_dir), str(REPO)])
     # the hook really blocks torch in this environment
@@ -122,9 +106,7 @@ def test_serve_without_torch(no_torch_env, tmp_path):
 
 
 def test_serve_without_its_extra_says_how_to_install(no_torch_env, tmp_path):
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(HOOK.replace(repr(BLOCKED), repr(BLOCKED + ("fastapi", "uvicorn"))))
+    hook = import_blocker(tmp_path / "hook", BLOCKED + ("fastapi", "uvicorn"))
     env = {**no_torch_env, "PYTHONPATH": os.pathsep.join([str(hook), str(REPO)])}
     result = _cli(env, "serve", "--index", str(tmp_path / "index"))
     assert result.returncode == 1
