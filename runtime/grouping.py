@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from runtime.index import GalleryIndex
-from runtime.scoring import (DEFAULT_MEMORY_MB, LEVELS, ArrayVideos, Scorer, TextFeatures, TopK, fuse,
+from runtime.scoring import (DEFAULT_MEMORY_MB, LEVELS, ArrayVideos, RowRange, Scorer, TextFeatures, TopK, fuse,
                              score_matrix)
 from runtime.windows import file_of, span_of
 
@@ -66,19 +66,6 @@ class FileHit:
         return self.windows[0].score
 
 
-class _RowRange:
-    """Gallery rows [start, stop) as a video source."""
-
-    def __init__(self, index: GalleryIndex, start: int, stop: int) -> None:
-        self.index, self.start, self.stop = index, start, stop
-
-    def __len__(self) -> int:
-        return self.stop - self.start
-
-    def features(self, start: int, stop: int) -> dict[str, np.ndarray]:
-        return self.index.features(self.start + start, self.start + stop)
-
-
 def best_per_file(scorer: Scorer, index: GalleryIndex, files: RowFiles, queries: TextFeatures,
                   memory_mb: float = DEFAULT_MEMORY_MB, progress=None) -> np.ndarray:
     """[T, files] best fused score (with the index's SK biases) of any row of each file."""
@@ -89,7 +76,7 @@ def best_per_file(scorer: Scorer, index: GalleryIndex, files: RowFiles, queries:
     text_rows = np.arange(n_text)[:, None]
     for start in range(0, n_rows, chunk):
         stop = min(start + chunk, n_rows)
-        levels = score_matrix(scorer, queries, _RowRange(index, start, stop), memory_mb, progress=progress)
+        levels = score_matrix(scorer, queries, RowRange(index, start, stop), memory_mb, progress=progress)
         bias = None if biases is None else {lv: biases[lv][start:stop] for lv in LEVELS}
         np.maximum.at(best, (text_rows, files.file_of_row[None, start:stop]), fuse(levels, bias))
     return best

@@ -100,6 +100,19 @@ class ArrayVideos:
         return {role: self.arrays[role][start:stop] for role in VIDEO_ROLES}
 
 
+class RowRange:
+    """Rows [start, stop) of a VideoSource, as a VideoSource (a slice of the gallery to score)."""
+
+    def __init__(self, videos: VideoSource, start: int, stop: int) -> None:
+        self.videos, self.start, self.stop = videos, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def features(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        return self.videos.features(self.start + start, self.start + stop)
+
+
 @dataclass
 class TopK:
     """Best ``k`` videos per text: gallery rows [T, k], fused scores [T, k], level scores."""

@@ -13,24 +13,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from runtime.scoring import LEVELS, VideoSource
+from runtime.scoring import LEVELS, RowRange, VideoSource
 
 # Gallery rows per tile: big enough that a tile's scoring outweighs the call, small enough that a
 # [3, BANK_CHUNK, rows] float32 block (96 MiB at 8192 rows) moves cheaply through the object store.
 BANK_TILE_VIDEOS = 8192
-
-
-class _Rows:
-    """Rows [start, stop) of a VideoSource, as a VideoSource."""
-
-    def __init__(self, videos: VideoSource, start: int, stop: int) -> None:
-        self.videos, self.start, self.stop = videos, start, stop
-
-    def __len__(self) -> int:
-        return self.stop - self.start
-
-    def features(self, start: int, stop: int) -> dict[str, np.ndarray]:
-        return self.videos.features(self.start + start, self.start + stop)
 
 
 class BankScorer:
@@ -61,7 +48,7 @@ class BankScorer:
 
         if self._chunk[0] != c0:  # tiles come chunk by chunk: encode each chunk once per actor
             self._chunk = (c0, self.text.encode(captions, what="bank caption", first_number=c0 + 1))
-        out = score_matrix(self.scorer, self._chunk[1], _Rows(self.index, v0, v1), memory_mb)
+        out = score_matrix(self.scorer, self._chunk[1], RowRange(self.index, v0, v1), memory_mb)
         return c0, v0, np.stack([out[level] for level in LEVELS])
 
 
