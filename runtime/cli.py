@@ -256,7 +256,7 @@ def index(bundle_dir: Path, videos: Path, bank: Path | None, out: Path, batch_si
             report.biases = ingest.update_biases(
                 writer, bundle, bank, backend=resolved, memory_mb=memory_mb, threads=threads,
                 log=lambda m: click.echo(m, err=True), progress_factory=bank_bar,
-                compute=_ray_bank(writer, bundle, ray_run, backend, threads) if ray_run else None)
+                compute=_ray_bank(writer, bundle, ray_run, backend) if ray_run else None)
         finally:
             if ray_run is not None:
                 _ray_shutdown()
@@ -309,17 +309,21 @@ def _index_on_ray(writer: Any, bundle: Any, todo: list, replaces: dict, options:
     return RayIndexRun(writer, bundle, options=options, replaces=replaces, log=_note, **kwargs).run(todo)
 
 
-def _ray_bank(writer: Any, bundle: Any, options: Any, backend: str, threads: int | None) -> Any:
-    """The bank x gallery scoring for the biases, on the Ray actors of the same cluster."""
+def _ray_bank(writer: Any, bundle: Any, options: Any, backend: str) -> Any:
+    """A ``compute`` for the biases that scores bank x gallery on Ray actors of the same cluster;
+    Ray is connected only when the biases really need computing."""
     from runtime.distributed import require_ray
     from runtime.distributed.bank import ray_bank_biases
     from runtime.distributed.pipeline import actor_resources, connect
 
-    ray = require_ray()
-    connect(ray, options)
-    actors, resources = actor_resources(ray, backend, options)
-    return ray_bank_biases(ray, bundle_dir=bundle.root.resolve(), index_root=writer.root.resolve(), backend=backend,
-                           actors=actors, actor_options=resources)
+    def compute(*args: Any, **kwargs: Any) -> Any:
+        ray = require_ray()
+        connect(ray, options)
+        actors, resources = actor_resources(ray, backend, options)
+        return ray_bank_biases(ray, bundle_dir=bundle.root.resolve(), index_root=writer.root.resolve(),
+                               backend=backend, actors=actors, actor_options=resources)(*args, **kwargs)
+
+    return compute
 
 
 def _ray_shutdown() -> None:
