@@ -3,7 +3,7 @@
 The 30 real clips of the shared data folder kept outside the repository (``common.SHARED``: 24
 MSR-VTT 1k-A test clips + 6 assorted real clips, 4 of them also shipped in tests/data/real_clips) are
 indexed with a ViT-B/32-geometry bundle (random weights, ``export.export_bundle``) by
-``runtime.ingest.encode_videos`` -- the code ``ucofia-run index`` runs: decoding in a worker pool
+``runtime.ingest.local.encode_videos`` -- the code ``ucofia-run index`` runs: decoding in a worker pool
 (``ucofia.data.video.decode_many``) overlapping the video encoder (onnxruntime CPU) over batches,
 shards written to a real index. The run is instrumented, not changed: the decoded-clip iterator
 and the encoder session are wrapped to time
@@ -67,9 +67,10 @@ class _TimedSession:
 
 def instrumented_ingest(bundle, clips: list[Path], out: Path, batch_size: int, workers: int, processes: bool,
                         threads: int | None) -> dict:
-    """Run runtime.ingest.encode_videos with timing wrappers around decode and encode."""
-    from runtime import ingest
+    """Run runtime.ingest.local.encode_videos with timing wrappers around decode and encode."""
     from runtime.index import IndexWriter
+    from runtime.ingest import local as ingest
+    from runtime.ingest.report import IngestReport
 
     timers: dict = {}
     real_decode, real_open = ingest.decode_many, ingest.open_session
@@ -84,7 +85,7 @@ def instrumented_ingest(bundle, clips: list[Path], out: Path, batch_size: int, w
 
     ingest.decode_many, ingest.open_session = decode_many, open_session
     try:
-        report = ingest.IngestReport(total=len(clips))
+        report = IngestReport(total=len(clips))
         with IndexWriter(out, bundle) as writer:
             start = time.perf_counter()
             ingest.encode_videos(writer, bundle, [(p.stem, p) for p in clips], backend="cpu", batch_size=batch_size,
@@ -116,8 +117,8 @@ def main() -> None:
 
     import ucofia
     from export import export_bundle
-    from runtime import ingest
     from runtime.backends import open_session
+    from runtime.ingest import local as ingest
     from runtime.bundle import load_bundle
     from ucofia.data.video import VideoSpec, decode_many
 

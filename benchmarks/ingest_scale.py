@@ -84,12 +84,18 @@ def engine_decode_batches(shipped: int) -> tuple[int, ...]:
     return tuple(sorted({EARLIER_DECODE_BATCH, shipped, 4 * shipped}))
 GPU_RESULT = common.RESULTS / "gpu_check_h100.json"
 GPU_FRAMES_PER_S_FALLBACK = 4300.0  # the README's figure for the same run
-SUMMARY_RE = re.compile(
-    r"ray: (?P<videos>\d+) videos in (?P<wall>[\d.]+)s \((?P<rate>[\d.]+) videos/s\) on (?P<nodes>\d+) node\(s\), "
-    r"(?P<encoders>\d+) (?P<kind>GPU|CPU) encoder actor\(s\), (?P<attempts>\d+) pipeline run\(s\); worker seconds: "
-    r"decode (?P<decode>[\d.]+), encode (?P<encode>[\d.]+), shard writes (?P<write>[\d.]+); "
-    r"driver commits (?P<commit>[\d.]+)s")
-INDEXED_RE = re.compile(r"indexed (?P<videos>\d+) new videos \((?P<rate>[\d.]+) videos/s")
+# The indexing use case (what `ucofia-run index` runs) in a child process of its own, so that its
+# CPU time is measured apart; it writes its typed outcome as JSON.
+INDEX_DRIVER = """
+import json, sys
+from pathlib import Path
+from runtime.ingest import IndexRequest, RaySettings, build_index
+spec = json.loads(sys.argv[1])
+ray = None if spec["ray"] is None else RaySettings(**spec["ray"])
+outcome = build_index(IndexRequest(bundle=Path(spec["bundle"]), videos=Path(spec["videos"]), out=Path(spec["index"]),
+                                   batch_size=spec["batch_size"], thumbnails=False, ray=ray))
+Path(spec["outcome"]).write_text(json.dumps(outcome.to_dict()))
+"""
 # Inside the namespace: loopback up; a private tmpfs on /tmp/ray (Ray's session files and the
 # ray_current_cluster address file that cluster_utils writes, which a bare ray.init() of any other
 # process on the machine would otherwise pick up and try to join).
@@ -135,7 +141,7 @@ def _tcp_peers() -> set[str]:
 
 SERVICES = "Ray services (dashboard, agents, monitors)"
 ROLES = (  # (needle in a command line, process kind), most specific first
-    ("ip link set lo up", "namespace shell"), ("ucofia-run", "driver (ucofia-run)"), ("ShardEncoder", "encoder actor"),
+    ("ip link set lo up", "namespace shell"), ("build_index", "driver (ucofia-run)"), ("ShardEncoder", "encoder actor"),
     ("EngineEncoder", "encoder actor"),
     ("decode_batch", "decode task workers"), ("engine_decode", "decode task workers"), ("gcs_server", "GCS"),
     ("/raylet", "raylet"), ("DashboardAgent", SERVICES), ("RuntimeEnvAgent", SERVICES), ("dashboard", SERVICES),
@@ -349,15 +355,22 @@ def run_inner(spec: dict[str, Any]) -> dict[str, Any]:
         return run_engine(spec)
     out: dict[str, Any] = {"mode": mode, "interfaces": _interfaces()}
     cluster = None
-    cmd = [str(VENV_BIN / "ucofia-run"), "index", "--bundle", spec["bundle"], "--videos", spec["videos"],
-           "-o", spec["index"], "--batch-size", str(spec["batch_size"]), "--no-thumbnails"]
+    equivalent = ["ucofia-run", "index", "--bundle", spec["bundle"], "--videos", spec["videos"], "-o", spec["index"],
+                  "--batch-size", str(spec["batch_size"]), "--no-thumbnails"]
+    ray: dict[str, Any] | None = None
     if mode == "ray_local":
         out["ray_probe"] = _probe_local_nodes()
-        cmd += ["--ray", "--ray-cpus", str(RAY_CPUS)]
+        ray = {"cpus": RAY_CPUS}
+        equivalent += ["--ray", "--ray-cpus", str(RAY_CPUS)]
     elif mode == "two_nodes":
         cluster, out["cluster"] = _start_two_nodes(spec["object_store_bytes"])
-        cmd += ["--ray", "--ray-address", out["cluster"]["address"]]
-    out["command"] = shlex.join(cmd)
+        ray = {"address": out["cluster"]["address"]}
+        equivalent += ["--ray", "--ray-address", out["cluster"]["address"]]
+    out["command"] = shlex.join(equivalent)
+    outcome_file = Path(spec["index"]).with_name(Path(spec["index"]).name + ".outcome.json")
+    driver_spec = {**{k: spec[k] for k in ("bundle", "videos", "index", "batch_size")}, "ray": ray,
+                   "outcome": str(outcome_file)}
+    cmd = [sys.executable, "-c", INDEX_DRIVER, json.dumps(driver_spec)]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     try:
         with ProcSampler() as sampler:
@@ -378,15 +391,15 @@ def run_inner(spec: dict[str, Any]) -> dict[str, Any]:
     if proc.returncode != 0:
         out["stderr_tail"] = proc.stderr[-4000:]
         return out
-    indexed = INDEXED_RE.search(proc.stdout + proc.stderr)
-    if indexed:
-        videos, rate = int(indexed["videos"]), float(indexed["rate"])
-        out["indexed_line"] = {"videos": videos, "videos_per_second": rate,
-                               "seconds": round(videos / rate, 2) if rate else None}
-    summary = SUMMARY_RE.search(proc.stderr)
-    if summary:
-        out["ray_summary"] = {k: (float(v) if "." in v else int(v) if v.isdigit() else v)
-                              for k, v in summary.groupdict().items()}
+    outcome = json.loads(outcome_file.read_text())
+    out["indexed_line"] = {"videos": outcome["indexed"], "videos_per_second": round(outcome["per_second"], 3),
+                           "seconds": round(outcome["seconds"], 2)}
+    times = outcome["ray"]
+    if times and times["videos"]:
+        out["ray_summary"] = {**{k: times[k] for k in ("videos", "wall", "nodes", "encoders", "attempts", "decode",
+                                                        "encode", "write", "commit")},
+                              "rate": times["videos"] / times["wall"] if times["wall"] > 0 else 0.0,
+                              "kind": "GPU" if times["use_gpu"] else "CPU"}
     out["cpu_seconds_by_process"] = roles
     out["cpu_seconds_namespace_total"] = round(sum(r["cpu_seconds"] for r in roles.values()), 2)
     out["ray_node_addresses_from_raylets"] = sorted(sampler.node_ips)

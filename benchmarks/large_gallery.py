@@ -11,7 +11,7 @@ own functions and a scorer graph exported from a random ViT-B/32-geometry model.
   p50/p99, each query searched on its own; the one-time setup (kernel read-out + stage-1 index)
   per stage-1 kind; top-10 agreement with exhaustive; re-rank with the shard pages evicted from
   the page cache (cold, as in a gallery larger than memory); RSS.
-* ``stage1_at``: the stage-1 kinds (flat inner product, IVF, HNSW; runtime/stage1.py) over 10^6
+* ``stage1_at``: the stage-1 kinds (flat inner product, IVF, HNSW; runtime/search/stage1.py) over 10^6
   video-sentence rows in memory (stage 1 reads nothing else): build time, per-query time, index
   bytes and recall of the exact shortlist. HNSW's build is measured on ``--hnsw-rows`` rows.
 * ``modelled_1e6``: one query against 10^6 videos = the measured stage-1 time at 10^6 + the
@@ -239,7 +239,8 @@ def run_stores(args, work: Path, bundle, scorer) -> dict:
 
 
 def run_size(n: int, args, work: Path, bundle, scorer) -> dict:
-    from runtime import search, stage1
+    from runtime import search
+    from runtime.search import stage1
     from runtime.index import GalleryIndex
 
     root = work / f"index_{n}"
@@ -261,7 +262,7 @@ def run_size(n: int, args, work: Path, bundle, scorer) -> dict:
     rss_after_exhaustive = common.rss_breakdown_mib()
 
     start = time.perf_counter()  # one-time, cached in the index
-    kernel = search._kernel(scorer, index, args.memory_mb)
+    kernel = search.cached_kernel(scorer, index, args.memory_mb)
     kernel_seconds = time.perf_counter() - start
     q1 = stage1_queries(kernel, queries)
 
@@ -325,7 +326,7 @@ def run_size(n: int, args, work: Path, bundle, scorer) -> dict:
 
 def run_stage1_at(n: int, args, bundle, kernel: np.ndarray) -> dict:
     """Stage-1 kinds over ``n`` video-sentence rows held in memory (what stage 1 reads)."""
-    from runtime import stage1
+    from runtime.search import stage1
 
     cfg = bundle.config
     d = cfg.embed_dim + 1
@@ -393,7 +394,7 @@ def run_stage1_at(n: int, args, bundle, kernel: np.ndarray) -> dict:
 
 def model_1e6(sizes: list[dict], stage1_at: dict, args, kind: str) -> dict:
     """One query against 10^6 videos from the measured parts (marked as modelled)."""
-    from runtime import stage1
+    from runtime.search import stage1
 
     largest = sizes[-1]
     real = largest["stage1_kinds"][kind]

@@ -90,7 +90,7 @@ def main() -> None:
     from runtime.bundle import load_bundle
     from runtime.index import GalleryIndex
     from runtime.scoring import Scorer
-    from runtime.stage1 import Stage1Params
+    from runtime.search.stage1 import Stage1Params
     from runtime.text import TextEncoder
 
     bundle = load_bundle(bundle_dir)

@@ -1,7 +1,8 @@
 """``ucofia parity``: run the PyTorch model and the deployed runtime on one benchmark and compare.
 
-The runtime side is exactly what users deploy: ``ucofia-run index`` (decode, encode with the
-bundle's graphs, SK video biases against the caption bank) and the runtime's tiled scorer. The
+The runtime side is exactly what users deploy: the indexing use case behind ``ucofia-run index``
+(``runtime.ingest.build_index``: decode, encode with the bundle's graphs, SK video biases against
+the caption bank) and the runtime's tiled scorer. The
 PyTorch side decodes the same clips, encodes them with the checkpoint and computes the same levels
 and biases with ``ucofia.sinkhorn``. The report covers every level, the fused matrix and the fused
 matrix with SK (see ``evaluation.compare``).
@@ -9,18 +10,16 @@ matrix with SK (see ``evaluation.compare``).
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from evaluation.compare import LEVELS, Tolerance, compare_retrieval
 
-Log = Callable[[str], None]
+logger = logging.getLogger(__name__)
 TORCH_VIDEO_BATCH = 8
 TORCH_TEXT_BATCH = 256
 
@@ -68,32 +67,25 @@ def load_benchmark(root: Path, dataset: str = "msrvtt", split: str = "test", ban
 
 
 # ---- runtime side ---------------------------------------------------------------------------
-def _run_cli(args: list[str], log: Log) -> None:
-    cmd = [sys.executable, "-c", "from runtime.cli import main; main()", *args]
-    log("$ ucofia-run " + " ".join(args))
-    done = subprocess.run(cmd, text=True, capture_output=True)
-    if done.returncode != 0:
-        raise ParityError(f"ucofia-run {args[0]} failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
-
-
-def runtime_side(bundle: Path, bench: Benchmark, work: Path, backend: str, log: Log, store: str = "float32") -> dict:
-    """Index the benchmark's videos with ucofia-run (features stored as ``store``), then score its
-    captions with the runtime."""
-    from runtime.backends import open_session
+def runtime_side(bundle: Path, bench: Benchmark, work: Path, backend: str, store: str = "float32") -> dict:
+    """Index the benchmark's videos as ``ucofia-run index`` does (features stored as ``store``), then
+    score its captions with the runtime."""
     from runtime.bundle import load_bundle
+    from runtime.deployment import load_query_models
     from runtime.index import GalleryIndex
-    from runtime.scoring import Scorer, score_matrix
+    from runtime.ingest import IndexRequest, build_index
+    from runtime.scoring import score_matrix
     from runtime.sinkhorn import text_bias
-    from runtime.text import TextEncoder
 
     videos_list = work / "videos.txt"
     videos_list.write_text("".join(f"{p.resolve()}\n" for p in bench.video_paths))
     bank = work / "bank.txt"
     bank.write_text("".join(f"{' '.join(c.split())}\n" for c in bench.bank))  # one caption per line
     index_dir = work / "index"
-    _run_cli(["index", "--bundle", str(bundle), "--videos", str(videos_list), "--bank", str(bank),
-              "-o", str(index_dir), "--backend", backend, "--store", store, "--quiet"], log)
-    b = load_bundle(bundle)
+    logger.info("$ ucofia-run index --bundle %s --videos %s --bank %s -o %s --backend %s --store %s", bundle,
+                videos_list, bank, index_dir, backend, store)
+    build_index(IndexRequest(bundle=bundle, videos=videos_list, out=index_dir, bank=bank, backend=backend, store=store,
+                             thumbnails=False))
     gallery = GalleryIndex(index_dir)
     row_of = {vid: i for i, vid in enumerate(gallery.ids)}
     missing = [v for v in bench.video_ids if v not in row_of]
@@ -101,9 +93,10 @@ def runtime_side(bundle: Path, bench: Benchmark, work: Path, backend: str, log: 
         raise ParityError(f"the runtime could not index {len(missing)} videos (e.g. {missing[:3]}); "
                           f"see {index_dir / 'failed.jsonl'}")
     rows = np.array([row_of[v] for v in bench.video_ids])
-    text = TextEncoder(b, backend).encode(bench.captions, what="caption")
-    scorer = Scorer(open_session(b, "scorer", backend), b.config)
-    sims = score_matrix(scorer, text, gallery.subset(rows))
+    b = load_bundle(bundle)
+    models = load_query_models(b, backend)
+    text = models.text.encode(bench.captions, what="caption")
+    sims = score_matrix(models.scorer, text, gallery.subset(rows))
     stored = gallery.biases()
     if stored is None:
         raise ParityError(f"{index_dir} has no SK biases")
@@ -116,7 +109,7 @@ def runtime_side(bundle: Path, bench: Benchmark, work: Path, backend: str, log: 
 
 
 # ---- PyTorch side ---------------------------------------------------------------------------
-def torch_side(model, bench: Benchmark, vocab: Path, log: Log) -> dict:
+def torch_side(model, bench: Benchmark, vocab: Path) -> dict:
     """Decode, encode and score the benchmark with the PyTorch model (in eval mode)."""
     import torch
 
@@ -127,7 +120,8 @@ def torch_side(model, bench: Benchmark, vocab: Path, log: Log) -> dict:
     cfg = model.config
     spec = VideoSpec.from_config(cfg)
     tokenizer = ClipTokenizer(vocab)
-    log(f"PyTorch: encoding {len(bench.video_paths)} videos and {len(bench.captions) + len(bench.bank)} captions")
+    logger.info("PyTorch: encoding %d videos and %d captions", len(bench.video_paths),
+                len(bench.captions) + len(bench.bank))
 
     def encode_texts(texts: list[str]):
         parts = []
@@ -162,7 +156,7 @@ def torch_side(model, bench: Benchmark, vocab: Path, log: Log) -> dict:
 # ---- the command's body ---------------------------------------------------------------------
 def run_parity(checkpoint: Path, bundle: Path, benchmark: Path, *, dataset: str = "msrvtt", split: str = "test",
                bank: Path | None = None, backend: str = "auto", tolerance: Tolerance | None = None,
-               log: Log = print, store: str = "float32") -> dict:
+               store: str = "float32") -> dict:
     """Run both sides and return the comparison report (``report["passed"]``); the runtime stores
     the gallery's features as ``store`` (float32, float16 or int8: ``ucofia-run index --store``)."""
     from runtime.bundle import load_bundle
@@ -178,8 +172,8 @@ def run_parity(checkpoint: Path, bundle: Path, benchmark: Path, *, dataset: str 
     if not bench.captions:
         raise ParityError(f"{benchmark}: the {split} split has no captions")
     with tempfile.TemporaryDirectory(prefix="ucofia-parity-") as tmp:
-        rt = runtime_side(bundle, bench, Path(tmp), backend, log, store)
-    pt = torch_side(model, bench, b.tokenizer.vocab_file, log)
+        rt = runtime_side(bundle, bench, Path(tmp), backend, store)
+    pt = torch_side(model, bench, b.tokenizer.vocab_file)
     col_of = {v: i for i, v in enumerate(bench.video_ids)}
     video_of_text = [col_of[v] for v in bench.caption_video_ids]
     one_to_one = video_of_text == list(range(len(bench.video_ids)))

@@ -24,3 +24,7 @@ class BackendError(RuntimeUserError):
 
 class QueryError(RuntimeUserError):
     """A query or annotation text is unusable (e.g. empty)."""
+
+
+class OptionsError(RuntimeUserError):
+    """Options that cannot go together; the CLI reports it as a usage error (exit code 2)."""

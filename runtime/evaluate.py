@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,18 +30,21 @@ import numpy as np
 
 from evaluation.metrics import retrieval_metrics
 from evaluation.moments import moment_recall
-
+from runtime.deployment import load_query_models, open_index
 from runtime.errors import RuntimeUserError
 from runtime.index import GalleryIndex
-from runtime.scoring import LEVELS, Scorer, TextFeatures, fuse, score_matrix
+from runtime.scoring import DEFAULT_MEMORY_MB, LEVELS, Scorer, TextFeatures, fuse, score_matrix
 from runtime.sinkhorn import text_bias
 from runtime.windows import file_of, is_windowed, setting_of, span_of
+from ucofia.progress import progress_bar
 
 DATASETS = ("msrvtt", "generic")
 VIDEO_COLUMNS = ("video_id", "video", "vid")
 CAPTION_COLUMNS = ("sentence", "caption", "text")
 # Optional true span of each caption (seconds), for moment retrieval.
 SPAN_COLUMNS = (("start", "end"), ("start_time", "end_time"))
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -185,3 +190,44 @@ def moment_metrics(t2v_rows: np.ndarray, row_entries: list[dict[str, Any]], ann:
     return {"t2v": metrics, "moments": len(row_entries),
             "moment_of_row": "its window" if windowed else "the whole file [0, duration] (baseline)",
             "hit": "right file and temporal IoU >= threshold", "ranking": "all moments of all files"}
+
+
+@dataclass(frozen=True)
+class EvaluateRequest:
+    """What ``ucofia-run evaluate`` is asked: the index, the annotations and how to score them."""
+
+    index: Path
+    annotations: Path
+    dataset: str = "msrvtt"
+    video_bank: Path | None = None      # index of bank videos for the v2t text bias (default: the evaluated ones)
+    use_biases: bool = True
+    allow_missing: bool = False
+    bundle: Path | None = None
+    backend: str = "auto"
+    memory_mb: float = DEFAULT_MEMORY_MB
+    threads: int | None = None
+
+
+def evaluate_index(request: EvaluateRequest) -> dict[str, Any]:
+    """Open the index and its bundle, score the annotated captions against the annotated videos and
+    return the metrics report (see :func:`evaluate`) with what it was computed on."""
+    gallery, bundle = open_index(request.index, request.bundle)
+    models = load_query_models(bundle, request.backend, request.threads)
+    ann, videos, rows = select_videos(gallery, load_annotations(request.annotations, request.dataset),
+                                      request.allow_missing)
+    bank = None
+    if request.video_bank is not None:
+        bank = GalleryIndex(request.video_bank)
+        bank.check_bundle(bundle)
+    start = time.perf_counter()
+    text = models.text.encode_reporting(ann.captions, "caption")
+    with progress_bar(len(ann.captions) * len(rows), "scoring", "pair") as update:
+        report = evaluate(gallery, models.scorer, text, ann, videos, rows, request.memory_mb, bank,
+                          request.use_biases, update)
+    report.update({"index": str(request.index), "annotations": str(request.annotations), "dataset": request.dataset,
+                   "backend": models.scorer.session.backend, "seconds": round(time.perf_counter() - start, 3),
+                   "bundle_fingerprint": bundle.fingerprint})
+    if report["extra_gallery_videos"]:
+        logger.info("note: the index holds %d videos that are not annotated; they are left out of the ranking (the "
+                    "stored biases were computed over all indexed videos)", report["extra_gallery_videos"])
+    return report

@@ -21,17 +21,17 @@ shards and dropped. Outside the budget: the query features and the result (top-k
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping, Protocol
+from typing import Protocol
 
 import numpy as np
-
-from ucofia.config import LEVELS, UCoFiAConfig
 
 from runtime.backends import GraphSession
 from runtime.errors import RuntimeUserError
 from runtime.finite import NON_FINITE_FIX
+from ucofia.config import LEVELS, UCoFiAConfig
 
 TEXT_ROLES = ("sentence", "words")
 VIDEO_ROLES = ("video", "frame_features", "patches")
@@ -70,11 +70,11 @@ class TextFeatures:
     def __len__(self) -> int:
         return int(self.sentence.shape[0])
 
-    def rows(self, start: int, stop: int) -> "TextFeatures":
+    def rows(self, start: int, stop: int) -> TextFeatures:
         return TextFeatures(self.sentence[start:stop], self.words[start:stop])
 
     @staticmethod
-    def concat(parts: list["TextFeatures"]) -> "TextFeatures":
+    def concat(parts: list[TextFeatures]) -> TextFeatures:
         return TextFeatures(np.concatenate([p.sentence for p in parts]), np.concatenate([p.words for p in parts]))
 
 
@@ -98,6 +98,19 @@ class ArrayVideos:
 
     def features(self, start: int, stop: int) -> dict[str, np.ndarray]:
         return {role: self.arrays[role][start:stop] for role in VIDEO_ROLES}
+
+
+def gather_rows(videos: VideoSource, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """role -> features of the given rows of ``videos``, in that order: the source's own ``gather``
+    where it has one (an index reads only those rows), else its row range covering them, indexed."""
+    gather = getattr(videos, "gather", None)
+    if gather is not None:
+        return gather(rows)
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) == 0:
+        return {role: value[:0] for role, value in videos.features(0, 0).items()}
+    lo, hi = int(rows.min()), int(rows.max()) + 1
+    return {role: value[rows - lo] for role, value in videos.features(lo, hi).items()}
 
 
 class RowRange:

@@ -7,6 +7,7 @@ encoder's vocabulary before it runs (``runtime.vocabulary``).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +21,10 @@ from runtime.vocabulary import check_token_ids, text_vocab_size
 
 # Texts per text-encoder call.
 TEXT_BATCH = 256
+# Truncated texts named one by one in the warning; more are counted.
+TRUNCATED_SHOWN = 10
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -78,7 +83,24 @@ class TextEncoder:
             parts.append(TextFeatures(out["sentence"], out["words"]))
         return TextFeatures.concat(parts)
 
+    def encode_reporting(self, texts: list[str], what: str = "query") -> TextFeatures:
+        """Tokenize and encode ``texts`` as :meth:`encode` does, with a warning naming the texts
+        longer than ``max_words`` tokens (cut as the reference tokenizer cuts them)."""
+        tokens = self.tokenize(texts, what)
+        warn_truncated(tokens.truncated, self.max_words, what)
+        return self.encode_ids(tokens.ids, what)
+
     def encode(self, texts: list[str], what: str = "query", first_number: int = 1) -> TextFeatures:
         """Tokenize and encode ``texts`` (see ``tokenize`` and ``encode_ids`` for errors)."""
         return self.encode_ids(self.tokenize(texts, what, first_number, report_truncation=False).ids,
                                what, first_number)
+
+
+def warn_truncated(numbers: list[int], max_words: int, what: str) -> None:
+    """A warning naming the texts (1-based ``numbers``) cut to ``max_words`` tokens."""
+    if not numbers:
+        return
+    shown = ", ".join(map(str, numbers[:TRUNCATED_SHOWN])) + (" ..." if len(numbers) > TRUNCATED_SHOWN else "")
+    logger.warning("%d %s(s) longer than %d tokens were truncated to max_words=%d (SOT + %d tokens + EOT, as the "
+                   "reference tokenizer does): %s %s", len(numbers), what, max_words - 2, max_words, max_words - 2,
+                   what, shown)

@@ -11,15 +11,18 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
-
-from ucofia.io_utils import atomic_write_bytes
+from typing import Any
 
 from runtime.errors import RuntimeUserError
+from ucofia.io_utils import atomic_write_bytes
+
+logger = logging.getLogger(__name__)
 
 THUMBNAIL_DIR = "thumbnails"
 LONG_SIDE = 256
@@ -146,8 +149,7 @@ def make_thumbnail(index_root: str | os.PathLike[str], entry: Entry) -> Path | b
 
 
 def backfill(index_root: str | os.PathLike[str], entries: Iterable[Entry], workers: int = DEFAULT_WORKERS,
-             progress: Callable[[int], None] | None = None, log: Callable[[str], None] | None = None
-             ) -> ThumbnailReport:
+             progress: Callable[[int], None] | None = None) -> ThumbnailReport:
     """Make every missing thumbnail of ``entries`` (``workers`` decoding threads)."""
     import time
 
@@ -178,8 +180,7 @@ def backfill(index_root: str | os.PathLike[str], entries: Iterable[Entry], worke
                 report.made += 1
             else:
                 report.failed.append((str(entry.get("id")), error))
-                if log:
-                    log(f"warning: {error}")
+                logger.warning("%s", error)
             if progress:
                 progress(1)
     report.seconds = time.perf_counter() - start
@@ -216,8 +217,8 @@ class ThumbnailWriter:
         """Drop the queued thumbnails (an interrupted run; the next run backfills them)."""
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def close(self, all_entries: Iterable[Entry] = (), progress: Callable[[int], None] | None = None,
-              log: Callable[[str], None] | None = None) -> ThumbnailReport:
+    def close(self, all_entries: Iterable[Entry] = (), progress: Callable[[int], None] | None = None
+              ) -> ThumbnailReport:
         """Wait for the queued thumbnails, then make the missing ones of ``all_entries``."""
         import time
 
@@ -226,11 +227,10 @@ class ThumbnailWriter:
         self._pool.shutdown(wait=True)
         failed = [(vid, error) for vid, _, error in outcomes if error is not None]
         failed_ids = {vid for vid, _ in failed}
-        if log:
-            for _, error in failed:
-                log(f"warning: {error}")
+        for _, error in failed:
+            logger.warning("%s", error)
         report = backfill(self.index_root, [e for e in all_entries if str(e.get("id")) not in failed_ids],
-                          self.workers, progress, log)
+                          self.workers, progress)
         made_now = sum(1 for _, made, _ in outcomes if made)
         report.made += made_now
         report.present = max(0, report.present - made_now)  # backfill found them on disk

@@ -12,35 +12,35 @@ the biases came from, or ``--bank``) before the update is committed, in the same
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
-from runtime import ingest
-from runtime.bundle import Bundle
+from runtime.bundle import MANIFEST, Bundle, load_bundle
 from runtime.errors import GalleryIndexError
 from runtime.faults import crash_point
-from runtime.index import (KEEP_BIASES, SHARD_ARRAYS, SHARDS, GalleryIndex, IndexWriter, file_lock, link_shard,
-                           write_shard, writer_lock)
+from runtime.index import (
+    KEEP_BIASES,
+    SHARD_ARRAYS,
+    SHARDS,
+    GalleryIndex,
+    IndexWriter,
+    file_lock,
+    link_shard,
+    write_shard,
+    writer_lock,
+)
+from runtime.ingest.biases import BiasScoring, biases_for
 
 DUPLICATE_POLICIES = ("error", "first", "last")
-Log = Callable[[str], None]
-
-
-@dataclass
-class ScoringSettings:
-    """How biases are recomputed: backend, scorer memory budget, threads, progress bars."""
-
-    backend: str = "cpu"
-    memory_mb: float = 1024
-    threads: int | None = None
-    progress_factory: Callable[[int], Callable[[int], None] | None] | None = None
+logger = logging.getLogger(__name__)
 
 
 def read_id_list(path: Path) -> list[str]:
@@ -59,7 +59,7 @@ def read_id_list(path: Path) -> list[str]:
 
 
 def remove_videos(writer: IndexWriter, bundle: Bundle | None, ids: list[str], *, bank: Path | None,
-                  allow_missing: bool, settings: ScoringSettings, log: Log) -> dict[str, Any]:
+                  allow_missing: bool, settings: BiasScoring) -> dict[str, Any]:
     """Remove ``ids`` from the index of ``writer`` and recompute its biases, in one commit."""
     wanted = set(ids)
     missing = sorted(wanted - writer.indexed)
@@ -72,25 +72,23 @@ def remove_videos(writer: IndexWriter, bundle: Bundle | None, ids: list[str], *,
     index = writer.index
     kept = np.array([row for row, vid in enumerate(index.ids) if vid not in remove], dtype=np.int64)
     kept_ids = [index.ids[row] for row in kept]
-    record, what = _biases(writer, bundle, bank, index.subset(kept), kept_ids, settings, log)
+    record, what = _biases(writer, bundle, bank, index.subset(kept), kept_ids, settings)
     writer.remove(remove, biases=record)
     return {"removed": len(remove), "missing": len(missing), "biases": what, "videos": len(kept_ids)}
 
 
 def _biases(writer: IndexWriter, bundle: Bundle | None, bank: Path | None, videos, ids: list[str],
-            settings: ScoringSettings, log: Log) -> tuple[Any, str]:
+            settings: BiasScoring) -> tuple[Any, str]:
     if bundle is None:
         if writer.state.get("biases") or bank is not None:
             raise GalleryIndexError(f"the SK biases of {writer.root} must be recomputed, which needs its bundle "
                                     f"{writer.state.get('bundle')}; pass --bundle")
         return KEEP_BIASES, "none"
-    return ingest.biases_for(writer, bundle, bank, videos, ids, backend=settings.backend,
-                             memory_mb=settings.memory_mb, threads=settings.threads, log=log,
-                             progress_factory=settings.progress_factory)
+    return biases_for(writer, bundle, bank, videos, ids, settings)
 
 
 # ---- merge ------------------------------------------------------------------------------------
-def _merge_bank(inputs: list[GalleryIndex], bank: Path | None, log: Log) -> Path | None:
+def _merge_bank(inputs: list[GalleryIndex], bank: Path | None) -> Path | None:
     """The caption bank for the merged biases: ``bank``, else the one every input's biases came from."""
     if bank is not None:
         return bank
@@ -103,8 +101,8 @@ def _merge_bank(inputs: list[GalleryIndex], bank: Path | None, log: Log) -> Path
                                 "biases); pass --bank FILE to compute the merged gallery's biases from one bank")
     path = next(iter(banks.values()))
     if not path.is_file():
-        log(f"warning: the caption bank {path} of the inputs' biases is gone; the merged index has no biases "
-            f"(pass --bank to compute them)")
+        logger.warning("the caption bank %s of the inputs' biases is gone; the merged index has no biases (pass "
+                       "--bank to compute them)", path)
         return None
     return path
 
@@ -134,10 +132,10 @@ def _winners(inputs: list[GalleryIndex], on_duplicate: str) -> list[set[str]]:
 
 
 def merge_indexes(inputs: list[Path], out: Path, bundle: Bundle, *, on_duplicate: str = "error",
-                  store: str | None = None, bank: Path | None = None, settings: ScoringSettings | None = None,
-                  log: Log = print) -> dict[str, Any]:
+                  store: str | None = None, bank: Path | None = None, settings: BiasScoring | None = None
+                  ) -> dict[str, Any]:
     """Merge indexes of one bundle into a new index ``out`` (rows: each input's rows in input order)."""
-    settings = settings or ScoringSettings()
+    settings = settings or BiasScoring()
     if out.exists():
         raise GalleryIndexError(f"{out} already exists; merge into a new directory")
     with ExitStack() as stack:
@@ -154,7 +152,7 @@ def merge_indexes(inputs: list[Path], out: Path, bundle: Bundle, *, on_duplicate
                                         f"choose the merged index's")
             store = stores.pop()
         losers = _winners(galleries, on_duplicate)
-        bank_path = _merge_bank(galleries, bank, log)
+        bank_path = _merge_bank(galleries, bank)
         out.parent.mkdir(parents=True, exist_ok=True)
         stack.enter_context(_merge_lock(out))
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.merge-", dir=out.parent))
@@ -165,7 +163,7 @@ def merge_indexes(inputs: list[Path], out: Path, bundle: Bundle, *, on_duplicate
                     records.extend(_bring_shards(writer, gallery, lost))
                 crash_point("merge:linked")
                 writer.commit_shards(records)
-                record, what = _biases(writer, bundle, bank_path, writer.index, writer.index.ids, settings, log)
+                record, what = _biases(writer, bundle, bank_path, writer.index, writer.index.ids, settings)
                 if record is not KEEP_BIASES:
                     writer.commit_biases(record)
                 videos = len(writer.indexed)
@@ -216,3 +214,15 @@ def _merge_lock(out: Path) -> Iterator[None]:
             yield
         finally:
             lock.unlink(missing_ok=True)
+
+
+def bundle_of(index_dir: Path, bundle_dir: Path | None, required: bool) -> Bundle | None:
+    """The bundle an update of ``index_dir`` needs (``bundle_dir``, default the one the index
+    recorded), checked against the index; None when it is not ``required``, not given and gone."""
+    gallery = GalleryIndex(index_dir)
+    path = bundle_dir or gallery.bundle_path
+    if not required and bundle_dir is None and not (path / MANIFEST).is_file():
+        return None
+    bundle = load_bundle(path)
+    gallery.check_bundle(bundle)
+    return bundle

@@ -34,7 +34,9 @@ def main() -> None:
     from runtime.distributed.bank import ray_bank_biases
     from runtime.distributed.pipeline import RayIndexRun, RayOptions, actor_resources
     from runtime.index import IndexWriter
-    from runtime.ingest import IngestReport, plan_ingest, update_biases
+    from runtime.ingest import IngestReport
+    from runtime.ingest.biases import BiasScoring, update_biases
+    from runtime.ingest.files import plan_ingest
     from runtime.sources import list_videos
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
@@ -60,12 +62,11 @@ def main() -> None:
         writer.publish_later = args.bank is not None
         todo, replaces, _ = plan_ingest(writer, list_videos(args.videos))
         times = RayIndexRun(writer, bundle, backend="cpu", batch_size=args.batch_size, threads=1, options=options,
-                            report=report, replaces=replaces, progress=progress, log=print).run(todo)
+                            report=report, replaces=replaces, progress=progress).run(todo)
         actors, resources = actor_resources(ray, "cpu", options)
         compute = ray_bank_biases(ray, bundle_dir=args.bundle.resolve(), index_root=args.out.resolve(), backend="cpu",
                                   actors=actors, actor_options=resources, tile_videos=args.bank_tile)
-        biases = update_biases(writer, bundle, args.bank, backend="cpu", memory_mb=64, threads=1, log=print,
-                               compute=compute)
+        biases = update_biases(writer, bundle, args.bank, BiasScoring("cpu", 64, 1, compute))
     print(json.dumps({"addresses": addresses, "nodes": nodes, "node_removed": removed.is_set(),
                       "indexed": report.indexed, "failed": [vid for vid, _ in report.failed],
                       "attempts": times.attempts, "biases": biases}))

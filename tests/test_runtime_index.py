@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from runtime_helpers import build_fake_bundle, make_clip, run_cli, synthetic_index
 
-from runtime import ingest, search
+from runtime import search
+from runtime.ingest import local as ingest
 from runtime.bundle import load_bundle
 from runtime.errors import GalleryIndexError
 from runtime.index import GalleryIndex, IndexWriter

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from runtime_helpers import build_fake_bundle, make_clip
 
-from runtime import ingest, scoring
+from runtime import scoring
+from runtime.ingest import local as ingest
 from runtime.backends import open_session
 from runtime.bundle import load_bundle
 from runtime.errors import QueryError, RuntimeUserError

@@ -399,7 +399,7 @@ def test_writer_without_bundle_refuses_a_missing_index(tmp_path):
 
 @pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
 def test_stage1_kinds_are_recorded_and_exact_with_a_full_shortlist(kind, scratch):
-    from runtime.stage1 import choose
+    from runtime.search.stage1 import choose
 
     gallery, exhaustive = _search(scratch["all"])
     bundle = load_bundle(gallery.bundle_path)

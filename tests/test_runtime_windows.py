@@ -14,7 +14,8 @@ from window_helpers import cut_span, write_lossless
 
 from evaluation.metrics import retrieval_metrics
 from evaluation.moments import moment_recall
-from runtime import grouping, search
+from runtime import search
+from runtime.search import grouping
 from runtime.backends import open_session
 from runtime.bundle import load_bundle
 from runtime.index import GalleryIndex

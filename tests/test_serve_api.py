@@ -84,6 +84,7 @@ def test_search_matches_the_cli(served, tmp_path):
     body = reply.json()
     assert reply.headers["cache-control"] == "no-store"
     assert body["mode"] == "exhaustive" and body["top_k"] == 6
+    assert body["group_by"] is None  # an index of whole files: nothing to group
     assert body["batch"]["queries"] >= 3 and body["batch"]["requests"] >= 1
     assert set(body["timings"]) == {"queue_ms", "encode_ms", "score_ms", "total_ms"}
     out = tmp_path / "cli.jsonl"
@@ -351,21 +352,30 @@ def test_request_timeout_answers_504_and_the_server_recovers(gated):
     assert client.post("/v1/search", json=QUERY).status_code == 200
 
 
-def test_windowed_index_answers_with_spans(tmp_path):
-    from fastapi.testclient import TestClient
+@pytest.fixture(scope="module")
+def windowed_index(tmp_path_factory):
+    """An index of 1 s windows of two 3 s clips."""
     from serve_helpers import make_clips
 
     from runtime_helpers import build_fake_bundle
 
-    bundle = build_fake_bundle(tmp_path / "bundle")
-    make_clips(tmp_path / "clips", 2, seconds=3.0)
-    index = tmp_path / "index"
-    result = run_cli("index", "--bundle", str(bundle), "--videos", str(tmp_path / "clips"), "-o", str(index), "-q",
+    root = tmp_path_factory.mktemp("windowed")
+    bundle = build_fake_bundle(root / "bundle")
+    make_clips(root / "clips", 2, seconds=3.0)
+    index = root / "index"
+    result = run_cli("index", "--bundle", str(bundle), "--videos", str(root / "clips"), "-o", str(index), "-q",
                      "--workers", "1", "--window", "1")
     assert result.returncode == 0, result.stderr
-    _, app = open_app(index)
+    return index
+
+
+def test_windowed_index_answers_with_spans(windowed_index):
+    from fastapi.testclient import TestClient
+
+    _, app = open_app(windowed_index)
     with TestClient(app) as client:
-        body = client.post("/v1/search", json={"queries": ["a red car"], "top_k": 4}).json()
+        body = client.post("/v1/search", json={"queries": ["a red car"], "top_k": 4, "group_by": "window"}).json()
+        assert body["group_by"] == "window"
         hits = body["results"][0]["results"]
         assert len(hits) == 4
         for hit in hits:
@@ -374,3 +384,62 @@ def test_windowed_index_answers_with_spans(tmp_path):
             assert hit["links"]["media"].endswith(f"#t={hit['start']:g},{hit['end']:g}")
             thumb = client.get(hit["links"]["thumbnail"])
             assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+        grouped = client.post("/v1/search", json={"queries": ["a red car"], "top_k": 4}).json()
+        assert grouped["group_by"] == "file"  # the CLI's default on windows
+        files = grouped["results"][0]["results"]
+        assert sorted(f["file_id"] for f in files) == ["clip0", "clip1"]
+        for record in files:
+            assert 1 <= len(record["windows"]) <= 3 and record["video_id"] == record["windows"][0]["video_id"]
+            assert all(w["video_id"].startswith(record["file_id"] + "@") for w in record["windows"])
+            assert all(w["links"]["media"].endswith(f"#t={w['start']:g},{w['end']:g}") for w in record["windows"])
+
+
+def _without_links(record: dict) -> dict:
+    """A service result record as the CLI writes it (the service adds entry and links)."""
+    out = {k: v for k, v in record.items() if k not in ("entry", "links")}
+    if out.get("windows") is None:
+        out.pop("windows", None)
+    else:
+        out["windows"] = [{k: v for k, v in w.items() if k != "links"} for w in out["windows"]]
+    return out
+
+
+def _same_records(got: list[dict], want: list[dict]) -> None:
+    """Equal records: same keys, ids, ranks and spans; scores equal to float32 precision."""
+    assert len(got) == len(want)
+    for hit, ref in zip(got, want):
+        assert set(hit) == set(ref)
+        for key, value in ref.items():
+            if key == "windows":
+                _same_records(hit[key], value)
+            elif key == "levels":
+                assert hit[key] == pytest.approx(value, rel=1e-6, abs=1e-6)
+            elif key == "score":
+                assert hit[key] == pytest.approx(value, rel=1e-6, abs=1e-6)
+            else:
+                assert hit[key] == value, key
+
+
+@pytest.mark.parametrize("request_options", [{}, {"group_by": "window"}, {"group_by": "file", "windows_per_file": 1},
+                                             {"two_stage": True, "windows_per_file": 2}])
+def test_windowed_search_records_equal_the_cli(windowed_index, tmp_path, request_options):
+    from fastapi.testclient import TestClient
+
+    queries = ["a red car", "someone cooking"]
+    flags = {"group_by": "--group-by", "windows_per_file": "--windows-per-file"}
+    args = [a for key, value in request_options.items() if key in flags for a in (flags[key], str(value))]
+    if request_options.get("two_stage"):
+        args.append("--two-stage")
+    out = tmp_path / "cli.jsonl"
+    cli = run_cli("search", "--index", str(windowed_index), *sum((["--query", q] for q in queries), []), "--top-k",
+                  "3", *args, "-o", str(out))
+    assert cli.returncode == 0, cli.stderr
+    expected = [json.loads(line) for line in out.read_text().splitlines()]
+    _, app = open_app(windowed_index)
+    with TestClient(app) as client:
+        body = client.post("/v1/search", json={"queries": queries, "top_k": 3, **request_options}).json()
+    assert body["group_by"] == request_options.get("group_by", "file")
+    assert len(body["results"]) == len(expected) == len(queries)
+    for got, want in zip(body["results"], expected):
+        assert got["query"] == want["query"]
+        _same_records([_without_links(r) for r in got["results"]], want["results"])

@@ -168,13 +168,15 @@ def engine_and_snapshot(tmp_path_factory):
     from runtime.serve.settings import ServeSettings
     from runtime.serve.snapshot import load_snapshot
 
-    from runtime.cli import _open
+    from runtime.deployment import load_query_models, open_index
 
     _, _, index = build_index(tmp_path_factory.mktemp("engine"), clips=6)
     settings = ServeSettings(index_dir=index, backend="cpu")
-    gallery, bundle, text, scorer = _open(index, None, "cpu", None)
-    engine = SearchEngine(bundle, text, scorer, settings)
-    return engine, load_snapshot(gallery, scorer, version=1, two_stage=False, memory_mb=64, probe=engine.probe)
+    gallery, bundle = open_index(index)
+    models = load_query_models(bundle, "cpu")
+    engine = SearchEngine(bundle, models.text, models.scorer, settings)
+    return engine, load_snapshot(gallery, models.scorer, version=1, two_stage=False, memory_mb=64,
+                                 probe=engine.probe)
 
 
 def test_a_batch_answers_each_request_as_if_alone(engine_and_snapshot):

@@ -140,6 +140,6 @@ def test_demo_prints_a_valid_serve_command(tmp_path):
     command = next(line.strip() for line in hint.splitlines() if line.strip().startswith("ucofia-run serve"))
     args = shlex.split(command)
     assert args[:2] == ["ucofia-run", "serve"]
-    parsed = main.commands["serve"].make_context("serve", args[2:])  # the options exist and parse
+    parsed = main.get_command(None, "serve").make_context("serve", args[2:])  # the options exist and parse
     assert parsed.params["index_dir"] == tmp_path / "demo run" / "index"
     assert "http://127.0.0.1:8080/" in hint

@@ -4,9 +4,9 @@ Commands are imported only when used, so ``ucofia --help`` and torch-free comman
 """
 from __future__ import annotations
 
-import importlib
-
 import click
+
+from ucofia.cli_support import LazyGroup
 
 # command name -> ("module:function", one-line help shown by `ucofia --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -18,26 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-class LazyGroup(click.Group):
-    """A click group that imports a command's module only when that command is invoked."""
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(COMMANDS)
-
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name not in COMMANDS:
-            return None
-        target, _ = COMMANDS[name]
-        module, attr = target.split(":")
-        return getattr(importlib.import_module(module), attr)
-
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
-        with formatter.section("Commands"):
-            formatter.write_dl(rows)
-
-
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, lazy_commands=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ucofia")
 def main() -> None:
     """ucofia: train, export and serve UCoFiA video-text retrieval models.

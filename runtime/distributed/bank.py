@@ -8,8 +8,9 @@ same inputs; only the tiling differs.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -54,9 +55,9 @@ class BankScorer:
 
 def ray_bank_biases(ray: Any, *, bundle_dir: Path, index_root: Path, backend: str, actors: int,
                     actor_options: dict[str, Any], tile_videos: int = BANK_TILE_VIDEOS) -> Callable[..., np.ndarray]:
-    """A ``compute`` for :func:`runtime.ingest.update_biases` that scores on ``actors`` Ray actors;
+    """A ``compute`` for :func:`runtime.ingest.biases.update_biases` that scores on ``actors`` Ray actors;
     each resolves ``backend`` (as asked for, e.g. auto) on its own machine."""
-    from runtime.ingest import BANK_CHUNK, biases_from_bank_scores
+    from runtime.ingest.biases import BANK_CHUNK, biases_from_bank_scores
 
     def compute(videos: VideoSource, bundle: Any, captions: list[str], *, memory_mb: float, threads: int | None,
                 scratch: Path, progress: Callable[[int], None] | None = None, **_: Any) -> np.ndarray:

@@ -16,24 +16,24 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from ucofia.data.video import VideoSpec
-
 from runtime.bundle import Bundle
+from runtime.distributed import require_ray
+from runtime.distributed.stages import ShardEncoder, decode_batch
 from runtime.errors import RuntimeUserError
 from runtime.faults import crash_point
 from runtime.index import IDS, SHARDS, IndexWriter
-from runtime.ingest import IngestReport
+from runtime.ingest.report import IngestReport
+from ucofia.data.video import VideoSpec
 
-from runtime.distributed import require_ray
-from runtime.distributed.stages import ShardEncoder, decode_batch
+logger = logging.getLogger(__name__)
 
-Log = Callable[[str], None]
 # Memory a decode task reserves: a batch of uint8 frames plus FFmpeg's buffers, with room to spare.
 # Asking for it also keeps Ray Data from fusing decoding into the encoder actors (decoding must
 # scale over every CPU of the cluster, not the few encoder actors).
@@ -149,14 +149,13 @@ class RayIndexRun:
 
     def __init__(self, writer: IndexWriter, bundle: Bundle, *, backend: str, batch_size: int, threads: int | None,
                  options: RayOptions, report: IngestReport, replaces: dict[str, list[str]] | None = None,
-                 progress: Callable[[int], None] | None = None, log: Log = lambda m: None,
-                 thumbnails: bool = False) -> None:
+                 progress: Callable[[int], None] | None = None, thumbnails: bool = False) -> None:
         self.ray = require_ray()
         self.writer, self.bundle = writer, bundle
         self.backend, self.batch_size, self.threads = backend, batch_size, threads
         self.options, self.report = options, report
         self.replaces = replaces or {}
-        self.progress, self.log, self.thumbnails = progress, log, thumbnails
+        self.progress, self.thumbnails = progress, thumbnails
         self.times = StageTimes()
         self.done: set[str] = set()  # ids committed or failed in this run
         self.committed_now: set[str] = set()
@@ -262,14 +261,14 @@ class RayIndexRun:
                             f"the Ray pipeline failed {attempt} times; the last error: {exc.__class__.__name__}: "
                             f"{str(exc)[:500]}. {len(todo) - len(left)} of {len(todo)} videos are committed; re-run "
                             f"the same command to resume") from None
-                    self.log(f"warning: the Ray pipeline failed ({exc.__class__.__name__}: {str(exc)[:200]}); "
-                             f"running it again for the {len(left)} videos left (attempt {attempt + 1} of "
-                             f"{self.options.attempts})")
+                    logger.warning("the Ray pipeline failed (%s: %s); running it again for the %d videos left "
+                                   "(attempt %d of %d)", exc.__class__.__name__, str(exc)[:200], len(left), attempt + 1,
+                                   self.options.attempts)
                     continue
                 left = [(vid, path) for vid, path in left if vid not in self.done]
                 if not left:
                     break
-                self.log(f"warning: {len(left)} videos did not come back from the pipeline; running it again")
+                logger.warning("%d videos did not come back from the pipeline; running it again", len(left))
             if left:
                 raise RuntimeUserError(f"{len(left)} videos were not indexed after {self.options.attempts} pipeline runs "
                                        f"(e.g. {left[0][0]}); re-run the same command to resume")

@@ -16,10 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from ucofia.data.video import VideoSpec, decode_many, to_model_input
-
 from runtime.faults import crash_once
 from runtime.index import IDS, SHARDS, write_shard
+from ucofia.data.video import VideoSpec, decode_many, to_model_input
 
 Batch = dict[str, np.ndarray]
 SHARD_PREFIX = "ray-"
@@ -38,7 +37,7 @@ def decode_batch(batch: Batch, spec: VideoSpec, thumbnails_root: str | None = No
     single-process path. With ``thumbnails_root`` (the index directory) each decoded video's
     thumbnail is written there too, so thumbnails scale with the decode tasks; one that cannot be
     made is left to the driver's backfill, which reports it."""
-    from runtime.ingest import file_identity, unreadable_reason, video_entry
+    from runtime.ingest.files import file_identity, unreadable_reason, video_entry
     from runtime.thumbnails import ThumbnailError, make_thumbnail
 
     ids, paths = _strings(batch["id"]), _strings(batch["path"])
@@ -126,7 +125,7 @@ class ShardEncoder:
         return np.stack(list(self._convert.map(one, rows)) if self._convert else [one(i) for i in rows])
 
     def __call__(self, batch: Batch) -> Batch:
-        from runtime.ingest import screen_features
+        from runtime.ingest.batches import screen_features
 
         crash_once("ray:encode")
         ids, errors = _strings(batch["id"]), _strings(batch["error"])

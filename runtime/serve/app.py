@@ -35,6 +35,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from runtime.errors import QueryError, RuntimeUserError
 from runtime.scoring import LEVELS
+from runtime.search import DEFAULT_TOP_K, DEFAULT_WINDOWS_PER_FILE
 from runtime.serve.batching import QueueFull, RequestTimeout
 from runtime.serve.engine import JobResult, SearchJob
 from runtime.serve.guard import GuardMiddleware
@@ -50,7 +51,7 @@ API_VERSION = "1"
 HIDDEN_ENTRY_FIELDS = frozenset({"id", "path"})
 MEDIA_CACHE = "private, max-age=300"
 
-log = logging.getLogger("ucofia.serve")
+logger = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -66,9 +67,19 @@ class Links(BaseModel):
     media: str = Field(description="GET: the source file, with HTTP Range (signed when auth is on)")
 
 
+class WindowHit(BaseModel):
+    video_id: str = Field(description="the window's id (FILE@START-END)")
+    start: float | None = Field(None, description="the window's start (seconds)")
+    end: float | None = Field(None, description="the window's end (seconds)")
+    score: float = Field(description="fused score of the window")
+    levels: dict[str, float] = Field(description=f"the level scores: {', '.join(LEVELS)}")
+    links: Links
+
+
 class Hit(BaseModel):
     rank: int
-    video_id: str
+    video_id: str = Field(description="the indexed row: a video, or a time window (grouped by file: the file's "
+                                      "best window)")
     file_id: str | None = Field(None, description="on an index of time windows: the file the window is of")
     start: float | None = Field(None, description="on an index of time windows: the window's start (seconds)")
     end: float | None = Field(None, description="on an index of time windows: the window's end (seconds)")
@@ -77,6 +88,8 @@ class Hit(BaseModel):
     entry: dict[str, Any] = Field(description="what the index recorded about the video (duration_s, fps, "
                                               "width, height, ...; time windows add start/end)")
     links: Links
+    windows: list[WindowHit] | None = Field(None, description="grouped by file: the file's best windows, best "
+                                                              "first (at most windows_per_file)")
 
 
 class QueryResult(BaseModel):
@@ -106,6 +119,8 @@ class Timings(BaseModel):
 
 class SearchResponse(BaseModel):
     mode: Literal["exhaustive", "two_stage"]
+    group_by: Literal["file", "window"] | None = Field(description="how the rows of an index of time windows were "
+                                                                   "ranked; null on an index of whole files")
     top_k: int
     results: list[QueryResult]
     snapshot: SnapshotInfo
@@ -144,9 +159,15 @@ def _request_model(service: SearchService) -> type[BaseModel]:
         queries: list[Query] = Field(min_length=1, max_length=limits.max_queries,
                                      description=f"1 to {limits.max_queries} texts of at most "
                                                  f"{limits.max_query_chars} characters")
-        top_k: int = Field(10, ge=1, le=limits.max_top_k, description="results per query")
+        top_k: int = Field(DEFAULT_TOP_K, ge=1, le=limits.max_top_k, description="results per query")
         two_stage: bool | None = Field(None, description="true: FAISS shortlist + fused re-rank; false: "
                                                          "exhaustive; null: the server's choice by gallery size")
+        group_by: Literal["file", "window"] | None = Field(
+            None, description="on an index of time windows: 'file' (the default there) ranks each file once by its "
+                              "best window and lists its best windows; 'window' ranks windows on their own. Ignored "
+                              "on an index of whole files. As `ucofia-run search --group-by`.")
+        windows_per_file: int = Field(DEFAULT_WINDOWS_PER_FILE, ge=1, le=limits.max_windows_per_file,
+                                      description="grouped by file: best windows listed per file")
 
         @field_validator("queries")
         @classmethod
@@ -226,8 +247,14 @@ def create_app(service: SearchService) -> FastAPI:
         return {k: v for k, v in (entry or {}).items() if k not in HIDDEN_ENTRY_FIELDS}
 
     def decorate(request: Request, snapshot: Snapshot, hit: dict[str, Any]) -> dict[str, Any]:
+        """A result record of the search path with the entry and links of its row (and of each of
+        its windows when grouped by file)."""
         entry = snapshot.index.entry(hit["video_id"])
-        return {**hit, "entry": public_entry(entry), "links": links(request, hit["video_id"], entry)}
+        out = {**hit, "entry": public_entry(entry), "links": links(request, hit["video_id"], entry)}
+        if "windows" in hit:
+            out["windows"] = [{**w, "links": links(request, w["video_id"], snapshot.index.entry(w["video_id"]))}
+                              for w in hit["windows"]]
+        return out
 
     def entry_or_404(snapshot: Snapshot, video_id: str) -> dict[str, Any]:
         entry = snapshot.index.entry(video_id)
@@ -263,7 +290,7 @@ def create_app(service: SearchService) -> FastAPI:
     @app.exception_handler(Exception)
     async def internal_error(_: Request, exc: Exception) -> JSONResponse:
         metrics.errors.labels("internal").inc()
-        log.exception("internal error", exc_info=exc)
+        logger.exception("internal error", exc_info=exc)
         return JSONResponse({"error": "internal error; see the server log"}, status_code=500)
 
     # ---- health ------------------------------------------------------------------------------
@@ -292,7 +319,8 @@ def create_app(service: SearchService) -> FastAPI:
                 "snapshot": service.snapshot.describe(), "levels": list(LEVELS),
                 "two_stage": settings.two_stage, "two_stage_min_videos": settings.two_stage_min_videos,
                 "limits": {"max_queries": limits.max_queries, "max_query_chars": limits.max_query_chars,
-                           "max_top_k": limits.max_top_k, "max_body_bytes": limits.max_body_bytes}}
+                           "max_top_k": limits.max_top_k, "max_windows_per_file": limits.max_windows_per_file,
+                           "max_body_bytes": limits.max_body_bytes}}
 
     # ---- search ------------------------------------------------------------------------------
     @app.post("/v1/search", tags=["search"], response_model=SearchResponse, responses=ERRORS,
@@ -303,7 +331,8 @@ def create_app(service: SearchService) -> FastAPI:
         if body.two_stage and settings.two_stage == "off":
             raise HTTPException(400, "two-stage search is off on this server (--two-stage off); leave two_stage "
                                      "out or set it to false")
-        job = SearchJob(queries=list(body.queries), top_k=body.top_k, two_stage=body.two_stage)
+        job = SearchJob(queries=list(body.queries), top_k=body.top_k, two_stage=body.two_stage,
+                        group_by=body.group_by, windows_per_file=body.windows_per_file)
         start = time.monotonic()
         try:
             result: JobResult = await service.search(job)
@@ -324,7 +353,7 @@ def create_app(service: SearchService) -> FastAPI:
         response.headers["Cache-Control"] = "no-store"
         queue = (job.started or start) - job.enqueued
         return {
-            "mode": result.mode, "top_k": body.top_k,
+            "mode": result.mode, "group_by": result.group_by, "top_k": body.top_k,
             "results": [{**q, "results": [decorate(request, snapshot, hit) for hit in q["results"]]}
                         for q in result.queries],
             "snapshot": snapshot.describe(),
@@ -346,7 +375,7 @@ def create_app(service: SearchService) -> FastAPI:
                 made = await run_in_threadpool(make_thumbnail, snapshot.index.root, entry)
             except ThumbnailError as exc:
                 metrics.errors.labels("thumbnail").inc()
-                log.warning("thumbnail of %r: %s", video_id, exc)
+                logger.warning("thumbnail of %r: %s", video_id, exc)
                 if source_path(entry) is None:
                     raise HTTPException(404, f"video {video_id!r} was indexed without its source file; re-index "
                                              f"it with `ucofia-run index` to enable thumbnails") from None

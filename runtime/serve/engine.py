@@ -1,9 +1,11 @@
-"""The model side of the service: one text-encoder call and one scoring pass per batch of requests.
+"""The model side of the service: one text-encoder call and one search per batch of requests.
 
 Runs in the batcher's worker thread, never on the event loop. Requests of a batch may ask for
-different ``top_k`` and search modes: all queries are encoded together, each mode's queries are
-scored together for the largest ``top_k`` asked, and every request gets its first ``top_k`` (the
-ranking is by fused score, then gallery row, so a shorter list is a prefix of a longer one).
+different ``top_k``, search modes and groupings: all queries are encoded together, the queries of
+requests whose options agree (``SearchOptions.batch_key``) are searched together for the largest
+``top_k`` asked, and every request gets its first ``top_k`` (the ranking is by fused score, then
+gallery row, so a shorter list is a prefix of a longer one). The search itself is
+``runtime.search.Searcher``'s, the same as ``ucofia-run search``.
 """
 from __future__ import annotations
 
@@ -14,11 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from runtime import search
 from runtime.bundle import Bundle
 from runtime.errors import RuntimeUserError
 from runtime.index import IndexChangedError
-from runtime.scoring import Scorer, TextFeatures, score_topk
+from runtime.scoring import Scorer, TextFeatures
+from runtime.search import SearchOptions
+from runtime.search.searcher import DEFAULT_WINDOWS_PER_FILE
 from runtime.serve.settings import PROBE_QUERY, ServeSettings
 from runtime.serve.snapshot import Snapshot
 from runtime.text import TextEncoder
@@ -36,6 +39,8 @@ class SearchJob:
     queries: list[str]
     top_k: int
     two_stage: bool | None = None  # None: the server's choice for the gallery size
+    group_by: str | None = None  # None: the index's default (by file on time windows)
+    windows_per_file: int = DEFAULT_WINDOWS_PER_FILE
     enqueued: float = field(default_factory=time.monotonic)
     started: float | None = None
     future: asyncio.Future | None = None
@@ -52,6 +57,7 @@ class JobResult:
 
     queries: list[dict[str, Any]]
     mode: str
+    group_by: str | None
     snapshot: Snapshot
     encode_s: float
     score_s: float
@@ -105,6 +111,12 @@ class SearchEngine:
                 results.append(exc)
         return results
 
+    def options(self, job: SearchJob, videos: int) -> SearchOptions:
+        """The search options of ``job`` on a gallery of ``videos``."""
+        return SearchOptions(top_k=job.top_k, two_stage=self.mode(videos, job.two_stage) == TWO_STAGE,
+                             shortlist=self.settings.shortlist, group_by=job.group_by,
+                             windows_per_file=job.windows_per_file)
+
     def _run(self, jobs: list[SearchJob], snapshot: Snapshot) -> list[JobResult]:
         texts = [q for job in jobs for q in job.queries]
         start = time.perf_counter()
@@ -114,28 +126,27 @@ class SearchEngine:
         encoded = time.perf_counter()
 
         offsets = np.cumsum([0] + [job.size for job in jobs])
-        modes = [self.mode(snapshot.videos, job.two_stage) for job in jobs]
-        hits: dict[int, list[list[dict[str, Any]]]] = {}
-        for mode in sorted(set(modes)):
-            members = [i for i, m in enumerate(modes) if m == mode]
+        options = [self.options(job, snapshot.videos) for job in jobs]
+        answers: dict[int, list[list[dict[str, Any]]]] = {}
+        group_by: dict[int, str | None] = {}
+        for key in dict.fromkeys(o.batch_key() for o in options):
+            members = [i for i, o in enumerate(options) if o.batch_key() == key]
             rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in members])
             queries = TextFeatures(features.sentence[rows], features.words[rows])
-            k = max(jobs[i].top_k for i in members)
-            if mode == TWO_STAGE:
-                top = snapshot.two_stage().search(queries, k, max(self.settings.shortlist, k))
-            else:  # what search.exhaustive does, on the snapshot's features and biases
-                top = score_topk(self.scorer, queries, snapshot.source, k, snapshot.biases, self.settings.memory_mb)
-            result = search.to_result(snapshot.index, top)
+            widest = max(members, key=lambda i: jobs[i].top_k)
+            answer = snapshot.searcher.search(queries, options[widest])
             position = 0
             for i in members:
-                hits[i] = [search.hit_records(result, position + q, jobs[i].top_k) for q in range(jobs[i].size)]
+                answers[i] = [records[:jobs[i].top_k] for records in answer.results[position:position + jobs[i].size]]
+                group_by[i] = answer.group_by
                 position += jobs[i].size
         scored = time.perf_counter()
 
         out = []
         for i, job in enumerate(jobs):
-            per_query = [{"query": text, "truncated": int(offsets[i]) + q + 1 in truncated, "results": hits[i][q]}
+            per_query = [{"query": text, "truncated": int(offsets[i]) + q + 1 in truncated, "results": answers[i][q]}
                          for q, text in enumerate(job.queries)]
-            out.append(JobResult(per_query, modes[i], snapshot, encoded - start, scored - encoded, len(texts),
-                                 len(jobs)))
+            mode = TWO_STAGE if options[i].two_stage else EXHAUSTIVE
+            out.append(JobResult(per_query, mode, group_by[i], snapshot, encoded - start, scored - encoded,
+                                 len(texts), len(jobs)))
         return out

@@ -8,15 +8,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from runtime.deployment import load_query_models, open_index
 from runtime.index import IndexChangedError
 from runtime.serve.auth import KeyRing, MediaSigner
 from runtime.serve.batching import DynamicBatcher
 from runtime.serve.engine import TWO_STAGE, JobResult, SearchEngine, SearchJob
 from runtime.serve.settings import MEDIA_URL_TTL_S, THUMBNAIL_CONCURRENCY, ServeSettings
-from runtime.serve.snapshot import (Snapshot, SnapshotHolder, load_snapshot, open_gallery, read_state_digest,
-                                    state_stamp)
+from runtime.serve.snapshot import Snapshot, SnapshotHolder, load_snapshot, open_gallery, read_state_digest, state_stamp
 
-log = logging.getLogger("ucofia.serve")
+logger = logging.getLogger(__name__)
 
 
 class SearchService:
@@ -48,15 +48,13 @@ class SearchService:
         self._observe_snapshot(self.snapshot)
 
     @classmethod
-    def open(cls, settings: ServeSettings, metrics: Any = None) -> "SearchService":
+    def open(cls, settings: ServeSettings, metrics: Any = None) -> SearchService:
         """Load the bundle's sessions, the index and the key file (errors: RuntimeUserError)."""
-        from runtime.cli import _open
-
         keyring = KeyRing.load(settings.api_keys) if settings.api_keys is not None else None
-        gallery, bundle, text, scorer = _open(settings.index_dir, settings.bundle_dir, settings.backend,
-                                              settings.threads)
-        engine = SearchEngine(bundle, text, scorer, settings)
-        snapshot = load_snapshot(gallery, scorer, version=1, memory_mb=settings.memory_mb, probe=engine.probe,
+        gallery, bundle = open_index(settings.index_dir, settings.bundle_dir)
+        models = load_query_models(bundle, settings.backend, settings.threads)
+        engine = SearchEngine(bundle, models.text, models.scorer, settings)
+        snapshot = load_snapshot(gallery, models.scorer, version=1, memory_mb=settings.memory_mb, probe=engine.probe,
                                  two_stage=engine.mode(len(gallery), None) == TWO_STAGE,
                                  preload_mb=settings.preload_mb)
         engine.warm_up(snapshot)
@@ -109,7 +107,7 @@ class SearchService:
         try:
             results = self.engine.run_batch(jobs, snapshot)
         except IndexChangedError as exc:
-            log.info("the index changed under snapshot %d (%s); reloading", snapshot.version, exc)
+            logger.info("the index changed under snapshot %d (%s); reloading", snapshot.version, exc)
             results = self.engine.run_batch(jobs, self._reload_blocking("changed", stale=snapshot)[1])
         if self.metrics is not None:
             done = next((r for r in results if isinstance(r, JobResult)), None)
@@ -166,7 +164,7 @@ class SearchService:
             start = time.perf_counter()
             old, snapshot = await asyncio.get_running_loop().run_in_executor(None, self._reload_blocking, trigger)
             seconds = time.perf_counter() - start
-            log.info("reloaded %s (%s): %d -> %d videos in %.2f s", snapshot.index.root, trigger, old.videos,
+            logger.info("reloaded %s (%s): %d -> %d videos in %.2f s", snapshot.index.root, trigger, old.videos,
                      snapshot.videos, seconds)
             return {"reloaded": True, "trigger": trigger, "seconds": round(seconds, 3),
                     "snapshot": snapshot.describe(), "previous": old.describe(),
@@ -197,5 +195,5 @@ class SearchService:
                 failed_digest = None
             except Exception as exc:  # keep serving the old snapshot; try again on the next change
                 failed_digest = digest
-                log.warning("--watch: reload of %s failed, still serving version %d: %s", root,
+                logger.warning("--watch: reload of %s failed, still serving version %d: %s", root,
                             self.snapshot.version, exc)

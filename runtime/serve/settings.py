@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime.scoring import DEFAULT_MEMORY_MB
+from runtime.search.searcher import DEFAULT_SHORTLIST
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -22,7 +23,6 @@ DEFAULT_REQUEST_TIMEOUT_S = 30.0
 # under --two-stage auto: at 10^4 ViT-B/32 videos exhaustive search costs ~160 ms per query on two
 # cores, a shortlist of 1000 about a tenth of that (benchmarks/large_gallery.py).
 TWO_STAGE_AUTO_MIN_VIDEOS = 5000
-DEFAULT_SHORTLIST = 1000
 TWO_STAGE_MODES = ("auto", "on", "off")
 # --watch polls index.json this often (bounded), and reloads once a change has held for one poll.
 DEFAULT_WATCH_INTERVAL_S = 2.0
@@ -48,6 +48,7 @@ class Limits:
     max_queries: int = 64
     max_query_chars: int = 1000
     max_top_k: int = 100
+    max_windows_per_file: int = 20
     max_body_bytes: int = 256 * 1024
 
 

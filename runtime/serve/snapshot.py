@@ -1,8 +1,9 @@
 """One opened index as an immutable snapshot, and the holder the service swaps on reload.
 
-A snapshot holds the index (entries, id -> row map), its SK biases, the features themselves when
-they fit in ``--preload-mb`` and, once two-stage search is used, a ``search.TwoStage`` (the checked
-video_sentence kernel and the stage-1 FAISS index): everything a search reads besides the model.
+A snapshot holds a ``runtime.search.Searcher`` over the index: entries and the id -> row map, the
+SK biases, the features themselves when they fit in ``--preload-mb``, which file each row is of
+and, once two-stage search is used, its kernel and stage-1 FAISS index: everything a search reads
+besides the queries.
 Building one happens off the event loop; the service then replaces one reference, so a batch that
 started on the old snapshot finishes on it. Index updates add shards and replace files by rename,
 so an old snapshot stays readable, except after ``ucofia-run compact`` deleted the shards it
@@ -13,17 +14,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime import search
 from runtime.bundle import Bundle
-from runtime.errors import GalleryIndexError
+from runtime.deployment import check_searchable
 from runtime.index import STATE, GalleryIndex
 from runtime.scoring import ArrayVideos, Scorer, TextFeatures, VideoSource
+from runtime.search import Searcher, SearchOptions
 
 # index.json fields that change without changing what a search sees: the time stamp of a no-op
 # indexing run, and rows an unfinished run has written but not yet published.
@@ -58,31 +58,18 @@ class Snapshot:
     """An opened index; ``version`` counts loads since the server started (1 = the first)."""
 
     version: int
-    index: GalleryIndex
-    biases: dict[str, Any] | None
-    source: VideoSource  # what exhaustive search reads: the index, or its features held in memory
+    searcher: Searcher = field(repr=False)
     digest: str
     loaded_at: float
     load_seconds: float
-    scorer: Scorer = field(repr=False)
-    memory_mb: float = 0.0
-    probe: TextFeatures | None = field(default=None, repr=False)
-    _two_stage: search.TwoStage | None = field(default=None, repr=False)
-    _two_stage_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def index(self) -> GalleryIndex:
+        return self.searcher.index
 
     @property
     def videos(self) -> int:
-        return len(self.index)
-
-    def two_stage(self) -> search.TwoStage:
-        """Two-stage search over this snapshot (kernel checked on the probe query, stage-1 index
-        read from the index's cache or built), made on first use."""
-        if self._two_stage is None:
-            with self._two_stage_lock:
-                if self._two_stage is None:
-                    self._two_stage = search.TwoStage(self.scorer, self.index, self.memory_mb,
-                                                      check_queries=self.probe)
-        return self._two_stage
+        return len(self.searcher)
 
     def describe(self) -> dict[str, Any]:
         return {"version": self.version, "videos": self.videos, "loaded_at": round(self.loaded_at, 3),
@@ -92,9 +79,7 @@ class Snapshot:
 def open_gallery(index_dir: Path, bundle: Bundle) -> GalleryIndex:
     """The index at ``index_dir``, checked to be non-empty and built with ``bundle``."""
     gallery = GalleryIndex(index_dir)
-    gallery.check_bundle(bundle)
-    if len(gallery) == 0:
-        raise GalleryIndexError(f"index {index_dir} holds no videos; run `ucofia-run index` first")
+    check_searchable(gallery, bundle)
     return gallery
 
 
@@ -118,13 +103,13 @@ def load_snapshot(gallery: GalleryIndex, scorer: Scorer, *, version: int, two_st
     source: VideoSource = gallery
     if feature_bytes(gallery) <= preload_mb * 2**20:
         source = ArrayVideos(scorer.prepare(gallery.features(0, len(gallery))))
-    snapshot = Snapshot(version=version, index=gallery, biases=gallery.biases(), source=source,
-                        digest=state_digest(gallery.state), loaded_at=time.time(), load_seconds=0.0, scorer=scorer,
-                        memory_mb=memory_mb, probe=probe)
+    searcher = Searcher(scorer, gallery, memory_mb=memory_mb, source=source, probe=probe)
+    if searcher.windowed:
+        searcher.files  # which file each row is of, computed once here rather than per request
     if two_stage:
-        snapshot.two_stage()
-    snapshot.load_seconds = time.perf_counter() - start
-    return snapshot
+        searcher.two_stage(searcher.stage1_params(SearchOptions(two_stage=True)))
+    return Snapshot(version=version, searcher=searcher, digest=state_digest(gallery.state), loaded_at=time.time(),
+                    load_seconds=time.perf_counter() - start)
 
 
 class SnapshotHolder:

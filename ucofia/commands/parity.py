@@ -44,10 +44,9 @@ def parity(checkpoint: Path, bundle: Path, benchmark: Path, dataset: str, split:
     matrices, top-1 agreement and top-10 overlap per query, and the metric deltas (R@1/5/10, MdR,
     MnR) in both directions.
     """
+    from evaluation.parity import ParityError, run_parity, write_report
     from runtime.bundle import load_bundle
     from runtime.errors import RuntimeUserError
-
-    from evaluation.parity import ParityError, run_parity, write_report
 
     try:
         tol = Tolerance.for_manifest(load_bundle(bundle).manifest, store)
@@ -56,7 +55,7 @@ def parity(checkpoint: Path, bundle: Path, benchmark: Path, dataset: str, split:
                             max_r1_delta=max_r1_delta if max_r1_delta is not None else tol.max_r1_delta,
                             identical_metrics=tol.identical_metrics and max_r1_delta is None)
         report = run_parity(checkpoint, bundle, benchmark, dataset=dataset, split=split, bank=bank, backend=backend,
-                            tolerance=tol, log=lambda m: click.echo(m, err=True), store=store)
+                            tolerance=tol, store=store)
     except (ParityError, ValueError, FileNotFoundError, RuntimeUserError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"parity on {report['captions']} captions x {report['videos']} videos "

@@ -20,8 +20,8 @@ stage-1 queries ``s_hat K`` are not where the k-means cells of the video vectors
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable
 
 import numpy as np
 
@@ -54,7 +54,7 @@ class Stage1Params:
         return {"kind": self.kind, **{k: v for k, v in asdict(self).items() if k in keep}}
 
     @staticmethod
-    def from_dict(values: dict) -> "Stage1Params":
+    def from_dict(values: dict) -> Stage1Params:
         return Stage1Params(**values)
 
 

@@ -1,56 +1,34 @@
-"""Text-to-video search over an index: exhaustive tiled scoring, or FAISS two-stage.
+"""Two-stage search: a FAISS shortlist by the video_sentence level, then the fused re-rank.
 
-Two-stage: the video_sentence level is a bilinear form of the normalised sentence feature and the
+The the video_sentence level is a bilinear form of the normalised sentence feature and the
 stored video feature, ``vs(s, v) = s_hat K v`` with ``K = e^ls G G1^T`` [D, D]. ``K`` is read out
 of the scorer graph by probing it with unit vectors (no weights are needed besides the graph),
 checked against the graph on real rows, and cached in the index. A FAISS inner-product index over
 rows ``[v, bias_vs(v)]`` queried with ``[s_hat K, 1]`` returns each query's shortlist by
 ``video_sentence + its SK bias`` exactly; the fused three-level score then re-ranks the shortlist.
 With a shortlist as large as the gallery and the exact (flat) stage 1 the result equals exhaustive
-search. The stage-1 index kind (flat, IVF, HNSW) and its parameters: runtime/stage1.py.
+search. The stage-1 index kind (flat, IVF, HNSW) and its parameters: ``runtime.search.stage1``.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
-from typing import Any, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
-from ucofia.io_utils import atomic_path, atomic_write_text
-
-from runtime import stage1
 from runtime.errors import GalleryIndexError
 from runtime.index import STAGE1_PREFIX, GalleryIndex
-from runtime.stage1 import Stage1Params
-from runtime.scoring import (DEFAULT_MEMORY_MB, LEVELS, ArrayVideos, Scorer, TextFeatures, TopK, score_matrix,
-                             score_topk)
-from runtime.windows import file_of, is_windowed, span_of
+from runtime.scoring import DEFAULT_MEMORY_MB, LEVELS, ArrayVideos, Scorer, TextFeatures, TopK, score_matrix, score_topk
+from runtime.search import stage1
+from runtime.search.stage1 import Stage1Params
+from ucofia.io_utils import atomic_path, atomic_write_text
 
 KERNEL_FILE = "level1_kernel.npy"
 FAISS_CHUNK = 65536  # rows read per step while building the stage-1 index
 # Relative tolerance of the bilinear read-out of the video_sentence level against the graph.
 KERNEL_RTOL = 1e-3
 KERNEL_CHECK_ROWS = 16
-
-
-@dataclass
-class SearchResult:
-    """Top-k per query: gallery ids, fused scores and per-level scores; on a windowed index also
-    each row's file id and span (start, end seconds), else None."""
-
-    ids: list[list[str]]
-    fused: np.ndarray
-    levels: dict[str, np.ndarray]
-    file_ids: list[list[str]] | None = None
-    spans: list[list[tuple[float, float]]] | None = None
-
-
-def exhaustive(scorer: Scorer, index: GalleryIndex, queries: TextFeatures, k: int,
-               memory_mb: float = DEFAULT_MEMORY_MB, progress=None) -> TopK:
-    """Score every query against every indexed video (tiled) and keep the top ``k``."""
-    return score_topk(scorer, queries, index, k, index.biases(), memory_mb, progress)
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -84,7 +62,8 @@ def check_level1_kernel(kernel: np.ndarray, scorer: Scorer, index: GalleryIndex,
             "bundle, search without --two-stage")
 
 
-def _kernel(scorer: Scorer, index: GalleryIndex, memory_mb: float) -> np.ndarray:
+def cached_kernel(scorer: Scorer, index: GalleryIndex, memory_mb: float) -> np.ndarray:
+    """The level-1 kernel of ``index``'s bundle: read from the index's cache, else probed and cached."""
     path = index.root / KERNEL_FILE
     meta_path = index.root / (KERNEL_FILE + ".json")
     if path.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()).get("fingerprint") == index.fingerprint:
@@ -134,7 +113,7 @@ class TwoStage:
     def __init__(self, scorer: Scorer, index: GalleryIndex, memory_mb: float = DEFAULT_MEMORY_MB,
                  params: Stage1Params | None = None, check_queries: TextFeatures | None = None) -> None:
         self.scorer, self.index, self.memory_mb = scorer, index, memory_mb
-        self.kernel = _kernel(scorer, index, memory_mb)
+        self.kernel = cached_kernel(scorer, index, memory_mb)
         if check_queries is not None:
             check_level1_kernel(self.kernel, scorer, index, check_queries)
         self.stage1_index, self.params = faiss_index(index, params)
@@ -176,36 +155,3 @@ def two_stage(scorer: Scorer, index: GalleryIndex, queries: TextFeatures, k: int
     if shortlist < k:
         raise ValueError(f"--shortlist ({shortlist}) must be at least --top-k ({k})")
     return TwoStage(scorer, index, memory_mb, params, check_queries=queries).search(queries, k, shortlist, progress)
-
-
-def to_result(index: GalleryIndex, top: TopK) -> SearchResult:
-    """Map gallery rows to video ids (and, for windows, to their file and span)."""
-    ids = index.ids
-    result = SearchResult(ids=[[ids[j] for j in row] for row in top.indices], fused=top.fused, levels=top.levels)
-    if has_windows(index):
-        entries = index.entries
-        result.file_ids = [[file_of(entries[j]) for j in row] for row in top.indices]
-        result.spans = [[span_of(entries[j]) for j in row] for row in top.indices]
-    return result
-
-
-def has_windows(index: GalleryIndex) -> bool:
-    """Whether the index holds time windows of files (``ucofia-run index --window``)."""
-    return len(index) > 0 and is_windowed(index.entries[0])
-
-
-def hit_records(result: SearchResult, query: int, k: int | None = None) -> list[dict[str, Any]]:
-    """The ranked hits of query number ``query`` (the first ``k``) with the fields of
-    ``ucofia-run search``'s JSONL: rank, video_id, (on a windowed index: file_id, start, end),
-    score (fused) and levels (the three level scores)."""
-    ids = result.ids[query] if k is None else result.ids[query][:k]
-    hits = []
-    for r, vid in enumerate(ids):
-        hit: dict[str, Any] = {"rank": r + 1, "video_id": vid}
-        if result.file_ids is not None and result.spans is not None:
-            start, end = result.spans[query][r]
-            hit.update({"file_id": result.file_ids[query][r], "start": start, "end": end})
-        hit.update({"score": float(result.fused[query, r]),
-                    "levels": {lv: float(result.levels[lv][query, r]) for lv in LEVELS}})
-        hits.append(hit)
-    return hits

@@ -17,25 +17,38 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
-
-from ucofia.data.video import VideoDecodeError, VideoSpec
-from ucofia.data.window_decode import WindowOutcome, decode_windows
 
 from runtime.backends import open_session
 from runtime.bundle import Bundle
 from runtime.index import IndexWriter
-from runtime.ingest import IngestReport, content_changed, file_identity, store_batch, unreadable_reason, video_entry
+from runtime.ingest.batches import store_batch
+from runtime.ingest.files import content_changed, file_identity, unreadable_reason, video_entry
+from runtime.ingest.report import IngestReport
 from runtime.windows import FilePlan, WindowSetting, is_windowed, plan_file, window_entry, window_id
+from ucofia.data.video import VideoDecodeError, VideoSpec
+from ucofia.data.window_decode import WindowOutcome, decode_windows
+from ucofia.progress import Update, progress_bar
 
 # Decoded windows waiting per file for the encoder (bounds memory: windows are [F, S, S, 3] uint8).
 QUEUE_WINDOWS = 32
 # How often (s) a producer blocked on a full queue checks whether the run was stopped.
 STOP_POLL_S = 0.1
 
-Progress = Callable[[int], None]
+def plan_windows(pairs: list[tuple[str, Path]], setting: WindowSetting, writer: IndexWriter,
+                 report: IngestReport) -> list[FilePlan]:
+    """Probe the listed files and plan the windows still to index (``report`` counts windows), with
+    a progress bar for long lists."""
+    report.total = 0
+    changed = changed_files(writer, pairs)
+    plans: list[FilePlan] = []
+    with progress_bar(len(pairs), "planning windows", "file", leave=False) as update:
+        for pair in pairs:
+            plans.extend(plan_files([pair], setting, writer, report, changed))
+            update(1)
+    return plans
 
 
 def changed_files(writer: IndexWriter, pairs: list[tuple[str, Path]]) -> dict[str, list[str]]:
@@ -83,7 +96,7 @@ class _Item:
     value: Any = None
 
 
-def _produce(plan: FilePlan, out: "queue.Queue[_Item]", stop: threading.Event, spec: VideoSpec,
+def _produce(plan: FilePlan, out: queue.Queue[_Item], stop: threading.Event, spec: VideoSpec,
              threads: int) -> None:
     """Hash and decode one file, feeding ``out``; gives up quietly once ``stop`` is set."""
     def put(item: _Item) -> bool:
@@ -121,7 +134,7 @@ class _Batches:
     """Windows waiting for the video encoder; each full batch becomes one shard."""
 
     def __init__(self, writer: IndexWriter, bundle: Bundle, backend: str, threads: int | None, batch_size: int,
-                 report: IngestReport, progress: Progress | None) -> None:
+                 report: IngestReport, progress: Update | None) -> None:
         self.writer, self.report, self.progress, self.batch_size = writer, report, progress, batch_size
         self.encoder = open_session(bundle, "video_encoder", backend, threads)
         self.spec = VideoSpec.from_config(bundle.config)
@@ -163,7 +176,7 @@ class _Batches:
 
 def encode_windows(writer: IndexWriter, bundle: Bundle, plans: list[FilePlan], setting: WindowSetting, *,
                    backend: str, batch_size: int, workers: int, threads: int | None, report: IngestReport,
-                   progress: Progress | None = None) -> None:
+                   progress: Update | None = None) -> None:
     """Decode each planned file once and encode its windows in batches (shards), in file order."""
     batches = _Batches(writer, bundle, backend, threads, batch_size, report, progress)
     batches.replaces = {plan.file_id: plan.replaces for plan in plans if plan.replaces}
@@ -183,7 +196,7 @@ def encode_windows(writer: IndexWriter, bundle: Bundle, plans: list[FilePlan], s
             stop.set()
 
 
-def _consume(plan: FilePlan, q: "queue.Queue[_Item]", setting: WindowSetting, batches: _Batches) -> None:
+def _consume(plan: FilePlan, q: queue.Queue[_Item], setting: WindowSetting, batches: _Batches) -> None:
     """Move one file's decoded windows from its queue into the batches."""
     base: dict[str, Any] | None = None
     remaining = {window_id(plan.file_id, s): s for s in plan.spans}

@@ -6,7 +6,8 @@ each file's best ``per_file`` windows:
 
 * exhaustive (:func:`grouped_exhaustive`): pass 1 streams the gallery in chunks (bounded by
   ``--memory-mb``) and keeps each query's best score per file; pass 2 rescores the windows of each
-  query's top-k files to order them. Exact.
+  query's top-k files to order them. Exact. Features come from the index's shards, or from any
+  source of the same rows (e.g. the service's features held in memory).
 * two-stage (:func:`group_rows`): the FAISS shortlist re-ranked with the fused score is grouped;
   with a shortlist as large as the gallery this equals the exhaustive result.
 
@@ -19,8 +20,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from runtime.index import GalleryIndex
-from runtime.scoring import (DEFAULT_MEMORY_MB, LEVELS, ArrayVideos, RowRange, Scorer, TextFeatures, TopK, fuse,
-                             score_matrix)
+from runtime.scoring import (
+    DEFAULT_MEMORY_MB,
+    LEVELS,
+    ArrayVideos,
+    RowRange,
+    Scorer,
+    TextFeatures,
+    TopK,
+    VideoSource,
+    fuse,
+    gather_rows,
+    score_matrix,
+)
 from runtime.windows import file_of, span_of
 
 # Bytes per (text, row) pair held by pass 1: three level scores and the fused score, float32.
@@ -36,7 +48,7 @@ class RowFiles:
     rows_of_file: list[np.ndarray]
 
     @classmethod
-    def of(cls, index: GalleryIndex) -> "RowFiles":
+    def of(cls, index: GalleryIndex) -> RowFiles:
         position: dict[str, int] = {}
         owner = np.array([position.setdefault(file_of(e), len(position)) for e in index.entries], dtype=np.int64)
         order = np.argsort(owner, kind="stable")
@@ -67,16 +79,19 @@ class FileHit:
 
 
 def best_per_file(scorer: Scorer, index: GalleryIndex, files: RowFiles, queries: TextFeatures,
-                  memory_mb: float = DEFAULT_MEMORY_MB, progress=None) -> np.ndarray:
-    """[T, files] best fused score (with the index's SK biases) of any row of each file."""
+                  memory_mb: float = DEFAULT_MEMORY_MB, progress=None, source: VideoSource | None = None
+                  ) -> np.ndarray:
+    """[T, files] best fused score (with the index's SK biases) of any row of each file
+    (``source``: where the rows' features are read, default the index)."""
     n_text, n_rows = len(queries), len(index)
     biases = index.biases()
+    source = index if source is None else source
     best = np.full((n_text, len(files.file_ids)), -np.inf, dtype=np.float32)
     chunk = max(1, min(n_rows, int(memory_mb * 2**20 // (max(n_text, 1) * PAIR_SCORE_BYTES))))
     text_rows = np.arange(n_text)[:, None]
     for start in range(0, n_rows, chunk):
         stop = min(start + chunk, n_rows)
-        levels = score_matrix(scorer, queries, RowRange(index, start, stop), memory_mb, progress=progress)
+        levels = score_matrix(scorer, queries, RowRange(source, start, stop), memory_mb, progress=progress)
         bias = None if biases is None else {lv: biases[lv][start:stop] for lv in LEVELS}
         np.maximum.at(best, (text_rows, files.file_of_row[None, start:stop]), fuse(levels, bias))
     return best
@@ -88,17 +103,21 @@ def _ranked(scores: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
 
 
 def grouped_exhaustive(scorer: Scorer, index: GalleryIndex, queries: TextFeatures, k: int, per_file: int,
-                       memory_mb: float = DEFAULT_MEMORY_MB, progress=None) -> list[list[FileHit]]:
-    """The ``k`` best files per query, each with its ``per_file`` best windows (exact)."""
-    files = RowFiles.of(index)
-    best = best_per_file(scorer, index, files, queries, memory_mb, progress)
+                       memory_mb: float = DEFAULT_MEMORY_MB, progress=None, source: VideoSource | None = None,
+                       files: RowFiles | None = None) -> list[list[FileHit]]:
+    """The ``k`` best files per query, each with its ``per_file`` best windows (exact). ``source``:
+    where the rows' features are read (default the index); ``files``: ``RowFiles.of(index)``
+    when the caller keeps it."""
+    files = RowFiles.of(index) if files is None else files
+    source = index if source is None else source
+    best = best_per_file(scorer, index, files, queries, memory_mb, progress, source)
     biases = index.biases()
     first_rows = np.array([r[0] for r in files.rows_of_file], dtype=np.int64)
     out: list[list[FileHit]] = []
     for q in range(len(queries)):
         top_files = _ranked(best[q], first_rows, k)
         rows = np.sort(np.concatenate([files.rows_of_file[f] for f in top_files]))
-        levels = score_matrix(scorer, queries.rows(q, q + 1), ArrayVideos(index.gather(rows)), memory_mb)
+        levels = score_matrix(scorer, queries.rows(q, q + 1), ArrayVideos(gather_rows(source, rows)), memory_mb)
         levels = {lv: levels[lv][0] for lv in LEVELS}
         bias = None if biases is None else {lv: biases[lv][rows] for lv in LEVELS}
         fused = fuse({lv: v[None] for lv, v in levels.items()}, bias)[0]
@@ -107,9 +126,10 @@ def grouped_exhaustive(scorer: Scorer, index: GalleryIndex, queries: TextFeature
     return out
 
 
-def group_rows(top: TopK, index: GalleryIndex, k: int, per_file: int) -> list[list[FileHit]]:
+def group_rows(top: TopK, index: GalleryIndex, k: int, per_file: int, files: RowFiles | None = None
+               ) -> list[list[FileHit]]:
     """Group ranked rows (e.g. a re-ranked two-stage shortlist) into the ``k`` best files."""
-    files = RowFiles.of(index)
+    files = RowFiles.of(index) if files is None else files
     return [_group(top.indices[q], top.fused[q], {lv: top.levels[lv][q] for lv in LEVELS}, files, k, per_file)
             for q in range(len(top.indices))]
 

@@ -1,0 +1,96 @@
+"""``ucofia-run search``: options and messages; the work is ``runtime.search.Searcher``."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from runtime.commands.common import (
+    EXIT_CODES_HELP,
+    backend_option,
+    bundle_option,
+    index_option,
+    memory_option,
+    threads_option,
+    user_errors,
+    write_output,
+)
+from runtime.search.records import OUTPUT_FORMATS
+from runtime.search.searcher import DEFAULT_SHORTLIST, DEFAULT_TOP_K, DEFAULT_WINDOWS_PER_FILE, GROUP_BY
+from runtime.search.stage1 import STAGE1_KINDS
+from ucofia.cli_support import verbosity
+
+logger = logging.getLogger(__name__)
+
+
+@click.command(epilog=EXIT_CODES_HELP)
+@index_option
+@click.option("--query", "queries_inline", multiple=True,
+              help="A text query (repeatable). Queries longer than max_words tokens are truncated as "
+                   "the reference tokenizer does (a warning names them); an empty query is an error.")
+@click.option("--queries", "queries_file", type=click.Path(path_type=Path), default=None,
+              help="File of queries: .txt one per line, .csv with a query/sentence/caption/text column, "
+                   ".json or .jsonl.")
+@click.option("--top-k", default=DEFAULT_TOP_K, show_default=True, type=click.IntRange(min=1),
+              help="Results per query.")
+@click.option("--format", "fmt", default="jsonl", show_default=True, type=click.Choice(OUTPUT_FORMATS),
+              help="jsonl: one object per query {query, results: [{rank, video_id, score, levels}]} (on windows "
+                   "also file_id, start, end; grouped by file also windows: [...]); csv: one row per (query, rank) "
+                   "(grouped: per query, file rank and window).")
+@click.option("-o", "--output", "out", default="-", show_default=True,
+              type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+              help="Output file (written atomically), or - for stdout.")
+@click.option("--two-stage", is_flag=True,
+              help="FAISS shortlist by the video_sentence level (+ its bias), then re-rank the shortlist "
+                   "with the full fused score. For large galleries.")
+@click.option("--shortlist", default=DEFAULT_SHORTLIST, show_default=True, type=click.IntRange(min=1),
+              help="Videos (or windows) per query kept by the first stage of --two-stage.")
+@click.option("--group-by", "group_by", default=None, type=click.Choice(GROUP_BY),
+              help="On an index of time windows: 'file' (default there) returns each file once, ranked by its "
+                   "best window, with its best windows; 'window' ranks windows on their own. Results carry "
+                   "file_id, start and end (seconds) of each window.")
+@click.option("--windows-per-file", default=DEFAULT_WINDOWS_PER_FILE, show_default=True, type=click.IntRange(min=1),
+              help="With --group-by file: best windows listed per file.")
+@click.option("--stage1", "stage1_kind", default="auto", show_default=True, type=click.Choice(STAGE1_KINDS),
+              help="FAISS index of --two-stage's first stage: flat (exact), ivf or hnsw (approximate, for "
+                   "large galleries); auto: flat up to 200,000 videos, hnsw above. Built once and cached in "
+                   "the index with its parameters (INDEX/stage1-*.json).")
+@click.option("--nprobe", default=None, type=click.IntRange(min=1), help="IVF cells scanned per query (default 32).")
+@click.option("--ef-search", default=None, type=click.IntRange(min=1),
+              help="HNSW search breadth (default 256, at least --shortlist).")
+@bundle_option
+@backend_option
+@memory_option
+@threads_option
+@verbosity
+@user_errors
+def search(index_dir: Path, queries_inline: tuple[str, ...], queries_file: Path | None, top_k: int, fmt: str,
+           out: Path, two_stage: bool, shortlist: int, group_by: str | None, windows_per_file: int,
+           stage1_kind: str, nprobe: int | None, ef_search: int | None,
+           bundle_dir: Path | None, backend: str, memory_mb: float, threads: int | None) -> None:
+    """Rank indexed videos for text queries.
+
+    The score of a (query, video) pair is the mean over the three levels (video_sentence,
+    frame_sentence, patch_word) of the level similarity plus that level's SK video bias (when the
+    index was built with --bank), as the reference evaluation fuses them. On an index of time
+    windows (`index --window`) each window is scored like a video, and results are grouped by file
+    unless --group-by window. `ucofia-run serve` answers POST /v1/search with the same records.
+    """
+    from runtime.deployment import load_query_models, open_index
+    from runtime.search import Searcher, SearchOptions
+    from runtime.search.records import format_results
+    from runtime.sources import read_captions
+
+    if bool(queries_inline) == bool(queries_file):
+        raise click.UsageError("give --query TEXT (repeatable) or --queries FILE, not both or neither")
+    texts = list(queries_inline) if queries_inline else read_captions(queries_file, "queries")
+    options = SearchOptions(top_k=top_k, two_stage=two_stage, shortlist=shortlist, stage1=stage1_kind, nprobe=nprobe,
+                            ef_search=ef_search, group_by=group_by, windows_per_file=windows_per_file)
+    gallery, bundle = open_index(index_dir, bundle_dir)
+    models = load_query_models(bundle, backend, threads)
+    features = models.text.encode_reporting(texts, "query")
+    answer = Searcher(models.scorer, gallery, memory_mb=memory_mb).search(features, options)
+    for note in answer.notes:
+        logger.warning("%s", note)
+    write_output(out, format_results(texts, answer.results, fmt, grouped=answer.group_by == "file"))

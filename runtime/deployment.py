@@ -1,0 +1,48 @@
+"""The deployed model opened for queries: an index checked against the bundle it was built with,
+and that bundle's text encoder and scorer on one backend (what search, evaluation and the service
+load once)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime.backends import open_session, resolve_backend
+from runtime.bundle import Bundle, load_bundle
+from runtime.errors import GalleryIndexError
+from runtime.index import GalleryIndex
+from runtime.scoring import Scorer
+from runtime.text import TextEncoder
+
+
+@dataclass
+class QueryModels:
+    """A bundle's text encoder and scorer, loaded on ``backend`` (resolved: never ``auto``)."""
+
+    bundle: Bundle
+    backend: str
+    text: TextEncoder
+    scorer: Scorer
+
+
+def load_query_models(bundle: Bundle, backend: str = "auto", threads: int | None = None) -> QueryModels:
+    """Resolve ``backend`` for ``bundle`` (a note says why when ``auto`` falls back) and load the
+    text encoder and the scorer (``threads``: onnxruntime intra-op threads)."""
+    resolved = resolve_backend(backend, bundle)
+    scorer = Scorer(open_session(bundle, "scorer", resolved, threads), bundle.config)
+    return QueryModels(bundle, resolved, TextEncoder(bundle, resolved, threads), scorer)
+
+
+def check_searchable(gallery: GalleryIndex, bundle: Bundle) -> None:
+    """GalleryIndexError unless ``gallery`` was built with ``bundle`` and holds videos."""
+    gallery.check_bundle(bundle)
+    if len(gallery) == 0:
+        raise GalleryIndexError(f"index {gallery.root} holds no videos; run `ucofia-run index` first")
+
+
+def open_index(index_dir: Path, bundle_dir: Path | None = None) -> tuple[GalleryIndex, Bundle]:
+    """The index at ``index_dir`` and its bundle (``bundle_dir``, default the one the index
+    recorded), checked to match and to hold videos."""
+    gallery = GalleryIndex(index_dir)
+    bundle = load_bundle(bundle_dir or gallery.bundle_path)
+    check_searchable(gallery, bundle)
+    return gallery, bundle

@@ -1,0 +1,100 @@
+"""The local indexing engine for whole files: decode videos in a worker pool (threads or
+processes), encode them in batches with the video encoder, store each batch as a shard.
+
+A killed run loses at most the batch in flight. Videos that fail to decode are listed in
+``failed.jsonl`` and skipped (a rerun retries them).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.backends import open_session
+from runtime.bundle import Bundle
+from runtime.index import IndexWriter
+from runtime.ingest.batches import store_batch
+from runtime.ingest.files import file_identity, unreadable_reason, video_entry
+from runtime.ingest.report import IngestReport
+from ucofia.data.video import VideoSpec, decode_many
+
+DEFAULT_BATCH = 16
+
+
+def encode_videos(writer: IndexWriter, bundle: Bundle, todo: list[tuple[str, Path]], *, backend: str,
+                  batch_size: int, workers: int, processes: bool, threads: int | None,
+                  report: IngestReport, progress: Callable[[int], None] | None = None,
+                  replaces: dict[str, list[str]] | None = None,
+                  on_stored: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
+    """Decode ``todo`` in a pool, encode batches with the video encoder, append shards.
+
+    Each file is hashed (for its index entry) on a thread pool while the decoders work ahead.
+    ``replaces`` (from :func:`plan_ingest`): id -> ids of rows its new features supersede, marked
+    removed in the commit that adds them. ``on_stored`` gets the entries of every stored batch
+    (e.g. to make their thumbnails).
+    """
+    replaces = replaces or {}
+    encoder = open_session(bundle, "video_encoder", backend, threads)
+    spec = VideoSpec.from_config(bundle.config)
+    batch_entries: list[dict[str, Any]] = []
+    batch_frames: list[np.ndarray] = []
+    batch_masks: list[np.ndarray] = []
+
+    def flush() -> None:
+        if not batch_entries:
+            return
+        frames = np.stack(batch_frames)
+        mask = np.stack(batch_masks).astype(np.float32)
+        out = encoder.run({"frames": frames, "video_mask": mask})
+        ids = store_batch(writer, batch_entries, {**out, "video_mask": mask}, report,
+                          lambda kept: [old for entry in kept for old in replaces.get(entry["id"], ())])
+        report.replaced += sum(vid in replaces for vid in ids)
+        if on_stored and ids:
+            stored = set(ids)
+            on_stored([entry for entry in batch_entries if entry["id"] in stored])
+        if progress:
+            progress(len(batch_entries))
+        batch_entries.clear(), batch_frames.clear(), batch_masks.clear()
+
+    with ThreadPoolExecutor(max_workers=max(workers, 1), thread_name_prefix="ucofia-hash") as hasher:
+        identities: dict[str, Future] = {}
+
+        def paths() -> Iterator[Path]:  # decode_many reads ahead; hashing starts as each file is taken
+            for vid, path in todo:
+                identities[vid] = hasher.submit(file_identity, path)
+                yield path
+
+        outcomes = decode_many(paths(), spec, workers=max(workers, 1), processes=processes,
+                               prefetch=max(2 * workers, batch_size))
+        for (vid, path), outcome in zip(todo, outcomes):
+            identity = identities.pop(vid)
+            if not outcome.ok:
+                writer.record_failure(vid, str(path), str(outcome.error))
+                report.failed.append((vid, str(outcome.error)))
+                if progress:
+                    progress(1)
+                continue
+            try:
+                entry = video_entry(vid, identity.result(), outcome.video)
+            except OSError as exc:  # the file went away or became unreadable after decoding
+                error = f"{path}: {unreadable_reason(exc)}"
+                writer.record_failure(vid, str(path), error)
+                report.failed.append((vid, error))
+                if progress:
+                    progress(1)
+                continue
+            batch_entries.append(entry)
+            batch_frames.append(outcome.video.to_model_input(spec))
+            batch_masks.append(outcome.video.video_mask)
+            if len(batch_entries) >= batch_size:
+                flush()
+        flush()
+
+
+def default_workers() -> int:
+    """Decoder workers: the CPU count, at most 8."""
+    return max(1, min(8, os.cpu_count() or 1))

@@ -1,0 +1,169 @@
+"""The one search path: "these queries against this index", for ``ucofia-run search`` and the service.
+
+A :class:`Searcher` holds what a search reads besides the queries: the scorer, the opened index,
+where its features come from (the shards, or arrays held in memory by the service), its SK biases,
+which file each row belongs to, and the two-stage state (kernel and FAISS stage 1), built on first
+use and kept. :meth:`Searcher.search` takes encoded queries and :class:`SearchOptions` and returns
+the ranked result records of ``runtime.search.records``:
+
+* exhaustive: every row scored in tiles, top-k by fused score (ties: lower gallery row first);
+* two-stage: FAISS shortlist by the video_sentence level + bias, fused re-rank of the shortlist;
+* on an index of time windows, grouped by file (default: each file once, ranked by its best
+  window, with its best windows) or by window (rows ranked on their own).
+
+Every ranking is by fused score, then gallery row, so the first ``k`` results of a search for
+``k' > k`` are the results of the search for ``k`` (the service runs a batch once for its largest
+``top_k``); :meth:`SearchOptions.batch_key` says which options must agree for that to hold.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from runtime.index import GalleryIndex
+from runtime.scoring import DEFAULT_MEMORY_MB, Scorer, TextFeatures, TopK, VideoSource, score_topk
+from runtime.search import grouping, stage1
+from runtime.search.records import Record, row_records
+from runtime.search.stage1 import Stage1Params
+from runtime.search.two_stage import TwoStage
+from runtime.windows import is_windowed
+
+DEFAULT_TOP_K = 10
+DEFAULT_SHORTLIST = 1000
+DEFAULT_WINDOWS_PER_FILE = 3
+GROUP_BY = ("file", "window")
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """How to search: result count, mode, stage-1 settings and grouping of windows.
+
+    ``group_by`` None means the default for the index: ``file`` on time windows (ignored on a
+    whole-file index, where every row is its own file). ``stage1`` is a stage-1 kind of
+    ``runtime.search.stage1`` (``auto``: by gallery size); ``nprobe``/``ef_search`` None: its
+    defaults."""
+
+    top_k: int = DEFAULT_TOP_K
+    two_stage: bool = False
+    shortlist: int = DEFAULT_SHORTLIST
+    stage1: str = "auto"
+    nprobe: int | None = None
+    ef_search: int | None = None
+    group_by: str | None = None
+    windows_per_file: int = DEFAULT_WINDOWS_PER_FILE
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1 or self.shortlist < 1 or self.windows_per_file < 1:
+            raise ValueError("top_k, shortlist and windows_per_file must be at least 1")
+        if self.group_by not in (None, *GROUP_BY):
+            raise ValueError(f"group_by must be one of {', '.join(GROUP_BY)}, got {self.group_by!r}")
+        if self.stage1 not in stage1.STAGE1_KINDS:
+            raise ValueError(f"unknown stage-1 kind {self.stage1!r}; choose one of {', '.join(stage1.STAGE1_KINDS)}")
+
+    @property
+    def wide(self) -> int:
+        """Rows the first stage of two-stage search keeps per query (at least ``top_k``)."""
+        return max(self.shortlist, self.top_k)
+
+    def batch_key(self) -> tuple[Any, ...]:
+        """What must agree between requests so that one search for the largest ``top_k`` answers
+        each of them with a prefix of its results (the shortlist counts where it decides)."""
+        return (self.two_stage, self.wide if self.two_stage else None, self.stage1, self.nprobe, self.ef_search,
+                self.group_by, self.windows_per_file)
+
+
+@dataclass
+class SearchAnswer:
+    """Ranked result records per query, and how they were made."""
+
+    results: list[list[Record]]
+    two_stage: bool
+    group_by: str | None  # "file" or "window" on an index of time windows; None on whole files
+    notes: list[str] = field(default_factory=list)  # things the user should know (e.g. a short shortlist)
+
+    def first(self, k: int) -> SearchAnswer:
+        """The answer cut to each query's first ``k`` results."""
+        return replace(self, results=[records[:k] for records in self.results])
+
+
+def exhaustive(scorer: Scorer, index: GalleryIndex, queries: TextFeatures, k: int,
+               memory_mb: float = DEFAULT_MEMORY_MB, progress=None) -> TopK:
+    """Score every query against every row of ``index`` (tiled) and keep the top ``k`` rows."""
+    return score_topk(scorer, queries, index, k, index.biases(), memory_mb, progress)
+
+
+class Searcher:
+    """One opened index, ready to answer searches (thread-safe; the two-stage state is built once).
+
+    ``source``: where the rows' features are read (default: the index's shards); ``probe``: a
+    query to check the two-stage kernel against the scorer graph (default: the first search's)."""
+
+    def __init__(self, scorer: Scorer, index: GalleryIndex, *, memory_mb: float = DEFAULT_MEMORY_MB,
+                 source: VideoSource | None = None, probe: TextFeatures | None = None) -> None:
+        self.scorer = scorer
+        self.index = index
+        self.memory_mb = memory_mb
+        self.source: VideoSource = index if source is None else source
+        self.biases = index.biases()
+        self.probe = probe
+        self.windowed = len(index) > 0 and is_windowed(index.entries[0])
+        self._files: grouping.RowFiles | None = None
+        self._two_stage: dict[Stage1Params, TwoStage] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def files(self) -> grouping.RowFiles:
+        """Which file each row belongs to (computed once)."""
+        if self._files is None:
+            self._files = grouping.RowFiles.of(self.index)
+        return self._files
+
+    def stage1_params(self, options: SearchOptions) -> Stage1Params:
+        """The stage-1 kind and parameters ``options`` ask for, on this gallery's size."""
+        return stage1.choose(options.stage1, len(self.index), nprobe=options.nprobe, ef_search=options.ef_search)
+
+    def two_stage(self, params: Stage1Params, queries: TextFeatures | None = None) -> TwoStage:
+        """The two-stage search for ``params`` (its kernel checked on the probe query, else on
+        ``queries``), made on first use."""
+        with self._lock:
+            if params not in self._two_stage:
+                check = self.probe if self.probe is not None else queries
+                self._two_stage[params] = TwoStage(self.scorer, self.index, self.memory_mb, params,
+                                                   check_queries=check)
+            return self._two_stage[params]
+
+    def group_by(self, options: SearchOptions) -> str | None:
+        """The grouping a search with ``options`` uses here (None on a whole-file index)."""
+        if not self.windowed:
+            return None
+        return options.group_by or "file"
+
+    def search(self, queries: TextFeatures, options: SearchOptions) -> SearchAnswer:
+        """Ranked result records of every query."""
+        group_by = self.group_by(options)
+        if group_by == "file":
+            return self._grouped(queries, options)
+        if options.two_stage:
+            top = self.two_stage(self.stage1_params(options), queries).search(queries, options.top_k, options.wide)
+        else:
+            top = score_topk(self.scorer, queries, self.source, options.top_k, self.biases, self.memory_mb)
+        results = [row_records(self.index, top, q) for q in range(len(queries))]
+        return SearchAnswer(results, options.two_stage, group_by)
+
+    def _grouped(self, queries: TextFeatures, options: SearchOptions) -> SearchAnswer:
+        k, per_file, notes = options.top_k, options.windows_per_file, []
+        if options.two_stage:
+            wide = self.two_stage(self.stage1_params(options), queries).search(queries, options.wide, options.wide)
+            groups = grouping.group_rows(wide, self.index, k, per_file, self.files)
+            short = sum(len(g) < k for g in groups)
+            if short and len(self.files.file_ids) > min(len(g) for g in groups):
+                notes.append(f"for {short} queries the {options.wide} shortlisted windows came from fewer than {k} "
+                             f"files; raise --shortlist to see more files")
+        else:
+            groups = grouping.grouped_exhaustive(self.scorer, self.index, queries, k, per_file, self.memory_mb,
+                                                 source=self.source, files=self.files)
+        return SearchAnswer(grouping.to_records(groups, self.index), options.two_stage, "file", notes)
