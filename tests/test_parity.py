@@ -135,7 +135,7 @@ def test_parity_judges_int8_bundles_by_retrieval_metrics(tmp_path):
     model = ucofia.build_model(tiny_config(), seed=0)
     ucofia.save_checkpoint(tmp_path / "ck", model)
     export_bundle(model, tmp_path / "bundle8", int8=True)
-    report = run_parity(tmp_path / "ck", tmp_path / "bundle8", data, log=lambda _m: None)
+    report = run_parity(tmp_path / "ck", tmp_path / "bundle8", data)
     assert report["tolerance"] == {"max_abs": None, "max_r1_delta": INT8_R1_DELTA, "identical_metrics": False}
     assert report["bundle_dtype"] == "float32 + int8 encoders"
     assert max(r["max_abs"] for r in report["rows"]) > 2e-4  # really the quantised encoders
@@ -208,7 +208,7 @@ def test_parity_reports_the_effect_of_the_stored_dtype(tmp_path):
     export_bundle(model, tmp_path / "bundle")
     worst_abs = {}
     for store in ("float16", "int8"):
-        report = run_parity(tmp_path / "ck", tmp_path / "bundle", data, log=lambda _m: None, store=store)
+        report = run_parity(tmp_path / "ck", tmp_path / "bundle", data, store=store)
         assert report["index_store"] == store
         assert report["tolerance"] == {"max_abs": None, "max_r1_delta": STORE_R1_DELTA[store],
                                        "identical_metrics": False}

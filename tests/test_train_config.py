@@ -114,8 +114,7 @@ def test_checkpoint_of_another_architecture_is_refused_before_data(tmp_path):
     other = tiny_train_config(model__max_frames=3).model_config()
     ckpt = save_checkpoint(tmp_path / "other", build_model(other, seed=0))
     cfg = tiny_train_config(model__init_checkpoint=str(ckpt))  # config asks for 2 frames
-    calls = []
-    trainer = Trainer(cfg, tmp_path / "run", splits=synthetic_splits(), log=calls.append)
+    trainer = Trainer(cfg, tmp_path / "run", splits=synthetic_splits())
     with pytest.raises(CheckpointError, match="max_frames: config 2, checkpoint 3"):
         trainer.run()
     assert not (tmp_path / "run").exists()
@@ -126,7 +125,7 @@ def test_checkpoint_of_another_architecture_is_refused_before_data(tmp_path):
     torch.save(build_open_clip(wrong.clip).state_dict(), tmp_path / "clip.pt")
     cfg = tiny_train_config(model__backbone="ViT-B-32", model__pretrained=str(tmp_path / "clip.pt"))
     with pytest.raises(CheckpointError, match="geometry"):
-        Trainer(cfg, tmp_path / "run2", splits=synthetic_splits(), log=calls.append).run()
+        Trainer(cfg, tmp_path / "run2", splits=synthetic_splits()).run()
 
 
 def test_pretrained_local_clip_file_initialises_the_towers(tmp_path):

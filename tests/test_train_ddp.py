@@ -60,8 +60,7 @@ def _train_worker(rank: int, port: int, out: str) -> None:
     _env(rank, port)
     cfg = tiny_train_config(optim__epochs=1, optim__batch_size=4, eval__sk=False,
                             eval__select_metric="t2v.all.R1", run__num_threads=1)
-    trainer = Trainer(cfg, Path(out) / "run", splits=synthetic_splits(train_videos=8, captions=1),
-                      log=lambda _m: None)
+    trainer = Trainer(cfg, Path(out) / "run", splits=synthetic_splits(train_videos=8, captions=1))
     trainer.preflight()
     initial = weights_fingerprint(trainer._model)
     trainer.run()

@@ -36,14 +36,14 @@ def test_resume_is_bit_identical(tmp_path, optimizer, accum):
                             checkpoint__every_steps=2, checkpoint__keep=1, eval__sk=False,
                             eval__select_metric="t2v.all.R1", eval__test_at_end=False)
     full = tmp_path / "full"
-    train(cfg, full, splits=splits, log=lambda _m: None)
+    train(cfg, full, splits=splits)
 
     # killed after step 5 (last checkpoint: step 4, inside the 2nd epoch) -> resume redoes step 5
     cut = tmp_path / "cut"
     with pytest.raises(Killed):
-        train(cfg, cut, splits=splits, log=lambda _m: None, after_step=_kill_after(5))
+        train(cfg, cut, splits=splits, after_step=_kill_after(5))
     assert [s for s, _ in st.list_step_checkpoints(cut)] == [4]  # keep=1 pruned step 2
-    result = train(cfg, cut, resume=True, splits=splits, log=lambda _m: None)
+    result = train(cfg, cut, resume=True, splits=splits)
     assert result.steps == 6
 
     a, meta_a = _weights(full)
@@ -69,11 +69,11 @@ def test_run_dir_guard_and_resume_without_checkpoint(tmp_path):
     cfg = tiny_train_config(optim__epochs=1, eval__sk=False, eval__select_metric="t2v.all.R1",
                             eval__test_at_end=False)
     with pytest.raises(TrainError, match="cannot resume"):
-        train(cfg, tmp_path / "nothing", resume=True, splits=splits, log=lambda _m: None)
+        train(cfg, tmp_path / "nothing", resume=True, splits=splits)
     run = tmp_path / "run"
-    train(cfg, run, splits=splits, log=lambda _m: None)
+    train(cfg, run, splits=splits)
     with pytest.raises(TrainError, match="not empty"):
-        train(cfg, run, splits=splits, log=lambda _m: None)
+        train(cfg, run, splits=splits)
     assert (run / st.BEST / "model.safetensors").is_file()
 
 
@@ -89,8 +89,8 @@ def test_resume_after_hard_kill_of_another_process(tmp_path):
     assert [s for s, _ in st.list_step_checkpoints(cut)] == [2, 4]
     cfg = tiny_train_config(**overrides)
     splits = synthetic_splits(train_videos=6, captions=2)
-    train(cfg, cut, resume=True, splits=splits, log=lambda _m: None)
+    train(cfg, cut, resume=True, splits=splits)
     full = tmp_path / "full"
-    train(cfg, full, splits=splits, log=lambda _m: None)
+    train(cfg, full, splits=splits)
     a, b = _weights(full)[0], _weights(cut)[0]
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -66,4 +66,4 @@ def hard_kill_run(run_dir: str, kill_after: int, overrides: dict[str, Any]) -> N
             os._exit(137)
 
     cfg = tiny_train_config(**overrides)
-    train(cfg, run_dir, splits=synthetic_splits(train_videos=6, captions=2), log=lambda _m: None, after_step=die)
+    train(cfg, run_dir, splits=synthetic_splits(train_videos=6, captions=2), after_step=die)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 Update = Callable[[int], None]
 
@@ -26,25 +27,48 @@ def enabled() -> bool:
     return _enabled
 
 
-def _ignore(_: int) -> None:
-    """The update function of a hidden bar."""
+class Bar:
+    """An open bar: call it with the steps done; ``postfix`` shows values after the bar (loss,
+    learning rate...). A hidden bar (``visible`` False) ignores both."""
+
+    def __init__(self, tqdm_bar: Any = None, initial: int = 0) -> None:
+        self._bar = tqdm_bar
+        self.done = initial
+
+    @property
+    def visible(self) -> bool:
+        return self._bar is not None
+
+    def __call__(self, steps: int = 1) -> None:
+        self.done += steps
+        if self._bar is not None:
+            self._bar.update(steps)
+
+    def advance_to(self, done: int, _total: int | None = None) -> None:
+        """Move to ``done`` steps (for work that reports ``(done, total)``)."""
+        if done > self.done:
+            self(done - self.done)
+
+    def postfix(self, **values: Any) -> None:
+        if self._bar is not None:
+            self._bar.set_postfix(**values)
 
 
 @contextmanager
-def progress_bar(total: int, desc: str, unit: str = "it", *, leave: bool = True) -> Iterator[Update]:
-    """A bar of ``total`` steps, yielding its update function (call it with the steps done).
-
-    ``unit`` names a step (video, pair, row...); large counts are shown with k/M suffixes. The bar
-    closes when the block ends, whatever happens in it."""
-    if not _enabled:
-        yield _ignore
+def progress_bar(total: int, desc: str, unit: str = "it", *, initial: int = 0, leave: bool = True,
+                 show: bool = True) -> Iterator[Bar]:
+    """A bar of ``total`` steps (``initial`` already done), hidden when bars are off or ``show`` is
+    False. ``unit`` names a step (video, pair, row...); large counts get k/M suffixes. The bar closes
+    when the block ends, whatever happens in it."""
+    if not (_enabled and show):
+        yield Bar(initial=initial)
         return
     from tqdm import tqdm
 
-    bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=True, dynamic_ncols=True, file=sys.stderr,
-               leave=leave)
+    bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, unit_scale=True, dynamic_ncols=True,
+               file=sys.stderr, leave=leave)
     try:
-        yield bar.update
+        yield Bar(bar, initial)
     finally:
         bar.close()
 

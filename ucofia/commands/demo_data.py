@@ -5,8 +5,18 @@ from pathlib import Path
 
 import click
 
-from ucofia.data.demo import (DATA_JSON, TEST_CSV, TRAIN_CSV, VAL_CSV, VIDEO_DIR, DemoDataError,
-                              demo_counts, generate_demo)
+from ucofia.cli_support import verbosity
+from ucofia.data.demo import (
+    DATA_JSON,
+    TEST_CSV,
+    TRAIN_CSV,
+    VAL_CSV,
+    VIDEO_DIR,
+    DemoDataError,
+    demo_counts,
+    generate_demo,
+)
+from ucofia.progress import progress_bar
 
 
 @click.command("demo-data")
@@ -21,6 +31,7 @@ from ucofia.data.demo import (DATA_JSON, TEST_CSV, TRAIN_CSV, VAL_CSV, VIDEO_DIR
               help="Write the long-video benchmark instead: 8 files (x --scale) of about 3 minutes, each made "
                    "of 18 scripted demo events back to back, with moments.csv (video_id,sentence,start,end: "
                    "one caption per event and its true span) for moment retrieval.")
+@verbosity
 def demo_data(output: Path, scale: float, seed: int, force: bool, long_videos: bool) -> None:
     """Write a deterministic synthetic video-text benchmark as real H.264 mp4 clips.
 
@@ -29,8 +40,6 @@ def demo_data(output: Path, scale: float, seed: int, force: bool, long_videos: b
     videos/, MSRVTT_data.json, MSRVTT_train.9k.csv, MSRVTT_val.csv, MSRVTT_JSFUSION_test.csv.
     With --long: long files of scripted events at known times (videos/, moments.csv).
     """
-    from tqdm import tqdm
-
     if long_videos:
         _long(output, scale, seed, force)
         return
@@ -38,12 +47,9 @@ def demo_data(output: Path, scale: float, seed: int, force: bool, long_videos: b
         total = demo_counts(scale).total
     except DemoDataError as exc:
         raise click.BadParameter(str(exc), param_hint="--scale") from None
-    with tqdm(total=total, unit="video", desc="demo-data", leave=False) as bar:
-        def progress(done: int, _total: int) -> None:
-            bar.update(done - bar.n)
-
+    with progress_bar(total, "demo-data", "video", leave=False) as bar:
         try:
-            summary = generate_demo(output, scale=scale, seed=seed, force=force, progress=progress)
+            summary = generate_demo(output, scale=scale, seed=seed, force=force, progress=bar.advance_to)
         except DemoDataError as exc:
             raise click.ClickException(str(exc)) from None
     c = summary.counts
@@ -57,20 +63,15 @@ def demo_data(output: Path, scale: float, seed: int, force: bool, long_videos: b
 
 def _long(output: Path, scale: float, seed: int, force: bool) -> None:
     """``demo-data --long``: the long-video moment benchmark."""
-    from tqdm import tqdm
-
     from ucofia.data.demo_long import MOMENTS_CSV, VIDEO_DIR, generate_long_demo, long_counts
 
     try:
         total = long_counts(scale)
     except DemoDataError as exc:
         raise click.BadParameter(str(exc), param_hint="--scale") from None
-    with tqdm(total=total, unit="file", desc="demo-data --long", leave=False) as bar:
-        def progress(done: int, _total: int) -> None:
-            bar.update(done - bar.n)
-
+    with progress_bar(total, "demo-data --long", "file", leave=False) as bar:
         try:
-            summary = generate_long_demo(output, scale=scale, seed=seed, force=force, progress=progress)
+            summary = generate_long_demo(output, scale=scale, seed=seed, force=force, progress=bar.advance_to)
         except DemoDataError as exc:
             raise click.ClickException(str(exc)) from None
     click.echo(f"wrote {summary.path}: {summary.files} long videos, {summary.events} events with captions and spans, "

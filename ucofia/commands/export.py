@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from export.specs import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+from ucofia.cli_support import verbosity
 
 
 @click.command("export")
@@ -35,6 +36,7 @@ from export.specs import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 @click.option("--timing-cache", type=click.Path(path_type=Path), default=None,
               help="TensorRT timing cache file to reuse and update (default: one per TensorRT version "
                    "and GPU under $XDG_CACHE_HOME/ucofia/tensorrt, else ~/.cache/ucofia/tensorrt).")
+@verbosity
 def export(checkpoint: Path, out_dir: Path, fp16: bool, int8: bool, trt: bool, allow_small_vocab: bool, opset: int,
            force: bool, exporter: str,
            min_texts: int, opt_texts: int, max_texts: int, min_videos: int, opt_videos: int,

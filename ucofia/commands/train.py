@@ -9,6 +9,8 @@ from typing import Any
 
 import click
 
+from ucofia.cli_support import verbosity
+
 # flag -> dotted config field (every field is also reachable with --set section.field=value)
 FLAG_FIELDS: dict[str, str] = {
     "data": "data.path", "dataset": "data.dataset", "cache_dir": "data.cache_dir",
@@ -50,6 +52,7 @@ FLAG_FIELDS: dict[str, str] = {
 @click.option("--device", type=str, default=None, help="run.device: auto, cpu, cuda, cuda:N")
 @click.option("--threads", type=int, default=None, help="run.num_threads: torch CPU threads")
 @click.option("--no-progress", is_flag=True, help="No progress bars (log lines instead).")
+@verbosity
 def train(config: str | None, output: Path, sets: tuple[str, ...], resume: bool, force: bool, check: bool,
           print_config: bool, no_progress: bool, **flags: Any) -> None:
     """Train UCoFiA: CLIP towers + patch selection + the three ISA levels, contrastive loss.
@@ -130,7 +133,7 @@ def _run(cfg, output: Path, resume: bool, force: bool, check: bool) -> None:
     from ucofia.config import ConfigError
     from ucofia.training.frame_cache import FrameCacheError
     from ucofia.training.report import print_rich_summary
-    from ucofia.training.trainer import TrainError, Trainer
+    from ucofia.training.trainer import Trainer, TrainError
 
     trainer = Trainer(cfg, output, resume=resume, force=force)
     start = time.perf_counter()

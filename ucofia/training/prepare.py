@@ -6,19 +6,23 @@ the other ranks wait) and tokenizes the captions with the CLIP BPE tokenizer.
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from ucofia.config import UCoFiAConfig
+from ucofia.progress import progress_bar
 from ucofia.training.config import TrainConfig, TrainConfigError
 from ucofia.training.data import SplitData
 from ucofia.training.frame_cache import CacheItem, build_or_open
 
 ROLES = ("train", "val", "test")
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -79,8 +83,8 @@ def check_dataset(cfg: TrainConfig) -> dict[str, Annotations]:
         except (readers.DatasetError, ValueError, KeyError, OSError) as exc:
             raise TrainConfigError(f"data: cannot read the {role} split {name!r} of {root} ({dataset}): {exc}") from None
         if split.missing:
-            print(f"warning: {split.summary()} ({len(split.missing)} videos missing on disk are left out: "
-                  f"{[m.video_id for m in split.missing[:5]]})", flush=True)
+            logger.warning("%s (%d videos missing on disk are left out: %s)", split.summary(), len(split.missing),
+                           [m.video_id for m in split.missing[:5]])
         out[role] = _to_annotations(role, name, split)
         if not out[role].items:
             raise TrainConfigError(f"data: the {role} split {name!r} of {root} has no videos")
@@ -88,8 +92,7 @@ def check_dataset(cfg: TrainConfig) -> dict[str, Annotations]:
 
 
 def prepare_splits(cfg: TrainConfig, model_config: UCoFiAConfig, run_dir: Path,
-                   annotations: dict[str, Annotations], dist_info: Any,
-                   log: Callable[[str], None]) -> dict[str, SplitData]:
+                   annotations: dict[str, Annotations], dist_info: Any) -> dict[str, SplitData]:
     """Frame caches (built once by rank 0) + tokenized captions, as SplitData per role."""
     from ucofia.data.tokenizer import ClipTokenizer
     from ucofia.data.video import VideoSpec
@@ -101,14 +104,14 @@ def prepare_splits(cfg: TrainConfig, model_config: UCoFiAConfig, run_dir: Path,
     out: dict[str, SplitData] = {}
     for role, ann in annotations.items():
         if dist_info.is_main:
-            cached = _build(cache_root, ann, spec, cfg, log)
+            cached = _build(cache_root, ann, spec, cfg)
         barrier()
         if not dist_info.is_main:
-            cached = _build(cache_root, ann, spec, cfg, log)  # opens the finished cache
+            cached = _build(cache_root, ann, spec, cfg)  # opens the finished cache
         keep_videos = {vid: i for i, vid in enumerate(cached.video_ids)}
-        if cached.failed:
-            log(f"warning: {len(cached.failed)} {ann.name} videos could not be decoded and are left out "
-                f"(data.skip_bad_videos): {sorted(cached.failed)[:5]}")
+        if cached.failed and dist_info.is_main:
+            logger.warning("%d %s videos could not be decoded and are left out (data.skip_bad_videos): %s",
+                           len(cached.failed), ann.name, sorted(cached.failed)[:5])
         ids_of_items = [it.video_id for it in ann.items]
         rows, gt = [], []
         for row, v in enumerate(ann.video_of_text):
@@ -129,26 +132,12 @@ def prepare_splits(cfg: TrainConfig, model_config: UCoFiAConfig, run_dir: Path,
     return out
 
 
-def _build(cache_root: Path, ann: Annotations, spec: Any, cfg: TrainConfig, log: Callable[[str], None]):
-    from tqdm import tqdm
-
-    bar = None
-
-    def progress(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None and cfg.run.progress:
-            bar = tqdm(total=total, unit="video", desc=f"decode {ann.name}", leave=False)
-        if bar is not None:
-            bar.update(done - bar.n)
-
+def _build(cache_root: Path, ann: Annotations, spec: Any, cfg: TrainConfig):
     start = time.perf_counter()
-    try:
+    with progress_bar(len(ann.items), f"decode {ann.name}", "video", leave=False, show=cfg.run.progress) as bar:
         cached = build_or_open(cache_root, ann.name, ann.items, spec, workers=cfg.data.decode_workers,
-                               skip_bad=cfg.data.skip_bad_videos, progress=progress)
-    finally:
-        if bar is not None:
-            bar.close()
+                               skip_bad=cfg.data.skip_bad_videos, progress=bar.advance_to)
     how = f"decoded in {time.perf_counter() - start:.1f} s" if cached.built else "reused"
-    log(f"frame cache {cached.directory.name}: {len(cached.video_ids)} {ann.role} videos, "
-        f"{cached.frames.nbytes / 1e6:.1f} MB uint8, {how}")
+    logger.info("frame cache %s: %d %s videos, %.1f MB uint8, %s", cached.directory.name, len(cached.video_ids),
+                ann.role, cached.frames.nbytes / 1e6, how)
     return cached

@@ -15,13 +15,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 import shutil
-import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -29,9 +30,9 @@ import torch.distributed as dist
 from ucofia.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from ucofia.io_utils import atomic_write_text
 from ucofia.model import UCoFiA
+from ucofia.progress import progress_bar
 from ucofia.training import state as st
-from ucofia.training.config import (TrainConfig, TrainConfigError, config_from_dict,
-                                    metric_higher_is_better, validate)
+from ucofia.training.config import TrainConfig, TrainConfigError, config_from_dict, metric_higher_is_better, validate
 from ucofia.training.data import MicroBatches, SplitData, epoch_pairs, iterate, pairs_per_epoch, to_device
 from ucofia.training.distributed import DistInfo, barrier, init_distributed
 from ucofia.training.evaluate import EvalSettings, evaluate_split, flatten
@@ -48,6 +49,8 @@ RESUME_MUTABLE = {
              "test_sk", "test_sk_bank_size"},
     "optim": {"max_steps"},
 }
+logger = logging.getLogger(__name__)
+
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -123,30 +126,23 @@ class Trainer:
     """One training run (see the module docstring)."""
 
     def __init__(self, cfg: TrainConfig, run_dir: str | Path, resume: bool = False, force: bool = False,
-                 splits: dict[str, SplitData] | None = None, log: Callable[[str], None] | None = None,
+                 splits: dict[str, SplitData] | None = None,
                  after_step: Callable[[int], None] | None = None) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.resume = resume
         self.force = force
         self.injected_splits = splits
-        self._log = log
         self.after_step = after_step  # test hook: called after each optimizer step (may raise)
         self.dist: DistInfo = DistInfo()
         self.progress = Progress()
-        self.bar = None
         self._saved_progress: tuple | None = None
 
     # ---- logging ----------------------------------------------------------------------------
-    def log(self, msg: str) -> None:
-        if not self.dist.is_main:
-            return
-        if self._log is not None:
-            self._log(msg)
-        elif self.bar is not None:
-            self.bar.write(msg, file=sys.stderr)
-        else:
-            print(msg, file=sys.stderr, flush=True)
+    def log(self, msg: str, level: int = logging.INFO) -> None:
+        """Log ``msg`` from the main process only (every rank runs the same code)."""
+        if self.dist.is_main:
+            logger.log(level, "%s", msg)
 
     # ---- setup ------------------------------------------------------------------------------
     def _amp_dtype(self) -> torch.dtype | None:
@@ -240,8 +236,8 @@ class Trainer:
         if ts.get("world_size") == self.dist.world_size and len(rngs) == self.dist.world_size:
             st.restore_rng(rngs[self.dist.rank])
         else:
-            self.log(f"warning: the run was saved with {ts.get('world_size')} processes, resuming with "
-                     f"{self.dist.world_size}: data order is kept, random top-k noise is reseeded")
+            self.log(f"the run was saved with {ts.get('world_size')} processes, resuming with "
+                     f"{self.dist.world_size}: data order is kept, random top-k noise is reseeded", logging.WARNING)
             st.seed_everything(self.cfg.optim.seed + 7919 * (ts["progress"]["step"] + 1) + self.dist.rank)
         p = ts["progress"]
         self.progress = Progress(**p)
@@ -355,7 +351,7 @@ class Trainer:
         else:
             from ucofia.training.prepare import prepare_splits
 
-            splits = prepare_splits(cfg, model.config, self.run_dir, annotations, self.dist, self.log)
+            splits = prepare_splits(cfg, model.config, self.run_dir, annotations, self.dist)
         for split in splits.values():
             self._check_split(split, model)
         train = splits["train"]
@@ -382,19 +378,13 @@ class Trainer:
                  f"{train.num_texts} captions, {steps_per_epoch} steps per epoch x {o.epochs} epochs "
                  f"(batch {o.batch_size} = {o.grad_accum} x {self.dist.world_size} x {per_rank})"
                  + (f", resuming at step {self.progress.step}" if self.resume else ""))
-        bar = None
-        if self.dist.is_main and cfg.run.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=stop_at, initial=self.progress.step, unit="step", desc="train",
-                       dynamic_ncols=True, file=sys.stderr)
-        self.bar = bar
-        session_start = time.perf_counter()
-        elapsed_before = self.progress.elapsed_s
-        model.train()
-        stopped = False
-        loss_sum, loss_n = 0.0, 0
-        try:
+        with progress_bar(stop_at, "train", "step", initial=self.progress.step,
+                          show=self.dist.is_main and cfg.run.progress) as bar:
+            session_start = time.perf_counter()
+            elapsed_before = self.progress.elapsed_s
+            model.train()
+            stopped = False
+            loss_sum, loss_n = 0.0, 0
             while self.progress.epoch < o.epochs and self.progress.step < stop_at:
                 epoch = self.progress.epoch
                 order = epoch_pairs(train, epoch, o.seed, cfg.data.sampling)
@@ -430,14 +420,14 @@ class Trainer:
                     self.progress.step += 1
                     self.progress.step_in_epoch += 1
                     self.progress.elapsed_s = elapsed_before + time.perf_counter() - session_start
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / max(1, loss_n):.3f}",
+                    if bar.visible:
+                        bar(1)
+                        bar.postfix(epoch=epoch + 1, loss=f"{loss_sum / max(1, loss_n):.3f}",
                                         lr=f"{scheduler.get_last_lr()[-1]:.2e}",
                                         best=("-" if self.progress.best_value is None
                                               else f"{self.progress.best_value:.1f}"))
                     if self.progress.step % cfg.run.log_every == 0:
-                        if bar is None:
+                        if not bar.visible:
                             self.log(f"step {self.progress.step}/{stop_at} epoch {epoch + 1} "
                                      f"loss {loss_sum / max(1, loss_n):.4f} lr {scheduler.get_last_lr()[-1]:.3e}")
                         loss_sum, loss_n = 0.0, 0
@@ -464,10 +454,6 @@ class Trainer:
                 self._evaluate(model, splits, amp)
             self.progress.elapsed_s = elapsed_before + time.perf_counter() - session_start
             self._save(model, optimizer, scheduler, scaler, step_checkpoint=False)
-        finally:
-            if bar is not None:
-                bar.close()
-            self.bar = None
         test = self._final_test(model, splits, amp)
         result = TrainResult(run_dir=self.run_dir, steps=self.progress.step, epochs_done=self.progress.epoch,
                              best_step=self.progress.best_step, best_value=self.progress.best_value, test=test,
@@ -497,4 +483,4 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, force: bo
     return Trainer(cfg, run_dir, resume=resume, force=force, **kwargs).run()
 
 
-__all__ = ["Trainer", "TrainResult", "TrainError", "train", "check_run_dir", "resolve_resume_config"]
+__all__ = ["TrainError", "TrainResult", "Trainer", "check_run_dir", "resolve_resume_config", "train"]
