@@ -163,6 +163,11 @@
     const scores = node.querySelector(".scores");
     for (const field of SCORE_FIELDS) scoreRow(scores, field, scoreOf(hit, field), scoreRanges[field]);
     details(node.querySelector(".details"), hit.entry || {});
+    // grouped by file: the card is the file's best window; list the other good windows' spans
+    if (hit.windows && hit.windows.length > 1) {
+      const others = hit.windows.slice(1).map((w) => `${w.start}–${w.end} s (${fmt(w.score)})`);
+      addRow(node.querySelector(".details"), "also", others.join(", "));
+    }
     return node;
   }
 
