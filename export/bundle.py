@@ -18,15 +18,15 @@ import torch
 from export.fp16 import DEFAULT_ISLANDS, convert_to_fp16
 from export.graphs import graph_modules
 from export.int8 import INT8_GRAPHS, INT8_TOLERANCES, quantize_encoders
-from export.manifest import MANIFEST_FILE, build_manifest, check_vocabulary, copy_vocab
+from export.manifest import build_manifest, check_vocabulary, copy_vocab
 from export.onnx_export import DEFAULT_OPSET, Exporter, check_opset, export_graph
 from export.samples import sample_token_ids, sample_videos
-from export.specs import SCORER, TEXT_ENCODER, VIDEO_ENCODER, graph_specs
 from export import tensorrt_build
 from export.tensorrt_build import TrtBuildOptions
 from export.trt_check import TrtCheckReport, check_graphs
 from export.verify import (ORT_FP16_CPU_DISABLED_OPTIMIZERS, Tolerances, VerificationError,
                            verify_bundle)
+from runtime.bundle.contract import MANIFEST_FILE, SCORER, TEXT_ENCODER, VIDEO_ENCODER, graph_specs
 from ucofia.checkpoints import weights_fingerprint
 from ucofia.io_utils import atomic_directory, atomic_write_text
 from ucofia.model import UCoFiA

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from export.specs import SCORER, TEXT_ENCODER, VIDEO_ENCODER
+from runtime.bundle.contract import SCORER, TEXT_ENCODER, VIDEO_ENCODER
 
 FP16_MAX_FINITE = 1e4
 FP16_MIN_POSITIVE = 1e-7

@@ -27,8 +27,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from export.specs import TEXT_ENCODER, VIDEO_ENCODER, GraphSpec
 from export.verify import Tolerances
+from runtime.bundle.contract import TEXT_ENCODER, VIDEO_ENCODER, GraphSpec
 
 INT8_GRAPHS = (TEXT_ENCODER, VIDEO_ENCODER)
 # Features within 15 % of their scale (the worst element; random ViT-B/32 weights gave <= 5 %);

@@ -36,7 +36,7 @@ from typing import Any, Callable
 
 from ucofia.io_utils import atomic_write_bytes
 
-from export.specs import TEXTS_AXIS, VIDEOS_AXIS, GraphSpec
+from runtime.bundle.contract import TEXTS_AXIS, VIDEOS_AXIS, GraphSpec
 
 PLAN_SUFFIX = ".plan"
 CACHE_SUBDIR = ("ucofia", "tensorrt")
@@ -92,7 +92,7 @@ class TrtBuildOptions:
 def input_profiles(spec: GraphSpec, ranges: dict[str, AxisRange]) -> dict[str, dict[str, list[int]]]:
     """min/opt/max shapes of every input of ``spec`` (dynamic axes from ``ranges``)."""
     out = {}
-    for tensor in spec.inputs:
+    for tensor in spec.inputs.values():
         shapes = {}
         for which in ("min", "opt", "max"):
             dims = []

@@ -24,7 +24,8 @@ import numpy as np
 
 from export.tensorrt_build import TensorRTError, compatibility_problem, load_engine
 from runtime.backends import GraphSession
-from runtime.bundle import GRAPH_ROLES, Bundle, GraphSpec
+from runtime.bundle import Bundle, GraphSpec
+from runtime.bundle.contract import GRAPH_ROLES
 from runtime.errors import BackendError
 
 _CU_ATTR_CC_MAJOR = 75

@@ -23,9 +23,9 @@ from export.graphs import ScorerGraph
 from export.manifest import VOCAB_FILE, vocab_source
 from export.onnx_export import ExportError, export_graph
 from export.samples import sample_token_ids, sample_videos
-from export.specs import SCORER, TEXT_ENCODER, VIDEO_ENCODER, graph_specs
 from export.trt_check import Issue, TrtCheckReport
 from export.verify import FP16_TOLERANCES, FP32_TOLERANCES, Tolerances, VerificationError, ort_session
+from runtime.bundle.contract import SCORER, TEXT_ENCODER, VIDEO_ENCODER, graph_specs
 from ucofia.checkpoints import weights_fingerprint
 from ucofia.cli import main as cli
 from ucofia.config import UCoFiAConfig, tiny_config
@@ -217,7 +217,7 @@ def test_trt_without_tensorrt_fails_fast(tiny, tmp_path, monkeypatch):
 
 
 def test_export_package_import_is_light():
-    code = "import sys, export, export.specs; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, export, runtime.bundle.contract; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
@@ -340,7 +340,7 @@ def test_dynamo_exporter_scorer(tmp_path):
     sess = ort_session(tmp_path / "scorer.onnx", "float32")
     # other T and V than traced
     feats = (text.sentence[:2], text.words[:2], video.video[:1], video.frames[:1], video.patches[:1])
-    got = sess.run(None, {t.name: x.numpy() for t, x in zip(spec.inputs, feats)})
+    got = sess.run(None, {t.name: x.numpy() for t, x in zip(spec.inputs.values(), feats)})
     with torch.no_grad():
         ref = model.score(*feats)
     for out, name in zip(got, spec.output_names):

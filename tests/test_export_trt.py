@@ -12,11 +12,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from export.specs import SCORER, TEXT_ENCODER, VIDEO_ENCODER, graph_specs
 from export.tensorrt_build import (AxisRange, EngineMismatchError, TensorRTError, TrtBuildOptions,
                                    build_engines, compatibility_problem, input_profiles, load_engine,
                                    precision_plan)
 from export.trt_check import check_graphs, check_model
+from runtime.bundle.contract import SCORER, TEXT_ENCODER, VIDEO_ENCODER, graph_specs
 from ucofia.config import tiny_config
 
 from export_helpers import DEVICE, FakeTRT, fake_flags as _fake_flags
@@ -271,7 +271,7 @@ def test_build_engines_with_fake_trt10(tmp_path, cache_home):
     assert section["axes"] == {"T": {"min": 1, "opt": 2, "max": 4}, "V": {"min": 1, "opt": 2, "max": 3}}
     for key, spec in specs.items():
         entry = section["engines"][key]
-        assert entry["file"] == spec.file.replace(".onnx", ".plan")
+        assert entry["file"] == spec.file.with_suffix(".plan").name
         assert (tmp_path / entry["file"]).read_bytes() == b"PLAN"
     assert ("pool", "WORKSPACE", 1 << 29) in trt.calls
     # strongly typed: no precision flag (BuilderFlag.FP16 would let float32 islands run in float16)

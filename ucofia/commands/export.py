@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from export.specs import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+from runtime.bundle.contract import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
 
 @click.command("export")
