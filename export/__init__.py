@@ -18,9 +18,7 @@ _LAZY = {
     "Tolerances": "export.verify",
     "TrtBuildOptions": "export.tensorrt_build",
     "AxisRange": "export.tensorrt_build",
-    "TensorRTError": "export.tensorrt_build",
-    "EngineMismatchError": "export.tensorrt_build",
-    "load_engine": "export.tensorrt_build",
+    "TensorRTError": "runtime.backends.tensorrt_engines",
     "check_graphs": "export.trt_check",
 }
 

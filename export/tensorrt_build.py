@@ -1,4 +1,4 @@
-"""TensorRT engines for a bundle: build (``ucofia export --trt``) and guarded loading.
+"""TensorRT engines for a bundle: building them (``ucofia export --trt``).
 
 Follows TensorRT's Python build flow: ``trt.Builder`` -> network from ``trt.OnnxParser`` ->
 builder config (workspace memory-pool limit, timing cache, one optimisation profile giving
@@ -18,38 +18,31 @@ Timing cache: by default one file per TensorRT version and GPU in the user cache
 same machine reuses the measured tactics; a cache TensorRT refuses (another GPU or version) is
 replaced by a fresh one.
 
-Engines only run on the GPU model / TensorRT version that built them; ``load_engine`` refuses
-others with a message saying how to rebuild. ``tensorrt`` is imported lazily (optional extra).
+Engines only run on the GPU model / TensorRT version that built them: the manifest section
+records them as the runtime checks them (``runtime.backends.tensorrt_engines``, which also loads
+engines). ``tensorrt`` is imported lazily (optional extra).
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
-from ucofia.io_utils import atomic_write_bytes
-
+from runtime.backends.tensorrt_engines import TensorRTError, engine_target, import_tensorrt
 from runtime.bundle.contract import TEXTS_AXIS, VIDEOS_AXIS, GraphSpec
+from ucofia.io_utils import atomic_write_bytes
 
 PLAN_SUFFIX = ".plan"
 CACHE_SUBDIR = ("ucofia", "tensorrt")
 GIB = 1 << 30
 Log = Callable[[str], None]
-
-
-class TensorRTError(RuntimeError):
-    """TensorRT is missing, or parsing/building an engine failed."""
-
-
-class EngineMismatchError(TensorRTError):
-    """An engine was built for another GPU or TensorRT version than the one present."""
 
 
 @dataclass(frozen=True)
@@ -137,16 +130,6 @@ def precision_plan(trt: ModuleType, dtype: str) -> PrecisionPlan:
                             "install TensorRT 10 or newer (`pip install 'tensorrt>=10'`)")
     return PrecisionPlan(f"{what}; strongly typed network (NetworkDefinitionCreationFlag.STRONGLY_TYPED)",
                          network_flags=1 << int(creation.STRONGLY_TYPED), clear_flags=clear)
-
-
-def import_tensorrt() -> ModuleType:
-    try:
-        import tensorrt as trt  # type: ignore[import-not-found]
-    except ImportError as exc:
-        raise TensorRTError(
-            "TensorRT is not installed (`pip install tensorrt` on a machine with an NVIDIA GPU and "
-            f"driver; `pip install ucofia[tensorrt]`): {exc}") from None
-    return trt
 
 
 def device_info() -> dict[str, str]:
@@ -270,9 +253,7 @@ def build_engines(directory: Path, specs: dict[str, GraphSpec], dtype: str, opti
         except OSError as exc:  # a read-only cache directory must not fail the export
             (log or (lambda _m: None))(f"could not save the TensorRT timing cache to {cache_path}: {exc}")
     return {
-        "version": str(trt.__version__),
-        "gpu": device["gpu"],
-        "compute_capability": device["compute_capability"],
+        **engine_target(str(trt.__version__), device),
         "precision": plan.mode,
         "dtype": dtype,
         "workspace_bytes": options.workspace_bytes,
@@ -280,46 +261,3 @@ def build_engines(directory: Path, specs: dict[str, GraphSpec], dtype: str, opti
         "axes": {name: {"min": r.min, "opt": r.opt, "max": r.max} for name, r in ranges.items()},
         "engines": engines,
     }
-
-
-def compatibility_problem(section: dict[str, Any], trt_version: str, device: dict[str, str]) -> str | None:
-    """Why an engine built as ``section`` says cannot run here (None when it can)."""
-    built = f"{section.get('gpu')} (compute capability {section.get('compute_capability')}) with TensorRT {section.get('version')}"
-    here = f"{device.get('gpu')} (compute capability {device.get('compute_capability')}) with TensorRT {trt_version}"
-    fix = "rebuild the engines on this machine with `ucofia export CHECKPOINT -o BUNDLE --trt --force`"
-    if str(section.get("version")) != str(trt_version):
-        return f"engines were built for {built}; this machine has {here}: TensorRT versions differ; {fix}"
-    if str(section.get("compute_capability")) != str(device.get("compute_capability")):
-        return f"engines were built for {built}; this machine has {here}: GPU architectures differ; {fix}"
-    if str(section.get("gpu")) != str(device.get("gpu")):
-        return f"engines were built for {built}; this machine has {here}: GPU models differ; {fix}"
-    return None
-
-
-def load_engine(directory: str | Path, key: str, trt: ModuleType | None = None,
-                device: dict[str, str] | None = None) -> Any:
-    """Deserialize the bundle's engine for graph ``key`` after checking it fits this GPU and TensorRT."""
-    directory = Path(directory)
-    manifest_path = directory / "manifest.json"
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except FileNotFoundError:
-        raise TensorRTError(f"{manifest_path} not found: {directory} is not a ucofia bundle") from None
-    section = manifest.get("tensorrt")
-    if not section:
-        raise TensorRTError(f"{manifest_path} has no TensorRT engines; export with `ucofia export ... --trt`")
-    entry = section.get("engines", {}).get(key)
-    if entry is None:
-        raise TensorRTError(f"{manifest_path} lists no TensorRT engine for {key!r}")
-    trt = trt or import_tensorrt()
-    problem = compatibility_problem(section, str(trt.__version__), device or device_info())
-    if problem:
-        raise EngineMismatchError(f"{directory / entry['file']}: {problem}")
-    plan = directory / entry["file"]
-    if not plan.is_file():
-        raise TensorRTError(f"engine file missing: {plan} (named by {manifest_path})")
-    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-    engine = runtime.deserialize_cuda_engine(plan.read_bytes())
-    if engine is None:
-        raise TensorRTError(f"TensorRT could not deserialize {plan}; rebuild it with `ucofia export --trt --force`")
-    return engine

@@ -8,6 +8,7 @@ import csv
 import functools
 import io
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -83,6 +84,8 @@ def main() -> None:
     Updates: ucofia-run remove / compact / merge (atomic; a killed update leaves the index as before
     or after it).
     """
+    # library notes (e.g. backend selection's) go to stderr unless logging is configured already
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
 
 
 index_option = click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path),
@@ -192,7 +195,7 @@ def index(bundle_dir: Path, videos: Path, bank: Path | None, out: Path, batch_si
     ray_run = _ray_options(use_ray, ray_address, ray_cpus, ray_encoders, ray_decode_batch, ray_commit_every,
                            setting, workers, process_pool)
     bundle = load_bundle(bundle_dir)
-    resolved = resolve_backend(backend, bundle, log=_note)
+    resolved = resolve_backend(backend, bundle)
     pairs = list_videos(videos)
     if bank is not None:  # a bad bank fails now, not after hours of encoding
         if not bank.is_file():
@@ -502,7 +505,7 @@ def _open(index_dir: Path, bundle_dir: Path | None, backend: str, threads: int |
     gallery.check_bundle(bundle)
     if len(gallery) == 0:
         raise RuntimeUserError(f"index {index_dir} holds no videos; run `ucofia-run index` first")
-    resolved = resolve_backend(backend, bundle, log=_note)
+    resolved = resolve_backend(backend, bundle)
     text = TextEncoder(bundle, resolved, threads)
     scorer = Scorer(open_session(bundle, "scorer", resolved, threads), bundle.config)
     return gallery, bundle, text, scorer

@@ -1,4 +1,5 @@
-"""Static TensorRT check and the TensorRT build/load logic (with a fake ``tensorrt`` module).
+"""Static TensorRT check, the TensorRT build (export) and the runtime's engine loading (with a fake
+``tensorrt`` module).
 
 Nothing here needs TensorRT or a GPU except ``test_real_tensorrt_build``, which skips without them.
 """
@@ -12,10 +13,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from export.tensorrt_build import (AxisRange, EngineMismatchError, TensorRTError, TrtBuildOptions,
-                                   build_engines, compatibility_problem, input_profiles, load_engine,
-                                   precision_plan)
+from export.tensorrt_build import AxisRange, TrtBuildOptions, build_engines, input_profiles, precision_plan
 from export.trt_check import check_graphs, check_model
+from runtime.backends.tensorrt_engines import EngineMismatchError, TensorRTError, compatibility_problem, load_engine
 from runtime.bundle.contract import SCORER, TEXT_ENCODER, VIDEO_ENCODER, graph_specs
 from ucofia.config import tiny_config
 

@@ -14,7 +14,10 @@ from runtime_helpers import TORCH_MODULES, build_fake_bundle, import_blocker, ma
 
 REPO = Path(__file__).resolve().parents[1]
 BLOCKED = TORCH_MODULES
-RUNTIME_MODULES = ["runtime", "runtime.cli", "runtime.bundle", "runtime.backends", "runtime.trt", "runtime.sinkhorn",
+RUNTIME_MODULES = ["runtime", "runtime.cli", "runtime.bundle", "runtime.bundle.contract", "runtime.bundle.loader",
+                   "runtime.backends", "runtime.backends.base", "runtime.backends.ort", "runtime.backends.cuda_driver",
+                   "runtime.backends.tensorrt_engines", "runtime.backends.tensorrt_session",
+                   "runtime.backends.selection", "runtime.sinkhorn",
                    "runtime.scoring", "runtime.index", "runtime.search", "runtime.ingest", "runtime.text",
                    "runtime.sources", "runtime.evaluate", "runtime.vocabulary", "runtime.windows",
                    "runtime.window_ingest", "runtime.grouping", "ucofia.data.windows", "ucofia.data.window_decode",
