@@ -153,7 +153,7 @@ def export_bundle(model: UCoFiA, out_dir: str | Path, *, fp16: bool = False, ops
             if trt:
                 say("building TensorRT engines")
                 tensorrt = tensorrt_build.build_engines(tmp, specs, dtype, trt_options or TrtBuildOptions(),
-                                                        trt=trt_module, device=device, log=say)
+                                                        trt=trt_module, device=device)
                 versions["tensorrt"] = tensorrt["version"]
             hints = {"cpu_disabled_optimizers": list(ORT_FP16_CPU_DISABLED_OPTIMIZERS)} if fp16 else {}
             manifest = build_manifest(

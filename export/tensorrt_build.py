@@ -24,12 +24,12 @@ engines). ``tensorrt`` is imported lazily (optional extra).
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -42,7 +42,8 @@ from ucofia.io_utils import atomic_write_bytes
 PLAN_SUFFIX = ".plan"
 CACHE_SUBDIR = ("ucofia", "tensorrt")
 GIB = 1 << 30
-Log = Callable[[str], None]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -168,14 +169,13 @@ def _parse(trt: ModuleType, builder: Any, logger: Any, onnx_path: Path, flags: i
 
 def build_engine(trt: ModuleType, onnx_path: Path, plan_path: Path, spec: GraphSpec,
                  ranges: dict[str, AxisRange], plan: PrecisionPlan, workspace_bytes: int,
-                 timing_cache: bytes, log: Log | None = None) -> tuple[dict[str, Any], bytes]:
+                 timing_cache: bytes) -> tuple[dict[str, Any], bytes]:
     """Build one engine; return (its manifest entry, the updated serialized timing cache).
 
     A timing cache TensorRT refuses (``set_timing_cache`` returns False: built on another GPU or
     TensorRT) is replaced by an empty one; when the config holds no cache afterwards
     (``get_timing_cache`` is None) the cache passed in is returned unchanged.
     """
-    say = log or (lambda _msg: None)
     start = time.perf_counter()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -186,7 +186,7 @@ def build_engine(trt: ModuleType, onnx_path: Path, plan_path: Path, spec: GraphS
         config.clear_flag(getattr(trt.BuilderFlag, name))
     for name in plan.set_flags:
         config.set_flag(getattr(trt.BuilderFlag, name))
-    _attach_timing_cache(config, timing_cache, onnx_path.name, say)
+    _attach_timing_cache(config, timing_cache, onnx_path.name)
     profile = builder.create_optimization_profile()
     shapes = input_profiles(spec, ranges)
     for name, s in shapes.items():
@@ -204,17 +204,17 @@ def build_engine(trt: ModuleType, onnx_path: Path, plan_path: Path, spec: GraphS
     return entry, new_cache
 
 
-def _attach_timing_cache(config: Any, data: bytes, what: str, say: Log) -> None:
+def _attach_timing_cache(config: Any, data: bytes, what: str) -> None:
     """Give ``config`` the serialized cache ``data``; a cache TensorRT refuses (``set_timing_cache``
     returns False: another GPU or TensorRT wrote it) is replaced by a fresh one."""
     if config.set_timing_cache(config.create_timing_cache(data), False):
         return
     if data:
-        say(f"TensorRT refused the timing cache (written on another GPU or TensorRT version); "
-            f"building {what} with a fresh one")
+        logger.warning("TensorRT refused the timing cache (written on another GPU or TensorRT version); "
+                       "building %s with a fresh one", what)
         if config.set_timing_cache(config.create_timing_cache(b""), False):
             return
-    say(f"TensorRT refused an empty timing cache; building {what} without one")
+    logger.warning("TensorRT refused an empty timing cache; building %s without one", what)
 
 
 def default_timing_cache(trt_version: str, device: dict[str, str]) -> Path:
@@ -226,12 +226,11 @@ def default_timing_cache(trt_version: str, device: dict[str, str]) -> Path:
 
 
 def build_engines(directory: Path, specs: dict[str, GraphSpec], dtype: str, options: TrtBuildOptions,
-                  trt: ModuleType | None = None, device: dict[str, str] | None = None,
-                  log: Log | None = None) -> dict[str, Any]:
+                  trt: ModuleType | None = None, device: dict[str, str] | None = None) -> dict[str, Any]:
     """Build ``<graph>.plan`` for every graph in ``directory``; return the manifest's tensorrt section.
 
     The timing cache (``options.timing_cache``, else ``default_timing_cache``) is read before the
-    first build and written back (atomically) after the last one. ``log`` gets one-line notes.
+    first build and written back (atomically) after the last one; problems with it are logged.
     """
     trt = trt or import_tensorrt()
     device = device or device_info()
@@ -246,12 +245,12 @@ def build_engines(directory: Path, specs: dict[str, GraphSpec], dtype: str, opti
         onnx_path = Path(directory) / spec.file
         plan_path = onnx_path.with_suffix(PLAN_SUFFIX)
         engines[key], cache = build_engine(trt, onnx_path, plan_path, spec, ranges, plan,
-                                           options.workspace_bytes, cache, log)
+                                           options.workspace_bytes, cache)
     if cache:
         try:
             atomic_write_bytes(cache_path, cache)
         except OSError as exc:  # a read-only cache directory must not fail the export
-            (log or (lambda _m: None))(f"could not save the TensorRT timing cache to {cache_path}: {exc}")
+            logger.warning("could not save the TensorRT timing cache to %s: %s", cache_path, exc)
     return {
         **engine_target(str(trt.__version__), device),
         "precision": plan.mode,

@@ -305,14 +305,13 @@ def test_build_engines_trt11_strongly_typed_and_reuses_cache(tmp_path):
     assert section["timing_cache"]["bytes_read"] == 3
 
 
-def test_refused_or_missing_timing_cache_is_handled(tmp_path):
+def test_refused_or_missing_timing_cache_is_handled(tmp_path, caplog):
     specs = _bundle_dir(tmp_path)
     cache = tmp_path / "foreign.cache"
     cache.write_bytes(b"other-gpu")
-    notes = []
     trt = FakeTRT(cache_ok=False)  # set_timing_cache returns False for a non-empty cache
-    build_engines(tmp_path, specs, "float32", TrtBuildOptions(timing_cache=cache), trt=trt, device=DEVICE,
-                  log=notes.append)
+    build_engines(tmp_path, specs, "float32", TrtBuildOptions(timing_cache=cache), trt=trt, device=DEVICE)
+    notes = [r.getMessage() for r in caplog.records if r.name == "export.tensorrt_build"]
     # each build falls back to a fresh cache, and the one saved is the fresh one's result
     assert [c[1] for c in trt.calls if c[0] == "create_cache"][:2] == [b"other-gpu", b""]
     assert sum("refused the timing cache" in n for n in notes) >= 1
