@@ -22,7 +22,7 @@ _LAZY = {
     "check_graphs": "export.trt_check",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = sorted(_LAZY)  # noqa: PLE0605 - the lazily loaded names, listed once (in _LAZY)
 
 
 def __getattr__(name: str) -> Any:

@@ -71,7 +71,7 @@ def default_tolerances(dtype: str) -> Tolerances:
 class VerificationError(RuntimeError):
     """ONNX outputs differ from PyTorch beyond the tolerances."""
 
-    def __init__(self, message: str, report: "VerificationReport") -> None:
+    def __init__(self, message: str, report: VerificationReport) -> None:
         super().__init__(message)
         self.report = report
 

@@ -15,6 +15,7 @@ import onnx
 import pytest
 import torch
 from click.testing import CliRunner
+from export_helpers import DEVICE, FakeTRT
 
 import ucofia
 from export import export_bundle
@@ -29,8 +30,6 @@ from runtime.bundle.contract import SCORER, TEXT_ENCODER, VIDEO_ENCODER, graph_s
 from ucofia.checkpoints import weights_fingerprint
 from ucofia.cli import main as cli
 from ucofia.config import UCoFiAConfig, tiny_config
-
-from export_helpers import DEVICE, FakeTRT
 
 REPO = Path(__file__).resolve().parents[1]
 # smallest first: one reference import is enough here (parity itself is tested elsewhere)
@@ -316,7 +315,7 @@ def test_trt_check_errors_abort_a_trt_export(tmp_path, monkeypatch):
     from export import bundle as bundle_module
     from export import tensorrt_build
 
-    monkeypatch.setattr(tensorrt_build, "import_tensorrt", lambda: FakeTRT())
+    monkeypatch.setattr(tensorrt_build, "import_tensorrt", FakeTRT)
     monkeypatch.setattr(tensorrt_build, "device_info", lambda: dict(DEVICE))
     bad = TrtCheckReport([Issue("video_encoder", "/selector/TopK", "TopK", "error", "K must be constant")])
     monkeypatch.setattr(bundle_module, "check_graphs", lambda graphs, trt_version=None: bad)

@@ -11,6 +11,8 @@ import types
 import numpy as np
 import onnx
 import pytest
+from export_helpers import DEVICE, FakeTRT
+from export_helpers import fake_flags as _fake_flags
 from onnx import TensorProto, helper, numpy_helper
 
 from export.tensorrt_build import AxisRange, TrtBuildOptions, build_engines, input_profiles, precision_plan
@@ -18,8 +20,6 @@ from export.trt_check import check_graphs, check_model
 from runtime.backends.tensorrt_engines import EngineMismatchError, TensorRTError, compatibility_problem, load_engine
 from runtime.bundle.contract import SCORER, TEXT_ENCODER, VIDEO_ENCODER, graph_specs
 from ucofia.config import tiny_config
-
-from export_helpers import DEVICE, FakeTRT, fake_flags as _fake_flags
 
 
 # ---- static check ---------------------------------------------------------------------------
@@ -287,7 +287,7 @@ def test_build_engines_with_fake_trt10(tmp_path, cache_home):
     # a second export on the same machine starts from the saved cache
     again = FakeTRT()
     build_engines(tmp_path, specs, "float16", opts, trt=again, device=DEVICE)
-    assert [c[1] for c in again.calls if c[0] == "create_cache"][0] == b"+++"
+    assert next(c[1] for c in again.calls if c[0] == "create_cache") == b"+++"
     assert cache.read_bytes() == b"++++++"
 
 
@@ -348,8 +348,8 @@ def test_load_engine_checks_gpu_and_version(tmp_path):
     with pytest.raises(EngineMismatchError, match="architectures differ"):
         load_engine(tmp_path, "text_encoder", trt=FakeTRT(), device=a100)
     other_model = {"gpu": "NVIDIA H100 PCIe", "compute_capability": "9.0"}
-    assert "GPU models differ" in compatibility_problem(json.loads((tmp_path / "manifest.json").read_text())["tensorrt"],
-                                                        "10.3.0", other_model)
+    section = json.loads((tmp_path / "manifest.json").read_text())["tensorrt"]
+    assert "GPU models differ" in compatibility_problem(section, "10.3.0", other_model)
     with pytest.raises(TensorRTError, match="no TensorRT engine for 'scorer'"):
         load_engine(tmp_path, "scorer", trt=FakeTRT(), device=DEVICE)
 
