@@ -311,28 +311,25 @@ def export_scorer(model, path: Path, module=None) -> None:
 
     from export.graphs import ScorerGraph
     from export.onnx_export import export_graph
-    from export.specs import graph_specs
+    from runtime.bundle.contract import SCORER, graph_specs
 
     cfg = model.config
     d, l, f, p = cfg.embed_dim, cfg.max_words, cfg.max_frames, cfg.num_pixels
     sample = (torch.randn(2, d), torch.randn(2, l, d), torch.randn(3, d), torch.randn(3, f, d), torch.randn(3, p, d))
-    export_graph((module or ScorerGraph(model)).eval(), sample, Path(path), graph_specs(cfg)["scorer"])
+    export_graph((module or ScorerGraph(model)).eval(), sample, Path(path), graph_specs(cfg)[SCORER])
 
 
 def scorer_bundle(root: Path, cfg, scorer_file: str = "scorer.onnx", fingerprint: str = "0" * 64):
     """A runtime Bundle holding only a scorer graph (torch-free): enough for runtime.scoring,
     runtime.index and runtime.search, which use no encoder."""
-    from export.specs import graph_specs
-    from runtime.bundle import Bundle, GraphSpec, TensorSpec, TokenizerSpec
+    from dataclasses import replace
 
-    spec = graph_specs(cfg)["scorer"]
-    roles_in = ("sentence", "words", "video", "frame_features", "patches")
-    roles_out = ("video_sentence", "frame_sentence", "patch_word")
-    graph = GraphSpec("scorer", Path(root) / scorer_file,
-                      {r: TensorSpec(s.name, s.dtype, tuple(s.shape)) for r, s in zip(roles_in, spec.inputs)},
-                      {r: TensorSpec(s.name, s.dtype, tuple(s.shape)) for r, s in zip(roles_out, spec.outputs)})
+    from runtime.bundle import Bundle, TokenizerSpec
+    from runtime.bundle.contract import SCORER, graph_specs
+
+    graph = replace(graph_specs(cfg)[SCORER], file=Path(root) / scorer_file)
     return Bundle(root=Path(root), manifest={}, config=cfg, fingerprint=fingerprint, dtype="float32",
-                  graphs={"scorer": graph}, tokenizer=TokenizerSpec(Path(root) / "none", cfg.max_words, 0, 0))
+                  graphs={SCORER: graph}, tokenizer=TokenizerSpec(Path(root) / "none", cfg.max_words, 0, 0))
 
 
 def shared_clips() -> list[Path]:

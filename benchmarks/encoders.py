@@ -95,9 +95,9 @@ def main() -> None:
     import ucofia
     from export import export_bundle
     from export.int8 import quantize_encoders
-    from export.specs import graph_specs
     from runtime.backends import open_session
     from runtime.bundle import load_bundle
+    from runtime.bundle.contract import graph_specs
 
     torch.set_num_threads(args.threads)
     cfg = _config(args.config)

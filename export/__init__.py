@@ -18,13 +18,11 @@ _LAZY = {
     "Tolerances": "export.verify",
     "TrtBuildOptions": "export.tensorrt_build",
     "AxisRange": "export.tensorrt_build",
-    "TensorRTError": "export.tensorrt_build",
-    "EngineMismatchError": "export.tensorrt_build",
-    "load_engine": "export.tensorrt_build",
+    "TensorRTError": "runtime.backends.tensorrt_engines",
     "check_graphs": "export.trt_check",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = sorted(_LAZY)  # noqa: PLE0605 - the lazily loaded names, listed once (in _LAZY)
 
 
 def __getattr__(name: str) -> Any:

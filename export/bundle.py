@@ -9,24 +9,24 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import onnx
 import torch
 
+from export import tensorrt_build
 from export.fp16 import DEFAULT_ISLANDS, convert_to_fp16
 from export.graphs import graph_modules
 from export.int8 import INT8_GRAPHS, INT8_TOLERANCES, quantize_encoders
-from export.manifest import MANIFEST_FILE, build_manifest, check_vocabulary, copy_vocab
+from export.manifest import build_manifest, check_vocabulary, copy_vocab
 from export.onnx_export import DEFAULT_OPSET, Exporter, check_opset, export_graph
 from export.samples import sample_token_ids, sample_videos
-from export.specs import SCORER, TEXT_ENCODER, VIDEO_ENCODER, graph_specs
-from export import tensorrt_build
 from export.tensorrt_build import TrtBuildOptions
 from export.trt_check import TrtCheckReport, check_graphs
-from export.verify import (ORT_FP16_CPU_DISABLED_OPTIMIZERS, Tolerances, VerificationError,
-                           verify_bundle)
+from export.verify import ORT_FP16_CPU_DISABLED_OPTIMIZERS, Tolerances, VerificationError, verify_bundle
+from runtime.bundle.contract import MANIFEST_FILE, SCORER, TEXT_ENCODER, VIDEO_ENCODER, graph_specs
 from ucofia.checkpoints import weights_fingerprint
 from ucofia.io_utils import atomic_directory, atomic_write_text
 from ucofia.model import UCoFiA
@@ -115,7 +115,8 @@ def export_bundle(model: UCoFiA, out_dir: str | Path, *, fp16: bool = False, ops
                     proto, stats = convert_to_fp16(proto, DEFAULT_ISLANDS[key])
                     onnx.save(proto, str(tmp / spec.file))
                     fp16_stats[key] = stats.to_dict()  # type: ignore[index]
-                say(f"  {spec.file}: {(tmp / spec.file).stat().st_size / 1e6:.1f} MB in {time.perf_counter() - t0:.1f}s")
+                size_mb = (tmp / spec.file).stat().st_size / 1e6
+                say(f"  {spec.file}: {size_mb:.1f} MB in {time.perf_counter() - t0:.1f}s")
 
             int8_section = None
             if int8:
@@ -130,7 +131,7 @@ def export_bundle(model: UCoFiA, out_dir: str | Path, *, fp16: bool = False, ops
                                       trt_version=str(trt_module.__version__) if trt_module else None)
             trt_check = trt_report.to_dict()
             if unchecked:
-                trt_check["not_checked"] = {key: "int8 encoder (onnxruntime CPU only)" for key in sorted(unchecked)}
+                trt_check["not_checked"] = dict.fromkeys(sorted(unchecked), "int8 encoder (onnxruntime CPU only)")
             if trt and not trt_report.ok:
                 raise TrtCompatibilityError(
                     f"{len(trt_report.errors)} TensorRT compatibility errors:\n  "
@@ -153,7 +154,7 @@ def export_bundle(model: UCoFiA, out_dir: str | Path, *, fp16: bool = False, ops
             if trt:
                 say("building TensorRT engines")
                 tensorrt = tensorrt_build.build_engines(tmp, specs, dtype, trt_options or TrtBuildOptions(),
-                                                        trt=trt_module, device=device, log=say)
+                                                        trt=trt_module, device=device)
                 versions["tensorrt"] = tensorrt["version"]
             hints = {"cpu_disabled_optimizers": list(ORT_FP16_CPU_DISABLED_OPTIMIZERS)} if fp16 else {}
             manifest = build_manifest(

@@ -3,8 +3,9 @@
 Every float tensor becomes float16 except inside "islands" that stay float32 for accuracy:
 nodes whose op type is listed (LayerNormalization, Softmax, norms, ...) and nodes of listed
 module scopes (the torchscript exporter names nodes after module paths, e.g.
-``/visual_token_selector/...``; the dynamo exporter keeps them in a ``namespace`` property). Casts are inserted at island borders; float graph inputs and
-outputs become float16 (the manifest lists them so; the runtime casts to what it lists).
+``/visual_token_selector/...``; the dynamo exporter keeps them in a ``namespace`` property).
+Casts are inserted at island borders; float graph inputs and outputs become float16 (the
+manifest lists them so; the runtime casts to what it lists).
 
 Float constants are clamped into float16's range first (``FP16_MAX_FINITE``): the temporal
 encoder's additive key mask (-1e6) would otherwise become -inf and then 0 * -inf = NaN.
@@ -17,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from export.specs import SCORER, TEXT_ENCODER, VIDEO_ENCODER
+from runtime.bundle.contract import SCORER, TEXT_ENCODER, VIDEO_ENCODER
 
 FP16_MAX_FINITE = 1e4
 FP16_MIN_POSITIVE = 1e-7

@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from export.specs import LEVEL_OUTPUTS, SCORER, TEXT_ENCODER, VIDEO_ENCODER
+from runtime.bundle.contract import SCORER, TEXT_ENCODER, VIDEO_ENCODER
+from ucofia.config import LEVELS
 from ucofia.model import UCoFiA
 
 
@@ -48,7 +49,7 @@ class ScorerGraph(nn.Module):
                 frame_features: torch.Tensor, patches: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         sims = self.model.score(sentence, words, video, frame_features, patches)
-        return tuple(sims[name] for name in LEVEL_OUTPUTS)  # type: ignore[return-value]
+        return tuple(sims[name] for name in LEVELS)  # type: ignore[return-value]
 
 
 def graph_modules(model: UCoFiA) -> dict[str, nn.Module]:

@@ -1,11 +1,11 @@
 """Dynamic int8 quantisation of the encoder graphs (``ucofia export --int8``), a lossy CPU option.
 
 ``onnxruntime.quantization.quantize_dynamic`` rewrites every MatMul with a constant weight: the
-weights become int8 per output channel (stored, in 7 bits: ``reduce_range``), the activations are quantised to uint8 per tensor
-at run time (onnxruntime fuses both into ``DynamicQuantizeMatMul``), so the encoders' GEMMs run on
-uint8 x int8 kernels (AMX-INT8 / VNNI). Products of two activations (attention) and the patch
-embedding convolution stay float32, as does the scorer. Inputs and outputs keep their float32
-contract: the runtime needs nothing new.
+weights become int8 per output channel (stored, in 7 bits: ``reduce_range``), the activations are
+quantised to uint8 per tensor at run time (onnxruntime fuses both into ``DynamicQuantizeMatMul``),
+so the encoders' GEMMs run on uint8 x int8 kernels (AMX-INT8 / VNNI). Products of two activations
+(attention) and the patch embedding convolution stay float32, as does the scorer. Inputs and
+outputs keep their float32 contract: the runtime needs nothing new.
 
 Why 7-bit weights: on x86 CPUs without VNNI (AVX2 only, e.g. many AMD EPYC hosts) onnxruntime's
 uint8 x int8 kernel adds pairs of products in saturating int16 (``vpmaddubsw``); full-range weights
@@ -27,8 +27,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from export.specs import TEXT_ENCODER, VIDEO_ENCODER, GraphSpec
 from export.verify import Tolerances
+from runtime.bundle.contract import TEXT_ENCODER, VIDEO_ENCODER, GraphSpec
 
 INT8_GRAPHS = (TEXT_ENCODER, VIDEO_ENCODER)
 # Features within 15 % of their scale (the worst element; random ViT-B/32 weights gave <= 5 %);
@@ -53,8 +53,8 @@ def quantize_encoders(directory: Path, specs: dict[str, GraphSpec]) -> dict[str,
         os.replace(staged, path)
         sizes[key] = {"float32_mb": round(before / 1e6, 1), "int8_mb": round(path.stat().st_size / 1e6, 1)}
     return {"graphs": list(INT8_GRAPHS),
-            "scheme": "onnxruntime.quantization.quantize_dynamic: MatMul weights int8 (7-bit range) per output channel, "
-                      "activations uint8 per tensor at run time; attention products, convolutions and the "
-                      "scorer stay float32",
+            "scheme": "onnxruntime.quantization.quantize_dynamic: MatMul weights int8 (7-bit range) per output "
+                      "channel, activations uint8 per tensor at run time; attention products, convolutions and "
+                      "the scorer stay float32",
             "onnxruntime": ort.__version__, "sizes": sizes,
             "parity_r1_delta": INT8_R1_DELTA}

@@ -10,11 +10,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from export.specs import GraphSpec
+from runtime.bundle.contract import BUNDLE_FORMAT, DYNAMIC_AXES, GraphSpec
 from ucofia.config import UCoFiAConfig
 
-BUNDLE_FORMAT = "ucofia.bundle/1"
-MANIFEST_FILE = "manifest.json"
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 # packages whose versions are recorded (distribution names)
 VERSIONED_PACKAGES = {"torch": "torch", "open_clip": "open_clip_torch", "onnx": "onnx",
@@ -124,7 +122,7 @@ def build_manifest(*, config: UCoFiAConfig, fingerprint: str, dtype: str, opset:
                    onnxruntime_hints: dict[str, Any] | None = None,
                    extra_versions: dict[str, str] | None = None, seconds: float | None = None,
                    warnings: list[str] | None = None, int8: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Assemble the manifest dict (see the bundle contract in the team brief)."""
+    """Assemble the manifest dict (the contract: ``runtime.bundle.contract``, docs/bundle-format.md)."""
     tokenizer, tok_warnings = tokenizer_section(config)
     return {
         "format": BUNDLE_FORMAT,
@@ -135,7 +133,7 @@ def build_manifest(*, config: UCoFiAConfig, fingerprint: str, dtype: str, opset:
         "opset": opset,
         "exporter": exporter,
         "graphs": {key: spec.to_dict() for key, spec in specs.items()},
-        "dynamic_axes": {"T": "number of texts", "V": "number of videos"},
+        "dynamic_axes": dict(DYNAMIC_AXES),
         "preprocessing": preprocessing_section(config),
         "tokenizer": tokenizer,
         "versions": versions(extra_versions),

@@ -18,14 +18,15 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import onnx
 import torch
 from torch import nn
 
-from export.specs import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, GraphSpec
+from runtime.bundle.contract import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, GraphSpec
 
 Exporter = Literal["torchscript", "dynamo"]
 EXPORTERS: tuple[str, ...] = ("torchscript", "dynamo")
@@ -93,8 +94,8 @@ def export_graph(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, 
 
 def _export_dynamo(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, spec: GraphSpec,
                    opset: int) -> None:
-    dims = {name: torch.export.Dim(name) for t in spec.inputs for name in t.dynamic_axes.values()}
-    dynamic_shapes = tuple({axis: dims[name] for axis, name in t.dynamic_axes.items()} for t in spec.inputs)
+    dims = {name: torch.export.Dim(name) for t in spec.inputs.values() for name in t.dynamic_axes.values()}
+    dynamic_shapes = tuple({axis: dims[name] for axis, name in t.dynamic_axes.items()} for t in spec.inputs.values())
     program = torch.onnx.export(
         module, args, None, dynamo=True, opset_version=opset, input_names=spec.input_names,
         output_names=spec.output_names, dynamic_shapes=dynamic_shapes, external_data=False,
@@ -104,7 +105,7 @@ def _export_dynamo(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path
 
 def stamp_io_shapes(proto: onnx.ModelProto, spec: GraphSpec) -> None:
     """Set every graph input/output to the contract shape (named dynamic axes, static sizes)."""
-    by_name = {t.name: t for t in spec.inputs + spec.outputs}
+    by_name = {t.name: t for t in spec.tensors}
     found = set()
     for value in list(proto.graph.input) + list(proto.graph.output):
         tensor = by_name.get(value.name)

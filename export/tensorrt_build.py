@@ -1,4 +1,4 @@
-"""TensorRT engines for a bundle: build (``ucofia export --trt``) and guarded loading.
+"""TensorRT engines for a bundle: building them (``ucofia export --trt``).
 
 Follows TensorRT's Python build flow: ``trt.Builder`` -> network from ``trt.OnnxParser`` ->
 builder config (workspace memory-pool limit, timing cache, one optimisation profile giving
@@ -18,12 +18,13 @@ Timing cache: by default one file per TensorRT version and GPU in the user cache
 same machine reuses the measured tactics; a cache TensorRT refuses (another GPU or version) is
 replaced by a fresh one.
 
-Engines only run on the GPU model / TensorRT version that built them; ``load_engine`` refuses
-others with a message saying how to rebuild. ``tensorrt`` is imported lazily (optional extra).
+Engines only run on the GPU model / TensorRT version that built them: the manifest section
+records them as the runtime checks them (``runtime.backends.tensorrt_engines``, which also loads
+engines). ``tensorrt`` is imported lazily (optional extra).
 """
 from __future__ import annotations
 
-import json
+import logging
 import os
 import re
 import shutil
@@ -32,24 +33,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
+from runtime.backends.tensorrt_engines import TensorRTError, engine_target, import_tensorrt
+from runtime.bundle.contract import TEXTS_AXIS, VIDEOS_AXIS, GraphSpec
 from ucofia.io_utils import atomic_write_bytes
-
-from export.specs import TEXTS_AXIS, VIDEOS_AXIS, GraphSpec
 
 PLAN_SUFFIX = ".plan"
 CACHE_SUBDIR = ("ucofia", "tensorrt")
 GIB = 1 << 30
-Log = Callable[[str], None]
 
-
-class TensorRTError(RuntimeError):
-    """TensorRT is missing, or parsing/building an engine failed."""
-
-
-class EngineMismatchError(TensorRTError):
-    """An engine was built for another GPU or TensorRT version than the one present."""
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -92,7 +86,7 @@ class TrtBuildOptions:
 def input_profiles(spec: GraphSpec, ranges: dict[str, AxisRange]) -> dict[str, dict[str, list[int]]]:
     """min/opt/max shapes of every input of ``spec`` (dynamic axes from ``ranges``)."""
     out = {}
-    for tensor in spec.inputs:
+    for tensor in spec.inputs.values():
         shapes = {}
         for which in ("min", "opt", "max"):
             dims = []
@@ -139,16 +133,6 @@ def precision_plan(trt: ModuleType, dtype: str) -> PrecisionPlan:
                          network_flags=1 << int(creation.STRONGLY_TYPED), clear_flags=clear)
 
 
-def import_tensorrt() -> ModuleType:
-    try:
-        import tensorrt as trt  # type: ignore[import-not-found]
-    except ImportError as exc:
-        raise TensorRTError(
-            "TensorRT is not installed (`pip install tensorrt` on a machine with an NVIDIA GPU and "
-            f"driver; `pip install ucofia[tensorrt]`): {exc}") from None
-    return trt
-
-
 def device_info() -> dict[str, str]:
     """{"gpu": name, "compute_capability": "major.minor"} of CUDA device 0.
 
@@ -185,14 +169,13 @@ def _parse(trt: ModuleType, builder: Any, logger: Any, onnx_path: Path, flags: i
 
 def build_engine(trt: ModuleType, onnx_path: Path, plan_path: Path, spec: GraphSpec,
                  ranges: dict[str, AxisRange], plan: PrecisionPlan, workspace_bytes: int,
-                 timing_cache: bytes, log: Log | None = None) -> tuple[dict[str, Any], bytes]:
+                 timing_cache: bytes) -> tuple[dict[str, Any], bytes]:
     """Build one engine; return (its manifest entry, the updated serialized timing cache).
 
     A timing cache TensorRT refuses (``set_timing_cache`` returns False: built on another GPU or
     TensorRT) is replaced by an empty one; when the config holds no cache afterwards
     (``get_timing_cache`` is None) the cache passed in is returned unchanged.
     """
-    say = log or (lambda _msg: None)
     start = time.perf_counter()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -203,7 +186,7 @@ def build_engine(trt: ModuleType, onnx_path: Path, plan_path: Path, spec: GraphS
         config.clear_flag(getattr(trt.BuilderFlag, name))
     for name in plan.set_flags:
         config.set_flag(getattr(trt.BuilderFlag, name))
-    _attach_timing_cache(config, timing_cache, onnx_path.name, say)
+    _attach_timing_cache(config, timing_cache, onnx_path.name)
     profile = builder.create_optimization_profile()
     shapes = input_profiles(spec, ranges)
     for name, s in shapes.items():
@@ -221,17 +204,17 @@ def build_engine(trt: ModuleType, onnx_path: Path, plan_path: Path, spec: GraphS
     return entry, new_cache
 
 
-def _attach_timing_cache(config: Any, data: bytes, what: str, say: Log) -> None:
+def _attach_timing_cache(config: Any, data: bytes, what: str) -> None:
     """Give ``config`` the serialized cache ``data``; a cache TensorRT refuses (``set_timing_cache``
     returns False: another GPU or TensorRT wrote it) is replaced by a fresh one."""
     if config.set_timing_cache(config.create_timing_cache(data), False):
         return
     if data:
-        say(f"TensorRT refused the timing cache (written on another GPU or TensorRT version); "
-            f"building {what} with a fresh one")
+        logger.warning("TensorRT refused the timing cache (written on another GPU or TensorRT version); "
+                       "building %s with a fresh one", what)
         if config.set_timing_cache(config.create_timing_cache(b""), False):
             return
-    say(f"TensorRT refused an empty timing cache; building {what} without one")
+    logger.warning("TensorRT refused an empty timing cache; building %s without one", what)
 
 
 def default_timing_cache(trt_version: str, device: dict[str, str]) -> Path:
@@ -243,12 +226,11 @@ def default_timing_cache(trt_version: str, device: dict[str, str]) -> Path:
 
 
 def build_engines(directory: Path, specs: dict[str, GraphSpec], dtype: str, options: TrtBuildOptions,
-                  trt: ModuleType | None = None, device: dict[str, str] | None = None,
-                  log: Log | None = None) -> dict[str, Any]:
+                  trt: ModuleType | None = None, device: dict[str, str] | None = None) -> dict[str, Any]:
     """Build ``<graph>.plan`` for every graph in ``directory``; return the manifest's tensorrt section.
 
     The timing cache (``options.timing_cache``, else ``default_timing_cache``) is read before the
-    first build and written back (atomically) after the last one. ``log`` gets one-line notes.
+    first build and written back (atomically) after the last one; problems with it are logged.
     """
     trt = trt or import_tensorrt()
     device = device or device_info()
@@ -263,16 +245,14 @@ def build_engines(directory: Path, specs: dict[str, GraphSpec], dtype: str, opti
         onnx_path = Path(directory) / spec.file
         plan_path = onnx_path.with_suffix(PLAN_SUFFIX)
         engines[key], cache = build_engine(trt, onnx_path, plan_path, spec, ranges, plan,
-                                           options.workspace_bytes, cache, log)
+                                           options.workspace_bytes, cache)
     if cache:
         try:
             atomic_write_bytes(cache_path, cache)
         except OSError as exc:  # a read-only cache directory must not fail the export
-            (log or (lambda _m: None))(f"could not save the TensorRT timing cache to {cache_path}: {exc}")
+            logger.warning("could not save the TensorRT timing cache to %s: %s", cache_path, exc)
     return {
-        "version": str(trt.__version__),
-        "gpu": device["gpu"],
-        "compute_capability": device["compute_capability"],
+        **engine_target(str(trt.__version__), device),
         "precision": plan.mode,
         "dtype": dtype,
         "workspace_bytes": options.workspace_bytes,
@@ -280,46 +260,3 @@ def build_engines(directory: Path, specs: dict[str, GraphSpec], dtype: str, opti
         "axes": {name: {"min": r.min, "opt": r.opt, "max": r.max} for name, r in ranges.items()},
         "engines": engines,
     }
-
-
-def compatibility_problem(section: dict[str, Any], trt_version: str, device: dict[str, str]) -> str | None:
-    """Why an engine built as ``section`` says cannot run here (None when it can)."""
-    built = f"{section.get('gpu')} (compute capability {section.get('compute_capability')}) with TensorRT {section.get('version')}"
-    here = f"{device.get('gpu')} (compute capability {device.get('compute_capability')}) with TensorRT {trt_version}"
-    fix = "rebuild the engines on this machine with `ucofia export CHECKPOINT -o BUNDLE --trt --force`"
-    if str(section.get("version")) != str(trt_version):
-        return f"engines were built for {built}; this machine has {here}: TensorRT versions differ; {fix}"
-    if str(section.get("compute_capability")) != str(device.get("compute_capability")):
-        return f"engines were built for {built}; this machine has {here}: GPU architectures differ; {fix}"
-    if str(section.get("gpu")) != str(device.get("gpu")):
-        return f"engines were built for {built}; this machine has {here}: GPU models differ; {fix}"
-    return None
-
-
-def load_engine(directory: str | Path, key: str, trt: ModuleType | None = None,
-                device: dict[str, str] | None = None) -> Any:
-    """Deserialize the bundle's engine for graph ``key`` after checking it fits this GPU and TensorRT."""
-    directory = Path(directory)
-    manifest_path = directory / "manifest.json"
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except FileNotFoundError:
-        raise TensorRTError(f"{manifest_path} not found: {directory} is not a ucofia bundle") from None
-    section = manifest.get("tensorrt")
-    if not section:
-        raise TensorRTError(f"{manifest_path} has no TensorRT engines; export with `ucofia export ... --trt`")
-    entry = section.get("engines", {}).get(key)
-    if entry is None:
-        raise TensorRTError(f"{manifest_path} lists no TensorRT engine for {key!r}")
-    trt = trt or import_tensorrt()
-    problem = compatibility_problem(section, str(trt.__version__), device or device_info())
-    if problem:
-        raise EngineMismatchError(f"{directory / entry['file']}: {problem}")
-    plan = directory / entry["file"]
-    if not plan.is_file():
-        raise TensorRTError(f"engine file missing: {plan} (named by {manifest_path})")
-    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-    engine = runtime.deserialize_cuda_engine(plan.read_bytes())
-    if engine is None:
-        raise TensorRTError(f"TensorRT could not deserialize {plan}; rebuild it with `ucofia export --trt --force`")
-    return engine

@@ -26,8 +26,9 @@ import onnxruntime as ort
 import torch
 
 from export.samples import sample_token_ids, sample_videos
-from export.specs import SCORER, TEXT_ENCODER, VIDEO_ENCODER, GraphSpec
+from runtime.bundle.contract import SCORER, TEXT_ENCODER, VIDEO_ENCODER, VIDEO_ROLES, GraphSpec
 from ucofia.clip_towers import encode_frame_tokens
+from ucofia.config import LEVELS
 from ucofia.model import UCoFiA
 
 # onnxruntime 1.32's NCHWc layout transformer crashes (segfault) on our float16 encoder graphs
@@ -36,6 +37,9 @@ ORT_FP16_CPU_DISABLED_OPTIMIZERS = ("NchwcTransformer",)
 VERIFY_SEED = 1234
 TEXT_CASES = (1, 5)
 SCORER_CASES = ((1, 1), (5, 4))
+# Outputs that depend on the top-k patch selection, where tie flips are reported instead of failed.
+_, _, PATCHES = VIDEO_ROLES
+_, _, PATCH_WORD = LEVELS
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,7 @@ def default_tolerances(dtype: str) -> Tolerances:
 class VerificationError(RuntimeError):
     """ONNX outputs differ from PyTorch beyond the tolerances."""
 
-    def __init__(self, message: str, report: "VerificationReport") -> None:
+    def __init__(self, message: str, report: VerificationReport) -> None:
         super().__init__(message)
         self.report = report
 
@@ -156,7 +160,7 @@ def _np_dtype(name: str) -> type:
 
 
 def _run(session: ort.InferenceSession, spec: GraphSpec, inputs: list[torch.Tensor]) -> list[np.ndarray]:
-    feeds = {t.name: x.detach().cpu().numpy().astype(_np_dtype(t.dtype)) for t, x in zip(spec.inputs, inputs)}
+    feeds = {t.name: x.detach().cpu().numpy().astype(_np_dtype(t.dtype)) for t, x in zip(spec.inputs.values(), inputs)}
     return [np.asarray(o, dtype=np.float32) for o in session.run(spec.output_names, feeds)]
 
 
@@ -209,7 +213,7 @@ def verify_bundle(model: UCoFiA, directory: Path, specs: dict[str, GraphSpec], d
     for t in TEXT_CASES:
         got = _run(sessions[TEXT_ENCODER], tspec, [text_ids[:t]])
         ref = [text.sentence[:t].numpy(), text.words[:t].numpy()]
-        for spec, g, r in zip(tspec.outputs, got, ref):
+        for spec, g, r in zip(tspec.outputs.values(), got, ref):
             report.checks.append(_check(TEXT_ENCODER, f"T={t}", spec.name, g, r, tol.features))
         text_ort = got
 
@@ -244,8 +248,8 @@ def verify_bundle(model: UCoFiA, directory: Path, specs: dict[str, GraphSpec], d
         keep_frames = (~differs).reshape(v, f)
         rows = keep_frames.repeat_interleave(cfg.patches_per_frame, dim=1).numpy()
         refs = [video.video.numpy(), video.frames.numpy(), video.patches.numpy()]
-        for spec, g, r in zip(vspec.outputs, got, refs):
-            if spec.name == vspec.outputs[2].name:
+        for (role, spec), g, r in zip(vspec.outputs.items(), got, refs):
+            if role == PATCHES:
                 note = f"{int(differs.sum())} tie-flipped frames left out" if differs.any() else ""
                 report.checks.append(_check(VIDEO_ENCODER, case, spec.name, g, r, tol.features, rows, note))
             else:
@@ -253,14 +257,14 @@ def verify_bundle(model: UCoFiA, directory: Path, specs: dict[str, GraphSpec], d
 
     # ---- scorer on PyTorch features --------------------------------------------------------
     videos_pt = [video_ref[c] for c in video_cases]
-    cat = {name: torch.cat([getattr(v, attr) for v in videos_pt])
-           for name, attr in (("video", "video"), ("frames", "frames"), ("patches", "patches"))}
+    # the video features in the scorer's input order, all cases concatenated
+    cat = [torch.cat(parts) for parts in zip(*((v.video, v.frames, v.patches) for v in videos_pt))]
     for t, v in SCORER_CASES:
-        inputs = [text.sentence[:t], text.words[:t], cat["video"][:v], cat["frames"][:v], cat["patches"][:v]]
+        inputs = [text.sentence[:t], text.words[:t], *(x[:v] for x in cat)]
         with torch.no_grad():
             sims = model.score(*inputs)
         got = _run(sessions[SCORER], sspec, inputs)
-        for spec, g in zip(sspec.outputs, got):
+        for spec, g in zip(sspec.outputs.values(), got):
             report.checks.append(_check(SCORER, f"T={t},V={v}", spec.name, g, sims[spec.name].numpy(),
                                         tol.similarities))
 
@@ -273,9 +277,9 @@ def verify_bundle(model: UCoFiA, directory: Path, specs: dict[str, GraphSpec], d
     feats = [torch.from_numpy(text_ort[0][:t]), torch.from_numpy(text_ort[1][:t])] + [torch.from_numpy(x) for x in vids]
     got = _run(sessions[SCORER], sspec, feats)
     with torch.no_grad():
-        sims = model.score(text.sentence[:t], text.words[:t], cat["video"][:v], cat["frames"][:v], cat["patches"][:v])
-    for spec, g in zip(sspec.outputs, got):
-        if spec.name == sspec.outputs[2].name and flips_in:
+        sims = model.score(text.sentence[:t], text.words[:t], *(x[:v] for x in cat))
+    for (role, spec), g in zip(sspec.outputs.items(), got):
+        if role == PATCH_WORD and flips_in:
             report.checks.append(OutputCheck("end_to_end", f"T={t},V={v}", spec.name, 0.0, 0.0, 0.0, True,
                                              "skipped: tie-flipped patch selection", gated=False))
             continue

@@ -29,12 +29,12 @@ from typing import Protocol
 import numpy as np
 
 from runtime.backends import GraphSession
+from runtime.bundle.contract import TEXT_ROLES as TEXT_ROLES  # re-exported: roles of the scorer's text inputs
+from runtime.bundle.contract import VIDEO_ROLES
 from runtime.errors import RuntimeUserError
 from runtime.finite import NON_FINITE_FIX
 from ucofia.config import LEVELS, UCoFiAConfig
 
-TEXT_ROLES = ("sentence", "words")
-VIDEO_ROLES = ("video", "frame_features", "patches")
 DEFAULT_MEMORY_MB = 1024
 # Budgeted float32 copies of the [t, v, L, P] patch_word tensor per tile. onnxruntime's CPU arena
 # peaked at 3.3-4.9 copies with the exported scorer (tiny and ViT-B/32 geometry, tiles 16x256 and

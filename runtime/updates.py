@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from runtime.bundle import MANIFEST, Bundle, load_bundle
+from runtime.bundle import Bundle, load_bundle
+from runtime.bundle.contract import MANIFEST_FILE
 from runtime.errors import GalleryIndexError
 from runtime.faults import crash_point
 from runtime.index import (
@@ -221,7 +222,7 @@ def bundle_of(index_dir: Path, bundle_dir: Path | None, required: bool) -> Bundl
     recorded), checked against the index; None when it is not ``required``, not given and gone."""
     gallery = GalleryIndex(index_dir)
     path = bundle_dir or gallery.bundle_path
-    if not required and bundle_dir is None and not (path / MANIFEST).is_file():
+    if not required and bundle_dir is None and not (path / MANIFEST_FILE).is_file():
         return None
     bundle = load_bundle(path)
     gallery.check_bundle(bundle)

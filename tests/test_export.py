@@ -15,6 +15,7 @@ import onnx
 import pytest
 import torch
 from click.testing import CliRunner
+from export_helpers import DEVICE, FakeTRT
 
 import ucofia
 from export import export_bundle
@@ -23,14 +24,12 @@ from export.graphs import ScorerGraph
 from export.manifest import VOCAB_FILE, vocab_source
 from export.onnx_export import ExportError, export_graph
 from export.samples import sample_token_ids, sample_videos
-from export.specs import SCORER, TEXT_ENCODER, VIDEO_ENCODER, graph_specs
 from export.trt_check import Issue, TrtCheckReport
 from export.verify import FP16_TOLERANCES, FP32_TOLERANCES, Tolerances, VerificationError, ort_session
+from runtime.bundle.contract import SCORER, TEXT_ENCODER, VIDEO_ENCODER, graph_specs
 from ucofia.checkpoints import weights_fingerprint
 from ucofia.cli import main as cli
 from ucofia.config import UCoFiAConfig, tiny_config
-
-from export_helpers import DEVICE, FakeTRT
 
 REPO = Path(__file__).resolve().parents[1]
 # smallest first: one reference import is enough here (parity itself is tested elsewhere)
@@ -217,7 +216,7 @@ def test_trt_without_tensorrt_fails_fast(tiny, tmp_path, monkeypatch):
 
 
 def test_export_package_import_is_light():
-    code = "import sys, export, export.specs; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, export, runtime.bundle.contract; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
@@ -316,7 +315,7 @@ def test_trt_check_errors_abort_a_trt_export(tmp_path, monkeypatch):
     from export import bundle as bundle_module
     from export import tensorrt_build
 
-    monkeypatch.setattr(tensorrt_build, "import_tensorrt", lambda: FakeTRT())
+    monkeypatch.setattr(tensorrt_build, "import_tensorrt", FakeTRT)
     monkeypatch.setattr(tensorrt_build, "device_info", lambda: dict(DEVICE))
     bad = TrtCheckReport([Issue("video_encoder", "/selector/TopK", "TopK", "error", "K must be constant")])
     monkeypatch.setattr(bundle_module, "check_graphs", lambda graphs, trt_version=None: bad)
@@ -340,7 +339,7 @@ def test_dynamo_exporter_scorer(tmp_path):
     sess = ort_session(tmp_path / "scorer.onnx", "float32")
     # other T and V than traced
     feats = (text.sentence[:2], text.words[:2], video.video[:1], video.frames[:1], video.patches[:1])
-    got = sess.run(None, {t.name: x.numpy() for t, x in zip(spec.inputs, feats)})
+    got = sess.run(None, {t.name: x.numpy() for t, x in zip(spec.inputs.values(), feats)})
     with torch.no_grad():
         ref = model.score(*feats)
     for out, name in zip(got, spec.output_names):

@@ -1,4 +1,5 @@
-"""Static TensorRT check and the TensorRT build/load logic (with a fake ``tensorrt`` module).
+"""Static TensorRT check, the TensorRT build (export) and the runtime's engine loading (with a fake
+``tensorrt`` module).
 
 Nothing here needs TensorRT or a GPU except ``test_real_tensorrt_build``, which skips without them.
 """
@@ -10,16 +11,15 @@ import types
 import numpy as np
 import onnx
 import pytest
+from export_helpers import DEVICE, FakeTRT
+from export_helpers import fake_flags as _fake_flags
 from onnx import TensorProto, helper, numpy_helper
 
-from export.specs import SCORER, TEXT_ENCODER, VIDEO_ENCODER, graph_specs
-from export.tensorrt_build import (AxisRange, EngineMismatchError, TensorRTError, TrtBuildOptions,
-                                   build_engines, compatibility_problem, input_profiles, load_engine,
-                                   precision_plan)
+from export.tensorrt_build import AxisRange, TrtBuildOptions, build_engines, input_profiles, precision_plan
 from export.trt_check import check_graphs, check_model
+from runtime.backends.tensorrt_engines import EngineMismatchError, TensorRTError, compatibility_problem, load_engine
+from runtime.bundle.contract import SCORER, TEXT_ENCODER, VIDEO_ENCODER, graph_specs
 from ucofia.config import tiny_config
-
-from export_helpers import DEVICE, FakeTRT, fake_flags as _fake_flags
 
 
 # ---- static check ---------------------------------------------------------------------------
@@ -271,7 +271,7 @@ def test_build_engines_with_fake_trt10(tmp_path, cache_home):
     assert section["axes"] == {"T": {"min": 1, "opt": 2, "max": 4}, "V": {"min": 1, "opt": 2, "max": 3}}
     for key, spec in specs.items():
         entry = section["engines"][key]
-        assert entry["file"] == spec.file.replace(".onnx", ".plan")
+        assert entry["file"] == spec.file.with_suffix(".plan").name
         assert (tmp_path / entry["file"]).read_bytes() == b"PLAN"
     assert ("pool", "WORKSPACE", 1 << 29) in trt.calls
     # strongly typed: no precision flag (BuilderFlag.FP16 would let float32 islands run in float16)
@@ -287,7 +287,7 @@ def test_build_engines_with_fake_trt10(tmp_path, cache_home):
     # a second export on the same machine starts from the saved cache
     again = FakeTRT()
     build_engines(tmp_path, specs, "float16", opts, trt=again, device=DEVICE)
-    assert [c[1] for c in again.calls if c[0] == "create_cache"][0] == b"+++"
+    assert next(c[1] for c in again.calls if c[0] == "create_cache") == b"+++"
     assert cache.read_bytes() == b"++++++"
 
 
@@ -305,14 +305,13 @@ def test_build_engines_trt11_strongly_typed_and_reuses_cache(tmp_path):
     assert section["timing_cache"]["bytes_read"] == 3
 
 
-def test_refused_or_missing_timing_cache_is_handled(tmp_path):
+def test_refused_or_missing_timing_cache_is_handled(tmp_path, caplog):
     specs = _bundle_dir(tmp_path)
     cache = tmp_path / "foreign.cache"
     cache.write_bytes(b"other-gpu")
-    notes = []
     trt = FakeTRT(cache_ok=False)  # set_timing_cache returns False for a non-empty cache
-    build_engines(tmp_path, specs, "float32", TrtBuildOptions(timing_cache=cache), trt=trt, device=DEVICE,
-                  log=notes.append)
+    build_engines(tmp_path, specs, "float32", TrtBuildOptions(timing_cache=cache), trt=trt, device=DEVICE)
+    notes = [r.getMessage() for r in caplog.records if r.name == "export.tensorrt_build"]
     # each build falls back to a fresh cache, and the one saved is the fresh one's result
     assert [c[1] for c in trt.calls if c[0] == "create_cache"][:2] == [b"other-gpu", b""]
     assert sum("refused the timing cache" in n for n in notes) >= 1
@@ -349,8 +348,8 @@ def test_load_engine_checks_gpu_and_version(tmp_path):
     with pytest.raises(EngineMismatchError, match="architectures differ"):
         load_engine(tmp_path, "text_encoder", trt=FakeTRT(), device=a100)
     other_model = {"gpu": "NVIDIA H100 PCIe", "compute_capability": "9.0"}
-    assert "GPU models differ" in compatibility_problem(json.loads((tmp_path / "manifest.json").read_text())["tensorrt"],
-                                                        "10.3.0", other_model)
+    section = json.loads((tmp_path / "manifest.json").read_text())["tensorrt"]
+    assert "GPU models differ" in compatibility_problem(section, "10.3.0", other_model)
     with pytest.raises(TensorRTError, match="no TensorRT engine for 'scorer'"):
         load_engine(tmp_path, "scorer", trt=FakeTRT(), device=DEVICE)
 

@@ -7,28 +7,33 @@ import onnxruntime
 import pytest
 from runtime_helpers import build_fake_bundle
 
-from runtime import backends
-from runtime.backends import OrtSession, resolve_backend
+from runtime.backends import OrtSession, resolve_backend, selection
+from runtime.backends import ort as ort_backend
 from runtime.bundle import load_bundle
 from runtime.errors import BackendError
 
 
 @pytest.fixture
 def bundle(tmp_path, monkeypatch):
-    monkeypatch.setattr(backends, "_CUDA_PROBES", {})
+    monkeypatch.setattr(ort_backend, "_CUDA_PROBES", {})
     return load_bundle(build_fake_bundle(tmp_path / "bundle"))
 
 
+def _notes(caplog) -> list[str]:
+    """What backend selection logged (the CLI prints it on stderr)."""
+    return [r.getMessage() for r in caplog.records if r.name == selection.logger.name]
+
+
 @pytest.mark.filterwarnings("ignore:Specified provider")
-def test_cuda_listed_but_not_running_is_never_used_silently(bundle, monkeypatch):
+def test_cuda_listed_but_not_running_is_never_used_silently(bundle, monkeypatch, caplog):
     # what onnxruntime-gpu reports on a machine without a usable GPU / CUDA libraries
     monkeypatch.setattr(onnxruntime, "get_available_providers",
                         lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     with pytest.raises(BackendError, match="--backend cuda is unavailable: onnxruntime lists "
                                            "CUDAExecutionProvider but could not start it.*CPUExecutionProvider"):
         resolve_backend("cuda", bundle)
-    notes = []
-    assert resolve_backend("auto", bundle, log=notes.append) == "cpu"
+    assert resolve_backend("auto", bundle) == "cpu"
+    notes = _notes(caplog)
     assert len(notes) == 1 and notes[0].startswith("note: running on the CPU: onnxruntime lists")
     # a session opened for CUDA checks where it actually runs
     with pytest.raises(BackendError, match=r"could not start CUDAExecutionProvider for .*scorer.onnx"):
@@ -36,24 +41,23 @@ def test_cuda_listed_but_not_running_is_never_used_silently(bundle, monkeypatch)
     assert OrtSession(bundle.graphs["scorer"], "cpu").providers == ["CPUExecutionProvider"]
 
 
-def test_cpu_only_install_resolves_quietly(bundle):
-    notes = []
-    assert resolve_backend("auto", bundle, log=notes.append) == "cpu" and notes == []
+def test_cpu_only_install_resolves_quietly(bundle, caplog):
+    assert resolve_backend("auto", bundle) == "cpu" and _notes(caplog) == []
     with pytest.raises(BackendError, match="CUDAExecutionProvider is not installed.*GPU install"):
         resolve_backend("cuda", bundle)
 
 
-def test_cpu_and_gpu_onnxruntime_together_print_the_fix(bundle, monkeypatch):
+def test_cpu_and_gpu_onnxruntime_together_print_the_fix(bundle, monkeypatch, caplog):
     versions = {"onnxruntime": "1.22.0", "onnxruntime-gpu": "1.22.1"}
-    monkeypatch.setattr(backends, "_dist_version", versions.get)
+    monkeypatch.setattr(ort_backend, "_dist_version", versions.get)
     fix = "uninstall -y onnxruntime onnxruntime-gpu && .* -m pip install onnxruntime-gpu==1.22.1"
     with pytest.raises(BackendError, match="both onnxruntime 1.22.0 and onnxruntime-gpu 1.22.1 are installed.*" + fix):
         resolve_backend("cuda", bundle)
-    notes = []
-    assert resolve_backend("auto", bundle, log=notes.append) == "cpu"
+    assert resolve_backend("auto", bundle) == "cpu"
+    notes = _notes(caplog)
     assert len(notes) == 1 and "pip uninstall -y onnxruntime onnxruntime-gpu" in notes[0]
     assert resolve_backend("cpu", bundle) == "cpu"  # the CPU provider works either way
     # a half-removed pair leaves an `onnxruntime` module without its API: the fix is still given
-    monkeypatch.setattr(backends, "ort_providers", lambda: [])
+    monkeypatch.setattr(ort_backend, "ort_providers", list)
     with pytest.raises(BackendError, match=fix):
         resolve_backend("cpu", bundle)

@@ -1,6 +1,7 @@
-"""runtime.trt.TensorRTSession against a fake TensorRT engine that enforces its optimisation profile
-(tests/trt_runtime_fakes.py): calls larger than the profile are split, smaller than its minimum
-padded, every TensorRT return value is checked, results equal onnxruntime's on the same graphs."""
+"""runtime.backends.tensorrt_session.TensorRTSession against a fake TensorRT engine that enforces its
+optimisation profile (tests/trt_runtime_fakes.py): calls larger than the profile are split, smaller
+than its minimum padded, every TensorRT return value is checked, results equal onnxruntime's on the
+same graphs."""
 from __future__ import annotations
 
 import sys
@@ -10,8 +11,8 @@ import pytest
 from runtime_helpers import build_fake_bundle
 from trt_runtime_fakes import BUFFERS, HostMemory, add_fake_engines, fake_tensorrt
 
-from runtime import scoring, trt as runtime_trt
-from runtime.backends import open_session, resolve_backend
+from runtime import scoring
+from runtime.backends import open_session, resolve_backend, tensorrt_engines, tensorrt_session
 from runtime.bundle import load_bundle
 from runtime.errors import BackendError
 from runtime.text import TextEncoder
@@ -27,8 +28,8 @@ def _setup(tmp_path, monkeypatch, fail=None):
     add_fake_engines(root, TEXTS, VIDEOS, DEVICE, VERSION, fail)
     engines = []
     monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(VERSION, root, engines))
-    monkeypatch.setattr(runtime_trt, "gpu_device", lambda: dict(DEVICE))
-    monkeypatch.setattr(runtime_trt, "CudaMemory", HostMemory)
+    monkeypatch.setattr(tensorrt_engines, "gpu_device", lambda: dict(DEVICE))
+    monkeypatch.setattr(tensorrt_session, "CudaMemory", HostMemory)
     return load_bundle(root), engines
 
 
@@ -121,7 +122,7 @@ def test_tensorrt_failures_are_one_line_errors(tmp_path, monkeypatch, fail, mess
 
 def test_split_axis_covers_every_row_once():
     for n, low, high in ((7, 2, 3), (1, 2, 3), (6, 1, 3), (64, 1, 16), (5, 5, 5)):
-        pieces = runtime_trt.split_axis(n, low, high)
+        pieces = tensorrt_session.split_axis(n, low, high)
         assert [i for p in pieces for i in range(p.start, p.stop)] == list(range(n))
         assert all(low <= p.size <= high and p.stop - p.start <= p.size for p in pieces)
         assert all(len(p.rows()) == p.size and p.rows().max() == p.stop - 1 for p in pieces)

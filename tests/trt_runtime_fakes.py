@@ -1,4 +1,5 @@
-"""A fake ``tensorrt`` runtime for ``runtime.trt.TensorRTSession`` tests (no GPU, no TensorRT).
+"""A fake ``tensorrt`` runtime for ``runtime.backends.tensorrt_session.TensorRTSession`` tests (no GPU,
+no TensorRT).
 
 The fake engine behaves like a TensorRT 10 engine built with one optimisation profile: its
 execution context's ``set_input_shape`` returns False for a shape outside the profile (or of the
@@ -28,7 +29,7 @@ _ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "fl
 
 
 class HostMemory:
-    """Stands in for ``runtime.trt.CudaMemory``: buffers are host arrays, copies are numpy copies."""
+    """Stands in for ``runtime.backends.cuda_driver.CudaMemory``: buffers are host arrays, copies are numpy copies."""
 
     stream = 7  # any handle; the fake context checks it is passed through
 
@@ -80,7 +81,7 @@ class FakeEngine:
         assert profile_index == 0
         return [list(s) for s in self.profile[name]]
 
-    def create_execution_context(self) -> "FakeContext":
+    def create_execution_context(self) -> FakeContext:
         return FakeContext(self)
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from export.specs import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+from runtime.bundle.contract import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from ucofia.cli_support import verbosity
 
 
@@ -22,7 +22,8 @@ from ucofia.cli_support import verbosity
               help="Export a checkpoint whose text tower has fewer token embeddings than the CLIP BPE tokenizer's "
                    "49,408 ids (refused otherwise: its bundle cannot encode text; the runtime then rejects any "
                    "token id beyond the model's vocabulary). For test models fed token ids from elsewhere.")
-@click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True, help=f"ONNX opset ({MIN_OPSET}..{MAX_OPSET}).")
+@click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True,
+              help=f"ONNX opset ({MIN_OPSET}..{MAX_OPSET}).")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 @click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True,
               help="torch.onnx exporter: torchscript (fast, default) or dynamo (torch.export based, slow).")

@@ -1,125 +1,26 @@
-"""TensorRT engine backend (optional): runs the engines the export built, without torch.
-
-The manifest's ``tensorrt`` section (written by ``export.tensorrt_build.build_engines``) names the
-TensorRT version, GPU model and compute capability the engines were built with. The compatibility
-check and the guarded engine loading are the export's own (``compatibility_problem`` /
-``load_engine``), fed with this GPU's name and capability read through the CUDA driver API
-(libcuda), so torch is never imported. Device memory is handled through libcuda too (no torch /
-cupy / pycuda needed). Anything that does not fit makes ``tensorrt_unusable_reason`` name it, and
-``--backend auto`` then falls back to onnxruntime.
+"""TensorRT engine sessions (optional backend): run the engines the export built, without torch.
 
 An engine only accepts batch sizes inside its optimisation profile (``ucofia export --trt``
 defaults: 1..64 texts, 1..16 videos): ``TensorRTSession`` splits larger calls into pieces and
 ``max_rows`` lets the tile planner size tiles to the profile. TensorRT calls are checked against
 the 10.x Python bindings' return values (``set_input_shape``, ``set_tensor_address`` and
 ``execute_async_v3`` return False on failure; output shapes with -1 mean unresolved inputs).
+Engines are loaded (and checked against this GPU) by ``tensorrt_engines``; device memory goes
+through ``cuda_driver``.
 """
 from __future__ import annotations
 
-import ctypes
 import itertools
 from dataclasses import dataclass
 
 import numpy as np
 
-from export.tensorrt_build import TensorRTError, compatibility_problem, load_engine
-from runtime.backends import GraphSession
-from runtime.bundle import GRAPH_ROLES, Bundle, GraphSpec
+from runtime.backends.base import GraphSession
+from runtime.backends.cuda_driver import CudaMemory
+from runtime.backends.tensorrt_engines import TensorRTError, load_engine
+from runtime.bundle import Bundle
+from runtime.bundle.contract import GraphSpec
 from runtime.errors import BackendError
-
-_CU_ATTR_CC_MAJOR = 75
-_CU_ATTR_CC_MINOR = 76
-_cuda: ctypes.CDLL | None = None
-_context = ctypes.c_void_p()
-
-
-def _driver() -> ctypes.CDLL:
-    """libcuda with the primary context of device 0 current on the calling thread (raises OSError /
-    BackendError). A CUDA context is current per thread, so every call makes it current again."""
-    global _cuda
-    if _cuda is None:
-        lib = ctypes.CDLL("libcuda.so.1")
-        _check(lib.cuInit(0), "cuInit")
-        dev = ctypes.c_int()
-        _check(lib.cuDeviceGet(ctypes.byref(dev), 0), "cuDeviceGet")
-        _check(lib.cuDevicePrimaryCtxRetain(ctypes.byref(_context), dev), "cuDevicePrimaryCtxRetain")
-        _cuda = lib
-    _check(_cuda.cuCtxSetCurrent(_context), "cuCtxSetCurrent")
-    return _cuda
-
-
-def _check(code: int, what: str) -> None:
-    if code != 0:
-        raise BackendError(f"CUDA driver call {what} failed with error {code}")
-
-
-def gpu_device() -> dict[str, str]:
-    """{"gpu": name, "compute_capability": "major.minor"} of GPU 0, read through libcuda.
-
-    Raises OSError / BackendError without an NVIDIA driver or GPU.
-    """
-    lib = _driver()
-    major, minor = ctypes.c_int(), ctypes.c_int()
-    _check(lib.cuDeviceGetAttribute(ctypes.byref(major), _CU_ATTR_CC_MAJOR, 0), "cuDeviceGetAttribute")
-    _check(lib.cuDeviceGetAttribute(ctypes.byref(minor), _CU_ATTR_CC_MINOR, 0), "cuDeviceGetAttribute")
-    name = ctypes.create_string_buffer(256)
-    _check(lib.cuDeviceGetName(name, len(name), 0), "cuDeviceGetName")
-    return {"gpu": name.value.decode(errors="replace"), "compute_capability": f"{major.value}.{minor.value}"}
-
-
-def tensorrt_unusable_reason(bundle: Bundle) -> str | None:
-    """None when the manifest's TensorRT engines can run here, else why not (one sentence)."""
-    section = bundle.tensorrt
-    if not section or not section.get("engines"):
-        return "the bundle has no TensorRT engines (export with `ucofia export ... --trt` on the target GPU)"
-    try:
-        import tensorrt as trt
-    except ImportError:
-        return "the tensorrt Python package is not installed (`pip install tensorrt`)"
-    try:
-        device = gpu_device()
-    except (OSError, BackendError) as exc:
-        return f"no usable NVIDIA GPU ({exc})"
-    problem = compatibility_problem(section, str(trt.__version__), device)
-    if problem:
-        return problem
-    for key in GRAPH_ROLES:
-        entry = section["engines"].get(key)
-        if not entry or not (bundle.root / entry["file"]).is_file():
-            return f"the engine for {key} is missing from {bundle.root} (named by manifest.json tensorrt.engines)"
-    return None
-
-
-class CudaMemory:
-    """Device buffers, host<->device copies and one CUDA stream, through libcuda (no torch/cupy)."""
-
-    def __init__(self) -> None:
-        self._lib = _driver()
-        stream = ctypes.c_void_p()
-        _check(self._lib.cuStreamCreate(ctypes.byref(stream), 0), "cuStreamCreate")
-        self.stream = int(stream.value or 0)
-
-    def alloc(self, nbytes: int) -> int:
-        """A device buffer of ``nbytes``; the first call of every engine run, so it also makes the
-        context current on the running thread."""
-        _driver()
-        ptr = ctypes.c_uint64()
-        _check(self._lib.cuMemAlloc_v2(ctypes.byref(ptr), ctypes.c_size_t(max(nbytes, 1))), "cuMemAlloc")
-        return int(ptr.value)
-
-    def free(self, ptr: int) -> None:
-        self._lib.cuMemFree_v2(ctypes.c_uint64(ptr))
-
-    def to_device(self, ptr: int, host: np.ndarray) -> None:
-        _check(self._lib.cuMemcpyHtoD_v2(ctypes.c_uint64(ptr), host.ctypes.data_as(ctypes.c_void_p),
-                                         ctypes.c_size_t(host.nbytes)), "cuMemcpyHtoD")
-
-    def to_host(self, host: np.ndarray, ptr: int) -> None:
-        _check(self._lib.cuMemcpyDtoH_v2(host.ctypes.data_as(ctypes.c_void_p), ctypes.c_uint64(ptr),
-                                         ctypes.c_size_t(host.nbytes)), "cuMemcpyDtoH")
-
-    def synchronize(self) -> None:
-        _check(self._lib.cuStreamSynchronize(ctypes.c_void_p(self.stream)), "cuStreamSynchronize")
 
 
 @dataclass(frozen=True)
@@ -158,7 +59,7 @@ class TensorRTSession(GraphSession):
         super().__init__(spec)
         self._trt = trt
         try:
-            engine = load_engine(bundle.root, spec.key, trt, gpu_device())
+            engine = load_engine(bundle.root, spec.key, trt)
         except TensorRTError as exc:
             raise BackendError(str(exc)) from None
         self._engine = engine
@@ -255,7 +156,7 @@ class TensorRTSession(GraphSession):
                 raise BackendError(f"TensorRT failed to run the {key} engine on inputs "
                                    f"{({n: list(a.shape) for n, a in feeds.items()})} (see its log above)")
             memory.synchronize()
-            for (name, host), ptr in zip(outputs.items(), buffers[len(feeds):]):
+            for host, ptr in zip(outputs.values(), buffers[len(feeds):]):
                 memory.to_host(host, ptr)
             return outputs
         finally:
@@ -267,5 +168,5 @@ class TensorRTSession(GraphSession):
             raise BackendError(f"TensorRT refused the device address of tensor {name!r} of the {self.spec.key} engine")
 
     def _profile_text(self, name: str) -> str:
-        low, _opt, high = (list(int(d) for d in dims) for dims in self._engine.get_tensor_profile_shape(name, 0))
+        low, _opt, high = ([int(d) for d in dims] for dims in self._engine.get_tensor_profile_shape(name, 0))
         return f"{low}..{high}"

@@ -1,8 +1,8 @@
-"""Load and validate an exported bundle directory (format ``ucofia.bundle/1``).
+"""Load and validate an exported bundle directory against the contract (``runtime.bundle.contract``).
 
-A bundle holds ``manifest.json``, the three ONNX graphs it names (text encoder, video encoder,
-scorer) and the BPE vocabulary. Inputs and outputs of each graph are taken from the manifest by
-their position in the contract order; their names and dtypes come from the manifest.
+A bundle holds the manifest, the three ONNX graphs it names (text encoder, video encoder, scorer)
+and the BPE vocabulary. Inputs and outputs of each graph are taken from the manifest by their
+position in the contract order; their names and dtypes come from the manifest.
 """
 from __future__ import annotations
 
@@ -12,42 +12,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runtime.bundle.contract import (
+    BUNDLE_DTYPES,
+    BUNDLE_FORMAT,
+    GRAPH_ROLES,
+    MANIFEST_FILE,
+    REQUIRED_FIELDS,
+    TENSOR_DTYPES,
+    TOKENIZER_FIELDS,
+    GraphSpec,
+    TensorSpec,
+)
+from runtime.errors import BundleError
 from ucofia.config import ConfigError, UCoFiAConfig
 
-from runtime.errors import BundleError
-
-BUNDLE_FORMAT = "ucofia.bundle/1"
-MANIFEST = "manifest.json"
-# Graph key in the manifest -> (input roles, output roles), in contract order.
-GRAPH_ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "text_encoder": (("input_ids",), ("sentence", "words")),
-    "video_encoder": (("frames", "video_mask"), ("video", "frame_features", "patches")),
-    "scorer": (("sentence", "words", "video", "frame_features", "patches"),
-               ("video_sentence", "frame_sentence", "patch_word")),
-}
-REQUIRED_FIELDS = ("format", "config", "fingerprint", "dtype", "graphs", "tokenizer")
-TOKENIZER_FIELDS = ("vocab_file", "max_words", "sot_id", "eot_id")
-_DTYPES = {"float32", "float16", "int64", "int32", "bool"}
 _FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One graph input or output: its name in the graph, numpy dtype name and shape."""
-
-    name: str
-    dtype: str
-    shape: tuple[int | str, ...]
-
-
-@dataclass(frozen=True)
-class GraphSpec:
-    """One ONNX graph of the bundle; ``inputs``/``outputs`` map contract roles to specs."""
-
-    key: str
-    file: Path
-    inputs: dict[str, TensorSpec]
-    outputs: dict[str, TensorSpec]
 
 
 @dataclass(frozen=True)
@@ -94,8 +73,9 @@ def _tensor_specs(entries: Any, roles: tuple[str, ...], where: str) -> dict[str,
         name = _field(entry, "name", f"{where} entry for {role}")
         dtype = _field(entry, "dtype", f"{where} entry {name!r}")
         shape = _field(entry, "shape", f"{where} entry {name!r}")
-        if dtype not in _DTYPES:
-            raise BundleError(f"{where} entry {name!r} has unsupported dtype {dtype!r} (one of {sorted(_DTYPES)})")
+        if dtype not in TENSOR_DTYPES:
+            raise BundleError(f"{where} entry {name!r} has unsupported dtype {dtype!r} "
+                              f"(one of {sorted(TENSOR_DTYPES)})")
         specs[role] = TensorSpec(str(name), str(dtype), tuple(shape))
     return specs
 
@@ -108,7 +88,7 @@ def load_bundle(path: str | Path) -> Bundle:
     root = Path(path)
     if not root.is_dir():
         raise BundleError(f"bundle directory not found: {root} (export one with `ucofia export`)")
-    manifest_path = root / MANIFEST
+    manifest_path = root / MANIFEST_FILE
     if not manifest_path.is_file():
         raise BundleError(f"{manifest_path} not found: {root} is not a ucofia bundle")
     try:
@@ -128,8 +108,9 @@ def load_bundle(path: str | Path) -> Bundle:
     fingerprint = str(manifest["fingerprint"])
     if not _FINGERPRINT.match(fingerprint):
         raise BundleError(f"{where}: fingerprint must be a 64-digit sha256 hex string, got {fingerprint!r}")
-    if manifest["dtype"] not in ("float32", "float16"):
-        raise BundleError(f"{where}: dtype must be 'float32' or 'float16', got {manifest['dtype']!r}")
+    if manifest["dtype"] not in BUNDLE_DTYPES:
+        raise BundleError(f"{where}: dtype must be one of {', '.join(map(repr, BUNDLE_DTYPES))}, "
+                          f"got {manifest['dtype']!r}")
 
     graphs = {}
     for key, (in_roles, out_roles) in GRAPH_ROLES.items():

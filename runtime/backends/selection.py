@@ -1,0 +1,91 @@
+"""Which backend runs a bundle's graphs here (``--backend``), and opening a session on it.
+
+  auto      TensorRT when ``tensorrt`` imports and the manifest has engines built for this GPU and
+            TensorRT version, else onnxruntime CUDA when it really runs here, else CPU (with a
+            logged note saying why when CUDA was expected).
+  cpu       onnxruntime CPUExecutionProvider.
+  cuda      onnxruntime CUDAExecutionProvider (needs onnxruntime-gpu); error when it cannot run.
+  tensorrt  the manifest's TensorRT engines; error naming the mismatch when they cannot be used.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+from runtime.backends.base import GraphSession
+from runtime.backends.ort import OrtSession, cuda_expected, cuda_problem, onnxruntime_unusable_reason
+from runtime.backends.tensorrt_engines import tensorrt_unusable_reason
+from runtime.backends.tensorrt_session import TensorRTSession
+from runtime.bundle import Bundle
+from runtime.bundle.contract import SCORER
+from runtime.errors import BackendError
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "cpu", "cuda", "tensorrt")
+THREADS_ENV = "UCOFIA_RUN_THREADS"
+
+
+def resolve_backend(requested: str, bundle: Bundle) -> str:
+    """The concrete backend ('cpu', 'cuda' or 'tensorrt') for ``requested``.
+
+    Raises BackendError naming the reason when an explicitly requested backend is unusable. With
+    ``auto``, logs a warning when a GPU backend was expected but the CPU is used.
+    """
+    if requested not in BACKENDS:
+        raise BackendError(f"unknown backend {requested!r}; choose one of {', '.join(BACKENDS)}")
+    if requested in ("auto", "tensorrt"):
+        reason = tensorrt_unusable_reason(bundle)
+        if reason is None:
+            return "tensorrt"
+        if requested == "tensorrt":
+            raise BackendError(f"--backend tensorrt is unavailable: {reason}")
+    missing = onnxruntime_unusable_reason()
+    if missing:
+        raise BackendError(missing)
+    if requested == "cpu":
+        return "cpu"
+    problem = cuda_problem(bundle)
+    if requested == "cuda":
+        if problem:
+            raise BackendError(f"--backend cuda is unavailable: {problem}")
+        return "cuda"
+    if problem is None:
+        return "cuda"
+    if cuda_expected():
+        logger.warning("note: running on the CPU: %s", problem)
+    return "cpu"
+
+
+def open_session(bundle: Bundle, key: str, backend: str = "auto", threads: int | None = None) -> GraphSession:
+    """A session for graph ``key`` ('text_encoder', 'video_encoder' or 'scorer') of ``bundle``.
+
+    ``threads``: onnxruntime intra-op threads (default: $UCOFIA_RUN_THREADS, else onnxruntime's).
+    """
+    resolved = resolve_backend(backend, bundle)
+    spec = bundle.graphs[key]
+    if resolved == "tensorrt":
+        return TensorRTSession(spec, bundle)
+    # the export records graph optimizers that break its float16 graphs on onnxruntime's CPU provider
+    hints = bundle.manifest.get("onnxruntime") or {}
+    disabled = hints.get("cpu_disabled_optimizers") if resolved == "cpu" else None
+    threads = threads or _env_threads()
+    if key == SCORER and resolved == "cpu":
+        # Scorer tiles are independent: one single-threaded run per core, each on its own
+        # cache-sized tile, beats splitting every small op of one tile across threads.
+        return OrtSession(spec, resolved, threads=1, disabled_optimizers=disabled,
+                          concurrency=threads or available_cpus())
+    return OrtSession(spec, resolved, threads=threads, disabled_optimizers=disabled)
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _env_threads() -> int | None:
+    value = os.environ.get(THREADS_ENV)
+    return int(value) if value else None
