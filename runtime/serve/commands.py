@@ -47,7 +47,7 @@ def register(main: click.Group, cli: ModuleType) -> None:
                   help="Largest top_k a request may ask for.")
     @click.option("--preload-mb", default=defaults.DEFAULT_PRELOAD_MB, show_default=True,
                   type=click.FloatRange(min=0), help="Hold the index's features in memory when they fit in this "
-                                                     "many MiB (0: always read the memory-mapped shards).")
+                                                     "many MiB (0: always read the shard files per search).")
     @click.option("--watch", is_flag=True,
                   help="Reload the index by itself when `ucofia-run index` changed it (polls index.json).")
     @click.option("--watch-interval", default=defaults.DEFAULT_WATCH_INTERVAL_S, show_default=True,
