@@ -351,6 +351,18 @@ def test_kill_during_remove_and_compact_leaves_a_working_index(scratch, tmp_path
         assert_same_gallery(out, scratch["without_1_3"])
 
 
+def test_a_first_run_with_a_bank_publishes_no_row_before_its_biases(bundle_dir, clips, bank_file, tmp_path):
+    listing = _listing(tmp_path, clips, range(N_CLIPS))
+    out = tmp_path / "new"
+    result = _index(bundle_dir, listing, out, "--bank", str(bank_file), env=_env("biases:written"))
+    assert _killed(result), (result.returncode, result.stderr)
+    assert GalleryIndex(out).ids == []  # the rows wait, durable but unpublished, for biases that fit them
+    assert GalleryIndex(out, include_pending=True).ids == [f"clip{i}" for i in range(N_CLIPS)]
+    assert _index(bundle_dir, listing, out, "--bank", str(bank_file)).returncode == 0
+    finished = GalleryIndex(out)
+    assert finished.ids == [f"clip{i}" for i in range(N_CLIPS)] and finished.biases() is not None
+
+
 def test_kill_during_replace_and_merge_leaves_working_indexes(bundle_dir, clips, bank_file, scratch, tmp_path):
     everything = [f"clip{i}" for i in range(N_CLIPS)]
     folder = tmp_path / "videos"

@@ -185,6 +185,22 @@ def test_two_stage_grouped_with_full_shortlist_equals_exhaustive(scoring):
                                    rtol=1e-5)
 
 
+def test_searcher_grouped_two_stage_with_full_shortlist_equals_exhaustive(scoring):
+    from runtime.search import Searcher, SearchOptions
+
+    gallery, scorer, text, _, _ = scoring
+    searcher = Searcher(scorer, gallery)
+    exact = searcher.search(text, SearchOptions(top_k=3, windows_per_file=2))
+    staged = searcher.search(text, SearchOptions(top_k=3, windows_per_file=2, two_stage=True, shortlist=len(gallery)))
+    assert exact.group_by == staged.group_by == "file" and staged.two_stage and not exact.two_stage
+    assert len(exact.results) == len(staged.results) == len(QUERIES)
+    for a, b in zip(exact.results, staged.results):
+        assert len(a) == len(b) == 3
+        assert [(r["file_id"], [w["video_id"] for w in r["windows"]]) for r in a] == \
+            [(r["file_id"], [w["video_id"] for w in r["windows"]]) for r in b]
+        np.testing.assert_allclose([r["score"] for r in a], [r["score"] for r in b], rtol=1e-5)
+
+
 def test_grouped_memory_budget_does_not_change_the_result(scoring):
     gallery, scorer, text, _, _ = scoring
     small = grouping.best_per_file(scorer, gallery, grouping.RowFiles.of(gallery), text, memory_mb=1e-4)
