@@ -395,9 +395,9 @@ def test_checker_accepts_real_commands_and_skips_placeholders():
 @pytest.mark.parametrize("doc, needle", [
     ("```bash\nucofia-run search --index I --query q --no-such-flag\n```\n",
      "GOOD.md:2: `ucofia-run search` has no option --no-such-flag"),
-    ("```\nucofia-run index --bundle B \\\n  --videos V -o I --verbose\n```\n",
-     "GOOD.md:2: `ucofia-run index` has no option --verbose"),
-    ("```bash\nucofia-run index --bundle B --videos V -o I -v\n```\n", "has no option -v"),
+    ("```\nucofia-run index --bundle B \\\n  --videos V -o I --loud\n```\n",
+     "GOOD.md:2: `ucofia-run index` has no option --loud"),
+    ("```bash\nucofia-run index --bundle B --videos V -o I -z\n```\n", "has no option -z"),
     ("```bash\nucofia-run search --index I --bank b.txt\n```\n", "`ucofia-run search` has no option --bank"),
     ("```bash\nucofia-run compact --index I   # --rows 10 per shard\n```\n", "has no option --rows"),
     ("```bash\nucofia-run frobnicate --index I\n```\n", "`ucofia-run` has no command 'frobnicate'"),
