@@ -135,7 +135,7 @@ def build_index(root: Path, bundle, n: int, seed: int, per_topic: int, store: st
     those rows from disk (the cold measurements evict the page cache), exhaustive search still
     scores every row."""
     from runtime.index import SHARDS, GalleryIndex, IndexWriter
-    from runtime.store import encode
+    from runtime.index.store import encode
 
     tag = f"{seed} {per_topic} {store} {pool_shards}"
     marker = root / "synthetic.json"
@@ -218,7 +218,7 @@ def run_stores(args, work: Path, bundle, scorer) -> dict:
     """Bytes per video per stored dtype, and each store's top-10 agreement with float32 search."""
     from runtime import search
     from runtime.index import GalleryIndex
-    from runtime.store import STORES, bytes_per_video
+    from runtime.index.store import STORES, bytes_per_video
 
     cfg = bundle.config
     centres = topic_centres(-(-STORE_GALLERY // args.videos_per_topic), cfg.embed_dim, args.seed)

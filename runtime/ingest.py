@@ -27,7 +27,7 @@ from runtime.index import KEEP_BIASES, IndexWriter, ids_digest, source_key
 from runtime.scoring import LEVELS, Scorer, VideoSource, score_matrix
 from runtime.sinkhorn import video_bias
 from runtime.sources import read_captions
-from runtime.store import unstorable_rows
+from runtime.index.store import unstorable_rows
 from runtime.text import TextEncoder
 
 DEFAULT_BATCH = 16

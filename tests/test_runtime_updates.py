@@ -19,7 +19,7 @@ from runtime.errors import GalleryIndexError
 from runtime.faults import CRASH_ENV
 from runtime.index import GalleryIndex, IndexWriter
 from runtime.scoring import LEVELS, VIDEO_ROLES, Scorer
-from runtime.store import STORES, bytes_per_video, decode, encode
+from runtime.index.store import STORES, bytes_per_video, decode, encode
 from runtime.text import TextEncoder
 
 N_CLIPS = 5

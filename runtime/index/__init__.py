@@ -73,7 +73,7 @@ from runtime.bundle import Bundle
 from runtime.errors import GalleryIndexError
 from runtime.faults import crash_point
 from runtime.scoring import LEVELS, VIDEO_ROLES
-from runtime.store import DEFAULT_STORE, check_store, decode, encode, scale_name, stored_dtype
+from runtime.index.store import DEFAULT_STORE, check_store, decode, encode, scale_name, stored_dtype
 
 INDEX_FORMAT = "ucofia.index/3"
 # Formats this code reads (1: no entries.json; 2: float32 shards without removed rows).
