@@ -156,7 +156,7 @@ def build_index(root: Path, bundle, n: int, seed: int, per_topic: int, store: st
             if s0 < period or s1 - s0 != SHARD:  # a pool shard, or a last partial one
                 local = s0 % period
                 writer.add_batch(ids, gallery_shard(centres, local, local + s1 - s0, cfg, seed + s0 - local, per_topic))
-                pool.append(writer.state["shards"][-1]["name"])
+                pool.append(writer.state.shards[-1].name)
             else:
                 source = root / SHARDS / pool[(s0 % period) // SHARD]
                 name = writer.new_shard_name()

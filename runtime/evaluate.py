@@ -161,7 +161,7 @@ def evaluate(gallery: GalleryIndex, scorer: Scorer, text: TextFeatures, ann: Ann
         "metrics": {"t2v": retrieval_metrics(t2v, gt, "t2v"), "v2t": retrieval_metrics(v2t, gt, "v2t")},
         "captions": len(ann.captions), "videos": len(videos),
         "protocol": "one caption per video (reference compute_metrics)" if one_to_one else "multi-caption",
-        "t2v_video_bias": None if vbias is None else gallery.state["biases"],
+        "t2v_video_bias": None if vbias is None else gallery.state.biases.to_dict(),
         "v2t_text_bias": None if not use_biases else (
             f"SK over {len(video_bank)} videos of {video_bank.root}" if video_bank is not None
             else f"SK over the {len(rows)} evaluated {'windows' if setting is not None else 'videos'}"),

@@ -68,7 +68,7 @@ def unreadable_reason(exc: OSError) -> str:
 
 
 def video_entry(video_id: str, identity: dict[str, Any], video: DecodedVideo) -> dict[str, Any]:
-    """The index entry of one decoded video file (see runtime.index)."""
+    """The index entry of one decoded video file (see docs/index-format.md)."""
     info = video.info
     return {"id": video_id, **identity, "duration_s": info.duration_s, "fps": info.cv_fps,
             "width": info.width, "height": info.height, "frames": video.num_frames}
@@ -277,13 +277,13 @@ def biases_for(writer: IndexWriter, bundle: Bundle, bank: Path | None, videos: V
     where record is KEEP_BIASES when the stored biases still fit, None to drop them, or a record
     from :meth:`IndexWriter.stage_biases` to commit. ``bank`` None: the bank the stored biases came
     from, when there are any."""
-    meta = writer.state.get("biases")
+    meta = writer.state.biases
     digest = ids_digest(ids)
     if bank is None:
-        if not meta:
+        if meta is None:
             return KEEP_BIASES, "none (no --bank given)"
-        bank = Path(meta["bank"]["path"])
-        if meta["ids_sha256"] == digest:
+        bank = Path(meta.bank.path)
+        if meta.ids_sha256 == digest:
             return KEEP_BIASES, "unchanged"
         if not bank.is_file():
             log(f"warning: the videos changed but the caption bank {bank} used for the biases is gone; "
@@ -291,7 +291,7 @@ def biases_for(writer: IndexWriter, bundle: Bundle, bank: Path | None, videos: V
             return None, "dropped"
     bank = bank.resolve()
     sha = file_sha256(bank)
-    if meta and meta["bank"]["sha256"] == sha and meta["ids_sha256"] == digest:
+    if meta is not None and meta.bank.sha256 == sha and meta.ids_sha256 == digest:
         return KEEP_BIASES, "unchanged"
     if not ids:
         return None, "none (no videos indexed)"

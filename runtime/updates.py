@@ -26,8 +26,8 @@ from runtime import ingest
 from runtime.bundle import Bundle
 from runtime.errors import GalleryIndexError
 from runtime.faults import crash_point
-from runtime.index import (KEEP_BIASES, SHARD_ARRAYS, SHARDS, GalleryIndex, IndexWriter, file_lock, link_shard,
-                           write_shard, writer_lock)
+from runtime.index import (KEEP_BIASES, SHARD_ARRAYS, SHARDS, GalleryIndex, IndexWriter, ShardRecord, file_lock,
+                           link_shard, write_shard, writer_lock)
 
 DUPLICATE_POLICIES = ("error", "first", "last")
 Log = Callable[[str], None]
@@ -80,9 +80,9 @@ def remove_videos(writer: IndexWriter, bundle: Bundle | None, ids: list[str], *,
 def _biases(writer: IndexWriter, bundle: Bundle | None, bank: Path | None, videos, ids: list[str],
             settings: ScoringSettings, log: Log) -> tuple[Any, str]:
     if bundle is None:
-        if writer.state.get("biases") or bank is not None:
+        if writer.state.biases is not None or bank is not None:
             raise GalleryIndexError(f"the SK biases of {writer.root} must be recomputed, which needs its bundle "
-                                    f"{writer.state.get('bundle')}; pass --bundle")
+                                    f"{writer.state.bundle}; pass --bundle")
         return KEEP_BIASES, "none"
     return ingest.biases_for(writer, bundle, bank, videos, ids, backend=settings.backend,
                              memory_mb=settings.memory_mb, threads=settings.threads, log=log,
@@ -94,8 +94,8 @@ def _merge_bank(inputs: list[GalleryIndex], bank: Path | None, log: Log) -> Path
     """The caption bank for the merged biases: ``bank``, else the one every input's biases came from."""
     if bank is not None:
         return bank
-    metas = [g.state.get("biases") for g in inputs]
-    banks = {m["bank"]["sha256"]: Path(m["bank"]["path"]) for m in metas if m}
+    metas = [g.state.biases for g in inputs]
+    banks = {m.bank.sha256: Path(m.bank.path) for m in metas if m is not None}
     if not banks:
         return None
     if len(banks) > 1 or not all(metas):
@@ -180,26 +180,26 @@ def merge_indexes(inputs: list[Path], out: Path, bundle: Bundle, *, on_duplicate
             "biases": what}
 
 
-def _bring_shards(writer: IndexWriter, gallery: GalleryIndex, lost: set[str]) -> list[dict[str, Any]]:
+def _bring_shards(writer: IndexWriter, gallery: GalleryIndex, lost: set[str]) -> list[ShardRecord]:
     """The input's shards in the writer's index (linked, or rewritten for another store), with the
     rows of ``lost`` ids marked removed."""
     records = []
     shard_root = writer.root / SHARDS
-    for shard, old in zip(gallery._shards, gallery.state["shards"]):
+    for shard in gallery.shards:
         if shard.size == 0:
             continue
         name = writer.new_shard_name()
         if shard.store == writer.store:
-            record = link_shard(gallery.root / SHARDS / shard.name, shard_root, name, old)
+            record = link_shard(shard.folder, shard_root, name, shard.record)
             lost_rows = [int(shard.physical(np.array([i]))[0]) for i, vid in enumerate(shard.ids) if vid in lost]
         else:
             live = shard.physical(np.arange(shard.size))
-            entries = gallery.entries_of_shard(shard)
-            feats = {role: gallery._read(shard, role, live) for role in SHARD_ARRAYS}
+            entries = shard.entries()
+            feats = {role: shard.read(role, live) for role in SHARD_ARRAYS}
             record = write_shard(shard_root, name, list(shard.ids), feats, entries, writer.store)
             lost_rows = [i for i, vid in enumerate(shard.ids) if vid in lost]
         if lost_rows:
-            record["removed"] = sorted(set(record.get("removed", [])) | set(lost_rows))
+            record = record.with_removed(lost_rows)
         records.append(record)
     return records
 

@@ -27,7 +27,7 @@ from ucofia.data.video import VideoSpec
 from runtime.bundle import Bundle
 from runtime.errors import RuntimeUserError
 from runtime.faults import crash_point
-from runtime.index import IDS, SHARDS, IndexWriter
+from runtime.index import IDS, SHARDS, IndexWriter, ShardRecord
 from runtime.ingest import IngestReport
 
 from runtime.distributed import require_ray
@@ -212,10 +212,7 @@ class RayIndexRun:
             ids = json.loads((self.writer.root / SHARDS / name / IDS).read_text())
             removed = [row for row, vid in enumerate(ids)
                        if vid in self.committed_now or (vid in self.writer.indexed and vid not in self.replaces)]
-            record = {"name": name, "count": len(ids), "store": self.writer.store}
-            if removed:
-                record["removed"] = removed
-            records.append(record)
+            records.append(ShardRecord(name=name, count=len(ids), store=self.writer.store, removed=tuple(removed)))
             dropped = set(removed)
             kept = [vid for row, vid in enumerate(ids) if row not in dropped]
             replace.extend(old for vid in kept for old in self.replaces.get(vid, ()))

@@ -119,7 +119,7 @@ def load_snapshot(gallery: GalleryIndex, scorer: Scorer, *, version: int, two_st
     if feature_bytes(gallery) <= preload_mb * 2**20:
         source = ArrayVideos(scorer.prepare(gallery.features(0, len(gallery))))
     snapshot = Snapshot(version=version, index=gallery, biases=gallery.biases(), source=source,
-                        digest=state_digest(gallery.state), loaded_at=time.time(), load_seconds=0.0, scorer=scorer,
+                        digest=state_digest(gallery.state.to_dict()), loaded_at=time.time(), load_seconds=0.0, scorer=scorer,
                         memory_mb=memory_mb, probe=probe)
     if two_stage:
         snapshot.two_stage()
