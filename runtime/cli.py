@@ -364,12 +364,15 @@ def _plan_windows(pairs: list, setting: Any, writer: Any, report: Any, quiet: bo
 # remove / compact / merge
 # ------------------------------------------------------------------------------------------------
 def _settings(backend: str, bundle, memory_mb: float, threads: int | None, quiet: bool):
+    """How remove/merge recompute the SK biases (None without a bundle)."""
     from runtime.backends import resolve_backend
-    from runtime.updates import ScoringSettings
+    from runtime.ingest import BankBiases
 
-    return ScoringSettings(backend=resolve_backend(backend, bundle) if bundle is not None else "cpu",
-                           memory_mb=memory_mb, threads=threads,
-                           progress_factory=lambda total: _progress(total, "pair", "bank x videos", quiet)[1])
+    if bundle is None:
+        return None
+    return BankBiases(bundle, backend=resolve_backend(backend, bundle), memory_mb=memory_mb, threads=threads,
+                      log=lambda m: click.echo(m, err=True),
+                      progress_factory=lambda total: _progress(total, "pair", "bank x videos", quiet)[1])
 
 
 def _bundle_for(index_dir: Path, bundle_dir: Path | None, required: bool):
@@ -409,14 +412,13 @@ def remove(index_dir: Path, ids_file: Path, allow_missing: bool, bank: Path | No
     after, never between. The files keep their bytes until `ucofia-run compact`.
     """
     from runtime.index import IndexWriter
-    from runtime.updates import read_id_list, remove_videos
+    from runtime.index.updates import read_id_list, remove_videos
 
     ids = read_id_list(ids_file)
     bundle = _bundle_for(index_dir, bundle_dir, required=False)
     with IndexWriter(index_dir, bundle) as writer:
-        done = remove_videos(writer, bundle, ids, bank=bank, allow_missing=allow_missing,
-                             settings=_settings(backend, bundle, memory_mb, threads, quiet),
-                             log=lambda m: click.echo(m, err=True))
+        done = remove_videos(writer, ids, bank=bank, allow_missing=allow_missing,
+                             biases_for=_settings(backend, bundle, memory_mb, threads, quiet))
         left = len(writer.indexed)
     skipped = f", {done['missing']} not in the index (skipped)" if done["missing"] else ""
     click.echo(f"removed {done['removed']} videos{skipped}; {left} videos in {index_dir}; biases: {done['biases']}")
@@ -475,12 +477,11 @@ def merge(inputs: tuple[Path, ...], out: Path, on_duplicate: str, store: str | N
     are recomputed for the merged gallery. Built aside and renamed into place at the end: a killed
     merge leaves no output and never changes the inputs.
     """
-    from runtime.updates import merge_indexes
+    from runtime.index.updates import merge_indexes
 
     bundle = _bundle_for(inputs[0], bundle_dir, required=True)
     done = merge_indexes(list(inputs), out, bundle, on_duplicate=on_duplicate, store=store, bank=bank,
-                         settings=_settings(backend, bundle, memory_mb, threads, quiet),
-                         log=lambda m: click.echo(m, err=True))
+                         biases_for=_settings(backend, bundle, memory_mb, threads, quiet))
     dropped = f", {done['duplicates_dropped']} duplicate rows dropped ({on_duplicate} wins)" \
         if done["duplicates_dropped"] else ""
     click.echo(f"merged {done['inputs']} indexes into {out}: {done['videos']} videos ({done['store']}){dropped}; "

@@ -305,6 +305,23 @@ def biases_for(writer: IndexWriter, bundle: Bundle, bank: Path | None, videos: V
     return record, f"computed from {len(captions)} bank captions in {time.perf_counter() - start:.1f}s"
 
 
+@dataclass
+class BankBiases:
+    """:func:`biases_for` with one bundle and scoring setup: what ``runtime.index.updates`` asks
+    the caller for when ``remove`` or ``merge`` changes the gallery (the index has no encoder)."""
+
+    bundle: Bundle
+    backend: str = "cpu"
+    memory_mb: float = 1024
+    threads: int | None = None
+    log: Log = print
+    progress_factory: Callable[[int], Callable[[int], None] | None] | None = None
+
+    def __call__(self, writer: IndexWriter, bank: Path | None, videos: VideoSource, ids: list[str]) -> tuple[Any, str]:
+        return biases_for(writer, self.bundle, bank, videos, ids, backend=self.backend, memory_mb=self.memory_mb,
+                          threads=self.threads, log=self.log, progress_factory=self.progress_factory)
+
+
 def update_biases(writer: IndexWriter, bundle: Bundle, bank: Path | None, *, backend: str, memory_mb: float,
                   threads: int | None, log: Log, progress_factory=None, compute: "ComputeBiases | None" = None) -> str:
     """Recompute biases when the bank or the set of videos changed; returns what happened.

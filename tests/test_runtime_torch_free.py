@@ -15,8 +15,8 @@ from runtime_helpers import TORCH_MODULES, build_fake_bundle, import_blocker, ma
 REPO = Path(__file__).resolve().parents[1]
 BLOCKED = TORCH_MODULES
 RUNTIME_MODULES = ["runtime", "runtime.cli", "runtime.bundle", "runtime.backends", "runtime.trt", "runtime.sinkhorn",
-                   "runtime.scoring", "runtime.index", "runtime.search", "runtime.ingest", "runtime.text",
-                   "runtime.sources", "runtime.evaluate", "runtime.vocabulary", "runtime.windows",
+                   "runtime.scoring", "runtime.index", "runtime.index.updates", "runtime.search", "runtime.ingest",
+                   "runtime.text", "runtime.sources", "runtime.evaluate", "runtime.vocabulary", "runtime.windows",
                    "runtime.window_ingest", "runtime.grouping", "ucofia.data.windows", "ucofia.data.window_decode",
                    "evaluation.moments", "runtime.thumbnails", "runtime.serve", "runtime.serve.commands",
                    "runtime.serve.auth", "runtime.serve.settings", "runtime.serve.snapshot", "runtime.serve.engine",

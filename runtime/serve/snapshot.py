@@ -119,8 +119,8 @@ def load_snapshot(gallery: GalleryIndex, scorer: Scorer, *, version: int, two_st
     if feature_bytes(gallery) <= preload_mb * 2**20:
         source = ArrayVideos(scorer.prepare(gallery.features(0, len(gallery))))
     snapshot = Snapshot(version=version, index=gallery, biases=gallery.biases(), source=source,
-                        digest=state_digest(gallery.state.to_dict()), loaded_at=time.time(), load_seconds=0.0, scorer=scorer,
-                        memory_mb=memory_mb, probe=probe)
+                        digest=state_digest(gallery.state.to_dict()), loaded_at=time.time(), load_seconds=0.0,
+                        scorer=scorer, memory_mb=memory_mb, probe=probe)
     if two_stage:
         snapshot.two_stage()
     snapshot.load_seconds = time.perf_counter() - start

@@ -2,7 +2,8 @@
 
 Both keep the SK video biases right for the gallery they leave behind: SK normalises over all
 videos, so each video's bias depends on the whole gallery and is recomputed (from the caption bank
-the biases came from, or ``--bank``) before the update is committed, in the same state update.
+the biases came from, or ``--bank``) before the update is committed, in the same state update. The
+caller supplies that computation (:class:`BiasesFor`): it needs the bundle's text encoder and scorer.
 
 * remove: marks rows removed in one atomic state update (their files stay until
   ``ucofia-run compact``); removed videos never appear in results again.
@@ -12,35 +13,42 @@ the biases came from, or ``--bank``) before the update is committed, in the same
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from runtime import ingest
-from runtime.bundle import Bundle
 from runtime.errors import GalleryIndexError
 from runtime.faults import crash_point
-from runtime.index import (KEEP_BIASES, SHARD_ARRAYS, SHARDS, GalleryIndex, IndexWriter, ShardRecord, file_lock,
-                           link_shard, write_shard, writer_lock)
+from runtime.index.format import SHARD_ARRAYS, SHARDS, ShardRecord
+from runtime.index.locks import file_lock, writer_lock
+from runtime.index.reader import GalleryIndex, RowSubset
+from runtime.index.shards import link_shard, write_shard
+from runtime.index.writer import KEEP_BIASES, BiasesUpdate, IndexWriter
+
+if TYPE_CHECKING:  # a type only: the index never loads a bundle
+    from runtime.bundle import Bundle
+
+logger = logging.getLogger(__name__)
 
 DUPLICATE_POLICIES = ("error", "first", "last")
-Log = Callable[[str], None]
 
 
-@dataclass
-class ScoringSettings:
-    """How biases are recomputed: backend, scorer memory budget, threads, progress bars."""
+class BiasesFor(Protocol):
+    """Computes the SK video biases of a gallery for ``writer``'s index: the rows ``ids``, whose
+    features ``videos`` serves in that order, scored against the caption bank ``bank`` (None: the
+    bank the stored biases came from). Returns ``(biases, what happened)``; ``biases`` is a record
+    from :meth:`IndexWriter.stage_biases`, None to drop them, or KEEP_BIASES when the stored ones
+    still fit. The model side supplies it (``runtime.ingest.BankBiases``): the index has no encoder."""
 
-    backend: str = "cpu"
-    memory_mb: float = 1024
-    threads: int | None = None
-    progress_factory: Callable[[int], Callable[[int], None] | None] | None = None
+    def __call__(self, writer: IndexWriter, bank: Path | None, videos: GalleryIndex | RowSubset,
+                 ids: list[str]) -> tuple[BiasesUpdate, str]: ...
 
 
 def read_id_list(path: Path) -> list[str]:
@@ -58,9 +66,10 @@ def read_id_list(path: Path) -> list[str]:
     return ids
 
 
-def remove_videos(writer: IndexWriter, bundle: Bundle | None, ids: list[str], *, bank: Path | None,
-                  allow_missing: bool, settings: ScoringSettings, log: Log) -> dict[str, Any]:
-    """Remove ``ids`` from the index of ``writer`` and recompute its biases, in one commit."""
+def remove_videos(writer: IndexWriter, ids: list[str], *, bank: Path | None, allow_missing: bool,
+                  biases_for: BiasesFor | None) -> dict[str, Any]:
+    """Remove ``ids`` from the index of ``writer`` and recompute its biases, in one commit.
+    ``biases_for`` None (no bundle at hand): refused when the index has biases or ``bank`` is given."""
     wanted = set(ids)
     missing = sorted(wanted - writer.indexed)
     if missing and not allow_missing:
@@ -72,25 +81,23 @@ def remove_videos(writer: IndexWriter, bundle: Bundle | None, ids: list[str], *,
     index = writer.index
     kept = np.array([row for row, vid in enumerate(index.ids) if vid not in remove], dtype=np.int64)
     kept_ids = [index.ids[row] for row in kept]
-    record, what = _biases(writer, bundle, bank, index.subset(kept), kept_ids, settings, log)
+    record, what = _biases(writer, biases_for, bank, index.subset(kept), kept_ids)
     writer.remove(remove, biases=record)
     return {"removed": len(remove), "missing": len(missing), "biases": what, "videos": len(kept_ids)}
 
 
-def _biases(writer: IndexWriter, bundle: Bundle | None, bank: Path | None, videos, ids: list[str],
-            settings: ScoringSettings, log: Log) -> tuple[Any, str]:
-    if bundle is None:
+def _biases(writer: IndexWriter, biases_for: BiasesFor | None, bank: Path | None, videos: GalleryIndex | RowSubset,
+            ids: list[str]) -> tuple[BiasesUpdate, str]:
+    if biases_for is None:
         if writer.state.biases is not None or bank is not None:
             raise GalleryIndexError(f"the SK biases of {writer.root} must be recomputed, which needs its bundle "
                                     f"{writer.state.bundle}; pass --bundle")
         return KEEP_BIASES, "none"
-    return ingest.biases_for(writer, bundle, bank, videos, ids, backend=settings.backend,
-                             memory_mb=settings.memory_mb, threads=settings.threads, log=log,
-                             progress_factory=settings.progress_factory)
+    return biases_for(writer, bank, videos, ids)
 
 
 # ---- merge ------------------------------------------------------------------------------------
-def _merge_bank(inputs: list[GalleryIndex], bank: Path | None, log: Log) -> Path | None:
+def _merge_bank(inputs: list[GalleryIndex], bank: Path | None) -> Path | None:
     """The caption bank for the merged biases: ``bank``, else the one every input's biases came from."""
     if bank is not None:
         return bank
@@ -103,8 +110,8 @@ def _merge_bank(inputs: list[GalleryIndex], bank: Path | None, log: Log) -> Path
                                 "biases); pass --bank FILE to compute the merged gallery's biases from one bank")
     path = next(iter(banks.values()))
     if not path.is_file():
-        log(f"warning: the caption bank {path} of the inputs' biases is gone; the merged index has no biases "
-            f"(pass --bank to compute them)")
+        logger.warning("the caption bank %s of the inputs' biases is gone; the merged index has no biases "
+                       "(pass --bank to compute them)", path)
         return None
     return path
 
@@ -133,11 +140,10 @@ def _winners(inputs: list[GalleryIndex], on_duplicate: str) -> list[set[str]]:
     return losers
 
 
-def merge_indexes(inputs: list[Path], out: Path, bundle: Bundle, *, on_duplicate: str = "error",
-                  store: str | None = None, bank: Path | None = None, settings: ScoringSettings | None = None,
-                  log: Log = print) -> dict[str, Any]:
-    """Merge indexes of one bundle into a new index ``out`` (rows: each input's rows in input order)."""
-    settings = settings or ScoringSettings()
+def merge_indexes(inputs: list[Path], out: Path, bundle: Bundle, *, biases_for: BiasesFor, on_duplicate: str = "error",
+                  store: str | None = None, bank: Path | None = None) -> dict[str, Any]:
+    """Merge indexes of one bundle into a new index ``out`` (rows: each input's rows in input order);
+    ``biases_for`` computes the merged gallery's biases."""
     if out.exists():
         raise GalleryIndexError(f"{out} already exists; merge into a new directory")
     with ExitStack() as stack:
@@ -154,7 +160,7 @@ def merge_indexes(inputs: list[Path], out: Path, bundle: Bundle, *, on_duplicate
                                         f"choose the merged index's")
             store = stores.pop()
         losers = _winners(galleries, on_duplicate)
-        bank_path = _merge_bank(galleries, bank, log)
+        bank_path = _merge_bank(galleries, bank)
         out.parent.mkdir(parents=True, exist_ok=True)
         stack.enter_context(_merge_lock(out))
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.merge-", dir=out.parent))
@@ -165,7 +171,7 @@ def merge_indexes(inputs: list[Path], out: Path, bundle: Bundle, *, on_duplicate
                     records.extend(_bring_shards(writer, gallery, lost))
                 crash_point("merge:linked")
                 writer.commit_shards(records)
-                record, what = _biases(writer, bundle, bank_path, writer.index, writer.index.ids, settings, log)
+                record, what = _biases(writer, biases_for, bank_path, writer.index, writer.index.ids)
                 if record is not KEEP_BIASES:
                     writer.commit_biases(record)
                 videos = len(writer.indexed)
