@@ -30,10 +30,10 @@ from evaluation.metrics import retrieval_metrics
 from evaluation.moments import moment_recall
 
 from runtime.errors import RuntimeUserError
-from runtime.index import GalleryIndex
+from runtime.index import GalleryIndex, file_of, is_windowed, span_of
 from runtime.scoring import LEVELS, Scorer, TextFeatures, fuse, score_matrix
 from runtime.sinkhorn import text_bias
-from runtime.windows import file_of, is_windowed, setting_of, span_of
+from runtime.windows import setting_of
 
 DATASETS = ("msrvtt", "generic")
 VIDEO_COLUMNS = ("video_id", "video", "vid")

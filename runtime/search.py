@@ -22,11 +22,10 @@ from ucofia.io_utils import atomic_path, atomic_write_text
 
 from runtime import stage1
 from runtime.errors import GalleryIndexError
-from runtime.index import STAGE1_PREFIX, GalleryIndex
+from runtime.index import STAGE1_PREFIX, GalleryIndex, file_of, is_windowed, span_of
 from runtime.stage1 import Stage1Params
 from runtime.scoring import (DEFAULT_MEMORY_MB, LEVELS, ArrayVideos, Scorer, TextFeatures, TopK, score_matrix,
                              score_topk)
-from runtime.windows import file_of, is_windowed, span_of
 
 KERNEL_FILE = "level1_kernel.npy"
 FAISS_CHUNK = 65536  # rows read per step while building the stage-1 index

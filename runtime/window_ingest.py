@@ -26,9 +26,9 @@ from ucofia.data.window_decode import WindowOutcome, decode_windows
 
 from runtime.backends import open_session
 from runtime.bundle import Bundle
-from runtime.index import IndexWriter
+from runtime.index import IndexWriter, is_windowed
 from runtime.ingest import IngestReport, content_changed, file_identity, store_batch, unreadable_reason, video_entry
-from runtime.windows import FilePlan, WindowSetting, is_windowed, plan_file, window_entry, window_id
+from runtime.windows import FilePlan, WindowSetting, plan_file, window_entry, window_id
 
 # Decoded windows waiting per file for the encoder (bounds memory: windows are [F, S, S, 3] uint8).
 QUEUE_WINDOWS = 32
