@@ -1,7 +1,7 @@
 """Benchmark: large galleries -- stored dtypes, exhaustive vs two-stage search, stage 1 at 10^6.
 
 ViT-B/32-size features (video [D], 12 frames x D, 48 patches x D; D = 512) are written as real
-indexes (``runtime.index.IndexWriter``, memory-mapped .npy shards) and searched with the runtime's
+indexes (``runtime.index.IndexWriter``, .npy shards read with plain file reads) and searched with the runtime's
 own functions and a scorer graph exported from a random ViT-B/32-geometry model. Parts:
 
 * ``stores``: bytes per video on disk for each stored dtype (float32 / float16 / int8) on a small

@@ -1,5 +1,5 @@
 """Reading and replacing ``index.json``, the one file of an index that changes (see
-docs/index-format.md, "Crash safety")."""
+docs/index-format.md, "Format 3: updates and crash safety")."""
 from __future__ import annotations
 
 import json

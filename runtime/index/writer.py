@@ -1,6 +1,6 @@
 """Creating and updating an index: appending shards, removals, biases, publishing an unfinished
 run's rows, compaction. Every update is crash-safe: new files first, then one atomic replace of
-``index.json`` (docs/index-format.md, "Crash safety" and "Updates")."""
+``index.json`` (docs/index-format.md, "Format 3: updates and crash safety")."""
 from __future__ import annotations
 
 import enum
