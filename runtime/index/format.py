@@ -200,8 +200,8 @@ class IndexState:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> IndexState:
         """The state of any readable format (KeyError, TypeError or ValueError when malformed)."""
-        if not isinstance(data, Mapping):
-            raise TypeError(f"the state is a JSON {type(data).__name__}, not an object")
+        if not isinstance(data, Mapping) or not isinstance(data["config"], Mapping):
+            raise TypeError("the state and its config must be JSON objects")
         biases, pending, next_shard = data.get("biases"), data.get("pending"), data.get("next_shard")
         return cls(format=str(data["format"]), fingerprint=str(data["fingerprint"]),
                    config=copy.deepcopy(dict(data["config"])),
