@@ -24,10 +24,10 @@ from runtime.backends import open_session
 from runtime.bundle import Bundle
 from runtime.finite import NON_FINITE_FIX, non_finite_rows
 from runtime.index import KEEP_BIASES, IndexWriter, ids_digest, source_key
+from runtime.index.store import unstorable_rows
 from runtime.scoring import LEVELS, Scorer, VideoSource, score_matrix
 from runtime.sinkhorn import video_bias
 from runtime.sources import read_captions
-from runtime.index.store import unstorable_rows
 from runtime.text import TextEncoder
 
 DEFAULT_BATCH = 16
