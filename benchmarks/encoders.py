@@ -110,7 +110,7 @@ def main() -> None:
         if bundle_dir is None:
             bundle_dir = Path(tmp) / "bundle"
             start = time.perf_counter()
-            manifest = export_bundle(model, bundle_dir, progress=lambda m: print(f"[export] {m}", file=sys.stderr))
+            manifest = export_bundle(model, bundle_dir)
             export_info = {"seconds": round(time.perf_counter() - start, 1),
                            "verification_passed": manifest["verification"]["passed"]}
         bundle = load_bundle(bundle_dir)

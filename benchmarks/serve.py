@@ -26,6 +26,7 @@ import asyncio
 import json
 import re
 import statistics
+import socket
 import subprocess
 import sys
 import tempfile
@@ -81,34 +82,32 @@ def percentiles(values: list[float]) -> dict[str, float]:
     return {"p50_ms": round(float(q[0]), 2), "p95_ms": round(float(q[1]), 2), "p99_ms": round(float(q[2]), 2)}
 
 
+def _free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the server binds it a moment later)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 class Server:
     """A ``ucofia-run serve`` subprocess on 127.0.0.1 (free port)."""
 
     def __init__(self, index: Path, bundle: Path, extra: list[str], threads: int | None) -> None:
+        port = _free_port()
         cmd = [sys.executable, "-m", "runtime.cli", "serve", "--index", str(index), "--bundle", str(bundle),
-               "--port", "0", "--backend", "cpu", "--no-access-log", "--log-level", "warning", *extra]
+               "--port", str(port), "--backend", "cpu", "--no-access-log", "--log-level", "warning", *extra]
         if threads:
             cmd += ["--threads", str(threads)]
         self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, cwd=common.REPO)
         self.log: list[str] = []
-        self.url: str | None = None
-        found = threading.Event()
+        self.url = f"http://127.0.0.1:{port}"
 
-        def read() -> None:
+        def read() -> None:  # keeps the pipe drained; the lines explain a failed start
             assert self.proc.stderr is not None
-            for line in iter(self.proc.stderr.readline, ""):
-                self.log.append(line)
-                match = re.search(r"at (http://127\.0\.0\.1:\d+)/", line)
-                if match and self.url is None:
-                    self.url = match.group(1)
-                    found.set()
+            self.log.extend(iter(self.proc.stderr.readline, ""))
 
         threading.Thread(target=read, daemon=True).start()
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not found.wait(0.5):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise SystemExit("the server did not start:\n" + "".join(self.log))
         import httpx
 
         while True:
@@ -117,9 +116,9 @@ class Server:
                     break
             except httpx.TransportError:
                 pass
-            if time.monotonic() > deadline:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise SystemExit("the server did not become ready")
+                raise SystemExit("the server did not become ready:\n" + "".join(self.log))
             time.sleep(0.2)
 
     def rss(self) -> dict[str, float]:

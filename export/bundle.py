@@ -8,8 +8,8 @@ bundle (replaced only with ``force``) stays as it was.
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ EXPORT_TEXTS = 3
 EXPORT_VIDEOS = 2
 EXPORT_SEED = 0
 
-Progress = Callable[[str], None]
+logger = logging.getLogger(__name__)
 
 
 class TrtCompatibilityError(RuntimeError):
@@ -66,7 +66,7 @@ def export_bundle(model: UCoFiA, out_dir: str | Path, *, fp16: bool = False, ops
                   force: bool = False, verify: bool = True, exporter: Exporter = "torchscript",
                   trt: bool = False, trt_options: TrtBuildOptions | None = None,
                   tolerances: Tolerances | None = None, source: dict[str, Any] | None = None,
-                  progress: Progress | None = None, int8: bool = False,
+                  int8: bool = False,
                   allow_small_vocab: bool = False) -> dict[str, Any]:
     """Export ``model`` to a bundle directory and return its manifest.
 
@@ -75,11 +75,12 @@ def export_bundle(model: UCoFiA, out_dir: str | Path, *, fp16: bool = False, ops
     CLIP BPE tokenizer has ids (otherwise SmallVocabularyError); its bundle can only encode token
     ids from elsewhere, the runtime refuses ids beyond its vocabulary.
 
+    Each step is logged (``logging``, logger ``export.bundle``) as it starts.
+
     Raises SmallVocabularyError, FileExistsError (``out_dir`` exists, no ``force``), ExportError, TrtCompatibilityError
     (``trt`` and the static check failed), VerificationError (ORT differs from PyTorch beyond
     ``tolerances``) or TensorRTError; in every such case nothing is written.
     """
-    say = progress or (lambda _msg: None)
     out_dir = Path(out_dir)
     if not isinstance(model, UCoFiA):
         raise TypeError(f"export_bundle needs a ucofia UCoFiA model, got {type(model).__name__}")
@@ -102,29 +103,29 @@ def export_bundle(model: UCoFiA, out_dir: str | Path, *, fp16: bool = False, ops
         specs32 = graph_specs(model.config, "float32")
         specs = graph_specs(model.config, dtype)
         with atomic_directory(out_dir, force=force) as tmp:
-            say(f"tracing sample inputs (T={EXPORT_TEXTS}, V={EXPORT_VIDEOS})")
+            logger.info(f"tracing sample inputs (T={EXPORT_TEXTS}, V={EXPORT_VIDEOS})")
             inputs = _export_inputs(model)
             modules = graph_modules(model)
             fp16_stats: dict[str, Any] | None = {} if fp16 else None
             for key, spec in specs32.items():
                 t0 = time.perf_counter()
-                say(f"exporting {spec.file} ({exporter}, opset {opset})")
+                logger.info(f"exporting {spec.file} ({exporter}, opset {opset})")
                 proto = export_graph(modules[key], inputs[key], tmp / spec.file, spec, opset, exporter)
                 if fp16:
-                    say(f"converting {spec.file} to float16 (float32 islands)")
+                    logger.info(f"converting {spec.file} to float16 (float32 islands)")
                     proto, stats = convert_to_fp16(proto, DEFAULT_ISLANDS[key])
                     onnx.save(proto, str(tmp / spec.file))
                     fp16_stats[key] = stats.to_dict()  # type: ignore[index]
                 size_mb = (tmp / spec.file).stat().st_size / 1e6
-                say(f"  {spec.file}: {size_mb:.1f} MB in {time.perf_counter() - t0:.1f}s")
+                logger.info(f"  {spec.file}: {size_mb:.1f} MB in {time.perf_counter() - t0:.1f}s")
 
             int8_section = None
             if int8:
-                say("quantising the encoders to int8 (onnxruntime dynamic quantisation)")
+                logger.info("quantising the encoders to int8 (onnxruntime dynamic quantisation)")
                 int8_section = quantize_encoders(tmp, specs32)
                 tolerances = tolerances or INT8_TOLERANCES
 
-            say("static TensorRT compatibility check")
+            logger.info("static TensorRT compatibility check")
             # int8 encoders are for onnxruntime's CPU provider only: TensorRT's view of them is moot
             unchecked = set(INT8_GRAPHS) if int8 else set()
             trt_report = check_graphs({key: tmp / spec.file for key, spec in specs.items() if key not in unchecked},
@@ -139,7 +140,7 @@ def export_bundle(model: UCoFiA, out_dir: str | Path, *, fp16: bool = False, ops
 
             verification = None
             if verify:
-                say("verifying the graphs in onnxruntime against PyTorch")
+                logger.info("verifying the graphs in onnxruntime against PyTorch")
                 model.eval()  # hard top-k reference, whatever the exporters did to module modes
                 report = verify_bundle(model, tmp, specs, dtype, tolerances)
                 verification = report.to_dict()
@@ -152,7 +153,7 @@ def export_bundle(model: UCoFiA, out_dir: str | Path, *, fp16: bool = False, ops
             tensorrt = None
             versions: dict[str, str] = {}
             if trt:
-                say("building TensorRT engines")
+                logger.info("building TensorRT engines")
                 tensorrt = tensorrt_build.build_engines(tmp, specs, dtype, trt_options or TrtBuildOptions(),
                                                         trt=trt_module, device=device)
                 versions["tensorrt"] = tensorrt["version"]

@@ -201,3 +201,47 @@ def test_a_bad_query_fails_its_request_only(engine_and_snapshot):
     results = engine.run_batch([SearchJob(["a dog"], top_k=1), SearchJob([""], top_k=1)], snapshot)
     assert results[0].queries[0]["results"][0]["rank"] == 1
     assert isinstance(results[1], QueryError) and "empty" in str(results[1])
+
+
+@pytest.fixture(scope="module")
+def windowed_engine(tmp_path_factory):
+    from serve_helpers import make_clips
+
+    from runtime.deployment import load_query_models, open_index
+    from runtime.serve.engine import SearchEngine
+    from runtime.serve.settings import ServeSettings
+    from runtime.serve.snapshot import load_snapshot
+    from runtime_helpers import build_fake_bundle, run_cli
+
+    root = tmp_path_factory.mktemp("windowed_engine")
+    bundle = build_fake_bundle(root / "bundle")
+    make_clips(root / "clips", 3, seconds=3.0)
+    result = run_cli("index", "--bundle", str(bundle), "--videos", str(root / "clips"), "-o", str(root / "index"),
+                     "-q", "--workers", "1", "--window", "1", "--no-thumbnails")
+    assert result.returncode == 0, result.stderr
+    gallery, bundle_ = open_index(root / "index")
+    models = load_query_models(bundle_, "cpu")
+    engine = SearchEngine(bundle_, models.text, models.scorer, ServeSettings(index_dir=root / "index", backend="cpu"))
+    return engine, load_snapshot(gallery, models.scorer, version=1, two_stage=False, memory_mb=64, probe=engine.probe)
+
+
+def test_a_batch_of_different_groupings_answers_each_as_if_alone(windowed_engine):
+    engine, snapshot = windowed_engine
+    jobs = [SearchJob(["a red car"], top_k=2), SearchJob(["a red car", "a dog"], top_k=3, group_by="window"),
+            SearchJob(["a dog"], top_k=1, group_by="file", windows_per_file=1),
+            SearchJob(["a red car"], top_k=2, two_stage=True, windows_per_file=2)]
+    together = engine.run_batch(jobs, snapshot)
+    assert [r.group_by for r in together] == ["file", "window", "file", "file"]
+    for job_, result in zip(jobs, together):
+        alone = engine.run_batch([SearchJob(job_.queries, job_.top_k, job_.two_stage, job_.group_by,
+                                            job_.windows_per_file)], snapshot)[0]
+        assert len(result.queries) == len(alone.queries) == job_.size
+        for got, want in zip(result.queries, alone.queries):
+            assert len(got["results"]) == len(want["results"]) == job_.top_k
+            assert [h.get("file_id") for h in got["results"]] == [h.get("file_id") for h in want["results"]]
+            assert [h["video_id"] for h in got["results"]] == [h["video_id"] for h in want["results"]]
+            assert [len(h.get("windows", [])) for h in got["results"]] == \
+                [len(h.get("windows", [])) for h in want["results"]]
+    grouped = together[0].queries[0]["results"]
+    assert len({h["file_id"] for h in grouped}) == len(grouped)  # each file once
+    assert all(len(h["windows"]) == 1 for h in together[2].queries[0]["results"])

@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from typing import Any
 
 Update = Callable[[int], None]
+# Totals from which counts are shown with k/M suffixes (smaller ones as plain integers).
+UNIT_SCALE_FROM = 100_000
 
 _enabled = False
 
@@ -65,8 +67,8 @@ def progress_bar(total: int, desc: str, unit: str = "it", *, initial: int = 0, l
         return
     from tqdm import tqdm
 
-    bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, unit_scale=True, dynamic_ncols=True,
-               file=sys.stderr, leave=leave)
+    bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, unit_scale=total >= UNIT_SCALE_FROM,
+               dynamic_ncols=True, file=sys.stderr, leave=leave)
     try:
         yield Bar(bar, initial)
     finally:

@@ -23,7 +23,7 @@ from runtime.errors import BackendError
 CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
 _PROVIDERS = {"cpu": [CPU_PROVIDER], "cuda": [CUDA_PROVIDER, CPU_PROVIDER]}
-GPU_INSTALL_HELP = "see 'GPU install' in the README"
+GPU_INSTALL_HELP = "see docs/install.md, 'GPU install'"
 # onnxruntime's log severity 3: errors only (its warnings repeat what our messages say better)
 _ORT_LOG_ERRORS = 3
 

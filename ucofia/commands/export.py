@@ -1,7 +1,11 @@
 """``ucofia export``: checkpoint -> verified ONNX (optionally TensorRT) bundle directory."""
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -83,13 +87,9 @@ def export(checkpoint: Path, out_dir: Path, fp16: bool, int8: bool, trt: bool, a
     console.print(f"loaded {checkpoint} ({model.config.clip_model_name}, {model.config.scorer_variant} scorer, "
                   f"patch shift {'on' if model.config.patch_shift_active else 'off'})")
     try:
-        with console.status("exporting") as status:
-            def progress(message: str) -> None:
-                console.print(f"[dim]{message}[/]")
-                status.update(message)
-
+        with console.status("exporting") as status, _status_follows_the_log(status):
             manifest = export_bundle(model, out_dir, fp16=fp16, opset=opset, force=force, exporter=exporter,  # type: ignore[arg-type]
-                                     trt=trt, trt_options=options, progress=progress,
+                                     trt=trt, trt_options=options,
                                      source={"checkpoint": str(checkpoint)}, int8=int8,
                                      allow_small_vocab=allow_small_vocab)
     except VerificationError as exc:
@@ -102,3 +102,20 @@ def export(checkpoint: Path, out_dir: Path, fp16: bool, int8: bool, trt: bool, a
     print_summary(console, manifest)
     console.print(f"[bold green]wrote[/] {out_dir} ({manifest['dtype']}, opset {manifest['opset']}, "
                   f"fingerprint {manifest['fingerprint'][:12]}…) in {manifest['export_seconds']:.1f}s")
+
+
+@contextlib.contextmanager
+def _status_follows_the_log(status: Any) -> Iterator[None]:
+    """Show each step the export logs as the spinner's text while the block runs."""
+
+    class StatusHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            status.update(record.getMessage())
+
+    handler = StatusHandler(logging.INFO)
+    target = logging.getLogger("export")
+    target.addHandler(handler)
+    try:
+        yield
+    finally:
+        target.removeHandler(handler)

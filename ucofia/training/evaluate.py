@@ -8,8 +8,9 @@ the training videos (bank [T, B]), as the reference eval trees do.
 from __future__ import annotations
 
 import contextlib
+import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -18,6 +19,8 @@ from evaluation.metrics import retrieval_metrics
 from ucofia.model import UCoFiA
 from ucofia.sinkhorn import LEVELS, sinkhorn_text_bias, sinkhorn_video_bias
 from ucofia.training.data import SplitData, batched, frames_to_model, subset_rows
+
+logger = logging.getLogger(__name__)
 
 VARIANTS = LEVELS + ("all", "all_sk")
 
@@ -133,21 +136,19 @@ def retrieval_results(sims: Mapping[str, torch.Tensor], video_of_text: np.ndarra
 
 @torch.no_grad()
 def evaluate_split(model: UCoFiA, split: SplitData, bank: SplitData | None, settings: EvalSettings,
-                   device: torch.device, amp: torch.dtype | None = None,
-                   progress: Callable[[str], None] | None = None) -> dict[str, dict[str, dict]]:
+                   device: torch.device, amp: torch.dtype | None = None) -> dict[str, dict[str, dict]]:
     """Metrics of ``split`` (its own captions vs its own videos); SK banks from ``bank`` (train)."""
     was_training = model.training
     model.eval()
     try:
-        say = progress or (lambda _msg: None)
-        say(f"encode {split.name}")
+        logger.debug("encode %s", split.name)
         text = encode_texts(model, split, np.arange(split.num_texts), settings.text_batch, device, amp)
         video = encode_videos(model, split, np.arange(split.num_videos), settings.video_batch, device, amp)
         sims = level_similarities(model, text, video, settings.text_chunk, settings.video_chunk)
         video_bias = text_bias = None
         if settings.sk and bank is not None:
             n_iter = model.config.sk_iterations
-            say("SK caption bank")
+            logger.debug("SK caption bank")
             rows = subset_rows(bank.num_texts, settings.sk_bank_size, settings.seed)
             bank_sims = {k: [] for k in LEVELS}
             for chunk in batched(rows, settings.text_batch):
@@ -156,7 +157,7 @@ def evaluate_split(model: UCoFiA, split: SplitData, bank: SplitData | None, sett
                 for k in LEVELS:
                     bank_sims[k].append(part[k])
             video_bias = {k: sinkhorn_video_bias(torch.cat(bank_sims[k]), n_iter) for k in LEVELS}
-            say("SK video bank")
+            logger.debug("SK video bank")
             vrows = subset_rows(bank.num_videos, settings.sk_video_bank_size, settings.seed)
             tb_parts = {k: [] for k in LEVELS}
             for chunk in batched(vrows, settings.video_batch * 4):
