@@ -1,8 +1,8 @@
 """Benchmark: large galleries -- stored dtypes, exhaustive vs two-stage search, stage 1 at 10^6.
 
 ViT-B/32-size features (video [D], 12 frames x D, 48 patches x D; D = 512) are written as real
-indexes (``runtime.index.IndexWriter``, memory-mapped .npy shards) and searched with the runtime's
-own functions and a scorer graph exported from a random ViT-B/32-geometry model. Parts:
+indexes (``runtime.index.IndexWriter``, .npy shards read with plain file reads) and searched with
+the runtime's own functions and a scorer graph exported from a random ViT-B/32-geometry model. Parts:
 
 * ``stores``: bytes per video on disk for each stored dtype (float32 / float16 / int8) on a small
   gallery, and top-10 agreement of each with float32 search.
@@ -134,8 +134,8 @@ def build_index(root: Path, bundle, n: int, seed: int, per_topic: int, store: st
     the frame / patch / mask files of the pool shard of the same topics. Re-ranking still reads
     those rows from disk (the cold measurements evict the page cache), exhaustive search still
     scores every row."""
-    from runtime.index import SHARDS, GalleryIndex, IndexWriter
-    from runtime.store import encode
+    from runtime.index import SHARDS, GalleryIndex, IndexWriter, ShardRecord
+    from runtime.index.store import encode
 
     tag = f"{seed} {per_topic} {store} {pool_shards}"
     marker = root / "synthetic.json"
@@ -156,7 +156,7 @@ def build_index(root: Path, bundle, n: int, seed: int, per_topic: int, store: st
             if s0 < period or s1 - s0 != SHARD:  # a pool shard, or a last partial one
                 local = s0 % period
                 writer.add_batch(ids, gallery_shard(centres, local, local + s1 - s0, cfg, seed + s0 - local, per_topic))
-                pool.append(writer.state["shards"][-1]["name"])
+                pool.append(writer.state.shards[-1].name)
             else:
                 source = root / SHARDS / pool[(s0 % period) // SHARD]
                 name = writer.new_shard_name()
@@ -169,7 +169,7 @@ def build_index(root: Path, bundle, n: int, seed: int, per_topic: int, store: st
                         os.link(other, folder / other.name)
                 (folder / "ids.json").write_text(json.dumps(ids))
                 (folder / "entries.json").write_text(json.dumps([{"id": vid} for vid in ids]))
-                writer.commit_shards([{"name": name, "count": len(ids), "store": store}])
+                writer.commit_shards([ShardRecord(name=name, count=len(ids), store=store)])
             print(f"[large_gallery] index {root.name}: {s1}/{n}", file=sys.stderr, flush=True)
     marker.write_text(tag)
     size = _bytes(root)
@@ -218,7 +218,7 @@ def run_stores(args, work: Path, bundle, scorer) -> dict:
     """Bytes per video per stored dtype, and each store's top-10 agreement with float32 search."""
     from runtime import search
     from runtime.index import GalleryIndex
-    from runtime.store import STORES, bytes_per_video
+    from runtime.index.store import STORES, bytes_per_video
 
     cfg = bundle.config
     centres = topic_centres(-(-STORE_GALLERY // args.videos_per_topic), cfg.embed_dim, args.seed)

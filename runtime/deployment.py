@@ -1,6 +1,6 @@
 """The deployed model opened for queries: an index checked against the bundle it was built with,
 and that bundle's text encoder and scorer on one backend (what search, evaluation and the service
-load once)."""
+load once); and the bundle an index update (remove, merge) recomputes the SK biases with."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,6 +8,7 @@ from pathlib import Path
 
 from runtime.backends import open_session, resolve_backend
 from runtime.bundle import Bundle, load_bundle
+from runtime.bundle.contract import MANIFEST_FILE
 from runtime.errors import GalleryIndexError
 from runtime.index import GalleryIndex
 from runtime.scoring import Scorer
@@ -46,3 +47,15 @@ def open_index(index_dir: Path, bundle_dir: Path | None = None) -> tuple[Gallery
     bundle = load_bundle(bundle_dir or gallery.bundle_path)
     check_searchable(gallery, bundle)
     return gallery, bundle
+
+
+def bundle_of(index_dir: Path, bundle_dir: Path | None, required: bool) -> Bundle | None:
+    """The bundle an update of ``index_dir`` needs (``bundle_dir``, default the one the index
+    recorded), checked against the index; None when it is not ``required``, not given and gone."""
+    gallery = GalleryIndex(index_dir)
+    path = bundle_dir or gallery.bundle_path
+    if not required and bundle_dir is None and not (path / MANIFEST_FILE).is_file():
+        return None
+    bundle = load_bundle(path)
+    gallery.check_bundle(bundle)
+    return bundle

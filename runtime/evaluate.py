@@ -32,10 +32,10 @@ from evaluation.metrics import retrieval_metrics
 from evaluation.moments import moment_recall
 from runtime.deployment import load_query_models, open_index
 from runtime.errors import RuntimeUserError
-from runtime.index import GalleryIndex
+from runtime.index import GalleryIndex, file_of, is_windowed, span_of
 from runtime.scoring import DEFAULT_MEMORY_MB, LEVELS, Scorer, TextFeatures, fuse, score_matrix
 from runtime.sinkhorn import text_bias
-from runtime.windows import file_of, is_windowed, setting_of, span_of
+from runtime.windows import setting_of
 from ucofia.progress import progress_bar
 
 DATASETS = ("msrvtt", "generic")
@@ -166,7 +166,7 @@ def evaluate(gallery: GalleryIndex, scorer: Scorer, text: TextFeatures, ann: Ann
         "metrics": {"t2v": retrieval_metrics(t2v, gt, "t2v"), "v2t": retrieval_metrics(v2t, gt, "v2t")},
         "captions": len(ann.captions), "videos": len(videos),
         "protocol": "one caption per video (reference compute_metrics)" if one_to_one else "multi-caption",
-        "t2v_video_bias": None if vbias is None else gallery.state["biases"],
+        "t2v_video_bias": None if vbias is None else gallery.state.biases.to_dict(),
         "v2t_text_bias": None if not use_biases else (
             f"SK over {len(video_bank)} videos of {video_bank.root}" if video_bank is not None
             else f"SK over the {len(rows)} evaluated {'windows' if setting is not None else 'videos'}"),

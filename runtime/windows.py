@@ -1,32 +1,19 @@
-"""Windowed index entries: one gallery row per time window of a video file.
-
-``ucofia-run index --window W --stride S`` turns each file into rows for its windows (spans planned
-by ``ucofia.data.windows.plan_spans``). A windowed row's entry holds the whole-file fields of
-``runtime.index`` (``path``, ``sha256``, ``bytes``, ``mtime``, ``duration_s``, ``fps``, ``width``,
-``height``; ``frames`` counts the window's sampled frames) plus:
-
-* ``file_id``: the id the file would have as a whole-file row (file name without extension, or
-  the id given in a list file);
-* ``start``, ``end``: the span in seconds (float, millisecond grid; ``end`` exclusive, the last
-  window of a file ends at its duration);
-* ``window``, ``stride``: the index's ``--window`` / ``--stride`` in seconds.
-
-Row ids are ``<file_id>@<start>-<end>`` with both times in seconds written as the shortest exact
-decimal of the millisecond value (``talk@0-10``, ``talk@2.5-12.5``, ``talk@590-600.2``). They are a
-function of the file id, the window setting and the file's duration only, so a rerun plans the
-same ids and skips the windows already indexed; they are unique because file ids are unique and
-the ``@start-end`` suffix is parsed from the right.
+"""Windowed indexing (``ucofia-run index --window W --stride S``): the window setting of an index,
+the row id of each window, and planning which windows of a file to index. Planning probes the file,
+so this is the ingest side; what a windowed entry holds is read with ``runtime.index.entries``.
+docs/index-format-windows.md specifies the windows, their entry fields and row ids.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
-
-from ucofia.data.video import DecodedVideo, StreamInfo, VideoDecodeError, probe_video
-from ucofia.data.windows import Span, WindowError, format_seconds, seconds_to_ms, stream_spans
+from typing import Any
 
 from runtime.errors import GalleryIndexError, RuntimeUserError
+from runtime.index.entries import is_windowed
+from ucofia.data.video import DecodedVideo, StreamInfo, VideoDecodeError, probe_video
+from ucofia.data.windows import Span, WindowError, format_seconds, seconds_to_ms, stream_spans
 
 ID_SEPARATOR = "@"
 
@@ -39,7 +26,7 @@ class WindowSetting:
     stride_ms: int
 
     @classmethod
-    def from_options(cls, window: float | None, stride: float | None) -> "WindowSetting | None":
+    def from_options(cls, window: float | None, stride: float | None) -> WindowSetting | None:
         """The setting of ``--window SECONDS [--stride SECONDS]`` (stride defaults to the window);
         None for whole-file indexing. RuntimeUserError for a stride without a window or bad values."""
         if window is None:
@@ -66,27 +53,8 @@ class WindowSetting:
 
 
 def window_id(file_id: str, span: Span) -> str:
-    """The row id of ``file_id``'s window ``span`` (see the module docstring)."""
+    """The row id of ``file_id``'s window ``span`` (docs/index-format-windows.md, "Row ids")."""
     return f"{file_id}{ID_SEPARATOR}{format_seconds(span.start_ms)}-{format_seconds(span.end_ms)}"
-
-
-def is_windowed(entry: Mapping[str, Any]) -> bool:
-    """Whether an index entry is a window of a file (rather than a whole file)."""
-    return "file_id" in entry and "start" in entry and "end" in entry
-
-
-def file_of(entry: Mapping[str, Any]) -> str:
-    """The file a row belongs to: its ``file_id``, or its own id for a whole-file row."""
-    return str(entry["file_id"]) if is_windowed(entry) else str(entry["id"])
-
-
-def span_of(entry: Mapping[str, Any]) -> tuple[float, float] | None:
-    """(start, end) seconds of a row: its window, or ``(0, duration_s)`` for a whole-file row
-    (None when the entry has no duration, e.g. a format 1 index)."""
-    if is_windowed(entry):
-        return float(entry["start"]), float(entry["end"])
-    duration = entry.get("duration_s")
-    return None if duration is None else (0.0, float(duration))
 
 
 def setting_of(entries: Iterable[Mapping[str, Any]]) -> WindowSetting | None:

@@ -18,7 +18,7 @@ import pytest
 from ray_helpers import need_netns, run_confined, scenario, ucofia_run
 from runtime_helpers import build_fake_bundle, import_blocker, make_clip, run_cli
 
-from runtime.index import SHARDS, GalleryIndex, effective_shards
+from runtime.index import SHARDS, GalleryIndex, IndexState
 from runtime.thumbnails import thumbnail_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,7 +90,7 @@ def assert_same_index(expected_dir: Path, got_dir: Path, same_order: bool = True
         else:  # SK sums over the gallery in row order: another order may change the last bits
             np.testing.assert_allclose(bg[level][order], be[level], rtol=0, atol=1e-6)
     state = json.loads((got_dir / "index.json").read_text())
-    named = {s["name"] for s in effective_shards(state, include_pending=True)}
+    named = IndexState.from_dict(state).shard_names()
     assert {p.name for p in (got_dir / SHARDS).iterdir()} == named, "shards written but never committed"
     assert not state.get("pending"), "rows left unpublished"
 
@@ -261,11 +261,11 @@ def test_a_batch_delivered_twice_is_stored_once(data, tmp_path):
     with IndexWriter(out, bundle) as writer:
         first = write_shard_once(out / SHARDS, ids[:2], {k: v[:2] for k, v in features.items()},
                                  single.entries[:2], writer.store)
-        ids_file = out / SHARDS / first["name"] / IDS
+        ids_file = out / SHARDS / first.name / IDS
         written = ids_file.stat().st_mtime_ns
         assert write_shard_once(out / SHARDS, ids[:2], {k: v[:2] for k, v in features.items()},
                                 single.entries[:2], writer.store) == first  # a retry keeps the shard
-        assert ids_file.stat().st_mtime_ns == written and first["name"] == shard_name(ids[:2])
+        assert ids_file.stat().st_mtime_ns == written and first.name == shard_name(ids[:2])
         overlapping = write_shard_once(out / SHARDS, ids[1:], {k: v[1:] for k, v in features.items()},
                                        single.entries[1:3], writer.store)
         report = IngestReport()
@@ -274,7 +274,7 @@ def test_a_batch_delivered_twice_is_stored_once(data, tmp_path):
         for record, shard_ids in ((first, ids[:2]), (overlapping, ids[1:])):
             n = len(shard_ids)
             run._receive({"id": np.asarray(shard_ids, dtype=object), "path": np.asarray(["p"] * n, dtype=object),
-                          "error": np.asarray([""] * n, dtype=object), "shard": np.asarray([record["name"]] * n,
+                          "error": np.asarray([""] * n, dtype=object), "shard": np.asarray([record.name] * n,
                                                                                             dtype=object),
                           "shard_rows": np.full(n, n), "decode_s": np.zeros(n), "encode_s": np.zeros(n),
                           "write_s": np.zeros(n)}, arrivals)

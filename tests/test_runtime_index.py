@@ -308,7 +308,7 @@ def test_format_1_index_opens_and_is_upgraded_on_append(bundle_dir, clips, tmp_p
     listing.write_text("".join(f"{clips / f'clip{i}.mp4'}\n" for i in range(3)))
     assert _index(bundle_dir, listing, out).returncode == 0
     upgraded = GalleryIndex(out)
-    assert upgraded.state["format"] == "ucofia.index/3" and upgraded.store == "float32"
+    assert upgraded.state.format == "ucofia.index/3" and upgraded.store == "float32"
     assert upgraded.entries[:2] == [{"id": "clip0"}, {"id": "clip1"}]
     assert upgraded.entry("clip2")["path"] == str((clips / "clip2.mp4").resolve())
 

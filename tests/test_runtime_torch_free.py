@@ -38,7 +38,7 @@ RUNTIME_MODULES = runtime_modules() + TORCH_FREE_LEAVES
 
 def test_the_module_walk_finds_the_runtime():
     for name in ("runtime.cli", "runtime.commands.index", "runtime.search.searcher", "runtime.ingest.job",
-                 "runtime.serve.engine", "runtime.distributed.pipeline"):
+                 "runtime.serve.engine", "runtime.distributed.pipeline", "runtime.index.updates"):
         assert name in RUNTIME_MODULES
     assert not set(SERVE_MODULES) & set(RUNTIME_MODULES)
 

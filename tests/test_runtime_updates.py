@@ -18,8 +18,8 @@ from runtime.bundle import load_bundle
 from runtime.errors import GalleryIndexError
 from runtime.faults import CRASH_ENV
 from runtime.index import GalleryIndex, IndexWriter
+from runtime.index.store import STORES, bytes_per_video, decode, encode
 from runtime.scoring import LEVELS, VIDEO_ROLES, Scorer
-from runtime.store import STORES, bytes_per_video, decode, encode
 from runtime.text import TextEncoder
 
 N_CLIPS = 5

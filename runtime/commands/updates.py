@@ -1,5 +1,6 @@
 """``ucofia-run remove``, ``compact`` and ``merge``: options and messages; the work is
-``runtime.updates`` and the index writer."""
+``runtime.index.updates`` and the index writer, with the biases computed by
+``runtime.ingest.biases.BankBiases``."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,13 +20,15 @@ from runtime.commands.common import (
 from ucofia.cli_support import verbosity
 
 
-def _scoring(backend: str, bundle, memory_mb: float, threads: int | None):
-    """How the SK biases are recomputed after the update."""
+def _biases_for(backend: str, bundle, memory_mb: float, threads: int | None):
+    """How the SK biases are recomputed after the update (None without a bundle)."""
     from runtime.backends import resolve_backend
-    from runtime.ingest.biases import BiasScoring
+    from runtime.ingest.biases import BankBiases, BiasScoring
 
-    return BiasScoring(backend=resolve_backend(backend, bundle) if bundle is not None else "cpu",
-                       memory_mb=memory_mb, threads=threads)
+    if bundle is None:
+        return None
+    return BankBiases(bundle, BiasScoring(backend=resolve_backend(backend, bundle), memory_mb=memory_mb,
+                                          threads=threads))
 
 
 @click.command(epilog=EXIT_CODES_HELP)
@@ -50,14 +53,15 @@ def remove(index_dir: Path, ids_file: Path, allow_missing: bool, bank: Path | No
     videos that remain (SK normalises over the whole gallery), so a reader sees the index before or
     after, never between. The files keep their bytes until `ucofia-run compact`.
     """
+    from runtime.deployment import bundle_of
     from runtime.index import IndexWriter
-    from runtime.updates import bundle_of, read_id_list, remove_videos
+    from runtime.index.updates import read_id_list, remove_videos
 
     ids = read_id_list(ids_file)
     bundle = bundle_of(index_dir, bundle_dir, required=False)
     with IndexWriter(index_dir, bundle) as writer:
-        done = remove_videos(writer, bundle, ids, bank=bank, allow_missing=allow_missing,
-                             settings=_scoring(backend, bundle, memory_mb, threads))
+        done = remove_videos(writer, ids, bank=bank, allow_missing=allow_missing,
+                             biases_for=_biases_for(backend, bundle, memory_mb, threads))
         left = len(writer.indexed)
     skipped = f", {done['missing']} not in the index (skipped)" if done["missing"] else ""
     click.echo(f"removed {done['removed']} videos{skipped}; {left} videos in {index_dir}; biases: {done['biases']}")
@@ -113,11 +117,12 @@ def merge(inputs: tuple[Path, ...], out: Path, on_duplicate: str, store: str | N
     are recomputed for the merged gallery. Built aside and renamed into place at the end: a killed
     merge leaves no output and never changes the inputs.
     """
-    from runtime.updates import bundle_of, merge_indexes
+    from runtime.deployment import bundle_of
+    from runtime.index.updates import merge_indexes
 
     bundle = bundle_of(inputs[0], bundle_dir, required=True)
     done = merge_indexes(list(inputs), out, bundle, on_duplicate=on_duplicate, store=store, bank=bank,
-                         settings=_scoring(backend, bundle, memory_mb, threads))
+                         biases_for=_biases_for(backend, bundle, memory_mb, threads))
     dropped = f", {done['duplicates_dropped']} duplicate rows dropped ({on_duplicate} wins)" \
         if done["duplicates_dropped"] else ""
     click.echo(f"merged {done['inputs']} indexes into {out}: {done['videos']} videos ({done['store']}){dropped}; "

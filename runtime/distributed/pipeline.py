@@ -28,7 +28,7 @@ from runtime.distributed import require_ray
 from runtime.distributed.stages import ShardEncoder, decode_batch
 from runtime.errors import RuntimeUserError
 from runtime.faults import crash_point
-from runtime.index import IDS, SHARDS, IndexWriter
+from runtime.index import IDS, SHARDS, IndexWriter, ShardRecord
 from runtime.ingest.report import IngestReport
 from ucofia.data.video import VideoSpec
 
@@ -211,10 +211,7 @@ class RayIndexRun:
             ids = json.loads((self.writer.root / SHARDS / name / IDS).read_text())
             removed = [row for row, vid in enumerate(ids)
                        if vid in self.committed_now or (vid in self.writer.indexed and vid not in self.replaces)]
-            record = {"name": name, "count": len(ids), "store": self.writer.store}
-            if removed:
-                record["removed"] = removed
-            records.append(record)
+            records.append(ShardRecord(name=name, count=len(ids), store=self.writer.store, removed=tuple(removed)))
             dropped = set(removed)
             kept = [vid for row, vid in enumerate(ids) if row not in dropped]
             replace.extend(old for vid in kept for old in self.replaces.get(vid, ()))

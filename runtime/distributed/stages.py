@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from runtime.faults import crash_once
-from runtime.index import IDS, SHARDS, write_shard
+from runtime.index import IDS, SHARDS, ShardRecord, write_shard
 from ucofia.data.video import VideoSpec, decode_many, to_model_input
 
 Batch = dict[str, np.ndarray]
@@ -78,11 +78,11 @@ def shard_name(ids: list[str]) -> str:
 
 
 def write_shard_once(shard_root: Path, ids: list[str], features: dict[str, np.ndarray],
-                     entries: list[dict[str, Any]], store: str) -> dict[str, Any]:
+                     entries: list[dict[str, Any]], store: str) -> ShardRecord:
     """:func:`runtime.index.write_shard` under :func:`shard_name`; when an earlier attempt of the
     same batch already wrote it (same ids), that shard is kept (shards are never changed)."""
     name = shard_name(ids)
-    record = {"name": name, "count": len(ids), "store": store}
+    record = ShardRecord(name=name, count=len(ids), store=store)
     existing = shard_root / name / IDS
     if existing.is_file() and json.loads(existing.read_text()) == ids:
         return record
@@ -149,7 +149,7 @@ class ShardEncoder:
                 record = write_shard_once(self.shard_root, [ids[i] for i in keep], kept,
                                           [e for e, dropped in zip(entries, bad) if not dropped], self.store)
                 for i in keep:
-                    shard[i], shard_rows[i] = record["name"], record["count"]
+                    shard[i], shard_rows[i] = record.name, record.count
             done = time.perf_counter()
             encode_s[ok], write_s[ok] = (encoded - start) / len(ok), (done - encoded) / len(ok)
         return {"id": np.asarray(ids, dtype=object), "path": batch["path"], "error": np.asarray(errors, dtype=object),

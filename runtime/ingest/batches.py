@@ -9,8 +9,8 @@ import numpy as np
 
 from runtime.finite import NON_FINITE_FIX, non_finite_rows
 from runtime.index import IndexWriter
+from runtime.index.store import unstorable_rows
 from runtime.ingest.report import IngestReport
-from runtime.store import unstorable_rows
 
 ReplaceFor = Callable[[list[dict[str, Any]]], list[str]]
 

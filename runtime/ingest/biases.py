@@ -89,13 +89,13 @@ def biases_for(writer: IndexWriter, bundle: Bundle, bank: Path | None, videos: V
     where record is KEEP_BIASES when the stored biases still fit, None to drop them, or a record
     from :meth:`IndexWriter.stage_biases` to commit. ``bank`` None: the bank the stored biases came
     from, when there are any."""
-    meta = writer.state.get("biases")
+    meta = writer.state.biases
     digest = ids_digest(ids)
     if bank is None:
-        if not meta:
+        if meta is None:
             return KEEP_BIASES, "none (no --bank given)"
-        bank = Path(meta["bank"]["path"])
-        if meta["ids_sha256"] == digest:
+        bank = Path(meta.bank.path)
+        if meta.ids_sha256 == digest:
             return KEEP_BIASES, "unchanged"
         if not bank.is_file():
             logger.warning("the videos changed but the caption bank %s used for the biases is gone; biases dropped, "
@@ -103,7 +103,7 @@ def biases_for(writer: IndexWriter, bundle: Bundle, bank: Path | None, videos: V
             return None, "dropped"
     bank = bank.resolve()
     sha = file_sha256(bank)
-    if meta and meta["bank"]["sha256"] == sha and meta["ids_sha256"] == digest:
+    if meta is not None and meta.bank.sha256 == sha and meta.ids_sha256 == digest:
         return KEEP_BIASES, "unchanged"
     if not ids:
         return None, "none (no videos indexed)"
@@ -116,6 +116,19 @@ def biases_for(writer: IndexWriter, bundle: Bundle, bank: Path | None, videos: V
     record = writer.stage_biases(values, {"bank": {"path": str(bank), "sha256": sha, "captions": len(captions)},
                                           "sk_iterations": bundle.config.sk_iterations}, ids)
     return record, f"computed from {len(captions)} bank captions in {time.perf_counter() - start:.1f}s"
+
+
+@dataclass(frozen=True)
+class BankBiases:
+    """:func:`biases_for` with one bundle and scoring setup: what ``runtime.index.updates`` asks
+    the caller for when ``remove`` or ``merge`` changes the gallery (the index has no encoder)."""
+
+    bundle: Bundle
+    scoring: BiasScoring = BiasScoring()
+
+    def __call__(self, writer: IndexWriter, bank: Path | None, videos: VideoSource, ids: list[str]
+                 ) -> tuple[Any, str]:
+        return biases_for(writer, self.bundle, bank, videos, ids, self.scoring)
 
 
 def update_biases(writer: IndexWriter, bundle: Bundle, bank: Path | None, scoring: BiasScoring) -> str:

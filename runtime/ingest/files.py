@@ -27,7 +27,7 @@ def unreadable_reason(exc: OSError) -> str:
 
 
 def video_entry(video_id: str, identity: dict[str, Any], video: DecodedVideo) -> dict[str, Any]:
-    """The index entry of one decoded video file (see runtime.index)."""
+    """The index entry of one decoded video file (see docs/index-format.md)."""
     info = video.info
     return {"id": video_id, **identity, "duration_s": info.duration_s, "fps": info.cv_fps,
             "width": info.width, "height": info.height, "frames": video.num_frames}

@@ -23,11 +23,11 @@ import numpy as np
 
 from runtime.backends import open_session
 from runtime.bundle import Bundle
-from runtime.index import IndexWriter
+from runtime.index import IndexWriter, is_windowed
 from runtime.ingest.batches import store_batch
 from runtime.ingest.files import content_changed, file_identity, unreadable_reason, video_entry
 from runtime.ingest.report import IngestReport
-from runtime.windows import FilePlan, WindowSetting, is_windowed, plan_file, window_entry, window_id
+from runtime.windows import FilePlan, WindowSetting, plan_file, window_entry, window_id
 from ucofia.data.video import VideoDecodeError, VideoSpec
 from ucofia.data.window_decode import WindowOutcome, decode_windows
 from ucofia.progress import Update, progress_bar

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.index import GalleryIndex
+from runtime.index import GalleryIndex, file_of, span_of
 from runtime.scoring import (
     DEFAULT_MEMORY_MB,
     LEVELS,
@@ -33,7 +33,6 @@ from runtime.scoring import (
     gather_rows,
     score_matrix,
 )
-from runtime.windows import file_of, span_of
 
 # Bytes per (text, row) pair held by pass 1: three level scores and the fused score, float32.
 PAIR_SCORE_BYTES = 4 * (len(LEVELS) + 1)

@@ -22,9 +22,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from runtime.index import GalleryIndex
+from runtime.index import GalleryIndex, file_of, is_windowed, span_of
 from runtime.scoring import LEVELS, TopK
-from runtime.windows import file_of, is_windowed, span_of
 
 Record = dict[str, Any]
 OUTPUT_FORMATS = ("jsonl", "csv")

@@ -21,13 +21,12 @@ import threading
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from runtime.index import GalleryIndex
+from runtime.index import GalleryIndex, is_windowed
 from runtime.scoring import DEFAULT_MEMORY_MB, Scorer, TextFeatures, TopK, VideoSource, score_topk
 from runtime.search import grouping, stage1
 from runtime.search.records import Record, row_records
 from runtime.search.stage1 import Stage1Params
 from runtime.search.two_stage import TwoStage
-from runtime.windows import is_windowed
 
 DEFAULT_TOP_K = 10
 DEFAULT_SHORTLIST = 1000

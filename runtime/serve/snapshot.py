@@ -108,8 +108,8 @@ def load_snapshot(gallery: GalleryIndex, scorer: Scorer, *, version: int, two_st
         searcher.files  # which file each row is of, computed once here rather than per request
     if two_stage:
         searcher.two_stage(searcher.stage1_params(SearchOptions(two_stage=True)))
-    return Snapshot(version=version, searcher=searcher, digest=state_digest(gallery.state), loaded_at=time.time(),
-                    load_seconds=time.perf_counter() - start)
+    return Snapshot(version=version, searcher=searcher, digest=state_digest(gallery.state.to_dict()),
+                    loaded_at=time.time(), load_seconds=time.perf_counter() - start)
 
 
 class SnapshotHolder:

@@ -12,7 +12,7 @@ scorer computes in float32 tile by tile, so only one tile is ever held decoded.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

@@ -2,7 +2,8 @@
 
 Both keep the SK video biases right for the gallery they leave behind: SK normalises over all
 videos, so each video's bias depends on the whole gallery and is recomputed (from the caption bank
-the biases came from, or ``--bank``) before the update is committed, in the same state update.
+the biases came from, or ``--bank``) before the update is committed, in the same state update. The
+caller supplies that computation (:class:`BiasesFor`): it needs the bundle's text encoder and scorer.
 
 * remove: marks rows removed in one atomic state update (their files stay until
   ``ucofia-run compact``); removed videos never appear in results again.
@@ -19,29 +20,35 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from runtime.bundle import Bundle, load_bundle
-from runtime.bundle.contract import MANIFEST_FILE
 from runtime.errors import GalleryIndexError
 from runtime.faults import crash_point
-from runtime.index import (
-    KEEP_BIASES,
-    SHARD_ARRAYS,
-    SHARDS,
-    GalleryIndex,
-    IndexWriter,
-    file_lock,
-    link_shard,
-    write_shard,
-    writer_lock,
-)
-from runtime.ingest.biases import BiasScoring, biases_for
+from runtime.index.format import SHARD_ARRAYS, SHARDS, ShardRecord
+from runtime.index.locks import file_lock, writer_lock
+from runtime.index.reader import GalleryIndex, RowSubset
+from runtime.index.shards import link_shard, write_shard
+from runtime.index.writer import KEEP_BIASES, BiasesUpdate, IndexWriter
+
+if TYPE_CHECKING:  # a type only: the index never loads a bundle
+    from runtime.bundle import Bundle
+
+logger = logging.getLogger(__name__)
 
 DUPLICATE_POLICIES = ("error", "first", "last")
-logger = logging.getLogger(__name__)
+
+
+class BiasesFor(Protocol):
+    """Computes the SK video biases of a gallery for ``writer``'s index: the rows ``ids``, whose
+    features ``videos`` serves in that order, scored against the caption bank ``bank`` (None: the
+    bank the stored biases came from). Returns ``(biases, what happened)``; ``biases`` is a record
+    from :meth:`IndexWriter.stage_biases`, None to drop them, or KEEP_BIASES when the stored ones
+    still fit. The model side supplies it (``runtime.ingest.biases.BankBiases``): the index has no encoder."""
+
+    def __call__(self, writer: IndexWriter, bank: Path | None, videos: GalleryIndex | RowSubset,
+                 ids: list[str]) -> tuple[BiasesUpdate, str]: ...
 
 
 def read_id_list(path: Path) -> list[str]:
@@ -59,9 +66,10 @@ def read_id_list(path: Path) -> list[str]:
     return ids
 
 
-def remove_videos(writer: IndexWriter, bundle: Bundle | None, ids: list[str], *, bank: Path | None,
-                  allow_missing: bool, settings: BiasScoring) -> dict[str, Any]:
-    """Remove ``ids`` from the index of ``writer`` and recompute its biases, in one commit."""
+def remove_videos(writer: IndexWriter, ids: list[str], *, bank: Path | None, allow_missing: bool,
+                  biases_for: BiasesFor | None) -> dict[str, Any]:
+    """Remove ``ids`` from the index of ``writer`` and recompute its biases, in one commit.
+    ``biases_for`` None (no bundle at hand): refused when the index has biases or ``bank`` is given."""
     wanted = set(ids)
     missing = sorted(wanted - writer.indexed)
     if missing and not allow_missing:
@@ -73,19 +81,19 @@ def remove_videos(writer: IndexWriter, bundle: Bundle | None, ids: list[str], *,
     index = writer.index
     kept = np.array([row for row, vid in enumerate(index.ids) if vid not in remove], dtype=np.int64)
     kept_ids = [index.ids[row] for row in kept]
-    record, what = _biases(writer, bundle, bank, index.subset(kept), kept_ids, settings)
+    record, what = _biases(writer, biases_for, bank, index.subset(kept), kept_ids)
     writer.remove(remove, biases=record)
     return {"removed": len(remove), "missing": len(missing), "biases": what, "videos": len(kept_ids)}
 
 
-def _biases(writer: IndexWriter, bundle: Bundle | None, bank: Path | None, videos, ids: list[str],
-            settings: BiasScoring) -> tuple[Any, str]:
-    if bundle is None:
-        if writer.state.get("biases") or bank is not None:
+def _biases(writer: IndexWriter, biases_for: BiasesFor | None, bank: Path | None, videos: GalleryIndex | RowSubset,
+            ids: list[str]) -> tuple[BiasesUpdate, str]:
+    if biases_for is None:
+        if writer.state.biases is not None or bank is not None:
             raise GalleryIndexError(f"the SK biases of {writer.root} must be recomputed, which needs its bundle "
-                                    f"{writer.state.get('bundle')}; pass --bundle")
+                                    f"{writer.state.bundle}; pass --bundle")
         return KEEP_BIASES, "none"
-    return biases_for(writer, bundle, bank, videos, ids, settings)
+    return biases_for(writer, bank, videos, ids)
 
 
 # ---- merge ------------------------------------------------------------------------------------
@@ -93,8 +101,8 @@ def _merge_bank(inputs: list[GalleryIndex], bank: Path | None) -> Path | None:
     """The caption bank for the merged biases: ``bank``, else the one every input's biases came from."""
     if bank is not None:
         return bank
-    metas = [g.state.get("biases") for g in inputs]
-    banks = {m["bank"]["sha256"]: Path(m["bank"]["path"]) for m in metas if m}
+    metas = [g.state.biases for g in inputs]
+    banks = {m.bank.sha256: Path(m.bank.path) for m in metas if m is not None}
     if not banks:
         return None
     if len(banks) > 1 or not all(metas):
@@ -102,8 +110,8 @@ def _merge_bank(inputs: list[GalleryIndex], bank: Path | None) -> Path | None:
                                 "biases); pass --bank FILE to compute the merged gallery's biases from one bank")
     path = next(iter(banks.values()))
     if not path.is_file():
-        logger.warning("the caption bank %s of the inputs' biases is gone; the merged index has no biases (pass "
-                       "--bank to compute them)", path)
+        logger.warning("the caption bank %s of the inputs' biases is gone; the merged index has no biases "
+                       "(pass --bank to compute them)", path)
         return None
     return path
 
@@ -132,11 +140,10 @@ def _winners(inputs: list[GalleryIndex], on_duplicate: str) -> list[set[str]]:
     return losers
 
 
-def merge_indexes(inputs: list[Path], out: Path, bundle: Bundle, *, on_duplicate: str = "error",
-                  store: str | None = None, bank: Path | None = None, settings: BiasScoring | None = None
-                  ) -> dict[str, Any]:
-    """Merge indexes of one bundle into a new index ``out`` (rows: each input's rows in input order)."""
-    settings = settings or BiasScoring()
+def merge_indexes(inputs: list[Path], out: Path, bundle: Bundle, *, biases_for: BiasesFor, on_duplicate: str = "error",
+                  store: str | None = None, bank: Path | None = None) -> dict[str, Any]:
+    """Merge indexes of one bundle into a new index ``out`` (rows: each input's rows in input order);
+    ``biases_for`` computes the merged gallery's biases."""
     if out.exists():
         raise GalleryIndexError(f"{out} already exists; merge into a new directory")
     with ExitStack() as stack:
@@ -164,7 +171,7 @@ def merge_indexes(inputs: list[Path], out: Path, bundle: Bundle, *, on_duplicate
                     records.extend(_bring_shards(writer, gallery, lost))
                 crash_point("merge:linked")
                 writer.commit_shards(records)
-                record, what = _biases(writer, bundle, bank_path, writer.index, writer.index.ids, settings)
+                record, what = _biases(writer, biases_for, bank_path, writer.index, writer.index.ids)
                 if record is not KEEP_BIASES:
                     writer.commit_biases(record)
                 videos = len(writer.indexed)
@@ -179,26 +186,26 @@ def merge_indexes(inputs: list[Path], out: Path, bundle: Bundle, *, on_duplicate
             "biases": what}
 
 
-def _bring_shards(writer: IndexWriter, gallery: GalleryIndex, lost: set[str]) -> list[dict[str, Any]]:
+def _bring_shards(writer: IndexWriter, gallery: GalleryIndex, lost: set[str]) -> list[ShardRecord]:
     """The input's shards in the writer's index (linked, or rewritten for another store), with the
     rows of ``lost`` ids marked removed."""
     records = []
     shard_root = writer.root / SHARDS
-    for shard, old in zip(gallery._shards, gallery.state["shards"]):
+    for shard in gallery.shards:
         if shard.size == 0:
             continue
         name = writer.new_shard_name()
         if shard.store == writer.store:
-            record = link_shard(gallery.root / SHARDS / shard.name, shard_root, name, old)
+            record = link_shard(shard.folder, shard_root, name, shard.record)
             lost_rows = [int(shard.physical(np.array([i]))[0]) for i, vid in enumerate(shard.ids) if vid in lost]
         else:
             live = shard.physical(np.arange(shard.size))
-            entries = gallery.entries_of_shard(shard)
-            feats = {role: gallery._read(shard, role, live) for role in SHARD_ARRAYS}
+            entries = shard.entries()
+            feats = {role: shard.read(role, live) for role in SHARD_ARRAYS}
             record = write_shard(shard_root, name, list(shard.ids), feats, entries, writer.store)
             lost_rows = [i for i, vid in enumerate(shard.ids) if vid in lost]
         if lost_rows:
-            record["removed"] = sorted(set(record.get("removed", [])) | set(lost_rows))
+            record = record.with_removed(lost_rows)
         records.append(record)
     return records
 
@@ -215,15 +222,3 @@ def _merge_lock(out: Path) -> Iterator[None]:
             yield
         finally:
             lock.unlink(missing_ok=True)
-
-
-def bundle_of(index_dir: Path, bundle_dir: Path | None, required: bool) -> Bundle | None:
-    """The bundle an update of ``index_dir`` needs (``bundle_dir``, default the one the index
-    recorded), checked against the index; None when it is not ``required``, not given and gone."""
-    gallery = GalleryIndex(index_dir)
-    path = bundle_dir or gallery.bundle_path
-    if not required and bundle_dir is None and not (path / MANIFEST_FILE).is_file():
-        return None
-    bundle = load_bundle(path)
-    gallery.check_bundle(bundle)
-    return bundle
