@@ -180,3 +180,26 @@ def test_planted_violations_are_reported():
                "runtime.index": set(), "runtime.commands.x": {"export.bundle"}}
     bad = _violations(planted, ("runtime",), ("runtime",), project=set(planted))
     assert bad == ["runtime.scoring -> export.bundle"]  # numpy is not a project module; the CLI may
+
+
+def summary(graph: dict[str, set[str]]) -> str:
+    """The figures docs/architecture.md quotes: modules, imports between them, cycles, imports of
+    CLI modules by library modules, and the imports between packages."""
+    modules = set(graph)
+    edges = [(src, dst) for src, targets in graph.items() for dst in targets if dst in modules]
+    between: dict[tuple[str, str], int] = {}
+    for src, dst in edges:
+        pair = (src.split(".")[0], dst.split(".")[0])
+        if pair[0] != pair[1]:
+            between[pair] = between.get(pair, 0) + 1
+    into_cli = [f"{s} -> {d}" for s, d in edges if not _within(s, CLI_MODULES) and _within(d, CLI_MODULES)]
+    lines = [f"modules {len(modules)}, imports between them {len(edges)}",
+             f"import cycles: {cycles(graph) or 'none'}",
+             f"library modules importing a CLI module: {into_cli or 'none'}",
+             "imports between packages: " + ", ".join(f"{a} -> {b} {n}" for (a, b), n in sorted(between.items()))]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    _modules = project_modules()
+    print(summary({name: imports_of(name, path, _modules) for name, path in _modules.items()}))
