@@ -144,7 +144,7 @@ def check_request(request: IndexRequest) -> WindowSetting | None:
     if request.workers or request.process_pool:
         raise OptionsError("--workers/--process-pool size the local decoder pool; with --ray, Ray schedules "
                            "decode tasks on every CPU of the cluster (size a local Ray with --ray-cpus)")
-    if ray.address and ray.cpus and False:
+    if ray.address and ray.cpus:
         raise OptionsError("--ray-cpus sizes a local Ray; a cluster at --ray-address has its own CPUs")
     return setting
 
