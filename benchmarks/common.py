@@ -14,8 +14,9 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -77,7 +78,7 @@ class CpuMonitor:
         return max(0.0, ((busy1 - busy0) - (own1 - own0)) / max(wall1 - wall0, 1e-9))
 
 
-def contention(monitor: "CpuMonitor", threads: int) -> dict[str, Any]:
+def contention(monitor: CpuMonitor, threads: int) -> dict[str, Any]:
     """Whether other processes competed for the cores while a benchmark ran (see CpuMonitor).
 
     When they did, torch with several threads loses disproportionately (its OpenMP threads wait
@@ -241,8 +242,8 @@ class MatmulProbe:
             pool = ThreadPoolExecutor(threads)
             self.methods["onnxruntime_concurrent"] = (
                 lambda: list(pool.map(lambda _: single.run(None, feeds), range(threads))), threads)
-        self.seconds = {k: 0.0 for k in self.methods}
-        self.products = {k: 0 for k in self.methods}
+        self.seconds = dict.fromkeys(self.methods, 0.0)
+        self.products = dict.fromkeys(self.methods, 0)
         for fn, _ in self.methods.values():  # warm-up
             fn()
 

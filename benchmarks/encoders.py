@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
 VIDEO_BATCHES = (1, 4)  # videos per call (x max_frames frames)
 TEXT_BATCH = 64

@@ -41,11 +41,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+import common  # noqa: E402
 import numpy as np  # noqa: E402
 
-import common  # noqa: E402
-
 from ucofia.config import LEVELS  # noqa: E402
+
 PRECISIONS = ("fp16", "bf16")
 
 
@@ -172,9 +172,8 @@ def score_tiled(model, feats: dict, device: str, precision: str, text_tile: int)
 
 def scoring(model, cfg, device: str, n: int, quick: bool, work: Path, threads: int, budget: Budget) -> dict:
     """Tiled scorer (fp32/fp16/bf16) vs the reference loop on the device; ORT CPU scorer; errors."""
-    import torch
-
     import scoring as sb
+    import torch
 
     host = sb.make_features(cfg, n, n)
     feats = {k: torch.from_numpy(v).to(device) for k, v in host.items()}

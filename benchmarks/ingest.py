@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
 TARGET_DECODE_SHARE = 0.20
 
@@ -118,8 +118,8 @@ def main() -> None:
     import ucofia
     from export import export_bundle
     from runtime.backends import open_session
-    from runtime.ingest import local as ingest
     from runtime.bundle import load_bundle
+    from runtime.ingest import local as ingest
     from ucofia.data.video import VideoSpec, decode_many
 
     clips = common.shared_clips()

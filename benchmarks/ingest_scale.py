@@ -65,7 +65,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
 REPO = common.REPO
 VENV_BIN = Path(sys.executable).parent
@@ -213,7 +213,7 @@ class ProcSampler:
             n += 1
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "ProcSampler":
+    def __enter__(self) -> ProcSampler:
         self._once(net=True)
         self.baseline = dict(self.cpu)  # processes already running (a cluster's): count only what follows
         self._thread.start()

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import shutil
 import sys
@@ -40,12 +41,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import json
-
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
 DEFAULT_VIDEOS_PER_TOPIC = 10
 SHARD = 5000
@@ -240,8 +239,8 @@ def run_stores(args, work: Path, bundle, scorer) -> dict:
 
 def run_size(n: int, args, work: Path, bundle, scorer) -> dict:
     from runtime import search
-    from runtime.search import stage1
     from runtime.index import GalleryIndex
+    from runtime.search import stage1
 
     root = work / f"index_{n}"
     built = build_index(root, bundle, n, args.seed, args.videos_per_topic, args.store, args.pool_shards)

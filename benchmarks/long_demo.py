@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
 WINDOWS = (5.0, 10.0, 20.0)
 THRESHOLDS = (0.5, 0.3)

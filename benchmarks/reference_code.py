@@ -70,8 +70,7 @@ def copy_heads(source_state: dict, reference_model) -> list[str]:
     from ``source_state`` (a ucofia model's state dict: same names) into ``reference_model``;
     returns the names copied. Raises when one is missing or has another shape."""
     import torch
-
-    from common import ISA_WEIGHTS  # noqa: E402  (benchmarks/ is on sys.path for the scripts)
+    from common import ISA_WEIGHTS  # benchmarks/ is on sys.path for the scripts
 
     names = [k for k in reference_model.state_dict() if k.startswith(HEAD_PREFIXES) or k in ISA_WEIGHTS]
     params = dict(reference_model.named_parameters())

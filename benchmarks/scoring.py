@@ -61,13 +61,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
 REFERENCE_BATCH = 32  # the reference's batch_size_val for MSR-VTT
 REFERENCE_CHECKPOINT = "reference_model.bin"
 ISA_WEIGHTS = common.ISA_WEIGHTS
 HEAD_PREFIXES = ("frame_position_embeddings.", "transformerClip.") + ISA_WEIGHTS
 from ucofia.config import LEVELS  # noqa: E402
+
 _config = common.config
 
 
@@ -148,9 +149,9 @@ def _through_reference_checkpoint(tree: Path, model, work: Path):
     """Write ``model``'s scorer weights into the reference's own model, save that as a reference
     checkpoint and import it back with ``ucofia.load_reference_checkpoint``: the imported model is
     what the other sides use, so all sides hold the same values by construction of the importer."""
+    import reference_code
     import torch
 
-    import reference_code
     import ucofia
 
     ns = reference_code.load(tree)
@@ -189,7 +190,7 @@ class ReferenceHeads:
         self.timers = {"temporal": 0.0, "video_sentence+frame_sentence": 0.0, "patch_word": 0.0}
         self.torch = torch
 
-    def to(self, device) -> "ReferenceHeads":
+    def to(self, device) -> ReferenceHeads:
         """Move every weight to ``device`` (the GPU check runs the loop on CUDA)."""
         self.pos.to(device)
         self.temporal.to(device)
@@ -272,7 +273,7 @@ def side_reference(args, work: Path) -> None:
         with torch.no_grad():  # warm-up: one pair of batches
             heads.pair(t["sentence"][:REFERENCE_BATCH], t["words"][:REFERENCE_BATCH], t["frames"][:REFERENCE_BATCH],
                        t["video_mask"][:REFERENCE_BATCH], t["patches"][:REFERENCE_BATCH])
-        heads.timers = {k: 0.0 for k in heads.timers}
+        heads.timers = dict.fromkeys(heads.timers, 0.0)
         return {"heads": heads, "t": t, "rows": {}, "seconds": 0.0, "cpu": 0.0,
                 "video_batches": [(i, min(i + REFERENCE_BATCH, n_video)) for i in range(0, n_video, REFERENCE_BATCH)]}
 
@@ -315,9 +316,9 @@ def side_reference(args, work: Path) -> None:
 def side_reference_code(args, work: Path) -> None:
     """The reference's ``_run_on_single_gpu`` on the benchmark's features: per text batch, one call
     with that batch against every video batch, as ``eval_epoch`` runs it for its rows."""
+    import reference_code
     import torch
 
-    import reference_code
     from ucofia.config import UCoFiAConfig
 
     def load():
@@ -569,7 +570,7 @@ def main() -> None:
     pw_s = runtime["patch_word_only"]["seconds"]
     flops = patch_word_flops(cfg, n_text, n_video)
     floor_s = flops / (rates["best_gflops"] * 1e9)
-    ref_scoring_mem = reference["peak_rss_mib"] - reference["rss_inputs_loaded_mib"]  # noqa: F841
+    ref_scoring_mem = reference["peak_rss_mib"] - reference["rss_inputs_loaded_mib"]
     rt_scoring_mem = runtime["peak_rss_mib"] - runtime["rss_inputs_loaded_mib"]
     result = {
         "benchmark": "scoring", "config": args.config, "texts": n_text, "videos": n_video,

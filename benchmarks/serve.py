@@ -25,8 +25,8 @@ import argparse
 import asyncio
 import json
 import re
-import statistics
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-from large_gallery import DEFAULT_VIDEOS_PER_TOPIC, build_index  # noqa: E402
+import common
+from large_gallery import DEFAULT_VIDEOS_PER_TOPIC, build_index
 
 CLIENTS = (1, 8, 32)
 TOP_K = 10

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
 SHORTLISTS = (10, 20, 50, 100, 200, 500)
 TOP_K = 10

@@ -26,7 +26,7 @@ import numpy as np
 from ucofia.data.video import VideoSpec, decode_many, decode_video, preprocess_frame, select_positions
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
 SHARED = common.SHARED / "data"
 

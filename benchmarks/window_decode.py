@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
 DEFAULT_SETTINGS = ((5.0, 2.5), (10.0, 5.0), (20.0, 10.0), (10.0, 10.0))
 

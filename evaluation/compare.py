@@ -6,13 +6,14 @@ deltas in both directions.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from ucofia.config import LEVELS
 from evaluation.metrics import retrieval_metrics
+from ucofia.config import LEVELS
 
 METRIC_KEYS: tuple[str, ...] = ("R1", "R5", "R10", "MdR", "MnR")
 TOP_OVERLAP_K = 10
@@ -30,14 +31,14 @@ class Tolerance:
     identical_metrics: bool = True
 
     @classmethod
-    def for_dtype(cls, dtype: str) -> "Tolerance":
+    def for_dtype(cls, dtype: str) -> Tolerance:
         """Defaults: fp32 bundles must match within 2e-4 with identical metrics; fp16 within 0.2 R@1 points."""
         if dtype in ("float16", "fp16"):
             return cls(max_abs=None, max_r1_delta=0.2, identical_metrics=False)
         return cls()
 
     @classmethod
-    def for_manifest(cls, manifest: Mapping[str, Any], store: str = "float32") -> "Tolerance":
+    def for_manifest(cls, manifest: Mapping[str, Any], store: str = "float32") -> Tolerance:
         """Defaults for a bundle: ``for_dtype``, or for int8 encoders (lossy) R@1 within the
         manifest's ``int8.parity_r1_delta`` points and no similarity bound; an index that stores
         features in float16 or int8 (``ucofia-run index --store``) rounds them, so the similarity

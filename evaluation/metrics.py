@@ -16,7 +16,8 @@ Reproduces the metric conventions of the UCoFiA reference evaluation exactly:
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -9,7 +9,8 @@ K in ``MOMENT_RECALL_AT`` and every threshold in ``IOU_THRESHOLDS``, keyed ``R1@
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

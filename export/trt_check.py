@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 import onnx
@@ -78,7 +79,7 @@ _REDUCE_OPS = ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "Reduc
                "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare")
 # (input index, name) that must be an initializer or a Constant node's output.
 INITIALIZER_INPUTS: dict[str, tuple[tuple[int, str], ...]] = {
-    **{op: ((1, "axes"),) for op in _REDUCE_OPS},
+    **dict.fromkeys(_REDUCE_OPS, ((1, "axes"),)),
     "Dropout": ((2, "training_mode"),),
     "STFT": ((1, "frame_step"), (2, "window")),
 }

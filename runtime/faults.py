@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-
 from collections import Counter
 
 CRASH_ENV = "UCOFIA_CRASH_AT"

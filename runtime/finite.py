@@ -2,7 +2,7 @@
 ranked silently (float16 overflow in a TensorRT engine or fp16 bundle, or a damaged bundle)."""
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 

@@ -105,7 +105,7 @@ class UCoFiAConfig:
         return bool(self.patch_shift_blocks) and max(self.patch_shift_blocks) < self.clip.vision_layers
 
     # ---- validation -----------------------------------------------------------------------
-    def validate(self) -> "UCoFiAConfig":
+    def validate(self) -> UCoFiAConfig:
         """Raise ConfigError naming the field when a value is out of range or inconsistent."""
         c = self.clip
         positive = {
@@ -161,7 +161,7 @@ class UCoFiAConfig:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "UCoFiAConfig":
+    def from_dict(cls, data: dict[str, Any]) -> UCoFiAConfig:
         data = dict(data)
         fmt = data.pop("format", CONFIG_FORMAT)
         if fmt != CONFIG_FORMAT:
@@ -187,7 +187,7 @@ class UCoFiAConfig:
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2, sort_keys=True))
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "UCoFiAConfig":
+    def from_json(cls, path: str | Path) -> UCoFiAConfig:
         path = Path(path)
         try:
             data = json.loads(path.read_text())
@@ -197,7 +197,7 @@ class UCoFiAConfig:
             raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
         return cls.from_dict(data)
 
-    def replace(self, **changes: Any) -> "UCoFiAConfig":
+    def replace(self, **changes: Any) -> UCoFiAConfig:
         return dataclasses.replace(self, **changes).validate()
 
 

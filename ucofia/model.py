@@ -164,4 +164,4 @@ def build_model(config: UCoFiAConfig, seed: int | None = 0) -> UCoFiA:
     return UCoFiA(config).eval()
 
 
-__all__ = ["UCoFiA", "TextFeatures", "VideoFeatures", "build_model", "LEVELS"]
+__all__ = ["LEVELS", "TextFeatures", "UCoFiA", "VideoFeatures", "build_model"]

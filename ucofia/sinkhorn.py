@@ -1,7 +1,7 @@
 """Sinkhorn-Knopp (SK) biases and level fusion, as the reference evaluation applies them."""
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 

@@ -23,7 +23,7 @@ def require_ray() -> Any:
     """The ``ray`` module (with Ray Data), or a RuntimeUserError saying how to install it."""
     try:
         import ray
-        import ray.data  # noqa: F401  (Ray Data is what the pipeline runs on)
+        import ray.data  # Ray Data is what the pipeline runs on
     except ImportError as exc:
         raise RuntimeUserError(f"--ray needs Ray with Ray Data, which is not installed here ({exc}); install it "
                                f"with: {RAY_EXTRA}") from None

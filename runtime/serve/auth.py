@@ -96,7 +96,7 @@ class KeyRing:
         return found
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "KeyRing":
+    def load(cls, path: str | os.PathLike[str]) -> KeyRing:
         """Read a key file; KeyFileError naming the file and field when it is malformed."""
         path = Path(path)
         if not path.is_file():
@@ -178,7 +178,7 @@ class MediaSigner:
         self._secret = secret or secrets.token_bytes(32)
 
     def _mac(self, video_id: str, expires: int) -> str:
-        mac = hmac.new(self._secret, f"{video_id}\n{expires}".encode("utf-8"), hashlib.sha256).digest()
+        mac = hmac.new(self._secret, f"{video_id}\n{expires}".encode(), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(mac[:SIGNATURE_BYTES]).decode().rstrip("=")
 
     def sign(self, video_id: str, now: float | None = None) -> dict[str, str]:

@@ -36,9 +36,10 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -192,7 +193,7 @@ class Event:
     objects: tuple[Thing, ...]
     direction: str | None = None
 
-    def swapped(self) -> "Event":
+    def swapped(self) -> Event:
         """The same event with its order reversed."""
         if self.kind == "sequence":
             return Event("sequence", tuple(reversed(self.objects)))

@@ -25,15 +25,31 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
-from ucofia.data.demo import (DemoDataError, DemoVideo, Look, Scene, VideoSettings, _csv_text, _library_versions,
-                              _random_look, _random_phrasing, _random_scene, _check_target, _write_texts, demo_counts,
-                              describe, encode_mp4, plan_benchmark, render_frames)
+from ucofia.data.demo import (
+    DemoDataError,
+    DemoVideo,
+    Look,
+    Scene,
+    VideoSettings,
+    _check_target,
+    _csv_text,
+    _library_versions,
+    _random_look,
+    _random_phrasing,
+    _random_scene,
+    _write_texts,
+    demo_counts,
+    describe,
+    encode_mp4,
+    plan_benchmark,
+    render_frames,
+)
 from ucofia.io_utils import atomic_directory
 
 LONG_FORMAT = "ucofia.demo-long/1"

@@ -53,17 +53,34 @@ import math
 import os
 import pickle
 from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg",
                                      ".flv", ".wmv", ".3gp", ".ogv", ".ts", ".mts", ".m2ts")
 _MAX_LISTED = 20
 
-__all__ = ["VideoItem", "Caption", "MissingVideo", "RetrievalSplit", "DatasetError", "MissingVideosError",
-           "VideoIndex", "read_split", "read_msrvtt", "read_msvd", "read_didemo", "read_activitynet",
-           "read_lsmdc", "read_vatex", "read_csv", "DATASETS", "VIDEO_EXTENSIONS"]
+__all__ = [
+    "DATASETS",
+    "VIDEO_EXTENSIONS",
+    "Caption",
+    "DatasetError",
+    "MissingVideo",
+    "MissingVideosError",
+    "RetrievalSplit",
+    "VideoIndex",
+    "VideoItem",
+    "read_activitynet",
+    "read_csv",
+    "read_didemo",
+    "read_lsmdc",
+    "read_msrvtt",
+    "read_msvd",
+    "read_split",
+    "read_vatex",
+]
 
 
 # ---------------------------------------------------------------------------------------------

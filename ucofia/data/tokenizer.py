@@ -24,9 +24,9 @@ from __future__ import annotations
 import gzip
 import html
 import importlib.util
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -39,7 +39,7 @@ _PATTERN = (r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}
             r"""|[^\s\p{L}\p{N}]+""")
 _CACHE_LIMIT = 200_000
 
-__all__ = ["ClipTokenizer", "find_vocab_file", "clean_text", "VOCAB_FILENAME"]
+__all__ = ["VOCAB_FILENAME", "ClipTokenizer", "clean_text", "find_vocab_file"]
 
 
 class VocabNotFoundError(FileNotFoundError):

@@ -45,11 +45,12 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -63,9 +64,20 @@ _INT_MAX = 2**31 - 1
 _TRUNCATION_CHECK_ENTRIES = 64
 
 __all__ = [
-    "VideoSpec", "VideoDecodeError", "StreamInfo", "DecodedVideo", "DecodeOutcome",
-    "probe_video", "open_video_stream", "display_rotation_k", "reference_targets", "select_positions",
-    "decode_video", "preprocess_frame", "to_model_input", "decode_many",
+    "DecodeOutcome",
+    "DecodedVideo",
+    "StreamInfo",
+    "VideoDecodeError",
+    "VideoSpec",
+    "decode_many",
+    "decode_video",
+    "display_rotation_k",
+    "open_video_stream",
+    "preprocess_frame",
+    "probe_video",
+    "reference_targets",
+    "select_positions",
+    "to_model_input",
 ]
 
 
@@ -113,7 +125,7 @@ class VideoSpec:
             raise ValueError("VideoSpec.mean/std need three values each and std > 0")
 
     @classmethod
-    def from_config(cls, cfg: "UCoFiAConfig") -> "VideoSpec":
+    def from_config(cls, cfg: UCoFiAConfig) -> VideoSpec:
         """The spec a model with config ``cfg`` expects."""
         return cls(image_size=cfg.clip.image_size, max_frames=cfg.max_frames,
                    feature_framerate=cfg.feature_framerate, slice_framepos=cfg.slice_framepos,

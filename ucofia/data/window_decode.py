@@ -18,16 +18,31 @@ needs a second pass over the file and depends on the key frames of the cut-out f
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
-from ucofia.data.video import (DecodedVideo, StreamInfo, VideoDecodeError, VideoSpec, _check_truncation,
-                               _configure_decoder, _decode_error, _frame_to_rgb, _import_av, _open,
-                               _rotation_k, _stream_info, _video_stream, preprocess_frame, select_positions)
+from ucofia.data.video import (
+    DecodedVideo,
+    StreamInfo,
+    VideoDecodeError,
+    VideoSpec,
+    _check_truncation,
+    _configure_decoder,
+    _decode_error,
+    _frame_to_rgb,
+    _import_av,
+    _open,
+    _rotation_k,
+    _stream_info,
+    _video_stream,
+    preprocess_frame,
+    select_positions,
+)
 from ucofia.data.windows import Span, format_seconds, is_read_position, read_offsets, window_reads
 
 __all__ = ["WindowOutcome", "decode_windows"]

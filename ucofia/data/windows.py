@@ -141,7 +141,7 @@ def window_reads(n_frames: int, fps: int, feature_framerate: int) -> list[int]:
     return [t for t in reference_targets(n_frames, fps, feature_framerate) if t < n_frames]
 
 
-def stream_spans(info: "StreamInfo", window_ms: int, stride_ms: int) -> tuple[int, list[Span]]:
+def stream_spans(info: StreamInfo, window_ms: int, stride_ms: int) -> tuple[int, list[Span]]:
     """(duration in ms, windows) of a probed stream (see :func:`media_duration_ms`, :func:`plan_spans`).
 
     Windows that would start after the last frame (``(frame_count - 1) / fps``) are dropped.

@@ -8,8 +8,8 @@ batches an uninterrupted run would have seen. Frames are normalised on the targe
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch

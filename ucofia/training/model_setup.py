@@ -10,8 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ucofia.checkpoints import (CONFIG_FILE, CheckpointError, init_from_clip, load_checkpoint,
-                                load_clip_state, load_reference_checkpoint)
+from ucofia.checkpoints import (
+    CONFIG_FILE,
+    CheckpointError,
+    init_from_clip,
+    load_checkpoint,
+    load_clip_state,
+    load_reference_checkpoint,
+)
 from ucofia.config import ConfigError, UCoFiAConfig
 from ucofia.model import UCoFiA, build_model
 from ucofia.training.config import TrainConfig, TrainConfigError

@@ -13,7 +13,7 @@ The schedule is the reference's ``warmup_cosine`` on training progress x = step 
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn

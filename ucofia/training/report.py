@@ -1,7 +1,8 @@
 """Result tables: markdown for results.md / the README, and a rich table for the terminal."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 ROWS: tuple[tuple[str, str], ...] = (
     ("video_sentence", "video-sentence only"),
