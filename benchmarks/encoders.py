@@ -172,11 +172,13 @@ def main() -> None:
         "target_speedup": TARGET,
         "meets_target": {k: v["speedup_onnxruntime_over_torch"] >= TARGET for k, v in results.items()},
         "meets_target_int8": {k: v["speedup_int8_over_torch"] >= TARGET for k, v in results.items()},
-        "summary": [f"{k}: torch {v['torch_eager_' + v['unit']]:.1f} vs onnxruntime {v['onnxruntime_' + v['unit']]:.1f} "
+        "summary": [f"{k}: torch {v['torch_eager_' + v['unit']]:.1f} "
+                    f"vs onnxruntime {v['onnxruntime_' + v['unit']]:.1f} "
                     f"{v['unit'].replace('_per_s', '/s')} -> {v['speedup_onnxruntime_over_torch']:.2f}x "
                     f"(basic graph optimisation {v['speedup_basic_opt_over_torch']:.2f}x); int8 bundle "
                     f"{v['onnxruntime_int8_' + v['unit']]:.1f} -> {v['speedup_int8_over_torch']:.2f}x, "
-                    f"{v['int8_first_output']['output']} min cosine {v['int8_first_output']['min_cosine_to_torch']:.4f} "
+                    f"{v['int8_first_output']['output']} min cosine "
+                    f"{v['int8_first_output']['min_cosine_to_torch']:.4f} "
                     f"(target {TARGET}x)"
                     for k, v in results.items()],
     }

@@ -228,7 +228,8 @@ def scoring(model, cfg, device: str, n: int, quick: bool, work: Path, threads: i
         ref = reference_loop()
         _sync(device)
         out["reference_loop_seconds"] = round(time.perf_counter() - start, 3)
-        out["speedup_tiled_fp32_over_reference_loop"] = round(out["reference_loop_seconds"] / out["tiled_fp32_seconds"], 1)
+        out["speedup_tiled_fp32_over_reference_loop"] = round(
+            out["reference_loop_seconds"] / out["tiled_fp32_seconds"], 1)
         out["reference_loop_vs_tiled_fp32"] = {lv: _err(ref[lv], ref32[lv]) for lv in LEVELS}
     else:
         out["reference_loop"] = "skipped: time budget"
@@ -249,7 +250,8 @@ def scoring(model, cfg, device: str, n: int, quick: bool, work: Path, threads: i
         out["onnxruntime_cpu_seconds"] = round(time.perf_counter() - start, 3)
         out["onnxruntime_cpu_concurrent_tiles"] = scorer.concurrency
         out["onnxruntime_cpu_vs_device_fp32"] = {lv: _err(ref32[lv], levels[lv]) for lv in LEVELS}
-        out["device_fp32_speedup_over_onnxruntime_cpu"] = round(out["onnxruntime_cpu_seconds"] / out["tiled_fp32_seconds"], 1)
+        out["device_fp32_speedup_over_onnxruntime_cpu"] = round(
+            out["onnxruntime_cpu_seconds"] / out["tiled_fp32_seconds"], 1)
     else:
         out["onnxruntime_cpu"] = "skipped: time budget"
     return out
@@ -298,7 +300,8 @@ def encoders(model, cfg, device: str, quick: bool, work: Path, threads: int, bud
     venc = open_session(bundle, "video_encoder", "cpu", threads)
     for v in videos_per_call[:2]:
         feeds = {"frames": data["frames"][:v], "video_mask": data["video_mask"][:v]}
-        res[f"video_{v * cfg.max_frames}_frames_per_s"] = round(v * cfg.max_frames / _time(lambda: venc.run(feeds), "cpu", 3), 2)
+        res[f"video_{v * cfg.max_frames}_frames_per_s"] = round(
+            v * cfg.max_frames / _time(lambda: venc.run(feeds), "cpu", 3), 2)
     tenc = open_session(bundle, "text_encoder", "cpu", threads)
     res[f"text_{len(data['input_ids'])}_texts_per_s"] = round(
         len(data["input_ids"]) / _time(lambda: tenc.run({"input_ids": data["input_ids"]}), "cpu", 3), 2)
@@ -342,8 +345,10 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="ucofia-gpu-") as tmp:
         sections = (("precision_encoders", lambda: encoder_precision(model, cfg, args.device, args.quick)),
-                    ("scoring", lambda: scoring(model, cfg, args.device, n, args.quick, Path(tmp), args.threads, budget)),
-                    ("encoders", lambda: encoders(model, cfg, args.device, args.quick, Path(tmp), args.threads, budget)))
+                    ("scoring",
+                     lambda: scoring(model, cfg, args.device, n, args.quick, Path(tmp), args.threads, budget)),
+                    ("encoders",
+                     lambda: encoders(model, cfg, args.device, args.quick, Path(tmp), args.threads, budget)))
         for name, fn in sections:
             if budget.left() <= 0:
                 result[name] = "skipped: time budget"
@@ -392,7 +397,8 @@ def summary(r: dict) -> list[str]:
             else:
                 lines.append(f"encoders {prec} vs fp32: video {e['video']['max_abs_over_scale']:.1e}, patches "
                              f"{e['patches']['max_abs_over_scale']:.1e}, same patch selection "
-                             f"{e['frames_with_same_patch_selection']:.3f}, sentence {e['sentence']['max_abs_over_scale']:.1e}")
+                             f"{e['frames_with_same_patch_selection']:.3f}, "
+                             f"sentence {e['sentence']['max_abs_over_scale']:.1e}")
     enc = r.get("encoders")
     if isinstance(enc, dict):
         for k, v in enc.items():

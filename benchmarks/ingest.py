@@ -125,7 +125,8 @@ def main() -> None:
     clips = common.shared_clips()
     batch = args.batch_size or ingest.DEFAULT_BATCH
     workers = args.workers or ingest.default_workers()
-    machine = common.machine({"decode_workers": workers, "encoder_intra_op_threads": args.threads or "onnxruntime default"})
+    machine = common.machine({"decode_workers": workers,
+                              "encoder_intra_op_threads": args.threads or "onnxruntime default"})
     with tempfile.TemporaryDirectory(prefix="ucofia-ingest-") as tmp:
         bundle_dir = args.bundle
         if bundle_dir is None:
@@ -137,7 +138,7 @@ def main() -> None:
 
         print(f"[ingest] {len(clips)} clips: decode alone ...", file=sys.stderr, flush=True)
         start = time.perf_counter()
-        decoded = [o for o in decode_many(clips, spec, workers=workers)]
+        decoded = list(decode_many(clips, spec, workers=workers))
         decode_alone = time.perf_counter() - start
         print("[ingest] encode alone ...", file=sys.stderr, flush=True)
         encoder = open_session(bundle, "video_encoder", "cpu", args.threads)
@@ -173,7 +174,8 @@ def main() -> None:
             f"encoder busy {r['share_encode']:.0%}, waiting for decode {r['share_waiting_for_decode']:.0%} "
             f"(target < {TARGET_DECODE_SHARE:.0%}), other {r['share_other']:.0%}"
             for name, r in runs.items()] + [
-            f"alone: decode {decode_alone:.1f} s ({len(clips) / decode_alone:.1f} videos/s), encode {encode_alone:.1f} s "
+            f"alone: decode {decode_alone:.1f} s ({len(clips) / decode_alone:.1f} videos/s), "
+            f"encode {encode_alone:.1f} s "
             f"-> decode is {decode_alone / (decode_alone + encode_alone):.0%} of the work if nothing overlapped"],
     }
     common.write_result(args.output, result)

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import itertools
 import json
 import os
 import re
@@ -76,7 +77,8 @@ NODE_CORES = 16
 NODE_COUNTS = (1, 4, 16, 64)
 VIDEOS_TO_MODEL = 10 ** 6
 ENGINE_SLEEP = 0.05  # s per item in the engine's sleep-bound run: at most 20 items/s on one decode CPU
-EARLIER_DECODE_BATCH = 2  # RayOptions.decode_batch before commit 0399f21 (the engine measures it beside the shipped one)
+# RayOptions.decode_batch before commit 0399f21 (the engine measures it beside the shipped one)
+EARLIER_DECODE_BATCH = 2
 
 
 def engine_decode_batches(shipped: int) -> tuple[int, ...]:
@@ -258,7 +260,7 @@ class ProcSampler:
             def at(t: float) -> float:
                 if t <= series[0][0]:  # before its first sample: counted from there
                     return series[0][1]
-                for (ta, ca), (tb, cb) in zip(series, series[1:]):
+                for (ta, ca), (tb, cb) in itertools.pairwise(series):
                     if ta <= t <= tb:
                         return ca + (cb - ca) * (t - ta) / max(tb - ta, 1e-9)
                 return series[-1][1]
@@ -957,7 +959,8 @@ def summary_lines(args: argparse.Namespace, per_mode: dict[str, Any], ratios: di
         lines.append(f"MODELLED, {m['label']}: {m['gpu_videos_per_s']} videos/s per GPU, {NODE_CORES} cores per node; "
                      f"{m['decode_cores_per_gpu_to_keep_it_busy']} decode cores per GPU keep it busy, "
                      f"{m['decode_cores_per_gpu_at_encoder_actor_rate']} feed its encoder actor "
-                     f"({m['encoder_actor_videos_per_s']} videos/s); {m['decode_cores_per_node']} decode cores per node")
+                     f"({m['encoder_actor_videos_per_s']} videos/s); "
+                     f"{m['decode_cores_per_node']} decode cores per node")
         for row in m["rows"]:
             caps = ", ".join(f"{k} {row[f'{k}_videos_per_s']:.0f}" for k in
                              ("decode", "gpu_encode", "encoder_actor_serial", "driver") if f"{k}_videos_per_s" in row)

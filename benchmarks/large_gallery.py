@@ -19,11 +19,11 @@ the runtime's own functions and a scorer graph exported from a random ViT-B/32-g
   the gallery); RSS likewise. Marked as modelled: a 10^6 float16 gallery is 62 GB on disk.
 
 Synthetic structure (so that agreement means something): videos belong to topics (10 videos per
-topic by default, ``--videos-per-topic``); every feature of a video is its topic direction plus noise (video feature, frames,
-patches, with more noise on the finer levels); each query is a noisy copy of one topic, so it has
-about ten relevant videos of graded similarity and a long tail of unrelated ones. Agreement is
-measured on the queries that also ran exhaustively: identical ordered top-10, identical top-10
-set, and mean overlap of the two top-10 lists.
+topic by default, ``--videos-per-topic``); every feature of a video is its topic direction plus
+noise (video feature, frames, patches, with more noise on the finer levels); each query is a noisy
+copy of one topic, so it has about ten relevant videos of graded similarity and a long tail of
+unrelated ones. Agreement is measured on the queries that also ran exhaustively: identical ordered
+top-10, identical top-10 set, and mean overlap of the two top-10 lists.
 
     .venv/bin/python benchmarks/large_gallery.py -o benchmarks/results/large_gallery_vit_b32.json
     .venv/bin/python benchmarks/large_gallery.py --sizes 2000 --stage1-rows 20000 --hnsw-rows 5000 \
@@ -287,9 +287,10 @@ def run_size(n: int, args, work: Path, bundle, scorer) -> dict:
                 top = engine.search(queries.rows(i, i + 1), args.top_k, shortlist)
                 times.append(time.perf_counter() - start)
                 rows.append(top.indices[0])
-            stages[str(shortlist)] = {"two_stage_warm": _percentiles(times), "stage1_only": _percentiles(s1_times),
-                                      "agreement_top_k": _agreement(np.stack(rows)[:n_ex], ex_top),
-                                      "speedup_p50_vs_exhaustive": round(float(np.median(ex_times) / np.median(times)), 1)}
+            stages[str(shortlist)] = {
+                "two_stage_warm": _percentiles(times), "stage1_only": _percentiles(s1_times),
+                "agreement_top_k": _agreement(np.stack(rows)[:n_ex], ex_top),
+                "speedup_p50_vs_exhaustive": round(float(np.median(ex_times) / np.median(times)), 1)}
         shortlist = args.target_shortlist
         cold = []
         for i in range(min(args.cold_queries, args.queries)):
@@ -531,10 +532,12 @@ def report(args, stores: dict | None, sizes: list[dict], at: dict, machine: dict
             f"{s['gallery']:>7} videos ({s['store']}): exhaustive p50 {s['exhaustive']['p50_ms']:.0f} ms; " + "; ".join(
                 f"{kind} two-stage (shortlist {k}) p50 {v['shortlists'][k]['two_stage_warm']['p50_ms']:.1f} ms, "
                 f"cold {v['two_stage_cold_pages']['p50_ms']:.1f} ms, same top-{args.top_k} set "
-                f"{v['shortlists'][k]['agreement_top_k']['same_top_k_set']:.0%}" for kind, v in s["stage1_kinds"].items())
+                f"{v['shortlists'][k]['agreement_top_k']['same_top_k_set']:.0%}"
+                for kind, v in s["stage1_kinds"].items())
             for s in sizes for k in [key]] + [
             f"10^6 (modelled): {modelled['stage1']} stage 1 p50 {modelled['stage1_p50_ms']} ms + cold re-rank "
-            f"{modelled['rerank_cold_p50_ms']} ms = {modelled['two_stage_p50_ms']} ms, RSS {modelled['rss_mib']:.0f} MiB"],
+            f"{modelled['rerank_cold_p50_ms']} ms = {modelled['two_stage_p50_ms']} ms, "
+            f"RSS {modelled['rss_mib']:.0f} MiB"],
     }
     common.write_result(args.output, result)
     print("\n".join(result["summary"]), file=sys.stderr)

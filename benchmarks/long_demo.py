@@ -177,7 +177,8 @@ def main() -> None:
         "bundle": str(args.bundle), "bank": None if args.bank is None else str(args.bank),
         "indexes": rows,
         "row_bytes": {"this_bundle": row_bytes(tiny), "vit_b32_float32": row_bytes(b32)},
-        "vit_b32_mib_per_hour": {f"stride {s:g} s": round(3600 / s * row_bytes(b32) / 2**20, 1) for s in (2.5, 5, 10, 20)},
+        "vit_b32_mib_per_hour": {f"stride {s:g} s": round(3600 / s * row_bytes(b32) / 2**20, 1)
+                                 for s in (2.5, 5, 10, 20)},
         "machine": machine, "contention": common.contention(monitor, args.workers),
         "load_average_after": common.load_average(),
     }

@@ -219,7 +219,8 @@ class ReferenceHeads:
         vs = scale * torch.matmul(torch.matmul(sent, w["global_mat_weight"]),
                                   torch.matmul(video, w["global_mat_weight_1"]).t())
         fs_scores = torch.matmul(sent, frame_feats.permute(0, 2, 1))  # [v, t, F]
-        fs_attn = torch.softmax(torch.matmul(torch.softmax(fs_scores / tau, dim=-1), w["frame_logit_weight"]) / tau, dim=-1)
+        fs_attn = torch.softmax(torch.matmul(torch.softmax(fs_scores / tau, dim=-1), w["frame_logit_weight"]) / tau,
+                                dim=-1)
         fs = scale * torch.sum(fs_scores * fs_attn, dim=-1).t()
         t2 = time.perf_counter()
         n_text, n_words, dim = word_feats.shape
@@ -231,7 +232,8 @@ class ReferenceHeads:
         word_level = torch.sum(word_attn.permute(0, 3, 1, 2) * fine, dim=1)  # [t, v, P]
         pix_attn = torch.softmax(torch.matmul(torch.softmax(fine / tau, dim=-1), w["pixel_mat_weight"]) / tau, dim=-1)
         frame_level = torch.sum(pix_attn * fine, dim=-1)  # [t, L, v]
-        s2p_attn = torch.softmax(torch.matmul(torch.softmax(word_level / tau, dim=-1), w["pixel_mat_weight2"]) / tau, dim=-1)
+        s2p_attn = torch.softmax(torch.matmul(torch.softmax(word_level / tau, dim=-1), w["pixel_mat_weight2"]) / tau,
+                                 dim=-1)
         sent_to_patch = torch.sum(s2p_attn * word_level, dim=-1)
         v2w_attn = torch.softmax(torch.matmul(torch.softmax(frame_level / tau, dim=1).permute(0, 2, 1),
                                               w["word_mat_weight2"]) / tau, dim=-1)
@@ -268,7 +270,8 @@ def side_reference(args, work: Path) -> None:
         torch.set_flush_denormal(bool(args.ftz))
         cfg = UCoFiAConfig.from_dict(json.loads((work / "config.json").read_text()))
         heads = ReferenceHeads(cfg, torch.load(work / "heads.pt", weights_only=True))
-        t = {k: torch.from_numpy(np.load(work / f"{k}.npy")) for k in ("sentence", "words", "frames", "patches", "video_mask")}
+        t = {k: torch.from_numpy(np.load(work / f"{k}.npy"))
+             for k in ("sentence", "words", "frames", "patches", "video_mask")}
         n_video = t["frames"].shape[0]
         with torch.no_grad():  # warm-up: one pair of batches
             heads.pair(t["sentence"][:REFERENCE_BATCH], t["words"][:REFERENCE_BATCH], t["frames"][:REFERENCE_BATCH],
@@ -329,7 +332,8 @@ def side_reference_code(args, work: Path) -> None:
         model = reference_code.build_model(ns, cfg)
         model.load_state_dict(torch.load(work / REFERENCE_CHECKPOINT, weights_only=True))
         model.eval()
-        t = {k: torch.from_numpy(np.load(work / f"{k}.npy")) for k in ("sentence", "words", "frames", "patches", "video_mask")}
+        t = {k: torch.from_numpy(np.load(work / f"{k}.npy"))
+             for k in ("sentence", "words", "frames", "patches", "video_mask")}
 
         def batches(x):
             return [x[i:i + REFERENCE_BATCH] for i in range(0, x.shape[0], REFERENCE_BATCH)]
@@ -393,7 +397,8 @@ def side_runtime(args, work: Path) -> None:
     def load():
         arrays = {k: np.load(work / f"{k}.npy") for k in ("sentence", "words", "video", "frames", "patches")}
         text = TextFeatures(arrays["sentence"], arrays["words"])
-        videos = ArrayVideos({"video": arrays["video"], "frame_features": arrays["frames"], "patches": arrays["patches"]})
+        videos = ArrayVideos({"video": arrays["video"], "frame_features": arrays["frames"],
+                              "patches": arrays["patches"]})
         scorers = {name: _runtime_scorer(work, graph_file, args.threads)
                    for name, graph_file in (("all_levels", "scorer.onnx"), ("patch_word_only", "patch_word_only.onnx"))}
         for scorer in scorers.values():  # session warm-up
@@ -455,7 +460,8 @@ class _Side:
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "OPENBLAS_NUM_THREADS": str(args.threads),
                "MKL_NUM_THREADS": str(args.threads)}
         self.name = f"{side}{extra}"
-        self.log = open(work / f"{side}_{'_'.join(map(str, extra.values()))}.stderr", "w")
+        # the side process's stderr: open for as long as that process runs, not one block
+        self.log = open(work / f"{side}_{'_'.join(map(str, extra.values()))}.stderr", "w")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
                                      env=env)
         self.ready = self._read()
@@ -617,10 +623,13 @@ def main() -> None:
         "agreement_with_reference_code_on_timed_rows": code_agreement,
     }
     summary = [
-        f"reference loop (flushed denormals){' scaled from ' + str(reference['texts_timed']) + ' texts' if result['reference_loop']['scaled'] else ''}: "
+        f"reference loop (flushed denormals)"
+        f"{' scaled from ' + str(reference['texts_timed']) + ' texts' if result['reference_loop']['scaled'] else ''}: "
         f"{ref_s:.1f} s, {pairs / ref_s:,.0f} pairs/s, peak RSS {reference['peak_rss_mib']:.0f} MiB "
-        f"(temporal {reference['share_of_time']['temporal']:.0%}, patch-word {reference['share_of_time']['patch_word']:.0%})",
-        f"ucofia-run tiled scorer: {rt_s:.1f} s, {pairs / rt_s:,.0f} pairs/s, peak RSS {runtime['peak_rss_mib']:.0f} MiB "
+        f"(temporal {reference['share_of_time']['temporal']:.0%}, "
+        f"patch-word {reference['share_of_time']['patch_word']:.0%})",
+        f"ucofia-run tiled scorer: {rt_s:.1f} s, {pairs / rt_s:,.0f} pairs/s, "
+        f"peak RSS {runtime['peak_rss_mib']:.0f} MiB "
         f"-> {ref_s / rt_s:.1f}x faster (target 8x; {result['ratios']['speedup_cpu_time']:.1f}x in CPU seconds), "
         f"peak RSS x{runtime['peak_rss_mib'] / reference['peak_rss_mib']:.2f}",
         f"patch-word level: {pw_s:.1f} s for {flops / 1e12:.2f} TFLOP = {flops / pw_s / 1e9:.0f} GFLOP/s; matmul rate "
@@ -629,7 +638,8 @@ def main() -> None:
     if ref_code is not None:
         worst = max(code_agreement["reference_code_vs_ucofia_run"][lv]["max_abs"] for lv in LEVELS)
         summary.append(
-            f"reference code's own _run_on_single_gpu{' scaled from ' + str(ref_code['texts_timed']) + ' texts' if ref_code['texts_timed'] < n_text else ''}: "
+            f"reference code's own _run_on_single_gpu"
+            f"{' scaled from ' + str(ref_code['texts_timed']) + ' texts' if ref_code['texts_timed'] < n_text else ''}: "
             f"{full(ref_code):.1f} s, peak RSS {ref_code['peak_rss_mib']:.0f} MiB -> ucofia-run "
             f"{full(ref_code) / rt_s:.1f}x faster; the re-implementation takes {ref_s / full(ref_code):.2f}x its time; "
             f"level values differ from ucofia-run's by at most {worst:.2g}")

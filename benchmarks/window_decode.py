@@ -128,11 +128,12 @@ def main() -> None:
         merged = {}
         for name, runs in results.items():
             times = [r["best_s"] for r in runs]
-            merged[name] = {**{k: v for k, v in runs[0].items() if k not in ("best_s", "median_s", "runs")},
-                            "best_s": min(times), "median_s": round(statistics.median(times), 3), "runs": len(runs),
-                            "peak_rss_increase_mib_upper_bound": max(r["peak_rss_increase_mib_upper_bound"] for r in runs)}
+            merged[name] = {
+                **{k: v for k, v in runs[0].items() if k not in ("best_s", "median_s", "runs")},
+                "best_s": min(times), "median_s": round(statistics.median(times), 3), "runs": len(runs),
+                "peak_rss_increase_mib_upper_bound": max(r["peak_rss_increase_mib_upper_bound"] for r in runs)}
         plain = merged["plain"]["best_s"]
-        for name, r in merged.items():
+        for r in merged.values():
             r["time_vs_plain"] = round(r["best_s"] / plain, 3)
         result = {
             "benchmark": "window_decode",
