@@ -149,14 +149,16 @@ def compare_retrieval(ref_sims: Mapping[str, np.ndarray], cand_sims: Mapping[str
         rows.append(compare_matrix("fused+SK", fuse_numpy(ref_sims, ref_video_bias),
                                    fuse_numpy(cand_sims, cand_video_bias), ref_v2t, cand_v2t, video_of_text, tie))
         for level in LEVELS:
-            diff = np.abs(np.asarray(ref_video_bias[level], np.float64) - np.asarray(cand_video_bias[level], np.float64))
+            diff = np.abs(np.asarray(ref_video_bias[level], np.float64)
+                          - np.asarray(cand_video_bias[level], np.float64))
             rows[LEVELS.index(level)]["video_bias_max_abs"] = float(diff.max())
     failures = []
     for row in rows:
         if tolerance.max_abs is not None and row["max_abs"] > tolerance.max_abs:
             failures.append(f"{row['name']}: max abs difference {row['max_abs']:.3g} > {tolerance.max_abs:g}")
         if tolerance.max_abs is not None and row.get("video_bias_max_abs", 0.0) > tolerance.max_abs:
-            failures.append(f"{row['name']}: SK bias difference {row['video_bias_max_abs']:.3g} > {tolerance.max_abs:g}")
+            failures.append(f"{row['name']}: SK bias difference {row['video_bias_max_abs']:.3g} "
+                            f"> {tolerance.max_abs:g}")
         for direction, deltas in row["metric_deltas"].items():
             beyond = row["metric_deltas_beyond_ties"][direction]
             if tolerance.identical_metrics and any(abs(v) > 0 for v in beyond.values()):

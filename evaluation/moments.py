@@ -57,7 +57,8 @@ def moment_recall(scores: Any, row_files: Sequence[Any], row_spans: Any, true_fi
         raise MetricsError("moment retrieval needs at least one caption and one moment")
     bad = np.flatnonzero(~(true_spans[:, 1] > true_spans[:, 0]))
     if len(bad):
-        raise MetricsError(f"caption {int(bad[0]) + 1}: its true span needs start < end, got {true_spans[bad[0]].tolist()}")
+        raise MetricsError(f"caption {int(bad[0]) + 1}: its true span needs start < end, "
+                           f"got {true_spans[bad[0]].tolist()}")
     files = np.asarray([str(f) for f in row_files])
     depth = min(max(ks), n_rows)
     rows = np.arange(n_rows)
