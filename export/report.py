@@ -16,7 +16,8 @@ def verification_table(verification: dict[str, Any]) -> Table:
     """One row per (graph, case, output): max abs / max rel error, allowed bound, pass."""
     tol = verification.get("tolerances", {})
     table = Table(title=f"ONNX vs PyTorch ({verification.get('dtype')}, onnxruntime CPU)", box=box.SIMPLE_HEAD,
-                  padding=(0, 1), pad_edge=False, show_edge=False, caption=f"pass: max abs <= bound = tol * max(1, max|ref|); tol {tol.get('features')} "
+                  padding=(0, 1), pad_edge=False, show_edge=False,
+                  caption=f"pass: max abs <= bound = tol * max(1, max|ref|); tol {tol.get('features')} "
                           f"(features), {tol.get('similarities')} (similarities)")
     for col in ("graph", "case", "output"):
         table.add_column(col, overflow="fold")

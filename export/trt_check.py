@@ -256,7 +256,7 @@ class _GraphWalker:
         if node.domain not in _DEFAULT_DOMAINS:
             self.add(label, op, "error", f"custom-domain op {node.domain}::{op} needs a TensorRT plugin")
             return
-        if op.startswith("Sequence") or op in ("SplitToSequence", "ConcatFromSequence") or op.startswith("Optional"):
+        if op.startswith(("Sequence", "Optional")) or op in ("SplitToSequence", "ConcatFromSequence"):
             self.add(label, op, "error", "sequence/optional ops are not supported by TensorRT")
             return
         if op in LATER_OPS:
@@ -297,8 +297,9 @@ class _GraphWalker:
                 self.add(label, op, "error", "Dropout training_mode must be False for TensorRT")
         elif op == "ScatterND":
             if _text(_attr(node, "reduction", b"none")) != "none":
-                self.add(label, op, "error", f"ScatterND reduction={_text(_attr(node, 'reduction'))!r} is not supported")
-        elif op in ("LayerNormalization", "MaxPool"):
+                self.add(label, op, "error",
+                         f"ScatterND reduction={_text(_attr(node, 'reduction'))!r} is not supported")
+        elif op in ("LayerNormalization", "MaxPool"):  # noqa: SIM102 - one branch per op, as above
             if any(node.output[1:]):
                 self.add(label, op, "error", f"only the first output of {op} is supported by TensorRT")
         if op in ("AveragePool", "MaxPool", "LpPool"):
