@@ -69,7 +69,8 @@ def load_annotations(path: Path, dataset: str) -> Annotations:
         raise RuntimeUserError(f"annotations file not found: {path}")
     if path.suffix.lower() in (".json", ".jsonl"):
         text = path.read_text()
-        items = json.loads(text) if path.suffix.lower() == ".json" else [json.loads(l) for l in text.splitlines() if l.strip()]
+        items = (json.loads(text) if path.suffix.lower() == ".json"
+                 else [json.loads(l) for l in text.splitlines() if l.strip()])
         if isinstance(items, dict):
             items = items.get("sentences", [])
     else:

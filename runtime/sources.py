@@ -38,7 +38,7 @@ def list_videos(source: str | Path) -> list[tuple[str, Path]]:
     if not source.is_file():
         raise RuntimeUserError(f"--videos {source}: no such directory or list file")
     pairs = []
-    for number, line in enumerate(source.read_text().splitlines(), 1):
+    for line in source.read_text().splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue

@@ -50,7 +50,8 @@ class RayOptions:
     address: str | None = None       # None: start Ray locally for this job
     num_cpus: int | None = None      # CPUs of a local Ray (None: all)
     encoders: int | None = None      # encoder actors (None: one per GPU, else one per node)
-    decode_batch: int = 8            # videos per decode task (Ray's cost is per task: 2.1 ms of driver per video at 8, 6.9 at 2)
+    decode_batch: int = 8            # videos per decode task (Ray's cost is per task: 2.1 ms of driver per video
+                                     # at 8, 6.9 at 2)
     attempts: int = 3                # pipeline runs before giving up
     commit_every_s: float = 5.0      # how often arrived shards are committed (a killed driver loses at most this)
 
@@ -73,7 +74,8 @@ class StageTimes:
     def summary(self) -> str:
         rate = self.videos / self.wall if self.wall > 0 else 0.0
         return (f"ray: {self.videos} videos in {self.wall:.1f}s ({rate:.2f} videos/s) on {self.nodes} node(s), "
-                f"{self.encoders} {'GPU' if self.use_gpu else 'CPU'} encoder actor(s), {self.attempts} pipeline run(s); "
+                f"{self.encoders} {'GPU' if self.use_gpu else 'CPU'} encoder actor(s), "
+                f"{self.attempts} pipeline run(s); "
                 f"worker seconds: decode {self.decode:.1f}, encode {self.encode:.1f}, shard writes {self.write:.1f}; "
                 f"driver commits {self.commit:.1f}s")
 
@@ -189,7 +191,8 @@ class RayIndexRun:
         t.decode += float(np.sum(out["decode_s"]))
         t.encode += float(np.sum(out["encode_s"]))
         t.write += float(np.sum(out["write_s"]))
-        for vid, path, error, shard, count in zip(out["id"], out["path"], out["error"], out["shard"], out["shard_rows"]):
+        for vid, path, error, shard, count in zip(out["id"], out["path"], out["error"], out["shard"],
+                                                  out["shard_rows"]):
             vid, error = str(vid), str(error)
             if error:
                 if vid not in self.done:
@@ -267,8 +270,8 @@ class RayIndexRun:
                     break
                 logger.warning("%d videos did not come back from the pipeline; running it again", len(left))
             if left:
-                raise RuntimeUserError(f"{len(left)} videos were not indexed after {self.options.attempts} pipeline runs "
-                                       f"(e.g. {left[0][0]}); re-run the same command to resume")
+                raise RuntimeUserError(f"{len(left)} videos were not indexed after {self.options.attempts} "
+                                       f"pipeline runs (e.g. {left[0][0]}); re-run the same command to resume")
         finally:
             self.times.wall = time.perf_counter() - start
         return self.times

@@ -14,8 +14,9 @@ level plus its SK bias as one inner product), of one of three kinds:
 at 10^6 rows a flat query scanned 2 GB, about 1 s on the loaded 2-core machine), HNSW above: it
 kept 91-97 % of the exact shortlist and 98 % of the exact top-10 (10^4 rows), whereas IVF at 10^6
 rows (1024 lists) kept only 11 % of the shortlist at nprobe 32 and 31 % at nprobe 128: the
-stage-1 queries ``s_hat K`` are not where the k-means cells of the video vectors put them. The kind and its parameters are recorded next to the cached index
-(``stage1-HASH.json`` in the index directory) and in the search result's provenance.
+stage-1 queries ``s_hat K`` are not where the k-means cells of the video vectors put them. The
+kind and its parameters are recorded next to the cached index (``stage1-HASH.json`` in the index
+directory) and in the search result's provenance.
 """
 from __future__ import annotations
 

@@ -66,7 +66,8 @@ def cached_kernel(scorer: Scorer, index: GalleryIndex, memory_mb: float) -> np.n
     """The level-1 kernel of ``index``'s bundle: read from the index's cache, else probed and cached."""
     path = index.root / KERNEL_FILE
     meta_path = index.root / (KERNEL_FILE + ".json")
-    if path.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()).get("fingerprint") == index.fingerprint:
+    if (path.is_file() and meta_path.is_file()
+            and json.loads(meta_path.read_text()).get("fingerprint") == index.fingerprint):
         return np.load(path)
     kernel = probe_level1_kernel(scorer, memory_mb)
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:

@@ -98,14 +98,14 @@ def load_snapshot(gallery: GalleryIndex, scorer: Scorer, *, version: int, two_st
     video) on every request. With ``two_stage`` the two-stage search is prepared now rather than
     in the first request that needs it."""
     start = time.perf_counter()
-    gallery.entries  # reads and checks entries.json now rather than in the first request
+    _ = gallery.entries  # reads and checks entries.json now rather than in the first request
     gallery.row_of("")  # builds the id -> row map
     source: VideoSource = gallery
     if feature_bytes(gallery) <= preload_mb * 2**20:
         source = ArrayVideos(scorer.prepare(gallery.features(0, len(gallery))))
     searcher = Searcher(scorer, gallery, memory_mb=memory_mb, source=source, probe=probe)
     if searcher.windowed:
-        searcher.files  # which file each row is of, computed once here rather than per request
+        _ = searcher.files  # which file each row is of, computed once here rather than per request
     if two_stage:
         searcher.two_stage(searcher.stage1_params(SearchOptions(two_stage=True)))
     return Snapshot(version=version, searcher=searcher, digest=state_digest(gallery.state.to_dict()),
