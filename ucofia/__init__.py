@@ -28,7 +28,7 @@ _LAZY = {
     "tiny_config": "ucofia.config",
 }
 
-__all__ = sorted(_LAZY) + ["__version__"]
+__all__ = sorted(_LAZY) + ["__version__"]  # noqa: PLE0605 - built from _LAZY so the two cannot drift apart
 
 
 def __getattr__(name: str) -> Any:

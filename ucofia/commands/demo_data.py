@@ -77,5 +77,6 @@ def _long(output: Path, scale: float, seed: int, force: bool) -> None:
     click.echo(f"wrote {summary.path}: {summary.files} long videos, {summary.events} events with captions and spans, "
                f"{summary.video_seconds} s of video, {summary.bytes / 1e6:.2f} MB in {summary.elapsed_s:.1f} s "
                f"(seed {seed}, scale {scale:g})")
-    click.echo(f"  ucofia-run index --bundle BUNDLE --videos {summary.path / VIDEO_DIR} --window 10 --stride 5 -o INDEX")
+    click.echo(f"  ucofia-run index --bundle BUNDLE --videos {summary.path / VIDEO_DIR} "
+               "--window 10 --stride 5 -o INDEX")
     click.echo(f"  ucofia-run evaluate --index INDEX --annotations {summary.path / MOMENTS_CSV} --dataset generic")

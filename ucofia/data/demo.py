@@ -466,7 +466,8 @@ def render_frames(video: DemoVideo, settings: VideoSettings = VideoSettings()) -
 
 
 # ---- encoding ---------------------------------------------------------------------------------------
-def encode_mp4(frames: np.ndarray | Iterable[np.ndarray], path: Path, settings: VideoSettings = VideoSettings()) -> None:
+def encode_mp4(frames: np.ndarray | Iterable[np.ndarray], path: Path,
+               settings: VideoSettings = VideoSettings()) -> None:
     """Encode RGB frames as an H.264 mp4, reproducibly (one x264 thread, bit-exact muxer).
 
     ``frames``: one [N, H, W, 3] uint8 array, or an iterable of such chunks (a long video
@@ -586,7 +587,7 @@ or a shape moving left to right / right to left) and a small corner marker. Test
 come in groups of four hard negatives (order swapped, background changed, marker changed) whose
 captions share one phrasing, so a bag of words cannot tell the order-swapped pair apart.
 Regenerate: ucofia demo-data -o DIR --seed {seed} --scale {scale:g}
-"""
+"""  # noqa: E501 - the README's text, line for line
 
 
 # ---- generation -------------------------------------------------------------------------------------

@@ -142,7 +142,8 @@ def plan_long(scale: float = 1.0, seed: int = 0, settings: LongSettings = LongSe
         for idx in order:
             seconds = int(rng.integers(settings.min_event_seconds, settings.max_event_seconds + 1))
             scene = scenes[int(idx)]
-            events.append(LongEvent(start, seconds, scene, _random_look(rng, side), describe(scene, _random_phrasing(rng))))
+            events.append(LongEvent(start, seconds, scene, _random_look(rng, side),
+                                    describe(scene, _random_phrasing(rng))))
             start += seconds
         videos.append(LongVideo(f"long{number}", tuple(events)))
     return videos
@@ -183,7 +184,7 @@ Moment retrieval:
   ucofia-run index --bundle BUNDLE --videos {VIDEO_DIR} --window 10 --stride 5 -o INDEX
   ucofia-run evaluate --index INDEX --annotations {MOMENTS_CSV} --dataset generic
 Regenerate: ucofia demo-data --long -o DIR --seed {seed} --scale {scale:g}
-"""
+"""  # noqa: E501 - the README's text, line for line
 
 
 @dataclass(frozen=True)

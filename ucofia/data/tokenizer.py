@@ -24,6 +24,7 @@ from __future__ import annotations
 import gzip
 import html
 import importlib.util
+import itertools
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -143,7 +144,7 @@ class ClipTokenizer:
             ranks = self._ranks
             while len(symbols) > 1:
                 best_rank, best = None, None
-                for pair in zip(symbols, symbols[1:]):
+                for pair in itertools.pairwise(symbols):
                     r = ranks.get(pair)
                     if r is not None and (best_rank is None or r < best_rank):
                         best_rank, best = r, pair

@@ -81,7 +81,8 @@ def check_dataset(cfg: TrainConfig) -> dict[str, Annotations]:
         try:
             split = readers.read_split(dataset, root, name, allow_missing=cfg.data.skip_bad_videos)
         except (readers.DatasetError, ValueError, KeyError, OSError) as exc:
-            raise TrainConfigError(f"data: cannot read the {role} split {name!r} of {root} ({dataset}): {exc}") from None
+            raise TrainConfigError(f"data: cannot read the {role} split {name!r} "
+                                   f"of {root} ({dataset}): {exc}") from None
         if split.missing:
             logger.warning("%s (%d videos missing on disk are left out: %s)", split.summary(), len(split.missing),
                            [m.video_id for m in split.missing[:5]])
