@@ -21,7 +21,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 # The optional data folder kept outside the repository (MSR-VTT sample, more real clips); the
-# same lookup as tests/data_paths.py: $UCOFIA_SHARED_DIR, else the folder "shared" beside the checkout.
+# same lookup as tests/helpers/data_paths.py: $UCOFIA_SHARED_DIR, else the folder "shared" beside the checkout.
 SHARED = Path(os.environ.get("UCOFIA_SHARED_DIR") or REPO.parent / "shared").expanduser()
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "UCOFIA_RUN_THREADS")
 

@@ -2,7 +2,7 @@
 entries, features and biases bit for bit, search results), bad files are reported the same way,
 and the job survives a killed driver (resume), a killed encoder actor and a node removed mid-run.
 
-Every Ray process runs inside a private network + PID namespace (tests/ray_helpers.py): it binds
+Every Ray process runs inside a private network + PID namespace (tests/helpers/ray_helpers.py): it binds
 127.0.0.1 only, and nothing of it outlives its test. Tests skip with the reason where Ray is not
 installed or namespaces cannot be made.
 """

@@ -1,4 +1,4 @@
-"""ucofia-run on the real clips of the optional shared data folder (``tests/data_paths.py``;
+"""ucofia-run on the real clips of the optional shared data folder (``tests/helpers/data_paths.py``;
 skipped when absent): MSR-VTT test clips and clips of other sizes / frame rates / with audio flow
 through index, search and evaluate. The four shipped clips run on every clone in
 ``test_runtime_real_clips.py``."""

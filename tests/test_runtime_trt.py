@@ -1,5 +1,5 @@
 """runtime.backends.tensorrt_session.TensorRTSession against a fake TensorRT engine that enforces its
-optimisation profile (tests/trt_runtime_fakes.py): calls larger than the profile are split, smaller
+optimisation profile (tests/helpers/trt_runtime_fakes.py): calls larger than the profile are split, smaller
 than its minimum padded, every TensorRT return value is checked, results equal onnxruntime's on the
 same graphs."""
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A window must come out exactly as ``decode_video`` decodes the same span cut out as its own file
 (same read and kept frames, same pixels): checked on synthetic constant- and variable-frame-rate
 files with whole, fractional, overlapping and gapped spans, and on real clips of ../shared.
-Cut-out clips are written losslessly (tests/window_helpers.py), so pixels must match exactly
+Cut-out clips are written losslessly (tests/helpers/window_helpers.py), so pixels must match exactly
 (the decode's own tolerance, 1/255, is not even needed).
 """
 from __future__ import annotations

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]  # tests/helpers/data_paths.py
 TESTS_DATA = REPO_ROOT / "tests" / "data"
 REAL_CLIPS = TESTS_DATA / "real_clips"
 SHARED_ENV = "UCOFIA_SHARED_DIR"

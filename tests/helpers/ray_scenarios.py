@@ -1,8 +1,8 @@
-"""Ray scenarios the tests run inside a private namespace (tests/ray_helpers.py): a simulated
+"""Ray scenarios the tests run inside a private namespace (tests/helpers/ray_helpers.py): a simulated
 two-node cluster (``ray.cluster_utils.Cluster``) indexing with the Python API, optionally losing
 its worker node mid-run. Prints one JSON line: node addresses, what was indexed, pipeline runs.
 
-    python tests/ray_scenarios.py --bundle B --videos DIR --bank BANK -o INDEX [--remove-node-after N]
+    python tests/helpers/ray_scenarios.py --bundle B --videos DIR --bank BANK -o INDEX [--remove-node-after N]
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ NETNS = ["unshare", "-n", "-p", "-f", "--mount-proc"]
 # away from every other Ray on the machine.
 SHELL = ('ip link set lo up || exit 97; mkdir -p /tmp/ray && mount -t tmpfs ucofia-ray /tmp/ray || exit 96; '
          '"$@"; exit $?')
-TESTS = Path(__file__).resolve().parent
+HELPERS = Path(__file__).resolve().parent
 
 
 @functools.lru_cache(maxsize=1)
@@ -64,5 +64,5 @@ def ucofia_run(*args: str) -> list[str]:
 
 
 def scenario(*args: str) -> list[str]:
-    """The command line of tests/ray_scenarios.py ARGS with this interpreter."""
-    return [sys.executable, str(TESTS / "ray_scenarios.py"), *args]
+    """The command line of tests/helpers/ray_scenarios.py ARGS with this interpreter."""
+    return [sys.executable, str(HELPERS / "ray_scenarios.py"), *args]
