@@ -1,5 +1,7 @@
 """Where tests and fixture generators find real data.
 
+* ``REPO_ROOT``: the checkout (test modules use it rather than counting parent folders);
+  ``TEST_FIXTURES``: ``tests/fixtures``.
 * ``REAL_CLIPS``: four Apache-2.0 real clips shipped in the repository (``tests/data/real_clips``,
   licence and attribution beside them): every clone tests decoding of camera-made files.
 * ``SHARED``: an optional, larger data folder kept OUTSIDE the repository (research-use clips such
@@ -15,6 +17,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # tests/helpers/data_paths.py
 TESTS_DATA = REPO_ROOT / "tests" / "data"
+TEST_FIXTURES = REPO_ROOT / "tests" / "fixtures"  # files recorded from the reference (docs/parity-fixtures.md)
 REAL_CLIPS = TESTS_DATA / "real_clips"
 SHARED_ENV = "UCOFIA_SHARED_DIR"
 

@@ -25,7 +25,7 @@ the last frame it needs:
   10-bit sources), then swapped to RGB; a display-matrix rotation is applied as OpenCV's
   ``CAP_PROP_ORIENTATION_AUTO`` does (multiples of 90 degrees).
 
-Parity (``tests/test_video.py``, fixtures made by running the reference ``rawvideo_util`` from a
+Parity (``tests/ucofia/test_video.py``, fixtures made by running the reference ``rawvideo_util`` from a
 scratch folder on 30 real clips -- the 4 shipped in ``tests/data/real_clips`` and an MSR-VTT sample
 kept outside the repository -- and 19 synthetic edge cases): selected frame indices are identical
 on every clip and the pixels are bit-identical (max abs difference 0 in 0-255 units and 0.0 in normalised

@@ -9,7 +9,7 @@ positions, same kept frames, same pixels): a span's frames are those presented a
 that many frames at ``fps = int(CAP_PROP_FPS)`` of the file.
 
 Constant-frame-rate files: that is what the reference reads from a clip cut out of the span
-(``tests/test_windows.py`` cuts such clips and compares). Variable-frame-rate files: spans are
+(``tests/ucofia/test_windows.py`` cuts such clips and compares). Variable-frame-rate files: spans are
 cut by the frames' timestamps as well, and inside a span the frames are sampled by position, as
 the reference's OpenCV reads land on constant-rate streams; the reference's timestamp-based seek
 emulation (``decode_video``'s second pass on VFR files) is not applied inside windows, since it

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import onnx
 import pytest
+from data_paths import REPO_ROOT
 from runtime_helpers import build_fake_bundle
 
 from runtime.bundle import load_bundle
@@ -26,7 +27,7 @@ from runtime.bundle.contract import (
 from runtime.errors import BundleError
 from ucofia.config import LEVELS, tiny_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 CONTRACT = REPO / "runtime" / "bundle" / "contract.py"
 SOURCE_DIRS = ("runtime", "export", "ucofia", "evaluation", "benchmarks")
 # Modules that read or write bundles by the contract: they must take its names from it.

@@ -5,17 +5,17 @@ import gzip
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from data_paths import REPO_ROOT, TEST_FIXTURES
 
 from ucofia.config import UCoFiAConfig
 from ucofia.data import tokenizer as tokmod
 from ucofia.data.tokenizer import ClipTokenizer, VocabNotFoundError, find_vocab_file
 
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "tokenizer" / "expected_ids.json"
-REPO = Path(__file__).resolve().parents[1]
+FIXTURE = TEST_FIXTURES / "tokenizer" / "expected_ids.json"
+REPO = REPO_ROOT
 
 
 @pytest.fixture(scope="module")

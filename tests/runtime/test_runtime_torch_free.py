@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from data_paths import REPO_ROOT
 from runtime_helpers import TORCH_MODULES, build_fake_bundle, import_blocker, make_clip
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 BLOCKED = TORCH_MODULES
 # Every module of the runtime package (found by walking it, so a new module is covered the day it
 # lands), plus the torch-free leaves of ucofia and evaluation it uses.

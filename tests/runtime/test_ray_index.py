@@ -15,13 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from data_paths import REPO_ROOT
 from ray_helpers import need_netns, run_confined, scenario, ucofia_run
 from runtime_helpers import build_fake_bundle, import_blocker, make_clip, run_cli
 
 from runtime.index import SHARDS, GalleryIndex, IndexState
 from runtime.thumbnails import thumbnail_file
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 N_CLIPS = 8
 BATCH = "2"
 

@@ -15,7 +15,7 @@ from ucofia.data.readers import (DatasetError, MissingVideosError, RetrievalSpli
                                  read_split)
 
 from data_paths import REAL_CLIPS as BUNDLED_CLIPS
-from data_paths import SHARED_DATA
+from data_paths import REPO_ROOT, SHARED_DATA
 
 MSRVTT_SAMPLE = SHARED_DATA / "msrvtt_1ka_sample"
 REAL_CLIPS = SHARED_DATA / "real_clips"
@@ -324,4 +324,4 @@ def test_read_split_errors(tmp_path):
 def test_import_is_torch_free():
     code = ("import sys; import ucofia.data.readers, ucofia.data; "
             "assert 'torch' not in sys.modules and 'av' not in sys.modules")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)

@@ -30,10 +30,9 @@ from ucofia.data.video import (DecodedVideo, VideoDecodeError, VideoSpec, decode
                                preprocess_frame, probe_video, reference_targets, select_positions,
                                to_model_input)
 
-from data_paths import REAL_CLIPS, SHARED, TESTS_DATA
+from data_paths import REAL_CLIPS, REPO_ROOT, SHARED, TESTS_DATA, TEST_FIXTURES
 
-HERE = Path(__file__).resolve().parent
-FIX = HERE / "fixtures" / "video"
+FIX = TEST_FIXTURES / "video"
 ROOTS = {"shared": SHARED, "bundled": TESTS_DATA, "fixtures": FIX}  # expected.json "root" -> folder
 EXPECTED = json.loads((FIX / "expected.json").read_text())
 PIXELS = dict(np.load(FIX / "pixels.npz"))
@@ -397,4 +396,4 @@ def test_import_and_decode_are_torch_and_cv2_free():
     code = ("import sys; from ucofia.data.video import decode_video, VideoSpec; "
             f"decode_video({str(FIX / 'clips' / 'fps3.mp4')!r}, VideoSpec(image_size=16)); "
             "bad = [m for m in ('torch', 'cv2', 'torchvision') if m in sys.modules]; assert not bad, bad")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=HERE.parent)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)

@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from data_paths import REPO_ROOT, TEST_FIXTURES
 
 from evaluation import MetricsError, format_metrics_table, retrieval_metrics
 from evaluation.metrics import (
@@ -17,8 +17,8 @@ from evaluation.metrics import (
     video_to_text_multi_sim,
 )
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "reference"
-REPO = Path(__file__).resolve().parents[1]
+FIXTURES = TEST_FIXTURES / "reference"
+REPO = REPO_ROOT
 PUBLIC_FROM_REF = {"R1": "R1", "R5": "R5", "R10": "R10", "MdR": "MR", "MnR": "MeanR"}
 
 

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import pytest
+from data_paths import REPO_ROOT, TEST_FIXTURES
 
 torch = pytest.importorskip("torch")
 
 from evaluation import retrieval_metrics  # noqa: E402
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "reference"
-REPO = Path(__file__).resolve().parents[1]
+FIXTURES = TEST_FIXTURES / "reference"
+REPO = REPO_ROOT
 NAMES = ("eval_l2", "train_l2", "eval_l12_shift")
 LEVELS = ("video_sentence", "frame_sentence", "patch_word")
 LOSS_BATCH = 4

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from data_paths import REPO_ROOT
 
 from ucofia.config import tiny_config
 from ucofia.data import demo
@@ -311,4 +312,4 @@ def test_cli_demo_data(tmp_path: Path) -> None:
 def test_demo_modules_are_torch_free() -> None:
     code = ("import sys, ucofia.data.demo, ucofia.commands.demo_data; "
             "assert 'torch' not in sys.modules, 'torch was imported'")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from data_paths import REPO_ROOT
 
 pytest.importorskip("fastapi", reason="ucofia-run serve needs the 'serve' extra")
 httpx = pytest.importorskip("httpx", reason="the page test checks against the API with httpx")
@@ -17,7 +18,7 @@ playwright_api = pytest.importorskip("playwright.sync_api", reason="the page tes
 from runtime_helpers import build_fake_bundle, run_cli  # noqa: E402
 from serve_helpers import ServerThread, make_keys, open_app  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 ARTIFACTS = Path(os.environ.get("UCOFIA_TEST_ARTIFACTS", REPO / "test-artifacts"))
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",

@@ -15,6 +15,7 @@ import onnx
 import pytest
 import torch
 from click.testing import CliRunner
+from data_paths import REPO_ROOT
 from export_helpers import DEVICE, FakeTRT
 
 import ucofia
@@ -31,7 +32,7 @@ from ucofia.checkpoints import weights_fingerprint
 from ucofia.cli import main as cli
 from ucofia.config import UCoFiAConfig, tiny_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 # smallest first: one reference import is enough here (parity itself is tested elsewhere)
 REFERENCE_FIXTURES = sorted((REPO / "tests" / "fixtures" / "reference").glob("*/pytorch_model.bin"),
                             key=lambda p: p.stat().st_size)

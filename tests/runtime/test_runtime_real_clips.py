@@ -7,12 +7,12 @@ import csv
 import json
 from pathlib import Path
 
-from data_paths import REAL_CLIPS
+from data_paths import REAL_CLIPS, TEST_FIXTURES
 from runtime_helpers import build_fake_bundle, run_cli
 
 from runtime.index import GalleryIndex
 
-EXPECTED_VIDEO = json.loads((Path(__file__).resolve().parent / "fixtures" / "video" / "expected.json").read_text())
+EXPECTED_VIDEO = json.loads((TEST_FIXTURES / "video" / "expected.json").read_text())
 
 
 def test_bundled_real_clips_index_search_evaluate(tmp_path):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from data_paths import REPO_ROOT
 
 from ucofia.data import demo, demo_long
 from ucofia.data.video import VideoSpec, decode_video
@@ -115,4 +116,4 @@ def test_cli_demo_data_long(tmp_path: Path):
 
 def test_long_demo_is_torch_free():
     code = "import sys, ucofia.data.demo_long; assert 'torch' not in sys.modules, 'torch was imported'"
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # not data_paths: this file also runs as a script (see the end)
 PACKAGES = ("ucofia", "export", "runtime", "evaluation")
 CLI_MODULES = ("ucofia.cli", "ucofia.commands", "runtime.cli", "runtime.commands")
 # Torch-free leaves of ucofia that every package may use.

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from data_paths import REPO_ROOT
 from runtime_helpers import build_fake_bundle, synthetic_index
 
 from runtime.bundle import load_bundle
@@ -46,7 +47,7 @@ def galleries(tmp_path_factory):
 
 
 def _search(index: Path, memory_mb: int) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-c", _PEAK, "search", "--index", str(index), "--query", "a red car",
                              "--top-k", "5", "--memory-mb", str(memory_mb), "--threads", THREADS, "-o", os.devnull],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

@@ -24,8 +24,9 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
+from data_paths import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 PROGRAMS = {"ucofia": "ucofia.cli", "ucofia-run": "runtime.cli"}
 MODULES = {module: program for program, module in PROGRAMS.items()}
 SHELL_FENCES = {"", "bash", "sh", "shell", "console", "zsh", "shell-session"}
@@ -337,7 +338,7 @@ def test_relative_links_resolve():
 
 
 def test_help_walking_does_not_import_torch():
-    code = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[1] + '/tests']\n"
+    code = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[1] + '/tests/project', sys.argv[1] + '/tests/helpers']\n"
             "import test_docs_commands as t\n"
             "commands, problems = t.check_docs()\n"
             "assert commands and not problems, problems\n"
