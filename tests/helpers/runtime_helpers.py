@@ -12,6 +12,8 @@ import json
 import shutil
 import subprocess
 import sys
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ucofia.config import UCoFiAConfig, tiny_config
 
 OPSET = 17
+PROG_NAME = "python -m runtime.cli"  # the program name click shows in usage lines, as in a subprocess
 VOCAB_ROWS = 97  # token ids are reduced modulo this before the embedding lookup
 
 
@@ -218,8 +221,40 @@ def make_clip(path: Path, seconds: float, size: tuple[int, int] = (48, 40), fps:
     return path
 
 
-def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run ``python -m runtime.cli ARGS`` in a subprocess (optionally with a custom env)."""
+@dataclass
+class CliResult:
+    """What a finished ``ucofia-run`` returned: the fields of ``subprocess.CompletedProcess`` the tests read."""
+
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str) -> CliResult:
+    """Run ``ucofia-run ARGS`` in this process (click's CliRunner on ``runtime.cli.main``): exit code,
+    stdout and stderr (kept apart) as a subprocess would give them, without starting Python again.
+
+    An exception that escapes the command is appended to stderr as a traceback, as an uncaught
+    exception prints it, so ``"Traceback" not in result.stderr`` still means what it says. Logging and
+    progress bars the command configured are reset after each test (tests/conftest.py).
+    Use :func:`run_cli_process` where a separate process is the point: a crash point or kill
+    (``UCOFIA_CRASH_AT``), blocked imports, other environment variables, a server or Ray."""
+    from click.testing import CliRunner
+
+    from runtime.cli import main
+
+    result = CliRunner().invoke(main, list(args), prog_name=PROG_NAME)
+    stderr = result.stderr
+    if result.exc_info is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(*result.exc_info))
+    return CliResult([PROG_NAME, *args], result.exit_code, result.stdout, stderr)
+
+
+def run_cli_process(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m runtime.cli ARGS`` in a subprocess (optionally with a custom env or cwd): for
+    tests where process isolation is the point (crash points kill the process, import blockers,
+    environment variables read at startup)."""
     return subprocess.run([sys.executable, "-m", "runtime.cli", *args], capture_output=True, text=True,
                           env=env, cwd=cwd)
 

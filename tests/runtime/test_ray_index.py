@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from data_paths import REPO_ROOT
 from ray_helpers import need_netns, run_confined, scenario, ucofia_run
-from runtime_helpers import build_fake_bundle, import_blocker, make_clip, run_cli
+from runtime_helpers import build_fake_bundle, import_blocker, make_clip, run_cli, run_cli_process
 
 from runtime.index import SHARDS, GalleryIndex, IndexState
 from runtime.thumbnails import thumbnail_file
@@ -222,8 +222,9 @@ def test_ray_options_are_checked_before_anything_starts(data, tmp_path):
 
 def test_ray_missing_says_how_to_install(data, tmp_path):
     blocker = import_blocker(tmp_path / "noray", ("ray",))
-    result = run_cli("index", "--bundle", str(data["bundle"]), "--videos", str(data["clips"]), "-o",
-                     str(tmp_path / "i"), "--ray", env=_env(PYTHONPATH=os.pathsep.join([str(blocker), str(REPO)])))
+    env = _env(PYTHONPATH=os.pathsep.join([str(blocker), str(REPO)]))
+    result = run_cli_process("index", "--bundle", str(data["bundle"]), "--videos", str(data["clips"]), "-o",
+                             str(tmp_path / "i"), "--ray", env=env)
     assert result.returncode == 1
     assert "pip install 'ucofia[ray]'" in result.stderr
     assert not (tmp_path / "i").exists()

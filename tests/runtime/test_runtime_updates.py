@@ -10,7 +10,7 @@ import signal
 
 import numpy as np
 import pytest
-from runtime_helpers import build_fake_bundle, make_clip, run_cli
+from runtime_helpers import build_fake_bundle, make_clip, run_cli, run_cli_process
 
 from runtime import search
 from runtime.backends import open_session
@@ -53,8 +53,10 @@ def _listing(folder, clips, numbers, name="videos.txt"):
 
 
 def _index(bundle_dir, videos, out, *extra, env=None):
-    return run_cli("index", "--bundle", str(bundle_dir), "--videos", str(videos), "-o", str(out),
-                   "--batch-size", "2", "--workers", "1", "-q", *extra, env=env)
+    """``ucofia-run index``; in a subprocess with ``env`` (a crash point kills the process)."""
+    args = ("index", "--bundle", str(bundle_dir), "--videos", str(videos), "-o", str(out), "--batch-size", "2",
+            "--workers", "1", "-q", *extra)
+    return run_cli(*args) if env is None else run_cli_process(*args, env=env)
 
 
 def _search(index_dir, k=4):
@@ -332,7 +334,7 @@ def test_kill_during_remove_and_compact_leaves_a_working_index(scratch, tmp_path
     for point in REMOVE_POINTS:
         out = tmp_path / f"remove_{point.replace(':', '_').replace('#', '_')}"
         shutil.copytree(scratch["all"], out)
-        result = run_cli("remove", "--index", str(out), "--ids", str(ids), "-q", env=_env(point))
+        result = run_cli_process("remove", "--index", str(out), "--ids", str(ids), "-q", env=_env(point))
         assert _killed(result), (point, result.returncode, result.stderr)
         _assert_answers(out, [everything, kept])
         assert run_cli("remove", "--index", str(out), "--ids", str(ids), "--allow-missing", "-q").returncode == 0
@@ -342,7 +344,7 @@ def test_kill_during_remove_and_compact_leaves_a_working_index(scratch, tmp_path
         out = tmp_path / f"compact_{point.replace(':', '_').replace('#', '_')}"
         shutil.copytree(scratch["all"], out)
         assert run_cli("remove", "--index", str(out), "--ids", str(ids), "-q").returncode == 0
-        result = run_cli("compact", "--index", str(out), "-q", env=_env(point))
+        result = run_cli_process("compact", "--index", str(out), "-q", env=_env(point))
         assert _killed(result), (point, result.returncode, result.stderr)
         _assert_answers(out, [kept])
         assert run_cli("compact", "--index", str(out), "-q").returncode == 0
@@ -391,7 +393,8 @@ def test_kill_during_replace_and_merge_leaves_working_indexes(bundle_dir, clips,
     snapshot = {p: p.read_bytes() for d in (a, b) for p in d.rglob("*") if p.is_file() and p.name != ".lock"}
     for point in MERGE_POINTS:
         out = tmp_path / f"merged_{point.replace(':', '_').replace('#', '_')}"
-        result = run_cli("merge", str(a), str(b), "-o", str(out), "--on-duplicate", "first", "-q", env=_env(point))
+        result = run_cli_process("merge", str(a), str(b), "-o", str(out), "--on-duplicate", "first", "-q",
+                                 env=_env(point))
         assert _killed(result), (point, result.returncode, result.stderr)
         if out.exists():  # complete or absent, never partial
             assert point == "merge:renamed"

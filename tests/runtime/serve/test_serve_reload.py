@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("fastapi", reason="ucofia-run serve needs the 'serve' extra")
 httpx = pytest.importorskip("httpx", reason="the reload tests use httpx")
 
-from runtime_helpers import run_cli  # noqa: E402
+from runtime_helpers import run_cli_process  # noqa: E402
 from serve_helpers import ServerThread, build_index, make_clips, open_app  # noqa: E402
 
 CLIENTS = 8
@@ -90,8 +90,9 @@ def growing_index(tmp_path):
 
 
 def _add_videos(bundle, index, more) -> None:
-    result = run_cli("index", "--bundle", str(bundle), "--videos", str(more), "-o", str(index), "-q",
-                     "--workers", "1")
+    """Another process updates the index while this one serves it (as in production): a subprocess."""
+    result = run_cli_process("index", "--bundle", str(bundle), "--videos", str(more), "-o", str(index), "-q",
+                             "--workers", "1")
     assert result.returncode == 0, result.stderr
 
 
@@ -170,7 +171,7 @@ def test_compaction_under_an_old_snapshot_reloads_and_retries(growing_index, tmp
         before = client.post("/v1/search", json=REQUEST).json()
         assert before["snapshot"]["version"] == 1 and before["snapshot"]["videos"] == FIRST
         for args in (("remove", "--index", str(index), "--ids", str(ids)), ("compact", "--index", str(index))):
-            result = run_cli(*args)
+            result = run_cli_process(*args)  # another process, as in production
             assert result.returncode == 0, result.stderr
         after = client.post("/v1/search", json=REQUEST)
         assert after.status_code == 200, after.text
