@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from cli_helpers import invoke
 
 from evaluation.compare import LEVELS, Tolerance, compare_retrieval, format_report, fuse_numpy
 
@@ -88,23 +87,18 @@ def test_nan_candidate_is_a_clear_error():
 
 
 @pytest.mark.slow
-def test_parity_command_on_demo_data(tmp_path):
+def test_parity_command_on_demo_data(tiny_export, demo_benchmark, tmp_path):
     """A tiny random checkpoint, its exported bundle and demo data: parity passes; a bundle of
     other weights is refused by fingerprint."""
     import ucofia
-    from export import export_bundle
+    from ucofia.cli import main
     from ucofia.config import tiny_config
-    from ucofia.data.demo import generate_demo
 
-    data = tmp_path / "data"
-    generate_demo(data, scale=0.05, seed=0)
-    model = ucofia.build_model(tiny_config(), seed=0)
-    ucofia.save_checkpoint(tmp_path / "ck", model)
-    export_bundle(model, tmp_path / "bundle")
+    data = demo_benchmark
     out = tmp_path / "parity.json"
-    cmd = [sys.executable, "-c", "from ucofia.cli import main; main()", "parity", "--checkpoint",
-           str(tmp_path / "ck"), "--bundle", str(tmp_path / "bundle"), "--benchmark", str(data), "-o", str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    cmd = ["parity", "--checkpoint", str(tiny_export.checkpoint), "--bundle", str(tiny_export.bundle),
+           "--benchmark", str(data), "-o", str(out)]
+    done = invoke(main, cmd, "ucofia")  # in-process; stdout and stderr apart, as from a subprocess
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(out.read_text())
     assert report["passed"] and report["captions"] == report["videos"] > 0
@@ -112,8 +106,8 @@ def test_parity_command_on_demo_data(tmp_path):
 
     other = ucofia.build_model(tiny_config(), seed=1)
     ucofia.save_checkpoint(tmp_path / "ck_other", other)
-    cmd[cmd.index(str(tmp_path / "ck"))] = str(tmp_path / "ck_other")
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    cmd[cmd.index(str(tiny_export.checkpoint))] = str(tmp_path / "ck_other")
+    done = invoke(main, cmd, "ucofia")
     assert done.returncode != 0
     assert "fingerprint" in done.stderr and "re-export" in done.stderr
     # refused up front: neither side decoded or encoded anything
@@ -121,21 +115,12 @@ def test_parity_command_on_demo_data(tmp_path):
 
 
 @pytest.mark.slow
-def test_parity_judges_int8_bundles_by_retrieval_metrics(tmp_path):
+def test_parity_judges_int8_bundles_by_retrieval_metrics(tiny_export_int8, demo_benchmark):
     """An --int8 bundle is lossy: parity applies the manifest's R@1 rule instead of 2e-4."""
-    import ucofia
     from evaluation.parity import run_parity
-    from export import export_bundle
     from export.int8 import INT8_R1_DELTA
-    from ucofia.config import tiny_config
-    from ucofia.data.demo import generate_demo
 
-    data = tmp_path / "data"
-    generate_demo(data, scale=0.05, seed=0)
-    model = ucofia.build_model(tiny_config(), seed=0)
-    ucofia.save_checkpoint(tmp_path / "ck", model)
-    export_bundle(model, tmp_path / "bundle8", int8=True)
-    report = run_parity(tmp_path / "ck", tmp_path / "bundle8", data)
+    report = run_parity(tiny_export_int8.checkpoint, tiny_export_int8.bundle, demo_benchmark)
     assert report["tolerance"] == {"max_abs": None, "max_r1_delta": INT8_R1_DELTA, "identical_metrics": False}
     assert report["bundle_dtype"] == "float32 + int8 encoders"
     assert max(r["max_abs"] for r in report["rows"]) > 2e-4  # really the quantised encoders
@@ -143,16 +128,14 @@ def test_parity_judges_int8_bundles_by_retrieval_metrics(tmp_path):
     assert report["passed"] == (worst <= INT8_R1_DELTA)
 
 
-def test_test_only_benchmark_needs_a_bank_file(tmp_path):
+def test_test_only_benchmark_needs_a_bank_file(demo_benchmark, tmp_path):
     """A benchmark holding only its test split (e.g. MSR-VTT 1k-A) is refused with the way out
     (--bank); with a bank file its captions are the SK bank."""
     import shutil
 
     from evaluation.parity import ParityError, load_benchmark
-    from ucofia.data.demo import generate_demo
 
-    data = tmp_path / "data"
-    generate_demo(data, scale=0.05, seed=0)
+    data = demo_benchmark
     full = load_benchmark(data)
     test_only = tmp_path / "test_only"
     shutil.copytree(data, test_only)
@@ -167,22 +150,16 @@ def test_test_only_benchmark_needs_a_bank_file(tmp_path):
 
 
 @pytest.mark.slow
-def test_parity_on_real_test_only_clips_with_bank(shared_dir, tmp_path):
+def test_parity_on_real_test_only_clips_with_bank(shared_dir, tiny_export, tmp_path):
     """The 24 real MSR-VTT 1k-A clips (test CSV only) through both sides, bank from --bank."""
-    import ucofia
-    from export import export_bundle
-    from ucofia.config import tiny_config
+    from ucofia.cli import main
 
-    model = ucofia.build_model(tiny_config(), seed=0)
-    ucofia.save_checkpoint(tmp_path / "ck", model)
-    export_bundle(model, tmp_path / "bundle")
     bank = tmp_path / "bank.txt"
     bank.write_text("a man is talking\nsomeone cooks food in a kitchen\na car drives on a road\n")
     out = tmp_path / "parity.json"
-    cmd = [sys.executable, "-c", "from ucofia.cli import main; main()", "parity", "--checkpoint", str(tmp_path / "ck"),
-           "--bundle", str(tmp_path / "bundle"), "--benchmark", str(shared_dir / "data" / "msrvtt_1ka_sample"),
-           "--bank", str(bank), "-o", str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    cmd = ["parity", "--checkpoint", str(tiny_export.checkpoint), "--bundle", str(tiny_export.bundle),
+           "--benchmark", str(shared_dir / "data" / "msrvtt_1ka_sample"), "--bank", str(bank), "-o", str(out)]
+    done = invoke(main, cmd, "ucofia")
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(out.read_text())
     assert report["passed"] and report["videos"] == report["captions"] == 24
@@ -191,24 +168,15 @@ def test_parity_on_real_test_only_clips_with_bank(shared_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_parity_reports_the_effect_of_the_stored_dtype(tmp_path):
+def test_parity_reports_the_effect_of_the_stored_dtype(tiny_export, demo_benchmark):
     """An index storing float16 / int8 features: parity compares it with PyTorch like any other
     deployment choice (levels, top-k agreement, metric deltas) under the store's R@1 rule."""
-    import ucofia
     from evaluation.compare import STORE_R1_DELTA
     from evaluation.parity import run_parity
-    from export import export_bundle
-    from ucofia.config import tiny_config
-    from ucofia.data.demo import generate_demo
 
-    data = tmp_path / "data"
-    generate_demo(data, scale=0.05, seed=0)
-    model = ucofia.build_model(tiny_config(), seed=0)
-    ucofia.save_checkpoint(tmp_path / "ck", model)
-    export_bundle(model, tmp_path / "bundle")
     worst_abs = {}
     for store in ("float16", "int8"):
-        report = run_parity(tmp_path / "ck", tmp_path / "bundle", data, store=store)
+        report = run_parity(tiny_export.checkpoint, tiny_export.bundle, demo_benchmark, store=store)
         assert report["index_store"] == store
         assert report["tolerance"] == {"max_abs": None, "max_r1_delta": STORE_R1_DELTA[store],
                                        "identical_metrics": False}

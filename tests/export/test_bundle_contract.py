@@ -69,16 +69,9 @@ def _contract_names() -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """A tiny model exported without verification (the export tests verify; this checks the contract)."""
-    pytest.importorskip("torch")
-    import ucofia
-    from export import export_bundle
-
-    out = tmp_path_factory.mktemp("contract") / "bundle"
-    model = ucofia.build_model(tiny_config(), seed=0)
-    export_bundle(model, out, verify=False)
-    return model.config, out
+def exported(tiny_export):
+    """The session's tiny exported bundle (``tiny_export``, tests/conftest.py): this checks its contract."""
+    return tiny_export.model.config, tiny_export.bundle
 
 
 def test_an_exported_manifest_validates_against_the_contract(exported):

@@ -44,15 +44,10 @@ def _leftovers(parent: Path, name: str) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A tiny eval-variant model exported through the CLI from our checkpoint format."""
-    root = tmp_path_factory.mktemp("tiny")
-    model = ucofia.build_model(tiny_config(), seed=3)
-    ucofia.save_checkpoint(root / "ckpt", model)
-    result = CliRunner().invoke(cli, ["export", str(root / "ckpt"), "-o", str(root / "bundle")])
-    assert result.exit_code == 0, result.output
-    manifest = json.loads((root / "bundle" / "manifest.json").read_text())
-    return model, root / "bundle", manifest, result.output
+def tiny(tiny_export):
+    """A tiny eval-variant model exported through the CLI from our checkpoint format (the session's
+    ``tiny_export``, tests/conftest.py)."""
+    return tiny_export.model, tiny_export.bundle, tiny_export.manifest, tiny_export.output
 
 
 def _max_err(got: np.ndarray, ref: torch.Tensor) -> float:

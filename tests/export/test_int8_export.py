@@ -19,11 +19,9 @@ from ucofia.config import tiny_config
 
 
 @pytest.fixture(scope="module")
-def int8_bundle(tmp_path_factory):
-    root = tmp_path_factory.mktemp("int8")
-    model = ucofia.build_model(tiny_config(), seed=7).eval()
-    manifest = export_bundle(model, root / "bundle", int8=True)
-    return model, root / "bundle", manifest
+def int8_bundle(tiny_export_int8):
+    """The session's tiny model exported with int8=True (``tiny_export_int8``, tests/conftest.py)."""
+    return tiny_export_int8.model, tiny_export_int8.bundle, tiny_export_int8.manifest
 
 
 def _ops(path) -> set[str]:

@@ -1,8 +1,12 @@
-"""Test helpers for the export tests: a fake ``tensorrt`` module that records the build calls."""
+"""Test helpers for the export tests: a fake ``tensorrt`` module that records the build calls, and
+the tiny exported bundle the session shares (``tiny_export`` in tests/conftest.py)."""
 from __future__ import annotations
 
+import json
 import types
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 DEVICE = {"gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
 
@@ -11,6 +15,34 @@ def fake_flags(*names: str) -> types.SimpleNamespace:
     """A stand-in for ``trt.BuilderFlag`` with only the given members."""
     return types.SimpleNamespace(**{n: n for n in names})
 
+
+@dataclass(frozen=True)
+class TinyExport:
+    """A tiny model, its checkpoint and a bundle exported from it. Shared by the whole session: read
+    them, never change them (export your own with ``export.export_bundle`` for other options)."""
+
+    model: Any  # ucofia.UCoFiA, eval mode
+    checkpoint: Path  # ucofia.save_checkpoint of ``model``
+    bundle: Path
+    manifest: dict  # bundle/manifest.json
+    output: str  # what ``ucofia export`` printed ("" when the bundle came from export_bundle)
+
+
+def export_tiny(root: Path, seed: int = 0) -> TinyExport:
+    """``build_model(tiny_config(), seed)`` saved to ``root/ckpt`` and exported by the command line,
+    ``ucofia export root/ckpt -o root/bundle`` (in-process, with its ONNX-vs-PyTorch verification)."""
+    from click.testing import CliRunner
+
+    import ucofia
+    from ucofia.cli import main
+    from ucofia.config import tiny_config
+
+    model = ucofia.build_model(tiny_config(), seed=seed)
+    ucofia.save_checkpoint(root / "ckpt", model)
+    result = CliRunner().invoke(main, ["export", str(root / "ckpt"), "-o", str(root / "bundle")])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((root / "bundle" / "manifest.json").read_text())
+    return TinyExport(model, root / "ckpt", root / "bundle", manifest, result.output)
 
 
 class FakeTRT(types.ModuleType):

@@ -3,6 +3,10 @@
 The fake graphs honour the bundle contract's names, shapes and dtypes with simple maths, so the
 runtime's plumbing (bundle loading, backends, tiling, index, search, CLI) is tested on its own.
 End-to-end tests with a bundle exported from the real tiny model live beside them.
+
+Also: synthetic indexes and small clips, ``run_cli`` (``ucofia-run`` in this process) and
+``run_cli_process`` (in a subprocess, where isolation is the point), and an import blocker for
+subprocesses (``import_blocker``).
 """
 from __future__ import annotations
 
@@ -12,12 +16,11 @@ import json
 import shutil
 import subprocess
 import sys
-import traceback
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
+from cli_helpers import CliResult, invoke
 from onnx import TensorProto, helper, numpy_helper
 
 from ucofia.config import UCoFiAConfig, tiny_config
@@ -221,34 +224,23 @@ def make_clip(path: Path, seconds: float, size: tuple[int, int] = (48, 40), fps:
     return path
 
 
-@dataclass
-class CliResult:
-    """What a finished ``ucofia-run`` returned: the fields of ``subprocess.CompletedProcess`` the tests read."""
-
-    args: list[str]
-    returncode: int
-    stdout: str
-    stderr: str
+def copy_clips(clips: Path, folder: Path, numbers, name: str = "clip{}.mp4") -> Path:
+    """Copy ``clip{i}.mp4`` of the session's ``clips`` folder (tests/runtime/conftest.py) for each i of
+    ``numbers`` into ``folder`` (created), named ``name.format(i)``; returns ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in numbers:
+        shutil.copyfile(clips / f"clip{i}.mp4", folder / name.format(i))
+    return folder
 
 
 def run_cli(*args: str) -> CliResult:
-    """Run ``ucofia-run ARGS`` in this process (click's CliRunner on ``runtime.cli.main``): exit code,
-    stdout and stderr (kept apart) as a subprocess would give them, without starting Python again.
-
-    An exception that escapes the command is appended to stderr as a traceback, as an uncaught
-    exception prints it, so ``"Traceback" not in result.stderr`` still means what it says. Logging and
-    progress bars the command configured are reset after each test (tests/conftest.py).
-    Use :func:`run_cli_process` where a separate process is the point: a crash point or kill
-    (``UCOFIA_CRASH_AT``), blocked imports, other environment variables, a server or Ray."""
-    from click.testing import CliRunner
-
+    """Run ``ucofia-run ARGS`` in this process (click's CliRunner on ``runtime.cli.main``, see
+    ``cli_helpers.invoke``): exit code, stdout and stderr (kept apart) as a subprocess would give
+    them, without starting Python again. Use :func:`run_cli_process` where a separate process is the
+    point: a crash point or kill (``UCOFIA_CRASH_AT``), blocked imports, other environment variables."""
     from runtime.cli import main
 
-    result = CliRunner().invoke(main, list(args), prog_name=PROG_NAME)
-    stderr = result.stderr
-    if result.exc_info is not None and not isinstance(result.exception, SystemExit):
-        stderr += "".join(traceback.format_exception(*result.exc_info))
-    return CliResult([PROG_NAME, *args], result.exit_code, result.stdout, stderr)
+    return invoke(main, args, PROG_NAME)
 
 
 def run_cli_process(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:

@@ -21,7 +21,8 @@ def make_clips(folder: Path, count: int, first: int = 0, seconds: float = 2.0) -
 
 
 def build_index(root: Path, clips: int = 5, bundle: Path | None = None) -> tuple[Path, Path, Path]:
-    """(bundle, clip folder, index) with ``clips`` videos indexed by the real CLI."""
+    """(bundle, clip folder, index) with ``clips`` videos indexed by the real CLI; ``bundle``: the
+    session's ``fake_bundle`` in tests (default: a hand-built bundle made under ``root``)."""
     bundle = bundle or build_fake_bundle(root / "bundle")
     folder = root / "clips"
     make_clips(folder, clips)

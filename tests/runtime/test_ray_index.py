@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from data_paths import REPO_ROOT
 from ray_helpers import need_netns, run_confined, scenario, ucofia_run
-from runtime_helpers import build_fake_bundle, import_blocker, make_clip, run_cli, run_cli_process
+from runtime_helpers import import_blocker, make_clip, run_cli, run_cli_process
 
 from runtime.index import SHARDS, GalleryIndex, IndexState
 from runtime.thumbnails import thumbnail_file
@@ -28,11 +28,11 @@ BATCH = "2"
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(fake_bundle, tmp_path_factory):
     """A fake bundle, N_CLIPS small clips plus a broken file, a caption bank, and the index the
     single-process path builds from them."""
     root = tmp_path_factory.mktemp("ray_data")
-    bundle = build_fake_bundle(root / "bundle")
+    bundle = fake_bundle
     clips = root / "clips"
     clips.mkdir()
     for i in range(N_CLIPS):

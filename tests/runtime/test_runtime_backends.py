@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import onnxruntime
 import pytest
-from runtime_helpers import build_fake_bundle
 
 from runtime.backends import OrtSession, resolve_backend, selection
 from runtime.backends import ort as ort_backend
@@ -14,9 +13,9 @@ from runtime.errors import BackendError
 
 
 @pytest.fixture
-def bundle(tmp_path, monkeypatch):
+def bundle(fake_bundle, monkeypatch):
     monkeypatch.setattr(ort_backend, "_CUDA_PROBES", {})
-    return load_bundle(build_fake_bundle(tmp_path / "bundle"))
+    return load_bundle(fake_bundle)
 
 
 def _notes(caplog) -> list[str]:

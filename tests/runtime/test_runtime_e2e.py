@@ -11,7 +11,6 @@ from runtime_helpers import make_clip, run_cli
 torch = pytest.importorskip("torch")
 
 import ucofia  # noqa: E402
-from ucofia.config import tiny_config  # noqa: E402
 from ucofia.data.tokenizer import ClipTokenizer  # noqa: E402
 from ucofia.data.video import VideoSpec, decode_video  # noqa: E402
 
@@ -29,17 +28,14 @@ ATOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def model():
-    return ucofia.build_model(tiny_config(), seed=0)
+def model(tiny_export):
+    """``build_model(tiny_config(), seed=0)``: the session's ``tiny_export`` (tests/conftest.py)."""
+    return tiny_export.model
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(model, tmp_path_factory):
-    from export.bundle import export_bundle
-
-    out = tmp_path_factory.mktemp("e2e") / "bundle"
-    export_bundle(model, out, verify=False)
-    return out
+def bundle_dir(tiny_export):
+    return tiny_export.bundle
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from runtime_helpers import build_fake_bundle, make_clip, run_cli
+from runtime_helpers import make_clip, run_cli
 
 from evaluation.metrics import retrieval_metrics
 from runtime.backends import open_session
@@ -19,9 +19,9 @@ CAPTIONS = ["a red car", "a dog runs on grass", "people talk in a room", "a man 
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(fake_bundle, tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
-    bundle = build_fake_bundle(root / "bundle")
+    bundle = fake_bundle
     videos = root / "videos"
     videos.mkdir()
     for i in range(len(CAPTIONS)):

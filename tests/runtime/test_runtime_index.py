@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from runtime_helpers import build_fake_bundle, make_clip, run_cli, synthetic_index
+from runtime_helpers import build_fake_bundle, copy_clips, run_cli, synthetic_index
 
 from runtime import search
 from runtime.ingest import local as ingest
@@ -21,15 +21,14 @@ N_CLIPS = 5
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory):
-    return build_fake_bundle(tmp_path_factory.mktemp("bundle"))
+def bundle_dir(fake_bundle):
+    return fake_bundle
 
 
 @pytest.fixture(scope="module")
-def clips(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("clips")
-    for i in range(N_CLIPS):
-        make_clip(folder / f"clip{i}.mp4", seconds=1 + i, seed=i)
+def clips(clips, tmp_path_factory):
+    """clip0 ... clip4 of the session's clips and a broken file, in a folder of this module's own."""
+    folder = copy_clips(clips, tmp_path_factory.mktemp("clips"), range(N_CLIPS))
     (folder / "broken.mp4").write_bytes(b"this is not a video")
     return folder
 

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from runtime_helpers import build_fake_bundle, make_clip
+from runtime_helpers import make_clip
 
 from runtime import scoring
 from runtime.ingest import local as ingest
@@ -19,8 +19,8 @@ from runtime.text import TextEncoder
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return load_bundle(build_fake_bundle(tmp_path_factory.mktemp("bundle")))
+def bundle(fake_bundle):
+    return load_bundle(fake_bundle)
 
 
 class PoisonRow:

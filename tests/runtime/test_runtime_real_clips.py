@@ -8,17 +8,17 @@ import json
 from pathlib import Path
 
 from data_paths import REAL_CLIPS, TEST_FIXTURES
-from runtime_helpers import build_fake_bundle, run_cli
+from runtime_helpers import run_cli
 
 from runtime.index import GalleryIndex
 
 EXPECTED_VIDEO = json.loads((TEST_FIXTURES / "video" / "expected.json").read_text())
 
 
-def test_bundled_real_clips_index_search_evaluate(tmp_path):
+def test_bundled_real_clips_index_search_evaluate(fake_bundle, tmp_path):
     captions = REAL_CLIPS / "captions.csv"
     rows = list(csv.DictReader(captions.open(newline="")))
-    bundle = build_fake_bundle(tmp_path / "bundle")
+    bundle = fake_bundle
     index = tmp_path / "index"
     result = run_cli("index", "--bundle", str(bundle), "--videos", str(REAL_CLIPS), "--bank", str(captions),
                      "-o", str(index), "-q")

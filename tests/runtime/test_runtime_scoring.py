@@ -9,7 +9,6 @@ import weakref
 
 import numpy as np
 import pytest
-from runtime_helpers import build_fake_bundle
 
 from runtime import scoring
 from runtime.backends import open_session, resolve_backend
@@ -18,8 +17,8 @@ from runtime.errors import BackendError, BundleError
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return load_bundle(build_fake_bundle(tmp_path_factory.mktemp("bundle")))
+def bundle(fake_bundle):
+    return load_bundle(fake_bundle)
 
 
 @pytest.fixture(scope="module")

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import json
 
-from runtime_helpers import build_fake_bundle, run_cli
+from runtime_helpers import run_cli
 
 from runtime.index import GalleryIndex
 
 MSRVTT_CLIPS = 4
 
 
-def test_real_clips_index_search_evaluate(shared_dir, tmp_path):
+def test_real_clips_index_search_evaluate(shared_dir, fake_bundle, tmp_path):
     sample = shared_dir / "data" / "msrvtt_1ka_sample"
     real = shared_dir / "data" / "real_clips"
     annotations = sample / "MSRVTT_JSFUSION_test.csv"
@@ -22,7 +22,7 @@ def test_real_clips_index_search_evaluate(shared_dir, tmp_path):
     listing = tmp_path / "videos.txt"
     listing.write_text("".join(f"{sample / 'videos' / (vid + '.mp4')}\n" for vid in chosen) +
                        "".join(f"{p}\n" for p in sorted(real.glob("*.mp4"))[:2]))
-    bundle = build_fake_bundle(tmp_path / "bundle")
+    bundle = fake_bundle
     index = tmp_path / "index"
     result = run_cli("index", "--bundle", str(bundle), "--videos", str(listing), "--bank", str(annotations),
                      "-o", str(index), "-q")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from data_paths import REPO_ROOT
-from runtime_helpers import TORCH_MODULES, build_fake_bundle, import_blocker, make_clip
+from runtime_helpers import TORCH_MODULES, copy_clips, import_blocker
 
 REPO = REPO_ROOT
 BLOCKED = TORCH_MODULES
@@ -101,7 +101,7 @@ print("served")
 """
 
 
-def test_serve_without_torch(no_torch_env, tmp_path):
+def test_serve_without_torch(no_torch_env, fake_bundle, clips, tmp_path):
     pytest.importorskip("fastapi", reason="ucofia-run serve needs the 'serve' extra")
     pytest.importorskip("httpx", reason="TestClient needs httpx")
     code = ("import importlib\n"
@@ -109,11 +109,8 @@ def test_serve_without_torch(no_torch_env, tmp_path):
             "    importlib.import_module(name)\n")
     result = subprocess.run([sys.executable, "-c", code], env=no_torch_env, capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
-    bundle = build_fake_bundle(tmp_path / "bundle")
-    videos = tmp_path / "videos"
-    videos.mkdir()
-    for i in range(3):
-        make_clip(videos / f"video{i}.mp4", seconds=1 + i, seed=i)
+    bundle = fake_bundle
+    videos = copy_clips(clips, tmp_path / "videos", range(3), "video{}.mp4")
     index = tmp_path / "index"
     result = _cli(no_torch_env, "index", "--bundle", str(bundle), "--videos", str(videos), "-o", str(index), "-q",
                   "--workers", "1")
@@ -131,12 +128,9 @@ def test_serve_without_its_extra_says_how_to_install(no_torch_env, tmp_path):
     assert "pip install 'ucofia[serve]'" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_index_search_evaluate_without_torch(no_torch_env, tmp_path):
-    bundle = build_fake_bundle(tmp_path / "bundle")
-    videos = tmp_path / "videos"
-    videos.mkdir()
-    for i in range(3):
-        make_clip(videos / f"video{i}.mp4", seconds=1 + i, seed=i)
+def test_index_search_evaluate_without_torch(no_torch_env, fake_bundle, clips, tmp_path):
+    bundle = fake_bundle
+    videos = copy_clips(clips, tmp_path / "videos", range(3), "video{}.mp4")
     captions = ["a red car", "a dog runs", "people talk"]
     annotations = tmp_path / "test.csv"
     annotations.write_text("key,vid_key,video_id,sentence\n" +

@@ -10,7 +10,7 @@ import signal
 
 import numpy as np
 import pytest
-from runtime_helpers import build_fake_bundle, make_clip, run_cli, run_cli_process
+from runtime_helpers import build_fake_bundle, run_cli, run_cli_process
 
 from runtime import search
 from runtime.backends import open_session
@@ -27,16 +27,11 @@ QUERIES = ["a red car", "a dog on the beach", "cooking pasta"]
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory):
-    return build_fake_bundle(tmp_path_factory.mktemp("bundle"))
+def bundle_dir(fake_bundle):
+    return fake_bundle
 
 
-@pytest.fixture(scope="module")
-def clips(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("clips")
-    for i in range(N_CLIPS + 1):  # clip5 is the changed content of clip1 in the replace test
-        make_clip(folder / f"clip{i}.mp4", seconds=1 + i, seed=i)
-    return folder
+# clips (tests/runtime/conftest.py): clip0 ... clip5; clip5 is the changed content of clip1 in the replace test
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
-from runtime_helpers import build_fake_bundle, run_cli
+from runtime_helpers import run_cli
 from window_helpers import cut_span, write_lossless
 
 from evaluation.metrics import retrieval_metrics
@@ -36,9 +36,9 @@ def _flat_colour_frames(n: int, seed: int) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(fake_bundle, tmp_path_factory):
     root = tmp_path_factory.mktemp("windows")
-    bundle = build_fake_bundle(root / "bundle")
+    bundle = fake_bundle
     videos = root / "videos"
     videos.mkdir()
     for k, (name, seconds) in enumerate(SECONDS.items()):

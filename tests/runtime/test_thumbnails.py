@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from runtime_helpers import build_fake_bundle, make_clip, run_cli
+from runtime_helpers import make_clip, run_cli
 
 from runtime.index import GalleryIndex
 from runtime.thumbnails import (LONG_SIDE, THUMBNAIL_DIR, ThumbnailError, render_thumbnail, thumbnail_file,
@@ -57,9 +57,9 @@ def test_names_come_from_the_entry():
 
 
 @pytest.fixture(scope="module")
-def indexed(tmp_path_factory):
+def indexed(fake_bundle, tmp_path_factory):
     root = tmp_path_factory.mktemp("thumbs")
-    bundle = build_fake_bundle(root / "bundle")
+    bundle = fake_bundle
     clips = root / "clips"
     clips.mkdir()
     for i in range(3):

@@ -105,8 +105,8 @@ def test_bundle_without_the_field_and_no_embedding_lookup_is_refused(tmp_path):
         TextEncoder(load_bundle(root), "cpu", 1)
 
 
-def test_out_of_range_ids_on_a_full_vocabulary_are_query_errors(tmp_path):
-    encoder = TextEncoder(load_bundle(build_fake_bundle(tmp_path / "fake")), "cpu", 1)
+def test_out_of_range_ids_on_a_full_vocabulary_are_query_errors(fake_bundle):
+    encoder = TextEncoder(load_bundle(fake_bundle), "cpu", 1)
     assert encoder.vocab_size == CLIP_BPE_IDS
     assert encoder.encode(["a red square"]).sentence.shape == (1, tiny_config().embed_dim)
     with pytest.raises(QueryError, match=r"query 2: token id 49,408 is outside"):

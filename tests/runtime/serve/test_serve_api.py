@@ -27,10 +27,10 @@ QUERY = {"queries": ["a red car on the road"], "top_k": 3}
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(fake_bundle, tmp_path_factory):
     """An index of 5 clips plus three odd entries, served with API keys."""
     root = tmp_path_factory.mktemp("serve_api")
-    bundle_dir, clips, index = build_index(root, CLIPS)
+    bundle_dir, clips, index = build_index(root, CLIPS, bundle=fake_bundle)
     gallery = GalleryIndex(index)
     first = gallery.features(0, 1, roles=("video", "frame_features", "patches", "video_mask"))
     three = {role: np.repeat(value, 3, axis=0) for role, value in first.items()}
@@ -353,14 +353,12 @@ def test_request_timeout_answers_504_and_the_server_recovers(gated):
 
 
 @pytest.fixture(scope="module")
-def windowed_index(tmp_path_factory):
+def windowed_index(fake_bundle, tmp_path_factory):
     """An index of 1 s windows of two 3 s clips."""
     from serve_helpers import make_clips
 
-    from runtime_helpers import build_fake_bundle
-
     root = tmp_path_factory.mktemp("windowed")
-    bundle = build_fake_bundle(root / "bundle")
+    bundle = fake_bundle
     make_clips(root / "clips", 2, seconds=3.0)
     index = root / "index"
     result = run_cli("index", "--bundle", str(bundle), "--videos", str(root / "clips"), "-o", str(index), "-q",

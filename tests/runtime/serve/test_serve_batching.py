@@ -161,7 +161,7 @@ def test_an_error_reaches_only_its_request():
 
 # ---- the engine on a real (hand-built) bundle and index -----------------------------------------
 @pytest.fixture(scope="module")
-def engine_and_snapshot(tmp_path_factory):
+def engine_and_snapshot(fake_bundle, tmp_path_factory):
     from serve_helpers import build_index
 
     from runtime.serve.engine import SearchEngine
@@ -170,7 +170,7 @@ def engine_and_snapshot(tmp_path_factory):
 
     from runtime.deployment import load_query_models, open_index
 
-    _, _, index = build_index(tmp_path_factory.mktemp("engine"), clips=6)
+    _, _, index = build_index(tmp_path_factory.mktemp("engine"), clips=6, bundle=fake_bundle)
     settings = ServeSettings(index_dir=index, backend="cpu")
     gallery, bundle = open_index(index)
     models = load_query_models(bundle, "cpu")

@@ -30,8 +30,8 @@ START_TIMEOUT_S = 60.0
 
 
 @pytest.fixture(scope="module")
-def index(tmp_path_factory):
-    return build_index(tmp_path_factory.mktemp("serve_cli"), clips=3)[2]
+def index(fake_bundle, tmp_path_factory):
+    return build_index(tmp_path_factory.mktemp("serve_cli"), clips=3, bundle=fake_bundle)[2]
 
 
 def _lines(stream, out: queue.Queue) -> None:

@@ -15,7 +15,7 @@ pytest.importorskip("fastapi", reason="ucofia-run serve needs the 'serve' extra"
 httpx = pytest.importorskip("httpx", reason="the page test checks against the API with httpx")
 playwright_api = pytest.importorskip("playwright.sync_api", reason="the page test drives Chromium with playwright")
 
-from runtime_helpers import build_fake_bundle, run_cli  # noqa: E402
+from runtime_helpers import run_cli  # noqa: E402
 from serve_helpers import ServerThread, make_keys, open_app  # noqa: E402
 
 REPO = REPO_ROOT
@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.slow,
 
 
 @pytest.fixture(scope="module")
-def demo_server(tmp_path_factory):
+def demo_server(fake_bundle, tmp_path_factory):
     from ucofia.data.demo import generate_demo
     from ucofia.data.readers import read_split
 
@@ -43,7 +43,7 @@ def demo_server(tmp_path_factory):
     listing = root / "test_videos.txt"
     listing.write_text("".join(f"{v.video_id}\t{Path(v.path).resolve()}\n" for v in split.videos))
     index = root / "index"
-    result = run_cli("index", "--bundle", str(build_fake_bundle(root / "bundle")), "--videos", str(listing),
+    result = run_cli("index", "--bundle", str(fake_bundle), "--videos", str(listing),
                      "-o", str(index), "-q", "--workers", "1")
     assert result.returncode == 0, result.stderr
     keys = make_keys(root / "keys.json")

@@ -82,8 +82,8 @@ class Load:
 
 
 @pytest.fixture
-def growing_index(tmp_path):
-    bundle, _, index = build_index(tmp_path, FIRST)
+def growing_index(fake_bundle, tmp_path):
+    bundle, _, index = build_index(tmp_path, FIRST, bundle=fake_bundle)
     more = tmp_path / "more"
     make_clips(more, ADDED, first=FIRST)
     return bundle, index, more
