@@ -74,6 +74,7 @@ def exported(tiny_export):
     return tiny_export.model.config, tiny_export.bundle
 
 
+@pytest.mark.slow
 def test_an_exported_manifest_validates_against_the_contract(exported):
     config, out = exported
     manifest = json.loads((out / MANIFEST_FILE).read_text())

@@ -89,6 +89,7 @@ def _check_bundle_against_torch(model, bundle: Path, manifest: dict, texts: int,
 
 
 # ---- the CLI bundle -------------------------------------------------------------------------
+@pytest.mark.slow
 def test_manifest_follows_the_contract(tiny):
     model, bundle, manifest, output = tiny
     cfg = model.config
@@ -138,6 +139,7 @@ def test_manifest_follows_the_contract(tiny):
     assert "ONNX vs PyTorch" in output and "patch_word" in output and "wrote" in output
 
 
+@pytest.mark.slow
 def test_graph_files_have_named_dynamic_axes(tiny):
     _, bundle, manifest, _ = tiny
     for entry in manifest["graphs"].values():
@@ -148,6 +150,7 @@ def test_graph_files_have_named_dynamic_axes(tiny):
             assert declared[tensor["name"]] == tensor["shape"]
 
 
+@pytest.mark.slow
 def test_bundle_matches_torch_at_new_sizes(tiny):
     model, bundle, manifest, _ = tiny
     # export traced T=3, V=2 and verification used T=1/5, V=1/3: use T=2, V=4 (two padded videos)
@@ -156,6 +159,7 @@ def test_bundle_matches_torch_at_new_sizes(tiny):
     _check_bundle_against_torch(model, bundle, manifest, 7, [f], FP32_TOLERANCES)
 
 
+@pytest.mark.slow
 def test_runtime_loader_accepts_the_bundle(tiny):
     try:
         from runtime.bundle import load_bundle
@@ -166,6 +170,7 @@ def test_runtime_loader_accepts_the_bundle(tiny):
     assert loaded.fingerprint == manifest["fingerprint"] and loaded.dtype == "float32"
 
 
+@pytest.mark.slow
 def test_existing_output_needs_force(tiny, tmp_path):
     out = tmp_path / "bundle"
     out.mkdir()
@@ -191,6 +196,7 @@ def test_unknown_checkpoint_format_is_refused(tmp_path, kind):
     assert not (tmp_path / "bundle").exists()
 
 
+@pytest.mark.slow
 def test_bad_opset_and_profile_flags(tiny, tmp_path):
     with pytest.raises(ExportError, match="opset 12"):
         export_bundle(tiny[0], tmp_path / "b", opset=12)
@@ -199,6 +205,7 @@ def test_bad_opset_and_profile_flags(tiny, tmp_path):
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow
 def test_trt_without_tensorrt_fails_fast(tiny, tmp_path, monkeypatch):
     from export import tensorrt_build
 
@@ -217,6 +224,7 @@ def test_export_package_import_is_light():
 
 
 # ---- failures leave nothing behind ----------------------------------------------------------
+@pytest.mark.slow
 def test_failed_verification_leaves_nothing(tmp_path, monkeypatch):
     model = ucofia.build_model(tiny_config(), seed=5)
     out = tmp_path / "bundle"
@@ -239,6 +247,7 @@ def test_failed_verification_leaves_nothing(tmp_path, monkeypatch):
 
 
 # ---- variants -------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_train_variant_export_and_mode_restored(tmp_path):
     model = ucofia.build_model(tiny_config(scorer_variant="train"), seed=7).train()
     manifest = export_bundle(model, tmp_path / "bundle")
@@ -249,6 +258,7 @@ def test_train_variant_export_and_mode_restored(tmp_path):
     _check_bundle_against_torch(model, tmp_path / "bundle", manifest, 4, [f, 2], FP32_TOLERANCES)
 
 
+@pytest.mark.slow
 def test_patch_shift_runs_inside_the_video_graph(tmp_path):
     cfg = tiny_config(clip={"vision_layers": 12})
     assert cfg.patch_shift_active
@@ -269,6 +279,7 @@ def test_patch_shift_runs_inside_the_video_graph(tmp_path):
     assert _max_err(frames, without) > 1e-3, "the exported graph ignores the patch shift"
 
 
+@pytest.mark.slow
 def test_fp16_bundle_with_fake_tensorrt(tmp_path, monkeypatch):
     from export import tensorrt_build
 
@@ -307,6 +318,7 @@ def test_fp16_bundle_with_fake_tensorrt(tmp_path, monkeypatch):
     _check_bundle_against_torch(model, bundle, manifest, 3, [f, 4], FP16_TOLERANCES)
 
 
+@pytest.mark.slow
 def test_trt_check_errors_abort_a_trt_export(tmp_path, monkeypatch):
     from export import bundle as bundle_module
     from export import tensorrt_build
@@ -321,6 +333,7 @@ def test_trt_check_errors_abort_a_trt_export(tmp_path, monkeypatch):
     assert not (tmp_path / "bundle").exists() and _leftovers(tmp_path, "bundle") == []
 
 
+@pytest.mark.slow
 def test_dynamo_exporter_scorer(tmp_path):
     model = ucofia.build_model(tiny_config(), seed=2)
     spec = graph_specs(model.config)[SCORER]
@@ -343,6 +356,7 @@ def test_dynamo_exporter_scorer(tmp_path):
         assert _max_err(out, ref[name]) < 2e-4
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not REFERENCE_FIXTURES, reason="no reference fixture tests/fixtures/reference/*/pytorch_model.bin")
 def test_reference_checkpoint_exports(tmp_path):
     path = REFERENCE_FIXTURES[0]

@@ -360,6 +360,9 @@ def test_load_engine_without_engines(tmp_path):
         load_engine(tmp_path, "text_encoder", trt=FakeTRT(), device=DEVICE)
 
 
+@pytest.mark.slow
+@pytest.mark.gpu
+@pytest.mark.tensorrt
 def test_real_tensorrt_build(tmp_path):
     trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed (optional extra ucofia[tensorrt])")
     torch = pytest.importorskip("torch")

@@ -28,6 +28,7 @@ def _ops(path) -> set[str]:
     return {node.op_type for node in onnx.load(str(path)).graph.node}
 
 
+@pytest.mark.slow
 def test_int8_bundle_quantises_the_encoders_only(int8_bundle):
     _, bundle, manifest = int8_bundle
     section = manifest["int8"]
@@ -46,6 +47,7 @@ def test_int8_bundle_quantises_the_encoders_only(int8_bundle):
     assert manifest["trt_check"]["ok"] and manifest["trt_check"]["issues"] == []
 
 
+@pytest.mark.slow
 def test_int8_text_features_stay_close_to_pytorch(int8_bundle):
     model, bundle_dir, _ = int8_bundle
     ids = sample_token_ids(model, 6, torch.Generator().manual_seed(2))
@@ -58,6 +60,7 @@ def test_int8_text_features_stay_close_to_pytorch(int8_bundle):
     assert np.abs(a - b).max() > 1e-5  # really quantised: not the float32 graph
 
 
+@pytest.mark.slow
 def test_parity_tolerance_follows_the_manifest(int8_bundle):
     _, _, manifest = int8_bundle
     tol = Tolerance.for_manifest(manifest)

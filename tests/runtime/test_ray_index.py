@@ -101,6 +101,7 @@ def _failed_ids(index_dir: Path) -> dict[str, str]:
     return {json.loads(line)["id"]: json.loads(line)["error"] for line in lines if line.strip()}
 
 
+@pytest.mark.slow
 def test_ray_index_equals_single_process_and_never_imports_torch(data, tmp_path):
     need_netns()
     hook = import_blocker(tmp_path / "hook")  # Ray's workers inherit it: all of them stay torch-free
@@ -123,6 +124,7 @@ def test_ray_index_equals_single_process_and_never_imports_torch(data, tmp_path)
     assert len(GalleryIndex(out)) == N_CLIPS
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["demo", "shared"])
 def test_ray_index_equals_single_process_on_demo_and_real_clips(source, data, tmp_path, request):
     """The demo benchmark's clips and the real clips of the shared data folder (two aspect ratios,
@@ -156,6 +158,7 @@ def test_ray_index_equals_single_process_on_demo_and_real_clips(source, data, tm
     assert "ray: " in on_ray.stderr and "videos/s" in on_ray.stderr  # the summary
 
 
+@pytest.mark.slow
 def test_ray_resumes_after_the_driver_is_killed_and_replaces_changed_files(data, tmp_path):
     need_netns()
     out = tmp_path / "ray_index"
@@ -182,6 +185,7 @@ def test_ray_resumes_after_the_driver_is_killed_and_replaces_changed_files(data,
     assert GalleryIndex(out).removed_rows == 1
 
 
+@pytest.mark.slow
 def test_ray_survives_a_killed_encoder_actor(data, tmp_path):
     need_netns()
     marker = tmp_path / "actor-killed"
@@ -192,6 +196,7 @@ def test_ray_survives_a_killed_encoder_actor(data, tmp_path):
     assert_same_index(data["single"], out)
 
 
+@pytest.mark.slow
 def test_two_node_cluster_on_loopback_survives_a_removed_node(data, tmp_path):
     need_netns()
     out = tmp_path / "ray_index"

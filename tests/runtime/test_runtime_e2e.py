@@ -26,6 +26,8 @@ BANK = ["a red car drives on the road", "a dog runs in the park", "a woman is co
 QUERIES = ["a red car", "someone cooking food in a kitchen", "football"]
 ATOL = 1e-4
 
+pytestmark = pytest.mark.slow  # the session's exported bundle (tiny_export) and the torch model
+
 
 @pytest.fixture(scope="module")
 def model(tiny_export):

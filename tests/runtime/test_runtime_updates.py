@@ -321,6 +321,7 @@ REPLACE_POINTS = ["shard:renamed", "state:before#2", "state:after#2", "biases:wr
 MERGE_POINTS = ["merge:linked", "state:after#2", "biases:written", "merge:built", "merge:renamed"]
 
 
+@pytest.mark.slow
 def test_kill_during_remove_and_compact_leaves_a_working_index(scratch, tmp_path):
     everything = [f"clip{i}" for i in range(N_CLIPS)]
     kept = ["clip0", "clip2", "clip4"]
@@ -348,6 +349,7 @@ def test_kill_during_remove_and_compact_leaves_a_working_index(scratch, tmp_path
         assert_same_gallery(out, scratch["without_1_3"])
 
 
+@pytest.mark.slow
 def test_a_first_run_with_a_bank_publishes_no_row_before_its_biases(bundle_dir, clips, bank_file, tmp_path):
     listing = _listing(tmp_path, clips, range(N_CLIPS))
     out = tmp_path / "new"
@@ -360,6 +362,7 @@ def test_a_first_run_with_a_bank_publishes_no_row_before_its_biases(bundle_dir, 
     assert finished.ids == [f"clip{i}" for i in range(N_CLIPS)] and finished.biases() is not None
 
 
+@pytest.mark.slow
 def test_kill_during_replace_and_merge_leaves_working_indexes(bundle_dir, clips, bank_file, scratch, tmp_path):
     everything = [f"clip{i}" for i in range(N_CLIPS)]
     folder = tmp_path / "videos"

@@ -59,6 +59,7 @@ def test_export_refuses_a_small_vocabulary(tmp_path):
     assert not (tmp_path / "bundle").exists()
 
 
+@pytest.mark.slow
 def test_allowed_small_vocabulary_is_recorded(small_bundle):
     bundle_dir, manifest = small_bundle
     assert manifest["verification"]["passed"]
@@ -68,6 +69,7 @@ def test_allowed_small_vocabulary_is_recorded(small_bundle):
     assert load_bundle(bundle_dir).tokenizer.model_vocab_size == SMALL_VOCAB
 
 
+@pytest.mark.slow
 def test_runtime_refuses_tokenized_text_on_a_small_vocabulary(small_bundle):
     encoder = TextEncoder(load_bundle(small_bundle[0]), "cpu", 1)
     assert encoder.vocab_size == SMALL_VOCAB
@@ -81,6 +83,7 @@ def test_runtime_refuses_tokenized_text_on_a_small_vocabulary(small_bundle):
                            first_number=11)
 
 
+@pytest.mark.slow
 def test_bundle_without_the_field_derives_it_from_the_graph(small_bundle, tmp_path):
     old = tmp_path / "old_bundle"
     shutil.copytree(small_bundle[0], old)
@@ -115,6 +118,7 @@ def test_out_of_range_ids_on_a_full_vocabulary_are_query_errors(fake_bundle):
         encoder.encode_ids(_ids([[49406, -3, 49407]], encoder.max_words))
 
 
+@pytest.mark.slow
 def test_cli_index_with_a_bank_on_a_small_vocabulary_is_one_line(small_bundle, tmp_path):
     clip = make_clip(tmp_path / "clip.mp4", 2.0)
     bank = tmp_path / "bank.txt"

@@ -1,6 +1,7 @@
 """DDP on CPU (gloo, 2 processes): the cross-rank contrastive loss gives the large-batch gradient."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 from ddp_workers import BATCH, WORLD, batch, free_port, grad_worker, train_worker
@@ -10,6 +11,8 @@ from ucofia.model import build_model
 from ucofia.training.loss import ContrastiveObjective
 
 # The rank functions are in tests/helpers/ddp_workers.py: spawned ranks import them by module name.
+
+pytestmark = pytest.mark.slow  # two spawned processes with torch each
 
 
 def test_ddp_gradient_equals_single_process_large_batch(tmp_path):

@@ -77,6 +77,7 @@ def test_run_dir_guard_and_resume_without_checkpoint(tmp_path):
     assert (run / st.BEST / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_resume_after_hard_kill_of_another_process(tmp_path):
     """The killed run is a separate process that dies with os._exit (no cleanup) after step 5."""
     overrides = dict(optim__epochs=2, checkpoint__every_steps=2, eval__sk=False,
