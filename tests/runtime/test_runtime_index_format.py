@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from runtime_helpers import build_fake_bundle, synthetic_index
+from data_paths import REPO_ROOT
+from runtime_helpers import synthetic_index
 
 from runtime.bundle import load_bundle
 from runtime.errors import GalleryIndexError
@@ -26,7 +27,7 @@ from runtime.index import (
 )
 from runtime.scoring import VIDEO_ROLES
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 PACKAGE = REPO / "runtime" / "index"
 CONFIG = {"clip": {"embed_dim": 8}, "max_frames": 2, "format": "ucofia.config/1"}
 BIASES_1 = {"bank": {"path": "/data/bank.txt", "sha256": "ab" * 32, "captions": 5}, "sk_iterations": 4,
@@ -108,8 +109,8 @@ def test_biases_record_keeps_the_key_order_of_stage_biases():
     assert list(BiasesRecord.from_dict(BIASES_1).to_dict()) == ["bank", "sk_iterations", "ids_sha256", "levels"]
 
 
-def test_a_written_index_reads_back_as_the_file_says(tmp_path):
-    bundle = load_bundle(build_fake_bundle(tmp_path / "bundle"))
+def test_a_written_index_reads_back_as_the_file_says(fake_bundle, tmp_path):
+    bundle = load_bundle(fake_bundle)
     root = synthetic_index(tmp_path / "index", bundle, 5, shard=2)
     with IndexWriter(root, bundle) as writer:
         writer.remove(["v1"])
@@ -122,8 +123,8 @@ def test_a_written_index_reads_back_as_the_file_says(tmp_path):
 
 @pytest.mark.parametrize("change", [lambda s: s.pop("shards"), lambda s: s.update(shards=[{"count": 1}]),
                                     lambda s: s.update(config=[])])
-def test_a_malformed_state_is_a_clear_error(tmp_path, change):
-    bundle = load_bundle(build_fake_bundle(tmp_path / "bundle"))
+def test_a_malformed_state_is_a_clear_error(fake_bundle, tmp_path, change):
+    bundle = load_bundle(fake_bundle)
     root = synthetic_index(tmp_path / "index", bundle, 2)
     state = json.loads((root / "index.json").read_text())
     change(state)
