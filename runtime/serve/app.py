@@ -16,27 +16,51 @@ requests; tracebacks go to the server log only.
 # No `from __future__ import annotations` here: FastAPI reads the route signatures' annotations at
 # runtime, and those refer to classes and dependencies local to create_app.
 import logging
-import mimetypes
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
-from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer, SecurityScopes
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from runtime.errors import QueryError, RuntimeUserError
 from runtime.scoring import LEVELS
-from runtime.search import DEFAULT_TOP_K, DEFAULT_WINDOWS_PER_FILE
+from runtime.serve.auth import ADMIN_SCOPE, SEARCH_SCOPE
 from runtime.serve.batching import QueueFull, RequestTimeout
+from runtime.serve.contract import (
+    BINARY,
+    BODY_ERRORS,
+    CONTENT_RANGE,
+    INTERNAL,
+    MEDIA_TYPES,
+    MULTIPART_RANGES,
+    NOT_FOUND_VIDEO,
+    OTHER_MEDIA_TYPE,
+    PATTERN_RULES,
+    RANGE_PATTERN,
+    RETRY_AFTER,
+    THUMBNAIL_TYPE,
+    UNAUTHORIZED,
+    HealthResponse,
+    InfoResponse,
+    ReadyResponse,
+    ReloadResponse,
+    SearchResponse,
+    VideoInfo,
+    error,
+    forbidden,
+    media_type_of,
+    search_request_model,
+    tidy_schema,
+)
 from runtime.serve.engine import JobResult, SearchJob
 from runtime.serve.guard import GuardMiddleware
 from runtime.serve.metrics import Metrics
@@ -50,146 +74,27 @@ API_VERSION = "1"
 # Entry fields kept from API answers: the server's file layout is nobody's business.
 HIDDEN_ENTRY_FIELDS = frozenset({"id", "path"})
 MEDIA_CACHE = "private, max-age=300"
+# Starlette serves the whole file for a Range of more parts than this (FileResponse.max_ranges).
+MAX_RANGES = getattr(FileResponse, "max_ranges", 100)
 
 logger = logging.getLogger(__name__)
-
-
-# ------------------------------------------------------------------------------------------------
-# response models (for the OpenAPI schema and response validation)
-# ------------------------------------------------------------------------------------------------
-class ErrorResponse(BaseModel):
-    error: str = Field(description="What is wrong, and how to fix it")
-
-
-class Links(BaseModel):
-    video: str = Field(description="GET: the video's metadata")
-    thumbnail: str = Field(description="GET: a JPEG thumbnail (signed when auth is on)")
-    media: str = Field(description="GET: the source file, with HTTP Range (signed when auth is on)")
-
-
-class WindowHit(BaseModel):
-    video_id: str = Field(description="the window's id (FILE@START-END)")
-    start: float | None = Field(None, description="the window's start (seconds)")
-    end: float | None = Field(None, description="the window's end (seconds)")
-    score: float = Field(description="fused score of the window")
-    levels: dict[str, float] = Field(description=f"the level scores: {', '.join(LEVELS)}")
-    links: Links
-
-
-class Hit(BaseModel):
-    rank: int
-    video_id: str = Field(description="the indexed row: a video, or a time window (grouped by file: the file's "
-                                      "best window)")
-    file_id: str | None = Field(None, description="on an index of time windows: the file the window is of")
-    start: float | None = Field(None, description="on an index of time windows: the window's start (seconds)")
-    end: float | None = Field(None, description="on an index of time windows: the window's end (seconds)")
-    score: float = Field(description="fused score: mean over the levels of (level score + its SK bias)")
-    levels: dict[str, float] = Field(description=f"the level scores: {', '.join(LEVELS)}")
-    entry: dict[str, Any] = Field(description="what the index recorded about the video (duration_s, fps, "
-                                              "width, height, ...; time windows add start/end)")
-    links: Links
-    windows: list[WindowHit] | None = Field(None, description="grouped by file: the file's best windows, best "
-                                                              "first (at most windows_per_file)")
-
-
-class QueryResult(BaseModel):
-    query: str
-    truncated: bool = Field(description="the query was longer than the text encoder's max_words tokens")
-    results: list[Hit]
-
-
-class SnapshotInfo(BaseModel):
-    version: int = Field(description="loads of the index since the server started (1 = first)")
-    videos: int
-    loaded_at: float
-    load_seconds: float
-
-
-class BatchInfo(BaseModel):
-    queries: int = Field(description="queries encoded and scored together with this request's")
-    requests: int = Field(description="requests coalesced into that batch")
-
-
-class Timings(BaseModel):
-    queue_ms: float
-    encode_ms: float
-    score_ms: float
-    total_ms: float
-
-
-class SearchResponse(BaseModel):
-    mode: Literal["exhaustive", "two_stage"]
-    group_by: Literal["file", "window"] | None = Field(description="how the rows of an index of time windows were "
-                                                                   "ranked; null on an index of whole files")
-    top_k: int
-    results: list[QueryResult]
-    snapshot: SnapshotInfo
-    batch: BatchInfo
-    timings: Timings
-
-
-class VideoInfo(BaseModel):
-    id: str
-    row: int
-    has_media: bool = Field(description="the index recorded the source file (needed for thumbnail and media)")
-    entry: dict[str, Any]
-    links: Links
-
-
-class ReloadResponse(BaseModel):
-    reloaded: bool
-    trigger: str
-    seconds: float
-    changed: bool
-    snapshot: SnapshotInfo
-    previous: SnapshotInfo
-
-
-ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 409, 413, 415, 422, 503, 504)}
-
-
-def _request_model(service: SearchService) -> type[BaseModel]:
-    limits = service.settings.limits
-    Query = Annotated[str, StringConstraints(min_length=1, max_length=limits.max_query_chars)]
-
-    class SearchRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid", json_schema_extra={
-            "examples": [{"queries": ["a dog runs on the beach"], "top_k": 10}]})
-
-        queries: list[Query] = Field(min_length=1, max_length=limits.max_queries,
-                                     description=f"1 to {limits.max_queries} texts of at most "
-                                                 f"{limits.max_query_chars} characters")
-        top_k: int = Field(DEFAULT_TOP_K, ge=1, le=limits.max_top_k, description="results per query")
-        two_stage: bool | None = Field(None, description="true: FAISS shortlist + fused re-rank; false: "
-                                                         "exhaustive; null: the server's choice by gallery size")
-        group_by: Literal["file", "window"] | None = Field(
-            None, description="on an index of time windows: 'file' (the default there) ranks each file once by its "
-                              "best window and lists its best windows; 'window' ranks windows on their own. Ignored "
-                              "on an index of whole files. As `ucofia-run search --group-by`.")
-        windows_per_file: int = Field(DEFAULT_WINDOWS_PER_FILE, ge=1, le=limits.max_windows_per_file,
-                                      description="grouped by file: best windows listed per file")
-
-        @field_validator("queries")
-        @classmethod
-        def _not_blank(cls, queries: list[str]) -> list[str]:
-            for number, text in enumerate(queries, 1):
-                if not text.strip():
-                    raise ValueError(f"query {number} is only whitespace; give it some text")
-            return queries
-
-    return SearchRequest
 
 
 # ------------------------------------------------------------------------------------------------
 # the app
 # ------------------------------------------------------------------------------------------------
 def create_app(service: SearchService) -> FastAPI:
-    """The ASGI app over a loaded ``service`` (its batcher and watcher start with the app)."""
+    """The ASGI app over a loaded ``service`` (its batcher and watcher start with the app).
+
+    Its OpenAPI schema describes this server as started: security requirements (and the scope
+    each route needs) only with ``--api-keys``, the request limits and ``--two-stage`` setting
+    it validates with."""
     if service.metrics is None:
         service.attach_metrics(Metrics())
     metrics: Metrics = service.metrics
     settings = service.settings
-    SearchRequest = _request_model(service)
+    auth_on = service.keyring is not None  # fixed for the process: a reload re-reads the key file only
+    SearchRequest = search_request_model(settings.limits, settings.two_stage)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -201,8 +106,14 @@ def create_app(service: SearchService) -> FastAPI:
 
     app = FastAPI(title="ucofia search", version=API_VERSION, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Text-to-video search over a ucofia index: the fused UCoFiA score and its three "
-                              "level scores per video.")
-    bearer = HTTPBearer(auto_error=False, description="an API key from `ucofia-run api-key create`")
+                              "level scores per video. Errors are JSON `{\"error\": \"...\"}`. "
+                              + ("API keys are on: each protected route lists the scope its key needs."
+                                 if auth_on else "API keys are off: every route is open."))
+    bearer = HTTPBearer(auto_error=False, description="an API key from `ucofia-run api-key create`, as "
+                                                      "`Authorization: Bearer <key>`; a route lists the scope it needs")
+    signed_url = APIKeyQuery(name="sig", scheme_name="SignedUrl", auto_error=False,
+                             description="the `sig` (with `exp`) of a thumbnail or media link from a search result: "
+                                         "grants one video for an hour, for <img> and <video> that cannot send a key")
 
     # ---- auth --------------------------------------------------------------------------------
     def check_key(credentials: HTTPAuthorizationCredentials | None, scope: str) -> None:
@@ -219,20 +130,38 @@ def create_app(service: SearchService) -> FastAPI:
             raise HTTPException(403, f"API key {key.name!r} lacks the {scope!r} scope (it has: "
                                      f"{', '.join(sorted(key.scopes))})")
 
-    def require(scope: str):
-        def dependency(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+    def api_key(security_scopes: SecurityScopes,
+                credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+        """The key check of a route; its scopes are those the schema lists for the route."""
+        for scope in security_scopes.scopes:
             check_key(credentials, scope)
-        return dependency
 
-    def media_access(video_id: str, request: Request,
-                     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
-        signer = service.signer
-        params = request.query_params
-        if signer is not None and "sig" in params:
-            if signer.verify(video_id, params.get("exp"), params.get("sig")):
+    def media_access(video_id: str,
+                     credentials: Annotated[HTTPAuthorizationCredentials | None,
+                                            Security(bearer, scopes=[SEARCH_SCOPE])],
+                     sig: Annotated[str | None, Depends(signed_url)],
+                     exp: Annotated[str | None, Query(description="with `sig`: when the signed link expires "
+                                                           "(unix seconds)")] = None) -> None:
+        """A key with the search scope, or (without a key) a signed URL for this video."""
+        if credentials is None and sig is not None and service.signer is not None:
+            if service.signer.verify(video_id, exp, sig):
                 return
             raise HTTPException(403, "the signed URL is invalid or expired; search again for fresh links")
-        check_key(credentials, "search")
+        check_key(credentials, SEARCH_SCOPE)
+
+    def protected(scope: str) -> dict[str, Any]:
+        """Route arguments of a route that needs a key with ``scope`` when keys are on."""
+        if not auth_on:
+            return {"dependencies": [], "responses": {}}
+        return {"dependencies": [Security(api_key, scopes=[scope])],
+                "responses": {**UNAUTHORIZED, **forbidden(f"the API key lacks the {scope!r} scope")}}
+
+    def media_protected() -> dict[str, Any]:
+        if not auth_on:
+            return {"dependencies": [], "responses": {}}
+        return {"dependencies": [Depends(media_access)],
+                "responses": {**UNAUTHORIZED, **forbidden("the API key lacks the 'search' scope, or the signed URL "
+                                                          "is invalid, expired or for another video")}}
 
     # ---- helpers -------------------------------------------------------------------------------
     def links(request: Request, video_id: str, entry: dict[str, Any] | None = None) -> dict[str, str]:
@@ -283,6 +212,8 @@ def create_app(service: SearchService) -> FastAPI:
         for problem in problems[:5]:
             loc = ".".join(str(x) for x in problem.get("loc", ()) if x != "body") or "body"
             message = str(problem.get("msg", "invalid")).removeprefix("Value error, ")
+            if problem.get("type") == "string_pattern_mismatch":  # name the rule, not the regular expression
+                message = PATTERN_RULES.get((problem.get("ctx") or {}).get("pattern"), message)
             parts.append(f"{loc}: {message}")
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         return JSONResponse({"error": "; ".join(parts) + more}, status_code=422)
@@ -294,25 +225,33 @@ def create_app(service: SearchService) -> FastAPI:
         return JSONResponse({"error": "internal error; see the server log"}, status_code=500)
 
     # ---- health ------------------------------------------------------------------------------
-    @app.get("/healthz", tags=["health"], summary="The process is alive")
+    @app.get("/healthz", tags=["health"], operation_id="healthz", summary="The process is alive",
+             response_model=HealthResponse, responses=INTERNAL)
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"], summary="Sessions loaded, index open, batcher running",
-             responses={503: {"description": "not ready"}})
-    async def readyz() -> JSONResponse:
+    @app.get("/readyz", tags=["health"], operation_id="readyz", summary="Sessions loaded, index open, batcher running",
+             response_model=ReadyResponse,
+             responses={503: {"model": ReadyResponse, "description": "not ready: the checks say what is missing"},
+                        **INTERNAL})
+    async def readyz(response: Response) -> dict[str, Any]:
         checks = service.readiness()
         ready = all(checks.values())
-        return JSONResponse({"ready": ready, "checks": checks, "snapshot": service.snapshot.describe()},
-                            status_code=200 if ready else 503)
+        if not ready:
+            response.status_code = 503
+        return {"ready": ready, "checks": checks, "snapshot": service.snapshot.describe()}
 
-    @app.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=Response)
+    @app.get("/metrics", tags=["health"], operation_id="metrics", summary="Prometheus metrics",
+             response_class=Response,
+             responses={200: {"description": "the Prometheus text format",
+                              "content": {"text/plain": {"schema": {"type": "string"}}}}, **INTERNAL})
     async def metrics_route() -> Response:
         metrics.queue_depth(service.batcher.depth)
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
-    @app.get("/v1/info", tags=["search"], summary="What a client needs to know before searching")
+    @app.get("/v1/info", tags=["search"], operation_id="info", response_model=InfoResponse, responses=INTERNAL,
+             summary="What a client needs to know before searching")
     async def info() -> dict[str, Any]:
         limits = settings.limits
         return {"service": "ucofia", "api_version": API_VERSION, "auth_required": service.auth_required,
@@ -323,14 +262,19 @@ def create_app(service: SearchService) -> FastAPI:
                            "max_body_bytes": limits.max_body_bytes}}
 
     # ---- search ------------------------------------------------------------------------------
-    @app.post("/v1/search", tags=["search"], response_model=SearchResponse, responses=ERRORS,
-              dependencies=[Depends(require("search"))], summary="Rank the indexed videos for text queries")
+    search_auth = protected(SEARCH_SCOPE)
+
+    @app.post("/v1/search", tags=["search"], operation_id="search", response_model=SearchResponse,
+              dependencies=search_auth["dependencies"], summary="Rank the indexed videos for text queries",
+              responses={**BODY_ERRORS, **search_auth["responses"],
+                         422: error("a field breaks a rule of the schema, or a query has no text left after the "
+                                    "tokenizer's cleaning (the message names the field and the rule)"),
+                         503: error("the queue is full (`--max-queue`) or the service is not ready",
+                                    RETRY_AFTER),
+                         504: error("the request did not finish within `--timeout`, queue included"), **INTERNAL})
     async def search_route(body: SearchRequest,  # type: ignore[valid-type]
                            request: Request, response: Response) -> dict[str, Any]:
         ensure_ready()
-        if body.two_stage and settings.two_stage == "off":
-            raise HTTPException(400, "two-stage search is off on this server (--two-stage off); leave two_stage "
-                                     "out or set it to false")
         job = SearchJob(queries=list(body.queries), top_k=body.top_k, two_stage=body.two_stage,
                         group_by=body.group_by, windows_per_file=body.windows_per_file)
         start = time.monotonic()
@@ -363,9 +307,16 @@ def create_app(service: SearchService) -> FastAPI:
         }
 
     # ---- videos (specific routes first: ids may contain '/') ---------------------------------------
-    @app.get("/v1/videos/{video_id:path}/thumbnail", tags=["videos"], responses=ERRORS,
+    media_auth = media_protected()
+    source_types = dict.fromkeys([*MEDIA_TYPES.values(), OTHER_MEDIA_TYPE], BINARY)
+
+    @app.get("/v1/videos/{video_id:path}/thumbnail", tags=["videos"], operation_id="thumbnail",
              response_class=Response, summary="A JPEG thumbnail of an indexed video",
-             dependencies=[Depends(media_access)])
+             dependencies=media_auth["dependencies"],
+             responses={200: {"description": "the thumbnail", "content": {THUMBNAIL_TYPE: BINARY}},
+                        **media_auth["responses"],
+                        404: error("no video with this id; or it was indexed without its source file, or that file "
+                                   "cannot be decoded"), **INTERNAL})
     async def thumbnail(video_id: str) -> Response:
         snapshot = service.snapshot
         entry = entry_or_404(snapshot, video_id)
@@ -383,14 +334,30 @@ def create_app(service: SearchService) -> FastAPI:
                                          f"(details in the server log)") from None
         headers = {"Cache-Control": MEDIA_CACHE}
         if isinstance(made, Path):
-            return FileResponse(made, media_type="image/jpeg", headers=headers)
-        return Response(made, media_type="image/jpeg", headers=headers)
+            return FileResponse(made, media_type=THUMBNAIL_TYPE, headers=headers)
+        return Response(made, media_type=THUMBNAIL_TYPE, headers=headers)
 
-    @app.get("/v1/videos/{video_id:path}/media", tags=["videos"],
-             responses={**ERRORS, 206: {"description": "a range"}, 416: {"description": "range not satisfiable"}},
+    @app.get("/v1/videos/{video_id:path}/media", tags=["videos"], operation_id="media",
              response_class=Response, summary="The indexed source file (HTTP Range supported)",
-             dependencies=[Depends(media_access)])
-    async def media(video_id: str) -> Response:
+             dependencies=media_auth["dependencies"],
+             responses={200: {"description": "the whole file", "content": source_types},
+                        206: {"description": "the requested range (several: multipart/byteranges)",
+                              "content": {**source_types, MULTIPART_RANGES: BINARY}},
+                        **media_auth["responses"],
+                        404: error("no video with this id; or it was indexed without its source file, or that file "
+                                   "is no longer there"),
+                        409: error("the source file changed since it was indexed: re-index it"),
+                        416: error("a range that starts past the end of the file, or ends before it starts",
+                                   CONTENT_RANGE),
+                        422: error("the Range header is not a byte range (the pattern)"), **INTERNAL})
+    async def media(video_id: str,
+                    byte_range: Annotated[str | None, Header(
+                        alias="Range", pattern=RANGE_PATTERN,
+                        description="bytes=FIRST-LAST, bytes=FIRST- or bytes=-SUFFIX, several comma-separated: "
+                                    "206 with the bytes asked for; more than 100 ranges: the whole file")] = None,
+                    if_range: Annotated[str | None, Header(
+                        alias="If-Range", description="an ETag or Last-Modified value of the file: the range "
+                                                      "applies only while the file still has it")] = None) -> Response:
         entry = entry_or_404(service.snapshot, video_id)
         path = source_path(entry)
         if path is None:
@@ -404,11 +371,18 @@ def create_app(service: SearchService) -> FastAPI:
         if entry.get("bytes") is not None and stat.st_size != entry["bytes"]:
             raise HTTPException(409, f"the source file of video {video_id!r} changed since it was indexed; "
                                      f"re-index it with `ucofia-run index`")
-        media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        return FileResponse(path, media_type=media_type, stat_result=stat, headers={"Cache-Control": MEDIA_CACHE})
+        reply = FileResponse(path, media_type=media_type_of(path.suffix), stat_result=stat,
+                             headers={"Cache-Control": MEDIA_CACHE})
+        if byte_range is not None and _range_applies(if_range, reply) and _unsatisfiable(byte_range, stat.st_size):
+            raise HTTPException(416, f"the range {byte_range!r} cannot be served from the file's {stat.st_size} "
+                                     f"bytes", headers={"Content-Range": f"bytes */{stat.st_size}"})
+        return reply
 
-    @app.get("/v1/videos/{video_id:path}", tags=["videos"], response_model=VideoInfo, responses=ERRORS,
-             dependencies=[Depends(require("search"))], summary="An indexed video's metadata")
+    video_auth = protected(SEARCH_SCOPE)
+
+    @app.get("/v1/videos/{video_id:path}", tags=["videos"], operation_id="video", response_model=VideoInfo,
+             dependencies=video_auth["dependencies"], summary="An indexed video's metadata",
+             responses={**video_auth["responses"], 404: NOT_FOUND_VIDEO, **INTERNAL})
     async def video(video_id: str, request: Request) -> dict[str, Any]:
         snapshot = service.snapshot
         entry = entry_or_404(snapshot, video_id)
@@ -416,9 +390,14 @@ def create_app(service: SearchService) -> FastAPI:
                 "entry": public_entry(entry), "links": links(request, video_id, entry)}
 
     # ---- admin -------------------------------------------------------------------------------
-    @app.post("/v1/admin/reload", tags=["admin"], response_model=ReloadResponse, responses=ERRORS,
-              dependencies=[Depends(require("admin"))],
-              summary="Re-open the index (and the key file) and swap it in atomically")
+    admin_auth = protected(ADMIN_SCOPE)
+
+    @app.post("/v1/admin/reload", tags=["admin"], operation_id="reload", response_model=ReloadResponse,
+              dependencies=admin_auth["dependencies"],
+              summary="Re-open the index (and the key file) and swap it in atomically",
+              responses={**BODY_ERRORS, **admin_auth["responses"],
+                         409: error("the reload failed; the old snapshot keeps serving (the message says why)"),
+                         **INTERNAL})
     async def reload_route() -> dict[str, Any]:
         try:
             return await service.reload("api")
@@ -441,7 +420,44 @@ def create_app(service: SearchService) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"], max_age=600)
     app.add_middleware(GuardMiddleware, max_body_bytes=settings.limits.max_body_bytes, metrics=metrics)
+
+    generate_schema = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = tidy_schema(generate_schema())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _range_applies(if_range: str | None, reply: FileResponse) -> bool:
+    """Whether Starlette will honour the Range header: no If-Range, or one naming the file's
+    strong ETag or Last-Modified (as ``FileResponse`` decides)."""
+    if if_range is None:
+        return True
+    return not if_range.startswith("W/") and if_range in (reply.headers.get("etag"), reply.headers.get("last-modified"))
+
+
+def _unsatisfiable(byte_range: str, size: int) -> bool:
+    """Whether a Range header (matching RANGE_PATTERN) has a part that starts past the end of a
+    file of ``size`` bytes or ends before it starts -- where Starlette's FileResponse would answer
+    a plain-text 416 or 400; the route answers 416 with a JSON body instead. Parts are read as
+    FileResponse reads them."""
+    parts = byte_range.split("=", 1)[1].split(",")
+    if len(parts) > MAX_RANGES:
+        return False  # FileResponse serves the whole file
+    for part in parts:
+        first, _, last = part.strip().partition("-")
+        if first:
+            start = int(first)
+            end = int(last) + 1 if last and int(last) < size else size
+        else:
+            start, end = max(size - int(last), 0), size
+        if not 0 <= start < size or start >= end:
+            return True
+    return False
 
 
 __all__ = ["create_app"]

@@ -28,7 +28,9 @@ from typing import Any
 from runtime.errors import RuntimeUserError
 
 KEY_FILE_FORMAT = "ucofia.api-keys/1"
-SCOPES = ("search", "admin")
+SEARCH_SCOPE = "search"  # search, video metadata, thumbnails, media
+ADMIN_SCOPE = "admin"  # reload
+SCOPES = (SEARCH_SCOPE, ADMIN_SCOPE)
 KEY_PREFIX = "ucofia_"
 KEY_BYTES = 32
 KEY_FILE_MODE = 0o600

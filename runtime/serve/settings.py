@@ -41,15 +41,37 @@ DEFAULT_PRELOAD_MB = 1024
 PROBE_QUERY = "a video"
 
 
+# JSON may write any character as a \uXXXX escape, one outside the Basic Multilingual Plane as two
+# (a UTF-16 surrogate pair): 12 bytes per character at most.
+JSON_BYTES_PER_CHAR = 12
+# Room for the search request's other fields and white space.
+SEARCH_BODY_SLACK = 4096
+
+
 @dataclass(frozen=True)
 class Limits:
-    """What one request may ask for; larger requests get a 4xx naming the limit."""
+    """What one request may ask for; larger requests get a 4xx naming the limit.
+
+    The body limit must admit every request the search schema allows (however its JSON is
+    written), or a valid request would be refused with 413: 64 queries of 1,000 characters take
+    up to ~770 KB, hence 1 MiB.
+    """
 
     max_queries: int = 64
     max_query_chars: int = 1000
     max_top_k: int = 100
     max_windows_per_file: int = 20
-    max_body_bytes: int = 256 * 1024
+    max_body_bytes: int = 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.max_body_bytes < self.largest_search_body():
+            raise ValueError(f"max_body_bytes ({self.max_body_bytes}) is below the largest valid search body "
+                             f"({self.largest_search_body()} bytes for {self.max_queries} queries of "
+                             f"{self.max_query_chars} characters)")
+
+    def largest_search_body(self) -> int:
+        """Bytes of the longest JSON body of a valid search request (every character escaped)."""
+        return self.max_queries * (self.max_query_chars * JSON_BYTES_PER_CHAR + 4) + SEARCH_BODY_SLACK
 
 
 @dataclass

@@ -143,7 +143,7 @@ def test_public_routes_need_no_key(served, path):
     assert served["client"].get(path).status_code == 200
 
 
-BIG_BODY = json.dumps({"queries": ["x" * 900] * 300}).encode()  # ~270 KB, over the 256 KiB limit
+BIG_BODY = json.dumps({"queries": ["x" * 900] * 1200}).encode()  # ~1.08 MB, over the 1 MiB limit
 BAD_REQUESTS = [
     ("malformed JSON", "POST", "/v1/search",
      {"content": b'{"queries": ["a"', "headers": {"Content-Type": "application/json"}}, 400, "not valid JSON"),
@@ -175,8 +175,8 @@ BAD_REQUESTS = [
     ("a source path as id", "GET", "/v1/videos/{clip}/media", {}, 404, "no video with id"),
     ("a range past the end", "GET", "/v1/videos/clip1/media", {"headers": {"Range": "bytes=10000000-10000100"}},
      416, ""),
-    ("a malformed range", "GET", "/v1/videos/clip1/media", {"headers": {"Range": "bytes=abc"}}, 400, ""),
-    ("a backwards range", "GET", "/v1/videos/clip1/media", {"headers": {"Range": "bytes=50-10"}}, 400, ""),
+    ("a malformed range", "GET", "/v1/videos/clip1/media", {"headers": {"Range": "bytes=abc"}}, 422, "byte range"),
+    ("a backwards range", "GET", "/v1/videos/clip1/media", {"headers": {"Range": "bytes=50-10"}}, 416, ""),
     ("an unknown route", "GET", "/v1/nothing", {}, 404, ""),
     ("a wrong method", "GET", "/v1/search", {}, 405, ""),
 ]

@@ -1,0 +1,315 @@
+"""The HTTP API's contract: request and response models, the patterns requests must match, the
+media types and the status codes of every route.
+
+The OpenAPI schema at ``/openapi.json`` is generated from these definitions, and the server
+validates requests with the same ones (pydantic models, FastAPI parameters), so the schema states
+every rule the server enforces: a client generated from it, or a fuzzer reading it, sees the
+service as it is. Rules that depend on how the server was started (``--api-keys``,
+``--two-stage off``, ``--max-top-k``) are built per app by ``search_request_model`` and
+``create_app``.
+"""
+# No `from __future__ import annotations`: pydantic and FastAPI read these annotations at runtime.
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, StrictBool, StringConstraints
+
+from runtime.scoring import LEVELS
+from runtime.search import DEFAULT_TOP_K, DEFAULT_WINDOWS_PER_FILE, GROUP_BY
+from runtime.serve.settings import Limits
+
+# ------------------------------------------------------------------------------------------------
+# patterns (JSON Schema `pattern`: unanchored, written to mean the same in ECMA-262, Python `re` and
+# the Rust `regex` crate that pydantic validates with)
+# ------------------------------------------------------------------------------------------------
+# Characters that carry no text for the tokenizer: a query made only of them is refused. These are
+# exactly the characters c for which the query c alone is refused by the tokenizer
+# (`ucofia.data.tokenizer`: `str.strip()` removes it, or the cleaning -- ftfy, which drops control
+# and deprecated format characters, then the Unicode whitespace collapse -- leaves nothing);
+# tests/test_serve_schema.py checks that over the whole Basic Multilingual Plane (no character
+# beyond it is blank).
+BLANK_CHARACTERS = (r"\x00-\x20\x7F\x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u206A-\u206F\u3000"
+                    r"\uFEFF\uFFF9-\uFFFC")
+# A query must hold at least one character that is not blank.
+QUERY_PATTERN = f"[^{BLANK_CHARACTERS}]"
+QUERY_RULE = "only whitespace or control characters; give it some text"
+# What the pattern cannot see: the tokenizer's cleaning also unescapes HTML entities (twice) and drops
+# terminal escape sequences, so a query such as `&nbsp;` alone has no text left; it is refused with
+# 422 too (stated in the schema's description of the field).
+QUERY_CLEANING_NOTE = ("Besides the pattern, a query must keep some text after the tokenizer's cleaning (ftfy, "
+                       "HTML unescaping, whitespace collapse): one made only of escaped whitespace such as `&nbsp;` "
+                       "or of terminal escape sequences is refused with 422.")
+
+# `Range: bytes=...` (RFC 9110, 14.1.2): one or more of FIRST-LAST, FIRST- and -SUFFIX, comma-separated.
+_BYTE_RANGE = r"(?:[0-9]+-[0-9]*|-[0-9]+)"
+RANGE_PATTERN = rf"^[Bb][Yy][Tt][Ee][Ss]=[ \t]*{_BYTE_RANGE}(?:[ \t]*,[ \t]*{_BYTE_RANGE})*[ \t]*$"
+RANGE_RULE = "not a byte range: send bytes=FIRST-LAST, bytes=FIRST- or bytes=-SUFFIX (several comma-separated)"
+
+# The message of a 422 for a string that does not match one of the patterns above.
+PATTERN_RULES = {QUERY_PATTERN: QUERY_RULE, RANGE_PATTERN: RANGE_RULE}
+
+# Media types of the source files, by the extensions `ucofia-run index` takes (runtime.sources); fixed
+# here rather than guessed from the host's mime.types (which calls .ts a Qt translation file).
+MEDIA_TYPES = {".mp4": "video/mp4", ".m4v": "video/mp4", ".mov": "video/quicktime", ".mkv": "video/x-matroska",
+               ".webm": "video/webm", ".avi": "video/x-msvideo", ".mpg": "video/mpeg", ".mpeg": "video/mpeg",
+               ".wmv": "video/x-ms-wmv", ".flv": "video/x-flv", ".3gp": "video/3gpp", ".ts": "video/mp2t",
+               ".gif": "image/gif"}
+OTHER_MEDIA_TYPE = "application/octet-stream"
+MULTIPART_RANGES = "multipart/byteranges"
+THUMBNAIL_TYPE = "image/jpeg"
+# The schema of a file in a response (bytes).
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+
+
+def media_type_of(suffix: str) -> str:
+    """The Content-Type a source file with this suffix is served with."""
+    return MEDIA_TYPES.get(suffix.lower(), OTHER_MEDIA_TYPE)
+
+
+# ------------------------------------------------------------------------------------------------
+# strict JSON types: what JSON Schema's `type` allows, no coercion
+# ------------------------------------------------------------------------------------------------
+def _whole_number(value: Any) -> Any:
+    """JSON Schema counts 17.0 as an integer: pass it on as 17 (strict int refuses any float)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# An integer as JSON Schema means it: 17 and 17.0, never true, "17" or 17.5.
+JsonInt = Annotated[int, Strict(), BeforeValidator(_whole_number)]
+
+
+def _two_stage_off(value: Any) -> Any:
+    if value is True:
+        raise ValueError("two-stage search is off on this server (--two-stage off); leave two_stage out or set it "
+                         "to false")
+    if not isinstance(value, bool):  # Literal[False] alone would take 0, as 0 == False in Python
+        raise ValueError("must be a boolean")
+    return value
+
+
+# ------------------------------------------------------------------------------------------------
+# the search request
+# ------------------------------------------------------------------------------------------------
+def search_request_model(limits: Limits, two_stage_setting: str) -> type[BaseModel]:
+    """The body of ``POST /v1/search`` under these limits and ``--two-stage`` setting."""
+    Query = Annotated[str, StringConstraints(min_length=1, max_length=limits.max_query_chars,
+                                             pattern=QUERY_PATTERN)]
+    if two_stage_setting == "off":
+        TwoStage = Annotated[Literal[False], BeforeValidator(_two_stage_off)] | None
+        two_stage_doc = ("false or null: exhaustive search (two-stage search is off on this server, "
+                         "`--two-stage off`)")
+    else:
+        TwoStage = StrictBool | None
+        two_stage_doc = ("true: FAISS shortlist + fused re-rank; false: exhaustive; null: the server's choice by "
+                         "gallery size")
+    GroupBy = Literal.__getitem__(GROUP_BY) | None
+
+    class SearchRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={
+            "examples": [{"queries": ["a dog runs on the beach"], "top_k": 10}]})
+
+        queries: list[Query] = Field(
+            min_length=1, max_length=limits.max_queries,
+            description=f"1 to {limits.max_queries} texts of 1 to {limits.max_query_chars} characters, each with "
+                        f"at least one character that is not whitespace or a control character (the pattern). "
+                        f"{QUERY_CLEANING_NOTE}")
+        top_k: JsonInt = Field(DEFAULT_TOP_K, ge=1, le=limits.max_top_k, description="results per query")
+        two_stage: TwoStage = Field(None, description=two_stage_doc)
+        group_by: GroupBy = Field(
+            None, description="on an index of time windows: 'file' (the default there) ranks each file once by its "
+                              "best window and lists its best windows; 'window' ranks windows on their own. Ignored "
+                              "on an index of whole files. As `ucofia-run search --group-by`.")
+        windows_per_file: JsonInt = Field(DEFAULT_WINDOWS_PER_FILE, ge=1, le=limits.max_windows_per_file,
+                                          description="grouped by file: best windows listed per file")
+
+    return SearchRequest
+
+
+# ------------------------------------------------------------------------------------------------
+# responses
+# ------------------------------------------------------------------------------------------------
+class ErrorResponse(BaseModel):
+    error: str = Field(description="What is wrong, and how to fix it")
+
+
+class Links(BaseModel):
+    video: str = Field(description="GET: the video's metadata")
+    thumbnail: str = Field(description="GET: a JPEG thumbnail (signed when auth is on)")
+    media: str = Field(description="GET: the source file, with HTTP Range (signed when auth is on)")
+
+
+class WindowHit(BaseModel):
+    video_id: str = Field(description="the window's id (FILE@START-END)")
+    start: float | None = Field(None, description="the window's start (seconds)")
+    end: float | None = Field(None, description="the window's end (seconds)")
+    score: float = Field(description="fused score of the window")
+    levels: dict[str, float] = Field(description=f"the level scores: {', '.join(LEVELS)}")
+    links: Links
+
+
+class Hit(BaseModel):
+    rank: int
+    video_id: str = Field(description="the indexed row: a video, or a time window (grouped by file: the file's "
+                                      "best window)")
+    file_id: str | None = Field(None, description="on an index of time windows: the file the window is of")
+    start: float | None = Field(None, description="on an index of time windows: the window's start (seconds)")
+    end: float | None = Field(None, description="on an index of time windows: the window's end (seconds)")
+    score: float = Field(description="fused score: mean over the levels of (level score + its SK bias)")
+    levels: dict[str, float] = Field(description=f"the level scores: {', '.join(LEVELS)}")
+    entry: dict[str, Any] = Field(description="what the index recorded about the video (duration_s, fps, "
+                                              "width, height, ...; time windows add start/end)")
+    links: Links
+    windows: list[WindowHit] | None = Field(None, description="grouped by file: the file's best windows, best "
+                                                              "first (at most windows_per_file)")
+
+
+class QueryResult(BaseModel):
+    query: str
+    truncated: bool = Field(description="the query was longer than the text encoder's max_words tokens")
+    results: list[Hit]
+
+
+class SnapshotInfo(BaseModel):
+    version: int = Field(description="loads of the index since the server started (1 = first)")
+    videos: int
+    loaded_at: float
+    load_seconds: float
+
+
+class BatchInfo(BaseModel):
+    queries: int = Field(description="queries encoded and scored together with this request's")
+    requests: int = Field(description="requests coalesced into that batch")
+
+
+class Timings(BaseModel):
+    queue_ms: float
+    encode_ms: float
+    score_ms: float
+    total_ms: float
+
+
+class SearchResponse(BaseModel):
+    mode: Literal["exhaustive", "two_stage"]
+    group_by: Literal.__getitem__(GROUP_BY) | None = Field(
+        description="how the rows of an index of time windows were ranked; null on an index of whole files")
+    top_k: int
+    results: list[QueryResult]
+    snapshot: SnapshotInfo
+    batch: BatchInfo
+    timings: Timings
+
+
+class VideoInfo(BaseModel):
+    id: str
+    row: int
+    has_media: bool = Field(description="the index recorded the source file (needed for thumbnail and media)")
+    entry: dict[str, Any]
+    links: Links
+
+
+class ReloadResponse(BaseModel):
+    reloaded: bool
+    trigger: str
+    seconds: float
+    changed: bool
+    snapshot: SnapshotInfo
+    previous: SnapshotInfo
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadyChecks(BaseModel):
+    sessions: bool = Field(description="the text encoder and scorer sessions are loaded")
+    index: bool = Field(description="the index is open and still on disk")
+    batcher: bool = Field(description="the batcher is running")
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+    checks: ReadyChecks
+    snapshot: SnapshotInfo
+
+
+class LimitsInfo(BaseModel):
+    max_queries: int
+    max_query_chars: int
+    max_top_k: int
+    max_windows_per_file: int
+    max_body_bytes: int
+
+
+class InfoResponse(BaseModel):
+    service: Literal["ucofia"]
+    api_version: str
+    auth_required: bool = Field(description="the server was started with --api-keys")
+    snapshot: SnapshotInfo
+    levels: list[str]
+    two_stage: Literal["auto", "on", "off"]
+    two_stage_min_videos: int
+    limits: LimitsInfo
+
+
+# ------------------------------------------------------------------------------------------------
+# status codes (besides each route's 2xx), with their bodies and headers
+# ------------------------------------------------------------------------------------------------
+def _header(description: str, required: bool = True, pattern: str | None = None) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"} if pattern is None else {"type": "string", "pattern": pattern}
+    return {"description": description, "required": required, "schema": schema}
+
+
+def error(description: str, headers: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """An error response: ``{"error": ...}`` as JSON, with these headers."""
+    out: dict[str, Any] = {"model": ErrorResponse, "description": description}
+    if headers:
+        out["headers"] = headers
+    return out
+
+
+def tidy_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """FastAPI's schema of this app with two of FastAPI's defaults that do not hold here put right.
+
+    * The 422 it lists on every route with parameters: this app answers a validation error with
+      ``ErrorResponse`` (never FastAPI's ``HTTPValidationError``), and each route whose
+      parameters can fail validation lists its own 422.
+    * ``null`` as a value of an optional query or header parameter (from its ``str | None``
+      type): such a parameter is left out when absent, and ``null`` cannot be sent.
+    """
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.get("responses", {})
+            content = responses.get("422", {}).get("content", {}).get("application/json", {})
+            if content.get("schema", {}).get("$ref", "").endswith("/HTTPValidationError"):
+                del responses["422"]
+            for parameter in operation.get("parameters", []):
+                value = parameter.get("schema", {})
+                branches = [b for b in value.get("anyOf", []) if b != {"type": "null"}]
+                if not parameter.get("required") and len(branches) == 1 < len(value["anyOf"]):
+                    parameter["schema"] = {**{k: v for k, v in value.items() if k != "anyOf"}, **branches[0]}
+    schemas = schema.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    return schema
+
+
+INTERNAL = {500: error("an internal error (logged with its traceback on the server only) or a non-finite score "
+                       "(a damaged bundle)")}
+BODY_ERRORS = {
+    400: error("the body is not valid JSON, or Content-Length is not a number"),
+    413: error("the body is over the limit (`/v1/info` `limits.max_body_bytes`), by Content-Length or counted"),
+    415: error("a body that is not `Content-Type: application/json`"),
+}
+UNAUTHORIZED = {401: error("the server needs an API key: none was sent, it is not a Bearer key, or it is unknown",
+                           {"WWW-Authenticate": _header("`Bearer`, or `Bearer error=\"invalid_token\"` for an "
+                                                        "unknown key", pattern="^Bearer")})}
+
+
+def forbidden(what: str) -> dict[int, dict[str, Any]]:
+    return {403: error(what)}
+
+
+RETRY_AFTER = {"Retry-After": _header("seconds to wait before retrying", pattern="^[0-9]+$")}
+CONTENT_RANGE = {"Content-Range": _header("`bytes */SIZE`: the file's size", pattern="^bytes \\*/[0-9]+$")}
+NOT_FOUND_VIDEO = error("no video with this id in the current snapshot")
