@@ -20,9 +20,12 @@ httpx = pytest.importorskip("httpx", reason="the client test uses httpx")
 pytest.importorskip("openapi_python_client", reason="the generated-client example needs openapi-python-client "
                                                     "(the 'test' extra)")
 
+pytestmark = pytest.mark.slow  # a live server per auth mode
+
+from data_paths import REPO_ROOT  # noqa: E402
 from serve_helpers import ServerThread, build_index, make_keys, open_app  # noqa: E402
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "serve.md"
+DOC = REPO_ROOT / "docs" / "serve.md"
 SECTION = "### A generated client"
 DOC_URL = "http://127.0.0.1:8080"
 CLIPS = 3

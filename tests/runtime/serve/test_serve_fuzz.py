@@ -20,6 +20,8 @@ pytest.importorskip("fastapi", reason="ucofia-run serve needs the 'serve' extra"
 httpx = pytest.importorskip("httpx", reason="the fuzz test checks the server with httpx")
 pytest.importorskip("schemathesis", reason="the fuzz test needs Schemathesis (the 'test' extra)")
 
+pytestmark = pytest.mark.slow  # a live server per auth mode
+
 from serve_helpers import ServerThread, build_index, make_keys, open_app  # noqa: E402
 
 CLIPS = 3
