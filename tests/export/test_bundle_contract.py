@@ -11,6 +11,7 @@ from pathlib import Path
 import onnx
 import pytest
 from data_paths import REPO_ROOT
+from import_graph import cycles, import_graph, project_modules
 from runtime_helpers import build_fake_bundle
 
 from runtime.bundle import load_bundle
@@ -152,76 +153,14 @@ def test_nothing_else_defines_the_contract():
     assert not found, "import these from runtime.bundle.contract (levels: ucofia.config):\n" + "\n".join(found)
 
 
-def _module_name(path: Path) -> str:
-    parts = path.relative_to(REPO).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def _imports(path: Path, modules: set[str]) -> set[str]:
-    """Project modules ``path`` imports anywhere (function bodies included); ``from package import
-    name`` counts as importing ``package.name`` when that is a module."""
-    own = _module_name(path)
-    package = own if path.name == "__init__.py" else own.rpartition(".")[0]
-    out = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            targets = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join([*anchor, *([base] if base else [])])
-            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
-        else:
-            continue
-        for target in targets:
-            while target and target not in modules:
-                target = target.rpartition(".")[0]
-            if target and target != own:
-                out.add(target)
-    return out
-
-
-def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """The strongly connected components of more than one module (Tarjan)."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    found = []
-
-    def visit(node: str) -> None:
-        index[node] = low[node] = len(index)
-        stack.append(node)
-        for other in graph[node]:
-            if other not in index:
-                visit(other)
-                low[node] = min(low[node], low[other])
-            elif other in stack:
-                low[node] = min(low[node], index[other])
-        if low[node] == index[node]:
-            component = []
-            while True:
-                member = stack.pop()
-                component.append(member)
-                if member == node:
-                    break
-            if len(component) > 1:
-                found.append(sorted(component))
-
-    for node in graph:
-        if node not in index:
-            visit(node)
-    return found
-
-
 def test_import_directions_around_the_contract():
-    paths = {_module_name(p): p for p in _sources("runtime", "export", "ucofia", "evaluation")}
-    graph = {name: _imports(path, set(paths)) for name, path in paths.items()}
+    modules = project_modules()
+    graph = {name: {dep for dep in deps if dep in modules} for name, deps in import_graph().items()}
     into_export = sorted(f"{name} imports {dep}" for name, deps in graph.items() if name.split(".")[0] == "runtime"
                          for dep in deps if dep.split(".")[0] == "export")
     assert not into_export, "the runtime must not import export:\n" + "\n".join(into_export)
     contract_deps = {dep.split(".")[0] for dep in graph["runtime.bundle.contract"]}
     assert contract_deps <= {"ucofia"}, f"the contract must stand alone (torch-free), imports {contract_deps}"
     ours = ("runtime.bundle", "runtime.backends", "export")
-    cycles = [c for c in _cycles(graph) if any(m == p or m.startswith(p + ".") for m in c for p in ours)]
-    assert not cycles, f"import cycles: {cycles}"
+    around = [c for c in cycles(graph) if any(m == p or m.startswith(p + ".") for m in c for p in ours)]
+    assert not around, f"import cycles: {around}"

@@ -8,13 +8,16 @@ four packages, function-level ones included, read with ``ast`` (nothing is impor
 """
 from __future__ import annotations
 
-import ast
+import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]  # not data_paths: this file also runs as a script (see the end)
-PACKAGES = ("ucofia", "export", "runtime", "evaluation")
+if __name__ == "__main__":  # run as a script: the helpers are not on the path pytest gives them
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))
+
+from import_graph import cycles, import_graph, project_modules
+
 CLI_MODULES = ("ucofia.cli", "ucofia.commands", "runtime.cli", "runtime.commands")
 # Torch-free leaves of ucofia that every package may use.
 UCOFIA_LEAVES = ("ucofia.config", "ucofia.io_utils", "ucofia.data", "ucofia.progress", "ucofia.logs",
@@ -23,96 +26,13 @@ EVALUATION_LEAVES = ("evaluation.metrics", "evaluation.compare", "evaluation.mom
 TORCH = ("torch", "torchvision", "open_clip")
 
 
-def _module_name(path: Path) -> str:
-    parts = path.relative_to(REPO).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def project_modules() -> dict[str, Path]:
-    """Module name -> file of every module of the four packages."""
-    return {_module_name(p): p for package in PACKAGES for p in sorted((REPO / package).rglob("*.py"))}
-
-
-def _resolve(name: str, modules: dict[str, Path]) -> str | None:
-    """The project module an imported dotted name refers to (the longest prefix that is a module)."""
-    parts = name.split(".")
-    for end in range(len(parts), 0, -1):
-        candidate = ".".join(parts[:end])
-        if candidate in modules:
-            return candidate
-    return None
-
-
-def imports_of(module: str, path: Path, modules: dict[str, Path]) -> set[str]:
-    """Every name ``module`` imports (project modules resolved; others kept as written)."""
-    tree = ast.parse(path.read_text(), filename=str(path))
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    found: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
-                base = ".".join([*anchor, base] if base else anchor)
-            # `from pkg import sub` names the submodule when there is one
-            names = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
-        else:
-            continue
-        for name in names:
-            found.add(_resolve(name, modules) or name)
-    found.discard(module)
-    return found
-
-
 @pytest.fixture(scope="module")
 def graph() -> dict[str, set[str]]:
-    modules = project_modules()
-    return {name: imports_of(name, path, modules) for name, path in modules.items()}
+    return import_graph()
 
 
 def _within(name: str, prefixes: tuple[str, ...]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
-
-
-def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """Strongly connected components of more than one module (Tarjan), each sorted."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    found: list[list[str]] = []
-    counter = [0]
-
-    def visit(node: str) -> None:
-        index[node] = low[node] = counter[0]
-        counter[0] += 1
-        stack.append(node)
-        on_stack.add(node)
-        for target in graph.get(node, ()):
-            if target not in graph:
-                continue
-            if target not in index:
-                visit(target)
-                low[node] = min(low[node], low[target])
-            elif target in on_stack:
-                low[node] = min(low[node], index[target])
-        if low[node] == index[node]:
-            component = []
-            while True:
-                member = stack.pop()
-                on_stack.discard(member)
-                component.append(member)
-                if member == node:
-                    break
-            if len(component) > 1:
-                found.append(sorted(component))
-
-    for node in sorted(graph):
-        if node not in index:
-            visit(node)
-    return found
 
 
 def test_the_graph_reads_the_imports(graph):
@@ -201,5 +121,4 @@ def summary(graph: dict[str, set[str]]) -> str:
 
 
 if __name__ == "__main__":
-    _modules = project_modules()
-    print(summary({name: imports_of(name, path, _modules) for name, path in _modules.items()}))
+    print(summary(import_graph()))

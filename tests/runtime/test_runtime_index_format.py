@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from data_paths import REPO_ROOT
+from import_graph import cycles
 from runtime_helpers import synthetic_index
 
 from runtime.bundle import load_bundle
@@ -229,15 +230,4 @@ def test_the_index_modules_import_each_other_without_cycles():
         deps = {module for module, _ in _imports(path) if module.startswith("runtime.index")}
         assert "runtime.index" not in deps, f"{name} imports the package itself (a cycle through __init__)"
         graph[name] = deps
-    done: set[str] = set()
-
-    def visit(node: str, path: tuple[str, ...]) -> None:
-        assert node not in path, "import cycle: " + " -> ".join(path + (node,))
-        if node in done:
-            return
-        for dep in graph.get(node, ()):
-            visit(dep, path + (node,))
-        done.add(node)
-
-    for module in graph:
-        visit(module, ())
+    assert cycles(graph) == [], "import cycles between the index modules"
