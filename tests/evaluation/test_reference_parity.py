@@ -9,7 +9,7 @@ and every stage is compared.
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import pytest
@@ -47,12 +47,12 @@ def _load_fixture(name: str):
     return folder, meta, inputs, expected
 
 
-@lru_cache(maxsize=None)
+@cache
 def run_ours(name: str) -> dict:
     """Load the reference checkpoint with ucofia and compute everything the fixture holds."""
     import ucofia
 
-    folder, meta, inp, _ = _load_fixture(name)
+    folder, _meta, inp, _ = _load_fixture(name)
     model = ucofia.load_reference_checkpoint(folder / "pytorch_model.bin")
     model.eval()
     out: dict = {"model": model}
@@ -77,7 +77,7 @@ def run_ours(name: str) -> dict:
 # ---- fixture integrity (no model needed) ------------------------------------------------------
 @pytest.mark.parametrize("name", NAMES)
 def test_fixture_is_self_consistent(name):
-    folder, meta, inp, exp = _load_fixture(name)
+    _folder, meta, inp, exp = _load_fixture(name)
     assert meta["reference"]["commit"] == "6098be2"
     cfg = meta["config"]
     t, v = inp["input_ids"].shape[0], inp["video"].shape[0]

@@ -32,7 +32,7 @@ HELPERS = Path(__file__).resolve().parent
 def netns_problem() -> str | None:
     """Why Ray tests cannot run here (None when they can)."""
     try:
-        import ray  # noqa: F401
+        import ray
         import ray.data  # noqa: F401
     except ImportError as exc:
         return f"Ray is not installed ({exc}); pip install 'ucofia[ray]'"

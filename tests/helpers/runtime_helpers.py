@@ -34,7 +34,7 @@ def vocab_file() -> Path:
     """The CLIP BPE vocabulary shipped with open_clip (located without importing it)."""
     spec = importlib.util.find_spec("open_clip")
     assert spec and spec.submodule_search_locations
-    return Path(list(spec.submodule_search_locations)[0]) / "bpe_simple_vocab_16e6.txt.gz"
+    return Path(next(iter(spec.submodule_search_locations))) / "bpe_simple_vocab_16e6.txt.gz"
 
 
 def _const(name: str, value: np.ndarray) -> onnx.TensorProto:

@@ -6,9 +6,9 @@ the sampling, not the codec.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

@@ -116,7 +116,8 @@ def test_ray_index_equals_single_process_and_never_imports_torch(data, tmp_path)
                            "--top-k", "5", "-o", str(tmp_path / f"{index.name}.jsonl"))
         assert searched.returncode == 0, searched.stderr
     ranked = [[(h["video_id"], h["score"], h["levels"]) for h in json.loads(line)["results"]]
-              for index in (data["single"], out) for line in (tmp_path / f"{index.name}.jsonl").read_text().splitlines()]
+              for index in (data["single"], out)
+              for line in (tmp_path / f"{index.name}.jsonl").read_text().splitlines()]
     assert ranked[:2] == ranked[2:]
 
     again = _ray_index(data, out)  # a re-run finds everything indexed (the broken file is retried and fails)
@@ -219,7 +220,8 @@ def test_ray_options_are_checked_before_anything_starts(data, tmp_path):
     for extra, message in ((["--ray", "--window", "5"], "--window is not supported with --ray"),
                            (["--ray-cpus", "2"], "need --ray"),
                            (["--ray", "--workers", "2"], "--workers"),
-                           (["--ray", "--ray-address", "127.0.0.1:1", "--ray-cpus", "2"], "--ray-cpus sizes a local Ray")):
+                           (["--ray", "--ray-address", "127.0.0.1:1", "--ray-cpus", "2"],
+                            "--ray-cpus sizes a local Ray")):
         result = run_cli(*base, *extra)
         assert result.returncode == 2 and message in result.stderr, (extra, result.stderr)
     assert not (tmp_path / "i").exists()
@@ -236,10 +238,9 @@ def test_ray_missing_says_how_to_install(data, tmp_path):
 
 
 def test_decode_stage_reports_bad_files_like_the_single_process_path(data):
-    from ucofia.data.video import VideoSpec
-
     from runtime.bundle import load_bundle
     from runtime.distributed.stages import decode_batch
+    from ucofia.data.video import VideoSpec
 
     spec = VideoSpec.from_config(load_bundle(data["bundle"]).config)
     out = decode_batch({"id": np.asarray(["clip0", "broken"], dtype=object),
@@ -293,10 +294,9 @@ def test_a_batch_delivered_twice_is_stored_once(data, tmp_path):
 
 def test_encoder_actor_converts_frames_the_same_with_threads(data, tmp_path):
     """A GPU actor converts uint8 frames on several threads: the shard it writes is bit-identical."""
-    from ucofia.data.video import VideoSpec
-
     from runtime.bundle import load_bundle
     from runtime.distributed.stages import ShardEncoder, decode_batch
+    from ucofia.data.video import VideoSpec
 
     bundle = load_bundle(data["bundle"])
     clips = [f"clip{i}" for i in range(4)]

@@ -11,14 +11,13 @@ from runtime_helpers import make_clip, run_cli
 torch = pytest.importorskip("torch")
 
 import ucofia  # noqa: E402
-from ucofia.data.tokenizer import ClipTokenizer  # noqa: E402
-from ucofia.data.video import VideoSpec, decode_video  # noqa: E402
-
-from runtime import search, scoring  # noqa: E402
+from runtime import scoring, search  # noqa: E402
 from runtime.backends import open_session  # noqa: E402
 from runtime.bundle import load_bundle  # noqa: E402
 from runtime.index import GalleryIndex  # noqa: E402
 from runtime.text import TextEncoder  # noqa: E402
+from ucofia.data.tokenizer import ClipTokenizer  # noqa: E402
+from ucofia.data.video import VideoSpec, decode_video  # noqa: E402
 
 N_VIDEOS = 6
 BANK = ["a red car drives on the road", "a dog runs in the park", "a woman is cooking", "two men play football",
@@ -86,7 +85,7 @@ def test_index_features_match_torch(model, built):
 def test_search_scores_and_biases_match_torch(model, built, tmp_path):
     root, index = built
     out = tmp_path / "hits.jsonl"
-    result = run_cli("search", "--index", str(index), *sum((["--query", q] for q in QUERIES), []),
+    result = run_cli("search", "--index", str(index), *[a for q in QUERIES for a in ("--query", q)],
                      "--top-k", str(N_VIDEOS), "-o", str(out))
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]

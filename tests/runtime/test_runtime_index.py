@@ -9,12 +9,12 @@ import pytest
 from runtime_helpers import build_fake_bundle, copy_clips, run_cli, synthetic_index
 
 from runtime import search
-from runtime.ingest import local as ingest
+from runtime.backends import open_session
 from runtime.bundle import load_bundle
 from runtime.errors import GalleryIndexError
 from runtime.index import GalleryIndex, IndexWriter
+from runtime.ingest import local as ingest
 from runtime.scoring import LEVELS, Scorer, score_matrix
-from runtime.backends import open_session
 from runtime.text import TextEncoder
 
 N_CLIPS = 5
@@ -251,10 +251,10 @@ def test_output_that_is_a_directory_is_refused_before_any_work(built, tmp_path):
 
 def test_index_lock_rejects_second_writer(bundle_dir, tmp_path):
     bundle = load_bundle(bundle_dir)
-    with IndexWriter(tmp_path / "idx", bundle):
-        with pytest.raises(GalleryIndexError, match="another process"):
-            with IndexWriter(tmp_path / "idx", bundle):
-                pass
+    with (IndexWriter(tmp_path / "idx", bundle),
+          pytest.raises(GalleryIndexError, match="another process"),
+          IndexWriter(tmp_path / "idx", bundle)):
+        pass
 
 
 def test_ingest_report_counts(bundle_dir, clips, tmp_path):
@@ -318,9 +318,8 @@ def test_add_batch_refuses_entries_of_other_ids(bundle_dir, tmp_path):
     d, f, p = cfg.embed_dim, cfg.max_frames, cfg.num_pixels
     features = {"video": np.zeros((1, d), np.float32), "frame_features": np.zeros((1, f, d), np.float32),
                 "patches": np.zeros((1, p, d), np.float32), "video_mask": np.ones((1, f), np.float32)}
-    with IndexWriter(tmp_path / "index", bundle) as writer:
-        with pytest.raises(ValueError, match="entries"):
-            writer.add_batch(["a"], features, [{"id": "b"}])
+    with IndexWriter(tmp_path / "index", bundle) as writer, pytest.raises(ValueError, match="entries"):
+        writer.add_batch(["a"], features, [{"id": "b"}])
     assert GalleryIndex(tmp_path / "index").ids == []
 
 

@@ -13,7 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from data_paths import REPO_ROOT
 from runtime_helpers import build_fake_bundle, synthetic_index

@@ -10,11 +10,11 @@ import pytest
 from runtime_helpers import make_clip
 
 from runtime import scoring
-from runtime.ingest import local as ingest
 from runtime.backends import open_session
 from runtime.bundle import load_bundle
 from runtime.errors import QueryError, RuntimeUserError
 from runtime.index import GalleryIndex, IndexWriter
+from runtime.ingest import local as ingest
 from runtime.text import TextEncoder
 
 

@@ -227,8 +227,9 @@ def test_reindexing_a_changed_file_replaces_its_rows(bundle_dir, clips, bank_fil
 @pytest.mark.parametrize("policy", ["first", "last"])
 def test_merge_equals_a_fresh_index_and_recomputes_biases(policy, bundle_dir, clips, bank_file, scratch, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    assert _index(bundle_dir, _listing(tmp_path, clips, (0, 1, 2), "a.txt"), a, "--bank", str(bank_file)).returncode == 0
-    assert _index(bundle_dir, _listing(tmp_path, clips, (2, 3, 4), "b.txt"), b, "--bank", str(bank_file)).returncode == 0
+    for out, numbers, listing in ((a, (0, 1, 2), "a.txt"), (b, (2, 3, 4), "b.txt")):
+        assert _index(bundle_dir, _listing(tmp_path, clips, numbers, listing), out, "--bank",
+                      str(bank_file)).returncode == 0
     refused = run_cli("merge", str(a), str(b), "-o", str(tmp_path / "c"), "-q")
     assert refused.returncode == 1 and "clip2" in refused.stderr and "--on-duplicate" in refused.stderr
     assert not (tmp_path / "c").exists()
@@ -386,8 +387,9 @@ def test_kill_during_replace_and_merge_leaves_working_indexes(bundle_dir, clips,
         assert GalleryIndex(out).biases() is not None
 
     a, b = tmp_path / "a", tmp_path / "b"
-    assert _index(bundle_dir, _listing(tmp_path, clips, (0, 1, 2), "a.txt"), a, "--bank", str(bank_file)).returncode == 0
-    assert _index(bundle_dir, _listing(tmp_path, clips, (2, 3, 4), "b.txt"), b, "--bank", str(bank_file)).returncode == 0
+    for out, numbers, listing in ((a, (0, 1, 2), "a.txt"), (b, (2, 3, 4), "b.txt")):
+        assert _index(bundle_dir, _listing(tmp_path, clips, numbers, listing), out, "--bank",
+                      str(bank_file)).returncode == 0
     snapshot = {p: p.read_bytes() for d in (a, b) for p in d.rglob("*") if p.is_file() and p.name != ".lock"}
     for point in MERGE_POINTS:
         out = tmp_path / f"merged_{point.replace(':', '_').replace('#', '_')}"
@@ -405,9 +407,8 @@ def test_kill_during_replace_and_merge_leaves_working_indexes(bundle_dir, clips,
 
 
 def test_writer_without_bundle_refuses_a_missing_index(tmp_path):
-    with pytest.raises(GalleryIndexError, match="not a ucofia index"):
-        with IndexWriter(tmp_path / "none", None):
-            pass
+    with pytest.raises(GalleryIndexError, match="not a ucofia index"), IndexWriter(tmp_path / "none", None):
+        pass
 
 
 @pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])

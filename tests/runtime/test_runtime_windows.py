@@ -15,11 +15,11 @@ from window_helpers import cut_span, write_lossless
 from evaluation.metrics import retrieval_metrics
 from evaluation.moments import moment_recall
 from runtime import search
-from runtime.search import grouping
 from runtime.backends import open_session
 from runtime.bundle import load_bundle
 from runtime.index import GalleryIndex
-from runtime.scoring import LEVELS, Scorer, fuse, score_matrix
+from runtime.scoring import Scorer, fuse, score_matrix
+from runtime.search import grouping
 from runtime.text import TextEncoder
 from runtime.windows import window_id
 from ucofia.data.windows import Span
@@ -59,7 +59,7 @@ def _expected_ids():
 
 
 def test_windowed_index_rows_and_entries(setup):
-    root, _, videos, _, index = setup
+    _root, _, videos, _, index = setup
     gallery = GalleryIndex(index)
     assert set(gallery.ids) == _expected_ids()
     talk = [e for e in gallery.entries if e["file_id"] == "talk"]
@@ -74,7 +74,7 @@ def test_windowed_index_rows_and_entries(setup):
 
 def test_window_features_equal_cut_out_clips(setup, tmp_path):
     """A windowed row holds exactly the features of its span indexed as a file of its own."""
-    root, bundle, videos, _, index = setup
+    _root, bundle, videos, _, index = setup
     cuts = tmp_path / "cuts"
     cuts.mkdir()
     gallery = GalleryIndex(index)
@@ -98,7 +98,7 @@ def test_window_features_equal_cut_out_clips(setup, tmp_path):
 
 
 def test_resume_encodes_only_missing_windows(setup, tmp_path):
-    root, bundle, videos, _, index = setup
+    _root, bundle, videos, _, index = setup
     copy = tmp_path / "index"
     shutil.copytree(index, copy)
     state = json.loads((copy / "index.json").read_text())
@@ -123,13 +123,13 @@ def test_resume_encodes_only_missing_windows(setup, tmp_path):
     (("--window", "0"), "--window must be a positive number of seconds"),
 ])
 def test_window_settings_are_checked(setup, args, message):
-    root, bundle, videos, _, index = setup
+    _root, bundle, videos, _, index = setup
     result = run_cli("index", "--bundle", str(bundle), "--videos", str(videos), "-o", str(index), "-q", *args)
     assert result.returncode == 1 and message in result.stderr, result.stderr
 
 
 def test_unreadable_file_is_reported_then_forgotten_once_fixed(setup, tmp_path):
-    root, bundle, videos, _, _ = setup
+    _root, bundle, videos, _, _ = setup
     folder = tmp_path / "videos"
     folder.mkdir()
     shutil.copy(videos / "clip.mp4", folder / "clip.mp4")
@@ -232,10 +232,12 @@ def test_search_cli_on_windows(setup, tmp_path):
 # ---- evaluate -----------------------------------------------------------------------------------
 def test_evaluate_on_windows_scores_files_by_their_best_window_and_moments(setup, scoring, tmp_path):
     _, _, _, _, index = setup
-    gallery, _, _, fused, sims = scoring
+    gallery, _, _, _fused, sims = scoring
     truth = [("talk", 12.0, 18.0), ("match", 0.0, 9.0), ("talk", 30.0, 41.0)]
     ann = tmp_path / "moments.csv"
-    ann.write_text("video_id,sentence,start,end\n" + "".join(f"{v},{q},{a},{b}\n" for (v, a, b), q in zip(truth, QUERIES)))
+    assert len(truth) == len(QUERIES)
+    ann.write_text("video_id,sentence,start,end\n"
+                   + "".join(f"{v},{q},{a},{b}\n" for (v, a, b), q in zip(truth, QUERIES)))
     out = tmp_path / "eval.json"
     result = run_cli("evaluate", "--index", str(index), "--annotations", str(ann), "--dataset", "generic", "-o",
                      str(out), "-q", "--no-bias")
@@ -277,7 +279,7 @@ def test_evaluate_whole_file_index_is_the_moment_baseline(setup, tmp_path):
 def test_changed_file_replaces_all_its_windows(setup, tmp_path):
     """Re-indexing a file whose content changed replaces every window of it (also windows the new,
     shorter content no longer has) and leaves the other files' rows alone."""
-    root, bundle, _, _, _ = setup
+    _root, bundle, _, _, _ = setup
     videos = tmp_path / "videos"
     videos.mkdir()
     write_lossless(videos / "match.mp4", _flat_colour_frames(FPS * 26, seed=1), FPS)

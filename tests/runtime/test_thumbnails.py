@@ -11,8 +11,14 @@ from PIL import Image
 from runtime_helpers import make_clip, run_cli
 
 from runtime.index import GalleryIndex
-from runtime.thumbnails import (LONG_SIDE, THUMBNAIL_DIR, ThumbnailError, render_thumbnail, thumbnail_file,
-                                thumbnail_name)
+from runtime.thumbnails import (
+    LONG_SIDE,
+    THUMBNAIL_DIR,
+    ThumbnailError,
+    render_thumbnail,
+    thumbnail_file,
+    thumbnail_name,
+)
 
 FPS = 3
 

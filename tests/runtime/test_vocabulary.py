@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from runtime_helpers import build_fake_bundle, make_clip, run_cli
 
 import ucofia
 from export import export_bundle
@@ -17,7 +18,6 @@ from runtime.bundle import load_bundle
 from runtime.errors import BundleError, QueryError
 from runtime.text import TextEncoder
 from runtime.vocabulary import embedding_rows
-from runtime_helpers import build_fake_bundle, make_clip, run_cli
 from ucofia.cli import main as cli
 from ucofia.config import tiny_config
 

@@ -179,7 +179,7 @@ def test_rendering_shows_background_order_and_marker() -> None:
     assert tuple(other[0][side - inset - 2, x0 + side - inset - 2]) == demo.MARKER_COLOURS["orange"]
 
     def red_x(frame: np.ndarray) -> float:
-        ys, xs = np.nonzero((frame == demo.OBJECT_COLOURS["red"]).all(-1))
+        _ys, xs = np.nonzero((frame == demo.OBJECT_COLOURS["red"]).all(-1))
         return float(xs.mean())
 
     ltr = demo.render_frames(video(demo.Event("motion", (red,), "left to right")))
@@ -253,8 +253,8 @@ def test_captions_fit_max_words() -> None:
     colour = max(longest(v) for v in demo.COLOUR_WORDS.values())
     shape = max(longest(v) for v in demo.SHAPE_WORDS.values())
     thing = 1 + colour + shape
-    event = max(max(n(f.format(a="", b="")) + 2 * thing for f in demo.SEQUENCE_FORMS),
-                max(n(f.format(a="", src="right", dst="left")) + thing for f in demo.MOTION_FORMS))
+    event = max(*(n(f.format(a="", b="")) + 2 * thing for f in demo.SEQUENCE_FORMS),
+                *(n(f.format(a="", src="right", dst="left")) + thing for f in demo.MOTION_FORMS))
     texture = max(longest(v) for v in demo.TEXTURE_WORDS.values())
     background = max(n(f.format(tex="", col="")) for f in demo.BACKGROUND_FORMS) + texture + colour
     corner = max(longest(v) for v in demo.CORNER_WORDS.values())

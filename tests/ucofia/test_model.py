@@ -144,8 +144,8 @@ def test_fuse_mean_and_bias():
 
 def test_loss_prefers_matching_pairs():
     eye = torch.eye(4) * 10
-    good = ucofia.UCoFiA.contrastive_loss({k: eye for k in ["video_sentence", "frame_sentence", "patch_word"]})
-    bad = ucofia.UCoFiA.contrastive_loss({k: -eye for k in ["video_sentence", "frame_sentence", "patch_word"]})
+    good = ucofia.UCoFiA.contrastive_loss(dict.fromkeys(["video_sentence", "frame_sentence", "patch_word"], eye))
+    bad = ucofia.UCoFiA.contrastive_loss(dict.fromkeys(["video_sentence", "frame_sentence", "patch_word"], -eye))
     assert good < 0.01 < bad
 
 

@@ -10,16 +10,19 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from ucofia.data.readers import (DatasetError, MissingVideosError, RetrievalSplit, VideoIndex, read_csv,
-                                 read_split)
-
 from data_paths import REAL_CLIPS as BUNDLED_CLIPS
 from data_paths import REPO_ROOT, SHARED_DATA
+
+from ucofia.data.readers import DatasetError, MissingVideosError, RetrievalSplit, VideoIndex, read_csv, read_split
 
 MSRVTT_SAMPLE = SHARED_DATA / "msrvtt_1ka_sample"
 REAL_CLIPS = SHARED_DATA / "real_clips"
 JSFUSION_HEADER = ["key", "vid_key", "video_id", "sentence"]
+
+
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
 
 
 def touch(path: Path) -> Path:
@@ -49,7 +52,7 @@ def check_consistent(split: RetrievalSplit) -> None:
 @pytest.mark.skipif(not MSRVTT_SAMPLE.is_dir(), reason=f"{MSRVTT_SAMPLE} absent")
 def test_msrvtt_shared_sample():
     split = read_split("msrvtt", MSRVTT_SAMPLE, "test")
-    rows = list(csv.DictReader(open(MSRVTT_SAMPLE / "MSRVTT_JSFUSION_test.csv")))
+    rows = _csv_rows(MSRVTT_SAMPLE / "MSRVTT_JSFUSION_test.csv")
     assert split.name == "msrvtt/test" and len(split.videos) == len(rows) == 24
     assert split.video_ids == [r["video_id"] for r in rows]
     assert split.texts == [r["sentence"] for r in rows]
@@ -153,7 +156,8 @@ def test_all_videos_missing_is_an_error_even_when_allowed(tmp_path):
 
 def test_empty_caption_and_id_rows(tmp_path):
     root = make_msrvtt(tmp_path)
-    write_csv(root / "MSRVTT_JSFUSION_test.csv", JSFUSION_HEADER, [["a", "b", "video1", "ok"], ["c", "d", "video2", "  "]])
+    write_csv(root / "MSRVTT_JSFUSION_test.csv", JSFUSION_HEADER,
+              [["a", "b", "video1", "ok"], ["c", "d", "video2", "  "]])
     with pytest.raises(DatasetError, match="row 3"):
         read_split("msrvtt", root, "test")
     write_csv(root / "MSRVTT_JSFUSION_test.csv", JSFUSION_HEADER, [["a", "b", "", "ok"]])
@@ -244,7 +248,7 @@ def test_vatex(tmp_path):
 # ---- generic CSV ------------------------------------------------------------------------------
 def _check_real_clips_csv(folder: Path) -> RetrievalSplit:
     split = read_split("csv", folder / "captions.csv")
-    rows = list(csv.DictReader(open(folder / "captions.csv")))
+    rows = _csv_rows(folder / "captions.csv")
     assert [v.path for v in split.videos] == [folder / r["file"] for r in rows]
     assert split.texts == [r["caption"] for r in rows] and split.video_of_text == list(range(len(rows)))
     check_consistent(split)
@@ -262,7 +266,7 @@ def test_bundled_real_clips_have_licence_and_attribution():
     assert "Apache License" in licence and "Version 2.0, January 2004" in licence
     notes = (BUNDLED_CLIPS / "README.md").read_text()
     assert "https://github.com/showlab/Tune-A-Video" in notes
-    rows = list(csv.DictReader(open(BUNDLED_CLIPS / "captions.csv")))
+    rows = _csv_rows(BUNDLED_CLIPS / "captions.csv")
     assert {r["licence"] for r in rows} == {"Apache-2.0"}
     assert {r["file"] for r in rows} == {p.name for p in BUNDLED_CLIPS.glob("*.mp4")}
 

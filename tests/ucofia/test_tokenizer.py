@@ -82,7 +82,7 @@ def test_truncation_and_padding(tok):
 
 
 def test_single_string_and_digits(tok):
-    ids, mask = tok.tokenize("in 2016", 6)
+    ids, _mask = tok.tokenize("in 2016", 6)
     assert ids.shape == (1, 6)
     # digits are single tokens
     assert len(tok.encode("2016")) == 4 and tok.decode(tok.encode("Hello  World")) == "hello world "

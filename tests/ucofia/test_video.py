@@ -19,18 +19,26 @@ import json
 import subprocess
 import sys
 from fractions import Fraction
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 import pytest
+from data_paths import REAL_CLIPS, REPO_ROOT, SHARED, TEST_FIXTURES, TESTS_DATA
 
 from ucofia.config import UCoFiAConfig, tiny_config
-from ucofia.data.video import (DecodedVideo, VideoDecodeError, VideoSpec, decode_many, decode_video,
-                               preprocess_frame, probe_video, reference_targets, select_positions,
-                               to_model_input)
-
-from data_paths import REAL_CLIPS, REPO_ROOT, SHARED, TESTS_DATA, TEST_FIXTURES
+from ucofia.data.video import (
+    DecodedVideo,
+    VideoDecodeError,
+    VideoSpec,
+    decode_many,
+    decode_video,
+    preprocess_frame,
+    probe_video,
+    reference_targets,
+    select_positions,
+    to_model_input,
+)
 
 FIX = TEST_FIXTURES / "video"
 ROOTS = {"shared": SHARED, "bundled": TESTS_DATA, "fixtures": FIX}  # expected.json "root" -> folder
@@ -51,7 +59,7 @@ def _spec(setting: str) -> tuple[VideoSpec, int | None, int | None]:
     return VideoSpec(mean=MEAN, std=STD, **st), start, end
 
 
-@lru_cache(maxsize=None)
+@cache
 def _decode(key: str, setting: str) -> DecodedVideo | VideoDecodeError:
     clip = CLIPS[key]
     spec, start, end = _spec(setting)

@@ -8,6 +8,7 @@ Cut-out clips are written losslessly (tests/helpers/window_helpers.py), so pixel
 """
 from __future__ import annotations
 
+import itertools
 from fractions import Fraction
 from pathlib import Path
 
@@ -18,8 +19,17 @@ from window_helpers import cut_span, frame_times, write_lossless
 from ucofia.data import window_decode
 from ucofia.data.video import VideoSpec, decode_video, probe_video, reference_targets
 from ucofia.data.window_decode import decode_windows
-from ucofia.data.windows import (Span, WindowError, format_seconds, media_duration_ms, plan_spans, read_offsets,
-                                 seconds_to_ms, stream_spans, window_reads)
+from ucofia.data.windows import (
+    Span,
+    WindowError,
+    format_seconds,
+    media_duration_ms,
+    plan_spans,
+    read_offsets,
+    seconds_to_ms,
+    stream_spans,
+    window_reads,
+)
 
 SPEC = VideoSpec(image_size=16)
 SHARED_CLIPS = ("data/msrvtt_1ka_sample/videos/video7138.mp4", "data/real_clips/msrvtt_original_video9771.mp4")
@@ -55,10 +65,10 @@ def test_no_window_lies_inside_another():
     for _ in range(200):
         duration, window, stride = (int(x) for x in rng.integers(1, 50_000, 3))
         spans = plan_spans(duration, window, stride)
-        assert spans[0].start_ms == 0 and spans[-1].end_ms == duration or stride > window
-        assert all(b.start_ms - a.start_ms == stride for a, b in zip(spans, spans[1:]))
+        assert (spans[0].start_ms == 0 and spans[-1].end_ms == duration) or stride > window
+        assert all(b.start_ms - a.start_ms == stride for a, b in itertools.pairwise(spans))
         assert all(s.end_ms - s.start_ms <= window for s in spans)
-        assert all(a.end_ms < b.end_ms for a, b in zip(spans, spans[1:]))
+        assert all(a.end_ms < b.end_ms for a, b in itertools.pairwise(spans))
         assert spans[-1].end_ms == min(duration, spans[-1].start_ms + window)
 
 

@@ -43,10 +43,9 @@ def served(fake_bundle, tmp_path_factory):
         ])
     keys = make_keys(root / "keys.json")
     service, app = open_app(index, api_keys=keys.path)
-    with ServerThread(app) as server:
-        with httpx.Client(base_url=server.url, timeout=CLIENT_TIMEOUT_S) as client:
-            yield {"client": client, "keys": keys, "index": index, "service": service, "clips": clips,
-                   "url": server.url}
+    with ServerThread(app) as server, httpx.Client(base_url=server.url, timeout=CLIENT_TIMEOUT_S) as client:
+        yield {"client": client, "keys": keys, "index": index, "service": service, "clips": clips,
+               "url": server.url}
 
 
 def _auth(key: str | None) -> dict[str, str]:
@@ -88,7 +87,7 @@ def test_search_matches_the_cli(served, tmp_path):
     assert body["batch"]["queries"] >= 3 and body["batch"]["requests"] >= 1
     assert set(body["timings"]) == {"queue_ms", "encode_ms", "score_ms", "total_ms"}
     out = tmp_path / "cli.jsonl"
-    cli = run_cli("search", "--index", str(served["index"]), *sum((["--query", q] for q in queries), []),
+    cli = run_cli("search", "--index", str(served["index"]), *[a for q in queries for a in ("--query", q)],
                   "--top-k", "6", "-o", str(out))
     assert cli.returncode == 0, cli.stderr
     expected = [json.loads(line) for line in out.read_text().splitlines()]
@@ -410,9 +409,7 @@ def _same_records(got: list[dict], want: list[dict]) -> None:
         for key, value in ref.items():
             if key == "windows":
                 _same_records(hit[key], value)
-            elif key == "levels":
-                assert hit[key] == pytest.approx(value, rel=1e-6, abs=1e-6)
-            elif key == "score":
+            elif key == "levels" or key == "score":
                 assert hit[key] == pytest.approx(value, rel=1e-6, abs=1e-6)
             else:
                 assert hit[key] == value, key
@@ -429,7 +426,7 @@ def test_windowed_search_records_equal_the_cli(windowed_index, tmp_path, request
     if request_options.get("two_stage"):
         args.append("--two-stage")
     out = tmp_path / "cli.jsonl"
-    cli = run_cli("search", "--index", str(windowed_index), *sum((["--query", q] for q in queries), []), "--top-k",
+    cli = run_cli("search", "--index", str(windowed_index), *[a for q in queries for a in ("--query", q)], "--top-k",
                   "3", *args, "-o", str(out))
     assert cli.returncode == 0, cli.stderr
     expected = [json.loads(line) for line in out.read_text().splitlines()]

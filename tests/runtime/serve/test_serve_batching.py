@@ -164,11 +164,10 @@ def test_an_error_reaches_only_its_request():
 def engine_and_snapshot(fake_bundle, tmp_path_factory):
     from serve_helpers import build_index
 
+    from runtime.deployment import load_query_models, open_index
     from runtime.serve.engine import SearchEngine
     from runtime.serve.settings import ServeSettings
     from runtime.serve.snapshot import load_snapshot
-
-    from runtime.deployment import load_query_models, open_index
 
     _, _, index = build_index(tmp_path_factory.mktemp("engine"), clips=6, bundle=fake_bundle)
     settings = ServeSettings(index_dir=index, backend="cpu")
@@ -205,13 +204,13 @@ def test_a_bad_query_fails_its_request_only(engine_and_snapshot):
 
 @pytest.fixture(scope="module")
 def windowed_engine(tmp_path_factory):
+    from runtime_helpers import build_fake_bundle, run_cli
     from serve_helpers import make_clips
 
     from runtime.deployment import load_query_models, open_index
     from runtime.serve.engine import SearchEngine
     from runtime.serve.settings import ServeSettings
     from runtime.serve.snapshot import load_snapshot
-    from runtime_helpers import build_fake_bundle, run_cli
 
     root = tmp_path_factory.mktemp("windowed_engine")
     bundle = build_fake_bundle(root / "bundle")

@@ -132,9 +132,8 @@ def test_api_key_create_list_revoke(tmp_path):
 
 
 def test_demo_prints_a_valid_serve_command(tmp_path):
-    from ucofia.commands.demo import serve_hint
-
     from runtime.cli import main
+    from ucofia.commands.demo import serve_hint
 
     hint = serve_hint(tmp_path / "demo run" / "index")
     command = next(line.strip() for line in hint.splitlines() if line.strip().startswith("ucofia-run serve"))

@@ -55,7 +55,7 @@ class Load:
                 body = reply.json() if reply.headers.get("content-type") == "application/json" else {}
                 self.answers[number].append(Answer(started, time.monotonic(), reply.status_code, body))
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Load:
         self.threads = [threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(CLIENTS)]
         for thread in self.threads:
             thread.start()
@@ -164,7 +164,7 @@ def test_compaction_under_an_old_snapshot_reloads_and_retries(growing_index, tmp
     """Without --watch or a reload, a compaction deletes the shards the served snapshot reads
     (features not held in memory: --preload-mb 0): the next search opens the index again."""
     _, index, _ = growing_index
-    service, app = open_app(index, preload_mb=0)
+    _service, app = open_app(index, preload_mb=0)
     ids = tmp_path / "remove.txt"
     ids.write_text("clip1\n")
     with ServerThread(app) as server, httpx.Client(base_url=server.url, timeout=60) as client:
