@@ -37,16 +37,21 @@ FLAG_FIELDS: dict[str, str] = {
 @click.option("--dataset", type=str, default=None,
               help="Dataset layout (data.dataset): msrvtt, msvd, didemo, activitynet, lsmdc, vatex, csv; "
                    "default auto (MSR-VTT layout, as the demo benchmark).")
-@click.option("--cache-dir", type=str, default=None, help="Frame cache folder (data.cache_dir; default RUN_DIR/frame_cache).")
-@click.option("--backbone", type=str, default=None, help="'tiny' or an open_clip ViT name such as ViT-B-32 (model.backbone).")
-@click.option("--pretrained", type=str, default=None, help="open_clip pretrained tag or local CLIP weights file (model.pretrained).")
-@click.option("--init", type=str, default=None, help="Start from a UCoFiA checkpoint: ours or a reference .bin (model.init_checkpoint).")
+@click.option("--cache-dir", type=str, default=None,
+              help="Frame cache folder (data.cache_dir; default RUN_DIR/frame_cache).")
+@click.option("--backbone", type=str, default=None,
+              help="'tiny' or an open_clip ViT name such as ViT-B-32 (model.backbone).")
+@click.option("--pretrained", type=str, default=None,
+              help="open_clip pretrained tag or local CLIP weights file (model.pretrained).")
+@click.option("--init", type=str, default=None,
+              help="Start from a UCoFiA checkpoint: ours or a reference .bin (model.init_checkpoint).")
 @click.option("--epochs", type=int, default=None, help="optim.epochs")
 @click.option("--batch-size", type=int, default=None, help="optim.batch_size: pairs per optimizer step over all GPUs.")
 @click.option("--grad-accum", type=int, default=None, help="optim.grad_accum")
 @click.option("--lr", type=float, default=None, help="optim.lr (heads); CLIP gets lr * coef_lr")
 @click.option("--coef-lr", type=float, default=None, help="optim.coef_lr")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None, help="optim.precision (GPU autocast)")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
+              help="optim.precision (GPU autocast)")
 @click.option("--seed", type=int, default=None, help="optim.seed")
 @click.option("--max-steps", type=int, default=None, help="optim.max_steps: stop after N optimizer steps")
 @click.option("--device", type=str, default=None, help="run.device: auto, cpu, cuda, cuda:N")

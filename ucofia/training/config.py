@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -304,7 +305,7 @@ def _coerce(value: Any, annotation: Any, dotted: str, where: str) -> Any:
         return number
     if base.startswith("tuple"):
         if isinstance(value, str):
-            value = [v for v in value.replace("(", "").replace(")", "").replace("[", "").replace("]", "").split(",")]
+            value = value.replace("(", "").replace(")", "").replace("[", "").replace("]", "").split(",")
         if not isinstance(value, (list, tuple)) or len(value) != 2:
             raise bad("a pair of numbers, e.g. [0.9, 0.98]")
         try:

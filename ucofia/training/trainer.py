@@ -478,7 +478,8 @@ def write_results(run_dir: Path, cfg: TrainConfig, result: TrainResult) -> None:
         atomic_write_text(run_dir / "results.md", markdown_tables(result.test))
 
 
-def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, force: bool = False, **kwargs: Any) -> TrainResult:
+def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, force: bool = False,
+          **kwargs: Any) -> TrainResult:
     """Run one training (see Trainer)."""
     return Trainer(cfg, run_dir, resume=resume, force=force, **kwargs).run()
 
