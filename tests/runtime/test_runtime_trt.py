@@ -224,3 +224,30 @@ def test_the_scorer_engine_has_a_profile_of_its_own_for_scoring_tiles(tmp_path, 
     for level in scoring.LEVELS:
         np.testing.assert_allclose(got[level], want[level], rtol=1e-6, atol=1e-6)
     assert max(r["shapes"]["video"][0] for r in engines[-1].executions) == 40
+
+
+def test_auto_says_when_it_skips_engines_built_elsewhere(tmp_path, monkeypatch, caplog):
+    bundle, _ = _setup(tmp_path, monkeypatch)
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt("11.4.0", bundle.root, []))
+    assert resolve_backend("auto", bundle) == "cpu"
+    notes = [r.getMessage() for r in caplog.records if r.name == "runtime.backends.selection"]
+    assert len(notes) == 1 and notes[0].startswith("note: not using the bundle's TensorRT engines: engines were "
+                                                   "built for NVIDIA H100 80GB HBM3")
+    assert "TensorRT versions differ" in notes[0] and "--trt --force" in notes[0]
+    caplog.clear()
+    plain = load_bundle(build_fake_bundle(tmp_path / "plain"))  # no engines: nothing to say
+    assert resolve_backend("auto", plain) == "cpu"
+    assert not [r for r in caplog.records if r.name == "runtime.backends.selection"]
+
+
+def test_cuda_libraries_are_preloaded_before_tensorrt_sessions(tmp_path, monkeypatch):
+    import onnxruntime
+
+    from runtime.backends import ort as ort_backend
+
+    bundle, _ = _setup(tmp_path, monkeypatch)
+    calls = []
+    monkeypatch.setattr(ort_backend, "_PRELOADED", [])
+    monkeypatch.setattr(onnxruntime, "preload_dlls", lambda: calls.append("preload"), raising=False)
+    open_session(bundle, "scorer", "tensorrt")
+    assert calls == ["preload"]
