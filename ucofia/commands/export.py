@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from runtime.bundle.contract import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
-from ucofia.cli_support import verbosity
+from ucofia.cli_support import TRAIN_EXTRA, TRAIN_MODULES, needs_extra, verbosity
 
 
 @click.command("export")
@@ -42,6 +42,7 @@ from ucofia.cli_support import verbosity
               help="TensorRT timing cache file to reuse and update (default: one per TensorRT version "
                    "and GPU under $XDG_CACHE_HOME/ucofia/tensorrt, else ~/.cache/ucofia/tensorrt).")
 @verbosity
+@needs_extra(TRAIN_EXTRA, TRAIN_MODULES)
 def export(checkpoint: Path, out_dir: Path, fp16: bool, int8: bool, trt: bool, allow_small_vocab: bool, opset: int,
            force: bool, exporter: str,
            min_texts: int, opt_texts: int, max_texts: int, min_videos: int, opt_videos: int,
