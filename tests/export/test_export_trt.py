@@ -91,7 +91,7 @@ def test_what_tensorrt_10_accepts_is_not_flagged(case):
 
 
 @pytest.mark.parametrize("case", ["sequence", "custom", "unsupported", "opset", "reduce_axes", "dropout",
-                                  "maxpool_indices", "dilations", "resize", "lstm", "zero_point", "squeeze_axes"])
+                                  "maxpool_indices", "dilations", "resize", "lstm", "zero_point", "onehot_depth"])
 def test_bad_graphs_are_flagged(case):
     x, y = _vi("x"), _vi("y")
     inits, domains, opset = [], [], 17
@@ -128,9 +128,10 @@ def test_bad_graphs_are_flagged(case):
         nodes = [helper.make_node("DequantizeLinear", ["q", "scale", "zp"], ["y"], name="dq")]
         inits = [numpy_helper.from_array(np.array(3, dtype=np.int8), "zp"),
                  numpy_helper.from_array(np.array(0.5, dtype=np.float32), "scale")]
-    else:  # Unsqueeze whose axes come from the input's shape
+    else:  # OneHot whose depth comes from the input's shape
         nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape"),
-                 helper.make_node("Unsqueeze", ["x", "s"], ["y"], name="unsq_dyn_axes")]
+                 helper.make_node("OneHot", ["x", "s", "values"], ["y"], name="onehot_dyn_depth")]
+        inits = [numpy_helper.from_array(np.array([0, 1], dtype=np.float32), "values")]
     model = _model(nodes, [x], [y], inits, opset=opset, domains=domains)
     errors, _ = _errors(model)
     assert errors, f"{case}: expected an error"
@@ -138,7 +139,7 @@ def test_bad_graphs_are_flagged(case):
     expected = {"sequence": "sequence", "custom": "plugin", "unsupported": "not supported", "opset": "opset",
                 "reduce_axes": "must be an initializer", "dropout": "training_mode must be False",
                 "maxpool_indices": "first output", "dilations": "dilations", "resize": "mode='cubic'",
-                "lstm": "layout=0", "zero_point": "zero_point", "squeeze_axes": "build-time constant"}[case]
+                "lstm": "layout=0", "zero_point": "zero_point", "onehot_depth": "build-time constant"}[case]
     assert expected in text
 
 
@@ -156,9 +157,29 @@ def test_version_dependent_rules_follow_the_installed_release():
                   [numpy_helper.from_array(np.array(4, dtype=np.int64), "step")])
     assert [i.severity for i in check_model(stft, "g", "10.4.0")[0]] == ["error"]
     assert check_model(stft, "g", "10.15.1")[0] == []
+    # run-time axes: Squeeze/Unsqueeze from 10.7, CumSum from 10.8; 11.x keeps every 10.x relaxation
+    shape_axes = [helper.make_node("Shape", ["x"], ["s"], name="shape"),
+                  helper.make_node("Slice", ["s", "zero", "one"], ["ax"], name="first_dim")]
+    axes_inits = [numpy_helper.from_array(np.array([0], dtype=np.int64), "zero"),
+                  numpy_helper.from_array(np.array([1], dtype=np.int64), "one")]
+    for op, since in (("Squeeze", "10.7"), ("Unsqueeze", "10.7"), ("CumSum", "10.8")):
+        model = _model(shape_axes + [helper.make_node(op, ["x", "ax"], ["y"], name=f"{op}_run_time_axes")],
+                       [_vi("x")], [_vi("y")], axes_inits)
+        for version, severity in (("10.6.0", "error"), (since + ".0", None), ("11.4.0.106", None), (None, "warning")):
+            if op == "CumSum" and version == "10.6.0":
+                version = "10.7.0"
+            issues, _ = check_model(model, "g", trt_version=version)
+            assert [i.severity for i in issues] == ([severity] if severity else []), (op, version, issues)
+            assert all(f">= {since}" in i.message for i in issues)
+    # TensorRT older than 10 is refused outright; the report says which rules it applied
+    relu = _model([helper.make_node("Relu", ["x"], ["y"])], [_vi("x")], [_vi("y")])
+    assert [i.op for i in check_model(relu, "g", "8.6.1")[0]] == ["version"]
+    assert check_graphs({"g": relu}, "11.4.0.106").to_dict()["rules"].startswith("TensorRT 11.4: the 10.15 table")
+    assert check_graphs({"g": relu}, "10.8.0").to_dict()["rules"] == "TensorRT 10.8"
     # opsets 21..24 are documented from 10.15 on; 10.0's table stops at 20
     relu = _model([helper.make_node("Relu", ["x"], ["y"])], [_vi("x")], [_vi("y")], opset=22)
     assert check_model(relu, "g", "10.15.1")[0] == [] and check_model(relu, "g", "10.8.0")[0]
+    assert check_model(relu, "g", "11.4.0")[0] == []
 
 
 def test_float64_weights_warned_int64_weights_native():
