@@ -74,8 +74,11 @@ class TensorRTSession(GraphSession):
 
     backend = "tensorrt"
 
-    def __init__(self, spec: GraphSpec, engine: Any, memory: CudaMemory | None = None) -> None:
-        import tensorrt as trt
+    def __init__(self, spec: GraphSpec, engine: Any, memory: CudaMemory | None = None, trt: Any = None) -> None:
+        """``engine``: a deserialized engine of graph ``spec``; ``trt``: the tensorrt module (default:
+        imported)."""
+        if trt is None:
+            import tensorrt as trt
 
         super().__init__(spec)
         self._trt = trt

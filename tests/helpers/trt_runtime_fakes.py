@@ -265,7 +265,7 @@ class FakeContext:
         return True
 
 
-def _runtime_class(root: Callable[[], Path], engines: list[FakeEngine], fallback: Callable[[bytes], object] | None):
+def runtime_class(root: Callable[[], Path], engines: list[FakeEngine], fallback: Callable[[bytes], object] | None):
     class Runtime:
         def __init__(self, logger):
             pass
@@ -297,7 +297,7 @@ def fake_tensorrt(version: str, root: Path, engines: list[FakeEngine]) -> types.
             self.level = level
 
     trt.Logger = Logger
-    trt.Runtime = _runtime_class(lambda: root, engines, None)
+    trt.Runtime = runtime_class(lambda: root, engines, None)
     trt.nptype = lambda dtype: np.dtype(dtype).type
     return trt
 
