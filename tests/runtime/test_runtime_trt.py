@@ -251,3 +251,35 @@ def test_cuda_libraries_are_preloaded_before_tensorrt_sessions(tmp_path, monkeyp
     monkeypatch.setattr(onnxruntime, "preload_dlls", lambda: calls.append("preload"), raising=False)
     open_session(bundle, "scorer", "tensorrt")
     assert calls == ["preload"]
+
+
+@pytest.mark.slow
+def test_the_gpu_check_worker_runs_on_fake_engines(tmp_path, monkeypatch):
+    """benchmarks/gpu_runtime.py (what gpu_check.py runs with torch blocked on a GPU machine), on the
+    fakes: splitting and padding against the CPU, no device-memory growth over 200 calls, scoring timed;
+    the CUDA provider (not installed here) reported as skipped with the reason."""
+    import importlib.util
+
+    from data_paths import REPO_ROOT
+    from trt_runtime_fakes import device_bytes
+
+    from runtime.backends import cuda_driver
+
+    bundle, engines = _setup(tmp_path, monkeypatch)
+    total = 80 << 30
+    monkeypatch.setattr(cuda_driver, "device_memory", lambda: (total - device_bytes(), total))
+    spec = importlib.util.spec_from_file_location("gpu_runtime", REPO_ROOT / "benchmarks" / "gpu_runtime.py")
+    worker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(worker)
+    entry = worker.run([bundle.root], n=40)["bundles"][str(bundle.root)]
+    assert "CUDAExecutionProvider is not installed" in entry["skipped"]["cuda"] and "tensorrt" not in entry["skipped"]
+    compare = entry["tensorrt"]["compare"]
+    assert [c["rows"] for c in compare["text_encoder"]["cases"]] == [{"T": 1}, {"T": TEXTS[2] + 3}]
+    assert all(c["within_tolerance"] for g in compare.values() for c in g["cases"]), compare
+    assert all(c["frames_with_cpu_selection"] == 1.0 for c in compare["video_encoder"]["cases"])
+    memory = entry["tensorrt"]["memory"]
+    assert memory["no_growth"] and memory["buffer_allocations_after_warmup"] == 0 and memory["calls"] == 200
+    scoring_ = entry["scoring"]
+    assert scoring_["n"] == 40 and scoring_["tensorrt"]["same_top1_vs_cpu"] == 1.0
+    assert scoring_["tensorrt"]["err_over_scale_vs_cpu"] < 1e-5
+    assert any(r["shapes"]["sentence"][0] == TEXTS[0] for r in engines[-1].executions)  # padded pieces ran
