@@ -127,11 +127,12 @@ def _score_timing(bundle, backends: list[str], n: int) -> dict:
     import numpy as np
 
     from runtime.backends import open_session
+    from runtime.bundle.contract import VIDEO_ROLES
     from runtime.scoring import ArrayVideos, Scorer, TextFeatures, score_matrix
 
     feats = _inputs(bundle.config, "scorer", {"T": n, "V": n}, seed=11)
     text = TextFeatures(feats["sentence"], feats["words"])
-    videos = ArrayVideos({k: feats[k] for k in ("video", "frame_features", "patches")})
+    videos = ArrayVideos({role: feats[role] for role in VIDEO_ROLES})
     out, reference = {}, None
     for backend in ["cpu", *backends]:
         scorer = Scorer(open_session(bundle, "scorer", backend), bundle.config)
