@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from ucofia.cli_support import verbosity
+from ucofia.cli_support import TRAIN_EXTRA, TRAIN_MODULES, needs_extra, verbosity
 from ucofia.io_utils import atomic_write_text
 
 EXAMPLE_QUERIES = (
@@ -64,6 +64,7 @@ def _write_lists(data: Path, lists: Path) -> tuple[Path, Path]:
               help="Override the demo config's training epochs (fewer = faster, less accurate).")
 @click.option("--force", is_flag=True, help="Start over when the output folder already has a run.")
 @verbosity
+@needs_extra(TRAIN_EXTRA, TRAIN_MODULES)
 def demo(out: Path, scale: float, epochs: int | None, force: bool) -> None:
     """Run the main job end to end on the built-in demo benchmark.
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ucofia.cli_support import verbosity
+from ucofia.cli_support import TRAIN_EXTRA, TRAIN_MODULES, needs_extra, verbosity
 
 # flag -> dotted config field (every field is also reachable with --set section.field=value)
 FLAG_FIELDS: dict[str, str] = {
@@ -58,6 +58,7 @@ FLAG_FIELDS: dict[str, str] = {
 @click.option("--threads", type=int, default=None, help="run.num_threads: torch CPU threads")
 @click.option("--no-progress", is_flag=True, help="No progress bars (log lines instead).")
 @verbosity
+@needs_extra(TRAIN_EXTRA, TRAIN_MODULES)
 def train(config: str | None, output: Path, sets: tuple[str, ...], resume: bool, force: bool, check: bool,
           print_config: bool, no_progress: bool, **flags: Any) -> None:
     """Train UCoFiA: CLIP towers + patch selection + the three ISA levels, contrastive loss.
