@@ -51,14 +51,15 @@ def make_keys(path: Path) -> Keys:
 
 
 class ServerThread:
-    """A real uvicorn server for ``app`` on 127.0.0.1, any free port, in a daemon thread."""
+    """A real uvicorn server for ``app`` on 127.0.0.1, any free port, in a daemon thread (``http``:
+    runtime.serve.settings.HttpSettings, the connection layer's settings)."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app, http=None) -> None:
         from runtime.serve.server import bind, make_server, url_of
 
         self.sock = bind("127.0.0.1", 0)
         self.url = url_of(self.sock).rstrip("/")
-        self.server = make_server(app, log_level="warning", access_log=False)
+        self.server = make_server(app, http, log_level="warning")
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self) -> ServerThread:
@@ -77,10 +78,12 @@ class ServerThread:
 
 
 def open_app(index: Path, **settings):
-    """(service, app) over ``index`` with ServeSettings overrides."""
+    """(service, app) over ``index`` with ServeSettings overrides (no access log unless asked for)."""
     from runtime.serve.app import create_app
     from runtime.serve.service import SearchService
     from runtime.serve.settings import ServeSettings
 
+    settings.setdefault("access_log", False)
     service = SearchService.open(ServeSettings(index_dir=index, backend="cpu", **settings))
     return service, create_app(service)
+
