@@ -14,7 +14,8 @@ QUEUE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 OTHER = "other"
 METHODS = frozenset({"GET", "HEAD", "POST", "OPTIONS"})
-STATUSES = frozenset({200, 204, 206, 304, 400, 401, 403, 404, 405, 408, 409, 413, 415, 416, 421, 422, 500, 503,
+# 499: a search whose client went away before its answer (nginx's "client closed request"; nobody receives it).
+STATUSES = frozenset({200, 204, 206, 304, 400, 401, 403, 404, 405, 408, 409, 413, 415, 416, 421, 422, 499, 500, 503,
                       504})
 
 

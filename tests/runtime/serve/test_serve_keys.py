@@ -97,6 +97,7 @@ def test_a_key_file_open_to_others_is_refused_with_the_chmod_to_run(index, tmp_p
     assert stat.S_IMODE(fresh.stat().st_mode) == 0o600
 
 
+@pytest.mark.slow  # servers of its own
 def test_a_key_file_opened_to_others_while_serving_fails_closed(index, tmp_path):
     keys = private_keys(tmp_path / "keys.json")
     with ServeProcess("--index", str(index), "--api-keys", str(keys.path)) as proc, \
@@ -138,6 +139,7 @@ def test_api_key_commands_lock_the_file(tmp_path, monkeypatch):
     assert (tmp_path / "keys.json.lock").exists()
 
 
+@pytest.mark.slow  # servers of its own
 def test_replicas_accept_each_others_links_and_links_are_stable(index, tmp_path):
     keys = private_keys(tmp_path / "keys.json")
     args = ("--index", str(index), "--api-keys", str(keys.path))
@@ -158,6 +160,7 @@ def test_replicas_accept_each_others_links_and_links_are_stable(index, tmp_path)
         assert time.time() + MEDIA_URL_TTL_S - 5 <= expires <= time.time() + MEDIA_URL_TTL_S + MEDIA_URL_BUCKET_S + 5
 
 
+@pytest.mark.slow  # servers of its own
 def test_a_link_secret_given_with_an_option_is_shared(index, tmp_path):
     keys_a, keys_b = tmp_path / "a" / "keys.json", tmp_path / "b" / "keys.json"
     keys = private_keys(keys_a)
