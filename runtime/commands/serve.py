@@ -155,9 +155,9 @@ def serve(index_dir: Path, bundle_dir: Path | None, host: str, port: int, api_ke
     auth = f"API keys from {api_keys}" if api_keys else "no auth"
     names = settings.allowed_host_names()
     hosts = "any Host" if names is None else "Host " + ", ".join(sorted(names))
-    click.echo(f"serving {service.snapshot.videos} videos from {index_dir} at "
-               f"{url_of(sock, tls=tls_cert is not None, root_path=root_path)} ({auth}; {hosts}; Ctrl+C stops)",
-               err=True)
+    behind = f"; a proxy serves it under {root_path}/" if root_path else ""
+    click.echo(f"serving {service.snapshot.videos} videos from {index_dir} at {url_of(sock, tls=tls_cert is not None)} "
+               f"({auth}; {hosts}{behind}; Ctrl+C stops)", err=True)
     server = make_server(create_app(service), http, log_level=log_level)
     with logs.routed("uvicorn"):
         try:

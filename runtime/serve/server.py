@@ -60,12 +60,11 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def url_of(sock: socket.socket, tls: bool = False, root_path: str = "") -> str:
-    """http(s)://host:port/ of a bound socket (with the root path)."""
+def url_of(sock: socket.socket, tls: bool = False) -> str:
+    """http(s)://host:port/ of a bound socket."""
     host, port = sock.getsockname()[:2]
-    scheme = "https" if tls else "http"
     netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return f"{scheme}://{netloc}{root_path.rstrip('/')}/"
+    return f"{'https' if tls else 'http'}://{netloc}/"
 
 
 def check_tls(http: HttpSettings) -> None:
