@@ -127,7 +127,15 @@ def serve(index_dir: Path, bundle_dir: Path | None, host: str, port: int, api_ke
 
     logs.configure(logs.QUIET, level=log_level.upper(), fmt=log_format)  # no progress bars in a server
     require_serve_dependencies()
-    from runtime.serve.server import bind, check_exposure, check_tls, make_server, raise_file_limit, url_of
+    from runtime.serve.server import (
+        bind,
+        check_exposure,
+        check_tls,
+        make_server,
+        prepare_process,
+        raise_file_limit,
+        url_of,
+    )
 
     check_exposure(host, api_keys is not None, insecure_no_auth)
     if root_path and (not root_path.startswith("/") or root_path.endswith("/")):
@@ -159,7 +167,8 @@ def serve(index_dir: Path, bundle_dir: Path | None, host: str, port: int, api_ke
     click.echo(f"serving {service.snapshot.videos} videos from {index_dir} at {url_of(sock, tls=tls_cert is not None)} "
                f"({auth}; {hosts}{behind}; Ctrl+C stops)", err=True)
     server = make_server(create_app(service), http, log_level=log_level)
-    with logs.routed("uvicorn"):
+    prepare_process()
+    with logs.routed("uvicorn", "asyncio"):
         try:
             server.run(sockets=[sock])
         except KeyboardInterrupt:  # uvicorn re-raises Ctrl+C after its graceful shutdown: a normal stop

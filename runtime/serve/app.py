@@ -70,7 +70,7 @@ from runtime.serve.contract import (
 from runtime.serve.engine import JobResult, SearchJob
 from runtime.serve.guard import GuardMiddleware, head_only, request_id
 from runtime.serve.metrics import Metrics
-from runtime.serve.responses import Responder, make_links, public_entry
+from runtime.serve.responses import ChunkedResponse, Responder, make_links, public_entry
 from runtime.serve.service import SearchService
 from runtime.serve.settings import RETRY_AFTER_S
 from runtime.serve.snapshot import Snapshot
@@ -369,7 +369,7 @@ def create_app(service: SearchService) -> FastAPI:
                             "total_ms": round((time.monotonic() - start) * 1000, 3)}}
         content = await responder.search_body(head, result.queries, snapshot, request.scope.get("root_path", ""),
                                               key_id(request), tail)
-        return Response(content, media_type="application/json", headers={"Cache-Control": "no-store"})
+        return ChunkedResponse(content, media_type="application/json", headers={"Cache-Control": "no-store"})
 
     # ---- videos (specific routes first: ids may contain '/') ---------------------------------------
     source_types = dict.fromkeys(SOURCE_MEDIA_TYPES, BINARY)

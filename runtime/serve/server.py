@@ -2,13 +2,15 @@
 with the service's connection layer (``runtime.serve.transport``)."""
 from __future__ import annotations
 
+import gc
 import ipaddress
 import logging
 import socket
+import sys
 from typing import Any
 
 from runtime.errors import RuntimeUserError
-from runtime.serve.settings import MAX_HEAD_BYTES, HttpSettings
+from runtime.serve.settings import MAX_HEAD_BYTES, SWITCH_INTERVAL_S, HttpSettings
 
 logger = logging.getLogger(__name__)
 # File descriptors the process needs besides its connections (index shards, sessions, logs).
@@ -93,6 +95,16 @@ def raise_file_limit(connections: int) -> None:
         if target < wanted:
             logger.warning("open-file limit %d is below --max-connections %d + %d; raise `ulimit -n` or lower "
                            "--max-connections", target, connections, SPARE_FILES)
+
+
+def prepare_process() -> None:
+    """Process-wide settings of a server process, once its service is loaded: the GIL changes hands
+    every SWITCH_INTERVAL_S (the event loop waits less behind the batch and responder threads),
+    and what was loaded at start is frozen out of the garbage collector's full passes (they then
+    walk the requests' objects only, not the index's entries)."""
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    gc.collect()
+    gc.freeze()
 
 
 def make_server(app: Any, http: HttpSettings | None = None, *, log_level: str = "info", observer: Any = None):

@@ -52,6 +52,10 @@ MAX_HEAD_BYTES = 16 * 1024
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 ANY_HOST = "*"
 LOG_FORMATS = ("text", "json")
+# How often the GIL changes hands in the server process (Python's default: 5 ms). Measured on two
+# busy cores with 32 clients asking for 64 x 100 results: /healthz p50 13 -> 5 ms, p99 ~100 -> ~70 ms,
+# the same throughput.
+SWITCH_INTERVAL_S = 0.001
 # Galleries whose features fit in this many MiB are held in memory (exhaustive search then reads
 # no shard pages per request); 1024 MiB is ~8,000 ViT-B/32 videos.
 DEFAULT_PRELOAD_MB = 1024
