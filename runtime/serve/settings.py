@@ -145,6 +145,8 @@ class ServeSettings:
         if self.api_keys is None:
             return frozenset(LOOPBACK_HOSTS)
         name = _host_name(self.host)
+        if name in LOOPBACK_HOSTS:
+            return frozenset(LOOPBACK_HOSTS)
         try:
             address = ipaddress.ip_address(name)
         except ValueError:
