@@ -178,3 +178,18 @@ def private_keys(path: Path) -> Keys:
     keys = make_keys(path)
     os.chmod(path, 0o600)
     return keys
+
+
+REFUSAL_TIMEOUT_S = 30.0
+
+
+def serve_refusal(*args: str, timeout_s: float = REFUSAL_TIMEOUT_S) -> subprocess.CompletedProcess:
+    """Run ``ucofia-run serve --port 0 ARGS`` in a subprocess that is expected to refuse to start:
+    its exit code and stderr. One that starts serving anyway is killed after ``timeout_s`` and
+    reported with ``returncode`` None (so a test of a refusal never hangs on a server)."""
+    command = [sys.executable, "-m", "runtime.cli", "serve", "--port", "0", "--backend", "cpu", *args]
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as exc:
+        stderr = exc.stderr.decode() if isinstance(exc.stderr, bytes) else exc.stderr or ""
+        return subprocess.CompletedProcess(command, None, "", stderr)

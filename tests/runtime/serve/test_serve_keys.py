@@ -22,7 +22,7 @@ pytest.importorskip("fastapi", reason="ucofia-run serve needs the 'serve' extra"
 httpx = pytest.importorskip("httpx", reason="the key tests use httpx")
 
 from runtime_helpers import run_cli  # noqa: E402
-from serve_helpers import ServeProcess, build_index, private_keys  # noqa: E402
+from serve_helpers import ServeProcess, build_index, private_keys, serve_refusal  # noqa: E402
 
 from runtime.serve import auth  # noqa: E402
 from runtime.serve.settings import MEDIA_URL_BUCKET_S, MEDIA_URL_TTL_S  # noqa: E402
@@ -86,8 +86,8 @@ def test_revoke_and_create_apply_within_two_seconds_and_links_die_with_their_key
 def test_a_key_file_open_to_others_is_refused_with_the_chmod_to_run(index, tmp_path):
     keys = private_keys(tmp_path / "keys.json")
     os.chmod(keys.path, 0o644)
-    result = run_cli("serve", "--index", str(index), "--api-keys", str(keys.path), "--port", "0")
-    assert result.returncode == 1
+    result = serve_refusal("--index", str(index), "--api-keys", str(keys.path))
+    assert result.returncode == 1, result.stderr
     assert f"chmod 600 {keys.path}" in result.stderr and "Traceback" not in result.stderr
     added = run_cli("api-key", "create", "--file", str(keys.path), "--name", "more")
     assert added.returncode == 1 and "chmod 600" in added.stderr
@@ -175,6 +175,5 @@ def test_a_link_secret_given_with_an_option_is_shared(index, tmp_path):
         assert second.get(hit["links"]["thumbnail"]).status_code == 200
     assert not keys_a.with_name("keys.json.link-secret").exists()
     os.chmod(secret, 0o640)
-    refused = run_cli("serve", "--index", str(index), "--api-keys", str(keys_a), "--link-secret", str(secret),
-                      "--port", "0")
+    refused = serve_refusal("--index", str(index), "--api-keys", str(keys_a), "--link-secret", str(secret))
     assert refused.returncode == 1 and f"chmod 600 {secret}" in refused.stderr

@@ -24,7 +24,7 @@ pytest.importorskip("fastapi", reason="ucofia-run serve needs the 'serve' extra"
 httpx = pytest.importorskip("httpx", reason="the proxy tests use httpx")
 
 from reverse_proxy import ReverseProxy  # noqa: E402
-from serve_helpers import ServeProcess, build_index, private_keys  # noqa: E402
+from serve_helpers import ServeProcess, build_index, private_keys, serve_refusal  # noqa: E402
 
 PREFIX = "/search"
 PROXY_SOURCE = "127.0.0.2"  # the proxy connects from here: the one trusted address
@@ -190,9 +190,7 @@ def test_tls_for_direct_exposure(served, certificate):
 
 
 def test_tls_options_go_together(served, certificate):
-    from runtime_helpers import run_cli
-
     cert, _ = certificate
     index, _ = served
-    result = run_cli("serve", "--index", str(index), "--tls-cert", str(cert), "--port", "0")
+    result = serve_refusal("--index", str(index), "--tls-cert", str(cert))
     assert result.returncode == 1 and "--tls-cert and --tls-key together" in result.stderr
