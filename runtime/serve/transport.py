@@ -22,15 +22,14 @@ included, so one client holding half-open sockets starves everybody else.
 
 All of this happens before a request reaches the app, so before any authentication. Every close
 is counted (``observer.connection_closed(reason)``, the service's metrics) and logged at debug
-level, with one warning per reason at most every ``NOTICE_INTERVAL_S`` seconds (an attacker
-must not be able to flood the log).
+level, with a warning per reason at most every ``NOTICE_INTERVAL_S`` seconds that counts them (an
+attacker must not be able to flood the log).
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -70,24 +69,38 @@ def _timeout_response(message: str) -> bytes:
 
 
 class _Notices:
-    """One warning per reason at most every NOTICE_INTERVAL_S, with the count since the last one."""
+    """A warning at the first close of a reason; the closes that follow within NOTICE_INTERVAL_S
+    are counted and logged as one line when the interval ends (so a flood makes a line per
+    interval, and no count is lost)."""
 
     def __init__(self, limits: TransportLimits) -> None:
         self.limits = limits
-        self.last: dict[str, float] = {}
         self.pending: dict[str, int] = {}
+        self.waiting: set[str] = set()
 
-    def closed(self, reason: str, client: Any) -> None:
+    def closed(self, reason: str, client: Any, loop: asyncio.AbstractEventLoop) -> None:
         logger.debug("closed the connection of %s: %s", client, reason)
         if reason not in _WHY:
             return
-        self.pending[reason] = self.pending.get(reason, 0) + 1
-        now = time.monotonic()
-        if now - self.last.get(reason, -NOTICE_INTERVAL_S) >= NOTICE_INTERVAL_S:
-            count, self.pending[reason], self.last[reason] = self.pending[reason], 0, now
-            why = _WHY[reason].format(header=self.limits.header_timeout_s, body=self.limits.body_timeout_s,
-                                      max=self.limits.max_connections)
-            logger.warning("closed %d connection%s that %s", count, "" if count == 1 else "s", why)
+        if reason in self.waiting:
+            self.pending[reason] = self.pending.get(reason, 0) + 1
+            return
+        self._warn(reason, 1, "")
+        self.waiting.add(reason)
+        loop.call_later(NOTICE_INTERVAL_S, self._flush, reason, loop)
+
+    def _flush(self, reason: str, loop: asyncio.AbstractEventLoop) -> None:
+        count = self.pending.pop(reason, 0)
+        if not count:
+            self.waiting.discard(reason)
+            return
+        self._warn(reason, count, f" in the last {NOTICE_INTERVAL_S:g} s")
+        loop.call_later(NOTICE_INTERVAL_S, self._flush, reason, loop)
+
+    def _warn(self, reason: str, count: int, when: str) -> None:
+        why = _WHY[reason].format(header=self.limits.header_timeout_s, body=self.limits.body_timeout_s,
+                                  max=self.limits.max_connections)
+        logger.warning("closed %d connection%s%s that %s", count, "" if count == 1 else "s", when, why)
 
 
 class GuardedH11Protocol(H11Protocol):
@@ -191,7 +204,7 @@ class GuardedH11Protocol(H11Protocol):
 
     # ---- reporting ---------------------------------------------------------------------------
     def _closed(self, reason: str) -> None:
-        self.notices.closed(reason, self.client)
+        self.notices.closed(reason, self.client, self.loop)
         if self.observer is not None:
             self.observer.connection_closed(reason)
 
