@@ -89,7 +89,7 @@ from runtime.serve.service import SearchService
 from runtime.serve.settings import ServeSettings
 
 service = SearchService.open(ServeSettings(index_dir=Path(sys.argv[1]), backend="cpu"))
-with TestClient(create_app(service)) as client:
+with TestClient(create_app(service), base_url="http://127.0.0.1") as client:
     assert client.get("/readyz").json()["ready"] is True
     reply = client.post("/v1/search", json={"queries": ["a red car"], "top_k": 2})
     assert reply.status_code == 200, reply.text
