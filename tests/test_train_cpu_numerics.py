@@ -91,3 +91,19 @@ def test_trainer_warns_when_torch_ran_before_the_setting(tmp_path):
     cfg = tiny_train_config(run__reproducible_cpu=True, optim__max_steps=1)
     Trainer(cfg, tmp_path / "run", splits=synthetic_splits(), log=messages.append).preflight()
     assert any("reproducible_cpu is not in effect" in m for m in messages), messages
+
+
+def test_convolution_avoids_cpu_dependent_backends_while_pinned():
+    """oneDNN (ISA-specific JIT) and NNPACK (tiles by cache size) are off inside, restored after."""
+    import torch
+
+    from ucofia.training.cpu_numerics import portable_kernels
+
+    x, w = torch.randn(16, 3, 32, 32, requires_grad=True), torch.randn(8, 3, 8, 8, requires_grad=True)
+    before = (torch.backends.mkldnn.enabled, torch._C._get_nnpack_enabled())
+    with portable_kernels(True), torch.profiler.profile() as prof:
+        torch.nn.functional.conv2d(x, w, stride=8).sum().backward()
+    names = {e.key for e in prof.key_averages()}
+    assert not {n for n in names if "mkldnn" in n or "nnpack" in n}, names
+    assert any("slow_conv2d" in n for n in names), names
+    assert (torch.backends.mkldnn.enabled, torch._C._get_nnpack_enabled()) == before

@@ -9,7 +9,8 @@ weights after 10 steps, and the thread count does too:
   ISA -> pinned with ``ATEN_CPU_CAPABILITY=avx2``, which every x86-64 CPU with AVX2 runs.
 * MKL's GEMM: the code path depends on the ISA and on the CPU vendor -> ``MKL_CBWR=COMPATIBLE``,
   the one MKL reproducibility branch documented for Intel and non-Intel CPUs alike (SSE2 only).
-* oneDNN's JIT convolutions (the patch embedding): disabled while training, so convolution runs
+* Convolution (the patch embedding): oneDNN's JIT kernels depend on the ISA, and NNPACK (what
+  torch takes next) tiles by the CPU's cache sizes; both are disabled while training, so it runs
   as im2col + the GEMM above (``portable_kernels``).
 * Reductions are split by thread: the config must fix ``run.num_threads``.
 
@@ -94,7 +95,7 @@ def problems() -> list[str]:
 
 @contextlib.contextmanager
 def portable_kernels(enabled: bool) -> Iterator[None]:
-    """While training: oneDNN off when ``enabled`` (its JIT kernels depend on the CPU); restored after."""
+    """While training, when ``enabled``: oneDNN and NNPACK off (convolution by im2col + GEMM); restored after."""
     import torch
 
     if not enabled:
@@ -103,7 +104,8 @@ def portable_kernels(enabled: bool) -> Iterator[None]:
     previous = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = False
     try:
-        yield
+        with torch.backends.nnpack.flags(enabled=False):
+            yield
     finally:
         torch.backends.mkldnn.enabled = previous
 
