@@ -112,7 +112,7 @@ class RunSection:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_threads: int | None = None  # torch CPU threads (None: torch default)
     # pin PyTorch's CPU kernels so that training gives the same weights on every x86-64 CPU with
-    # AVX2 (ucofia.training.cpu_numerics); needs num_threads, costs about 2x per CPU step
+    # AVX2 (ucofia.training.cpu_numerics); needs num_threads; CPU steps take about 1.8x as long
     reproducible_cpu: bool = False
     log_every: int = 10
     progress: bool = True
