@@ -70,6 +70,7 @@ def train(config: str | None, output: Path, sets: tuple[str, ...], resume: bool,
       torchrun --nproc_per_node 4 -m ucofia.cli train --config msrvtt --data /data/msrvtt -o runs/b32
       ucofia train -o runs/demo --resume
     """
+    fresh = "torch" not in sys.modules  # a new process: torch has run no kernel yet
     _passive_openmp()
     from ucofia.config import ConfigError
     from ucofia.training.config import parse_override
@@ -91,7 +92,22 @@ def train(config: str | None, output: Path, sets: tuple[str, ...], resume: bool,
     if print_config:
         click.echo(cfg.to_yaml(), nl=False)
         return
+    if cfg.run.reproducible_cpu and fresh:
+        _pin_cpu_kernels()
     _run(cfg, output, resume, force, check)
+
+
+def _pin_cpu_kernels() -> None:
+    """run.reproducible_cpu: pin torch's CPU kernels through the environment, before its first op.
+
+    Only in a fresh process (the console script, torchrun): a host that already ran torch (a test
+    runner, a notebook) keeps its kernels, and the trainer warns that the setting is not in effect.
+    """
+    from ucofia.training.cpu_numerics import apply_env
+
+    note = apply_env()
+    if note:
+        click.echo(f"warning: {note}", err=True)
 
 
 def _passive_openmp() -> None:
