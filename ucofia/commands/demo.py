@@ -59,7 +59,7 @@ def _write_lists(data: Path, lists: Path) -> tuple[Path, Path]:
 @click.option("-o", "--output", "out", default="demo_run", show_default=True,
               type=click.Path(file_okay=False, path_type=Path), help="Folder for every stage's output.")
 @click.option("--scale", default=1.0, show_default=True, type=click.FloatRange(min=0.01),
-              help="Demo benchmark size multiplier (1.0 trains in about 10 minutes on 2 CPU cores).")
+              help="Demo benchmark size multiplier (1.0 trains in about 7 minutes on 2 idle CPU cores).")
 @click.option("--epochs", default=None, type=click.IntRange(min=1),
               help="Override the demo config's training epochs (fewer = faster, less accurate).")
 @click.option("--force", is_flag=True, help="Start over when the output folder already has a run.")
