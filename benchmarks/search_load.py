@@ -3,7 +3,7 @@ compete with the measuring process for the GIL): CLIENTS threads, each on one ke
 connection, POST search requests of QUERIES queries and top_k TOP_K until REQUESTS each or the
 deadline. Prints a JSON summary: statuses, bytes per answer, requests, seconds.
 
-    python serve_load.py URL CLIENTS REQUESTS DEADLINE_S QUERIES TOP_K
+    python benchmarks/search_load.py URL CLIENTS REQUESTS DEADLINE_S QUERIES TOP_K
 """
 from __future__ import annotations
 
