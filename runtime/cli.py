@@ -13,6 +13,7 @@ from ucofia.cli_support import LazyGroup
 COMMANDS: dict[str, tuple[str, str]] = {
     "index": ("runtime.commands.index:index", "Encode videos into a gallery index (resumable)."),
     "search": ("runtime.commands.search:search", "Top-k videos for text queries (JSONL or CSV)."),
+    "describe": ("runtime.commands.describe:describe", "Rank captions for indexed videos (video-to-text)."),
     "evaluate": ("runtime.commands.evaluate:evaluate", "R@1/5/10, median and mean rank on annotated captions."),
     "serve": ("runtime.commands.serve:serve", "HTTP search service and search page (needs ucofia[serve])."),
     "remove": ("runtime.commands.updates:remove", "Remove videos from an index (atomic)."),
