@@ -32,6 +32,13 @@ logger = logging.getLogger(__name__)
 @click.option("--queries", "queries_file", type=click.Path(path_type=Path), default=None,
               help="File of queries: .txt one per line, .csv with a query/sentence/caption/text column, "
                    ".json or .jsonl.")
+@click.option("--like", "like_ids", multiple=True,
+              help="More like this: rank videos by their similarity to an indexed video (its id; repeatable). "
+                   "The video itself is left out unless --include-self.")
+@click.option("--query-video", "query_videos", multiple=True, type=click.Path(path_type=Path),
+              help="Search by example: a clip or image file, decoded and encoded as indexing does (repeatable). "
+                   "Indexed rows of the same content (sha256) are left out unless --include-self.")
+@click.option("--include-self", is_flag=True, help="With --like / --query-video: keep the query video in its results.")
 @click.option("--top-k", default=DEFAULT_TOP_K, show_default=True, type=click.IntRange(min=1),
               help="Results per query.")
 @click.option("--format", "fmt", default="jsonl", show_default=True, type=click.Choice(OUTPUT_FORMATS),
@@ -65,7 +72,8 @@ logger = logging.getLogger(__name__)
 @threads_option
 @verbosity
 @user_errors
-def search(index_dir: Path, queries_inline: tuple[str, ...], queries_file: Path | None, top_k: int, fmt: str,
+def search(index_dir: Path, queries_inline: tuple[str, ...], queries_file: Path | None, like_ids: tuple[str, ...],
+           query_videos: tuple[Path, ...], include_self: bool, top_k: int, fmt: str,
            out: Path, two_stage: bool, shortlist: int, group_by: str | None, windows_per_file: int,
            stage1_kind: str, nprobe: int | None, ef_search: int | None,
            bundle_dir: Path | None, backend: str, memory_mb: float, threads: int | None) -> None:
@@ -76,14 +84,27 @@ def search(index_dir: Path, queries_inline: tuple[str, ...], queries_file: Path 
     index was built with --bank), as the reference evaluation fuses them. On an index of time
     windows (`index --window`) each window is scored like a video, and results are grouped by file
     unless --group-by window. `ucofia-run serve` answers POST /v1/search with the same records.
+
+    With --like or --query-video the query is a video: results are ranked by the cosine of the
+    video-level features (docs/search.md, "More like this"), one JSON line per query video.
     """
     from runtime.deployment import load_query_models, open_index
     from runtime.search import Searcher, SearchOptions
     from runtime.search.records import format_results
     from runtime.sources import read_captions
 
-    if bool(queries_inline) == bool(queries_file):
-        raise click.UsageError("give --query TEXT (repeatable) or --queries FILE, not both or neither")
+    kinds = [bool(queries_inline), bool(queries_file), bool(like_ids or query_videos)]
+    if sum(kinds) != 1:
+        raise click.UsageError("give --query TEXT (repeatable), --queries FILE, or --like ID / --query-video FILE "
+                               "(repeatable): one kind of query")
+    if like_ids or query_videos:
+        from runtime.search.similar import search_like
+
+        if fmt != "jsonl":
+            raise click.UsageError("--like and --query-video write JSON lines (--format jsonl)")
+        write_output(out, search_like(index_dir, like_ids, query_videos, top_k, include_self=include_self,
+                                      bundle_dir=bundle_dir, backend=backend, threads=threads))
+        return
     texts = list(queries_inline) if queries_inline else read_captions(queries_file, "queries")
     options = SearchOptions(top_k=top_k, two_stage=two_stage, shortlist=shortlist, stage1=stage1_kind, nprobe=nprobe,
                             ef_search=ef_search, group_by=group_by, windows_per_file=windows_per_file)
