@@ -36,6 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from runtime.errors import QueryError, RuntimeUserError
+from runtime.index import metadata_of
 from runtime.scoring import LEVELS
 from runtime.serve.auth import ADMIN_SCOPE, MEDIA, SEARCH_SCOPE, THUMBNAIL, ApiKey
 from runtime.serve.batching import QueueFull, RequestTimeout
@@ -469,7 +470,7 @@ def create_app(service: SearchService) -> FastAPI:
         snapshot = service.snapshot
         entry = entry_or_404(snapshot, video_id)
         return {"id": video_id, "row": snapshot.index.row_of(video_id), "has_media": source_path(entry) is not None,
-                "entry": public_entry(entry), "links": links(request, video_id, entry)}
+                "metadata": metadata_of(entry), "entry": public_entry(entry), "links": links(request, video_id, entry)}
 
     # ---- admin -------------------------------------------------------------------------------
     admin_auth = protected(ADMIN_SCOPE, cross_origin=True)

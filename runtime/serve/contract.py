@@ -159,6 +159,12 @@ class ErrorResponse(BaseModel):
     error: str = Field(description="What is wrong, and how to fix it")
 
 
+# A metadata value: what a .jsonl / .csv video list may give (runtime.video_list).
+Metadatum = str | bool | int | float | list[str]
+METADATA_DOC = ("the fields of the video's row in the `--videos` list besides id and path (strings, numbers, "
+                "booleans, lists of strings); {} when it gave none")
+
+
 class Links(BaseModel):
     video: str = Field(description="GET: the video's metadata (a path under the server's root path)")
     thumbnail: str = Field(description="GET: a JPEG thumbnail (signed for the searching key when auth is on)")
@@ -184,6 +190,7 @@ class Hit(BaseModel):
     end: float | None = Field(None, description="on an index of time windows: the window's end (seconds)")
     score: float = Field(description="fused score: mean over the levels of (level score + its SK bias)")
     levels: dict[str, float] = Field(description=f"the level scores: {', '.join(LEVELS)}")
+    metadata: dict[str, Metadatum] = Field(description=METADATA_DOC)
     entry: dict[str, Any] = Field(description="what the index recorded about the video (duration_s, fps, "
                                               "width, height, ...; time windows add start/end)")
     links: Links
@@ -231,6 +238,7 @@ class VideoInfo(BaseModel):
     id: str
     row: int
     has_media: bool = Field(description="the index recorded the source file (needed for thumbnail and media)")
+    metadata: dict[str, Metadatum] = Field(description=METADATA_DOC)
     entry: dict[str, Any]
     links: Links
 
