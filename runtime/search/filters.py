@@ -5,6 +5,7 @@ A filter is a JSON object (docs/search.md, "Filters")::
     {"channel": "news"}                                  field equals a value ($eq)
     {"year": {"$gte": 2020, "$lt": 2024}}                operators on one field (all must hold)
     {"$and": [F, ...]}, {"$or": [F, ...]}, {"$not": F}   logic; several keys in one object: all hold
+    {}                                                   every row
 
 Operators: ``$eq $ne $gt $gte $lt $lte $in $nin $exists $not`` (``$not`` takes an operator
 object). Values are strings, numbers or booleans; ``$gt``-like operators take numbers or strings
@@ -259,6 +260,8 @@ class MetadataTable:
             masks = [self.mask(c) for c in where.clauses]
             if where.op == "$not":
                 return ~masks[0]
+            if not masks:  # {}: no condition, every row
+                return np.ones(self.rows, bool)
             return np.logical_and.reduce(masks) if where.op == "$and" else np.logical_or.reduce(masks)
         column = self.columns.get(where.field)
         if column is None or not column.kinds:  # no row has the field

@@ -205,6 +205,8 @@ def test_recorded_fields_and_ids_are_filterable():
     assert table.mask(parse_filter({"file_id": "c", "start": {"$gte": 0}})).tolist() == [False, False, True]
     with pytest.raises(FilterError, match="field 'fps' holds numbers"):
         table.mask(parse_filter({"fps": "3"}))
+    assert table.mask(parse_filter({})).all() and not table.mask(parse_filter({"$not": {}})).any()
+    assert table.mask(parse_filter({"$or": [{}, {"id": "zz"}], "$and": [{}]})).all()
 
 
 # ---- pages ---------------------------------------------------------------------------------------------
