@@ -247,3 +247,23 @@ def test_page_two_is_ranks_11_to_20_of_a_top_20(tied, mode, where):
 def test_a_negative_offset_is_a_usage_error(tied):
     result = run_cli("search", "--index", str(tied), *QUERIES, "--offset", "-1")
     assert result.returncode == 2 and "--offset" in result.stderr
+
+
+# ---- time windows --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", [(), ("--two-stage", "--stage1", "flat", "--shortlist", "3"),
+                                  ("--group-by", "window")],
+                         ids=["by-file", "by-file-two-stage", "by-window"])
+def test_filtered_windows_equal_an_index_of_the_matching_files(fake_bundle, folder, tmp_path, mode):
+    """Windows carry their file's metadata; grouped or not, a filtered search (and a page of it)
+    equals the search of an index of the matching files' windows."""
+    windows = ("--window", "1")
+    full = _index(fake_bundle, _jsonl(tmp_path / "all.jsonl", folder, META), tmp_path / "full", *windows)
+    news = [v for v in META if META[v].get("channel") == "news"]
+    subset = _index(fake_bundle, _jsonl(tmp_path / "news.jsonl", folder, news), tmp_path / "subset", *windows)
+    for page in (("--top-k", "2"), ("--top-k", "2", "--offset", "1")):
+        got = _search(full, *page, "--filter", '{"channel": "news"}', *mode)
+        _same(got, _search(subset, *page, *mode))
+        assert got[0] and all(r["metadata"]["channel"] == "news" for q in got for r in q)
+    late = _search(full, "--top-k", "50", "--group-by", "window", "--filter", '{"start": {"$gte": 3}}')
+    assert late[0] and all(r["start"] >= 3 for r in late[0])
+    assert {r["file_id"] for r in late[0]} == {"clip3", "clip4", "clip5"}  # clip i lasts 1 + i s
