@@ -211,15 +211,19 @@ class Column:
                                                  len(self._string_rows))
         return out
 
-    def equal(self, value: Scalar) -> np.ndarray:
+    def isin(self, values: Sequence[Scalar]) -> np.ndarray:
+        """Rows equal to one of ``values`` (a list of strings: holding one of them)."""
         n = len(self.present)
-        if isinstance(value, bool):
-            return self.booleans == (1 if value else -1)
-        if isinstance(value, float):
-            return self.has_number & (self.numbers == value)
-        out = self._strings_where(n, lambda s: s == value)
-        for row, items in self.lists.items():
-            out[row] |= value in items
+        flags = {1 if v else -1 for v in values if isinstance(v, bool)}
+        numbers = [v for v in values if isinstance(v, float)]
+        strings = {v for v in values if isinstance(v, str)}
+        out = np.isin(self.booleans, list(flags)) if flags else np.zeros(n, bool)
+        if numbers:
+            out |= self.has_number & np.isin(self.numbers, numbers)
+        if strings:
+            out |= self._strings_where(n, strings.__contains__)
+            for row, items in self.lists.items():
+                out[row] |= not items.isdisjoint(strings)
         return out
 
     def ordered(self, op: str, value: Scalar) -> np.ndarray:
@@ -273,7 +277,7 @@ class MetadataTable:
             self._check_kind(column, where, value)
         if where.op in ORDERED:
             return column.ordered(where.op, where.value)
-        hit = np.logical_or.reduce([column.equal(v) for v in values]) if values else np.zeros(self.rows, bool)
+        hit = column.isin(values)
         return ~hit if where.op in ("$ne", "$nin") else hit
 
     @staticmethod
