@@ -105,10 +105,6 @@ class SearchAnswer:
         """The answer cut to each query's first ``k`` results."""
         return replace(self, results=[records[:k] for records in self.results])
 
-    def page(self, offset: int, k: int) -> SearchAnswer:
-        """The answer cut to each query's results ``offset`` to ``offset + k`` (ranks stay absolute)."""
-        return replace(self, results=[records[offset:offset + k] for records in self.results])
-
 
 def exhaustive(scorer: Scorer, index: GalleryIndex, queries: TextFeatures, k: int,
                memory_mb: float = DEFAULT_MEMORY_MB, progress=None) -> TopK:
