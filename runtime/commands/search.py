@@ -44,9 +44,9 @@ logger = logging.getLogger(__name__)
                    'end); operators $eq $ne $gt $gte $lt $lte $in $nin $exists $not, $and $or. A bad filter is a '
                    'usage error (exit 2); one matching nothing gives empty results.')
 @click.option("--format", "fmt", default="jsonl", show_default=True, type=click.Choice(OUTPUT_FORMATS),
-              help="jsonl: one object per query {query, results: [{rank, video_id, score, levels}]} (on windows "
-                   "also file_id, start, end; grouped by file also windows: [...]); csv: one row per (query, rank) "
-                   "(grouped: per query, file rank and window).")
+              help="jsonl: one object per query {query, results: [{rank, video_id, score, levels, metadata}]} (on "
+                   "windows also file_id, start, end; grouped by file also windows: [...]); csv: one row per "
+                   "(query, rank) (grouped: per query, file rank and window), without the metadata.")
 @click.option("-o", "--output", "out", default="-", show_default=True,
               type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
               help="Output file (written atomically), or - for stdout.")

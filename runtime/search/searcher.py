@@ -32,7 +32,7 @@ import numpy as np
 from runtime.index import GalleryIndex, is_windowed
 from runtime.scoring import DEFAULT_MEMORY_MB, Scorer, TextFeatures, TopK, VideoSource, score_topk
 from runtime.search import grouping, stage1
-from runtime.search.filters import Filter, MetadataTable
+from runtime.search.filters import Filter, MetadataTable, parse_filter
 from runtime.search.records import Record, row_records
 from runtime.search.stage1 import Stage1Params
 from runtime.search.subset import GallerySubset
@@ -52,7 +52,8 @@ class SearchOptions:
     whole-file index, where every row is its own file). ``stage1`` is a stage-1 kind of
     ``runtime.search.stage1`` (``auto``: by gallery size); ``nprobe``/``ef_search`` None: its
     defaults. ``offset``: results skipped (a page starts at rank ``offset + 1``); ``where``: a
-    parsed filter (``runtime.search.filters.parse_filter``), None for every row."""
+    filter, parsed (``runtime.search.filters.parse_filter``) or as JSON data (a dict, parsed
+    here: FilterError when malformed), None for every row."""
 
     top_k: int = DEFAULT_TOP_K
     two_stage: bool = False
@@ -70,6 +71,8 @@ class SearchOptions:
             raise ValueError("top_k, shortlist and windows_per_file must be at least 1")
         if self.offset < 0:
             raise ValueError(f"offset must be at least 0, got {self.offset}")
+        if isinstance(self.where, dict):
+            object.__setattr__(self, "where", parse_filter(self.where))
         if self.group_by not in (None, *GROUP_BY):
             raise ValueError(f"group_by must be one of {', '.join(GROUP_BY)}, got {self.group_by!r}")
         if self.stage1 not in stage1.STAGE1_KINDS:

@@ -267,3 +267,12 @@ def test_filtered_windows_equal_an_index_of_the_matching_files(fake_bundle, fold
     late = _search(full, "--top-k", "50", "--group-by", "window", "--filter", '{"start": {"$gte": 3}}')
     assert late[0] and all(r["start"] >= 3 for r in late[0])
     assert {r["file_id"] for r in late[0]} == {"clip3", "clip4", "clip5"}  # clip i lasts 1 + i s
+
+
+def test_search_options_take_a_filter_as_json_data():
+    from runtime.search import SearchOptions
+
+    assert SearchOptions(where={"a": {"$in": [1, "x"]}}).where == parse_filter({"a": {"$in": [1, "x"]}})
+    assert hash(SearchOptions(where={"a": 1})) == hash(SearchOptions(where=parse_filter({"a": 1})))
+    with pytest.raises(FilterError, match=r"filter\.a\.\$x: unknown operator"):
+        SearchOptions(where={"a": {"$x": 1}})
