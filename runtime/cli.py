@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compact": ("runtime.commands.updates:compact", "Reclaim removed rows and coalesce small shards."),
     "merge": ("runtime.commands.updates:merge", "Merge indexes of one bundle into a new index."),
     "thumbnails": ("runtime.commands.thumbnails:thumbnails", "Make the missing thumbnails of an index."),
+    "export-features": ("runtime.commands.export_features:export_features",
+                        "Ids, metadata and stored features as parquet or npy."),
     "api-key": ("runtime.commands.api_key:api_key", "Create, list and revoke API keys of the service."),
     "doctor": ("runtime.commands.doctor:doctor", "Versions, backends and libraries here: paste it into bug reports."),
 }

@@ -27,8 +27,10 @@ FAILURES_SHOWN = 10
 @click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path),
               help="Bundle directory written by `ucofia export` (manifest.json + ONNX graphs).")
 @click.option("--videos", required=True, type=click.Path(path_type=Path),
-              help="A folder of videos (searched recursively; id = file name without extension) or a "
-                   "list file with one `path` or `id<TAB>path` per line.")
+              help="A folder of videos (searched recursively; id = file name without extension), a list file "
+                   "with one `path` or `id<TAB>path` per line, or a .jsonl / .csv list (header) whose rows have "
+                   "id, path and any other fields: the video's metadata (strings, numbers, booleans, lists of "
+                   "strings), shown in search results and usable in `search --filter`.")
 @click.option("--bank", type=click.Path(path_type=Path), default=None,
               help="Caption bank for the Sinkhorn-Knopp video bias (e.g. the training captions): "
                    ".txt one per line, .csv with a sentence/caption column, .json or .jsonl. Without it "

@@ -41,10 +41,19 @@ logger = logging.getLogger(__name__)
 @click.option("--include-self", is_flag=True, help="With --like / --query-video: keep the query video in its results.")
 @click.option("--top-k", default=DEFAULT_TOP_K, show_default=True, type=click.IntRange(min=1),
               help="Results per query.")
+@click.option("--offset", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Results skipped per query: a page of ranks OFFSET+1 to OFFSET+TOP_K (ranks stay absolute; "
+                   "ties are broken by gallery row, so pages never overlap).")
+@click.option("--filter", "filter_json", default=None, metavar="JSON",
+              help='Rank only the videos (or windows) this MongoDB-style filter matches, e.g. \'{"channel": '
+                   '"news", "year": {"$gte": 2020}}\'; fields: the metadata of a .jsonl/.csv --videos list and '
+                   'id, duration_s, fps, width, height, frames, bytes, mtime, container (windows: file_id, start, '
+                   'end); operators $eq $ne $gt $gte $lt $lte $in $nin $exists $not, $and $or. A bad filter is a '
+                   'usage error (exit 2); one matching nothing gives empty results.')
 @click.option("--format", "fmt", default="jsonl", show_default=True, type=click.Choice(OUTPUT_FORMATS),
-              help="jsonl: one object per query {query, results: [{rank, video_id, score, levels}]} (on windows "
-                   "also file_id, start, end; grouped by file also windows: [...]); csv: one row per (query, rank) "
-                   "(grouped: per query, file rank and window).")
+              help="jsonl: one object per query {query, results: [{rank, video_id, score, levels, metadata}]} (on "
+                   "windows also file_id, start, end; grouped by file also windows: [...]); csv: one row per "
+                   "(query, rank) (grouped: per query, file rank and window), without the metadata.")
 @click.option("-o", "--output", "out", default="-", show_default=True,
               type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
               help="Output file (written atomically), or - for stdout.")
@@ -73,7 +82,8 @@ logger = logging.getLogger(__name__)
 @verbosity
 @user_errors
 def search(index_dir: Path, queries_inline: tuple[str, ...], queries_file: Path | None, like_ids: tuple[str, ...],
-           query_videos: tuple[Path, ...], include_self: bool, top_k: int, fmt: str,
+           query_videos: tuple[Path, ...], include_self: bool, top_k: int, offset: int, filter_json: str | None,
+           fmt: str,
            out: Path, two_stage: bool, shortlist: int, group_by: str | None, windows_per_file: int,
            stage1_kind: str, nprobe: int | None, ef_search: int | None,
            bundle_dir: Path | None, backend: str, memory_mb: float, threads: int | None) -> None:
@@ -90,6 +100,7 @@ def search(index_dir: Path, queries_inline: tuple[str, ...], queries_file: Path 
     """
     from runtime.deployment import load_query_models, open_index
     from runtime.search import Searcher, SearchOptions
+    from runtime.search.filters import FilterError, read_filter
     from runtime.search.records import format_results
     from runtime.sources import read_captions
 
@@ -97,21 +108,30 @@ def search(index_dir: Path, queries_inline: tuple[str, ...], queries_file: Path 
     if sum(kinds) != 1:
         raise click.UsageError("give --query TEXT (repeatable), --queries FILE, or --like ID / --query-video FILE "
                                "(repeatable): one kind of query")
+    try:
+        where = None if filter_json is None else read_filter(filter_json, "--filter")
+    except FilterError as exc:
+        raise click.UsageError(str(exc)) from None
     if like_ids or query_videos:
         from runtime.search.similar import search_like
 
         if fmt != "jsonl":
             raise click.UsageError("--like and --query-video write JSON lines (--format jsonl)")
-        write_output(out, search_like(index_dir, like_ids, query_videos, top_k, include_self=include_self,
-                                      bundle_dir=bundle_dir, backend=backend, threads=threads))
+        write_output(out, search_like(index_dir, like_ids, query_videos, top_k, offset=offset, where=where,
+                                      include_self=include_self, bundle_dir=bundle_dir, backend=backend,
+                                      threads=threads))
         return
     texts = list(queries_inline) if queries_inline else read_captions(queries_file, "queries")
     options = SearchOptions(top_k=top_k, two_stage=two_stage, shortlist=shortlist, stage1=stage1_kind, nprobe=nprobe,
-                            ef_search=ef_search, group_by=group_by, windows_per_file=windows_per_file)
+                            ef_search=ef_search, group_by=group_by, windows_per_file=windows_per_file, offset=offset,
+                            where=where)
     gallery, bundle = open_index(index_dir, bundle_dir)
     models = load_query_models(bundle, backend, threads)
     features = models.text.encode_reporting(texts, "query")
-    answer = Searcher(models.scorer, gallery, memory_mb=memory_mb).search(features, options)
+    try:
+        answer = Searcher(models.scorer, gallery, memory_mb=memory_mb).search(features, options)
+    except FilterError as exc:  # a value of another type than its field holds in this index
+        raise click.UsageError(str(exc)) from None
     for note in answer.notes:
         logger.warning("%s", note)
     write_output(out, format_results(texts, answer.results, fmt, grouped=answer.group_by == "file"))

@@ -21,13 +21,15 @@ class RayEngine:
     unchanged biases starts none."""
 
     def __init__(self, settings: Any, writer: IndexWriter, bundle: Bundle, backend: str, batch_size: int,
-                 threads: int | None, report: IngestReport, *, thumbnails: bool) -> None:
+                 threads: int | None, report: IngestReport, *, thumbnails: bool,
+                 metadata: dict[str, dict[str, Any]] | None = None) -> None:
         self.ray = require_ray()
         self.options = RayOptions(address=settings.address, num_cpus=settings.cpus, encoders=settings.encoders,
                                   decode_batch=settings.decode_batch, commit_every_s=settings.commit_every_s)
         self.writer, self.bundle, self.backend = writer, bundle, backend
         self.batch_size, self.threads, self.report, self.thumbnails = batch_size, threads, report, thumbnails
         self.times = StageTimes()
+        self.metadata = metadata or {}
 
     def encode(self, work: Any, update: Update) -> None:
         if not work.todo:
@@ -35,7 +37,8 @@ class RayEngine:
         connect(self.ray, self.options)
         self.times = RayIndexRun(self.writer, self.bundle, options=self.options, replaces=work.replaces,
                                  backend=self.backend, batch_size=self.batch_size, threads=self.threads,
-                                 report=self.report, progress=update, thumbnails=self.thumbnails).run(work.todo)
+                                 report=self.report, progress=update, thumbnails=self.thumbnails,
+                                 metadata=self.metadata).run(work.todo)
 
     def bias_compute(self) -> ComputeBiases:
         """Scores bank x gallery on Ray actors of the same cluster (Ray connected only when the

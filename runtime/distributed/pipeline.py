@@ -25,7 +25,7 @@ import numpy as np
 
 from runtime.bundle import Bundle
 from runtime.distributed import require_ray
-from runtime.distributed.stages import ShardEncoder, decode_batch
+from runtime.distributed.stages import ShardEncoder, decode_batch, decode_items
 from runtime.errors import RuntimeUserError
 from runtime.faults import crash_point
 from runtime.index import IDS, SHARDS, IndexWriter, ShardRecord
@@ -151,13 +151,15 @@ class RayIndexRun:
 
     def __init__(self, writer: IndexWriter, bundle: Bundle, *, backend: str, batch_size: int, threads: int | None,
                  options: RayOptions, report: IngestReport, replaces: dict[str, list[str]] | None = None,
-                 progress: Callable[[int], None] | None = None, thumbnails: bool = False) -> None:
+                 progress: Callable[[int], None] | None = None, thumbnails: bool = False,
+                 metadata: dict[str, dict[str, Any]] | None = None) -> None:
         self.ray = require_ray()
         self.writer, self.bundle = writer, bundle
         self.backend, self.batch_size, self.threads = backend, batch_size, threads
         self.options, self.report = options, report
         self.replaces = replaces or {}
         self.progress, self.thumbnails = progress, thumbnails
+        self.metadata = metadata or {}  # id -> user metadata of its list row (JSON in the decode batch)
         self.times = StageTimes()
         self.done: set[str] = set()  # ids committed or failed in this run
         self.committed_now: set[str] = set()
@@ -170,7 +172,7 @@ class RayIndexRun:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.execution_options.preserve_order = True  # rows in list order, as the single-process index
-        items = [{"id": vid, "path": str(path)} for vid, path in todo]
+        items = decode_items(todo, self.metadata)
         blocks = max(1, math.ceil(len(items) / self.options.decode_batch))
         spec = VideoSpec.from_config(self.bundle.config)
         ds = ray.data.from_items(items, override_num_blocks=min(blocks, 100_000))

@@ -28,9 +28,15 @@ def _strings(values: Any) -> list[str]:
     return [str(v) for v in np.asarray(values).tolist()]
 
 
+def decode_items(todo: list[tuple[str, Path]], metadata: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
+    """The rows of the pipeline's input: id, path and the user metadata (JSON) of each video."""
+    return [{"id": vid, "path": str(path), "metadata": json.dumps(metadata.get(vid) or {})} for vid, path in todo]
+
+
 def decode_batch(batch: Batch, spec: VideoSpec, thumbnails_root: str | None = None) -> Batch:
     """Decode each video of the batch (one thread each: a Ray task holds one CPU) and hash its
-    file; frames stay uint8 ``[F, S, S, 3]`` (a quarter of float32 in the object store).
+    file (``metadata``, when the batch has the column: each row's user metadata as JSON); frames
+    stay uint8 ``[F, S, S, 3]`` (a quarter of float32 in the object store).
 
     Adds ``frames``, ``video_mask`` (float32 [F]), ``entry`` (the index entry as JSON), ``error``
     ("" when decoded) and ``decode_s``. Failures get zero frames and the same error text as the
@@ -41,18 +47,19 @@ def decode_batch(batch: Batch, spec: VideoSpec, thumbnails_root: str | None = No
     from runtime.thumbnails import ThumbnailError, make_thumbnail
 
     ids, paths = _strings(batch["id"]), _strings(batch["path"])
+    metadata = [json.loads(m) for m in _strings(batch["metadata"])] if "metadata" in batch else [None] * len(ids)
     shape = (spec.max_frames, spec.image_size, spec.image_size, 3)
     frames = np.zeros((len(ids), *shape), np.uint8)
     masks = np.zeros((len(ids), spec.max_frames), np.float32)
     entries, errors, seconds = [""] * len(ids), [""] * len(ids), np.zeros(len(ids), np.float64)
     start = time.perf_counter()
     outcomes = decode_many(paths, spec, workers=1, threads_per_video=1, prefetch=1)
-    for i, (vid, path, outcome) in enumerate(zip(ids, paths, outcomes)):
+    for i, (vid, path, meta, outcome) in enumerate(zip(ids, paths, metadata, outcomes)):
         if not outcome.ok:
             errors[i] = str(outcome.error)
         else:
             try:
-                entry = video_entry(vid, file_identity(Path(path)), outcome.video)
+                entry = video_entry(vid, file_identity(Path(path)), outcome.video, meta)
                 entries[i] = json.dumps(entry)
                 frames[i] = outcome.video.frames_uint8
                 masks[i] = outcome.video.video_mask

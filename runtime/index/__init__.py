@@ -9,7 +9,7 @@ it), ``shards`` (shard directories, row reads), ``store`` (stored dtypes), ``rea
 from __future__ import annotations
 
 from runtime.index.compaction import COMPACT_ROWS
-from runtime.index.entries import file_of, is_windowed, source_key, span_of
+from runtime.index.entries import METADATA, RECORDED_FIELDS, file_of, is_windowed, metadata_of, source_key, span_of
 from runtime.index.format import (
     ENTRIES,
     FAILED,
@@ -36,7 +36,8 @@ from runtime.index.shards import OpenShard, link_shard, write_shard
 from runtime.index.writer import KEEP_BIASES, BiasesUpdate, IndexWriter, KeepBiases
 
 __all__ = ["COMPACT_ROWS", "ENTRIES", "FAILED", "FEATURE_ROLES", "IDS", "INDEX_FORMAT", "KEEP_BIASES", "LOCK",
-           "READABLE_FORMATS", "SHARDS", "SHARD_ARRAYS", "STAGE1_PREFIX", "STATE", "BankRecord", "BiasesRecord",
-           "BiasesUpdate", "GalleryIndex", "IndexChangedError", "IndexState", "IndexWriter", "KeepBiases",
-           "OpenShard", "PendingChanges", "RowSubset", "ShardRecord", "file_lock", "file_of", "ids_digest",
-           "is_windowed", "link_shard", "source_key", "span_of", "write_shard", "writer_lock"]
+           "METADATA", "READABLE_FORMATS", "RECORDED_FIELDS", "SHARDS", "SHARD_ARRAYS", "STAGE1_PREFIX", "STATE",
+           "BankRecord", "BiasesRecord", "BiasesUpdate", "GalleryIndex", "IndexChangedError", "IndexState",
+           "IndexWriter", "KeepBiases", "OpenShard", "PendingChanges", "RowSubset", "ShardRecord", "file_lock",
+           "file_of", "ids_digest", "is_windowed", "link_shard", "metadata_of", "source_key", "span_of",
+           "write_shard", "writer_lock"]

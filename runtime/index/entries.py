@@ -7,6 +7,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+# The entry field holding the row's user metadata (from a .jsonl / .csv video list); absent when none.
+METADATA = "metadata"
+# Fields the index records about a row itself (besides id and path): user metadata may not use these names,
+# so that a search filter names one field whichever it is.
+RECORDED_FIELDS = ("sha256", "bytes", "mtime", "duration_s", "fps", "width", "height", "frames", "container",
+                   "file_id", "start", "end", "window", "stride", METADATA)
+
 
 def source_key(entry: Mapping[str, Any]) -> str:
     """What a row was made from: its ``file_id`` (time windows of one file) or source ``path``, else
@@ -31,3 +38,8 @@ def span_of(entry: Mapping[str, Any]) -> tuple[float, float] | None:
         return float(entry["start"]), float(entry["end"])
     duration = entry.get("duration_s")
     return None if duration is None else (0.0, float(duration))
+
+
+def metadata_of(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """The user metadata of a row (empty for rows listed without any, and for older indexes)."""
+    return dict(entry.get(METADATA) or {})

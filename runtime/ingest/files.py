@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from runtime.index import IndexWriter, source_key
+from runtime.index import METADATA, IndexWriter, source_key
 from ucofia.data.video import DecodedVideo
 from ucofia.io_utils import file_sha256
 
@@ -26,13 +26,17 @@ def unreadable_reason(exc: OSError) -> str:
     return f"cannot read the file to hash it ({exc}); check it exists and is readable"
 
 
-def video_entry(video_id: str, identity: dict[str, Any], video: DecodedVideo) -> dict[str, Any]:
-    """The index entry of one decoded video file (see docs/index-format.md)."""
+def video_entry(video_id: str, identity: dict[str, Any], video: DecodedVideo,
+                metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The index entry of one decoded video file (see docs/index-format.md), with the user
+    ``metadata`` of its list row when it has some."""
     info = video.info
     entry = {"id": video_id, **identity, "duration_s": info.duration_s, "fps": info.cv_fps,
              "width": info.width, "height": info.height, "frames": video.num_frames}
     if info.container:  # the service's media type comes from it, not from the file name
         entry["container"] = info.container
+    if metadata:
+        entry[METADATA] = dict(metadata)
     return entry
 
 

@@ -28,8 +28,9 @@ from runtime.ingest.local import DEFAULT_BATCH, default_workers, encode_videos
 from runtime.ingest.report import IngestReport
 from runtime.ingest.windows import encode_windows, plan_windows
 from runtime.scoring import DEFAULT_MEMORY_MB
-from runtime.sources import list_videos, read_captions
+from runtime.sources import read_captions
 from runtime.thumbnails import ThumbnailReport, ThumbnailWriter
+from runtime.video_list import read_video_list
 from runtime.vocabulary import check_tokenized_text_fits
 from runtime.windows import WindowSetting
 from runtime.windows import check_setting as check_window_setting
@@ -169,7 +170,8 @@ def build_index(request: IndexRequest) -> IndexOutcome:
         require_ray()  # fails now, with how to install it
     bundle = load_bundle(request.bundle)
     backend = resolve_backend(request.backend, bundle)
-    pairs = list_videos(request.videos)
+    listed = read_video_list(request.videos)
+    pairs = listed.pairs
     check_bank(request.bank, bundle)
     report = IngestReport(total=len(pairs))
     unit = "video" if setting is None else "window"
@@ -183,7 +185,7 @@ def build_index(request: IndexRequest) -> IndexOutcome:
             logger.info("resuming %s: %d of %d %ss already indexed", request.out, report.skipped, report.total, unit)
         if work.changed:
             logger.info("%d indexed files changed content; their rows will be replaced", work.changed)
-        engine = _engine(request, setting, writer, bundle, backend, report, thumbnails)
+        engine = _engine(request, setting, writer, bundle, backend, report, thumbnails, listed.metadata)
         try:
             start = time.perf_counter()
             try:
@@ -229,32 +231,32 @@ def _finish_thumbnails(thumbnails: ThumbnailWriter, root: Path, unit: str) -> Th
 
 
 def _engine(request: IndexRequest, setting: WindowSetting | None, writer: IndexWriter, bundle: Bundle, backend: str,
-            report: IngestReport, thumbnails: ThumbnailWriter | None) -> _Engine:
+            report: IngestReport, thumbnails: ThumbnailWriter | None, metadata: dict[str, dict[str, Any]]) -> _Engine:
     if request.ray is not None:
         from runtime.distributed.engine import RayEngine
 
         return RayEngine(request.ray, writer, bundle, request.backend, request.batch_size, request.threads, report,
-                         thumbnails=thumbnails is not None)
+                         thumbnails=thumbnails is not None, metadata=metadata)
     workers = request.workers or default_workers()
     if setting is None:
-        return _LocalFiles(writer, bundle, backend, request, workers, report, thumbnails)
-    return _LocalWindows(writer, bundle, backend, request, workers, report, setting)
+        return _LocalFiles(writer, bundle, backend, request, workers, report, thumbnails, metadata)
+    return _LocalWindows(writer, bundle, backend, request, workers, report, setting, metadata)
 
 
 class _LocalFiles:
     """Whole files on this machine: a decoder pool feeding the video encoder."""
 
     def __init__(self, writer: IndexWriter, bundle: Bundle, backend: str, request: IndexRequest, workers: int,
-                 report: IngestReport, thumbnails: ThumbnailWriter | None) -> None:
+                 report: IngestReport, thumbnails: ThumbnailWriter | None, metadata: dict[str, dict[str, Any]]) -> None:
         self.writer, self.bundle, self.backend, self.request = writer, bundle, backend, request
-        self.workers, self.report, self.thumbnails = workers, report, thumbnails
+        self.workers, self.report, self.thumbnails, self.metadata = workers, report, thumbnails, metadata
 
     def encode(self, work: _Work, update: Update) -> None:
         r = self.request
         encode_videos(self.writer, self.bundle, work.todo, backend=self.backend, batch_size=r.batch_size,
                       workers=self.workers, processes=r.process_pool, threads=r.threads, report=self.report,
                       progress=update, replaces=work.replaces,
-                      on_stored=self.thumbnails.submit if self.thumbnails else None)
+                      on_stored=self.thumbnails.submit if self.thumbnails else None, metadata=self.metadata)
 
     def bias_compute(self) -> ComputeBiases | None:
         return None
@@ -267,14 +269,14 @@ class _LocalWindows:
     """Time windows on this machine: each file decoded once, windows encoded in batches."""
 
     def __init__(self, writer: IndexWriter, bundle: Bundle, backend: str, request: IndexRequest, workers: int,
-                 report: IngestReport, setting: WindowSetting) -> None:
+                 report: IngestReport, setting: WindowSetting, metadata: dict[str, dict[str, Any]]) -> None:
         self.writer, self.bundle, self.backend, self.request = writer, bundle, backend, request
-        self.workers, self.report, self.setting = workers, report, setting
+        self.workers, self.report, self.setting, self.metadata = workers, report, setting, metadata
 
     def encode(self, work: _Work, update: Update) -> None:
         encode_windows(self.writer, self.bundle, work.plans, self.setting, backend=self.backend,
                        batch_size=self.request.batch_size, workers=self.workers, threads=self.request.threads,
-                       report=self.report, progress=update)
+                       report=self.report, progress=update, metadata=self.metadata)
 
     def bias_compute(self) -> ComputeBiases | None:
         return None

@@ -29,15 +29,16 @@ def encode_videos(writer: IndexWriter, bundle: Bundle, todo: list[tuple[str, Pat
                   batch_size: int, workers: int, processes: bool, threads: int | None,
                   report: IngestReport, progress: Callable[[int], None] | None = None,
                   replaces: dict[str, list[str]] | None = None,
-                  on_stored: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
+                  on_stored: Callable[[list[dict[str, Any]]], None] | None = None,
+                  metadata: dict[str, dict[str, Any]] | None = None) -> None:
     """Decode ``todo`` in a pool, encode batches with the video encoder, append shards.
 
     Each file is hashed (for its index entry) on a thread pool while the decoders work ahead.
     ``replaces`` (from :func:`plan_ingest`): id -> ids of rows its new features supersede, marked
     removed in the commit that adds them. ``on_stored`` gets the entries of every stored batch
-    (e.g. to make their thumbnails).
+    (e.g. to make their thumbnails). ``metadata``: id -> the user metadata of its list row.
     """
-    replaces = replaces or {}
+    replaces, metadata = replaces or {}, metadata or {}
     encoder = open_session(bundle, "video_encoder", backend, threads)
     spec = VideoSpec.from_config(bundle.config)
     batch_entries: list[dict[str, Any]] = []
@@ -79,7 +80,7 @@ def encode_videos(writer: IndexWriter, bundle: Bundle, todo: list[tuple[str, Pat
                     progress(1)
                 continue
             try:
-                entry = video_entry(vid, identity.result(), outcome.video)
+                entry = video_entry(vid, identity.result(), outcome.video, metadata.get(vid))
             except OSError as exc:  # the file went away or became unreadable after decoding
                 error = f"{path}: {unreadable_reason(exc)}"
                 writer.record_failure(vid, str(path), error)

@@ -176,8 +176,9 @@ class _Batches:
 
 def encode_windows(writer: IndexWriter, bundle: Bundle, plans: list[FilePlan], setting: WindowSetting, *,
                    backend: str, batch_size: int, workers: int, threads: int | None, report: IngestReport,
-                   progress: Update | None = None) -> None:
-    """Decode each planned file once and encode its windows in batches (shards), in file order."""
+                   progress: Update | None = None, metadata: dict[str, dict[str, Any]] | None = None) -> None:
+    """Decode each planned file once and encode its windows in batches (shards), in file order;
+    every window of a file gets the file's user ``metadata`` (file id -> its list row's)."""
     batches = _Batches(writer, bundle, backend, threads, batch_size, report, progress)
     batches.replaces = {plan.file_id: plan.replaces for plan in plans if plan.replaces}
     spec = batches.spec
@@ -190,13 +191,14 @@ def encode_windows(writer: IndexWriter, bundle: Bundle, plans: list[FilePlan], s
             for plan, q in zip(plans, queues):  # started in this order, so file i never waits for file > i
                 pool.submit(_produce, plan, q, stop, spec, decoder_threads)
             for plan, q in zip(plans, queues):
-                _consume(plan, q, setting, batches)
+                _consume(plan, q, setting, batches, (metadata or {}).get(plan.file_id))
             batches.flush()
         finally:
             stop.set()
 
 
-def _consume(plan: FilePlan, q: queue.Queue[_Item], setting: WindowSetting, batches: _Batches) -> None:
+def _consume(plan: FilePlan, q: queue.Queue[_Item], setting: WindowSetting, batches: _Batches,
+             metadata: dict[str, Any] | None = None) -> None:
     """Move one file's decoded windows from its queue into the batches."""
     base: dict[str, Any] | None = None
     remaining = {window_id(plan.file_id, s): s for s in plan.spans}
@@ -217,7 +219,7 @@ def _consume(plan: FilePlan, q: queue.Queue[_Item], setting: WindowSetting, batc
             if not outcome.ok:
                 batches.fail(row_id, str(plan.path), str(outcome.error))
                 continue
-            file_entry = video_entry(plan.file_id, base, outcome.video)
+            file_entry = video_entry(plan.file_id, base, outcome.video, metadata)
             batches.add(window_entry(file_entry, plan.file_id, outcome.span, outcome.video, setting), outcome)
     for row_id in remaining:  # not reached: the producer stopped early
         batches.fail(row_id, str(plan.path), f"cannot decode video {plan.path}: the decoder stopped before this window")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.index import GalleryIndex, file_of, span_of
+from runtime.index import GalleryIndex, file_of, metadata_of, span_of
 from runtime.scoring import (
     DEFAULT_MEMORY_MB,
     LEVELS,
@@ -151,15 +151,15 @@ def _group(rows: np.ndarray, fused: np.ndarray, levels: dict[str, np.ndarray], f
     return list(hits.values())
 
 
-def to_records(groups: list[list[FileHit]], index: GalleryIndex) -> list[list[dict]]:
+def to_records(groups: list[list[FileHit]], index: GalleryIndex, first: int = 0) -> list[list[dict]]:
     """Grouped results as JSON-ready dicts per query: ``{rank, file_id, score, video_id, start, end,
-    levels, windows: [{video_id, start, end, score, levels}]}`` (the top-level span, id and levels
-    are the file's best window's)."""
+    levels, metadata, windows: [{video_id, start, end, score, levels}]}`` (the top-level span, id,
+    levels and metadata are the file's best window's), from file rank ``first + 1`` on."""
     entries = index.entries
     out = []
     for hits in groups:
         records = []
-        for rank, hit in enumerate(hits, 1):
+        for rank, hit in enumerate(hits[first:], first + 1):
             windows = []
             for w in hit.windows:
                 entry = entries[w.row]
@@ -168,6 +168,7 @@ def to_records(groups: list[list[FileHit]], index: GalleryIndex) -> list[list[di
                                 "end": None if span is None else span[1], "score": w.score, "levels": w.levels})
             best = windows[0]
             records.append({"rank": rank, "file_id": hit.file_id, "score": hit.score, "video_id": best["video_id"],
-                            "start": best["start"], "end": best["end"], "levels": best["levels"], "windows": windows})
+                            "start": best["start"], "end": best["end"], "levels": best["levels"],
+                            "metadata": metadata_of(entries[hit.windows[0].row]), "windows": windows})
         out.append(records)
     return out

@@ -3,15 +3,17 @@
 A query's results are a ranked list of JSON-ready dicts. On a whole-file index, and on an index of
 time windows searched with ``group_by="window"``, a record is one gallery row::
 
-    {rank, video_id, [file_id, start, end,] score, levels}
+    {rank, video_id, [file_id, start, end,] score, levels, metadata}
 
 (``file_id``, ``start`` and ``end`` only on windows). Grouped by file, a record is one file, with
 the fields of its best window on top and its best windows listed::
 
-    {rank, file_id, score, video_id, start, end, levels, windows: [{video_id, start, end, score, levels}]}
+    {rank, file_id, score, video_id, start, end, levels, metadata, windows: [{video_id, start, end, score, levels}]}
 
 ``score`` is the fused score (mean over the levels of level score + SK bias), ``levels`` the three
-level scores. The same records are written as JSONL (one object per query) or CSV (one row per
+level scores, ``metadata`` the user metadata of the row's video-list row (``{}`` when none). Ranks
+are absolute: a page of results (``SearchOptions.offset``) keeps the ranks of the full list.
+The same records are written as JSONL (one object per query) or CSV (one row per
 query and rank, or per query, file rank and window).
 """
 from __future__ import annotations
@@ -22,16 +24,17 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from runtime.index import GalleryIndex, file_of, is_windowed, span_of
+from runtime.index import GalleryIndex, file_of, is_windowed, metadata_of, span_of
 from runtime.scoring import LEVELS, TopK
 
 Record = dict[str, Any]
 OUTPUT_FORMATS = ("jsonl", "csv")
 
 
-def row_records(index: GalleryIndex, top: TopK, query: int, k: int | None = None) -> list[Record]:
-    """The ranked rows of query number ``query`` (its first ``k``) as records."""
-    entries = index.entries if len(index) and is_windowed(index.entries[0]) else None
+def row_records(index: GalleryIndex, top: TopK, query: int, k: int | None = None, first: int = 0) -> list[Record]:
+    """The ranked rows of query number ``query`` (its first ``k``) as records, from rank ``first + 1`` on."""
+    windowed = len(index) > 0 and is_windowed(index.entries[0])
+    entries = index.entries
     ids = index.ids
     rows = (top.indices[query] if k is None else top.indices[query][:k]).tolist()
     # Python floats of the row once (tolist), not a numpy scalar per value: the same values, a
@@ -39,12 +42,14 @@ def row_records(index: GalleryIndex, top: TopK, query: int, k: int | None = None
     fused = top.fused[query, :len(rows)].tolist()
     levels = [top.levels[lv][query, :len(rows)].tolist() for lv in LEVELS]
     records = []
-    for r, row in enumerate(rows):
+    for r in range(first, len(rows)):
+        row = rows[r]
         record: Record = {"rank": r + 1, "video_id": ids[row]}
-        if entries is not None:
+        if windowed:
             start, end = span_of(entries[row])
             record.update({"file_id": file_of(entries[row]), "start": start, "end": end})
-        record.update({"score": fused[r], "levels": {lv: values[r] for lv, values in zip(LEVELS, levels)}})
+        record.update({"score": fused[r], "levels": {lv: values[r] for lv, values in zip(LEVELS, levels)},
+                       "metadata": metadata_of(entries[row])})
         records.append(record)
     return records
 

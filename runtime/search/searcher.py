@@ -11,9 +11,15 @@ the ranked result records of ``runtime.search.records``:
 * on an index of time windows, grouped by file (default: each file once, ranked by its best
   window, with its best windows) or by window (rows ranked on their own).
 
+A filter (``SearchOptions.where``, ``runtime.search.filters``) restricts every mode to the rows
+it matches: exhaustive search scores only those rows (``runtime.search.subset``), two-stage search
+has FAISS select among them; either returns what the same search returns on an index of the
+matching rows alone (with the whole gallery's SK biases). A page (``offset``) is ranks
+``offset + 1`` to ``offset + top_k`` of the full ranking.
+
 Every ranking is by fused score, then gallery row, so the first ``k`` results of a search for
 ``k' > k`` are the results of the search for ``k`` (the service runs a batch once for its largest
-``top_k``); :meth:`SearchOptions.batch_key` says which options must agree for that to hold.
+``offset + top_k``); :meth:`SearchOptions.batch_key` says which options must agree for that to hold.
 """
 from __future__ import annotations
 
@@ -21,11 +27,15 @@ import threading
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
+
 from runtime.index import GalleryIndex, is_windowed
 from runtime.scoring import DEFAULT_MEMORY_MB, Scorer, TextFeatures, TopK, VideoSource, score_topk
 from runtime.search import grouping, stage1
+from runtime.search.filters import Filter, MetadataTable, parse_filter
 from runtime.search.records import Record, row_records
 from runtime.search.stage1 import Stage1Params
+from runtime.search.subset import GallerySubset
 from runtime.search.two_stage import TwoStage
 
 DEFAULT_TOP_K = 10
@@ -41,7 +51,9 @@ class SearchOptions:
     ``group_by`` None means the default for the index: ``file`` on time windows (ignored on a
     whole-file index, where every row is its own file). ``stage1`` is a stage-1 kind of
     ``runtime.search.stage1`` (``auto``: by gallery size); ``nprobe``/``ef_search`` None: its
-    defaults."""
+    defaults. ``offset``: results skipped (a page starts at rank ``offset + 1``); ``where``: a
+    filter, parsed (``runtime.search.filters.parse_filter``) or as JSON data (a dict, parsed
+    here: FilterError when malformed), None for every row."""
 
     top_k: int = DEFAULT_TOP_K
     two_stage: bool = False
@@ -51,25 +63,36 @@ class SearchOptions:
     ef_search: int | None = None
     group_by: str | None = None
     windows_per_file: int = DEFAULT_WINDOWS_PER_FILE
+    offset: int = 0
+    where: Filter | None = None
 
     def __post_init__(self) -> None:
         if self.top_k < 1 or self.shortlist < 1 or self.windows_per_file < 1:
             raise ValueError("top_k, shortlist and windows_per_file must be at least 1")
+        if self.offset < 0:
+            raise ValueError(f"offset must be at least 0, got {self.offset}")
+        if isinstance(self.where, dict):
+            object.__setattr__(self, "where", parse_filter(self.where))
         if self.group_by not in (None, *GROUP_BY):
             raise ValueError(f"group_by must be one of {', '.join(GROUP_BY)}, got {self.group_by!r}")
         if self.stage1 not in stage1.STAGE1_KINDS:
             raise ValueError(f"unknown stage-1 kind {self.stage1!r}; choose one of {', '.join(stage1.STAGE1_KINDS)}")
 
     @property
+    def depth(self) -> int:
+        """Ranks a search computes to answer these options: ``offset + top_k``."""
+        return self.offset + self.top_k
+
+    @property
     def wide(self) -> int:
-        """Rows the first stage of two-stage search keeps per query (at least ``top_k``)."""
-        return max(self.shortlist, self.top_k)
+        """Rows the first stage of two-stage search keeps per query (at least ``offset + top_k``)."""
+        return max(self.shortlist, self.depth)
 
     def batch_key(self) -> tuple[Any, ...]:
-        """What must agree between requests so that one search for the largest ``top_k`` answers
-        each of them with a prefix of its results (the shortlist counts where it decides)."""
+        """What must agree between requests so that one search for the largest ``offset + top_k``
+        answers each of them with a slice of its results (the shortlist counts where it decides)."""
         return (self.two_stage, self.wide if self.two_stage else None, self.stage1, self.nprobe, self.ef_search,
-                self.group_by, self.windows_per_file)
+                self.group_by, self.windows_per_file, self.where)
 
 
 @dataclass
@@ -108,6 +131,7 @@ class Searcher:
         self.probe = probe
         self.windowed = len(index) > 0 and is_windowed(index.entries[0])
         self._files: grouping.RowFiles | None = None
+        self._table: MetadataTable | None = None
         self._two_stage: dict[Stage1Params, TwoStage] = {}
         self._lock = threading.Lock()
 
@@ -120,6 +144,23 @@ class Searcher:
         if self._files is None:
             self._files = grouping.RowFiles.of(self.index)
         return self._files
+
+    @property
+    def table(self) -> MetadataTable:
+        """The rows' filterable fields (made once, on the first filtered search)."""
+        if self._table is None:
+            with self._lock:
+                if self._table is None:
+                    self._table = MetadataTable(self.index.entries)
+        return self._table
+
+    def matching(self, where: Filter | None) -> np.ndarray | None:
+        """Ascending gallery rows ``where`` matches; None for every row (no filter, or all match).
+        FilterError for a value of another type than its field holds."""
+        if where is None:
+            return None
+        rows = np.flatnonzero(self.table.mask(where))
+        return None if len(rows) == len(self.index) else rows
 
     def stage1_params(self, options: SearchOptions) -> Stage1Params:
         """The stage-1 kind and parameters ``options`` ask for, on this gallery's size."""
@@ -142,27 +183,44 @@ class Searcher:
         return options.group_by or "file"
 
     def search(self, queries: TextFeatures, options: SearchOptions) -> SearchAnswer:
-        """Ranked result records of every query."""
+        """Ranked result records of every query (ranks ``offset + 1`` to ``offset + top_k``; none
+        where the filter matches no row)."""
         group_by = self.group_by(options)
+        rows = self.matching(options.where)
+        if rows is not None and len(rows) == 0:
+            return SearchAnswer([[] for _ in range(len(queries))], options.two_stage, group_by)
         if group_by == "file":
-            return self._grouped(queries, options)
+            return self._grouped(queries, options, rows)
+        gallery: GalleryIndex | GallerySubset = self.index
         if options.two_stage:
-            top = self.two_stage(self.stage1_params(options), queries).search(queries, options.top_k, options.wide)
+            top = self.two_stage(self.stage1_params(options), queries).search(queries, options.depth, options.wide,
+                                                                              rows=rows)
+        elif rows is None:
+            top = score_topk(self.scorer, queries, self.source, options.depth, self.biases, self.memory_mb)
         else:
-            top = score_topk(self.scorer, queries, self.source, options.top_k, self.biases, self.memory_mb)
-        results = [row_records(self.index, top, q) for q in range(len(queries))]
+            gallery = GallerySubset(self.index, rows, self.source)
+            top = score_topk(self.scorer, queries, gallery, options.depth, gallery.biases(), self.memory_mb)
+        results = [row_records(gallery, top, q, first=options.offset) for q in range(len(queries))]
         return SearchAnswer(results, options.two_stage, group_by)
 
-    def _grouped(self, queries: TextFeatures, options: SearchOptions) -> SearchAnswer:
-        k, per_file, notes = options.top_k, options.windows_per_file, []
+    def _grouped(self, queries: TextFeatures, options: SearchOptions, rows: np.ndarray | None) -> SearchAnswer:
+        k, per_file, notes = options.depth, options.windows_per_file, []
+        gallery: GalleryIndex | GallerySubset = self.index
         if options.two_stage:
-            wide = self.two_stage(self.stage1_params(options), queries).search(queries, options.wide, options.wide)
+            wide = self.two_stage(self.stage1_params(options), queries).search(queries, options.wide, options.wide,
+                                                                               rows=rows)
             groups = grouping.group_rows(wide, self.index, k, per_file, self.files)
             short = sum(len(g) < k for g in groups)
-            if short and len(self.files.file_ids) > min(len(g) for g in groups):
+            files = len(self.files.file_ids) if rows is None else len(np.unique(self.files.file_of_row[rows]))
+            if short and files > min(len(g) for g in groups):
                 notes.append(f"for {short} queries the {options.wide} shortlisted windows came from fewer than {k} "
                              f"files; raise --shortlist to see more files")
-        else:
+        elif rows is None:
             groups = grouping.grouped_exhaustive(self.scorer, self.index, queries, k, per_file, self.memory_mb,
                                                  source=self.source, files=self.files)
-        return SearchAnswer(grouping.to_records(groups, self.index), options.two_stage, "file", notes)
+        else:
+            gallery = GallerySubset(self.index, rows, self.source)
+            groups = grouping.grouped_exhaustive(self.scorer, gallery, queries, k, per_file, self.memory_mb,
+                                                 source=gallery, files=grouping.RowFiles.of(gallery))
+        return SearchAnswer(grouping.to_records(groups, gallery, first=options.offset), options.two_stage, "file",
+                            notes)

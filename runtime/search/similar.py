@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from runtime.errors import RuntimeUserError
-from runtime.index import GalleryIndex, file_of, is_windowed, span_of
+from runtime.index import GalleryIndex, file_of, is_windowed, metadata_of, span_of
+from runtime.search.filters import Filter, MetadataTable
 
 VIDEO_ROLE = "video"
 ROWS_PER_READ = 65536
@@ -95,10 +96,14 @@ def query_by_features(gallery: GalleryIndex, vector: np.ndarray, label: str, sha
 
 
 def rank_similar(gallery: GalleryIndex, queries: Sequence[VideoQuery], top_k: int, offset: int = 0,
-                 rows_per_read: int = ROWS_PER_READ) -> list[list[tuple[int, float]]]:
-    """Per query, (row, cosine) of ranks ``offset + 1 .. offset + top_k`` (ties: lower row first)."""
+                 rows_per_read: int = ROWS_PER_READ, allowed: np.ndarray | None = None
+                 ) -> list[list[tuple[int, float]]]:
+    """Per query, (row, cosine) of ranks ``offset + 1 .. offset + top_k`` (ties: lower row first);
+    ``allowed``: a boolean row mask (a filter's), None for every row."""
     if not queries:
         return []
+    if allowed is not None and not allowed.any():
+        return [[] for _ in queries]
     matrix = np.stack([q.vector for q in queries]).astype(np.float32)
     keep = offset + top_k
     best_scores = np.full((len(queries), 0), -np.inf, np.float32)
@@ -106,6 +111,8 @@ def rank_similar(gallery: GalleryIndex, queries: Sequence[VideoQuery], top_k: in
     for start in range(0, len(gallery), rows_per_read):
         stop = min(start + rows_per_read, len(gallery))
         scores = matrix @ unit(gallery.features(start, stop, roles=(VIDEO_ROLE,))[VIDEO_ROLE]).T
+        if allowed is not None:
+            scores[:, ~allowed[start:stop]] = -np.inf
         for q, query in enumerate(queries):
             for row in query.exclude:
                 if start <= row < stop:
@@ -124,7 +131,7 @@ def rank_similar(gallery: GalleryIndex, queries: Sequence[VideoQuery], top_k: in
 
 
 def similar_records(gallery: GalleryIndex, ranked: list[tuple[int, float]], offset: int = 0) -> list[Record]:
-    """Records ``{rank, video_id, [file_id, start, end,] score}`` of one query's ranked rows."""
+    """Records ``{rank, video_id, [file_id, start, end,] score, metadata}`` of one query's ranked rows."""
     entries = gallery.entries
     records = []
     for n, (row, score) in enumerate(ranked, offset + 1):
@@ -132,7 +139,7 @@ def similar_records(gallery: GalleryIndex, ranked: list[tuple[int, float]], offs
         if is_windowed(entries[row]):
             start, end = span_of(entries[row])
             record.update({"file_id": file_of(entries[row]), "start": start, "end": end})
-        record["score"] = score
+        record.update({"score": score, "metadata": metadata_of(entries[row])})
         records.append(record)
     return records
 
@@ -182,8 +189,9 @@ def encode_query_video(encoder, spec, path: Path, limits: UploadLimits) -> tuple
 
 
 def search_like(index_dir: Path, like_ids: Sequence[str], query_videos: Sequence[Path], top_k: int, *,
-                offset: int = 0, include_self: bool = False, bundle_dir: Path | None = None, backend: str = "auto",
-                threads: int | None = None, limits: UploadLimits = UploadLimits()) -> str:
+                offset: int = 0, where: Filter | None = None, include_self: bool = False,
+                bundle_dir: Path | None = None, backend: str = "auto", threads: int | None = None,
+                limits: UploadLimits = UploadLimits()) -> str:
     """JSON lines ``{"like": id | "query_video": path, "results": [...]}`` for ``ucofia-run search
     --like / --query-video`` (the video encoder is loaded only for files)."""
     import json
@@ -203,6 +211,7 @@ def search_like(index_dir: Path, like_ids: Sequence[str], query_videos: Sequence
             vector, sha256 = encode_query_video(encoder, spec, Path(path), limits)
             queries.append(query_by_features(gallery, vector, str(path), sha256, include_self))
             labels.append(("query_video", str(path)))
-    ranked = rank_similar(gallery, queries, top_k, offset)
+    allowed = None if where is None else MetadataTable(gallery.entries).mask(where)
+    ranked = rank_similar(gallery, queries, top_k, offset, allowed=allowed)
     return "".join(json.dumps({key: label, "results": similar_records(gallery, rows, offset)}, ensure_ascii=False)
                    + "\n" for (key, label), rows in zip(labels, ranked, strict=True))

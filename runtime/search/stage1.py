@@ -110,5 +110,23 @@ def configure(index, params: Stage1Params, shortlist: int) -> None:
         index.hnsw.efSearch = max(params.ef_search, shortlist)
 
 
+def search_parameters(params: Stage1Params, shortlist: int, mask: np.ndarray):
+    """FAISS search parameters that restrict a search to the rows where ``mask`` (bool [rows]) is
+    true (an ``IDSelectorBitmap``: FAISS then returns the best matching rows only, so a flat stage 1
+    shortlists exactly as one built over the matching rows alone), with the kind's search-time
+    parameters (nprobe, ef_search) for a shortlist of ``shortlist`` rows."""
+    import faiss
+
+    selector = faiss.IDSelectorBitmap(np.packbits(mask, bitorder="little"))
+    if params.kind == "ivf":
+        out = faiss.SearchParametersIVF(sel=selector, nprobe=params.nprobe)
+    elif params.kind == "hnsw":
+        out = faiss.SearchParametersHNSW(sel=selector, efSearch=max(params.ef_search, shortlist))
+    else:
+        out = faiss.SearchParameters(sel=selector)
+    out.selector_ref = selector  # the parameters hold a raw pointer: keep the selector alive with them
+    return out
+
+
 def describe(params: Stage1Params) -> str:
     return json.dumps(params.to_dict(), sort_keys=True)

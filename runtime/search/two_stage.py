@@ -120,18 +120,28 @@ class TwoStage:
         self.stage1_index, self.params = faiss_index(index, params)
         self.biases = index.biases()
 
-    def search(self, queries: TextFeatures, k: int, shortlist: int, progress=None) -> TopK:
+    def search(self, queries: TextFeatures, k: int, shortlist: int, progress=None,
+               rows: np.ndarray | None = None) -> TopK:
         """Top ``k`` per query: FAISS shortlist of ``shortlist`` rows by video_sentence (+ bias), then
-        the fused re-rank of the shortlisted rows only (read from the shards tile by tile)."""
+        the fused re-rank of the shortlisted rows only (read from the shards tile by tile).
+        ``rows`` (ascending gallery rows, e.g. those a filter matches): FAISS selects among them
+        only (``stage1.search_parameters``)."""
         if shortlist < k:
             raise ValueError(f"--shortlist ({shortlist}) must be at least --top-k ({k})")
         index, biases = self.index, self.biases
-        shortlist = min(shortlist, len(index))
-        k = min(k, len(index))
+        available = len(index) if rows is None else len(rows)
+        shortlist = min(shortlist, available)
+        k = min(k, available)
         q = _normalise(queries.sentence.astype(np.float64)) @ self.kernel
         q = np.concatenate([q, np.ones((len(queries), 1))], axis=1).astype(np.float32)
-        stage1.configure(self.stage1_index, self.params, shortlist)
-        _, cand = self.stage1_index.search(q, shortlist)
+        if rows is None:
+            stage1.configure(self.stage1_index, self.params, shortlist)
+            _, cand = self.stage1_index.search(q, shortlist)
+        else:
+            mask = np.zeros(len(index), bool)
+            mask[rows] = True
+            _, cand = self.stage1_index.search(q, shortlist, params=stage1.search_parameters(self.params, shortlist,
+                                                                                              mask))
         out = TopK(indices=np.empty((len(queries), k), np.int64), fused=np.empty((len(queries), k), np.float32),
                    levels={lv: np.empty((len(queries), k), np.float32) for lv in LEVELS})
         for i in range(len(queries)):

@@ -36,7 +36,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from runtime.errors import QueryError, RuntimeUserError
+from runtime.index import metadata_of
 from runtime.scoring import LEVELS
+from runtime.search.filters import parse_filter
 from runtime.serve.auth import ADMIN_SCOPE, MEDIA, SEARCH_SCOPE, THUMBNAIL, ApiKey
 from runtime.serve.batching import QueueFull, RequestTimeout
 from runtime.serve.contract import (
@@ -329,7 +331,8 @@ def create_app(service: SearchService) -> FastAPI:
                            request: Request) -> Response:
         ensure_ready()
         job = SearchJob(queries=list(body.queries), top_k=body.top_k, two_stage=body.two_stage,
-                        group_by=body.group_by, windows_per_file=body.windows_per_file)
+                        group_by=body.group_by, windows_per_file=body.windows_per_file, offset=body.offset,
+                        where=None if body.filter is None else parse_filter(body.filter))
         start = time.monotonic()
         searching = asyncio.ensure_future(service.search(job))
         gone = asyncio.ensure_future(until_disconnected(request))
@@ -361,7 +364,7 @@ def create_app(service: SearchService) -> FastAPI:
             raise ClientGone
         snapshot = result.snapshot
         queue = (job.started or start) - job.enqueued
-        head = {"mode": result.mode, "group_by": result.group_by, "top_k": body.top_k}
+        head = {"mode": result.mode, "group_by": result.group_by, "top_k": body.top_k, "offset": body.offset}
         tail = {"snapshot": snapshot.describe(), "batch": {"queries": result.batch_queries,
                                                              "requests": result.batch_requests},
                 "timings": {"queue_ms": round(queue * 1000, 3), "encode_ms": round(result.encode_s * 1000, 3),
@@ -469,7 +472,7 @@ def create_app(service: SearchService) -> FastAPI:
         snapshot = service.snapshot
         entry = entry_or_404(snapshot, video_id)
         return {"id": video_id, "row": snapshot.index.row_of(video_id), "has_media": source_path(entry) is not None,
-                "entry": public_entry(entry), "links": links(request, video_id, entry)}
+                "metadata": metadata_of(entry), "entry": public_entry(entry), "links": links(request, video_id, entry)}
 
     # ---- admin -------------------------------------------------------------------------------
     admin_auth = protected(ADMIN_SCOPE, cross_origin=True)

@@ -11,10 +11,22 @@ service as it is. Rules that depend on how the server was started (``--api-keys`
 # No `from __future__ import annotations`: pydantic and FastAPI read these annotations at runtime.
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, StrictBool, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictBool,
+    StringConstraints,
+    WithJsonSchema,
+    model_validator,
+)
 
 from runtime.scoring import LEVELS
 from runtime.search import DEFAULT_TOP_K, DEFAULT_WINDOWS_PER_FILE, GROUP_BY
+from runtime.search.filters import COMPARISONS, FilterError, parse_filter
 from runtime.serve.settings import ZERO_WIDTH, Limits
 
 # ------------------------------------------------------------------------------------------------
@@ -115,6 +127,62 @@ def _two_stage_off(value: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------
+# the search filter: its grammar as JSON Schema (added to the schema's components by tidy_schema),
+# checked with runtime.search.filters.parse_filter
+# ------------------------------------------------------------------------------------------------
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+_SCALAR = {"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]}
+_ORDERED = {"anyOf": [{"type": "string"}, {"type": "number"}]}
+FILTER_SCHEMAS: dict[str, dict[str, Any]] = {
+    "Filter": {
+        "type": "object",
+        "description": "MongoDB-style filter (as Chroma's `where`): `{field: value}`, `{field: {operator: value}}`, "
+                       "`{\"$and\": [...]}`, `{\"$or\": [...]}`, `{\"$not\": {...}}`; several keys in one object "
+                       "must all hold. Fields: the videos' metadata and the index's recorded fields (id, duration_s, "
+                       "fps, width, height, frames, bytes, mtime, container; on windows file_id, start, end). Besides "
+                       "this grammar, a value must be of a type its field holds (422 otherwise); a field no video has "
+                       "matches nothing; a filter matching no video gives empty results.",
+        "properties": {"$and": {"type": "array", "minItems": 1, "items": _ref("Filter")},
+                       "$or": {"type": "array", "minItems": 1, "items": _ref("Filter")},
+                       "$not": _ref("Filter")},
+        "patternProperties": {"^[^$]": {"anyOf": [_SCALAR, _ref("FilterOperators")]}},
+        "additionalProperties": False,
+    },
+    "FilterOperators": {
+        "type": "object",
+        "minProperties": 1,
+        "description": "operators on one field, all of which must hold",
+        "properties": {**dict.fromkeys(("$eq", "$ne"), _SCALAR),
+                       **{op: _ORDERED for op in COMPARISONS if op not in ("$eq", "$ne")},
+                       "$in": {"type": "array", "items": _SCALAR}, "$nin": {"type": "array", "items": _SCALAR},
+                       "$exists": {"type": "boolean"}, "$not": _ref("FilterOperators")},
+        "additionalProperties": False,
+    },
+}
+FILTER_EXAMPLE = {"$and": [{"channel": "news"}, {"year": {"$gte": 2020}}]}
+
+
+def _check_filter(value: Any) -> Any:
+    """The filter as sent, once its grammar is checked (the message names the place)."""
+    if value is not None:
+        try:
+            parse_filter(value, "filter")
+        except FilterError as exc:
+            raise ValueError(str(exc).removeprefix("filter: ").removeprefix("filter.")) from None
+    return value
+
+
+# pydantic resolves every $ref it writes, so the field's schema is a placeholder that tidy_schema
+# replaces with a reference to the Filter component.
+FILTER_PLACEHOLDER = "x-ucofia-filter"
+SearchFilter = Annotated[dict[str, Any] | None, AfterValidator(_check_filter),
+                         WithJsonSchema({"type": "object", FILTER_PLACEHOLDER: True})]
+
+
+# ------------------------------------------------------------------------------------------------
 # the search request
 # ------------------------------------------------------------------------------------------------
 def search_request_model(limits: Limits, two_stage_setting: str) -> type[BaseModel]:
@@ -148,6 +216,19 @@ def search_request_model(limits: Limits, two_stage_setting: str) -> type[BaseMod
                               "on an index of whole files. As `ucofia-run search --group-by`.")
         windows_per_file: JsonInt = Field(DEFAULT_WINDOWS_PER_FILE, ge=1, le=limits.max_windows_per_file,
                                           description="grouped by file: best windows listed per file")
+        offset: JsonInt = Field(0, ge=0, le=limits.max_top_k - 1,
+                                description=f"results skipped: the answer holds ranks offset + 1 to offset + top_k "
+                                            f"(ranks stay absolute); offset + top_k must be at most "
+                                            f"{limits.max_top_k} (422)")
+        filter: SearchFilter = Field(None, description="only videos (or windows) this filter matches are ranked; "
+                                                       "see the Filter schema")
+
+        @model_validator(mode="after")
+        def _page_fits(self) -> "SearchRequest":
+            if self.offset + self.top_k > limits.max_top_k:
+                raise ValueError(f"offset + top_k is {self.offset + self.top_k}; it must be at most "
+                                 f"{limits.max_top_k} (--max-top-k)")
+            return self
 
     return SearchRequest
 
@@ -157,6 +238,12 @@ def search_request_model(limits: Limits, two_stage_setting: str) -> type[BaseMod
 # ------------------------------------------------------------------------------------------------
 class ErrorResponse(BaseModel):
     error: str = Field(description="What is wrong, and how to fix it")
+
+
+# A metadata value: what a .jsonl / .csv video list may give (runtime.video_list).
+Metadatum = str | bool | int | float | list[str]
+METADATA_DOC = ("the fields of the video's row in the `--videos` list besides id and path (strings, numbers, "
+                "booleans, lists of strings); {} when it gave none")
 
 
 class Links(BaseModel):
@@ -184,6 +271,7 @@ class Hit(BaseModel):
     end: float | None = Field(None, description="on an index of time windows: the window's end (seconds)")
     score: float = Field(description="fused score: mean over the levels of (level score + its SK bias)")
     levels: dict[str, float] = Field(description=f"the level scores: {', '.join(LEVELS)}")
+    metadata: dict[str, Metadatum] = Field(description=METADATA_DOC)
     entry: dict[str, Any] = Field(description="what the index recorded about the video (duration_s, fps, "
                                               "width, height, ...; time windows add start/end)")
     links: Links
@@ -221,6 +309,7 @@ class SearchResponse(BaseModel):
     group_by: Literal.__getitem__(GROUP_BY) | None = Field(
         description="how the rows of an index of time windows were ranked; null on an index of whole files")
     top_k: int
+    offset: int = Field(description="results skipped: the records are ranks offset + 1 to offset + top_k")
     results: list[QueryResult]
     snapshot: SnapshotInfo
     batch: BatchInfo
@@ -231,6 +320,7 @@ class VideoInfo(BaseModel):
     id: str
     row: int
     has_media: bool = Field(description="the index recorded the source file (needed for thumbnail and media)")
+    metadata: dict[str, Metadatum] = Field(description=METADATA_DOC)
     entry: dict[str, Any]
     links: Links
 
@@ -311,7 +401,8 @@ def tidy_schema(schema: dict[str, Any]) -> dict[str, Any]:
     * ``null`` as a value of an optional query or header parameter (from its ``str | None``
       type): such a parameter is left out when absent, and ``null`` cannot be sent.
 
-    and adds what every operation may answer (``EVERY_OPERATION``: 421 for a Host not allowed).
+    and adds what every operation may answer (``EVERY_OPERATION``: 421 for a Host not allowed) and
+    the search filter's grammar (``FILTER_SCHEMAS``, referred to by the search request).
     """
     for operations in schema.get("paths", {}).values():
         for operation in operations.values():
@@ -331,6 +422,11 @@ def tidy_schema(schema: dict[str, Any]) -> dict[str, Any]:
     schemas = schema.get("components", {}).get("schemas", {})
     for name in ("HTTPValidationError", "ValidationError"):
         schemas.pop(name, None)
+    search = schemas.get("SearchRequest", {}).get("properties", {})
+    if search.get("filter", {}).get(FILTER_PLACEHOLDER):
+        search["filter"] = {"anyOf": [_ref("Filter"), {"type": "null"}], "default": None,
+                            "description": search["filter"].get("description", ""), "examples": [FILTER_EXAMPLE]}
+        schemas.update(FILTER_SCHEMAS)
     return schema
 
 

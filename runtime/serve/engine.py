@@ -1,17 +1,18 @@
 """The model side of the service: one text-encoder call and one search per batch of requests.
 
 Runs in the batcher's worker thread, never on the event loop. Requests of a batch may ask for
-different ``top_k``, search modes and groupings: all queries are encoded together, the queries of
-requests whose options agree (``SearchOptions.batch_key``) are searched together for the largest
-``top_k`` asked, and every request gets its first ``top_k`` (the ranking is by fused score, then
-gallery row, so a shorter list is a prefix of a longer one). The search itself is
+different ``top_k``, pages, search modes, filters and groupings: all queries are encoded together,
+the queries of requests whose options agree (``SearchOptions.batch_key``: the filter included) are
+searched together for the largest ``offset + top_k`` asked, and every request gets its ranks
+``offset + 1`` to ``offset + top_k`` (the ranking is by fused score, then gallery row, so a shorter
+list is a prefix of a longer one). The search itself is
 ``runtime.search.Searcher``'s, the same as ``ucofia-run search``.
 """
 from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ from runtime.errors import QueryError, RuntimeUserError
 from runtime.index import IndexChangedError
 from runtime.scoring import Scorer, TextFeatures
 from runtime.search import SearchOptions
+from runtime.search.filters import Filter
 from runtime.search.searcher import DEFAULT_WINDOWS_PER_FILE
 from runtime.serve.settings import PROBE_QUERY, ZERO_WIDTH, ServeSettings
 from runtime.serve.snapshot import Snapshot
@@ -58,6 +60,8 @@ class SearchJob:
     two_stage: bool | None = None  # None: the server's choice for the gallery size
     group_by: str | None = None  # None: the index's default (by file on time windows)
     windows_per_file: int = DEFAULT_WINDOWS_PER_FILE
+    offset: int = 0
+    where: Filter | None = None  # parsed (runtime.search.filters.parse_filter)
     enqueued: float = field(default_factory=time.monotonic)
     started: float | None = None
     future: asyncio.Future | None = None
@@ -152,7 +156,7 @@ class SearchEngine:
         """The search options of ``job`` on a gallery of ``videos``."""
         return SearchOptions(top_k=job.top_k, two_stage=self.mode(videos, job.two_stage) == TWO_STAGE,
                              shortlist=self.settings.shortlist, group_by=job.group_by,
-                             windows_per_file=job.windows_per_file)
+                             windows_per_file=job.windows_per_file, offset=job.offset, where=job.where)
 
     def _run(self, jobs: list[SearchJob], snapshot: Snapshot) -> list[JobResult]:
         texts = [q for job in jobs for q in job.queries]
@@ -170,11 +174,12 @@ class SearchEngine:
             members = [i for i, o in enumerate(options) if o.batch_key() == key]
             rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in members])
             queries = TextFeatures(features.sentence[rows], features.words[rows])
-            widest = max(members, key=lambda i: jobs[i].top_k)
-            answer = snapshot.searcher.search(queries, options[widest])
+            widest = max(members, key=lambda i: options[i].depth)
+            answer = snapshot.searcher.search(queries, replace(options[widest], top_k=options[widest].depth, offset=0))
             position = 0
             for i in members:
-                answers[i] = [records[:jobs[i].top_k] for records in answer.results[position:position + jobs[i].size]]
+                page = slice(jobs[i].offset, jobs[i].offset + jobs[i].top_k)
+                answers[i] = [records[page] for records in answer.results[position:position + jobs[i].size]]
                 group_by[i] = answer.group_by
                 position += jobs[i].size
         scored = time.perf_counter()

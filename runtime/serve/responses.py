@@ -28,11 +28,13 @@ from urllib.parse import quote, urlencode
 
 from starlette.responses import Response
 
+from runtime.index import METADATA
 from runtime.serve.auth import MEDIA, THUMBNAIL, MediaSigner
 from runtime.serve.snapshot import Snapshot
 
-# Entry fields kept from API answers: the server's file layout is nobody's business.
-HIDDEN_ENTRY_FIELDS = frozenset({"id", "path"})
+# Entry fields kept from API answers: the server's file layout is nobody's business (metadata is a
+# field of its own, beside the entry).
+HIDDEN_ENTRY_FIELDS = frozenset({"id", "path", METADATA})
 # Generations (snapshot, root, key, expiry) of cached rows kept, and rows per generation.
 CACHE_GENERATIONS = 16
 CACHE_ROWS = 50_000

@@ -343,3 +343,23 @@ def test_actor_resources_follow_the_cluster():
         actor_resources(_FakeRay(2, 32, 0), "tensorrt", options)
     with pytest.raises(RuntimeUserError, match="at least 2"):
         actor_resources(_FakeRay(1, 1, 0), "cpu", options)
+
+
+@pytest.mark.slow
+def test_ray_index_of_a_jsonl_list_stores_the_same_metadata(data, tmp_path):
+    """A .jsonl list with metadata: --ray stores the same entries (metadata included) as the
+    single-process path."""
+    need_netns()
+    listing = tmp_path / "videos.jsonl"
+    listing.write_text("".join(json.dumps({"id": f"c{i}", "path": str(data["clips"] / f"clip{i}.mp4"), "n": i,
+                                           "tags": [f"t{i}"]}) + "\n" for i in range(4)))
+    single, ray_out = tmp_path / "single", tmp_path / "ray"
+    assert run_cli("index", "--bundle", str(data["bundle"]), "--videos", str(listing), "-o", str(single),
+                   "--batch-size", BATCH, "--no-thumbnails", "-q").returncode == 0
+    result = run_confined(ucofia_run("index", "--bundle", str(data["bundle"]), "--videos", str(listing),
+                                     "-o", str(ray_out), "--batch-size", BATCH, "--ray", "--ray-cpus", "2",
+                                     "--no-thumbnails", "-q"), env=_env(), timeout=240, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    got = GalleryIndex(ray_out)
+    assert {e["id"]: e["metadata"] for e in got.entries} == {f"c{i}": {"n": i, "tags": [f"t{i}"]} for i in range(4)}
+    assert sorted(got.entries, key=lambda e: e["id"]) == sorted(GalleryIndex(single).entries, key=lambda e: e["id"])

@@ -203,7 +203,7 @@ def test_search_cli_outputs(built, tmp_path):
     assert [r["query"] for r in rows] == ["a red car", "a dog"]
     assert all(len(r["results"]) == 3 for r in rows)
     hit = rows[0]["results"][0]
-    assert set(hit) == {"rank", "video_id", "score", "levels"} and set(hit["levels"]) == set(LEVELS)
+    assert set(hit) == {"rank", "video_id", "score", "levels", "metadata"} and set(hit["levels"]) == set(LEVELS)
     scores = [h["score"] for h in rows[0]["results"]]
     assert scores == sorted(scores, reverse=True)
     csv_out = tmp_path / "res.csv"

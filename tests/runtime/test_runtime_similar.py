@@ -164,3 +164,24 @@ def test_limits_and_bad_files_are_clear_errors(data, tmp_path):
     assert result.returncode == 1 and "no video 'nope'" in result.stderr
     result = run_cli("search", "--index", str(data["index"]), "--like", "clip1", "--query", "a red car")
     assert result.returncode == 2 and "one kind of query" in result.stderr
+
+
+def test_a_filter_and_a_page_apply_to_search_by_example(fake_bundle, tmp_path):
+    bundle = load_bundle(fake_bundle)
+    source = GalleryIndex(synthetic_index(tmp_path / "rows", bundle, videos=30, seed=6))
+    rows = source.features(0, 30, roles=("video", "frame_features", "patches", "video_mask"))
+    index = tmp_path / "tagged"
+    channels = ["news" if i % 3 == 0 else "sport" for i in range(30)]
+    with IndexWriter(index, bundle) as writer:
+        writer.add_batch(source.ids, rows, [{"id": vid, "metadata": {"channel": channel, "n": i}}
+                                            for i, (vid, channel) in enumerate(zip(source.ids, channels, strict=True))])
+    expected = [(vid, s) for vid, s in _numpy_ranking(index, 4) if channels[int(vid[1:])] == "news"]
+    assert len(expected) == 10  # v4 is sport: all ten news videos remain
+    first = _search(index, "--like", "v4", "--filter", '{"channel": "news"}', "--top-k", "6")[0]["results"]
+    page = _search(index, "--like", "v4", "--filter", '{"channel": "news"}', "--top-k", "6", "--offset", "6")[0]
+    assert [r["video_id"] for r in first + page["results"]] == [vid for vid, _ in expected]
+    assert [r["rank"] for r in page["results"]] == [7, 8, 9, 10]
+    assert all(r["metadata"]["channel"] == "news" for r in first + page["results"])
+    assert _search(index, "--like", "v4", "--filter", '{"channel": "weather"}')[0]["results"] == []
+    bad = run_cli("search", "--index", str(index), "--like", "v4", "--filter", '{"channel": {"$near": 1}}')
+    assert bad.returncode == 2 and "$near" in bad.stderr

@@ -1,0 +1,30 @@
+"""Schemathesis hooks of the fuzz test (tests/runtime/serve/test_serve_fuzz.py), loaded by its
+``st run`` through ``SCHEMATHESIS_HOOKS=schemathesis_hooks``.
+
+One rule of ``POST /v1/search`` no JSON Schema can state: ``offset + top_k`` must be at most
+``--max-top-k`` (each field alone is bounded in the schema). Schemathesis generates requests that
+break it and holds the server's 422 for them against it; :func:`filter_failure` drops exactly that
+failure (the request's page is past the bound and the server's message names this rule), and
+keeps every other.
+"""
+from __future__ import annotations
+
+import schemathesis
+
+MAX_TOP_K = 100  # the server's --max-top-k: the fuzz test serves with the default
+DEFAULT_TOP_K = 10
+PAGE_RULE = "offset + top_k is "
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+@schemathesis.hook
+def filter_failure(context, failure, case, response) -> bool:
+    """False (drop it) only for the 422 of a search whose offset + top_k is past the bound."""
+    body = case.body if isinstance(case.body, dict) else {}
+    offset, top_k = _number(body.get("offset", 0)), _number(body.get("top_k", DEFAULT_TOP_K))
+    past = offset is not None and top_k is not None and offset + top_k > MAX_TOP_K
+    return not (case.operation.path == "/v1/search" and response.status_code == 422 and past
+                and PAGE_RULE in response.text)
