@@ -80,6 +80,10 @@ from runtime.serve import settings as defaults
               help="Videos per query kept by the first stage of two-stage search.")
 @click.option("--max-top-k", default=defaults.Limits.max_top_k, show_default=True, type=click.IntRange(1, 10000),
               help="Largest top_k a request may ask for.")
+@click.option("--max-upload-mb", default=defaults.DEFAULT_MAX_UPLOAD_MB, show_default=True,
+              type=click.FloatRange(min=0.001),
+              help="Largest clip or image POST /v1/search/by-video takes (413 above it); a large upload also "
+                   "needs a long enough --body-timeout.")
 @click.option("--preload-mb", default=defaults.DEFAULT_PRELOAD_MB, show_default=True,
               type=click.FloatRange(min=0), help="Hold the index's features in memory when they fit in this "
                                                  "many MiB (0: always read them from the shard files).")
@@ -105,8 +109,9 @@ def serve(index_dir: Path, bundle_dir: Path | None, host: str, port: int, api_ke
           link_secret: Path | None, insecure_no_auth: bool, allowed_hosts: tuple[str, ...], tls_cert: Path | None,
           tls_key: Path | None, root_path: str, proxy_headers: bool, forwarded_allow_ips: str, header_timeout: float,
           body_timeout: float, keep_alive_timeout: float, max_connections: int, max_batch: int, max_wait_ms: float,
-          max_queue: int, request_timeout: float, two_stage: str, shortlist: int, max_top_k: int, preload_mb: float,
-          watch: bool, watch_interval: float, cors_origins: tuple[str, ...], backend: str, memory_mb: float,
+          max_queue: int, request_timeout: float, two_stage: str, shortlist: int, max_top_k: int,
+          max_upload_mb: float, preload_mb: float, watch: bool, watch_interval: float, cors_origins: tuple[str, ...],
+          backend: str, memory_mb: float,
           threads: int | None, log_level: str, log_format: str, no_access_log: bool) -> None:
     """Serve text-to-video search over HTTP, with a search page at /.
 
@@ -153,7 +158,8 @@ def serve(index_dir: Path, bundle_dir: Path | None, host: str, port: int, api_ke
         max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, request_timeout_s=request_timeout,
         two_stage=two_stage, shortlist=shortlist, api_keys=api_keys, link_secret=link_secret,
         cors_origins=cors_origins, host=host, allowed_hosts=allowed_hosts, watch=watch,
-        watch_interval_s=watch_interval, access_log=not no_access_log, limits=defaults.Limits(max_top_k=max_top_k))
+        watch_interval_s=watch_interval, access_log=not no_access_log, limits=defaults.Limits(max_top_k=max_top_k),
+        max_upload_mb=max_upload_mb)
     from runtime.serve.app import create_app
     from runtime.serve.service import SearchService
 

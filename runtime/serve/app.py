@@ -2,7 +2,9 @@
 
 Routes (the OpenAPI schema is served at /openapi.json):
 
-* ``POST /v1/search``                  ranked videos per query (scope ``search``)
+* ``POST /v1/search``                  ranked videos per text query, or ``like`` an indexed video (scope ``search``)
+* ``POST /v1/search/by-video``         ranked videos like an uploaded clip or image (scope ``search``)
+* ``POST /v1/describe``                captions ranked for indexed videos (scope ``search``)
 * ``GET  /v1/videos/{id}``             an indexed video's metadata (scope ``search``)
 * ``GET  /v1/videos/{id}/thumbnail``   its JPEG thumbnail (scope ``search`` or a signed URL)
 * ``GET  /v1/videos/{id}/media``       its source file, with HTTP Range (scope ``search`` or a signed URL)
@@ -39,6 +41,7 @@ from runtime.errors import QueryError, RuntimeUserError
 from runtime.index import metadata_of
 from runtime.scoring import LEVELS
 from runtime.search.filters import parse_filter
+from runtime.search.similar import UploadLimits
 from runtime.serve.auth import ADMIN_SCOPE, MEDIA, SEARCH_SCOPE, THUMBNAIL, ApiKey
 from runtime.serve.batching import QueueFull, RequestTimeout
 from runtime.serve.contract import (
@@ -63,6 +66,7 @@ from runtime.serve.contract import (
     ReloadResponse,
     SearchResponse,
     VideoInfo,
+    describe_request_model,
     error,
     forbidden,
     media_type_of,
@@ -70,6 +74,8 @@ from runtime.serve.contract import (
     tidy_schema,
 )
 from runtime.serve.engine import JobResult, SearchJob
+from runtime.serve.example_routes import example_routes
+from runtime.serve.examples import ExampleSearch
 from runtime.serve.guard import GuardMiddleware, head_only, request_id
 from runtime.serve.metrics import Metrics
 from runtime.serve.responses import ChunkedResponse, Responder, make_links, public_entry
@@ -135,6 +141,8 @@ def create_app(service: SearchService) -> FastAPI:
     auth_on = service.auth_required  # fixed for the process: the key file's keys change, not whether there is one
     SearchRequest = search_request_model(settings.limits, settings.two_stage)
     responder = Responder(service.signer)
+    examples = ExampleSearch(service.engine.bundle, settings.backend, settings.threads,
+                             UploadLimits(max_bytes=int(settings.max_upload_mb * 1024 * 1024)))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -320,8 +328,10 @@ def create_app(service: SearchService) -> FastAPI:
             pass
 
     @app.post("/v1/search", tags=["search"], operation_id="search", response_model=SearchResponse,
-              dependencies=search_auth["dependencies"], summary="Rank the indexed videos for text queries",
+              dependencies=search_auth["dependencies"],
+              summary="Rank the indexed videos for text queries, or like an indexed video",
               responses={**BODY_ERRORS, **search_auth["responses"],
+                         404: error("`like` names a video that is not in the index"),
                          422: error("a field breaks a rule of the schema, or a query has no text left after the "
                                     "tokenizer's cleaning (the message names the field and the rule)"),
                          503: error("the queue is full (`--max-queue`) or the service is not ready",
@@ -329,6 +339,8 @@ def create_app(service: SearchService) -> FastAPI:
                          504: error("the request did not finish within `--timeout`, queue included"), **INTERNAL})
     async def search_route(body: SearchRequest,  # type: ignore[valid-type]
                            request: Request) -> Response:
+        if body.like is not None:
+            return await like_search(body, request)
         ensure_ready()
         job = SearchJob(queries=list(body.queries), top_k=body.top_k, two_stage=body.two_stage,
                         group_by=body.group_by, windows_per_file=body.windows_per_file, offset=body.offset,
@@ -373,6 +385,10 @@ def create_app(service: SearchService) -> FastAPI:
         content = await responder.search_body(head, result.queries, snapshot, request.scope.get("root_path", ""),
                                               key_id(request), tail)
         return ChunkedResponse(content, media_type="application/json", headers={"Cache-Control": "no-store"})
+
+    example_router, like_search = example_routes(service, examples, responder, search_auth,
+                                                 describe_request_model(settings.limits), ensure_ready, key_id)
+    app.include_router(example_router)
 
     # ---- videos (specific routes first: ids may contain '/') ---------------------------------------
     source_types = dict.fromkeys(SOURCE_MEDIA_TYPES, BINARY)
@@ -513,7 +529,8 @@ def create_app(service: SearchService) -> FastAPI:
     post_paths = frozenset(route.path for route in app.routes if "POST" in (getattr(route, "methods", None) or ()))
     app.add_middleware(GuardMiddleware, max_body_bytes=settings.limits.max_body_bytes, metrics=metrics,
                        allowed_hosts=settings.allowed_host_names(), post_paths=post_paths,
-                       cors_origins=settings.cors_origins, access_log=settings.access_log)
+                       cors_origins=settings.cors_origins, access_log=settings.access_log,
+                       upload_paths=frozenset({"/v1/search/by-video"}), max_upload_bytes=examples.limits.max_bytes)
 
     generate_schema = app.openapi
 

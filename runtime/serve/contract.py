@@ -182,6 +182,10 @@ SearchFilter = Annotated[dict[str, Any] | None, AfterValidator(_check_filter),
                          WithJsonSchema({"type": "object", FILTER_PLACEHOLDER: True})]
 
 
+# An indexed video id as a request names it (ids are what the video list gave; windows FILE@START-END).
+VideoId = Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"[^\x00-\x1F\x7F]")]
+
+
 # ------------------------------------------------------------------------------------------------
 # the search request
 # ------------------------------------------------------------------------------------------------
@@ -201,13 +205,21 @@ def search_request_model(limits: Limits, two_stage_setting: str) -> type[BaseMod
 
     class SearchRequest(BaseModel):
         model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={
-            "examples": [{"queries": ["a dog runs on the beach"], "top_k": 10}]})
+            "examples": [{"queries": ["a dog runs on the beach"], "top_k": 10}, {"like": "video7", "top_k": 10}],
+            "oneOf": [{"required": ["queries"]}, {"required": ["like"]}]})
 
-        queries: list[Query] = Field(
-            min_length=1, max_length=limits.max_queries,
+        # Optional, not nullable: a request leaves out the kind of query it does not use.
+        queries: list[Query] = Field(  # type: ignore[assignment]
+            None, min_length=1, max_length=limits.max_queries,
             description=f"1 to {limits.max_queries} texts of 1 to {limits.max_query_chars} characters, each with "
                         f"at least one character that is not whitespace or a control character (the pattern). "
-                        f"{QUERY_CLEANING_NOTE}")
+                        f"{QUERY_CLEANING_NOTE} Give `queries` or `like`, not both.")
+        like: VideoId = Field(  # type: ignore[assignment]
+            None, description="more like this: rank the videos by their similarity to this indexed video (the "
+                              "cosine of the video-level features; its results have no level scores). Give "
+                              "`queries` or `like`, not both; two_stage, group_by and windows_per_file do not "
+                              "apply to it")
+        include_self: StrictBool = Field(False, description="with `like`: keep the video itself in its results")
         top_k: JsonInt = Field(DEFAULT_TOP_K, ge=1, le=limits.max_top_k, description="results per query")
         two_stage: TwoStage = Field(None, description=two_stage_doc)
         group_by: GroupBy = Field(
@@ -222,6 +234,12 @@ def search_request_model(limits: Limits, two_stage_setting: str) -> type[BaseMod
                                             f"{limits.max_top_k} (422)")
         filter: SearchFilter = Field(None, description="only videos (or windows) this filter matches are ranked; "
                                                        "see the Filter schema")
+
+        @model_validator(mode="after")
+        def _one_kind_of_query(self) -> "SearchRequest":
+            if (self.queries is None) == (self.like is None):
+                raise ValueError("give `queries` (texts) or `like` (an indexed video id), one of them")
+            return self
 
         @model_validator(mode="after")
         def _page_fits(self) -> "SearchRequest":
@@ -270,7 +288,8 @@ class Hit(BaseModel):
     start: float | None = Field(None, description="on an index of time windows: the window's start (seconds)")
     end: float | None = Field(None, description="on an index of time windows: the window's end (seconds)")
     score: float = Field(description="fused score: mean over the levels of (level score + its SK bias)")
-    levels: dict[str, float] = Field(description=f"the level scores: {', '.join(LEVELS)}")
+    levels: dict[str, float] = Field(description=f"the level scores: {', '.join(LEVELS)} (empty for a query by "
+                                                 f"example, whose score is the cosine of the video-level features)")
     metadata: dict[str, Metadatum] = Field(description=METADATA_DOC)
     entry: dict[str, Any] = Field(description="what the index recorded about the video (duration_s, fps, "
                                               "width, height, ...; time windows add start/end)")
@@ -280,9 +299,55 @@ class Hit(BaseModel):
 
 
 class QueryResult(BaseModel):
-    query: str
-    truncated: bool = Field(description="the query was longer than the text encoder's max_words tokens")
+    query: str | None = Field(None, description="the text query (null for a query by example)")
+    like: str | None = Field(None, description="`like`: the indexed video the results are like")
+    query_video: str | None = Field(None, description="/v1/search/by-video: the uploaded file's name")
+    truncated: bool = Field(False, description="the query was longer than the text encoder's max_words tokens")
     results: list[Hit]
+
+
+def describe_request_model(limits: Limits) -> type[BaseModel]:
+    """The body of ``POST /v1/describe`` under these limits."""
+    Caption = Annotated[str, StringConstraints(min_length=1, max_length=limits.max_query_chars,
+                                               pattern=QUERY_PATTERN)]
+
+    class DescribeRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={
+            "examples": [{"video_ids": ["video7"], "captions": ["a dog runs", "a man cooks"], "top_k": 2}]})
+
+        video_ids: list[VideoId] = Field(min_length=1, max_length=limits.max_queries,
+                                         description="indexed video ids (on an index of time windows also file ids: "
+                                                     "each caption then takes the file's best window)")
+        captions: list[Caption] = Field(min_length=1, max_length=limits.max_queries,
+                                        description=f"the candidate captions. {QUERY_CLEANING_NOTE}")
+        top_k: JsonInt = Field(DEFAULT_TOP_K, ge=1, le=limits.max_top_k, description="captions per video")
+
+    return DescribeRequest
+
+
+class CaptionWindow(BaseModel):
+    video_id: str
+    start: float | None = None
+    end: float | None = None
+
+
+class CaptionHit(BaseModel):
+    rank: int
+    caption: str
+    score: float = Field(description="the fused score search gives this (caption, video) pair")
+    levels: dict[str, float] = Field(description=f"the level scores: {', '.join(LEVELS)}")
+    window: CaptionWindow | None = Field(None, description="a file of an index of windows: its best window")
+
+
+class VideoCaptions(BaseModel):
+    video_id: str
+    results: list[CaptionHit]
+
+
+class DescribeResponse(BaseModel):
+    top_k: int
+    results: list[VideoCaptions]
+    snapshot: "SnapshotInfo"
 
 
 class SnapshotInfo(BaseModel):

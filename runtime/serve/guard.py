@@ -8,7 +8,9 @@
    or path goes on to the app, which answers 405 or 404): an ``Origin`` that is neither this
    server's (the Host) nor a ``--cors-origin`` gets 403; a request without ``Content-Type: application/json`` gets
    415 (a cross-site form cannot send that type without a CORS preflight, which the server
-   refuses); a body over the limit 413, a bad Content-Length 400;
+   refuses); a body over the limit 413, a bad Content-Length 400. An **upload route** (a POST that
+   takes a file) gets the same Origin check, must be ``multipart/form-data`` (415) with a
+   Content-Length (411) of at most the upload limit (413); its body goes to the app unbuffered;
 4. **HEAD** is answered as the GET of the same URL, without the body;
 5. on the way out: the security headers, the request metrics (route template, method and status,
    each from a fixed set: ``runtime.serve.metrics``) and the access log line (client address as
@@ -52,6 +54,9 @@ SECURITY_HEADERS = (
 )
 CHECKED_METHODS = frozenset({"POST"})
 JSON_TYPES = ("application/json",)
+UPLOAD_TYPES = ("multipart/form-data",)
+# Bytes a multipart body adds around the file (boundaries, part headers, the other form fields).
+MULTIPART_OVERHEAD = 64 * 1024
 PLAIN_ROUTES = frozenset({"/openapi.json"})
 REQUEST_ID_HEADER = b"x-request-id"
 # A request id taken from the request: letters, digits and . _ : - only (it goes into log lines).
@@ -104,12 +109,16 @@ class GuardMiddleware:
     """The checks and bookkeeping of the module docstring. ``allowed_hosts``: the Host names
     answered (None: any); ``post_paths``: the paths of the app's POST routes; ``cors_origins``:
     foreign origins allowed to send them;
-    ``metrics``: runtime.serve.metrics.Metrics or None."""
+    ``metrics``: runtime.serve.metrics.Metrics or None; ``upload_paths``: POST routes that take a
+    file of at most ``max_upload_bytes``."""
 
     def __init__(self, app: Callable, *, max_body_bytes: int, metrics: Any, allowed_hosts: frozenset[str] | None,
-                 post_paths: frozenset[str], cors_origins: tuple[str, ...] = (), access_log: bool = True) -> None:
+                 post_paths: frozenset[str], cors_origins: tuple[str, ...] = (), access_log: bool = True,
+                 upload_paths: frozenset[str] = frozenset(), max_upload_bytes: int = 0) -> None:
         self.app = app
-        self.post_paths = post_paths
+        self.post_paths = post_paths - upload_paths
+        self.upload_paths = upload_paths
+        self.max_upload_bytes = max_upload_bytes
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
         self.allowed_hosts = allowed_hosts
@@ -179,16 +188,32 @@ class GuardMiddleware:
         if self.allowed_hosts is not None and (host is None or host_name(host) not in self.allowed_hosts):
             return 421, (f"this server does not answer for the host {host!r}" if host is not None else
                          "send a Host header") + "; it answers for the names of --allowed-host"
-        if not self._checked(scope):
+        upload = scope["method"] in CHECKED_METHODS and _route_path(scope) in self.upload_paths
+        if not self._checked(scope) and not upload:
             return None
         origin = _header(scope, b"origin")
         if origin is not None and not self._same_or_allowed(origin, host):
             return 403, (f"cross-origin request refused: the Origin {origin!r} is neither this server nor an "
                          f"allowed --cors-origin")
         ctype = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
+        if upload:
+            return self._upload_refusal(scope, ctype)
         if ctype not in JSON_TYPES:
             return 415, (f"send the request as JSON (Content-Type: application/json), not "
                          f"{ctype or 'without a content type'}")
+        return None
+
+    def _upload_refusal(self, scope: Scope, ctype: str) -> tuple[int, str] | None:
+        if ctype not in UPLOAD_TYPES:
+            return 415, f"send the file as multipart/form-data, not {ctype or 'without a content type'}"
+        length = _header(scope, b"content-length")
+        if length is None:
+            return 411, "send the upload with a Content-Length"
+        if not length.isdigit():
+            return 400, "Content-Length must be a number"
+        if int(length) > self.max_upload_bytes + MULTIPART_OVERHEAD:
+            return 413, (f"the upload of {int(length)} bytes is over the limit of {self.max_upload_bytes} bytes "
+                         f"(--max-upload-mb)")
         return None
 
     def _checked(self, scope: Scope) -> bool:

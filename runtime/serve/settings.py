@@ -100,6 +100,11 @@ class Limits:
         return self.max_queries * (self.max_query_chars * JSON_BYTES_PER_CHAR + 4) + SEARCH_BODY_SLACK
 
 
+# The largest clip or image POST /v1/search/by-video takes: a few minutes of web video. A larger
+# upload also needs a --body-timeout long enough to send it.
+DEFAULT_MAX_UPLOAD_MB = 50.0
+
+
 @dataclass
 class ServeSettings:
     """Everything ``ucofia-run serve`` was started with."""
@@ -127,6 +132,7 @@ class ServeSettings:
     key_check_interval_s: float = KEY_CHECK_INTERVAL_S
     access_log: bool = True
     limits: Limits = field(default_factory=Limits)
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB  # POST /v1/search/by-video: the largest file taken
 
     def __post_init__(self) -> None:
         if self.two_stage not in TWO_STAGE_MODES:

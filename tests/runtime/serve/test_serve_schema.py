@@ -32,13 +32,16 @@ from runtime.serve.settings import Limits
 
 CLIPS = 3
 QUERY = {"queries": ["a red car on the road"], "top_k": 2}
-PROTECTED = {"search": "search", "video": "search", "thumbnail": "search", "media": "search", "reload": "admin"}
+PROTECTED = {"search": "search", "search_by_video": "search", "describe": "search", "video": "search",
+             "thumbnail": "search", "media": "search", "reload": "admin"}
 SIGNED = {"thumbnail", "media"}  # a signed URL is the other way in
 PUBLIC = {"healthz", "readyz", "metrics", "info"}
 # The statuses each operation answers besides its 2xx (keys mode adds 401 and 403 to the protected ones);
 # every operation answers 421 to a Host it does not serve, the POST ones 403 to a foreign Origin.
 STATUSES = {
-    "search": {"200", "400", "403", "413", "415", "421", "422", "500", "503", "504"},
+    "search": {"200", "400", "403", "404", "413", "415", "421", "422", "500", "503", "504"},
+    "search_by_video": {"200", "400", "403", "411", "413", "415", "421", "422", "500", "503"},
+    "describe": {"200", "400", "403", "404", "413", "415", "421", "422", "500", "503"},
     "video": {"200", "404", "421", "500"},
     "thumbnail": {"200", "304", "404", "421", "500"},
     "media": {"200", "206", "304", "404", "409", "416", "421", "422", "500"},
@@ -48,7 +51,7 @@ STATUSES = {
     "metrics": {"200", "421", "500"},
     "info": {"200", "421", "500"},
 }
-CROSS_ORIGIN_CHECKED = {"search", "reload"}
+CROSS_ORIGIN_CHECKED = {"search", "search_by_video", "describe", "reload"}
 
 
 @pytest.fixture(scope="module")
