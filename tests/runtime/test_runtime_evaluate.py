@@ -1,16 +1,19 @@
 """ucofia-run evaluate: metrics equal a direct computation (t2v with video biases, v2t with SK
-text biases as eval_v2t), multi-caption annotations, missing videos."""
+text biases as eval_v2t), multi-caption annotations, missing videos, and an index of time windows
+where each file is scored by its best window (t2v, v2t and moments)."""
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
-from runtime_helpers import make_clip, run_cli
+from runtime_helpers import make_clip, run_cli, synthetic_windows
 
 from evaluation.metrics import retrieval_metrics
+from evaluation.moments import moment_recall
 from runtime.backends import open_session
 from runtime.bundle import load_bundle
-from runtime.index import GalleryIndex
+from runtime.index import GalleryIndex, IndexWriter
 from runtime.scoring import LEVELS, Scorer, fuse, score_matrix
 from runtime.sinkhorn import text_bias
 from runtime.text import TextEncoder
@@ -92,3 +95,72 @@ def test_bad_annotation_file(setup, tmp_path):
     bad.write_text("id,text\n1,a car\n")
     result = run_cli("evaluate", "--index", str(index), "--annotations", str(bad), "-q")
     assert result.returncode == 1 and "video id column" in result.stderr
+
+
+# ---- time windows --------------------------------------------------------------------------------
+# 12 files of 2 to 5 windows of 10 s, one caption each: R@5 and R@10 are not a given, and a file's
+# best window is mostly not its last.
+WINDOWS = {f"file{k:02d}": 2 + k % 4 for k in range(12)}
+WINDOW_CAPTIONS = ["a red car", "a dog runs on grass", "people talk in a room", "a man plays guitar",
+                   "a cat sleeps", "someone cooks pasta", "the crowd cheers", "a boat on a lake", "kids play football",
+                   "a woman sings", "rain on a window", "a train leaves the station"]
+
+
+@pytest.fixture(scope="module")
+def windowed(fake_bundle, tmp_path_factory):
+    """A synthetic index of time windows (random features) with random SK video biases."""
+    bundle = load_bundle(fake_bundle)
+    index = synthetic_windows(tmp_path_factory.mktemp("eval_windows") / "index", bundle, WINDOWS, seed=3)
+    rows = sum(WINDOWS.values())
+    biases = np.random.default_rng(4).normal(0, 0.3, (len(LEVELS), rows)).astype(np.float32)
+    with IndexWriter(index, bundle) as writer:
+        writer.set_biases(biases, {"bank": {"path": "synthetic"}})
+    return index
+
+
+def test_windowed_evaluate_scores_each_file_by_its_best_window_both_ways(windowed, tmp_path):
+    assert len(WINDOW_CAPTIONS) == len(WINDOWS)
+    truth = [(10.0, 20.0 if n > 2 else 15.0) for n in WINDOWS.values()]  # in the 2nd window
+    ann = tmp_path / "ann.csv"
+    ann.write_text("video_id,sentence,start,end\n" + "".join(
+        f"{f},{c},{a},{b}\n" for f, c, (a, b) in zip(WINDOWS, WINDOW_CAPTIONS, truth)))
+    out = tmp_path / "eval.json"
+    result = run_cli("evaluate", "--index", str(windowed), "--annotations", str(ann), "--dataset", "generic",
+                     "-o", str(out), "-q")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+
+    gallery = GalleryIndex(windowed)
+    bundle = load_bundle(gallery.bundle_path)
+    text = TextEncoder(bundle, "cpu").encode(WINDOW_CAPTIONS)
+    sims = score_matrix(Scorer(open_session(bundle, "scorer", "cpu"), bundle.config), text, gallery)
+    t2v_rows = fuse(sims, gallery.biases())
+    text_biases = {lv: text_bias(sims[lv], bundle.config.sk_iterations) for lv in LEVELS}
+    v2t_rows = fuse({lv: sims[lv] + text_biases[lv][:, None] for lv in LEVELS}, None)
+    files = np.array([e["file_id"] for e in gallery.entries])
+    assert list(dict.fromkeys(files)) == list(WINDOWS)  # the gallery's file order is the captions'
+
+    def per_file(scores, pick):
+        return np.stack([pick(scores[:, files == f]) for f in WINDOWS], axis=1)
+
+    def best(x):
+        return x.max(axis=1)
+
+    def last(x):
+        return x[:, -1]
+
+    want = {"t2v": retrieval_metrics(per_file(t2v_rows, best), None, "t2v"),
+            "v2t": retrieval_metrics(per_file(v2t_rows, best), None, "v2t")}
+    # the test tells best from last: most files' best window is another one, and the metrics differ
+    assert (per_file(t2v_rows, lambda x: x.argmax(axis=1) != x.shape[1] - 1)).mean() > 0.5
+    assert retrieval_metrics(per_file(t2v_rows, last), None, "t2v") != want["t2v"]
+    assert retrieval_metrics(per_file(v2t_rows, last), None, "v2t") != want["v2t"]
+    assert 0 < want["t2v"]["R5"] < 100 and want["t2v"]["R10"] < 100
+    assert report["metrics"]["t2v"] == pytest.approx(want["t2v"])
+    assert report["metrics"]["v2t"] == pytest.approx(want["v2t"])
+    assert report["videos"] == len(WINDOWS) and report["protocol"].startswith("one caption")
+    assert report["windows"] == {"window": 10.0, "stride": 10.0, "rows_scored": len(files), "file_score": "best window"}
+    assert report["v2t_text_bias"] == f"SK over the {len(files)} evaluated windows"
+    spans = [(e["start"], e["end"]) for e in gallery.entries]
+    assert report["moments"]["t2v"] == pytest.approx(moment_recall(t2v_rows, files, spans, list(WINDOWS), truth))
+    assert report["moments"]["moment_of_row"] == "its window"

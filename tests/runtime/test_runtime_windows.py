@@ -178,7 +178,9 @@ def test_two_stage_grouped_with_full_shortlist_equals_exhaustive(scoring):
     exact = grouping.grouped_exhaustive(scorer, gallery, text, k=3, per_file=2)
     wide = search.two_stage(scorer, gallery, text, len(gallery), len(gallery))
     approx = grouping.group_rows(wide, gallery, k=3, per_file=2)
+    assert len(exact) == len(approx) == len(QUERIES)
     for a, b in zip(exact, approx):
+        assert len(a) == len(b) == 3
         assert [(h.file_id, [w.row for w in h.windows]) for h in a] == [(h.file_id, [w.row for w in h.windows])
                                                                        for h in b]
         np.testing.assert_allclose([w.score for h in a for w in h.windows], [w.score for h in b for w in h.windows],
@@ -251,6 +253,7 @@ def test_evaluate_on_windows_scores_files_by_their_best_window_and_moments(setup
     per_file = np.stack([plain[:, row_file == j].max(axis=1) for j in range(len(files))], axis=1)
     gt = np.array([files.index(v) for v, _, _ in truth])
     assert report["metrics"]["t2v"] == pytest.approx(retrieval_metrics(per_file, gt, "t2v"))
+    assert report["metrics"]["v2t"] == pytest.approx(retrieval_metrics(per_file, gt, "v2t"))  # --no-bias: same scores
     want = moment_recall(plain, [entries[r]["file_id"] for r in rows], [(entries[r]["start"], entries[r]["end"])
                          for r in rows], [v for v, _, _ in truth], [(a, b) for _, a, b in truth])
     assert report["moments"]["t2v"] == pytest.approx(want)
