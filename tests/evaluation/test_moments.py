@@ -42,3 +42,16 @@ def test_moment_recall_k_beyond_the_gallery_and_bad_input():
         moment_recall(np.zeros((1, 2)), ["a"], [(0, 1)], ["a"], [(0, 1)])
     with pytest.raises(MetricsError, match="caption 1: its true span needs start < end"):
         moment_recall(np.zeros((1, 1)), ["a"], [(0, 1)], ["a"], [(3, 3)])
+
+
+def test_a_moment_at_exactly_the_iou_threshold_is_a_hit():
+    """IoU >= threshold: spans whose IoU with the top moment [0, 10) is exactly 0.5 or 0.3 (5/10,
+    3/10 and 10/20 are exact in binary) are hits at that threshold; 2.9/10 is not."""
+    assert temporal_iou((0, 10), (0, 3)) == 0.3 and temporal_iou((0, 10), (0, 20)) == 0.5
+    row_files, row_spans = ["a", "a", "b"], [(0, 10), (10, 20), (0, 10)]
+    scores = np.tile([1.0, 0.5, 0.0], (4, 1))  # every caption ranks a@0-10, a@10-20, b@0-10
+    truth = [(0, 5), (0, 3), (0, 2.9), (0, 20)]  # IoU with a@0-10: 0.5, 0.3, 0.29, 0.5; with a@10-20: 0, 0, 0, 0.5
+    got = moment_recall(scores, row_files, row_spans, ["a"] * 4, truth)
+    assert got == {"R1@0.5": 50.0, "R5@0.5": 50.0, "R1@0.3": 75.0, "R5@0.3": 75.0}
+    at_a_quarter = moment_recall(scores, row_files, row_spans, ["a"] * 4, [(0, 2.5)] * 4, ks=(1,), thresholds=(0.25,))
+    assert at_a_quarter == {"R1@0.25": 100.0}
