@@ -358,6 +358,10 @@ def test_shards_written_elsewhere_are_committed_once_and_never_twice(bundle_dir,
         twice = write_shard(tmp_path / "index" / SHARDS, "w3-d", ["e", "e"], features(2, 4.0))
         with pytest.raises(GalleryIndexError, match="'e'"):
             writer.commit_shards([twice])
+        # a shard already recorded is refused even with its rows removed (two records of one
+        # directory: compacting one of them would delete the files the other still names)
+        with pytest.raises(GalleryIndexError, match="shard w0-a is already recorded"):
+            writer.commit_shards([a.with_removed([0, 1])])
     gallery = GalleryIndex(tmp_path / "index")
     assert gallery.ids == ["a", "b", "c"]
     np.testing.assert_array_equal(gallery.features(0, 3)["video"][:, 0], [1.0, 1.0, 2.0])
