@@ -5,11 +5,12 @@ shards straight into the index directory, and commits the shards to ``index.json
 Exactly once: the driver alone commits, and only shards whose rows all arrived; a row whose id is
 already in the index (e.g. a batch delivered again after a retry) is committed as a removed row,
 so no id is ever stored twice, and a shard delivered again after its commit is not recorded again.
-Shards are named by their ids (a retried batch rewrites the same shard). When the pipeline fails
-(a node lost with blocks Ray could not rebuild, actors that kept dying) the driver commits what it
-has, then runs the pipeline again over the videos not yet done, up to ``attempts`` times. Shards
-written but never committed (a failed attempt, a killed driver) are deleted by the next writer of
-the index, as in the single-process path.
+Shards are named by their rows' ids and files (a retried batch rewrites the same shard; a changed
+file gets a new one: ``stages.shard_name``). When the pipeline fails (a node lost with blocks Ray
+could not rebuild, actors that kept dying) the driver commits what it has, then runs the pipeline
+again over the videos not yet done, up to ``attempts`` times. Shards written but never committed
+(a failed attempt, a killed driver) are deleted by the next writer of the index, as in the
+single-process path.
 """
 from __future__ import annotations
 

@@ -274,7 +274,7 @@ def test_a_batch_delivered_twice_is_stored_once(data, tmp_path):
         written = ids_file.stat().st_mtime_ns
         assert write_shard_once(out / SHARDS, ids[:2], {k: v[:2] for k, v in features.items()},
                                 single.entries[:2], writer.store) == first  # a retry keeps the shard
-        assert ids_file.stat().st_mtime_ns == written and first.name == shard_name(ids[:2])
+        assert ids_file.stat().st_mtime_ns == written and first.name == shard_name(ids[:2], single.entries[:2])
         overlapping = write_shard_once(out / SHARDS, ids[1:], {k: v[1:] for k, v in features.items()},
                                        single.entries[1:3], writer.store)
         report = IngestReport()
@@ -393,6 +393,30 @@ def test_the_driver_stores_each_video_once_whatever_the_pipeline_delivers_twice(
     assert report.failed == [broken] and _failed_ids(out) == {"broken": broken[1]}
     names = [s["name"] for s in json.loads((out / "index.json").read_text())["shards"]]
     assert sorted(names) == sorted({first, half, overlap})  # each shard recorded once
+
+
+def test_the_driver_replaces_a_changed_file_even_in_a_batch_of_the_same_ids(data, tmp_path, monkeypatch):
+    """A file indexed alone in its batch changes; re-indexed, its batch has the same ids as before:
+    the new content gets a shard of its own (not the old shard again) and replaces the old row."""
+    from runtime.index import IndexWriter
+    from runtime.ingest import IngestReport
+
+    out = tmp_path / "index"
+    with IndexWriter(out, load_bundle(data["bundle"])) as writer:
+        fake = _Pipeline(data, writer, monkeypatch)
+        vid, other = fake.single.ids[0], fake.single.ids[1]
+        old = fake.shard([vid])
+        fake.run([vid], [_FakeDataset([fake.batch((vid, old, 1))])], IngestReport())
+        report = IngestReport()
+        new = fake.shard([vid], content=[other])  # the file now holds what `other` holds
+        assert new != old
+        fake.run([vid], [_FakeDataset([fake.batch((vid, new, 1))])], report, replaces={vid: [vid]})
+    index = GalleryIndex(out)
+    assert index.ids == [vid] and index.removed_rows == 1 and report.indexed == report.replaced == 1
+    changed = fake.single.gather(np.array([fake.rows[other]]))
+    for role, value in index.features(0, 1).items():
+        np.testing.assert_array_equal(value, changed[role], err_msg=role)
+    assert index.entry(vid)["sha256"] == fake.single.entry(other)["sha256"]
 
 
 def test_encoder_actor_converts_frames_the_same_with_threads(data, tmp_path):
