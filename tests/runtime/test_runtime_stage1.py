@@ -68,6 +68,8 @@ def test_hnsw_stage1_searches_with_its_ef_search(vectors):
     assert (params.m, params.ef_construction, params.ef_search) == (32, 80, 256)
     _, found = _shortlists(params, rows, queries)
     assert _recall(found, exact) >= 0.98
+    built = stage1.build(stage1.choose("hnsw", 100, ef_construction=50), DIM, _chunks(rows[:100]), 100)
+    assert built.hnsw.efConstruction == 50  # the graph is built with the ef_construction asked for
 
 
 def test_ivf_stage1_scans_nprobe_cells(vectors):
@@ -85,21 +87,38 @@ def test_ivf_stage1_scans_nprobe_cells(vectors):
     assert _recall(one, exact) < 0.3
 
 
-def test_ivf_on_a_gallery_smaller_than_its_lists():
-    """nlist is capped by the rows: 10 rows make an IVF of 10 cells that still finds every row."""
+@pytest.mark.parametrize("n", [1, 10])
+def test_ivf_on_a_gallery_smaller_than_its_lists(n):
+    """nlist is capped by the rows: n rows make an IVF of n cells that still finds every row."""
     rng = np.random.default_rng(1)
-    rows, queries = rng.standard_normal((10, 8), dtype=np.float32), rng.standard_normal((3, 8), dtype=np.float32)
-    params = stage1.choose("ivf", 10, nprobe=64)
+    rows, queries = rng.standard_normal((n, 8), dtype=np.float32), rng.standard_normal((3, 8), dtype=np.float32)
+    params = stage1.choose("ivf", n, nprobe=64)
     assert params.nlist == 64
-    index = stage1.build(params, 8, _chunks(rows, 4), 10)
-    assert index.nlist == 10
-    stage1.configure(index, params, 10)
-    _, found = index.search(queries, 10)
-    assert sorted(found[0]) == list(range(10))
+    index = stage1.build(params, 8, _chunks(rows, 4), n)
+    assert index.nlist == n
+    stage1.configure(index, params, n)
+    _, found = index.search(queries, n)
+    assert sorted(found[0]) == list(range(n))
+
+
+def test_ivf_cells_are_trained_on_a_sample_spread_over_the_gallery():
+    """5120 rows around a circle, in order of angle, fed in chunks of 1000: k-means (spherical, for
+    inner products) trains on 2560 of them, every second row, so the cells cover the whole circle
+    (the widest angle between neighbouring centroids is small), not the half the first rows hold."""
+    rng = np.random.default_rng(2)
+    n = 5120
+    angle = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    rows = rng.normal(0, 0.01, (n, 4)).astype(np.float32)
+    rows[:, 0], rows[:, 1] = np.cos(angle), np.sin(angle)
+    index = stage1.build(stage1.choose("ivf", n), 4, _chunks(rows, 1000), n)
+    centroids = index.quantizer.reconstruct_n(0, index.nlist)
+    around = np.sort(np.mod(np.arctan2(centroids[:, 1], centroids[:, 0]), 2 * np.pi))
+    assert np.diff(np.concatenate([around, [around[0] + 2 * np.pi]])).max() < 0.5  # 0.15 here; 3.2 from half
 
 
 @pytest.mark.parametrize("rows, kind, nlist", [
     (0, "ivf", 64), (1024, "ivf", 64), (65_536, "ivf", 64), (100_000, "ivf", 128),  # log2(97.7) = 6.6 -> 2^7
+    (92_681, "ivf", 64), (92_682, "ivf", 128),  # log2(rows / 1024) = 6.5 between them
     (2**20, "ivf", 1024), (3 * 2**20, "ivf", 4096),  # log2(3072) = 11.58 -> 2^12
     (2**20, "hnsw", 0), (2**20, "flat", 0),
 ])
@@ -127,6 +146,7 @@ def test_choose_overrides_and_the_recorded_parameters():
     for p in (params, hnsw):
         assert Stage1Params.from_dict(p.to_dict()) == p
     assert stage1.describe(params) == '{"kind": "ivf", "nlist": 1024, "nprobe": 8}'
+    assert stage1.describe(hnsw) == '{"ef_construction": 80, "ef_search": 40, "kind": "hnsw", "m": 32}'  # sorted keys
     with pytest.raises(ValueError, match="unknown stage-1 kind"):
         stage1.build(Stage1Params("annoy"), 4, _chunks(np.zeros((1, 4), np.float32)), 1)
 

@@ -18,7 +18,7 @@ from runtime.bundle import load_bundle
 from runtime.errors import GalleryIndexError
 from runtime.faults import CRASH_ENV
 from runtime.index import GalleryIndex, IndexWriter
-from runtime.index.store import STORES, bytes_per_video, decode, encode
+from runtime.index.store import FLOAT16_MAX, STORES, bytes_per_video, decode, encode, unstorable_rows
 from runtime.scoring import LEVELS, VIDEO_ROLES, Scorer
 from runtime.text import TextEncoder
 
@@ -103,6 +103,32 @@ def test_store_encode_decode_bounds():
     sizes = {s: bytes_per_video(s, 512, 12, 48) for s in STORES}
     assert sizes["float32"] == (512 * 61 + 12) * 4 and sizes["float16"] < sizes["float32"] / 1.9
     assert sizes["int8"] < sizes["float32"] / 3.5
+
+
+def test_store_limits_and_sizes():
+    """float16 holds |x| <= 65504: that value is stored exactly, anything beyond is refused, and
+    unstorable_rows flags exactly the rows with such a value in a role the store keeps in float16
+    (video_mask is float32 in every store, int8 roles have a scale). A zero vector is stored as
+    zeros in int8. Bytes per video follow the layout of runtime.index.store."""
+    top = {"video": np.full((1, 4), -FLOAT16_MAX, np.float32), "patches": np.full((1, 2, 4), FLOAT16_MAX, np.float32)}
+    for role, value in encode(top, "float16").items():
+        assert value.dtype == np.float16
+        np.testing.assert_array_equal(decode(value, None), top[role])
+    features = {"video": np.zeros((4, 4), np.float32), "frame_features": np.zeros((4, 2, 4), np.float32),
+                "patches": np.zeros((4, 2, 4), np.float32), "video_mask": np.ones((4, 2), np.float32)}
+    features["frame_features"][0, 1, 2] = FLOAT16_MAX  # storable everywhere
+    features["patches"][1, 0, 3] = -70000.0  # beyond float16: int8 scales it
+    features["video"][2, 3] = 1e5  # beyond float16, which the int8 store keeps video in
+    features["video_mask"][3, 0] = 1e6  # float32 in every store
+    assert unstorable_rows(features, "float32").tolist() == [False, False, False, False]
+    assert unstorable_rows(features, "float16").tolist() == [False, True, True, False]
+    assert unstorable_rows(features, "int8").tolist() == [False, False, True, False]
+    with np.errstate(all="raise"):  # no 0/0 on the way (NaN cast to int8 is undefined)
+        zero = encode({"patches": np.zeros((2, 3, 4), np.float32)}, "int8")
+    assert not zero["patches"].any() and not zero["patches.scale"].any()
+    # video + frame_features + patches + video_mask (float32), int8 roles with a float32 scale a vector
+    assert bytes_per_video("float16", 512, 12, 48) == 2 * 512 * 61 + 4 * 12
+    assert bytes_per_video("int8", 512, 12, 48) == 2 * 512 + (512 + 4) * (12 + 48) + 4 * 12
 
 
 @pytest.mark.parametrize("store", STORES)
