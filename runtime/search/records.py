@@ -30,12 +30,15 @@ OUTPUT_FORMATS = ("jsonl", "csv")
 
 
 def row_records(index: GalleryIndex, top: TopK, query: int, k: int | None = None) -> list[Record]:
-    """The ranked rows of query number ``query`` (its first ``k``) as records."""
+    """The ranked rows of query number ``query`` (its first ``k``) as records; rows of -1 (fewer
+    found than asked for, see ``TwoStage.search``) end the list."""
     entries = index.entries if len(index) and is_windowed(index.entries[0]) else None
     ids = index.ids
     rows = top.indices[query] if k is None else top.indices[query][:k]
     records = []
     for r, row in enumerate(rows):
+        if row < 0:
+            break
         record: Record = {"rank": r + 1, "video_id": ids[row]}
         if entries is not None:
             start, end = span_of(entries[row])

@@ -146,12 +146,17 @@ class Searcher:
         group_by = self.group_by(options)
         if group_by == "file":
             return self._grouped(queries, options)
+        notes = []
         if options.two_stage:
             top = self.two_stage(self.stage1_params(options), queries).search(queries, options.top_k, options.wide)
+            short = int((top.indices < 0).any(axis=1).sum())
+            if short:
+                notes.append(f"for {short} queries stage 1 ({options.stage1}) found fewer than {top.indices.shape[1]} "
+                             f"rows; raise --nprobe or --shortlist")
         else:
             top = score_topk(self.scorer, queries, self.source, options.top_k, self.biases, self.memory_mb)
         results = [row_records(self.index, top, q) for q in range(len(queries))]
-        return SearchAnswer(results, options.two_stage, group_by)
+        return SearchAnswer(results, options.two_stage, group_by, notes)
 
     def _grouped(self, queries: TextFeatures, options: SearchOptions) -> SearchAnswer:
         k, per_file, notes = options.top_k, options.windows_per_file, []

@@ -249,6 +249,37 @@ def test_an_index_of_one_window_is_grouped_by_file(bundle, scorer, tmp_path):
     assert len(Searcher(scorer, GalleryIndex(empty))) == 0 and not Searcher(scorer, GalleryIndex(empty)).windowed
 
 
+def test_an_approximate_stage1_that_finds_fewer_rows_than_asked(windows, whole, scorer):
+    """IVF over a small gallery has a cell a row; probing one cell finds fewer rows than top_k: each
+    query gets the rows found, ranked by the fused score, with a note (not a crash), and grouped
+    search the files of those rows."""
+    for gallery, queries, _, fused in (whole, windows):
+        searcher = Searcher(scorer, gallery)
+        full = searcher.search(queries, SearchOptions(top_k=5, two_stage=True, shortlist=5, stage1="ivf",
+                                                      nprobe=len(gallery), group_by="window"))
+        assert [len(r) for r in full.results] == [5] * N_QUERIES and full.notes == []
+        answer = searcher.search(queries, SearchOptions(top_k=5, two_stage=True, shortlist=5, stage1="ivf", nprobe=1,
+                                                        group_by="window"))
+        short = sum(len(r) < 5 for r in answer.results)
+        assert short and answer.notes == [f"for {short} queries stage 1 (ivf) found fewer than 5 rows; raise "
+                                          f"--nprobe or --shortlist"]
+        for q, got in enumerate(answer.results):
+            rows = [gallery.row_of(r["video_id"]) for r in got]
+            assert 1 <= len(rows) == len(set(rows)) and [r["rank"] for r in got] == list(range(1, len(rows) + 1))
+            assert [r["score"] for r in got] == pytest.approx([float(fused[q, r]) for r in _rank(fused[q],
+                                                                                               np.array(rows))])
+    gallery, queries, _, fused = windows
+    grouped = Searcher(scorer, gallery).search(queries, SearchOptions(top_k=4, two_stage=True, shortlist=4,
+                                                                      stage1="ivf", nprobe=1))
+    for q, got in enumerate(grouped.results):
+        assert 1 <= len(got) < 4
+        for record in got:
+            for window in record["windows"]:
+                row = gallery.row_of(window["video_id"])
+                assert gallery.entries[row]["file_id"] == record["file_id"]
+                assert window["score"] == pytest.approx(float(fused[q, row]), rel=1e-5)
+
+
 def test_features_held_in_memory_answer_as_the_shards_do(windows, scorer):
     gallery, queries, _, _ = windows
     memory = ArrayVideos(gallery.features(0, len(gallery)))
