@@ -55,3 +55,21 @@ def test_a_moment_at_exactly_the_iou_threshold_is_a_hit():
     assert got == {"R1@0.5": 50.0, "R5@0.5": 50.0, "R1@0.3": 75.0, "R5@0.3": 75.0}
     at_a_quarter = moment_recall(scores, row_files, row_spans, ["a"] * 4, [(0, 2.5)] * 4, ks=(1,), thresholds=(0.25,))
     assert at_a_quarter == {"R1@0.25": 100.0}
+
+
+def test_moment_recall_refuses_inputs_of_the_wrong_shape():
+    files, spans = ["a", "b"], [(0, 1), (1, 2)]
+    with pytest.raises(MetricsError, match=r"must be \[captions, moments\], got shape \(2,\)"):
+        moment_recall(np.zeros(2), files, spans, ["a"], [(0, 1)])
+    with pytest.raises(MetricsError, match="each of the 2 moments"):  # a file missing, the spans right
+        moment_recall(np.zeros((1, 2)), ["a"], spans, ["a"], [(0, 1)])
+    with pytest.raises(MetricsError, match="each of the 2 moments"):  # the files right, a span missing
+        moment_recall(np.zeros((1, 2)), files, [(0, 1)], ["a"], [(0, 1)])
+    with pytest.raises(MetricsError, match="each of the 1 captions"):
+        moment_recall(np.zeros((1, 2)), files, spans, ["a", "b"], [(0, 1)])
+    with pytest.raises(MetricsError, match="each of the 1 captions"):
+        moment_recall(np.zeros((1, 2)), files, spans, ["a"], [(0, 1), (1, 2)])
+    with pytest.raises(MetricsError, match="at least one caption and one moment"):
+        moment_recall(np.zeros((0, 2)), files, spans, [], np.zeros((0, 2)))
+    with pytest.raises(MetricsError, match="at least one caption and one moment"):
+        moment_recall(np.zeros((1, 0)), [], np.zeros((0, 2)), ["a"], [(0, 1)])
