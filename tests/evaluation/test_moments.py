@@ -14,6 +14,9 @@ def test_temporal_iou():
     assert temporal_iou((2, 4), (0, 10)) == pytest.approx(0.2)
     assert temporal_iou((0, 5), (0, 10)) == 0.5  # exactly the 0.5 threshold
     np.testing.assert_allclose(temporal_iou([[0, 10], [20, 30], [3, 3]], (0, 10)), [1.0, 0.0, 0.0])
+    assert temporal_iou((0, 0.5), (0.25, 0.75)) == pytest.approx(1 / 3)  # sub-second spans (union 0.75)
+    with np.errstate(all="raise"):  # an empty union is 0, without dividing by it
+        assert temporal_iou((3, 3), (3, 3)) == 0.0
 
 
 def test_moment_recall_needs_the_right_file_and_enough_overlap():
