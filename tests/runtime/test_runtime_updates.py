@@ -295,6 +295,56 @@ def test_remove_refuses_unknown_ids_unless_allowed(scratch, tmp_path):
     assert "clip0" not in GalleryIndex(out).ids
 
 
+def _without_its_bundle(index_dir):
+    """Make the index's recorded bundle a path that is gone (as after moving the bundle)."""
+    state = json.loads((index_dir / "index.json").read_text())
+    state["bundle"] = str(index_dir.parent / "gone-bundle")
+    (index_dir / "index.json").write_text(json.dumps(state))
+
+
+def test_remove_id_lists_and_updates_without_the_bundle(bundle_dir, clips, scratch, tmp_path):
+    """--ids takes ids or `id<TAB>path` lines; a missing or empty list is refused; only unknown ids
+    (allowed) remove nothing. Without its bundle an index can lose videos only when no SK biases
+    must be recomputed (none stored, no --bank)."""
+    out = tmp_path / "idx"
+    shutil.copytree(scratch["all"], out)
+
+    def state():
+        return {k: v for k, v in json.loads((out / "index.json").read_text()).items() if k != "updated"}
+
+    before = state()
+    missing = run_cli("remove", "--index", str(out), "--ids", str(tmp_path / "none.txt"), "-q")
+    assert missing.returncode == 1 and "none.txt: file not found" in missing.stderr
+    (tmp_path / "empty.txt").write_text("# nothing\n\n")
+    empty = run_cli("remove", "--index", str(out), "--ids", str(tmp_path / "empty.txt"), "-q")
+    assert empty.returncode == 1 and "lists no video ids" in empty.stderr
+    (tmp_path / "unknown.txt").write_text(f"nope\t{clips / 'nope.mp4'}\n")
+    done = run_cli("remove", "--index", str(out), "--ids", str(tmp_path / "unknown.txt"), "--allow-missing", "-q")
+    assert done.returncode == 0, done.stderr
+    assert "removed 0 videos, 1 not in the index (skipped)" in done.stdout and "biases: unchanged" in done.stdout
+    assert state() == before
+
+    _without_its_bundle(out)  # it has biases: removing needs the bundle to recompute them
+    (tmp_path / "one.txt").write_text(f"clip3\t{clips / 'clip3.mp4'}\n")
+    refused = run_cli("remove", "--index", str(out), "--ids", str(tmp_path / "one.txt"), "-q")
+    assert refused.returncode == 1 and "must be recomputed, which needs its bundle" in refused.stderr
+    assert "--bundle" in refused.stderr and GalleryIndex(out).ids == [f"clip{i}" for i in range(N_CLIPS)]
+    done = run_cli("remove", "--index", str(out), "--ids", str(tmp_path / "one.txt"), "--bundle", str(bundle_dir),
+                   "-q")
+    assert done.returncode == 0 and "removed 1 videos" in done.stdout, done.stderr
+
+    plain = tmp_path / "plain"  # no biases: removing works without the bundle, unless --bank asks for biases
+    assert _index(bundle_dir, _listing(tmp_path, clips, range(3), "plain.txt"), plain).returncode == 0
+    _without_its_bundle(plain)
+    (tmp_path / "zero.txt").write_text("clip0\n")
+    with_bank = run_cli("remove", "--index", str(plain), "--ids", str(tmp_path / "zero.txt"), "--bank",
+                        str(tmp_path / "empty.txt"), "-q")
+    assert with_bank.returncode == 1 and "which needs its bundle" in with_bank.stderr
+    done = run_cli("remove", "--index", str(plain), "--ids", str(tmp_path / "zero.txt"), "-q")
+    assert done.returncode == 0 and "biases: none" in done.stdout, done.stderr
+    assert GalleryIndex(plain).ids == ["clip1", "clip2"]
+
+
 def test_reindexing_a_changed_file_replaces_its_rows(bundle_dir, clips, bank_file, tmp_path):
     """clip1's file gets new content: re-indexing replaces its row; equal to a fresh index of the new files."""
     folder = tmp_path / "videos"
@@ -350,6 +400,94 @@ def test_merge_equals_a_fresh_index_and_recomputes_biases(policy, bundle_dir, cl
     # shards are shared with the inputs (hard links), not copied
     merged = next((tmp_path / "c" / "shards").iterdir()) / "patches.npy"
     assert merged.stat().st_nlink == 2
+
+
+def test_merge_of_three_inputs_keeps_one_row_per_id(bundle_dir, clips, tmp_path):
+    """clip1 in all three inputs, each made from another file: first keeps a's, last c's; a shard
+    whose rows are all removed is not carried into the merged index."""
+    from runtime.index.updates import merge_indexes
+    from runtime.ingest.biases import BankBiases, BiasScoring
+
+    files = {"a": 1, "b": 2, "c": 3}  # input -> the clip its clip1 is made from
+    for name, source in files.items():
+        listing = tmp_path / f"{name}.txt"
+        listing.write_text(f"{name}0\t{clips / 'clip0.mp4'}\n{name}1\t{clips / 'clip4.mp4'}\n"
+                           f"clip1\t{clips / f'clip{source}.mp4'}\n")
+        assert _index(bundle_dir, listing, tmp_path / name).returncode == 0
+    (tmp_path / "dead.txt").write_text("a0\na1\n")  # a's first shard (2 rows) has no live row left
+    assert run_cli("remove", "--index", str(tmp_path / "a"), "--ids", str(tmp_path / "dead.txt"), "-q").returncode == 0
+    for policy, keeper in (("first", "a"), ("last", "c")):
+        out = tmp_path / "nested" / policy / "merged"  # its parent folders are made
+        done = run_cli("merge", *(str(tmp_path / n) for n in files), "-o", str(out), "--on-duplicate", policy, "-q")
+        assert done.returncode == 0, done.stderr
+        merged = GalleryIndex(out)
+        assert sorted(merged.ids) == sorted(["clip1", "b0", "b1", "c0", "c1"]) and len(merged.ids) == 5
+        assert merged.entry("clip1")["sha256"] == GalleryIndex(tmp_path / keeper).entry("clip1")["sha256"]
+        carried = [json.loads((out / "shards" / s["name"] / "ids.json").read_text())
+                   for s in json.loads((out / "index.json").read_text())["shards"]]
+        assert ["a0", "a1"] not in carried and len(carried) == 5  # a's dead shard is left out
+        assert not list(out.parent.glob(".merged.merge*"))  # neither the temp dir nor the lock file is left
+    bundle = load_bundle(bundle_dir)
+    with pytest.raises(ValueError, match="unknown duplicate policy 'middle'"):
+        merge_indexes([tmp_path / "a", tmp_path / "b"], tmp_path / "x", bundle, on_duplicate="middle",
+                      biases_for=BankBiases(bundle, BiasScoring("cpu")))
+
+
+def test_merge_refuses_what_it_cannot_merge_safely(bundle_dir, clips, bank_file, tmp_path):
+    """An existing output, an input that is no index, an input another process is writing, a
+    merge into the same output running, inputs whose biases come from different banks: each is
+    refused with nothing written; stale temp dirs of killed merges into the output are cleaned."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _index(bundle_dir, _listing(tmp_path, clips, (0, 1), "a.txt"), a, "--bank", str(bank_file)).returncode == 0
+    other_bank = tmp_path / "bank2.txt"
+    other_bank.write_text("a cat\na horse\n")
+    assert _index(bundle_dir, _listing(tmp_path, clips, (2,), "b.txt"), b, "--bank", str(other_bank)).returncode == 0
+    out = tmp_path / "out"
+
+    def merge(*inputs, extra=()):
+        return run_cli("merge", *map(str, inputs), "-o", str(out), "-q", *extra)
+
+    banks = merge(a, b)
+    assert banks.returncode == 1 and "different caption banks" in banks.stderr and "--bank" in banks.stderr
+    plain = tmp_path / "plain"
+    assert _index(bundle_dir, _listing(tmp_path, clips, (3,), "p.txt"), plain).returncode == 0
+    some = merge(a, plain)
+    assert some.returncode == 1 and "only some inputs have biases" in some.stderr
+    not_index = tmp_path / "folder"
+    not_index.mkdir()
+    for bad in (not_index, tmp_path / "missing"):
+        refused = merge(a, bad)
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+        assert "not a ucofia index" in refused.stderr or "not found" in refused.stderr
+    assert list(not_index.iterdir()) == []  # not even a lock file in it
+    with IndexWriter(b, load_bundle(bundle_dir)):  # b is being written
+        busy = merge(a, b, extra=("--bank", str(bank_file)))
+    assert busy.returncode == 1 and "another process is writing" in busy.stderr
+    from runtime.index.locks import file_lock
+
+    with file_lock(tmp_path / ".out.merge.lock", "held"):
+        twice = merge(a, b, extra=("--bank", str(bank_file)))
+    assert twice.returncode == 1 and "another merge into" in twice.stderr
+    assert not out.exists()
+    stale = tmp_path / ".out.merge-killed"
+    stale.mkdir()
+    (stale / "junk").write_text("x")
+    done = merge(a, b, extra=("--bank", str(bank_file)))
+    assert done.returncode == 0 and "computed from 5 bank captions" in done.stdout, done.stderr
+    assert not stale.exists() and not (tmp_path / ".out.merge.lock").exists()
+    again = merge(a, b, extra=("--bank", str(bank_file)))
+    assert again.returncode == 1 and "already exists" in again.stderr
+
+
+def test_a_failed_merge_leaves_no_output_and_no_temp_dir(bundle_dir, clips, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _index(bundle_dir, _listing(tmp_path, clips, (0,), "a.txt"), a).returncode == 0
+    assert _index(bundle_dir, _listing(tmp_path, clips, (1,), "b.txt"), b).returncode == 0
+    bad_bank = tmp_path / "bank.txt"
+    bad_bank.write_text("a car\n\na dog\n")  # refused while the merged biases are computed
+    failed = run_cli("merge", str(a), str(b), "-o", str(tmp_path / "out"), "--bank", str(bad_bank), "-q")
+    assert failed.returncode == 1 and "empty bank caption" in failed.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "a.txt", "b", "b.txt", "bank.txt"]
 
 
 def test_merge_converts_the_store_and_refuses_other_bundles(bundle_dir, clips, tmp_path):
