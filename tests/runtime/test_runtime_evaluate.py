@@ -124,6 +124,15 @@ def test_the_report_says_what_it_was_computed_on_and_the_bar_counts_pairs(setup,
     assert 0 <= report["seconds"] < 600 and report["seconds"] == round(report["seconds"], 3)
     direct = _direct(index, CAPTIONS, None)
     assert report["metrics"]["t2v"] == pytest.approx(direct[0]) and report["metrics"]["v2t"] == pytest.approx(direct[1])
+    gallery = GalleryIndex(index)  # the function under it, with its own defaults: biases used too
+    bundle = load_bundle(gallery.bundle_path)
+    ann_rows = load_annotations(ann, "msrvtt")
+    plain = evaluate_module.evaluate(gallery, Scorer(open_session(bundle, "scorer", "cpu"), bundle.config),
+                                     TextEncoder(bundle, "cpu").encode(CAPTIONS), ann_rows, ann_rows.video_ids,
+                                     np.arange(4), 64)
+    assert plain["t2v_video_bias"] is not None
+    for direction in ("t2v", "v2t"):
+        assert plain["metrics"][direction] == pytest.approx(report["metrics"][direction])
     missing = _write_csv(root / "missing.csv", [("video0", "a red car"), ("video7", "not indexed")])
     with pytest.raises(RuntimeUserError, match="video7"):  # missing videos are refused by default
         evaluate_index(EvaluateRequest(index=index, annotations=missing))

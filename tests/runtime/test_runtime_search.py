@@ -213,6 +213,10 @@ def test_the_short_shortlist_note_appears_only_when_more_files_could_be_seen(win
                                  f"{n_files} files; raise --shortlist to see more files"] if noted else []), shortlist
         seen_cases.add((noted, max(sizes) == n_files))
     assert {(True, True), (False, True), (True, False)} <= seen_cases  # every case of the rule was met
+    # more files asked for than the gallery has, every file shortlisted: nothing more to see, no note
+    every = Searcher(scorer, gallery).search(
+        queries, SearchOptions(top_k=n_files + 2, two_stage=True, shortlist=len(gallery), stage1="flat"))
+    assert [len(r) for r in every.results] == [n_files] * N_QUERIES and every.notes == []
 
 
 def test_grouped_pass_one_holds_at_most_the_budget_of_pair_scores(windows, scorer, monkeypatch):
@@ -235,6 +239,12 @@ def test_grouped_pass_one_holds_at_most_the_budget_of_pair_scores(windows, score
     pass_one = [rows for texts, rows in calls if isinstance(rows, tuple)]
     assert pass_one == [(0, 5), (5, 10), (10, 15), (15, 17)]
     assert [texts for texts, rows in calls] == [N_QUERIES] * 4 + [1] * N_QUERIES
+    for texts, rows, chunks in ((N_QUERIES, 1, [(r, r + 1) for r in range(17)]),  # room for one row
+                                (1, 8, [(0, 8), (8, 16), (16, 17)])):  # one query: 8 rows of its scores
+        calls.clear()
+        grouping.best_per_file(scorer, gallery, grouping.RowFiles.of(gallery), queries.rows(0, texts),
+                               memory_mb=rows * texts * 16 / 2**20)
+        assert [r for _, r in calls] == chunks
 
 
 def test_an_index_of_one_window_is_grouped_by_file(bundle, scorer, tmp_path):
