@@ -342,3 +342,10 @@ def shared_clips() -> list[Path]:
         raise SystemExit(f"no clips under {data}: this benchmark needs the shared data folder (set UCOFIA_SHARED_DIR "
                          f"to the folder holding data/msrvtt_1ka_sample and data/real_clips)")
     return clips
+
+
+def show_library_output() -> None:
+    """Print the library's notes and progress bars (export steps, indexing) as the CLIs do."""
+    from ucofia import logs
+
+    logs.configure(logs.NORMAL)

@@ -1,14 +1,28 @@
-"""GPU check: benchmarks 1-2 (encoders, scoring) on a CUDA device, plus float16/bfloat16 errors.
+"""GPU check: the runtime's GPU backends on exported engines, benchmarks 1-2 (encoders, scoring) on a
+CUDA device, plus float16/bfloat16 errors.
 
-One script, meant for a lent GPU machine with a few minutes of time (finishes in well under 4
-minutes on an H100: a time budget skips what is left when it runs out, saying so). Needs torch
-with CUDA, numpy, onnx and CPU onnxruntime (no TensorRT, no onnxruntime-gpu); run from the
-repository root (it puts the root on sys.path, no install needed)::
+One script, meant for a lent GPU machine with a few minutes of time (under 8 minutes on an H100:
+a time budget skips what is left when it runs out, saying so). Run from the repository root (it
+puts the root on sys.path, no install needed)::
 
     python benchmarks/gpu_check.py --out gpu_results/            # on the GPU machine
     .venv/bin/python benchmarks/gpu_check.py --device cpu --quick --out /tmp/gpu_check   # dry run
+    .venv/bin/python benchmarks/gpu_check.py --device cpu --sections engines --out /tmp/gpu_check
 
-What it measures (ViT-B/32 geometry, random weights; --quick: tiny geometry, small sizes):
+It runs what the machine has and says what it skipped and why: the ``engines`` section needs
+torch (to export) and, for its GPU parts, TensorRT (``ucofia[tensorrt]``) and/or onnxruntime-gpu
+(docs/install.md, "GPU install"); the torch sections need a CUDA build of torch (``--device cpu``
+runs them on the CPU as a dry run).
+
+0. engines (``benchmarks/gpu_runtime.py``): exports the tiny config to float32 and float16 bundles,
+   with TensorRT engines when TensorRT and a GPU are there (small encoder profiles, so that calls
+   are split and padded; the export verifies every engine against onnxruntime), then in a
+   subprocess where ``import torch`` fails runs every graph through ``TensorRTSession`` and
+   onnxruntime's CUDA provider on batch sizes that force splitting and padding, compares with the
+   CPU, checks that 200 calls grow no device memory, and times scoring N x N (default 1000)
+   against the CPU.
+
+What the other sections measure (ViT-B/32 geometry, random weights; --quick: tiny geometry, small sizes):
 
 1. precision: the device's fp32 vs float16 and bfloat16 autocast on the same inputs -- video
    encoder outputs (video, frame, patch features; patch top-k selections that differ), text
@@ -47,6 +61,10 @@ import numpy as np  # noqa: E402
 from ucofia.config import LEVELS  # noqa: E402
 
 PRECISIONS = ("fp16", "bf16")
+SECTIONS = ("engines", "precision_encoders", "scoring", "encoders")
+# the engines section's profiles: small encoder profiles force splitting and padding; the scorer keeps
+# the export's default tile profile (64 texts x 1024 videos), what scoring runs with in deployment
+ENGINE_TEXTS, ENGINE_VIDEOS = (2, 4, 8), (2, 2, 4)
 
 
 class Budget:
@@ -309,6 +327,57 @@ def encoders(model, cfg, device: str, quick: bool, work: Path, threads: int, bud
     return out
 
 
+def engines(work: Path, n: int, budget: Budget) -> dict:
+    """Export fp32/fp16 tiny bundles (with engines where TensorRT runs) and run gpu_runtime.py on them
+    with torch blocked."""
+    import subprocess
+
+    from export import export_bundle
+    from export.tensorrt_build import AxisRange, TrtBuildOptions
+    from runtime.backends.tensorrt_engines import TensorRTError, import_tensorrt
+
+    out: dict = {"skipped": {}}
+    try:
+        import_tensorrt()
+        from export.tensorrt_build import device_info
+
+        out["tensorrt_device"] = device_info()
+        trt = True
+    except TensorRTError as exc:
+        out["skipped"]["tensorrt_engines"] = str(exc).splitlines()[0]
+        trt = False
+    options = TrtBuildOptions(texts=AxisRange(*ENGINE_TEXTS), videos=AxisRange(*ENGINE_VIDEOS))
+    model = common.random_model(common.config("tiny"))
+    bundles = []
+    for dtype in ("float32", "float16"):
+        if budget.left() < 60:
+            out["skipped"][dtype] = "time budget"
+            continue
+        path = work / f"tiny_{dtype}"
+        start = time.perf_counter()
+        try:
+            manifest = export_bundle(model, path, fp16=dtype == "float16", trt=trt, trt_options=options,
+                                     allow_small_vocab=True, force=True)
+        except Exception as exc:  # a failed engine verification is a result too
+            out[f"export_{dtype}"] = {"error": f"{type(exc).__name__}: {exc}"[:3000]}
+            continue
+        section = manifest.get("tensorrt") or {}
+        out[f"export_{dtype}"] = {"seconds": round(time.perf_counter() - start, 1),
+                                  "engines": bool(section), "engine_verification": section.get("verification")}
+        bundles.append(path)
+    if not bundles:
+        return out
+    result = work / "gpu_runtime.json"
+    cmd = [sys.executable, str(HERE / "gpu_runtime.py"), *map(str, bundles), "--out", str(result), "--size", str(n),
+           "--block-torch"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=max(60.0, budget.left()))
+    if done.returncode != 0:
+        out["runtime"] = {"error": done.stderr[-3000:]}
+        return out
+    out["runtime"] = json.loads(result.read_text())
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="directory for gpu_check.json")
@@ -316,21 +385,29 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny geometry and small sizes (a dry run)")
     parser.add_argument("--size", type=int, default=None, help="texts = videos for scoring (default 1000; quick 96)")
     parser.add_argument("--threads", type=int, default=common.available_cpus(), help="onnxruntime CPU threads")
-    parser.add_argument("--budget-s", type=float, default=200.0, help="skip what is left after this many seconds")
+    parser.add_argument("--budget-s", type=float, default=420.0, help="skip what is left after this many seconds")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated sections to run (default all: {','.join(SECTIONS)})")
     args = parser.parse_args()
     budget = Budget(args.budget_s)
+    wanted = [name.strip() for name in args.sections.split(",") if name.strip()]
+    unknown = sorted(set(wanted) - set(SECTIONS))
+    if unknown:
+        raise SystemExit(f"unknown --sections {unknown}; choose from {', '.join(SECTIONS)}")
 
     import torch
 
+    skipped_device = None
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("--device cuda but torch sees no CUDA device (torch.cuda.is_available() is False); "
-                         "use a CUDA build of torch on a GPU machine, or --device cpu for a dry run")
+        skipped_device = ("torch sees no CUDA device (torch.cuda.is_available() is False): the torch sections "
+                          "need a CUDA build of torch on a GPU machine (--device cpu runs them as a dry run)")
+        print(f"[gpu_check] {skipped_device}", file=sys.stderr)
     torch.set_num_threads(args.threads)
     cfg = common.config("tiny" if args.quick else "vit_b32")
     n = args.size or (96 if args.quick else 1000)
     info = {"device": args.device, "quick": args.quick, "config": "tiny" if args.quick else "vit_b32",
             "torch": torch.__version__, "torch_cuda": torch.version.cuda, "machine": common.machine()}
-    if args.device.startswith("cuda"):
+    if args.device.startswith("cuda") and not skipped_device:
         props = torch.cuda.get_device_properties(torch.device(args.device))
         info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
                     capability=f"{props.major}.{props.minor}", cudnn=torch.backends.cudnn.version())
@@ -340,16 +417,23 @@ def main() -> None:
         info["onnxruntime_providers"] = onnxruntime.get_available_providers()
     except ImportError:
         info["onnxruntime_providers"] = "onnxruntime not installed"
-    model = common.random_model(cfg).to(args.device)
+    torch_sections = [name for name in wanted if name != "engines"]
+    model = common.random_model(cfg).to(args.device) if torch_sections and not skipped_device else None
     result: dict = {"benchmark": "gpu_check", "info": info}
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="ucofia-gpu-") as tmp:
-        sections = (("precision_encoders", lambda: encoder_precision(model, cfg, args.device, args.quick)),
+        sections = (("engines", lambda: engines(Path(tmp) / "engines", n, budget)),
+                    ("precision_encoders", lambda: encoder_precision(model, cfg, args.device, args.quick)),
                     ("scoring",
                      lambda: scoring(model, cfg, args.device, n, args.quick, Path(tmp), args.threads, budget)),
                     ("encoders",
                      lambda: encoders(model, cfg, args.device, args.quick, Path(tmp), args.threads, budget)))
         for name, fn in sections:
+            if name not in wanted:
+                continue
+            if name != "engines" and skipped_device:
+                result[name] = f"skipped: {skipped_device}"
+                continue
             if budget.left() <= 0:
                 result[name] = "skipped: time budget"
                 continue
@@ -368,9 +452,41 @@ def main() -> None:
     print(f"wrote {path}", file=sys.stderr)
 
 
+def engines_summary(e: dict) -> list[str]:
+    lines = [f"engines: skipped {k}: {v}" for k, v in e.get("skipped", {}).items()]
+    for dtype in ("float32", "float16"):
+        export = e.get(f"export_{dtype}")
+        if isinstance(export, dict):
+            verified = (export.get("engine_verification") or {}).get("passed")
+            done = (export["error"] if "error" in export else
+                    f"{export['seconds']} s, engines {export['engines']}, verified against onnxruntime {verified}")
+            lines.append(f"engines: export {dtype}: {done}")
+    runtime = e.get("runtime") or {}
+    if "error" in runtime:
+        lines.append(f"engines: runtime worker failed: {runtime['error'][-500:]}")
+    for path, b in runtime.get("bundles", {}).items():
+        for backend, why in b.get("skipped", {}).items():
+            lines.append(f"engines: {Path(path).name} {backend} skipped: {why}")
+        for backend in ("tensorrt", "cuda"):
+            if backend in b:
+                r = b[backend]
+                if "error" in r:
+                    lines.append(f"engines: {Path(path).name} {backend}: {r['error']}")
+                    continue
+                ok = all(c["within_tolerance"] for g in r["compare"].values() for c in g["cases"])
+                lines.append(f"engines: {Path(path).name} {backend}: within tolerance of the CPU {ok}; 200 calls "
+                             f"grow device memory by {r['memory']['device_memory_growth_bytes']} B")
+        s = b.get("scoring", {})
+        lines.append(f"engines: {Path(path).name} scoring {s.get('n')}^2: " + ", ".join(
+            f"{k} {v['seconds']} s" for k, v in s.items() if isinstance(v, dict)))
+    return lines
+
+
 def summary(r: dict) -> list[str]:
     lines = [f"device {r['info'].get('gpu', r['info']['device'])}, torch {r['info']['torch']}, "
              f"{r['seconds_total']} s in all"]
+    if isinstance(r.get("engines"), dict):
+        lines += engines_summary(r["engines"])
     s = r.get("scoring")
     if isinstance(s, dict) and "tiled_fp32_seconds" in s:
         line = f"scoring {s['texts']}x{s['videos']}: tiled fp32 {s['tiled_fp32_seconds']:.3f} s"

@@ -114,6 +114,7 @@ def main() -> None:
     parser.add_argument("--process-pool", action="store_true", help="also measure decoding in processes")
     parser.add_argument("-o", "--output", type=Path, default=None)
     args = parser.parse_args()
+    common.show_library_output()
 
     import ucofia
     from export import export_bundle
@@ -131,8 +132,7 @@ def main() -> None:
         bundle_dir = args.bundle
         if bundle_dir is None:
             bundle_dir = Path(tmp) / "bundle"
-            export_bundle(ucofia.build_model(common.config(args.config), seed=0), bundle_dir,
-                          progress=lambda m: print(f"[export] {m}", file=sys.stderr))
+            export_bundle(ucofia.build_model(common.config(args.config), seed=0), bundle_dir)
         bundle = load_bundle(bundle_dir)
         spec = VideoSpec.from_config(bundle.config)
 

@@ -554,8 +554,7 @@ def cached_bundle(work: Path, config_name: str, given: Path | None) -> Path:
 
     tmp = work / f".bundle_{config_name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
-    export_bundle(ucofia.build_model(common.config(config_name), seed=0), tmp,
-                  progress=lambda m: print(f"[export] {m}", file=sys.stderr))
+    export_bundle(ucofia.build_model(common.config(config_name), seed=0), tmp)
     tmp.rename(target)
     return target
 
@@ -801,6 +800,7 @@ def main() -> None:
     parser.add_argument("-o", "--output", type=Path, default=None)
     parser.add_argument("--inner", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    common.show_library_output()
 
     if args.inner is not None:  # inside the namespace
         spec = json.loads(args.inner.read_text())

@@ -224,7 +224,7 @@ def export_bundle(cfg_name: str, out: Path) -> dict:
 
     start = time.perf_counter()
     model = common.random_model(cfg)
-    manifest = export(model, out, progress=lambda m: print(f"[export] {m}", file=sys.stderr), force=True)
+    manifest = export(model, out, force=True)
     return {"reused": False, "seconds": round(time.perf_counter() - start, 1),
             "verification_passed": manifest["verification"]["passed"]}
 
@@ -322,6 +322,7 @@ def main() -> None:
                         help="keep the bundle and indexes here (reused by a later run); default: a temporary dir")
     parser.add_argument("-o", "--output", type=Path, default=None)
     args = parser.parse_args()
+    common.show_library_output()
 
     machine = common.machine({"server_threads": args.threads})
     monitor = common.CpuMonitor()

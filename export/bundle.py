@@ -26,6 +26,7 @@ from export.samples import sample_token_ids, sample_videos
 from export.tensorrt_build import TrtBuildOptions
 from export.trt_check import TrtCheckReport, check_graphs
 from export.verify import ORT_FP16_CPU_DISABLED_OPTIMIZERS, Tolerances, VerificationError, verify_bundle
+from export.verify_engines import EngineVerificationError, selection_agreement, verify_engines
 from runtime.bundle.contract import MANIFEST_FILE, SCORER, TEXT_ENCODER, VIDEO_ENCODER, graph_specs
 from ucofia.checkpoints import weights_fingerprint
 from ucofia.io_utils import atomic_directory, atomic_write_text
@@ -62,6 +63,25 @@ def _export_inputs(model: UCoFiA) -> dict[str, tuple[torch.Tensor, ...]]:
     }
 
 
+def _verify_engines(directory: Path, specs: dict, section: dict[str, Any], report: Any, model: UCoFiA,
+                    trt_module: Any) -> dict[str, Any]:
+    """Run the engines just built on the verification's inputs against onnxruntime (``export.verify_engines``);
+    raise EngineVerificationError when they differ beyond the tolerances."""
+    if report is None:
+        return {"passed": None, "skipped": "verification turned off (verify=False): the engines were not run"}
+    logger.info("verifying the TensorRT engines against onnxruntime")
+    cfg = model.config
+    engines = verify_engines(directory, specs, section, report.cases, report.tolerances, cfg.top_k,
+                             cfg.patches_per_frame, trt_module)
+    if not engines.passed:
+        raise EngineVerificationError("TensorRT engines differ from onnxruntime beyond the tolerances:\n  "
+                                      + "\n  ".join(engines.failures()), engines)
+    agreement = selection_agreement(engines)
+    logger.info("  engines agree with onnxruntime; patch selection identical on "
+                + ("no frames" if agreement is None else f"{agreement:.1%} of frames"))
+    return engines.to_dict()
+
+
 def export_bundle(model: UCoFiA, out_dir: str | Path, *, fp16: bool = False, opset: int = DEFAULT_OPSET,
                   force: bool = False, verify: bool = True, exporter: Exporter = "torchscript",
                   trt: bool = False, trt_options: TrtBuildOptions | None = None,
@@ -77,9 +97,13 @@ def export_bundle(model: UCoFiA, out_dir: str | Path, *, fp16: bool = False, ops
 
     Each step is logged (``logging``, logger ``export.bundle``) as it starts.
 
+    With ``trt``, every engine built is run on the verification's inputs and compared with
+    onnxruntime (``export.verify_engines``; results in the manifest's ``tensorrt.verification``).
+
     Raises SmallVocabularyError, FileExistsError (``out_dir`` exists, no ``force``), ExportError, TrtCompatibilityError
     (``trt`` and the static check failed), VerificationError (ORT differs from PyTorch beyond
-    ``tolerances``) or TensorRTError; in every such case nothing is written.
+    ``tolerances``), EngineVerificationError (an engine differs from ORT) or TensorRTError; in every
+    such case nothing is written.
     """
     out_dir = Path(out_dir)
     if not isinstance(model, UCoFiA):
@@ -138,7 +162,7 @@ def export_bundle(model: UCoFiA, out_dir: str | Path, *, fp16: bool = False, ops
                     f"{len(trt_report.errors)} TensorRT compatibility errors:\n  "
                     + "\n  ".join(str(i) for i in trt_report.errors), trt_report)
 
-            verification = None
+            verification, report = None, None
             if verify:
                 logger.info("verifying the graphs in onnxruntime against PyTorch")
                 model.eval()  # hard top-k reference, whatever the exporters did to module modes
@@ -157,6 +181,7 @@ def export_bundle(model: UCoFiA, out_dir: str | Path, *, fp16: bool = False, ops
                 tensorrt = tensorrt_build.build_engines(tmp, specs, dtype, trt_options or TrtBuildOptions(),
                                                         trt=trt_module, device=device)
                 versions["tensorrt"] = tensorrt["version"]
+                tensorrt["verification"] = _verify_engines(tmp, specs, tensorrt, report, model, trt_module)
             hints = {"cpu_disabled_optimizers": list(ORT_FP16_CPU_DISABLED_OPTIMIZERS)} if fp16 else {}
             manifest = build_manifest(
                 config=model.config, fingerprint=fingerprint, dtype=dtype, opset=opset, exporter=exporter,

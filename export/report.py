@@ -83,5 +83,11 @@ def print_summary(console: Console, manifest: dict[str, Any]) -> None:
     if trt:
         console.print(f"TensorRT {trt['version']} engines for {trt['gpu']} (sm {trt['compute_capability']}), "
                       f"{trt['precision']}: " + ", ".join(e["file"] for e in trt["engines"].values()))
+        checked = trt.get("verification") or {}
+        if checked.get("passed"):
+            frames = checked.get("patch_selection", [])
+            agreement = (min(s["identical_fraction"] for s in frames) if frames else None)
+            console.print("[green]engines agree with onnxruntime[/] on the verification inputs"
+                          + ("" if agreement is None else f"; patch selection identical on {agreement:.1%} of frames"))
     for warning in manifest.get("warnings", []):
         console.print(f"[yellow]warning:[/] {warning}")

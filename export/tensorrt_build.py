@@ -36,7 +36,7 @@ from types import ModuleType
 from typing import Any
 
 from runtime.backends.tensorrt_engines import TensorRTError, engine_target, import_tensorrt
-from runtime.bundle.contract import TEXTS_AXIS, VIDEOS_AXIS, GraphSpec
+from runtime.bundle.contract import SCORER, TEXT_ENCODER, TEXTS_AXIS, VIDEOS_AXIS, GraphSpec
 from ucofia.io_utils import atomic_write_bytes
 
 PLAN_SUFFIX = ".plan"
@@ -64,10 +64,18 @@ class AxisRange:
 
 @dataclass(frozen=True)
 class TrtBuildOptions:
-    """Engine build settings (CLI: --min/--opt/--max-texts, ...-videos, --workspace-gib, --timing-cache)."""
+    """Engine build settings (CLI: --min/--opt/--max-texts, ...-videos, --scorer-opt/max-texts|videos,
+    --workspace-gib, --timing-cache).
+
+    ``texts``/``videos``: the encoders' profile (a text-encoder call encodes a query batch, a
+    video-encoder call a decode batch). ``scorer_texts``/``scorer_videos``: the scorer's own profile,
+    sized for scoring tiles (texts x stored videos), which the runtime's tile planner follows.
+    """
 
     texts: AxisRange = AxisRange(1, 16, 64)
     videos: AxisRange = AxisRange(1, 4, 16)
+    scorer_texts: AxisRange = AxisRange(1, 16, 64)
+    scorer_videos: AxisRange = AxisRange(1, 256, 1024)
     workspace_gib: float = 4.0
     timing_cache: Path | None = None  # None: default_timing_cache(...) in the user cache directory
 
@@ -79,7 +87,10 @@ class TrtBuildOptions:
     def workspace_bytes(self) -> int:
         return int(self.workspace_gib * GIB)
 
-    def axis_ranges(self) -> dict[str, AxisRange]:
+    def axis_ranges(self, key: str = TEXT_ENCODER) -> dict[str, AxisRange]:
+        """The dynamic-axis ranges of graph ``key``'s profile."""
+        if key == SCORER:
+            return {TEXTS_AXIS: self.scorer_texts, VIDEOS_AXIS: self.scorer_videos}
         return {TEXTS_AXIS: self.texts, VIDEOS_AXIS: self.videos}
 
 
@@ -225,6 +236,10 @@ def default_timing_cache(trt_version: str, device: dict[str, str]) -> Path:
     return base.joinpath(*CACHE_SUBDIR, name)
 
 
+def _dynamic_axes(spec: GraphSpec) -> set[str]:
+    return {d for tensor in spec.inputs.values() for d in tensor.shape if isinstance(d, str)}
+
+
 def build_engines(directory: Path, specs: dict[str, GraphSpec], dtype: str, options: TrtBuildOptions,
                   trt: ModuleType | None = None, device: dict[str, str] | None = None) -> dict[str, Any]:
     """Build ``<graph>.plan`` for every graph in ``directory``; return the manifest's tensorrt section.
@@ -235,7 +250,6 @@ def build_engines(directory: Path, specs: dict[str, GraphSpec], dtype: str, opti
     trt = trt or import_tensorrt()
     device = device or device_info()
     plan = precision_plan(trt, dtype)
-    ranges = options.axis_ranges()
     cache_path = (Path(options.timing_cache) if options.timing_cache
                   else default_timing_cache(str(trt.__version__), device))
     cache = cache_path.read_bytes() if cache_path.is_file() else b""
@@ -244,7 +258,7 @@ def build_engines(directory: Path, specs: dict[str, GraphSpec], dtype: str, opti
     for key, spec in specs.items():
         onnx_path = Path(directory) / spec.file
         plan_path = onnx_path.with_suffix(PLAN_SUFFIX)
-        engines[key], cache = build_engine(trt, onnx_path, plan_path, spec, ranges, plan,
+        engines[key], cache = build_engine(trt, onnx_path, plan_path, spec, options.axis_ranges(key), plan,
                                            options.workspace_bytes, cache)
     if cache:
         try:
@@ -257,6 +271,8 @@ def build_engines(directory: Path, specs: dict[str, GraphSpec], dtype: str, opti
         "dtype": dtype,
         "workspace_bytes": options.workspace_bytes,
         "timing_cache": {"path": str(cache_path), "bytes_read": reused, "bytes_written": len(cache)},
-        "axes": {name: {"min": r.min, "opt": r.opt, "max": r.max} for name, r in ranges.items()},
+        "axes": {key: {name: {"min": r.min, "opt": r.opt, "max": r.max}
+                       for name, r in options.axis_ranges(key).items() if name in _dynamic_axes(spec)}
+                 for key, spec in specs.items()},
         "engines": engines,
     }

@@ -1,17 +1,19 @@
 """Static TensorRT compatibility check of ONNX graphs (no TensorRT needed).
 
 Walks every node of every graph (subgraphs of If/Loop/Scan included) and checks it against the
-rules of TensorRT 10's ONNX parser: the operator table of onnx-tensorrt ``docs/operators.md``
-(10.0 GA: opsets 9..20; 10.15: opsets 9..24) and its ``docs/Changelog.md``:
+rules of TensorRT's ONNX parser for the installed release (10.x or 11.x; ``trt_version``): the
+operator table of onnx-tensorrt ``docs/operators.md`` (10.0 GA: opsets 9..20; 10.15: opsets 9..24)
+and its ``docs/Changelog.md``. No 11.x table is recorded here: an 11.x release gets the rules of
+the newest 10.x table (every 10.x relaxation included), which its parser keeps:
 
 * supported operators (10.0's table; window ops from 10.4, STFT from 10.5, Attention,
   RMSNormalization, RotaryEmbedding and TensorScatter as documented in 10.15's table);
 * TopK: ``sorted=1`` and ``K < 3840``; ``K`` may be computed at run time (dynamic K since 8.6);
 * inputs that must be initializers (or Constant nodes): ``axes`` of Reduce*, Dropout's
   ``training_mode`` (and it must be False), STFT's ``frame_step`` and ``window``;
-* inputs that must be build-time constants: ``axes`` of Squeeze/Unsqueeze, CumSum ``axis``,
-  OneHot ``depth``; Slice ``axes`` until 10.2 and Pad ``axes`` until 10.3 (tensor axes came
-  with 10.3 / 10.4);
+* inputs that must be build-time constants: OneHot ``depth``; ``axes`` of Squeeze/Unsqueeze until
+  10.6 (run-time axes came with 10.7), CumSum ``axis`` until 10.7 (10.8), Slice ``axes`` until
+  10.2 (10.3) and Pad ``axes`` until 10.3 (10.4);
 * ScatterND without reduction; LayerNormalization and MaxPool: only their first output;
   pooling without dilations; LSTM ``input_forget=0``/``layout=0``; Resize modes; Constant
   without sparse or string values; Q/DQ zero points zero;
@@ -41,7 +43,7 @@ from onnx import numpy_helper
 Severity = Literal["error", "warning"]
 Version = tuple[int, int]
 
-TRT_TABLE = "TensorRT 10.x ONNX parser (onnx-tensorrt docs/operators.md and Changelog.md)"
+TRT_TABLE = "TensorRT 10.x/11.x ONNX parser (onnx-tensorrt docs/operators.md and Changelog.md)"
 BASELINE: Version = (10, 0)
 TRT_MIN_OPSET = 9
 # Highest opset per release, from the operator tables (newest first).
@@ -84,12 +86,12 @@ INITIALIZER_INPUTS: dict[str, tuple[tuple[int, str], ...]] = {
     "STFT": ((1, "frame_step"), (2, "window")),
 }
 # (input index, name) that must be computable at build time (constants and shape arithmetic on them).
-BUILD_CONSTANT_INPUTS: dict[str, tuple[int, str]] = {
-    "Squeeze": (1, "axes"), "Unsqueeze": (1, "axes"), "CumSum": (1, "axis"), "OneHot": (1, "depth"),
-}
-# ... that must be build-time constants before the release that accepted tensors there.
+BUILD_CONSTANT_INPUTS: dict[str, tuple[int, str]] = {"OneHot": (1, "depth")}
+# ... that must be build-time constants before the release that accepted run-time tensors there
+# (onnx-tensorrt Changelog: Slice 10.3, Pad 10.4, Squeeze/Unsqueeze 10.7, CumSum 10.8).
 VERSIONED_CONSTANT_INPUTS: dict[str, tuple[int, str, Version]] = {
-    "Slice": (3, "axes", (10, 3)), "Pad": (3, "axes", (10, 4)),
+    "Slice": (3, "axes", (10, 3)), "Pad": (3, "axes", (10, 4)), "Squeeze": (1, "axes", (10, 7)),
+    "Unsqueeze": (1, "axes", (10, 7)), "CumSum": (1, "axis", (10, 8)),
 }
 RESIZE_COORDINATE_MODES = {"half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric", "align_corners"}
 RESIZE_MODES = {"nearest", "linear"}
@@ -104,6 +106,19 @@ def parse_version(version: str | None) -> Version | None:
     """(major, minor) of a TensorRT version string such as "10.3.0.26" (None when unknown)."""
     match = re.match(r"^\s*(\d+)\.(\d+)", version or "")
     return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def rules_for(version: Version | None) -> str:
+    """Which rules a check for TensorRT ``version`` applies (recorded in the report)."""
+    newest = MAX_OPSET_BY_VERSION[0][0]
+    if version is None:
+        return "any TensorRT 10.x/11.x (release-dependent rules are warnings)"
+    if version < BASELINE:
+        return f"TensorRT {version[0]}.{version[1]}: older than 10.0, not supported"
+    if version[0] > BASELINE[0]:
+        return (f"TensorRT {version[0]}.{version[1]}: the {newest[0]}.{newest[1]} table (the newest recorded) "
+                "with every 10.x relaxation")
+    return f"TensorRT {version[0]}.{version[1]}"
 
 
 def max_opset(version: Version | None) -> int:
@@ -138,7 +153,7 @@ class TrtCheckReport:
 
     issues: list[Issue] = field(default_factory=list)
     op_counts: dict[str, dict[str, int]] = field(default_factory=dict)
-    tensorrt_version: str | None = None  # the release the rules were applied for (None: any 10.x)
+    tensorrt_version: str | None = None  # the release the rules were applied for (None: any 10.x/11.x)
 
     @property
     def errors(self) -> list[Issue]:
@@ -153,7 +168,8 @@ class TrtCheckReport:
         return not self.errors
 
     def to_dict(self) -> dict[str, object]:
-        return {"table": TRT_TABLE, "tensorrt_version": self.tensorrt_version, "ok": self.ok,
+        return {"table": TRT_TABLE, "tensorrt_version": self.tensorrt_version,
+                "rules": rules_for(parse_version(self.tensorrt_version)), "ok": self.ok,
                 "errors": len(self.errors), "warnings": len(self.warnings),
                 "issues": [i.to_dict() for i in self.issues], "op_counts": self.op_counts}
 
@@ -191,6 +207,9 @@ class _GraphWalker:
 
     # ---- model level ---------------------------------------------------------------------
     def check_model(self, model: onnx.ModelProto) -> None:
+        if self.version is not None and self.version < BASELINE:
+            self.add("<model>", "version", "error", f"TensorRT {self.version[0]}.{self.version[1]} is not supported: "
+                                                    "install TensorRT 10 or newer (`pip install 'tensorrt>=10'`)")
         top = max_opset(self.version)
         for opset in model.opset_import:
             if opset.domain in _DEFAULT_DOMAINS and not TRT_MIN_OPSET <= opset.version <= top:
@@ -345,7 +364,7 @@ def _size(t: onnx.TensorProto) -> int:
 
 def check_model(model: onnx.ModelProto, graph_name: str,
                 trt_version: str | None = None) -> tuple[list[Issue], dict[str, int]]:
-    """Check one ONNX model for the TensorRT ``trt_version`` (None: any 10.x); return (issues, op counts)."""
+    """Check one ONNX model for the TensorRT ``trt_version`` (None: any 10.x/11.x); return (issues, op counts)."""
     walker = _GraphWalker(graph_name, parse_version(trt_version))
     walker.check_model(model)
     return walker.issues, dict(sorted(walker.ops.items()))

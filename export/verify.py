@@ -109,12 +109,29 @@ class SelectionCheck:
 
 
 @dataclass
+class VerifiedCase:
+    """The inputs one verification case fed a graph and what onnxruntime returned (not serialised): what
+    ``export.verify_engines`` runs the TensorRT engines on. Video cases keep what patch selection is
+    checked with: PyTorch's patch tokens, its top-k score gap per frame and the indices onnxruntime
+    selected."""
+
+    graph: str
+    case: str
+    feeds: dict[str, np.ndarray]  # input name -> array in the graph's dtype
+    outputs: list[np.ndarray]  # onnxruntime's, in the graph's output order, float32
+    tokens: torch.Tensor | None = None  # [V*F, 1+patches, D]
+    margins: torch.Tensor | None = None  # [V*F]
+    selected: torch.Tensor | None = None  # [V*F, k] onnxruntime's selection, sorted
+
+
+@dataclass
 class VerificationReport:
     dtype: str
     tolerances: Tolerances
     checks: list[OutputCheck] = field(default_factory=list)
     selections: list[SelectionCheck] = field(default_factory=list)
     seconds: float = 0.0
+    cases: list[VerifiedCase] = field(default_factory=list)  # what the engines are verified on
 
     @property
     def passed(self) -> bool:
@@ -159,13 +176,17 @@ def _np_dtype(name: str) -> type:
     return {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32}[name]
 
 
-def _run(session: ort.InferenceSession, spec: GraphSpec, inputs: list[torch.Tensor]) -> list[np.ndarray]:
-    feeds = {t.name: x.detach().cpu().numpy().astype(_np_dtype(t.dtype)) for t, x in zip(spec.inputs.values(), inputs)}
+def _feeds(spec: GraphSpec, inputs: list[torch.Tensor]) -> dict[str, np.ndarray]:
+    return {t.name: x.detach().cpu().numpy().astype(_np_dtype(t.dtype)) for t, x in zip(spec.inputs.values(), inputs)}
+
+
+def _run(session: ort.InferenceSession, spec: GraphSpec, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     return [np.asarray(o, dtype=np.float32) for o in session.run(spec.output_names, feeds)]
 
 
-def _check(graph: str, case: str, output: str, got: np.ndarray, ref: np.ndarray, tol: float,
-           rows: np.ndarray | None = None, note: str = "") -> OutputCheck:
+def check_output(graph: str, case: str, output: str, got: np.ndarray, ref: np.ndarray, tol: float,
+                 rows: np.ndarray | None = None, note: str = "") -> OutputCheck:
+    """``got`` against ``ref`` by the module doc's rule (``rows``: a boolean mask of the rows compared)."""
     if got.shape != ref.shape:
         return OutputCheck(graph, case, output, float("inf"), float("inf"), 0.0, False,
                            f"shape {got.shape} != {ref.shape}")
@@ -186,7 +207,7 @@ def _check(graph: str, case: str, output: str, got: np.ndarray, ref: np.ndarray,
     return OutputCheck(graph, case, output, max_abs, max_rel, bound, bool(max_abs <= bound), note)
 
 
-def _recover_indices(patches: np.ndarray, tokens: torch.Tensor, k: int) -> torch.Tensor:
+def recover_indices(patches: np.ndarray, tokens: torch.Tensor, k: int) -> torch.Tensor:
     """Patch positions [N,k] whose PyTorch tokens are nearest to the ORT-selected ones."""
     n = tokens.shape[0]
     chosen = torch.from_numpy(patches).float().reshape(n, k + 1, -1)[:, 1:]
@@ -211,10 +232,12 @@ def verify_bundle(model: UCoFiA, directory: Path, specs: dict[str, GraphSpec], d
         text = model.encode_text(text_ids)
     text_ort: list[np.ndarray] = []
     for t in TEXT_CASES:
-        got = _run(sessions[TEXT_ENCODER], tspec, [text_ids[:t]])
+        feeds = _feeds(tspec, [text_ids[:t]])
+        got = _run(sessions[TEXT_ENCODER], tspec, feeds)
+        report.cases.append(VerifiedCase(TEXT_ENCODER, f"T={t}", feeds, got))
         ref = [text.sentence[:t].numpy(), text.words[:t].numpy()]
         for spec, g, r in zip(tspec.outputs.values(), got, ref):
-            report.checks.append(_check(TEXT_ENCODER, f"T={t}", spec.name, g, r, tol.features))
+            report.checks.append(check_output(TEXT_ENCODER, f"T={t}", spec.name, g, r, tol.features))
         text_ort = got
 
     # ---- video encoder ---------------------------------------------------------------------
@@ -231,11 +254,13 @@ def verify_bundle(model: UCoFiA, directory: Path, specs: dict[str, GraphSpec], d
             tokens = encode_frame_tokens(
                 model.clip, sample.frames.reshape(v * f, *sample.frames.shape[2:]), f,
                 cfg.patch_shift_blocks if cfg.patch_shift_active else (), cfg.patch_shift_div)
-        got = _run(sessions[VIDEO_ENCODER], vspec, [sample.frames, sample.video_mask])
+        feeds = _feeds(vspec, [sample.frames, sample.video_mask])
+        got = _run(sessions[VIDEO_ENCODER], vspec, feeds)
         video_ort[case], video_ref[case] = got, video
         # patch selection
         want = video.patch_indices.reshape(v * f, -1)
-        have = _recover_indices(got[2], tokens, cfg.top_k)
+        have = recover_indices(got[2], tokens, cfg.top_k)
+        report.cases.append(VerifiedCase(VIDEO_ENCODER, case, feeds, got, tokens, sample.margins.reshape(-1), have))
         differs = (want != have).any(dim=-1)
         margins = sample.margins.reshape(-1)
         flips = differs & (margins < tol.tie_margin)
@@ -251,9 +276,9 @@ def verify_bundle(model: UCoFiA, directory: Path, specs: dict[str, GraphSpec], d
         for (role, spec), g, r in zip(vspec.outputs.items(), got, refs):
             if role == PATCHES:
                 note = f"{int(differs.sum())} tie-flipped frames left out" if differs.any() else ""
-                report.checks.append(_check(VIDEO_ENCODER, case, spec.name, g, r, tol.features, rows, note))
+                report.checks.append(check_output(VIDEO_ENCODER, case, spec.name, g, r, tol.features, rows, note))
             else:
-                report.checks.append(_check(VIDEO_ENCODER, case, spec.name, g, r, tol.features))
+                report.checks.append(check_output(VIDEO_ENCODER, case, spec.name, g, r, tol.features))
 
     # ---- scorer on PyTorch features --------------------------------------------------------
     videos_pt = [video_ref[c] for c in video_cases]
@@ -263,9 +288,11 @@ def verify_bundle(model: UCoFiA, directory: Path, specs: dict[str, GraphSpec], d
         inputs = [text.sentence[:t], text.words[:t], *(x[:v] for x in cat)]
         with torch.no_grad():
             sims = model.score(*inputs)
-        got = _run(sessions[SCORER], sspec, inputs)
+        feeds = _feeds(sspec, inputs)
+        got = _run(sessions[SCORER], sspec, feeds)
+        report.cases.append(VerifiedCase(SCORER, f"T={t},V={v}", feeds, got))
         for spec, g in zip(sspec.outputs.values(), got):
-            report.checks.append(_check(SCORER, f"T={t},V={v}", spec.name, g, sims[spec.name].numpy(),
+            report.checks.append(check_output(SCORER, f"T={t},V={v}", spec.name, g, sims[spec.name].numpy(),
                                         tol.similarities))
 
     # ---- end to end: ORT encoders -> ORT scorer vs PyTorch (reported, not gated) ----------
@@ -275,7 +302,7 @@ def verify_bundle(model: UCoFiA, directory: Path, specs: dict[str, GraphSpec], d
     t, v = SCORER_CASES[-1]
     vids = [np.concatenate([video_ort[c][i] for c in video_cases])[:v] for i in range(3)]
     feats = [torch.from_numpy(text_ort[0][:t]), torch.from_numpy(text_ort[1][:t])] + [torch.from_numpy(x) for x in vids]
-    got = _run(sessions[SCORER], sspec, feats)
+    got = _run(sessions[SCORER], sspec, _feeds(sspec, feats))
     with torch.no_grad():
         sims = model.score(text.sentence[:t], text.words[:t], *(x[:v] for x in cat))
     for (role, spec), g in zip(sspec.outputs.items(), got):
@@ -283,7 +310,7 @@ def verify_bundle(model: UCoFiA, directory: Path, specs: dict[str, GraphSpec], d
             report.checks.append(OutputCheck("end_to_end", f"T={t},V={v}", spec.name, 0.0, 0.0, 0.0, True,
                                              "skipped: tie-flipped patch selection", gated=False))
             continue
-        check = _check("end_to_end", f"T={t},V={v}", spec.name, g, sims[spec.name].numpy(), tol.similarities,
+        check = check_output("end_to_end", f"T={t},V={v}", spec.name, g, sims[spec.name].numpy(), tol.similarities,
                        note="reported only")
         check.gated = False
         report.checks.append(check)

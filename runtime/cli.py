@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "merge": ("runtime.commands.updates:merge", "Merge indexes of one bundle into a new index."),
     "thumbnails": ("runtime.commands.thumbnails:thumbnails", "Make the missing thumbnails of an index."),
     "api-key": ("runtime.commands.api_key:api_key", "Create, list and revoke API keys of the service."),
+    "doctor": ("runtime.commands.doctor:doctor", "Versions, backends and libraries here: paste it into bug reports."),
 }
 
 
@@ -35,7 +36,8 @@ def main() -> None:
     3. ucofia-run evaluate -> R@1/5/10, median and mean rank on annotated captions
     4. ucofia-run serve    -> HTTP search service and search page (pip install 'ucofia[serve]')
     Updates: ucofia-run remove / compact / merge (atomic; a killed update leaves the index as before
-    or after it). Every command takes -q (warnings only) and -v (debug).
+    or after it). `ucofia-run doctor` reports what is installed and what runs here (paste it into
+    bug reports). Every command takes -q (warnings only) and -v (debug).
     """
 
 

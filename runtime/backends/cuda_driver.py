@@ -55,7 +55,14 @@ def gpu_device() -> dict[str, str]:
 
 
 class CudaMemory:
-    """Device buffers, host<->device copies and one CUDA stream, through libcuda (no torch/cupy)."""
+    """Device buffers, page-locked host buffers, asynchronous copies and one CUDA stream, through
+    libcuda (no torch/cupy).
+
+    A CUDA context is current per thread: ``make_current`` must run on the calling thread before
+    the other calls (``TensorRTSession`` calls it at the start of every run). Copies are queued on
+    ``stream``: their results are visible only after ``synchronize``, and a host buffer handed to
+    an asynchronous copy must not be changed until then.
+    """
 
     def __init__(self) -> None:
         self._lib = _driver()
@@ -63,10 +70,12 @@ class CudaMemory:
         _check(self._lib.cuStreamCreate(ctypes.byref(stream), 0), "cuStreamCreate")
         self.stream = int(stream.value or 0)
 
-    def alloc(self, nbytes: int) -> int:
-        """A device buffer of ``nbytes``; the first call of every engine run, so it also makes the
-        context current on the running thread."""
+    def make_current(self) -> None:
+        """Make device 0's primary context current on the calling thread."""
         _driver()
+
+    def alloc(self, nbytes: int) -> int:
+        """A device buffer of ``nbytes`` (at least 1)."""
         ptr = ctypes.c_uint64()
         _check(self._lib.cuMemAlloc_v2(ctypes.byref(ptr), ctypes.c_size_t(max(nbytes, 1))), "cuMemAlloc")
         return int(ptr.value)
@@ -74,13 +83,40 @@ class CudaMemory:
     def free(self, ptr: int) -> None:
         self._lib.cuMemFree_v2(ctypes.c_uint64(ptr))
 
-    def to_device(self, ptr: int, host: np.ndarray) -> None:
-        _check(self._lib.cuMemcpyHtoD_v2(ctypes.c_uint64(ptr), host.ctypes.data_as(ctypes.c_void_p),
-                                         ctypes.c_size_t(host.nbytes)), "cuMemcpyHtoD")
+    def alloc_host(self, nbytes: int) -> np.ndarray:
+        """A page-locked (pinned) host buffer of ``nbytes`` as a uint8 array (free with ``free_host``)."""
+        ptr = ctypes.c_void_p()
+        _check(self._lib.cuMemAllocHost_v2(ctypes.byref(ptr), ctypes.c_size_t(max(nbytes, 1))), "cuMemAllocHost")
+        return np.ctypeslib.as_array((ctypes.c_uint8 * max(nbytes, 1)).from_address(int(ptr.value or 0)))
 
-    def to_host(self, host: np.ndarray, ptr: int) -> None:
-        _check(self._lib.cuMemcpyDtoH_v2(host.ctypes.data_as(ctypes.c_void_p), ctypes.c_uint64(ptr),
-                                         ctypes.c_size_t(host.nbytes)), "cuMemcpyDtoH")
+    def free_host(self, host: np.ndarray) -> None:
+        self._lib.cuMemFreeHost(ctypes.c_void_p(host.ctypes.data))
+
+    def to_device_async(self, ptr: int, host: np.ndarray) -> None:
+        """Queue a copy of ``host`` (pinned, unchanged until ``synchronize``) to device ``ptr``."""
+        _check(self._lib.cuMemcpyHtoDAsync_v2(ctypes.c_uint64(ptr), host.ctypes.data_as(ctypes.c_void_p),
+                                              ctypes.c_size_t(host.nbytes), ctypes.c_void_p(self.stream)),
+               "cuMemcpyHtoDAsync")
+
+    def to_host_async(self, host: np.ndarray, ptr: int) -> None:
+        """Queue a copy of device ``ptr`` into ``host`` (pinned); its content is there after ``synchronize``."""
+        _check(self._lib.cuMemcpyDtoHAsync_v2(host.ctypes.data_as(ctypes.c_void_p), ctypes.c_uint64(ptr),
+                                              ctypes.c_size_t(host.nbytes), ctypes.c_void_p(self.stream)),
+               "cuMemcpyDtoHAsync")
 
     def synchronize(self) -> None:
         _check(self._lib.cuStreamSynchronize(ctypes.c_void_p(self.stream)), "cuStreamSynchronize")
+
+    def close(self) -> None:
+        """Destroy the stream (the buffers are the caller's to free first)."""
+        if self.stream:
+            self._lib.cuStreamDestroy_v2(ctypes.c_void_p(self.stream))
+            self.stream = 0
+
+
+def device_memory() -> tuple[int, int]:
+    """(free, total) bytes of GPU 0's memory (``cuMemGetInfo``)."""
+    lib = _driver()
+    free, total = ctypes.c_size_t(), ctypes.c_size_t()
+    _check(lib.cuMemGetInfo_v2(ctypes.byref(free), ctypes.byref(total)), "cuMemGetInfo")
+    return int(free.value), int(total.value)

@@ -6,10 +6,18 @@ So CUDA is probed once with a real session (``cuda_problem``) and every CUDA ses
 ``get_providers()`` after it is created. ``onnxruntime`` and ``onnxruntime-gpu`` cannot be
 installed together (they share the ``onnxruntime`` module); ``onnxruntime_conflict`` detects it
 and gives the exact fix.
+
+onnxruntime-gpu's CUDA provider library has no RPATH to the pip-installed NVIDIA libraries
+(``nvidia-cuda-runtime``, ``nvidia-cublas``, ``nvidia-cudnn-cu13``, ...): onnxruntime finds them only
+when torch loaded them first or ``onnxruntime.preload_dlls()`` did. The runtime never imports
+torch, so ``preload_cuda_libraries`` calls it (where the installed onnxruntime has it) before any
+CUDA session or probe, and before TensorRT sessions.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
+import logging
 import sys
 import warnings
 
@@ -24,6 +32,7 @@ CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
 _PROVIDERS = {"cpu": [CPU_PROVIDER], "cuda": [CUDA_PROVIDER, CPU_PROVIDER]}
 GPU_INSTALL_HELP = "see docs/install.md, 'GPU install'"
+logger = logging.getLogger(__name__)
 # onnxruntime's log severity 3: errors only (its warnings repeat what our messages say better)
 _ORT_LOG_ERRORS = 3
 
@@ -46,6 +55,8 @@ class OrtSession(GraphSession):
         # ISA softmaxes at temperature 0.01 produce subnormal floats; flushing them to zero makes
         # the scorer ~3x faster on x86 CPUs and changes scores by < 1e-37 relative.
         options.add_session_config_entry("session.set_denormal_as_zero", "1")
+        if device == "cuda":
+            preload_cuda_libraries()
         try:
             self._session = ort.InferenceSession(str(spec.file), options, providers=_PROVIDERS[device],
                                                  disabled_optimizers=disabled_optimizers or None)
@@ -127,9 +138,43 @@ def cuda_problem(bundle: Bundle) -> str | None:
     return _CUDA_PROBES[path]
 
 
+_PRELOADED: list[bool] = []  # [] until preload_cuda_libraries ran once in this process
+
+
+def preload_cuda_libraries() -> bool:
+    """Load the pip-installed CUDA and cuDNN libraries onnxruntime-gpu needs (``onnxruntime.preload_dlls``,
+    onnxruntime >= 1.21), once per process; True when it was called.
+
+    Without it the CUDA provider cannot start in a process that never imported torch, so
+    ``--backend cuda`` fails and ``auto`` falls back to the CPU. What preload_dlls prints (libraries
+    it could not load) goes to stderr, never into a command's stdout results.
+    """
+    if _PRELOADED:
+        return _PRELOADED[0]
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        _PRELOADED.append(False)
+        return False
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        logger.debug("onnxruntime %s has no preload_dlls(); CUDA libraries must be on the loader's path",
+                     getattr(ort, "__version__", "?"))
+        _PRELOADED.append(False)
+        return False
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            preload()
+    except Exception as exc:  # a broken CUDA install must not stop a CPU fallback; the probe says why
+        logger.debug("onnxruntime.preload_dlls() failed: %s", exc)
+    _PRELOADED.append(True)
+    return True
+
+
 def _probe_cuda(path: str) -> str | None:
     import onnxruntime as ort
 
+    preload_cuda_libraries()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # our message below says it better

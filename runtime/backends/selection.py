@@ -2,7 +2,8 @@
 
   auto      TensorRT when ``tensorrt`` imports and the manifest has engines built for this GPU and
             TensorRT version, else onnxruntime CUDA when it really runs here, else CPU (with a
-            logged note saying why when CUDA was expected).
+            logged note saying why when CUDA was expected, and one when the bundle's engines were
+            skipped: built for another GPU or TensorRT release, or TensorRT missing).
   cpu       onnxruntime CPUExecutionProvider.
   cuda      onnxruntime CUDAExecutionProvider (needs onnxruntime-gpu); error when it cannot run.
   tensorrt  the manifest's TensorRT engines; error naming the mismatch when they cannot be used.
@@ -13,7 +14,13 @@ import logging
 import os
 
 from runtime.backends.base import GraphSession
-from runtime.backends.ort import OrtSession, cuda_expected, cuda_problem, onnxruntime_unusable_reason
+from runtime.backends.ort import (
+    OrtSession,
+    cuda_expected,
+    cuda_problem,
+    onnxruntime_unusable_reason,
+    preload_cuda_libraries,
+)
 from runtime.backends.tensorrt_engines import tensorrt_unusable_reason
 from runtime.backends.tensorrt_session import TensorRTSession
 from runtime.bundle import Bundle
@@ -40,6 +47,8 @@ def resolve_backend(requested: str, bundle: Bundle) -> str:
             return "tensorrt"
         if requested == "tensorrt":
             raise BackendError(f"--backend tensorrt is unavailable: {reason}")
+        if bundle.tensorrt and bundle.tensorrt.get("engines"):
+            logger.warning("note: not using the bundle's TensorRT engines: %s", reason)
     missing = onnxruntime_unusable_reason()
     if missing:
         raise BackendError(missing)
@@ -65,7 +74,8 @@ def open_session(bundle: Bundle, key: str, backend: str = "auto", threads: int |
     resolved = resolve_backend(backend, bundle)
     spec = bundle.graphs[key]
     if resolved == "tensorrt":
-        return TensorRTSession(spec, bundle)
+        preload_cuda_libraries()
+        return TensorRTSession.from_bundle(spec, bundle)
     # the export records graph optimizers that break its float16 graphs on onnxruntime's CPU provider
     hints = bundle.manifest.get("onnxruntime") or {}
     disabled = hints.get("cpu_disabled_optimizers") if resolved == "cpu" else None

@@ -12,7 +12,9 @@ from runtime.commands.common import EXIT_CODES_HELP, user_errors
 def api_key() -> None:
     """Create, list and revoke the API keys of `ucofia-run serve`.
 
-    The key file stores only SHA-256 hashes of the keys; a key is shown once, when created.
+    The key file stores only SHA-256 hashes of the keys; a key is shown once, when created. The
+    file is private (mode 0600) and changed under a lock (KEYFILE.lock); a running server re-reads
+    it within a second or two of a change.
     """
 
 key_file = click.option("--file", "path", required=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -51,7 +53,7 @@ def list_keys(path: Path) -> None:
 @click.option("--name", required=True, help="The key to remove.")
 @user_errors
 def revoke(path: Path, name: str) -> None:
-    """Remove a key (a running server drops it at its next reload)."""
+    """Remove a key (a running server drops it, and the links signed for it, within a second or two)."""
     from runtime.serve.auth import revoke_key
 
     revoke_key(path, name)

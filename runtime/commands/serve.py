@@ -27,11 +27,42 @@ from runtime.serve import settings as defaults
 @click.option("--port", default=defaults.DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535),
               help="TCP port (0: any free port; the address is printed at start).")
 @click.option("--api-keys", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Key file (`ucofia-run api-key create`): clients then send `Authorization: Bearer KEY`; "
-                   "search needs the 'search' scope, /v1/admin/reload 'admin'. Re-read on reload.")
+              help="Key file (`ucofia-run api-key create`; mode 0600): clients then send `Authorization: Bearer "
+                   "KEY`; search needs the 'search' scope, /v1/admin/reload 'admin'. Re-read within a second of "
+                   "every change (create and revoke apply without a restart).")
+@click.option("--link-secret", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="File of the secret that signs thumbnail and media links (created 0600 on first use; default: "
+                   "KEYFILE.link-secret next to --api-keys). Replicas given the same file accept each other's links.")
 @click.option("--insecure-no-auth", is_flag=True,
               help="Listen on a non-loopback --host without API keys (anyone reaching the port can search "
                    "and reload).")
+@click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
+              help="A host name clients reach the server by (repeatable; '*': any): a request whose Host header "
+                   "names another gets 421. Default: the loopback names without --api-keys, else the --host "
+                   "address (any for 0.0.0.0 or ::).")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Serve HTTPS with this certificate chain (PEM; with --tls-key).")
+@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="The private key of --tls-cert (PEM).")
+@click.option("--root-path", default="", metavar="PREFIX",
+              help="The path prefix a reverse proxy serves the service under (e.g. /search; the proxy strips it): "
+                   "links in answers carry it.")
+@click.option("--proxy-headers", is_flag=True,
+              help="Take the client address and scheme from X-Forwarded-For / X-Forwarded-Proto of requests from "
+                   "--forwarded-allow-ips (the access log then shows the real client).")
+@click.option("--forwarded-allow-ips", default="127.0.0.1", show_default=True, metavar="IPS",
+              help="Comma-separated addresses or networks of the trusted proxies ('*': any) for --proxy-headers.")
+@click.option("--header-timeout", default=defaults.DEFAULT_HEADER_TIMEOUT_S, show_default=True,
+              type=click.FloatRange(min=0.1), help="Seconds a connection may take to send a complete request head "
+                                                   "(then 408 and closed; before any authentication).")
+@click.option("--body-timeout", default=defaults.DEFAULT_BODY_TIMEOUT_S, show_default=True,
+              type=click.FloatRange(min=0.1), help="Seconds a request may take to send its whole body after its "
+                                                   "head (then 408 and closed).")
+@click.option("--keep-alive-timeout", default=defaults.DEFAULT_KEEP_ALIVE_TIMEOUT_S, show_default=True,
+              type=click.FloatRange(min=0.1), help="Seconds an idle kept-alive connection stays open.")
+@click.option("--max-connections", default=defaults.DEFAULT_MAX_CONNECTIONS, show_default=True,
+              type=click.IntRange(min=1), help="Open connections at most; one more is closed as soon as it is "
+                                               "accepted.")
 @click.option("--max-batch", default=defaults.DEFAULT_MAX_BATCH, show_default=True,
               type=click.IntRange(min=1), help="Queries per model call: concurrent requests are coalesced "
                                                "up to this (a larger request runs alone).")
@@ -65,13 +96,18 @@ from runtime.serve import settings as defaults
 @threads_option
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]), help="Server log level.")
+@click.option("--log-format", default="text", show_default=True, type=click.Choice(defaults.LOG_FORMATS),
+              help="text: a line per record (time, level, request id, logger, message); json: one JSON object per "
+                   "line.")
 @click.option("--no-access-log", is_flag=True, help="Do not log every request.")
 @user_errors
 def serve(index_dir: Path, bundle_dir: Path | None, host: str, port: int, api_keys: Path | None,
-          insecure_no_auth: bool, max_batch: int, max_wait_ms: float, max_queue: int, request_timeout: float,
-          two_stage: str, shortlist: int, max_top_k: int, preload_mb: float, watch: bool, watch_interval: float,
-          cors_origins: tuple[str, ...], backend: str, memory_mb: float, threads: int | None, log_level: str,
-          no_access_log: bool) -> None:
+          link_secret: Path | None, insecure_no_auth: bool, allowed_hosts: tuple[str, ...], tls_cert: Path | None,
+          tls_key: Path | None, root_path: str, proxy_headers: bool, forwarded_allow_ips: str, header_timeout: float,
+          body_timeout: float, keep_alive_timeout: float, max_connections: int, max_batch: int, max_wait_ms: float,
+          max_queue: int, request_timeout: float, two_stage: str, shortlist: int, max_top_k: int, preload_mb: float,
+          watch: bool, watch_interval: float, cors_origins: tuple[str, ...], backend: str, memory_mb: float,
+          threads: int | None, log_level: str, log_format: str, no_access_log: bool) -> None:
     """Serve text-to-video search over HTTP, with a search page at /.
 
     Loads the bundle's sessions and the index once and answers POST /v1/search (JSON; the same
@@ -80,32 +116,61 @@ def serve(index_dir: Path, bundle_dir: Path | None, host: str, port: int, api_ke
     Concurrent queries are batched into one text-encoder call and one scoring pass.
     POST /v1/admin/reload (or --watch) re-opens the index after `ucofia-run index` changed it
     and swaps it in atomically. Needs `pip install 'ucofia[serve]'`.
+
+    Exposing it (docs/serve.md, "Exposing the service"): directly with --api-keys, --tls-cert/--tls-key
+    and --allowed-host, or behind a reverse proxy with --root-path, --proxy-headers and
+    --forwarded-allow-ips. Slow or idle clients are cut off by --header-timeout, --body-timeout and
+    --keep-alive-timeout, and at most --max-connections connections are held.
     """
     from runtime.serve import require_serve_dependencies
     from ucofia import logs
 
-    logs.configure(logs.QUIET, level=log_level.upper())  # no progress bars in a server
+    logs.configure(logs.QUIET, level=log_level.upper(), fmt=log_format)  # no progress bars in a server
     require_serve_dependencies()
-    from runtime.serve.server import bind, check_exposure, make_server, url_of
+    from runtime.serve.server import (
+        bind,
+        check_exposure,
+        check_tls,
+        make_server,
+        prepare_process,
+        raise_file_limit,
+        url_of,
+    )
 
     check_exposure(host, api_keys is not None, insecure_no_auth)
+    if root_path and (not root_path.startswith("/") or root_path.endswith("/")):
+        raise click.BadParameter("a path that starts with / and does not end with one, e.g. /search",
+                                 param_hint="--root-path")
+    http = defaults.HttpSettings(
+        header_timeout_s=header_timeout, body_timeout_s=body_timeout, keep_alive_timeout_s=keep_alive_timeout,
+        max_connections=max_connections, root_path=root_path, proxy_headers=proxy_headers,
+        forwarded_allow_ips=tuple(ip.strip() for ip in forwarded_allow_ips.split(",") if ip.strip()),
+        tls_cert=tls_cert, tls_key=tls_key)
+    check_tls(http)
     settings = defaults.ServeSettings(
         index_dir=index_dir, bundle_dir=bundle_dir, backend=backend, threads=threads, memory_mb=memory_mb,
         preload_mb=preload_mb,
         max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, request_timeout_s=request_timeout,
-        two_stage=two_stage, shortlist=shortlist, api_keys=api_keys, cors_origins=cors_origins, watch=watch,
-        watch_interval_s=watch_interval, limits=defaults.Limits(max_top_k=max_top_k))
+        two_stage=two_stage, shortlist=shortlist, api_keys=api_keys, link_secret=link_secret,
+        cors_origins=cors_origins, host=host, allowed_hosts=allowed_hosts, watch=watch,
+        watch_interval_s=watch_interval, access_log=not no_access_log, limits=defaults.Limits(max_top_k=max_top_k))
     from runtime.serve.app import create_app
     from runtime.serve.service import SearchService
 
     service = SearchService.open(settings)
+    raise_file_limit(max_connections)
     sock = bind(host, port)
     auth = f"API keys from {api_keys}" if api_keys else "no auth"
-    click.echo(f"serving {service.snapshot.videos} videos from {index_dir} at {url_of(sock)} ({auth}; "
-               f"Ctrl+C stops)", err=True)
-    server = make_server(create_app(service), log_level=log_level, access_log=not no_access_log)
-    try:
-        server.run(sockets=[sock])
-    except KeyboardInterrupt:  # uvicorn re-raises Ctrl+C after its graceful shutdown: a normal stop
-        pass
+    names = settings.allowed_host_names()
+    hosts = "any Host" if names is None else "Host " + ", ".join(sorted(names))
+    behind = f"; a proxy serves it under {root_path}/" if root_path else ""
+    click.echo(f"serving {service.snapshot.videos} videos from {index_dir} at {url_of(sock, tls=tls_cert is not None)} "
+               f"({auth}; {hosts}{behind}; Ctrl+C stops)", err=True)
+    server = make_server(create_app(service), http, log_level=log_level)
+    prepare_process()
+    with logs.routed("uvicorn", "asyncio"):
+        try:
+            server.run(sockets=[sock])
+        except KeyboardInterrupt:  # uvicorn re-raises Ctrl+C after its graceful shutdown: a normal stop
+            pass
     click.echo("stopped", err=True)

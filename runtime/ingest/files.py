@@ -29,8 +29,11 @@ def unreadable_reason(exc: OSError) -> str:
 def video_entry(video_id: str, identity: dict[str, Any], video: DecodedVideo) -> dict[str, Any]:
     """The index entry of one decoded video file (see docs/index-format.md)."""
     info = video.info
-    return {"id": video_id, **identity, "duration_s": info.duration_s, "fps": info.cv_fps,
-            "width": info.width, "height": info.height, "frames": video.num_frames}
+    entry = {"id": video_id, **identity, "duration_s": info.duration_s, "fps": info.cv_fps,
+             "width": info.width, "height": info.height, "frames": video.num_frames}
+    if info.container:  # the service's media type comes from it, not from the file name
+        entry["container"] = info.container
+    return entry
 
 
 def content_changed(entry: dict[str, Any], path: Path) -> bool:

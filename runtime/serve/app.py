@@ -11,16 +11,20 @@ Routes (the OpenAPI schema is served at /openapi.json):
 * ``GET  /healthz``, ``/readyz``, ``/metrics``, ``/`` (the page) and ``/static/*`` (public)
 
 Errors are JSON ``{"error": "<what is wrong and how to fix it>"}`` with a 4xx status for bad
-requests; tracebacks go to the server log only.
+requests; a failure of the server's own (5xx) is logged with its cause and answered with a generic
+message naming the request id (``X-Request-ID``), never a path or a traceback. Every GET route
+answers HEAD too (``runtime.serve.guard``); thumbnails, media and the page answer
+``If-None-Match`` with 304.
 """
 # No `from __future__ import annotations` here: FastAPI reads the route signatures' annotations at
 # runtime, and those refer to classes and dependencies local to create_app.
+import asyncio
+import hashlib
 import logging
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import quote, urlencode
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
@@ -33,25 +37,27 @@ from starlette.middleware.cors import CORSMiddleware
 
 from runtime.errors import QueryError, RuntimeUserError
 from runtime.scoring import LEVELS
-from runtime.serve.auth import ADMIN_SCOPE, SEARCH_SCOPE
+from runtime.serve.auth import ADMIN_SCOPE, MEDIA, SEARCH_SCOPE, THUMBNAIL, ApiKey
 from runtime.serve.batching import QueueFull, RequestTimeout
 from runtime.serve.contract import (
     BINARY,
     BODY_ERRORS,
     CONTENT_RANGE,
+    CROSS_ORIGIN,
     INTERNAL,
-    MEDIA_TYPES,
     MULTIPART_RANGES,
     NOT_FOUND_VIDEO,
-    OTHER_MEDIA_TYPE,
+    NOT_MODIFIED,
     PATTERN_RULES,
     RANGE_PATTERN,
     RETRY_AFTER,
+    SOURCE_MEDIA_TYPES,
     THUMBNAIL_TYPE,
     UNAUTHORIZED,
     HealthResponse,
     InfoResponse,
     ReadyResponse,
+    ReloadRequest,
     ReloadResponse,
     SearchResponse,
     VideoInfo,
@@ -62,8 +68,9 @@ from runtime.serve.contract import (
     tidy_schema,
 )
 from runtime.serve.engine import JobResult, SearchJob
-from runtime.serve.guard import GuardMiddleware
+from runtime.serve.guard import GuardMiddleware, head_only, request_id
 from runtime.serve.metrics import Metrics
+from runtime.serve.responses import ChunkedResponse, Responder, make_links, public_entry
 from runtime.serve.service import SearchService
 from runtime.serve.settings import RETRY_AFTER_S
 from runtime.serve.snapshot import Snapshot
@@ -71,11 +78,41 @@ from runtime.thumbnails import ThumbnailError, make_thumbnail, source_path
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 API_VERSION = "1"
-# Entry fields kept from API answers: the server's file layout is nobody's business.
-HIDDEN_ENTRY_FIELDS = frozenset({"id", "path"})
 MEDIA_CACHE = "private, max-age=300"
+PAGE_CACHE = "no-cache"
 # Starlette serves the whole file for a Range of more parts than this (FileResponse.max_ranges).
 MAX_RANGES = getattr(FileResponse, "max_ranges", 100)
+# The status logged and counted for a search whose client went away before its answer (nginx's).
+CLIENT_CLOSED = 499
+
+
+class ClientGone(Exception):
+    """The client of a search closed its connection before the answer was ready."""
+
+
+class _FileResponse(FileResponse):
+    """A FileResponse that sends its headers only for a HEAD the guard passed on as GET."""
+
+    def __init__(self, *args: Any, head: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.head = head
+
+    async def __call__(self, scope, receive, send) -> None:
+        await super().__call__({**scope, "method": "HEAD"} if self.head else scope, receive, send)
+
+
+def _etag_matches(request: Request, etag: str | None) -> bool:
+    """Whether If-None-Match names ``etag`` (weak comparison, as RFC 9110 wants for it) or is *."""
+    header = request.headers.get("if-none-match")
+    if not header or not etag:
+        return False
+    if header.strip() == "*":
+        return True
+    return etag.removeprefix("W/") in [tag.strip().removeprefix("W/") for tag in header.split(",")]
+
+
+def _not_modified(etag: str, cache_control: str) -> Response:
+    return Response(status_code=304, headers={"ETag": etag, "Cache-Control": cache_control})
 
 logger = logging.getLogger(__name__)
 
@@ -93,30 +130,35 @@ def create_app(service: SearchService) -> FastAPI:
         service.attach_metrics(Metrics())
     metrics: Metrics = service.metrics
     settings = service.settings
-    auth_on = service.keyring is not None  # fixed for the process: a reload re-reads the key file only
+    auth_on = service.auth_required  # fixed for the process: the key file's keys change, not whether there is one
     SearchRequest = search_request_model(settings.limits, settings.two_stage)
+    responder = Responder(service.signer)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
+        responder.start()
         await service.start()
         try:
             yield
         finally:
             await service.stop()
+            responder.stop()
 
     app = FastAPI(title="ucofia search", version=API_VERSION, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Text-to-video search over a ucofia index: the fused UCoFiA score and its three "
                               "level scores per video. Errors are JSON `{\"error\": \"...\"}`. "
                               + ("API keys are on: each protected route lists the scope its key needs."
                                  if auth_on else "API keys are off: every route is open."))
+    app.state.metrics = metrics  # the connection layer counts what it closes here (runtime.serve.server)
     bearer = HTTPBearer(auto_error=False, description="an API key from `ucofia-run api-key create`, as "
                                                       "`Authorization: Bearer <key>`; a route lists the scope it needs")
     signed_url = APIKeyQuery(name="sig", scheme_name="SignedUrl", auto_error=False,
-                             description="the `sig` (with `exp`) of a thumbnail or media link from a search result: "
-                                         "grants one video for an hour, for <img> and <video> that cannot send a key")
+                             description="the `sig` (with `exp` and `kid`) of a thumbnail or media link from a search "
+                                         "result: opens that resource of one video for an hour or more, for <img> and "
+                                         "<video> that cannot send a key, while the key that searched exists")
 
     # ---- auth --------------------------------------------------------------------------------
-    def check_key(credentials: HTTPAuthorizationCredentials | None, scope: str) -> None:
+    def check_key(request: Request, credentials: HTTPAuthorizationCredentials | None, scope: str) -> None:
         ring = service.keyring
         if ring is None:
             return
@@ -129,61 +171,63 @@ def create_app(service: SearchService) -> FastAPI:
         if scope not in key.scopes:
             raise HTTPException(403, f"API key {key.name!r} lacks the {scope!r} scope (it has: "
                                      f"{', '.join(sorted(key.scopes))})")
+        request.state.api_key = key
 
-    def api_key(security_scopes: SecurityScopes,
+    def api_key(security_scopes: SecurityScopes, request: Request,
                 credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
         """The key check of a route; its scopes are those the schema lists for the route."""
         for scope in security_scopes.scopes:
-            check_key(credentials, scope)
+            check_key(request, credentials, scope)
 
-    def media_access(video_id: str,
-                     credentials: Annotated[HTTPAuthorizationCredentials | None,
-                                            Security(bearer, scopes=[SEARCH_SCOPE])],
-                     sig: Annotated[str | None, Depends(signed_url)],
-                     exp: Annotated[str | None, Query(description="with `sig`: when the signed link expires "
-                                                           "(unix seconds)")] = None) -> None:
-        """A key with the search scope, or (without a key) a signed URL for this video."""
-        if credentials is None and sig is not None and service.signer is not None:
-            if service.signer.verify(video_id, exp, sig):
-                return
-            raise HTTPException(403, "the signed URL is invalid or expired; search again for fresh links")
-        check_key(credentials, SEARCH_SCOPE)
+    def signed_access(kind: str):
+        """The access check of the thumbnail or media route: a key with the search scope, or
+        (without a key) a link signed for this kind of resource and this video by a key that is
+        still in the key file."""
+        def access(request: Request, video_id: str,
+                   credentials: Annotated[HTTPAuthorizationCredentials | None,
+                                          Security(bearer, scopes=[SEARCH_SCOPE])],
+                   sig: Annotated[str | None, Depends(signed_url)],
+                   exp: Annotated[str | None, Query(description="with `sig`: when the signed link expires "
+                                                         "(unix seconds)")] = None,
+                   kid: Annotated[str | None, Query(description="with `sig`: the id of the key the link was made "
+                                                         "for; the link dies with that key")] = None) -> None:
+            if credentials is None and sig is not None and service.signer is not None:
+                ring = service.keyring
+                key = ring.by_kid(kid) if ring is not None and kid else None
+                if (key is not None and SEARCH_SCOPE in key.scopes
+                        and service.signer.verify(kind, video_id, exp, kid, sig)):
+                    return
+                raise HTTPException(403, "the signed URL is invalid or expired, for another video or resource, or "
+                                         "its key was revoked; search again for fresh links")
+            check_key(request, credentials, SEARCH_SCOPE)
 
-    def protected(scope: str) -> dict[str, Any]:
-        """Route arguments of a route that needs a key with ``scope`` when keys are on."""
+        return access
+
+    def protected(scope: str, cross_origin: bool = False) -> dict[str, Any]:
+        """Route arguments of a route that needs a key with ``scope`` when keys are on (and whose
+        method is one the guard checks the Origin of: ``cross_origin``)."""
+        refused = [CROSS_ORIGIN] if cross_origin else []
         if not auth_on:
-            return {"dependencies": [], "responses": {}}
+            return {"dependencies": [], "responses": forbidden("; or ".join(refused)) if refused else {}}
         return {"dependencies": [Security(api_key, scopes=[scope])],
-                "responses": {**UNAUTHORIZED, **forbidden(f"the API key lacks the {scope!r} scope")}}
+                "responses": {**UNAUTHORIZED, **forbidden("; or ".join([f"the API key lacks the {scope!r} scope",
+                                                                        *refused]))}}
 
-    def media_protected() -> dict[str, Any]:
+    def media_protected(kind: str) -> dict[str, Any]:
         if not auth_on:
             return {"dependencies": [], "responses": {}}
-        return {"dependencies": [Depends(media_access)],
+        return {"dependencies": [Depends(signed_access(kind))],
                 "responses": {**UNAUTHORIZED, **forbidden("the API key lacks the 'search' scope, or the signed URL "
-                                                          "is invalid, expired or for another video")}}
+                                                          "is invalid, expired, for another video or resource, or "
+                                                          "its key was revoked")}}
 
     # ---- helpers -------------------------------------------------------------------------------
+    def key_id(request: Request) -> str | None:
+        key: ApiKey | None = getattr(request.state, "api_key", None)
+        return None if key is None else key.kid
+
     def links(request: Request, video_id: str, entry: dict[str, Any] | None = None) -> dict[str, str]:
-        base = f"{request.scope.get('root_path', '')}/v1/videos/{quote(video_id, safe='')}"
-        signed = "" if service.signer is None else "?" + urlencode(service.signer.sign(video_id))
-        media = f"{base}/media{signed}"
-        if entry and entry.get("start") is not None and entry.get("end") is not None:
-            media += f"#t={float(entry['start']):g},{float(entry['end']):g}"  # a window: play its span
-        return {"video": base, "thumbnail": f"{base}/thumbnail{signed}", "media": media}
-
-    def public_entry(entry: dict[str, Any] | None) -> dict[str, Any]:
-        return {k: v for k, v in (entry or {}).items() if k not in HIDDEN_ENTRY_FIELDS}
-
-    def decorate(request: Request, snapshot: Snapshot, hit: dict[str, Any]) -> dict[str, Any]:
-        """A result record of the search path with the entry and links of its row (and of each of
-        its windows when grouped by file)."""
-        entry = snapshot.index.entry(hit["video_id"])
-        out = {**hit, "entry": public_entry(entry), "links": links(request, hit["video_id"], entry)}
-        if "windows" in hit:
-            out["windows"] = [{**w, "links": links(request, w["video_id"], snapshot.index.entry(w["video_id"]))}
-                              for w in hit["windows"]]
-        return out
+        return make_links(request.scope.get("root_path", ""), video_id, entry, service.signer, key_id(request))
 
     def entry_or_404(snapshot: Snapshot, video_id: str) -> dict[str, Any]:
         entry = snapshot.index.entry(video_id)
@@ -198,8 +242,16 @@ def create_app(service: SearchService) -> FastAPI:
 
     # ---- errors --------------------------------------------------------------------------------
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code in (401, 403):
+            client = request.client
+            logger.warning("refused %s %s from %s (%d): %s", request.method, request.url.path,
+                           client.host if client else "-", exc.status_code, exc.detail)
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(_: Request, __: ClientGone) -> Response:
+        return Response(status_code=CLIENT_CLOSED)  # nobody reads it; logged and counted as such
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -218,11 +270,7 @@ def create_app(service: SearchService) -> FastAPI:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         return JSONResponse({"error": "; ".join(parts) + more}, status_code=422)
 
-    @app.exception_handler(Exception)
-    async def internal_error(_: Request, exc: Exception) -> JSONResponse:
-        metrics.errors.labels("internal").inc()
-        logger.exception("internal error", exc_info=exc)
-        return JSONResponse({"error": "internal error; see the server log"}, status_code=500)
+    # An exception that escapes a route is logged and answered 500 by the guard (runtime.serve.guard).
 
     # ---- health ------------------------------------------------------------------------------
     @app.get("/healthz", tags=["health"], operation_id="healthz", summary="The process is alive",
@@ -262,7 +310,12 @@ def create_app(service: SearchService) -> FastAPI:
                            "max_body_bytes": limits.max_body_bytes}}
 
     # ---- search ------------------------------------------------------------------------------
-    search_auth = protected(SEARCH_SCOPE)
+    search_auth = protected(SEARCH_SCOPE, cross_origin=True)
+
+    async def until_disconnected(request: Request) -> None:
+        """Returns when the client has closed its connection (the body is read by then)."""
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
 
     @app.post("/v1/search", tags=["search"], operation_id="search", response_model=SearchResponse,
               dependencies=search_auth["dependencies"], summary="Rank the indexed videos for text queries",
@@ -273,13 +326,20 @@ def create_app(service: SearchService) -> FastAPI:
                                     RETRY_AFTER),
                          504: error("the request did not finish within `--timeout`, queue included"), **INTERNAL})
     async def search_route(body: SearchRequest,  # type: ignore[valid-type]
-                           request: Request, response: Response) -> dict[str, Any]:
+                           request: Request) -> Response:
         ensure_ready()
         job = SearchJob(queries=list(body.queries), top_k=body.top_k, two_stage=body.two_stage,
                         group_by=body.group_by, windows_per_file=body.windows_per_file)
         start = time.monotonic()
+        searching = asyncio.ensure_future(service.search(job))
+        gone = asyncio.ensure_future(until_disconnected(request))
         try:
-            result: JobResult = await service.search(job)
+            await asyncio.wait({searching, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not searching.done():  # the client went away: its search is dropped unless it runs already
+                job.abandon("disconnected")
+                searching.cancel()
+                raise ClientGone
+            result: JobResult = searching.result()
         except QueueFull as exc:
             metrics.errors.labels("rejected").inc()
             raise HTTPException(503, f"the server is busy ({exc}); retry in {RETRY_AFTER_S} s",
@@ -291,33 +351,41 @@ def create_app(service: SearchService) -> FastAPI:
             raise HTTPException(422, str(exc)) from None
         except RuntimeUserError as exc:
             metrics.errors.labels("search").inc()
-            raise HTTPException(500, f"the search failed: {exc}") from None
-        total = time.monotonic() - start
+            logger.error("search failed: %s", exc)
+            raise HTTPException(500, f"the search failed; the server log has the cause under request id "
+                                     f"{request_id()}") from None
+        finally:
+            gone.cancel()
+        if gone.done() and not gone.cancelled():  # gone while the answer was made: do not encode it
+            metrics.request_dropped("disconnected")
+            raise ClientGone
         snapshot = result.snapshot
-        response.headers["Cache-Control"] = "no-store"
         queue = (job.started or start) - job.enqueued
-        return {
-            "mode": result.mode, "group_by": result.group_by, "top_k": body.top_k,
-            "results": [{**q, "results": [decorate(request, snapshot, hit) for hit in q["results"]]}
-                        for q in result.queries],
-            "snapshot": snapshot.describe(),
-            "batch": {"queries": result.batch_queries, "requests": result.batch_requests},
-            "timings": {"queue_ms": round(queue * 1000, 3), "encode_ms": round(result.encode_s * 1000, 3),
-                        "score_ms": round(result.score_s * 1000, 3), "total_ms": round(total * 1000, 3)},
-        }
+        head = {"mode": result.mode, "group_by": result.group_by, "top_k": body.top_k}
+        tail = {"snapshot": snapshot.describe(), "batch": {"queries": result.batch_queries,
+                                                             "requests": result.batch_requests},
+                "timings": {"queue_ms": round(queue * 1000, 3), "encode_ms": round(result.encode_s * 1000, 3),
+                            "score_ms": round(result.score_s * 1000, 3),
+                            "total_ms": round((time.monotonic() - start) * 1000, 3)}}
+        content = await responder.search_body(head, result.queries, snapshot, request.scope.get("root_path", ""),
+                                              key_id(request), tail)
+        return ChunkedResponse(content, media_type="application/json", headers={"Cache-Control": "no-store"})
 
     # ---- videos (specific routes first: ids may contain '/') ---------------------------------------
-    media_auth = media_protected()
-    source_types = dict.fromkeys([*MEDIA_TYPES.values(), OTHER_MEDIA_TYPE], BINARY)
+    source_types = dict.fromkeys(SOURCE_MEDIA_TYPES, BINARY)
+    if_none_match = Header(alias="If-None-Match", description="the ETag of a copy the client holds: 304 while it is "
+                                                              "still the current one")
+    thumbnail_auth = media_protected(THUMBNAIL)
 
     @app.get("/v1/videos/{video_id:path}/thumbnail", tags=["videos"], operation_id="thumbnail",
              response_class=Response, summary="A JPEG thumbnail of an indexed video",
-             dependencies=media_auth["dependencies"],
-             responses={200: {"description": "the thumbnail", "content": {THUMBNAIL_TYPE: BINARY}},
-                        **media_auth["responses"],
+             dependencies=thumbnail_auth["dependencies"],
+             responses={200: {"description": "the thumbnail", "content": {THUMBNAIL_TYPE: BINARY}}, **NOT_MODIFIED,
+                        **thumbnail_auth["responses"],
                         404: error("no video with this id; or it was indexed without its source file, or that file "
                                    "cannot be decoded"), **INTERNAL})
-    async def thumbnail(video_id: str) -> Response:
+    async def thumbnail(video_id: str, request: Request,
+                        etag: Annotated[str | None, if_none_match] = None) -> Response:
         snapshot = service.snapshot
         entry = entry_or_404(snapshot, video_id)
         assert service.thumbnail_slots is not None
@@ -334,30 +402,41 @@ def create_app(service: SearchService) -> FastAPI:
                                          f"(details in the server log)") from None
         headers = {"Cache-Control": MEDIA_CACHE}
         if isinstance(made, Path):
-            return FileResponse(made, media_type=THUMBNAIL_TYPE, headers=headers)
-        return Response(made, media_type=THUMBNAIL_TYPE, headers=headers)
+            reply: Response = _FileResponse(made, media_type=THUMBNAIL_TYPE, headers=headers,
+                                            stat_result=made.stat(), head=head_only(request.scope))
+        else:
+            headers["ETag"] = f'"{hashlib.sha256(made).hexdigest()[:32]}"'
+            reply = Response(made, media_type=THUMBNAIL_TYPE, headers=headers)
+        if _etag_matches(request, reply.headers.get("etag")):
+            return _not_modified(reply.headers["etag"], MEDIA_CACHE)
+        return reply
+
+    media_auth = media_protected(MEDIA)
 
     @app.get("/v1/videos/{video_id:path}/media", tags=["videos"], operation_id="media",
              response_class=Response, summary="The indexed source file (HTTP Range supported)",
              dependencies=media_auth["dependencies"],
-             responses={200: {"description": "the whole file", "content": source_types},
+             responses={200: {"description": "the whole file; its type from the container format recorded at "
+                                             "indexing", "content": source_types},
                         206: {"description": "the requested range (several: multipart/byteranges)",
                               "content": {**source_types, MULTIPART_RANGES: BINARY}},
-                        **media_auth["responses"],
+                        **NOT_MODIFIED, **media_auth["responses"],
                         404: error("no video with this id; or it was indexed without its source file, or that file "
                                    "is no longer there"),
-                        409: error("the source file changed since it was indexed: re-index it"),
+                        409: error("the source file changed since it was indexed (its size or modification time): "
+                                   "re-index it"),
                         416: error("a range that starts past the end of the file, or ends before it starts",
                                    CONTENT_RANGE),
                         422: error("the Range header is not a byte range (the pattern)"), **INTERNAL})
-    async def media(video_id: str,
+    async def media(video_id: str, request: Request,
                     byte_range: Annotated[str | None, Header(
                         alias="Range", pattern=RANGE_PATTERN,
                         description="bytes=FIRST-LAST, bytes=FIRST- or bytes=-SUFFIX, several comma-separated: "
                                     "206 with the bytes asked for; more than 100 ranges: the whole file")] = None,
                     if_range: Annotated[str | None, Header(
                         alias="If-Range", description="an ETag or Last-Modified value of the file: the range "
-                                                      "applies only while the file still has it")] = None) -> Response:
+                                                      "applies only while the file still has it")] = None,
+                    etag: Annotated[str | None, if_none_match] = None) -> Response:
         entry = entry_or_404(service.snapshot, video_id)
         path = source_path(entry)
         if path is None:
@@ -368,11 +447,14 @@ def create_app(service: SearchService) -> FastAPI:
         except OSError:
             raise HTTPException(404, f"the source file of video {video_id!r} is no longer where it was indexed; "
                                      f"restore it or re-index") from None
-        if entry.get("bytes") is not None and stat.st_size != entry["bytes"]:
+        if ((entry.get("bytes") is not None and stat.st_size != entry["bytes"])
+                or (entry.get("mtime") is not None and stat.st_mtime != entry["mtime"])):
             raise HTTPException(409, f"the source file of video {video_id!r} changed since it was indexed; "
                                      f"re-index it with `ucofia-run index`")
-        reply = FileResponse(path, media_type=media_type_of(path.suffix), stat_result=stat,
-                             headers={"Cache-Control": MEDIA_CACHE})
+        reply = _FileResponse(path, media_type=media_type_of(path.suffix, entry.get("container")), stat_result=stat,
+                              headers={"Cache-Control": MEDIA_CACHE}, head=head_only(request.scope))
+        if _etag_matches(request, reply.headers.get("etag")):
+            return _not_modified(reply.headers["etag"], MEDIA_CACHE)
         if byte_range is not None and _range_applies(if_range, reply) and _unsatisfiable(byte_range, stat.st_size):
             raise HTTPException(416, f"the range {byte_range!r} cannot be served from the file's {stat.st_size} "
                                      f"bytes", headers={"Content-Range": f"bytes */{stat.st_size}"})
@@ -390,15 +472,16 @@ def create_app(service: SearchService) -> FastAPI:
                 "entry": public_entry(entry), "links": links(request, video_id, entry)}
 
     # ---- admin -------------------------------------------------------------------------------
-    admin_auth = protected(ADMIN_SCOPE)
+    admin_auth = protected(ADMIN_SCOPE, cross_origin=True)
 
     @app.post("/v1/admin/reload", tags=["admin"], operation_id="reload", response_model=ReloadResponse,
               dependencies=admin_auth["dependencies"],
               summary="Re-open the index (and the key file) and swap it in atomically",
               responses={**BODY_ERRORS, **admin_auth["responses"],
                          409: error("the reload failed; the old snapshot keeps serving (the message says why)"),
+                         422: error("the body is not the empty JSON object `{}`"),
                          **INTERNAL})
-    async def reload_route() -> dict[str, Any]:
+    async def reload_route(body: ReloadRequest) -> dict[str, Any]:
         try:
             return await service.reload("api")
         except RuntimeUserError as exc:
@@ -407,8 +490,13 @@ def create_app(service: SearchService) -> FastAPI:
 
     # ---- the page ----------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)
-    async def page() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers={"Cache-Control": "no-cache"})
+    async def page(request: Request) -> Response:
+        path = STATIC_DIR / "index.html"
+        reply = _FileResponse(path, media_type="text/html", headers={"Cache-Control": PAGE_CACHE},
+                              stat_result=path.stat(), head=head_only(request.scope))
+        if _etag_matches(request, reply.headers.get("etag")):
+            return _not_modified(reply.headers["etag"], PAGE_CACHE)
+        return reply
 
     @app.get("/favicon.ico", include_in_schema=False)
     async def favicon() -> Response:
@@ -419,7 +507,10 @@ def create_app(service: SearchService) -> FastAPI:
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"], max_age=600)
-    app.add_middleware(GuardMiddleware, max_body_bytes=settings.limits.max_body_bytes, metrics=metrics)
+    post_paths = frozenset(route.path for route in app.routes if "POST" in (getattr(route, "methods", None) or ()))
+    app.add_middleware(GuardMiddleware, max_body_bytes=settings.limits.max_body_bytes, metrics=metrics,
+                       allowed_hosts=settings.allowed_host_names(), post_paths=post_paths,
+                       cors_origins=settings.cors_origins, access_log=settings.access_log)
 
     generate_schema = app.openapi
 

@@ -7,6 +7,8 @@ A full queue refuses a request at once (``QueueFull``: the app answers 503 with 
 instead of letting the backlog and the latency grow without limit; a request that waits longer
 than its timeout gets ``RequestTimeout`` and is dropped from the queue if it has not started.
 A request is never split across batches; one larger than ``max_batch`` runs as a batch of its own.
+A request whose client went away (``SearchJob.abandon``) is dropped when its batch is formed, and
+``process`` skips one abandoned later, before the text encoder runs.
 """
 from __future__ import annotations
 
@@ -36,6 +38,8 @@ class BatchObserver(Protocol):
     def queue_wait(self, seconds: float) -> None: ...
 
     def queue_depth(self, requests: int) -> None: ...
+
+    def request_dropped(self, reason: str) -> None: ...
 
 
 Process = Callable[[list[SearchJob]], Sequence[Any]]
@@ -105,7 +109,7 @@ class DynamicBatcher:
         try:
             return await asyncio.wait_for(asyncio.shield(job.future), timeout_s)
         except asyncio.TimeoutError:
-            job.abandoned = True
+            job.abandon("timeout")
             raise RequestTimeout(f"the search did not finish within {timeout_s:g} s") from None
 
     # ---- worker ----------------------------------------------------------------------------
@@ -134,10 +138,12 @@ class DynamicBatcher:
         queries = 0
         while self._pending:
             job = self._pending[0]
-            if job.abandoned:  # its client gave up while it waited
+            if job.abandoned:  # its client gave up or went away while it waited
                 self._pending.popleft()
                 if job.future is not None:
                     job.future.cancel()
+                if self.observer is not None:
+                    self.observer.request_dropped(job.abandoned_because or "disconnected")
                 continue
             if batch and queries + job.size > self.max_batch:
                 break

@@ -15,7 +15,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, Stri
 
 from runtime.scoring import LEVELS
 from runtime.search import DEFAULT_TOP_K, DEFAULT_WINDOWS_PER_FILE, GROUP_BY
-from runtime.serve.settings import Limits
+from runtime.serve.settings import ZERO_WIDTH, Limits
 
 # ------------------------------------------------------------------------------------------------
 # patterns (JSON Schema `pattern`: unanchored, written to mean the same in ECMA-262, Python `re` and
@@ -29,15 +29,18 @@ from runtime.serve.settings import Limits
 # beyond it is blank).
 BLANK_CHARACTERS = (r"\x00-\x20\x7F\x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u206A-\u206F\u3000"
                     r"\uFEFF\uFFF9-\uFFFC")
-# A query must hold at least one character that is not blank.
-QUERY_PATTERN = f"[^{BLANK_CHARACTERS}]"
-QUERY_RULE = "only whitespace or control characters; give it some text"
+# Characters that carry no text though the tokenizer keeps them (zero-width space and joiners, word
+# joiner, Mongolian vowel separator): the service counts them as blank too.
+ZERO_WIDTH_CHARACTERS = "".join(f"\\u{ord(c):04X}" for c in ZERO_WIDTH)
+# A query must hold at least one character that is neither blank nor zero-width.
+QUERY_PATTERN = f"[^{BLANK_CHARACTERS}{ZERO_WIDTH_CHARACTERS}]"
+QUERY_RULE = "only whitespace, control or zero-width characters; give it some text"
 # What the pattern cannot see: the tokenizer's cleaning also unescapes HTML entities (twice) and drops
 # terminal escape sequences, so a query such as `&nbsp;` alone has no text left; it is refused with
 # 422 too (stated in the schema's description of the field).
 QUERY_CLEANING_NOTE = ("Besides the pattern, a query must keep some text after the tokenizer's cleaning (ftfy, "
-                       "HTML unescaping, whitespace collapse): one made only of escaped whitespace such as `&nbsp;` "
-                       "or of terminal escape sequences is refused with 422.")
+                       "HTML unescaping, whitespace collapse; zero-width characters count as blank): one made only "
+                       "of escaped whitespace such as `&nbsp;` or of terminal escape sequences is refused with 422.")
 
 # `Range: bytes=...` (RFC 9110, 14.1.2): one or more of FIRST-LAST, FIRST- and -SUFFIX, comma-separated.
 _BYTE_RANGE = r"(?:[0-9]+-[0-9]*|-[0-9]+)"
@@ -47,22 +50,45 @@ RANGE_RULE = "not a byte range: send bytes=FIRST-LAST, bytes=FIRST- or bytes=-SU
 # The message of a 422 for a string that does not match one of the patterns above.
 PATTERN_RULES = {QUERY_PATTERN: QUERY_RULE, RANGE_PATTERN: RANGE_RULE}
 
-# Media types of the source files, by the extensions `ucofia-run index` takes (runtime.sources); fixed
-# here rather than guessed from the host's mime.types (which calls .ts a Qt translation file).
+# Media types of the source files. The container format FFmpeg recognised when the file was indexed
+# (the entry's `container`: the demuxer's name) decides the family; the file name only chooses within
+# it (a .mov is video/quicktime, not video/mp4), so a video named .html is never served as a page.
+# Entries indexed before `container` was recorded fall back to the extension, by a fixed table of
+# video types (never the host's mime.types, which calls .ts a Qt translation file).
+CONTAINER_TYPES: dict[str, tuple[str, dict[str, str]]] = {
+    "mov,mp4,m4a,3gp,3g2,mj2": ("video/mp4", {".mov": "video/quicktime", ".qt": "video/quicktime",
+                                              ".3gp": "video/3gpp", ".3g2": "video/3gpp2"}),
+    "matroska,webm": ("video/x-matroska", {".webm": "video/webm"}),
+    "avi": ("video/x-msvideo", {}),
+    "mpeg": ("video/mpeg", {}),
+    "mpegts": ("video/mp2t", {}),
+    "asf": ("video/x-ms-wmv", {}),
+    "flv": ("video/x-flv", {}),
+    "ogg": ("video/ogg", {}),
+    "gif": ("image/gif", {}),
+}
 MEDIA_TYPES = {".mp4": "video/mp4", ".m4v": "video/mp4", ".mov": "video/quicktime", ".mkv": "video/x-matroska",
                ".webm": "video/webm", ".avi": "video/x-msvideo", ".mpg": "video/mpeg", ".mpeg": "video/mpeg",
                ".wmv": "video/x-ms-wmv", ".flv": "video/x-flv", ".3gp": "video/3gpp", ".ts": "video/mp2t",
                ".gif": "image/gif"}
 OTHER_MEDIA_TYPE = "application/octet-stream"
+# Every type the media route can answer with.
+SOURCE_MEDIA_TYPES = sorted({*MEDIA_TYPES.values(), OTHER_MEDIA_TYPE,
+                             *(t for first, by_name in CONTAINER_TYPES.values() for t in (first, *by_name.values()))})
 MULTIPART_RANGES = "multipart/byteranges"
 THUMBNAIL_TYPE = "image/jpeg"
 # The schema of a file in a response (bytes).
 BINARY = {"schema": {"type": "string", "format": "binary"}}
 
 
-def media_type_of(suffix: str) -> str:
-    """The Content-Type a source file with this suffix is served with."""
-    return MEDIA_TYPES.get(suffix.lower(), OTHER_MEDIA_TYPE)
+def media_type_of(suffix: str, container: str | None = None) -> str:
+    """The Content-Type of a source file: by the ``container`` recorded at indexing (the suffix
+    choosing within its family); without one (older entries) by the suffix; else octet-stream."""
+    suffix = suffix.lower()
+    if container is not None:
+        default, by_name = CONTAINER_TYPES.get(container, (OTHER_MEDIA_TYPE, {}))
+        return by_name.get(suffix, default)
+    return MEDIA_TYPES.get(suffix, OTHER_MEDIA_TYPE)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -134,9 +160,10 @@ class ErrorResponse(BaseModel):
 
 
 class Links(BaseModel):
-    video: str = Field(description="GET: the video's metadata")
-    thumbnail: str = Field(description="GET: a JPEG thumbnail (signed when auth is on)")
-    media: str = Field(description="GET: the source file, with HTTP Range (signed when auth is on)")
+    video: str = Field(description="GET: the video's metadata (a path under the server's root path)")
+    thumbnail: str = Field(description="GET: a JPEG thumbnail (signed for the searching key when auth is on)")
+    media: str = Field(description="GET: the source file, with HTTP Range (signed for the searching key when auth "
+                                   "is on)")
 
 
 class WindowHit(BaseModel):
@@ -208,6 +235,13 @@ class VideoInfo(BaseModel):
     links: Links
 
 
+class ReloadRequest(BaseModel):
+    """The body of ``POST /v1/admin/reload``: an empty JSON object (a JSON body is what makes a
+    cross-site form unable to send the request)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{}]})
+
+
 class ReloadResponse(BaseModel):
     reloaded: bool
     trigger: str
@@ -276,10 +310,16 @@ def tidy_schema(schema: dict[str, Any]) -> dict[str, Any]:
       parameters can fail validation lists its own 422.
     * ``null`` as a value of an optional query or header parameter (from its ``str | None``
       type): such a parameter is left out when absent, and ``null`` cannot be sent.
+
+    and adds what every operation may answer (``EVERY_OPERATION``: 421 for a Host not allowed).
     """
     for operations in schema.get("paths", {}).values():
         for operation in operations.values():
             responses = operation.get("responses", {})
+            for status, response in EVERY_OPERATION.items():
+                responses.setdefault(str(status), {
+                    "description": response["description"],
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}})
             content = responses.get("422", {}).get("content", {}).get("application/json", {})
             if content.get("schema", {}).get("$ref", "").endswith("/HTTPValidationError"):
                 del responses["422"]
@@ -294,8 +334,14 @@ def tidy_schema(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-INTERNAL = {500: error("an internal error (logged with its traceback on the server only) or a non-finite score "
-                       "(a damaged bundle)")}
+INTERNAL = {500: error("an internal error or a failed search: the message gives the request id, the server log "
+                       "the cause (never sent to the client)")}
+# Every operation may answer these (added to each by tidy_schema).
+EVERY_OPERATION = {421: error("the Host header names a host this server does not answer for (`--allowed-host`)")}
+CROSS_ORIGIN = "a cross-origin request: its Origin is neither this server nor a `--cors-origin`"
+NOT_MODIFIED = {304: {"description": "If-None-Match names the current ETag: the cached copy is still good",
+                      "headers": {"ETag": {"description": "the entity tag", "required": True,
+                                           "schema": {"type": "string"}}}}}
 BODY_ERRORS = {
     400: error("the body is not valid JSON, or Content-Length is not a number"),
     413: error("the body is over the limit (`/v1/info` `limits.max_body_bytes`), by Content-Length or counted"),

@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 
 from runtime.bundle import Bundle
-from runtime.errors import RuntimeUserError
+from runtime.errors import QueryError, RuntimeUserError
 from runtime.index import IndexChangedError
 from runtime.scoring import Scorer, TextFeatures
 from runtime.search import SearchOptions
 from runtime.search.searcher import DEFAULT_WINDOWS_PER_FILE
-from runtime.serve.settings import PROBE_QUERY, ServeSettings
+from runtime.serve.settings import PROBE_QUERY, ZERO_WIDTH, ServeSettings
 from runtime.serve.snapshot import Snapshot
 from runtime.text import TextEncoder
 
@@ -30,6 +30,23 @@ EXHAUSTIVE = "exhaustive"
 TWO_STAGE = "two_stage"
 # Videos scored once at start to warm the scorer session up.
 WARM_UP_VIDEOS = 64
+_ZERO_WIDTH_TABLE = dict.fromkeys(map(ord, ZERO_WIDTH))
+# Characters through which the cleaning can remove text (HTML entities, terminal escapes): a query
+# with a letter or digit and none of them keeps its text whatever the cleaning does.
+_CLEANING_MARKS = ("&", "\x1b", "\x9b")
+NO_TEXT_RULE = ("no text is left after cleaning (only whitespace, control, zero-width or escaped blank characters "
+                "such as &nbsp;); give it some text")
+
+
+def has_text(text: str) -> bool:
+    """Whether ``text`` keeps some text after the tokenizer's cleaning (every character it keeps
+    but white space is a token), zero-width characters aside; a letter or digit and no entity or
+    escape decide it without cleaning."""
+    if any(c.isalnum() for c in text) and not any(mark in text for mark in _CLEANING_MARKS):
+        return True
+    from ucofia.data.tokenizer import clean_text
+
+    return bool(clean_text(text).translate(_ZERO_WIDTH_TABLE).strip())
 
 
 @dataclass
@@ -44,11 +61,17 @@ class SearchJob:
     enqueued: float = field(default_factory=time.monotonic)
     started: float | None = None
     future: asyncio.Future | None = None
-    abandoned: bool = False  # its client gave up (timeout): skip it if not started
+    abandoned: bool = False  # its client gave up or went away: skip it if not started
+    abandoned_because: str | None = None  # "timeout" or "disconnected"
 
     @property
     def size(self) -> int:
         return len(self.queries)
+
+    def abandon(self, reason: str) -> None:
+        """Nobody waits for this job's answer any more (``reason``: timeout, disconnected)."""
+        if not self.abandoned:
+            self.abandoned, self.abandoned_because = True, reason
 
 
 @dataclass
@@ -91,9 +114,15 @@ class SearchEngine:
         return EXHAUSTIVE
 
     def run_batch(self, jobs: list[SearchJob], snapshot: Snapshot) -> list[JobResult | Exception]:
-        """Results (or the exception) of every job; an error in a shared call is retried job by job
-        so that it is reported to the request that caused it only. ``IndexChangedError`` (the
+        """Results (or the exception) of every job; a job with a query that has no text left after
+        cleaning gets its QueryError without running; an error in a shared call is retried job by
+        job so that it is reported to the request that caused it only. ``IndexChangedError`` (the
         snapshot's shards were compacted away) propagates: the caller reloads and retries."""
+        refused = {id(job): error for job in jobs if (error := self.check_queries(job.queries)) is not None}
+        if refused:
+            rest = [job for job in jobs if id(job) not in refused]
+            answers = dict(zip(map(id, rest), self.run_batch(rest, snapshot) if rest else []))
+            return [refused.get(id(job)) or answers[id(job)] for job in jobs]
         try:
             return list(self._run(jobs, snapshot))
         except IndexChangedError:
@@ -110,6 +139,14 @@ class SearchEngine:
             except RuntimeUserError as exc:
                 results.append(exc)
         return results
+
+    def check_queries(self, queries: list[str]) -> QueryError | None:
+        """A QueryError naming the first query with no text left after the tokenizer's cleaning
+        (zero-width characters count as blank), else None."""
+        for number, text in enumerate(queries):
+            if not has_text(text):
+                return QueryError(f"queries.{number}: {NO_TEXT_RULE}")
+        return None
 
     def options(self, job: SearchJob, videos: int) -> SearchOptions:
         """The search options of ``job`` on a gallery of ``videos``."""

@@ -1,4 +1,10 @@
-"""Prometheus metrics of the service (``prometheus-client``, in its own registry per app)."""
+"""Prometheus metrics of the service (``prometheus-client``, in its own registry per app).
+
+Every label value comes from a fixed set, so no request can add a series: the route is a route
+template of the app (or ``/static``, ``/openapi.json``, ``other``), the method one of
+``METHODS`` (else ``other``), the status one of ``STATUSES`` (else ``other``); the other labels
+are names the code itself passes (error kinds, reload triggers, close reasons).
+"""
 from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -6,6 +12,21 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 QUEUE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+OTHER = "other"
+METHODS = frozenset({"GET", "HEAD", "POST", "OPTIONS"})
+# 499: a search whose client went away before its answer (nginx's "client closed request"; nobody receives it).
+STATUSES = frozenset({200, 204, 206, 304, 400, 401, 403, 404, 405, 408, 409, 413, 415, 416, 421, 422, 499, 500, 503,
+                      504})
+
+
+def method_label(method: str) -> str:
+    """The request's method if it is one the service answers, else ``other``."""
+    return method if method in METHODS else OTHER
+
+
+def status_label(status: int) -> str:
+    """The status as a label if it is one the service answers, else ``other``."""
+    return str(status) if status in STATUSES else OTHER
 
 
 class Metrics:
@@ -33,6 +54,15 @@ class Metrics:
                               "thumbnail)", ("kind",), registry=r)
         self.reloads = Counter("ucofia_reloads", "Index reloads by trigger and outcome", ("trigger", "outcome"),
                                registry=r)
+        self.key_reloads = Counter("ucofia_key_file_reloads", "Re-reads of the API key file by outcome", ("outcome",),
+                                   registry=r)
+        self.dropped = Counter("ucofia_dropped_requests", "Searches dropped before the model ran them, by reason "
+                               "(disconnected: the client had gone; timeout: --timeout passed)", ("reason",),
+                               registry=r)
+        self.connections_closed = Counter("ucofia_connections_closed", "Connections the server closed, by reason "
+                                          "(header_timeout, body_timeout, keep_alive_timeout, surplus)", ("reason",),
+                                          registry=r)
+        self.open_connections = Gauge("ucofia_open_connections", "Open HTTP connections", registry=r)
 
     # ---- BatchObserver ---------------------------------------------------------------------
     def batch_started(self, queries: int, requests: int) -> None:
@@ -44,6 +74,16 @@ class Metrics:
 
     def queue_depth(self, requests: int) -> None:
         self.queue_depth_gauge.set(requests)
+
+    def request_dropped(self, reason: str) -> None:
+        self.dropped.labels(reason).inc()
+
+    # ---- ConnectionObserver (runtime.serve.transport) -------------------------------------
+    def connection_closed(self, reason: str) -> None:
+        self.connections_closed.labels(reason).inc()
+
+    def connections_open(self, count: int) -> None:
+        self.open_connections.set(count)
 
     # ---- exposition ------------------------------------------------------------------------
     def render(self) -> tuple[bytes, str]:

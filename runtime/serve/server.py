@@ -1,12 +1,20 @@
-"""Binding the listening socket (loopback unless keys or --insecure-no-auth) and running uvicorn."""
+"""Binding the listening socket (loopback unless keys or --insecure-no-auth) and running uvicorn
+with the service's connection layer (``runtime.serve.transport``)."""
 from __future__ import annotations
 
+import gc
 import ipaddress
+import logging
 import socket
+import sys
 from typing import Any
 
 from runtime.errors import RuntimeUserError
-from runtime.serve.settings import MAX_CONNECTIONS
+from runtime.serve.settings import MAX_HEAD_BYTES, SWITCH_INTERVAL_S, HttpSettings
+
+logger = logging.getLogger(__name__)
+# File descriptors the process needs besides its connections (index shards, sessions, logs).
+SPARE_FILES = 256
 
 GRACEFUL_SHUTDOWN_S = 5
 
@@ -54,17 +62,69 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def url_of(sock: socket.socket) -> str:
-    """http://host:port/ of a bound socket."""
+def url_of(sock: socket.socket, tls: bool = False) -> str:
+    """http(s)://host:port/ of a bound socket."""
     host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return f"{'https' if tls else 'http'}://{netloc}/"
 
 
-def make_server(app: Any, *, log_level: str = "info", access_log: bool = True):
-    """A uvicorn Server for ``app`` (run it with ``server.run(sockets=[sock])``)."""
+def check_tls(http: HttpSettings) -> None:
+    """--tls-cert and --tls-key go together and name readable files."""
+    given = [p for p in (http.tls_cert, http.tls_key) if p is not None]
+    if len(given) == 1:
+        raise RuntimeUserError("give --tls-cert and --tls-key together (the certificate chain and its private key, "
+                               "PEM files)")
+    for path in given:
+        if not path.is_file():
+            raise RuntimeUserError(f"TLS file not found: {path}")
+
+
+def raise_file_limit(connections: int) -> None:
+    """Raise the soft limit of open files to what ``connections`` need (up to the hard limit), so
+    that the connection bound, not the process's file limit, is what refuses connections."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = connections + SPARE_FILES
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        if target < wanted:
+            logger.warning("open-file limit %d is below --max-connections %d + %d; raise `ulimit -n` or lower "
+                           "--max-connections", target, connections, SPARE_FILES)
+
+
+def prepare_process() -> None:
+    """Process-wide settings of a server process, once its service is loaded: the GIL changes hands
+    every SWITCH_INTERVAL_S (the event loop waits less behind the batch and responder threads),
+    and what was loaded at start is frozen out of the garbage collector's full passes (they then
+    walk the requests' objects only, not the index's entries)."""
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    gc.collect()
+    gc.freeze()
+
+
+def make_server(app: Any, http: HttpSettings | None = None, *, log_level: str = "info", observer: Any = None):
+    """A uvicorn Server for ``app`` (run it with ``server.run(sockets=[sock])``): the guarded h11
+    protocol (head and body deadlines, the connection bound), uvicorn's keep-alive timeout, head
+    size bound, root path, proxy headers and TLS. Logging is the caller's (uvicorn configures
+    none; its access log is off: the app writes its own, with the request id). ``observer``: where
+    closed connections are counted (default: the app's metrics)."""
     import uvicorn
 
-    config = uvicorn.Config(app, log_level=log_level, access_log=access_log, lifespan="on",
-                            limit_concurrency=MAX_CONNECTIONS, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-                            server_header=False, proxy_headers=False)
+    from runtime.serve.transport import TransportLimits, guarded_protocol
+
+    http = http or HttpSettings()
+    if observer is None:
+        observer = getattr(getattr(app, "state", None), "metrics", None)
+    limits = TransportLimits(http.header_timeout_s, http.body_timeout_s, http.max_connections)
+    config = uvicorn.Config(
+        app, http=guarded_protocol(limits, observer), log_config=None, log_level=log_level, access_log=False,
+        lifespan="on", timeout_keep_alive=http.keep_alive_timeout_s, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES, server_header=False, root_path=http.root_path,
+        proxy_headers=http.proxy_headers, forwarded_allow_ips=list(http.forwarded_allow_ips),
+        ssl_certfile=http.tls_cert, ssl_keyfile=http.tls_key)
     return uvicorn.Server(config)

@@ -1,4 +1,5 @@
-"""The search service: model, current index snapshot, batcher, keys, metrics; reload and --watch."""
+"""The search service: model, current index snapshot, batcher, keys, metrics; reload, --watch and
+the key file's watch."""
 from __future__ import annotations
 
 import asyncio
@@ -10,26 +11,28 @@ from typing import Any
 
 from runtime.deployment import load_query_models, open_index
 from runtime.index import IndexChangedError
-from runtime.serve.auth import KeyRing, MediaSigner
+from runtime.serve.auth import KeyFile, KeyRing, MediaSigner, default_link_secret, load_link_secret
 from runtime.serve.batching import DynamicBatcher
 from runtime.serve.engine import TWO_STAGE, JobResult, SearchEngine, SearchJob
-from runtime.serve.settings import MEDIA_URL_TTL_S, THUMBNAIL_CONCURRENCY, ServeSettings
+from runtime.serve.settings import MEDIA_URL_BUCKET_S, MEDIA_URL_TTL_S, THUMBNAIL_CONCURRENCY, ServeSettings
 from runtime.serve.snapshot import Snapshot, SnapshotHolder, load_snapshot, open_gallery, read_state_digest, state_stamp
 
 logger = logging.getLogger(__name__)
+# What a batch answers for a job whose client had gone before the model ran it.
+ABANDONED = RuntimeError("the client went away before the search ran")
 
 
 class SearchService:
     """Everything the HTTP layer calls; built once by ``open`` (blocking, before serving)."""
 
     def __init__(self, settings: ServeSettings, engine: SearchEngine, snapshot: Snapshot,
-                 keyring: KeyRing | None, metrics: Any = None) -> None:
+                 key_file: KeyFile | None, metrics: Any = None, signer: MediaSigner | None = None) -> None:
         self.settings = settings
         self.engine = engine
         self.holder = SnapshotHolder(snapshot)
-        self.keyring = keyring
+        self.key_file = key_file
         self.metrics = metrics
-        self.signer = MediaSigner(MEDIA_URL_TTL_S) if keyring is not None else None
+        self.signer = signer
         self.batcher = DynamicBatcher(self._process, max_batch=settings.max_batch,
                                       max_wait_s=settings.max_wait_ms / 1000, max_queue=settings.max_queue,
                                       observer=metrics)
@@ -38,6 +41,7 @@ class SearchService:
         self._reload_lock: asyncio.Lock | None = None
         self._build_lock = threading.Lock()
         self._watch_task: asyncio.Task | None = None
+        self._keys_task: asyncio.Task | None = None
         self.thumbnail_slots: asyncio.Semaphore | None = None
         self._observe_snapshot(snapshot)
 
@@ -49,8 +53,13 @@ class SearchService:
 
     @classmethod
     def open(cls, settings: ServeSettings, metrics: Any = None) -> SearchService:
-        """Load the bundle's sessions, the index and the key file (errors: RuntimeUserError)."""
-        keyring = KeyRing.load(settings.api_keys) if settings.api_keys is not None else None
+        """Load the bundle's sessions, the index, the key file and the link secret (errors:
+        RuntimeUserError)."""
+        key_file = KeyFile(settings.api_keys) if settings.api_keys is not None else None
+        signer = None
+        if key_file is not None:
+            secret = load_link_secret(settings.link_secret or default_link_secret(key_file.path))
+            signer = MediaSigner(secret, MEDIA_URL_TTL_S, MEDIA_URL_BUCKET_S)
         gallery, bundle = open_index(settings.index_dir, settings.bundle_dir)
         models = load_query_models(bundle, settings.backend, settings.threads)
         engine = SearchEngine(bundle, models.text, models.scorer, settings)
@@ -58,7 +67,7 @@ class SearchService:
                                  two_stage=engine.mode(len(gallery), None) == TWO_STAGE,
                                  preload_mb=settings.preload_mb)
         engine.warm_up(snapshot)
-        return cls(settings, engine, snapshot, keyring, metrics)
+        return cls(settings, engine, snapshot, key_file, metrics, signer)
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -67,14 +76,17 @@ class SearchService:
         self.thumbnail_slots = asyncio.Semaphore(THUMBNAIL_CONCURRENCY)
         if self.settings.watch:
             self._watch_task = asyncio.create_task(self._watch(), name="ucofia-watch")
+        if self.key_file is not None:
+            self._keys_task = asyncio.create_task(self._watch_keys(), name="ucofia-watch-keys")
 
     async def stop(self) -> None:
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            try:
-                await self._watch_task
-            except asyncio.CancelledError:
-                pass
+        for task in (self._watch_task, self._keys_task):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
         await self.batcher.stop()
 
     # ---- state -----------------------------------------------------------------------------
@@ -83,8 +95,30 @@ class SearchService:
         return self.holder.current
 
     @property
+    def keyring(self) -> KeyRing | None:
+        """The keys accepted now (None: no key file, every route is open)."""
+        return None if self.key_file is None else self.key_file.ring
+
+    @property
     def auth_required(self) -> bool:
-        return self.keyring is not None
+        return self.key_file is not None
+
+    def refresh_keys(self, force: bool = False) -> None:
+        """Re-read the key file if it changed (blocking: a stat, and a read when it changed)."""
+        if self.key_file is None:
+            return
+        outcome = self.key_file.refresh(force)
+        if outcome is not None and self.metrics is not None:
+            self.metrics.key_reloads.labels(outcome).inc()
+
+    async def _watch_keys(self) -> None:
+        """Look at the key file every key_check_interval_s; re-read it when it changed."""
+        while True:
+            await asyncio.sleep(self.settings.key_check_interval_s)
+            try:
+                await asyncio.to_thread(self.refresh_keys)
+            except Exception:  # keep watching; the next change is read again
+                logger.exception("checking the API key file failed")
 
     def readiness(self) -> dict[str, bool]:
         """What /readyz checks: sessions loaded, index open (and still on disk), batcher running."""
@@ -103,33 +137,44 @@ class SearchService:
         """One batch on the snapshot current when it starts (runs on the batcher's thread); when
         an update deleted the shards that snapshot reads (compaction), the index is opened again
         and the batch retried once on it."""
+        live = [job for job in jobs if not job.abandoned]  # a client that has gone costs no model time
+        for job in jobs:
+            if job.abandoned:
+                self._dropped(job)
         snapshot = self.holder.current
-        try:
-            results = self.engine.run_batch(jobs, snapshot)
-        except IndexChangedError as exc:
-            logger.info("the index changed under snapshot %d (%s); reloading", snapshot.version, exc)
-            results = self.engine.run_batch(jobs, self._reload_blocking("changed", stale=snapshot)[1])
+        results: list[JobResult | Exception] = []
+        if live:
+            try:
+                results = self.engine.run_batch(live, snapshot)
+            except IndexChangedError as exc:
+                logger.info("the index changed under snapshot %d (%s); reloading", snapshot.version, exc)
+                results = self.engine.run_batch(live, self._reload_blocking("changed", stale=snapshot)[1])
         if self.metrics is not None:
             done = next((r for r in results if isinstance(r, JobResult)), None)
             if done is not None:
                 self.metrics.stage_seconds.labels("encode").observe(done.encode_s)
                 self.metrics.stage_seconds.labels("score").observe(done.score_s)
-        return results
+        by_job = dict(zip(map(id, live), results))
+        return [by_job.get(id(job), ABANDONED) for job in jobs]
+
+    def _dropped(self, job: SearchJob) -> None:
+        if self.metrics is not None:
+            self.metrics.request_dropped(job.abandoned_because or "disconnected")
 
     async def search(self, job: SearchJob) -> JobResult:
         """Queue ``job`` (QueueFull / RequestTimeout / the search's own errors propagate)."""
         return await self.batcher.submit(job, self.settings.request_timeout_s)
 
     # ---- reload ----------------------------------------------------------------------------
-    def _build(self) -> tuple[Snapshot, KeyRing | None]:
+    def _build(self) -> Snapshot:
         current = self.holder.current
         gallery = open_gallery(Path(current.index.root), self.engine.bundle)
         snapshot = load_snapshot(gallery, self.engine.scorer, version=current.version + 1,
                                  memory_mb=self.settings.memory_mb, probe=self.engine.probe,
                                  two_stage=self.engine.mode(len(gallery), None) == TWO_STAGE,
                                  preload_mb=self.settings.preload_mb)
-        keyring = KeyRing.load(self.settings.api_keys) if self.settings.api_keys is not None else None
-        return snapshot, keyring
+        self.refresh_keys(force=True)
+        return snapshot
 
     def _reload_blocking(self, trigger: str, stale: Snapshot | None = None) -> tuple[Snapshot, Snapshot]:
         """Build a new snapshot and swap it in (one at a time, from any thread); returns (old, new).
@@ -139,16 +184,16 @@ class SearchService:
             if stale is not None and current is not stale:
                 return current, current
             try:
-                snapshot, keyring = self._build()
+                snapshot = self._build()
             except Exception as exc:
                 self.last_reload_error = str(exc)
                 if self.metrics is not None:
                     self.metrics.reloads.labels(trigger, "failed").inc()
                     self.metrics.errors.labels("reload").inc()
+                logger.error("reload of %s (%s) failed, still serving snapshot %d: %s", current.index.root, trigger,
+                             current.version, exc)
                 raise
             old = self.holder.swap(snapshot)
-            if keyring is not None:
-                self.keyring = keyring
             self.last_reload_error = None
             self._observe_snapshot(snapshot)
             if self.metrics is not None:
@@ -182,6 +227,9 @@ class SearchService:
             await asyncio.sleep(interval)
             stamp = state_stamp(root)
             if stamp != last_stamp:  # still changing (or just changed): look again next poll
+                if stamp != checked_stamp:
+                    logger.info("--watch: %s changed; reloading once it holds still for %g s", root / "index.json",
+                                interval)
                 last_stamp = stamp
                 continue
             if stamp is None or stamp == checked_stamp:
@@ -189,6 +237,9 @@ class SearchService:
             checked_stamp = stamp
             digest = read_state_digest(root)
             if digest is None or digest == self.snapshot.digest or digest == failed_digest:
+                logger.info("--watch: %s holds still; nothing to reload (%s)", root / "index.json",
+                            "unreadable" if digest is None else "the same rows" if digest == self.snapshot.digest
+                            else "its reload failed before")
                 continue
             try:
                 await self.reload("watch")

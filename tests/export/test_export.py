@@ -283,11 +283,15 @@ def test_patch_shift_runs_inside_the_video_graph(tmp_path):
 
 @pytest.mark.slow
 def test_fp16_bundle_with_fake_tensorrt(tmp_path, monkeypatch):
+    from trt_runtime_fakes import FakeCudaMemory
+
     from export import tensorrt_build
+    from runtime.backends import tensorrt_session
 
     fake = FakeTRT(version="11.4.0", has_fp16=False)
     monkeypatch.setattr(tensorrt_build, "import_tensorrt", lambda: fake)
     monkeypatch.setattr(tensorrt_build, "device_info", lambda: dict(DEVICE))
+    monkeypatch.setattr(tensorrt_session, "CudaMemory", FakeCudaMemory)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     model = ucofia.build_model(tiny_config(), seed=13)
     bundle = tmp_path / "bundle"
@@ -299,6 +303,9 @@ def test_fp16_bundle_with_fake_tensorrt(tmp_path, monkeypatch):
     assert str(cache).startswith(str(tmp_path / "cache")) and not list(bundle.glob("*.cache"))
     ver = manifest["verification"]
     assert ver["passed"] and ver["tolerances"]["features"] == FP16_TOLERANCES.features
+    # the float16 engines ran against onnxruntime with the float16 tolerances
+    engines = manifest["tensorrt"]["verification"]
+    assert engines["passed"] and engines["tolerances"] == ver["tolerances"]
     assert max(c["max_rel"] for c in ver["checks"] if c["gated"]) < 5e-3  # measured ~1.6e-3
     for key, entry in manifest["graphs"].items():
         dtypes = {t["name"]: t["dtype"] for t in entry["inputs"] + entry["outputs"]}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import types
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -91,7 +92,7 @@ def test_what_tensorrt_10_accepts_is_not_flagged(case):
 
 
 @pytest.mark.parametrize("case", ["sequence", "custom", "unsupported", "opset", "reduce_axes", "dropout",
-                                  "maxpool_indices", "dilations", "resize", "lstm", "zero_point", "squeeze_axes"])
+                                  "maxpool_indices", "dilations", "resize", "lstm", "zero_point", "onehot_depth"])
 def test_bad_graphs_are_flagged(case):
     x, y = _vi("x"), _vi("y")
     inits, domains, opset = [], [], 17
@@ -128,9 +129,10 @@ def test_bad_graphs_are_flagged(case):
         nodes = [helper.make_node("DequantizeLinear", ["q", "scale", "zp"], ["y"], name="dq")]
         inits = [numpy_helper.from_array(np.array(3, dtype=np.int8), "zp"),
                  numpy_helper.from_array(np.array(0.5, dtype=np.float32), "scale")]
-    else:  # Unsqueeze whose axes come from the input's shape
+    else:  # OneHot whose depth comes from the input's shape
         nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape"),
-                 helper.make_node("Unsqueeze", ["x", "s"], ["y"], name="unsq_dyn_axes")]
+                 helper.make_node("OneHot", ["x", "s", "values"], ["y"], name="onehot_dyn_depth")]
+        inits = [numpy_helper.from_array(np.array([0, 1], dtype=np.float32), "values")]
     model = _model(nodes, [x], [y], inits, opset=opset, domains=domains)
     errors, _ = _errors(model)
     assert errors, f"{case}: expected an error"
@@ -138,7 +140,7 @@ def test_bad_graphs_are_flagged(case):
     expected = {"sequence": "sequence", "custom": "plugin", "unsupported": "not supported", "opset": "opset",
                 "reduce_axes": "must be an initializer", "dropout": "training_mode must be False",
                 "maxpool_indices": "first output", "dilations": "dilations", "resize": "mode='cubic'",
-                "lstm": "layout=0", "zero_point": "zero_point", "squeeze_axes": "build-time constant"}[case]
+                "lstm": "layout=0", "zero_point": "zero_point", "onehot_depth": "build-time constant"}[case]
     assert expected in text
 
 
@@ -156,9 +158,29 @@ def test_version_dependent_rules_follow_the_installed_release():
                   [numpy_helper.from_array(np.array(4, dtype=np.int64), "step")])
     assert [i.severity for i in check_model(stft, "g", "10.4.0")[0]] == ["error"]
     assert check_model(stft, "g", "10.15.1")[0] == []
+    # run-time axes: Squeeze/Unsqueeze from 10.7, CumSum from 10.8; 11.x keeps every 10.x relaxation
+    shape_axes = [helper.make_node("Shape", ["x"], ["s"], name="shape"),
+                  helper.make_node("Slice", ["s", "zero", "one"], ["ax"], name="first_dim")]
+    axes_inits = [numpy_helper.from_array(np.array([0], dtype=np.int64), "zero"),
+                  numpy_helper.from_array(np.array([1], dtype=np.int64), "one")]
+    for op, since in (("Squeeze", "10.7"), ("Unsqueeze", "10.7"), ("CumSum", "10.8")):
+        model = _model(shape_axes + [helper.make_node(op, ["x", "ax"], ["y"], name=f"{op}_run_time_axes")],
+                       [_vi("x")], [_vi("y")], axes_inits)
+        for version, severity in (("10.6.0", "error"), (since + ".0", None), ("11.4.0.106", None), (None, "warning")):
+            if op == "CumSum" and version == "10.6.0":
+                version = "10.7.0"
+            issues, _ = check_model(model, "g", trt_version=version)
+            assert [i.severity for i in issues] == ([severity] if severity else []), (op, version, issues)
+            assert all(f">= {since}" in i.message for i in issues)
+    # TensorRT older than 10 is refused outright; the report says which rules it applied
+    relu = _model([helper.make_node("Relu", ["x"], ["y"])], [_vi("x")], [_vi("y")])
+    assert [i.op for i in check_model(relu, "g", "8.6.1")[0]] == ["version"]
+    assert check_graphs({"g": relu}, "11.4.0.106").to_dict()["rules"].startswith("TensorRT 11.4: the 10.15 table")
+    assert check_graphs({"g": relu}, "10.8.0").to_dict()["rules"] == "TensorRT 10.8"
     # opsets 21..24 are documented from 10.15 on; 10.0's table stops at 20
     relu = _model([helper.make_node("Relu", ["x"], ["y"])], [_vi("x")], [_vi("y")], opset=22)
     assert check_model(relu, "g", "10.15.1")[0] == [] and check_model(relu, "g", "10.8.0")[0]
+    assert check_model(relu, "g", "11.4.0")[0] == []
 
 
 def test_float64_weights_warned_int64_weights_native():
@@ -268,17 +290,23 @@ def test_build_engines_with_fake_trt10(tmp_path, cache_home):
     section = build_engines(tmp_path, specs, "float16", opts, trt=trt, device=DEVICE)
     assert section["version"] == "10.3.0" and section["gpu"] == DEVICE["gpu"]
     assert section["compute_capability"] == "9.0" and "STRONGLY_TYPED" in section["precision"]
-    assert section["axes"] == {"T": {"min": 1, "opt": 2, "max": 4}, "V": {"min": 1, "opt": 2, "max": 3}}
+    # the encoders get the texts/videos profile, the scorer its own (default 1..64 texts x 1..1024 videos)
+    assert section["axes"] == {"text_encoder": {"T": {"min": 1, "opt": 2, "max": 4}},
+                               "video_encoder": {"V": {"min": 1, "opt": 2, "max": 3}},
+                               "scorer": {"T": {"min": 1, "opt": 16, "max": 64},
+                                          "V": {"min": 1, "opt": 256, "max": 1024}}}
     for key, spec in specs.items():
         entry = section["engines"][key]
         assert entry["file"] == spec.file.with_suffix(".plan").name
-        assert (tmp_path / entry["file"]).read_bytes() == b"PLAN"
+        plan = json.loads((tmp_path / entry["file"]).read_bytes())  # the fake's "engine": what it was built from
+        assert plan["onnx"] == spec.file.name and plan["profile"] == entry["profile"]
     assert ("pool", "WORKSPACE", 1 << 29) in trt.calls
     # strongly typed: no precision flag (BuilderFlag.FP16 would let float32 islands run in float16)
     assert not any(c[0] == "set_flag" for c in trt.calls) and ("clear_flag", "TF32") in trt.calls
     assert [c[1] for c in trt.calls if c[0] == "network"] == [2, 2, 2]
     profiles = [c[1] for c in trt.calls if c[0] == "profile"]
     assert profiles[0]["input_ids"] == ([1, 32], [2, 32], [4, 32])
+    assert profiles[2]["patches"][2][0] == 1024 and profiles[1]["frames"][2][0] == 3
     # the timing cache is threaded through the three builds and saved outside the build directory
     cache = cache_home / "ucofia" / "tensorrt" / "timing-trt10.3.0-sm9.0-NVIDIA-H100-80GB-HBM3.cache"
     assert cache.read_bytes() == b"+++" and section["timing_cache"]["path"] == str(cache)
@@ -377,3 +405,87 @@ def test_real_tensorrt_build(tmp_path):
     assert manifest["tensorrt"]["version"] == trt.__version__
     engine = load_engine(tmp_path / "bundle", "scorer")
     assert engine is not None
+
+
+# ---- engines verified at export ----------------------------------------------------------------
+SMALL_PROFILES = TrtBuildOptions(texts=AxisRange(2, 2, 3), videos=AxisRange(1, 2, 2),
+                                 scorer_texts=AxisRange(1, 2, 4), scorer_videos=AxisRange(1, 2, 3))
+
+
+@pytest.fixture
+def fake_trt_export(monkeypatch, cache_home):
+    """Make ``export_bundle(trt=True)`` build and run fake engines: returns a function installing a FakeTRT."""
+    from trt_runtime_fakes import FakeCudaMemory
+
+    from export import tensorrt_build
+    from runtime.backends import tensorrt_session
+
+    monkeypatch.setattr(tensorrt_build, "device_info", lambda: dict(DEVICE))
+    monkeypatch.setattr(tensorrt_session, "CudaMemory", FakeCudaMemory)
+
+    def install(**kwargs) -> FakeTRT:
+        trt = FakeTRT(version="10.8.0", **kwargs)
+        monkeypatch.setattr(tensorrt_build, "import_tensorrt", lambda: trt)
+        return trt
+
+    return install
+
+
+@pytest.mark.slow
+def test_export_runs_every_engine_against_onnxruntime(tiny_export, tmp_path, fake_trt_export):
+    from export import export_bundle
+
+    trt = fake_trt_export()
+    manifest = export_bundle(tiny_export.model, tmp_path / "bundle", trt=True, trt_options=SMALL_PROFILES)
+    result = manifest["tensorrt"]["verification"]
+    assert result["passed"] is True and result["against"] == "onnxruntime CPUExecutionProvider"
+    assert result["tolerances"] == manifest["verification"]["tolerances"]  # the same rule and bounds
+    cases = {(c["graph"], c["case"]) for c in result["checks"]}
+    assert cases == {("text_encoder", "T=1"), ("text_encoder", "T=5"), ("video_encoder", "V=1"),
+                     ("video_encoder", "V=3 padded"), ("scorer", "T=1,V=1"), ("scorer", "T=5,V=4")}
+    assert len(result["checks"]) == 2 * 2 + 2 * 3 + 2 * 3 and all(c["max_abs"] < 1e-5 for c in result["checks"])
+    assert [s["case"] for s in result["patch_selection"]] == ["V=1", "V=3 padded"]
+    assert all(s["identical_fraction"] == 1.0 and s["passed"] for s in result["patch_selection"])
+    # run through TensorRTSession within the small profiles: T=1 padded to 2, T=5 split 3 + 2, V=3 split 2 + 1
+    by_onnx = {Path(e.path).stem: e for e in trt.engines}
+    assert sorted({r["shapes"]["input_ids"][0] for r in by_onnx["text_encoder"].executions}) == [2, 3]
+    assert sorted({r["shapes"]["frames"][0] for r in by_onnx["video_encoder"].executions}) == [1, 2]
+    assert max(r["shapes"]["patches"][0] for r in by_onnx["scorer"].executions) == 3
+    assert json.loads((tmp_path / "bundle" / "manifest.json").read_text())["tensorrt"]["verification"] == result
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("graph, output", [("scorer", "patch_word"), ("video_encoder", "patches"),
+                                           ("text_encoder", "words")])
+def test_a_numerically_wrong_engine_fails_the_export(tiny_export, tmp_path, fake_trt_export, graph, output):
+    from click.testing import CliRunner
+
+    from export import export_bundle
+    from export.verify_engines import EngineVerificationError
+    from ucofia.cli import main
+
+    fake_trt_export(perturb={graph: {output: 0.05}})
+    with pytest.raises(EngineVerificationError, match=rf"{graph} engine/[^:]+/{output}: max_abs") as info:
+        export_bundle(tiny_export.model, tmp_path / "bundle", trt=True, trt_options=SMALL_PROFILES)
+    assert not info.value.report.passed and not (tmp_path / "bundle").exists()
+    if graph == "scorer":  # the command line says so and writes nothing
+        result = CliRunner().invoke(main, ["export", str(tiny_export.checkpoint), "-o", str(tmp_path / "cli"),
+                                           "--trt", "--min-texts", "2", "--opt-texts", "2", "--max-texts", "3",
+                                           "--opt-videos", "2", "--max-videos", "2"])
+        assert result.exit_code == 1 and "TensorRT engines differ from onnxruntime" in result.output
+        assert "nothing was written" in result.output and not (tmp_path / "cli").exists()
+
+
+def test_patch_selection_agreement_tolerates_only_tie_flips():
+    import torch
+
+    from export.verify_engines import compare_selection
+
+    engine = torch.tensor([[0, 1], [2, 3], [1, 2]])
+    onnxruntime_ = torch.tensor([[0, 1], [2, 4], [1, 3]])
+    check, differs = compare_selection("V=3", engine, onnxruntime_, torch.tensor([0.5, 1e-7, 1e-6]), 1e-5)
+    assert differs.tolist() == [False, True, True]
+    assert (check.mismatches, check.tie_flips, check.passed) == (2, 2, True)  # both below the tie margin
+    check, _ = compare_selection("V=3", engine, onnxruntime_, torch.tensor([0.5, 1e-7, 0.3]), 1e-5)
+    assert (check.mismatches, check.tie_flips, check.passed) == (2, 1, False)
+    assert check.worst_flip_margin == pytest.approx(0.3)

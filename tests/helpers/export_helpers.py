@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from trt_runtime_fakes import engine_plan, runtime_class
+
 DEVICE = {"gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
 
 
@@ -46,14 +49,19 @@ def export_tiny(root: Path, seed: int = 0) -> TinyExport:
 
 
 class FakeTRT(types.ModuleType):
-    """Records the calls the build makes; version/flags selectable."""
+    """Records the calls the build makes; version/flags selectable. The engines it builds are JSON
+    "plans" (``trt_runtime_fakes.engine_plan``: the parsed ONNX file and the profile set) that its
+    Runtime deserializes into runnable fake engines (onnxruntime on the graph), so the export can run
+    them; ``perturb`` ({graph: {output: amount}}) builds numerically wrong ones."""
 
     def __init__(self, version="10.3.0", has_fp16=True, parse_ok=True, build_ok=True, cache_ok=True,
-                 cache_kept=True):
+                 cache_kept=True, perturb=None):
         """``cache_ok``: set_timing_cache accepts caches (False: it refuses any non-empty one);
         ``cache_kept``: get_timing_cache returns the cache (False: None)."""
         super().__init__("tensorrt")
         self.__version__ = version
+        self.engines: list = []  # fake engines deserialized so far
+        self.parsed_dir: Path | None = None  # the directory of the last ONNX file parsed
         flags = ["TF32"] + (["FP16"] if has_fp16 else [])
         self.BuilderFlag = fake_flags(*flags)
         # TensorRT 10.x: EXPLICIT_BATCH = 0 (ignored), STRONGLY_TYPED = 1; 11.x: STRONGLY_TYPED = 0
@@ -104,6 +112,7 @@ class FakeTRT(types.ModuleType):
 
             def add_optimization_profile(self, profile):
                 trt.calls.append(("profile", dict(profile.shapes)))
+                self.profile = dict(profile.shapes)
 
         class Profile:
             def __init__(self):
@@ -118,7 +127,7 @@ class FakeTRT(types.ModuleType):
 
             def create_network(self, flags):
                 trt.calls.append(("network", flags))
-                return object()
+                return types.SimpleNamespace(onnx=None)
 
             def create_builder_config(self):
                 return Config()
@@ -127,26 +136,28 @@ class FakeTRT(types.ModuleType):
                 return Profile()
 
             def build_serialized_network(self, network, config):
-                return b"PLAN" if build_ok else None
+                if not build_ok:
+                    return None
+                profile = {name: dict(zip(("min", "opt", "max"), shapes)) for name, shapes in config.profile.items()}
+                return engine_plan(network.onnx, profile, perturb=(perturb or {}).get(Path(network.onnx).stem))
 
         class Parser:
             num_errors = 0 if parse_ok else 1
 
             def __init__(self, network, logger):
-                pass
+                self.network = network
 
             def parse_from_file(self, path):
                 trt.calls.append(("parse", Path(path).name))
+                self.network.onnx, trt.parsed_dir = Path(path).name, Path(path).parent
                 return parse_ok
 
             def get_error(self, i):
                 return "In node 3 (TopK): K must be an initializer"
 
-        class Runtime:
-            def __init__(self, logger):
-                pass
+        def not_a_plan(data: bytes):
+            return ("engine", data)
 
-            def deserialize_cuda_engine(self, data):
-                return ("engine", bytes(data))
-
-        self.Logger, self.Builder, self.OnnxParser, self.Runtime = Logger, Builder, Parser, Runtime
+        self.Runtime = runtime_class(lambda: trt.parsed_dir, self.engines, not_a_plan)
+        self.Logger, self.Builder, self.OnnxParser = Logger, Builder, Parser
+        self.nptype = lambda dtype: np.dtype(dtype).type

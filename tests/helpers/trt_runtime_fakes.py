@@ -1,59 +1,159 @@
-"""A fake ``tensorrt`` runtime for ``runtime.backends.tensorrt_session.TensorRTSession`` tests (no GPU,
-no TensorRT).
+"""A fake ``tensorrt`` runtime and a fake CUDA driver for ``runtime.backends.tensorrt_session.TensorRTSession``
+tests (no GPU, no TensorRT).
 
-The fake engine behaves like a TensorRT 10 engine built with one optimisation profile: its
+``FakeCudaMemory`` stands in for ``runtime.backends.cuda_driver.CudaMemory`` and behaves like the CUDA
+driver where it matters:
+
+* a context is current per thread: every call but ``make_current`` fails (``BackendError`` with
+  CUDA_ERROR_INVALID_CONTEXT, 201) on a thread that has not made it current;
+* device buffers are host arrays in ``BUFFERS`` (by fake address); ``alloc_host`` returns page-locked
+  ("pinned") buffers, and an asynchronous copy from or to anything else is counted in
+  ``pageable_copies`` (the real driver falls back to a synchronous staged copy);
+* copies and engine executions are queued on the memory's stream and happen at ``synchronize``, in
+  order: a host buffer read before the stream is synchronised holds what it held before (outputs
+  are not there yet), and a pinned input changed before then changes what the device receives;
+* every device allocation is counted (``allocations``) and ``device_bytes()`` sums live buffers.
+
+The fake engine behaves like a TensorRT 10/11 engine built with one optimisation profile: its
 execution context's ``set_input_shape`` returns False for a shape outside the profile (or of the
 wrong rank / static size), ``set_tensor_address`` returns False for an address that was never
-allocated, ``get_tensor_shape`` reports -1 for output axes whose inputs are unset, and
-``execute_async_v3`` returns False unless every tensor has a valid shape and a large enough
-buffer. It computes with onnxruntime (CPU) on the bundle's ONNX graph, reading and writing the
-buffers of ``HostMemory``, a host-memory stand-in for the CUDA buffers, and records every
-execution's shapes and addresses.
+allocated, ``get_tensor_shape`` reports -1 for output axes until the inputs they depend on are set,
+and ``execute_async_v3`` returns False unless the calling thread has a current context, the stream
+is a live one and every tensor has a valid shape and a buffer large enough for its dtype. It
+computes with onnxruntime (CPU) on the bundle's ONNX graph and records every execution's shapes
+and addresses.
 
-A "plan" file is JSON: {"onnx": file name, "profile": {input: {"min", "opt", "max"}}, "fail": ...}
-where "fail" (optional) is one of "shape", "address", "execute", "output_shape".
+A "plan" file is JSON: {"onnx": file name, "profile": {input: {"min", "opt", "max"}}, "fail": ...,
+"perturb": {output: amount}} where "fail" (optional) is one of "shape", "address", "execute",
+"output_shape", and "perturb" (optional) adds ``amount`` to an output (a numerically wrong engine).
 """
 from __future__ import annotations
 
+import itertools
 import json
+import threading
 import types
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-# ptr -> uint8 buffer of every live HostMemory allocation (shared with the fake contexts)
+from runtime.errors import BackendError
+
+# fake device address -> uint8 buffer of every live device allocation (shared with the fake contexts)
 BUFFERS: dict[int, np.ndarray] = {}
+# data address -> size of every live pinned host allocation
+PINNED: dict[int, int] = {}
+# stream handle -> the FakeCudaMemory that owns it
+STREAMS: dict[int, FakeCudaMemory] = {}
 _ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
                 onnx.TensorProto.INT64: "int64", onnx.TensorProto.INT32: "int32"}
+_ADDRESSES = itertools.count(0x7F0000000000, 0x100000)
+_STREAM_HANDLES = itertools.count(7)
+_CURRENT = threading.local()  # .context: whether the primary context is current on this thread
 
 
-class HostMemory:
-    """Stands in for ``runtime.backends.cuda_driver.CudaMemory``: buffers are host arrays, copies are numpy copies."""
+def _require_context(call: str) -> None:
+    if not getattr(_CURRENT, "context", False):
+        raise BackendError(f"CUDA driver call {call} failed with error 201 (CUDA_ERROR_INVALID_CONTEXT: no context "
+                           "current on this thread)")
 
-    stream = 7  # any handle; the fake context checks it is passed through
+
+def release_context() -> None:
+    """Forget the calling thread's current context (as a fresh thread would have none)."""
+    _CURRENT.context = False
+
+
+def _pinned(host: np.ndarray) -> bool:
+    start = host.ctypes.data
+    return any(base <= start and start + host.nbytes <= base + size for base, size in PINNED.items())
+
+
+class FakeCudaMemory:
+    """Stands in for ``runtime.backends.cuda_driver.CudaMemory`` (see the module doc)."""
 
     def __init__(self) -> None:
-        self.allocated: list[int] = []
+        _CURRENT.context = True  # the real constructor makes the context current on its thread
+        self.stream = next(_STREAM_HANDLES)
+        STREAMS[self.stream] = self
+        self.queue: list[Callable[[], None]] = []
+        self.allocations = 0
+        self.live: set[int] = set()  # this memory's device buffers and pinned buffers not freed yet
+        self.pageable_copies = 0
+        self.synchronizations = 0
+
+    def make_current(self) -> None:
+        _CURRENT.context = True
 
     def alloc(self, nbytes: int) -> int:
-        buf = np.zeros(max(nbytes, 1), np.uint8)
-        ptr = int(buf.ctypes.data)
-        BUFFERS[ptr] = buf
-        self.allocated.append(ptr)
+        _require_context("cuMemAlloc")
+        ptr = next(_ADDRESSES)
+        BUFFERS[ptr] = np.full(max(nbytes, 1), 0xFF, np.uint8)  # garbage until written
+        self.allocations += 1
+        self.live.add(ptr)
         return ptr
 
     def free(self, ptr: int) -> None:
+        _require_context("cuMemFree")
         del BUFFERS[ptr]
+        self.live.remove(ptr)
 
-    def to_device(self, ptr: int, host: np.ndarray) -> None:
-        BUFFERS[ptr][: host.nbytes] = np.ascontiguousarray(host).reshape(-1).view(np.uint8)
+    def alloc_host(self, nbytes: int) -> np.ndarray:
+        _require_context("cuMemAllocHost")
+        host = np.full(max(nbytes, 1), 0xFF, np.uint8)  # garbage (NaN as float) until written
+        PINNED[host.ctypes.data] = host.nbytes
+        self.live.add(host.ctypes.data)
+        return host
 
-    def to_host(self, host: np.ndarray, ptr: int) -> None:
-        host.reshape(-1).view(np.uint8)[:] = BUFFERS[ptr][: host.nbytes]
+    def free_host(self, host: np.ndarray) -> None:
+        _require_context("cuMemFreeHost")
+        del PINNED[host.ctypes.data]
+        self.live.remove(host.ctypes.data)
+
+    def to_device_async(self, ptr: int, host: np.ndarray) -> None:
+        _require_context("cuMemcpyHtoDAsync")
+        if ptr not in BUFFERS or BUFFERS[ptr].nbytes < host.nbytes:
+            raise BackendError("CUDA driver call cuMemcpyHtoDAsync failed with error 1 (invalid device buffer)")
+        if not _pinned(host):
+            self.pageable_copies += 1
+        source = host.reshape(-1).view(np.uint8)  # read when the stream gets there, as the driver does
+
+        def copy() -> None:
+            BUFFERS[ptr][: source.nbytes] = source
+
+        self.queue.append(copy)
+
+    def to_host_async(self, host: np.ndarray, ptr: int) -> None:
+        _require_context("cuMemcpyDtoHAsync")
+        if ptr not in BUFFERS or BUFFERS[ptr].nbytes < host.nbytes:
+            raise BackendError("CUDA driver call cuMemcpyDtoHAsync failed with error 1 (invalid device buffer)")
+        if not _pinned(host):
+            self.pageable_copies += 1
+        target = host.reshape(-1).view(np.uint8)
+
+        def copy() -> None:
+            target[:] = BUFFERS[ptr][: target.nbytes]
+
+        self.queue.append(copy)
 
     def synchronize(self) -> None:
-        pass
+        _require_context("cuStreamSynchronize")
+        queue, self.queue = self.queue, []
+        for operation in queue:
+            operation()
+        self.synchronizations += 1
+
+    def close(self) -> None:
+        STREAMS.pop(self.stream, None)
+
+
+HostMemory = FakeCudaMemory  # the name the first tests used
+
+
+def device_bytes() -> int:
+    """Bytes of every live fake device buffer."""
+    return sum(buf.nbytes for buf in BUFFERS.values())
 
 
 class FakeEngine:
@@ -66,12 +166,16 @@ class FakeEngine:
         model = onnx.load(str(self.path))
         self.profile = {name: (p["min"], p["opt"], p["max"]) for name, p in plan["profile"].items()}
         self.fail = plan.get("fail")
+        self.perturb = plan.get("perturb") or {}
         self.io = {v.name: (_ONNX_DTYPES[v.type.tensor_type.elem_type],
                             [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim])
                    for v in list(model.graph.input) + list(model.graph.output)}
         self.inputs = [v.name for v in model.graph.input]
         self.outputs = [v.name for v in model.graph.output]
-        self.session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+        # as export.verify.ORT_FP16_CPU_DISABLED_OPTIMIZERS: onnxruntime's NCHWc transformer crashes on
+        # float16 encoder graphs on the CPU (the fake computes an fp16 engine with them)
+        self.session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"],
+                                            disabled_optimizers=["NchwcTransformer"])
         self.executions: list[dict] = []
 
     def get_tensor_dtype(self, name: str) -> str:
@@ -125,29 +229,62 @@ class FakeContext:
             sizes = {}
         return [sizes.get(d, -1) if isinstance(d, str) else d for d in self.engine.io[name][1]]
 
+    def _buffer(self, name: str, shape: list[int] | tuple[int, ...]) -> np.ndarray | None:
+        """The bound buffer of ``name`` when it holds ``shape`` elements of its dtype, else None."""
+        buf = BUFFERS.get(self.addresses.get(name, -1))
+        nbytes = int(np.prod(shape)) * np.dtype(self.engine.io[name][0]).itemsize
+        return buf if buf is not None and buf.nbytes >= nbytes else None
+
     def execute_async_v3(self, stream: int) -> bool:
         engine = self.engine
-        if engine.fail == "execute" or stream != HostMemory.stream:
+        if engine.fail == "execute" or stream not in STREAMS or not getattr(_CURRENT, "context", False):
             return False
-        feeds = {}
         for name in engine.inputs:
             shape = self.shapes.get(name)
-            if shape is None or not self._in_profile(name, shape) or name not in self.addresses:
+            if shape is None or not self._in_profile(name, shape) or self._buffer(name, shape) is None:
                 return False
-            dtype = np.dtype(engine.io[name][0])
-            nbytes = int(np.prod(shape)) * dtype.itemsize
-            buf = BUFFERS.get(self.addresses[name])
-            if buf is None or buf.nbytes < nbytes:
-                return False
-            feeds[name] = buf[:nbytes].view(dtype).reshape(shape).copy()
-        results = engine.session.run(engine.outputs, feeds)
-        for name, value in zip(engine.outputs, results):
-            buf = BUFFERS.get(self.addresses.get(name, -1))
-            if buf is None or buf.nbytes < value.nbytes or list(value.shape) != self.get_tensor_shape(name):
-                return False
-            buf[: value.nbytes] = np.ascontiguousarray(value).reshape(-1).view(np.uint8)
-        engine.executions.append({"shapes": dict(self.shapes), "addresses": dict(self.addresses)})
+        out_shapes = {name: self.get_tensor_shape(name) for name in engine.outputs}
+        if any(d < 0 for s in out_shapes.values() for d in s):
+            return False
+        if any(self._buffer(name, shape) is None for name, shape in out_shapes.items()):
+            return False
+        shapes, addresses = dict(self.shapes), dict(self.addresses)
+
+        def run() -> None:  # when the stream gets there: reads and writes the device buffers then
+            feeds = {}
+            for name in engine.inputs:
+                dtype = np.dtype(engine.io[name][0])
+                nbytes = int(np.prod(shapes[name])) * dtype.itemsize
+                feeds[name] = BUFFERS[addresses[name]][:nbytes].view(dtype).reshape(shapes[name]).copy()
+            for name, value in zip(engine.outputs, engine.session.run(engine.outputs, feeds)):
+                value = np.ascontiguousarray(value)
+                if name in engine.perturb:
+                    value = (value + engine.perturb[name]).astype(value.dtype)
+                assert list(value.shape) == out_shapes[name], (name, value.shape, out_shapes[name])
+                BUFFERS[addresses[name]][: value.nbytes] = value.reshape(-1).view(np.uint8)
+            engine.executions.append({"shapes": shapes, "addresses": addresses, "thread": threading.get_ident()})
+
+        STREAMS[stream].queue.append(run)
         return True
+
+
+def runtime_class(root: Callable[[], Path], engines: list[FakeEngine], fallback: Callable[[bytes], object] | None):
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, data):
+            try:
+                plan = json.loads(bytes(data))
+            except ValueError:
+                if fallback is None:
+                    return None
+                return fallback(bytes(data))
+            engine = FakeEngine(root(), plan)
+            engines.append(engine)
+            return engine
+
+    return Runtime
 
 
 def fake_tensorrt(version: str, root: Path, engines: list[FakeEngine]) -> types.ModuleType:
@@ -162,35 +299,35 @@ def fake_tensorrt(version: str, root: Path, engines: list[FakeEngine]) -> types.
         def __init__(self, level):
             self.level = level
 
-    class Runtime:
-        def __init__(self, logger):
-            pass
-
-        def deserialize_cuda_engine(self, data):
-            engine = FakeEngine(root, json.loads(bytes(data)))
-            engines.append(engine)
-            return engine
-
-    trt.Logger, trt.Runtime = Logger, Runtime
+    trt.Logger = Logger
+    trt.Runtime = runtime_class(lambda: root, engines, None)
     trt.nptype = lambda dtype: np.dtype(dtype).type
     return trt
 
 
+def engine_plan(onnx_file: str, profile: dict, fail: str | None = None, perturb: dict | None = None) -> bytes:
+    """The JSON "plan" a fake engine is deserialized from."""
+    return json.dumps({"onnx": onnx_file, "profile": profile, "fail": fail, "perturb": perturb or {}}).encode()
+
+
 def add_fake_engines(bundle_root: Path, texts: tuple[int, int, int], videos: tuple[int, int, int],
-                     device: dict[str, str], version: str, fail: dict[str, str] | None = None) -> None:
-    """Write JSON "plans" for the three graphs of a bundle and its manifest's tensorrt section."""
+                     device: dict[str, str], version: str, fail: dict[str, str] | None = None,
+                     scorer: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None) -> None:
+    """Write JSON "plans" for the three graphs of a bundle and its manifest's tensorrt section
+    (``scorer``: the scorer's own (texts, videos) ranges; default the encoders')."""
     manifest_path = bundle_root / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
-    ranges = {"T": texts, "V": videos}
     engines = {}
     for key, entry in manifest["graphs"].items():
+        ranges = {"T": texts, "V": videos}
+        if key == "scorer" and scorer is not None:
+            ranges = {"T": scorer[0], "V": scorer[1]}
         profile = {}
         for tensor in entry["inputs"]:
             profile[tensor["name"]] = {
                 which: [ranges[d][i] if isinstance(d, str) else d for d in tensor["shape"]]
                 for i, which in enumerate(("min", "opt", "max"))}
-        plan = {"onnx": entry["file"], "profile": profile, "fail": (fail or {}).get(key)}
-        (bundle_root / f"{key}.plan").write_text(json.dumps(plan))
+        (bundle_root / f"{key}.plan").write_bytes(engine_plan(entry["file"], profile, (fail or {}).get(key)))
         engines[key] = {"file": f"{key}.plan", "onnx": entry["file"], "profile": profile}
     manifest["tensorrt"] = {"version": version, "gpu": device["gpu"],
                             "compute_capability": device["compute_capability"], "engines": engines}

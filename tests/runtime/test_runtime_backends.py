@@ -3,8 +3,14 @@ CPU + GPU onnxruntime pair is detected with the exact fix (no GPU needed: the CP
 onnxruntime stands in for a GPU build whose CUDA cannot start)."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import onnxruntime
 import pytest
+from data_paths import REPO_ROOT
+from runtime_helpers import import_blocker
 
 from runtime.backends import OrtSession, resolve_backend, selection
 from runtime.backends import ort as ort_backend
@@ -60,3 +66,61 @@ def test_cpu_and_gpu_onnxruntime_together_print_the_fix(bundle, monkeypatch, cap
     monkeypatch.setattr(ort_backend, "ort_providers", list)
     with pytest.raises(BackendError, match=fix):
         resolve_backend("cpu", bundle)
+
+
+PRELOAD_SCRIPT = """
+import sys
+import onnxruntime
+from runtime.backends import OrtSession, resolve_backend
+from runtime.backends import ort as ort_backend
+from runtime.bundle import load_bundle
+from runtime.errors import BackendError
+
+calls = []
+
+
+def preload_dlls(*args, **kwargs):  # what onnxruntime-gpu's prints when a library is missing
+    calls.append("preload")
+    print("Failed to load libcublasLt.so.13: cannot open shared object file")
+
+
+class Recording(onnxruntime.InferenceSession):
+    def __init__(self, path, *args, providers=None, **kwargs):
+        calls.append(("session", tuple(providers or ())))
+        super().__init__(path, *args, providers=["CPUExecutionProvider"], **kwargs)
+
+
+onnxruntime.preload_dlls = preload_dlls
+onnxruntime.InferenceSession = Recording
+onnxruntime.get_available_providers = lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+bundle = load_bundle(sys.argv[1])
+assert resolve_backend("auto", bundle) == "cpu"  # the probe session ran, and could not start CUDA
+assert calls[0] == "preload" and calls[1][0] == "session" and "CUDAExecutionProvider" in calls[1][1], calls
+ort_backend._PRELOADED.clear()
+calls.clear()
+try:
+    OrtSession(bundle.graphs["text_encoder"], "cuda")
+except BackendError:
+    pass
+assert calls[:2] == ["preload", ("session", ("CUDAExecutionProvider", "CPUExecutionProvider"))], calls
+calls.clear()
+OrtSession(bundle.graphs["text_encoder"], "cpu")
+assert "preload" not in calls, calls  # once per process, and never for CPU sessions
+del onnxruntime.preload_dlls  # an onnxruntime older than 1.21: nothing to call, nothing breaks
+ort_backend._PRELOADED.clear()
+assert ort_backend.preload_cuda_libraries() is False
+assert not any(m.split(".")[0] in ("torch", "torchvision", "open_clip") for m in sys.modules), "torch imported"
+print("preloaded")
+"""
+
+
+def test_cuda_libraries_are_preloaded_before_cuda_sessions_without_torch(fake_bundle, tmp_path):
+    """onnxruntime-gpu finds the pip-installed CUDA/cuDNN libraries only after torch loaded them or
+    onnxruntime.preload_dlls() did: the runtime (torch blocked here) calls it before the CUDA probe
+    and every CUDA session, and what it prints goes to stderr, not into stdout's results."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(import_blocker(tmp_path / "hook")), str(REPO_ROOT)])}
+    result = subprocess.run([sys.executable, "-c", PRELOAD_SCRIPT, str(fake_bundle)], env=env, capture_output=True,
+                            text=True, cwd=REPO_ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "preloaded"
+    assert "Failed to load libcublasLt.so.13" in result.stderr

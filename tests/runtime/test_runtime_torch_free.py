@@ -73,7 +73,7 @@ def test_runtime_modules_import_without_torch(no_torch_env):
 
 
 @pytest.mark.parametrize("command", [[], ["index"], ["search"], ["evaluate"], ["serve"], ["thumbnails"],
-                                     ["api-key", "create"]])
+                                     ["api-key", "create"], ["doctor"]])
 def test_help_without_torch(no_torch_env, command):
     result = _cli(no_torch_env, *command, "--help")
     assert result.returncode == 0, result.stderr
@@ -89,7 +89,7 @@ from runtime.serve.service import SearchService
 from runtime.serve.settings import ServeSettings
 
 service = SearchService.open(ServeSettings(index_dir=Path(sys.argv[1]), backend="cpu"))
-with TestClient(create_app(service)) as client:
+with TestClient(create_app(service), base_url="http://127.0.0.1") as client:
     assert client.get("/readyz").json()["ready"] is True
     reply = client.post("/v1/search", json={"queries": ["a red car"], "top_k": 2})
     assert reply.status_code == 200, reply.text
@@ -159,3 +159,12 @@ def test_index_search_evaluate_without_torch(no_torch_env, fake_bundle, clips, t
     result = _cli(no_torch_env, "search", "--index", str(windows), "--query", "a red car", "--top-k", "2")
     assert result.returncode == 0, result.stderr
     assert {"file_id", "start", "end", "windows"} <= set(json.loads(result.stdout)["results"][0])
+
+
+def test_doctor_without_torch(no_torch_env, fake_bundle):
+    result = _cli(no_torch_env, "doctor", "--bundle", str(fake_bundle), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["providers_running"]["CPUExecutionProvider"] == "runs"
+    assert report["bundle"]["backend"]["auto"] == "cpu"
+    assert report["versions"]["extras"]["train"] is False  # torch is blocked here, so [train] counts as missing

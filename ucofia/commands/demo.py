@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from ucofia.cli_support import verbosity
+from ucofia.cli_support import TRAIN_EXTRA, TRAIN_MODULES, needs_extra, verbosity
 from ucofia.io_utils import atomic_write_text
 
 EXAMPLE_QUERIES = (
@@ -59,11 +59,12 @@ def _write_lists(data: Path, lists: Path) -> tuple[Path, Path]:
 @click.option("-o", "--output", "out", default="demo_run", show_default=True,
               type=click.Path(file_okay=False, path_type=Path), help="Folder for every stage's output.")
 @click.option("--scale", default=1.0, show_default=True, type=click.FloatRange(min=0.01),
-              help="Demo benchmark size multiplier (1.0 trains in about 10 minutes on 2 CPU cores).")
+              help="Demo benchmark size multiplier (1.0 trains in about 7 minutes on 2 idle CPU cores).")
 @click.option("--epochs", default=None, type=click.IntRange(min=1),
               help="Override the demo config's training epochs (fewer = faster, less accurate).")
 @click.option("--force", is_flag=True, help="Start over when the output folder already has a run.")
 @verbosity
+@needs_extra(TRAIN_EXTRA, TRAIN_MODULES)
 def demo(out: Path, scale: float, epochs: int | None, force: bool) -> None:
     """Run the main job end to end on the built-in demo benchmark.
 

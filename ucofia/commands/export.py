@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from runtime.bundle.contract import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
-from ucofia.cli_support import verbosity
+from ucofia.cli_support import TRAIN_EXTRA, TRAIN_MODULES, needs_extra, verbosity
 
 
 @click.command("export")
@@ -37,15 +37,25 @@ from ucofia.cli_support import verbosity
 @click.option("--min-videos", type=int, default=1, show_default=True, help="TensorRT profile: fewest videos.")
 @click.option("--opt-videos", type=int, default=4, show_default=True, help="TensorRT profile: videos to tune for.")
 @click.option("--max-videos", type=int, default=16, show_default=True, help="TensorRT profile: most videos.")
+@click.option("--scorer-opt-texts", type=int, default=16, show_default=True,
+              help="TensorRT scorer profile (its own, for scoring tiles): texts to tune for.")
+@click.option("--scorer-max-texts", type=int, default=64, show_default=True,
+              help="TensorRT scorer profile: most texts per tile.")
+@click.option("--scorer-opt-videos", type=int, default=256, show_default=True,
+              help="TensorRT scorer profile: videos to tune for.")
+@click.option("--scorer-max-videos", type=int, default=1024, show_default=True,
+              help="TensorRT scorer profile: most videos per tile (the runtime sizes tiles to it).")
 @click.option("--workspace-gib", type=float, default=4.0, show_default=True, help="TensorRT workspace pool limit.")
 @click.option("--timing-cache", type=click.Path(path_type=Path), default=None,
               help="TensorRT timing cache file to reuse and update (default: one per TensorRT version "
                    "and GPU under $XDG_CACHE_HOME/ucofia/tensorrt, else ~/.cache/ucofia/tensorrt).")
 @verbosity
+@needs_extra(TRAIN_EXTRA, TRAIN_MODULES)
 def export(checkpoint: Path, out_dir: Path, fp16: bool, int8: bool, trt: bool, allow_small_vocab: bool, opset: int,
            force: bool, exporter: str,
            min_texts: int, opt_texts: int, max_texts: int, min_videos: int, opt_videos: int,
-           max_videos: int, workspace_gib: float, timing_cache: Path | None) -> None:
+           max_videos: int, scorer_opt_texts: int, scorer_max_texts: int, scorer_opt_videos: int,
+           scorer_max_videos: int, workspace_gib: float, timing_cache: Path | None) -> None:
     """Export CHECKPOINT (our checkpoint directory or a reference pytorch_model.bin) to a bundle.
 
     Writes text_encoder.onnx, video_encoder.onnx, scorer.onnx, the CLIP BPE vocabulary and
@@ -66,9 +76,12 @@ def export(checkpoint: Path, out_dir: Path, fp16: bool, int8: bool, trt: bool, a
     try:
         options = TrtBuildOptions(texts=AxisRange(min_texts, opt_texts, max_texts),
                                   videos=AxisRange(min_videos, opt_videos, max_videos),
+                                  scorer_texts=AxisRange(1, scorer_opt_texts, scorer_max_texts),
+                                  scorer_videos=AxisRange(1, scorer_opt_videos, scorer_max_videos),
                                   workspace_gib=workspace_gib, timing_cache=timing_cache)
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--min/--opt/--max-texts/-videos, --workspace-gib") from None
+        raise click.BadParameter(str(exc), param_hint="--min/--opt/--max-texts/-videos, --scorer-opt/max-texts/"
+                                                      "-videos, --workspace-gib") from None
 
     # heavy (torch) imports only once the arguments are fine
     from export import export_bundle
@@ -76,6 +89,7 @@ def export(checkpoint: Path, out_dir: Path, fp16: bool, int8: bool, trt: bool, a
     from export.onnx_export import ExportError
     from export.tensorrt_build import TensorRTError
     from export.verify import VerificationError
+    from export.verify_engines import EngineVerificationError
     from ucofia.checkpoints import CheckpointError, load_model
     from ucofia.config import ConfigError
 
@@ -95,7 +109,7 @@ def export(checkpoint: Path, out_dir: Path, fp16: bool, int8: bool, trt: bool, a
     except VerificationError as exc:
         print_verification(console, exc.report.to_dict())
         raise click.ClickException(f"{exc}\nnothing was written to {out_dir}") from None
-    except TrtCompatibilityError as exc:
+    except (TrtCompatibilityError, EngineVerificationError) as exc:
         raise click.ClickException(f"{exc}\nnothing was written to {out_dir}") from None
     except (ExportError, TensorRTError, FileExistsError, ValueError) as exc:
         raise click.ClickException(f"{exc}\nnothing was written to {out_dir}") from None

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from evaluation.compare import Tolerance, format_report
-from ucofia.cli_support import verbosity
+from ucofia.cli_support import TRAIN_EXTRA, TRAIN_MODULES, needs_extra, verbosity
 
 
 @click.command("parity")
@@ -38,6 +38,7 @@ from ucofia.cli_support import verbosity
 @click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the JSON report here (atomically).")
 @verbosity
+@needs_extra(TRAIN_EXTRA, TRAIN_MODULES)
 def parity(checkpoint: Path, bundle: Path, benchmark: Path, dataset: str, split: str, bank: Path | None, backend: str,
            store: str, max_abs: float | None, max_r1_delta: float | None, out: Path | None) -> None:
     """Run PyTorch and the runtime on one benchmark; exit 1 when they disagree.

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ucofia.cli_support import verbosity
+from ucofia.cli_support import TRAIN_EXTRA, TRAIN_MODULES, needs_extra, verbosity
 
 # flag -> dotted config field (every field is also reachable with --set section.field=value)
 FLAG_FIELDS: dict[str, str] = {
@@ -58,6 +58,7 @@ FLAG_FIELDS: dict[str, str] = {
 @click.option("--threads", type=int, default=None, help="run.num_threads: torch CPU threads")
 @click.option("--no-progress", is_flag=True, help="No progress bars (log lines instead).")
 @verbosity
+@needs_extra(TRAIN_EXTRA, TRAIN_MODULES)
 def train(config: str | None, output: Path, sets: tuple[str, ...], resume: bool, force: bool, check: bool,
           print_config: bool, no_progress: bool, **flags: Any) -> None:
     """Train UCoFiA: CLIP towers + patch selection + the three ISA levels, contrastive loss.
@@ -69,6 +70,7 @@ def train(config: str | None, output: Path, sets: tuple[str, ...], resume: bool,
       torchrun --nproc_per_node 4 -m ucofia.cli train --config msrvtt --data /data/msrvtt -o runs/b32
       ucofia train -o runs/demo --resume
     """
+    fresh = "torch" not in sys.modules  # a new process: torch has run no kernel yet
     _passive_openmp()
     from ucofia.config import ConfigError
     from ucofia.training.config import parse_override
@@ -90,7 +92,22 @@ def train(config: str | None, output: Path, sets: tuple[str, ...], resume: bool,
     if print_config:
         click.echo(cfg.to_yaml(), nl=False)
         return
+    if cfg.run.reproducible_cpu and fresh:
+        _pin_cpu_kernels()
     _run(cfg, output, resume, force, check)
+
+
+def _pin_cpu_kernels() -> None:
+    """run.reproducible_cpu: pin torch's CPU kernels through the environment, before its first op.
+
+    Only in a fresh process (the console script, torchrun): a host that already ran torch (a test
+    runner, a notebook) keeps its kernels, and the trainer warns that the setting is not in effect.
+    """
+    from ucofia.training.cpu_numerics import apply_env
+
+    note = apply_env()
+    if note:
+        click.echo(f"warning: {note}", err=True)
 
 
 def _passive_openmp() -> None:

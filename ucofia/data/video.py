@@ -147,6 +147,7 @@ class StreamInfo:
     codec: str
     duration_s: float | None
     stream_index: int
+    container: str = ""    # the demuxer FFmpeg recognised the file as (e.g. "mov,mp4,m4a,3gp,3g2,mj2")
 
 
 @dataclass
@@ -325,7 +326,8 @@ def _stream_info(container: Any, stream: Any, path: Path) -> StreamInfo:
     return StreamInfo(cv_fps=cv_fps, fps=fps, frame_count=count, nb_frames=nb,
                       start_pts=int(stream.start_time or 0), time_base=tb,
                       width=int(cc.width or 0), height=int(cc.height or 0),
-                      codec=str(cc.name), duration_s=duration_s, stream_index=stream.index)
+                      codec=str(cc.name), duration_s=duration_s, stream_index=stream.index,
+                      container=str(getattr(container.format, "name", "") or ""))
 
 
 def _check_truncation(stream: Any, path: Path) -> None:

@@ -112,6 +112,9 @@ class CheckpointSection:
 class RunSection:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_threads: int | None = None  # torch CPU threads (None: torch default)
+    # pin PyTorch's CPU kernels so that training gives the same weights on every x86-64 CPU with
+    # AVX2 (ucofia.training.cpu_numerics); needs num_threads; CPU steps take about 1.8x as long
+    reproducible_cpu: bool = False
     log_every: int = 10
     progress: bool = True
     dist_backend: str = "auto"  # nccl on GPU, gloo on CPU
@@ -394,6 +397,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     r = cfg.run
     if r.num_threads is not None and r.num_threads < 1:
         fail(f"run.num_threads must be >= 1 or null, got {r.num_threads}")
+    if r.reproducible_cpu and r.num_threads is None:
+        fail("run.reproducible_cpu needs run.num_threads: the result depends on how many threads split "
+             "each reduction")
     if r.dist_timeout_min < 1:
         fail(f"run.dist_timeout_min must be >= 1, got {r.dist_timeout_min}")
     if r.log_every < 1:

@@ -31,6 +31,7 @@ from ucofia.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from ucofia.io_utils import atomic_write_text
 from ucofia.model import UCoFiA
 from ucofia.progress import progress_bar
+from ucofia.training import cpu_numerics
 from ucofia.training import state as st
 from ucofia.training.config import TrainConfig, TrainConfigError, config_from_dict, metric_higher_is_better, validate
 from ucofia.training.data import MicroBatches, SplitData, epoch_pairs, iterate, pairs_per_epoch, to_device
@@ -317,6 +318,12 @@ class Trainer:
         if cfg.run.num_threads:
             torch.set_num_threads(cfg.run.num_threads)
         self.dist = init_distributed(cfg.run.device, cfg.run.dist_backend, cfg.run.dist_timeout_min)
+        if cfg.run.reproducible_cpu and self.dist.device.type == "cpu":
+            for problem in cpu_numerics.problems():
+                self.log(f"run.reproducible_cpu is not in effect: {problem} (this process used torch "
+                         f"before the setting could apply); the result will differ between CPU types. "
+                         f"Run `ucofia train` in a fresh process, or start Python with {cpu_numerics.env_hint()}",
+                         logging.WARNING)
         self._amp = self._amp_dtype()
         if self.dist.is_main:
             check_run_dir(self.run_dir, self.resume, self.force)
@@ -332,9 +339,13 @@ class Trainer:
         self._preflight_done = True
 
     def run(self) -> TrainResult:
-        cfg = self.cfg
         if not getattr(self, "_preflight_done", False):
             self.preflight()
+        with cpu_numerics.portable_kernels(self.cfg.run.reproducible_cpu):
+            return self._train()
+
+    def _train(self) -> TrainResult:
+        cfg = self.cfg
         amp, annotations, model, meta = self._amp, self._annotations, self._model, self._meta
         model.to(self.dist.device)
         if self.dist.is_main:

@@ -1,4 +1,6 @@
 // ucofia search page: plain JavaScript, no build step, no inline code (the server sends a strict CSP).
+// Every URL it asks for is relative to the page ("v1/search", not "/v1/search"), and the links in
+// answers carry the server's --root-path, so the page works under a reverse proxy's path prefix.
 "use strict";
 
 (() => {
@@ -8,7 +10,7 @@
                         patch_word: "patch–word"};
   // Entry fields not worth a line on a card; every other field is shown (e.g. a window's start/end).
   const HIDDEN_DETAILS = new Set(["sha256", "mtime", "bytes", "frames", "fps", "width", "height", "duration_s",
-                                  "start", "end", "window", "stride"]);
+                                  "start", "end", "window", "stride", "container"]);
 
   const $ = (id) => document.getElementById(id);
   const form = $("search");
@@ -189,7 +191,7 @@
     status.textContent = "Searching…";
     grid.setAttribute("aria-busy", "true");
     try {
-      const response = await api("/v1/search", {method: "POST", body: JSON.stringify({queries: [q], top_k: Number(k)})});
+      const response = await api("v1/search", {method: "POST", body: JSON.stringify({queries: [q], top_k: Number(k)})});
       const data = await response.json().catch(() => ({error: response.statusText}));
       if (mine !== searchCounter) return;  // a newer search is under way
       if (!response.ok) {
@@ -241,7 +243,7 @@
 
   async function start() {
     try {
-      const response = await fetch("/v1/info");
+      const response = await fetch("v1/info");
       info = await response.json();
       $("gallery").textContent = `${info.snapshot.videos} videos indexed`;
       const max = info.limits.max_top_k;

@@ -125,7 +125,8 @@ def test_auth_matrix(served, method, path, who):
                "not bearer": {"Authorization": f"Basic {keys.both}"},
                "search": _auth(keys.search), "admin": _auth(keys.admin), "both": _auth(keys.both)}[who]
     scope = "admin" if path.endswith("reload") else "search"
-    reply = served["client"].request(method, path, headers=headers, json=QUERY if path == "/v1/search" else None)
+    body = QUERY if path == "/v1/search" else {} if method == "POST" else None  # reload: an empty JSON object
+    reply = served["client"].request(method, path, headers=headers, json=body)
     if who in ("nobody", "wrong key", "not bearer"):
         assert reply.status_code == 401, reply.text
         assert reply.headers["www-authenticate"].startswith("Bearer")
@@ -250,6 +251,8 @@ def test_missing_thumbnail_is_made_on_demand_and_cached(served):
 
 
 def test_signed_links_work_without_a_header_and_only_for_their_video(served):
+    from runtime.serve.auth import MEDIA, KeyRing
+
     client = served["client"]
     hit = client.post("/v1/search", json=QUERY, headers=_auth(served["keys"].search)).json()["results"][0]["results"][0]
     assert client.get(hit["links"]["thumbnail"]).status_code == 200
@@ -259,7 +262,8 @@ def test_signed_links_work_without_a_header_and_only_for_their_video(served):
     assert client.get(f"/v1/videos/{other}/media?{query}").status_code == 403
     tampered = hit["links"]["media"][:-2] + ("AA" if not hit["links"]["media"].endswith("AA") else "BB")
     assert client.get(tampered).status_code == 403
-    expired = served["service"].signer.sign(hit["video_id"], now=time.time() - 7200)
+    kid = KeyRing.load(served["keys"].path).match(served["keys"].search).kid
+    expired = served["service"].signer.sign(MEDIA, hit["video_id"], kid, now=time.time() - 7200)
     reply = client.get(f"/v1/videos/{hit['video_id']}/media", params=expired)
     assert reply.status_code == 403 and "expired" in reply.json()["error"]
 
@@ -281,7 +285,7 @@ def test_page_security_headers_and_no_inline_script(served):
     assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
     assert reply.headers["x-content-type-options"] == "nosniff"
     html = reply.text
-    assert html.count("<script") == html.count('<script src="/static/')
+    assert html.count("<script") == html.count('<script src="static/')  # relative: works under a proxy's prefix
     assert "style=" not in html and re.search(r"\son[a-z]+\s*=", html) is None  # no inline styles or handlers
     other_origin = served["client"].get("/v1/info", headers={"Origin": "https://evil.example"})
     assert "access-control-allow-origin" not in other_origin.headers
@@ -291,7 +295,7 @@ def test_cors_only_for_the_configured_origin(served):
     from fastapi.testclient import TestClient
 
     _, app = open_app(served["index"], cors_origins=("https://app.example.org",))
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         allowed = client.options("/v1/search", headers={"Origin": "https://app.example.org",
                                                         "Access-Control-Request-Method": "POST"})
         assert allowed.headers["access-control-allow-origin"] == "https://app.example.org"
@@ -370,7 +374,7 @@ def test_windowed_index_answers_with_spans(windowed_index):
     from fastapi.testclient import TestClient
 
     _, app = open_app(windowed_index)
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         body = client.post("/v1/search", json={"queries": ["a red car"], "top_k": 4, "group_by": "window"}).json()
         assert body["group_by"] == "window"
         hits = body["results"][0]["results"]
@@ -431,7 +435,7 @@ def test_windowed_search_records_equal_the_cli(windowed_index, tmp_path, request
     assert cli.returncode == 0, cli.stderr
     expected = [json.loads(line) for line in out.read_text().splitlines()]
     _, app = open_app(windowed_index)
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         body = client.post("/v1/search", json={"queries": queries, "top_k": 3, **request_options}).json()
     assert body["group_by"] == request_options.get("group_by", "file")
     assert len(body["results"]) == len(expected) == len(queries)

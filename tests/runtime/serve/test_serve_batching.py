@@ -199,7 +199,7 @@ def test_a_bad_query_fails_its_request_only(engine_and_snapshot):
     engine, snapshot = engine_and_snapshot
     results = engine.run_batch([SearchJob(["a dog"], top_k=1), SearchJob([""], top_k=1)], snapshot)
     assert results[0].queries[0]["results"][0]["rank"] == 1
-    assert isinstance(results[1], QueryError) and "empty" in str(results[1])
+    assert isinstance(results[1], QueryError) and "no text is left after cleaning" in str(results[1])
 
 
 @pytest.fixture(scope="module")

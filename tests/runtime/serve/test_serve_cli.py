@@ -101,6 +101,7 @@ def test_exposure_rules():
 ])
 def test_serve_errors_are_one_line(index, tmp_path, problem, setup, message):
     (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "bad.json").chmod(0o600)
     index_dir, keys = setup(tmp_path, index)
     args = ["serve", "--index", str(index_dir), "--port", "0"] + (["--api-keys", str(keys)] if keys else [])
     result = run_cli(*args)

@@ -129,7 +129,7 @@ def test_reload_under_load_swaps_atomically(growing_index):
         _add_videos(bundle, index, more)  # while the clients keep querying the old snapshot
         reload_started = time.monotonic()
         with httpx.Client(base_url=server.url, timeout=60) as admin:
-            reply = admin.post("/v1/admin/reload")
+            reply = admin.post("/v1/admin/reload", json={})
         reload_done = time.monotonic()
         assert reply.status_code == 200, reply.text
         assert reply.json()["snapshot"] == {**reply.json()["snapshot"], "version": 2, "videos": FIRST + ADDED}
