@@ -93,6 +93,12 @@ AREAS: dict[str, Area] = {
         ("tests/evaluation/test_moments.py", RT + "test_runtime_evaluate.py",
          RT + "test_runtime_windows.py::test_evaluate_on_windows_scores_files_by_their_best_window_and_moments",
          RT + "test_runtime_windows.py::test_evaluate_whole_file_index_is_the_moment_baseline")),
+    # signed links and key files; the request guard (hosts, origins, body limits, HEAD); the
+    # batcher. Their tests run in process (ServerThread), so a mutant costs seconds, not a server.
+    "serve-auth": Area(("runtime/serve/auth.py",),
+                       (RT + "serve/test_serve_auth.py", RT + "serve/test_serve_cli.py")),
+    "serve-guard": Area(("runtime/serve/guard.py",), (RT + "serve/test_serve_http.py",)),
+    "serve-batching": Area(("runtime/serve/batching.py",), (RT + "serve/test_serve_batching.py",)),
     # the driver's own logic; building the Ray Data pipeline (_dataset, connect) runs on a Ray
     # cluster only, which the slow Ray tests start (minutes a run: too slow for one per mutant)
     "ray-driver": Area(("runtime/distributed/pipeline.py",), (RT + "test_ray_index.py",),
