@@ -99,6 +99,21 @@ def test_an_expiry_that_is_not_plain_digits_is_refused(signer, exp):
     assert not _verify(signer, {**link, "exp": exp}, now=0)
 
 
+def test_the_sizes_docs_serve_md_gives(signer, tmp_path):
+    """128-bit signatures, 16-hex-digit key ids, keys of 32 random bytes, 256-bit link secrets."""
+    import base64
+
+    link = signer.sign(MEDIA, VIDEO, KID, now=NOW)
+    assert len(link["sig"]) == 22 and len(base64.urlsafe_b64decode(link["sig"] + "==")) == 16
+    key = auth.new_key()
+    assert key.startswith("ucofia_") and len(base64.urlsafe_b64decode(key.removeprefix("ucofia_") + "=")) == 32
+    keys = make_keys(tmp_path / "keys.json")
+    kid = KeyRing.load(keys.path).match(keys.search).kid
+    assert len(kid) == 16 and set(kid) <= set("0123456789abcdef")
+    secret_file = tmp_path / "secret"
+    assert len(auth.load_link_secret(secret_file)) == 32 and len(secret_file.read_text().strip()) == 64
+
+
 def test_signing_refuses_unknown_kinds_and_short_secrets():
     with pytest.raises(ValueError, match="kind"):
         MediaSigner(SECRET, TTL_S, BUCKET_S).sign("index", VIDEO, KID, now=NOW)
