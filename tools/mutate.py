@@ -96,7 +96,8 @@ AREAS: dict[str, Area] = {
     # signed links and key files; the request guard (hosts, origins, body limits, HEAD); the
     # batcher. Their tests run in process (ServerThread), so a mutant costs seconds, not a server.
     "serve-auth": Area(("runtime/serve/auth.py",),
-                       (RT + "serve/test_serve_auth.py", RT + "serve/test_serve_cli.py")),
+                       (RT + "serve/test_serve_auth.py", RT + "serve/test_serve_cli.py",
+                        RT + "serve/test_serve_keys.py::test_api_key_commands_lock_the_file")),
     "serve-guard": Area(("runtime/serve/guard.py",), (RT + "serve/test_serve_http.py",)),
     "serve-batching": Area(("runtime/serve/batching.py",), (RT + "serve/test_serve_batching.py",)),
     # the driver's own logic; building the Ray Data pipeline (_dataset, connect) runs on a Ray

@@ -232,3 +232,35 @@ def test_a_reload_re_reads_the_key_file_at_once(keyed):
         time.sleep(WATCH_S)
     assert client.get("/v1/info").json()["snapshot"]["videos"] == 4
     assert _search(client, made) == 401 and _search(client, keys.both) == 200
+
+
+def test_create_key_makes_the_folder_leaves_no_temp_files_and_records_the_time(tmp_path):
+    path = tmp_path / "new" / "folder" / "keys.json"
+    before = time.time()
+    key = auth.create_key(path, "first", ["search", "admin"])
+    stored = json.loads(path.read_text())
+    assert stored["format"] == auth.KEY_FILE_FORMAT and stored["keys"][0]["name"] == "first"
+    assert stored["keys"][0]["sha256"] == auth.hash_key(key) and stored["keys"][0]["scopes"] == ["admin", "search"]
+    assert before - 1 <= stored["keys"][0]["created"] <= time.time() + 1
+    assert KeyRing.load(path).keys[0].created == stored["keys"][0]["created"]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["keys.json", "keys.json.lock"]
+    assert (path.stat().st_mode & 0o777) == auth.KEY_FILE_MODE and path.read_text().endswith("}\n")
+
+
+@pytest.mark.parametrize("name, scopes, message", [
+    ("a", [], "scopes must be among"),
+    ("a", ["search", "root"], "got search, root"),
+    ("", ["search"], "non-empty --name"),
+    ("  ", ["search"], "non-empty --name"),
+])
+def test_create_key_refuses_bad_names_and_scopes(tmp_path, name, scopes, message):
+    with pytest.raises(KeyFileError, match=message):
+        auth.create_key(tmp_path / "keys.json", name, scopes)
+    assert not (tmp_path / "keys.json").exists()
+
+
+def test_a_key_that_is_not_an_object_is_refused(tmp_path):
+    path = tmp_path / "keys.json"
+    _write(path, {"format": auth.KEY_FILE_FORMAT, "keys": ["ucofia_abc"]})
+    with pytest.raises(KeyFileError, match=r"keys\[0\]: expected an object"):
+        KeyRing.load(path)
