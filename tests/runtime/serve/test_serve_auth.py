@@ -266,3 +266,57 @@ def test_a_key_that_is_not_an_object_is_refused(tmp_path):
     _write(path, {"format": auth.KEY_FILE_FORMAT, "keys": ["ucofia_abc"]})
     with pytest.raises(KeyFileError, match=r"keys\[0\]: expected an object"):
         KeyRing.load(path)
+
+
+def test_revoking_a_name_that_is_not_there_says_which_names_are(tmp_path):
+    keys = make_keys(tmp_path / "keys.json")
+    before = keys.path.read_text()
+    with pytest.raises(KeyFileError, match="no key named 'ghost' .*searcher"):
+        auth.revoke_key(keys.path, "ghost")
+    assert keys.path.read_text() == before
+
+
+def test_a_changed_key_file_is_read_once_per_change(tmp_path):
+    keys = make_keys(tmp_path / "keys.json")
+    watched = KeyFile(keys.path)
+    auth.revoke_key(keys.path, "operator")
+    assert watched.refresh() == "ok" and watched.refresh() is None and watched.refresh() is None
+
+
+def test_a_key_listed_without_its_creation_time_shows_a_question_mark(tmp_path):
+    from runtime_helpers import run_cli
+
+    path = tmp_path / "keys.json"
+    _write(path, {"format": auth.KEY_FILE_FORMAT, "keys": [{"name": "old", "sha256": "0" * 64, "scopes": ["search"]}]})
+    listed = run_cli("api-key", "list", "--file", str(path))
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.strip().split("\t") == ["old", "search", "?"]
+
+
+def test_the_link_secret_file_is_made_in_a_new_folder_without_leftovers(tmp_path):
+    path = tmp_path / "new" / "keys.json.link-secret"
+    auth.load_link_secret(path)
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+    path.write_text("not hex\n")
+    with pytest.raises(KeyFileError, match="unreadable"):
+        auth.load_link_secret(path)
+
+
+def test_an_expiry_of_twelve_digits_is_the_longest_accepted(signer):
+    for expires, accepted in ((10**12 - 1, True), (10**12, False)):
+        link = signer.sign(MEDIA, VIDEO, KID, expires=expires)
+        assert _verify(signer, link, now=NOW) is accepted, expires
+
+
+def test_a_key_file_write_that_fails_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatch):
+    keys = make_keys(tmp_path / "keys.json")
+    before = keys.path.read_text()
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(auth.os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        auth.create_key(keys.path, "late", ["search"])
+    assert keys.path.read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keys.json", "keys.json.lock"]
