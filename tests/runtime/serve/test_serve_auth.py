@@ -294,7 +294,7 @@ def test_a_key_listed_without_its_creation_time_shows_a_question_mark(tmp_path):
 
 
 def test_the_link_secret_file_is_made_in_a_new_folder_without_leftovers(tmp_path):
-    path = tmp_path / "new" / "keys.json.link-secret"
+    path = tmp_path / "new" / "deeper" / "keys.json.link-secret"
     auth.load_link_secret(path)
     assert [p.name for p in path.parent.iterdir()] == [path.name]
     path.write_text("not hex\n")
