@@ -98,7 +98,9 @@ AREAS: dict[str, Area] = {
     "serve-auth": Area(("runtime/serve/auth.py",),
                        (RT + "serve/test_serve_auth.py", RT + "serve/test_serve_cli.py",
                         RT + "serve/test_serve_keys.py::test_api_key_commands_lock_the_file")),
-    "serve-guard": Area(("runtime/serve/guard.py",), (RT + "serve/test_serve_http.py",)),
+    "serve-guard": Area(("runtime/serve/guard.py",),
+                        (RT + "serve/test_serve_guard.py", RT + "serve/test_serve_http.py",
+                         RT + "serve/test_serve_logs.py")),
     "serve-batching": Area(("runtime/serve/batching.py",), (RT + "serve/test_serve_batching.py",)),
     # the driver's own logic; building the Ray Data pipeline (_dataset, connect) runs on a Ray
     # cluster only, which the slow Ray tests start (minutes a run: too slow for one per mutant)
