@@ -4,11 +4,13 @@ shards straight into the index directory, and commits the shards to ``index.json
 
 Exactly once: the driver alone commits, and only shards whose rows all arrived; a row whose id is
 already in the index (e.g. a batch delivered again after a retry) is committed as a removed row,
-so no id is ever stored twice. Shards are named by their ids (a retried batch rewrites the same
-shard). When the pipeline fails (a node lost with blocks Ray could not rebuild, actors that kept
-dying) the driver commits what it has, then runs the pipeline again over the videos not yet
-done, up to ``attempts`` times. Shards written but never committed (a failed attempt, a killed
-driver) are deleted by the next writer of the index, as in the single-process path.
+so no id is ever stored twice, and a shard delivered again after its commit is not recorded again.
+Shards are named by their rows' ids and files (a retried batch rewrites the same shard; a changed
+file gets a new one: ``stages.shard_name``). When the pipeline fails (a node lost with blocks Ray
+could not rebuild, actors that kept dying) the driver commits what it has, then runs the pipeline
+again over the videos not yet done, up to ``attempts`` times. Shards written but never committed
+(a failed attempt, a killed driver) are deleted by the next writer of the index, as in the
+single-process path.
 """
 from __future__ import annotations
 
@@ -212,8 +214,13 @@ class RayIndexRun:
             return
         start = time.perf_counter()
         records, replace = [], []
+        recorded = self.writer.state.shard_names()
         for name in arrivals.complete:
             ids = json.loads((self.writer.root / SHARDS / name / IDS).read_text())
+            if name in recorded:  # the same batch delivered again after its shard was committed
+                self.done.update(ids)
+                continue
+            recorded.add(name)
             removed = [row for row, vid in enumerate(ids)
                        if vid in self.committed_now or (vid in self.writer.indexed and vid not in self.replaces)]
             records.append(ShardRecord(name=name, count=len(ids), store=self.writer.store, removed=tuple(removed)))
@@ -224,7 +231,8 @@ class RayIndexRun:
             self.done.update(ids)
             self.report.indexed += len(kept)
             self.report.replaced += sum(vid in self.replaces for vid in kept)
-        self.writer.commit_shards(records, replace=replace)
+        if records:
+            self.writer.commit_shards(records, replace=replace)
         arrivals.complete.clear()
         self.times.commit += time.perf_counter() - start
         crash_point("ray:committed")

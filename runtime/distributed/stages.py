@@ -78,17 +78,22 @@ def decode_batch(batch: Batch, spec: VideoSpec, thumbnails_root: str | None = No
             "error": np.asarray(errors, dtype=object), "decode_s": seconds}
 
 
-def shard_name(ids: list[str]) -> str:
-    """The shard of a batch is named by its ids: a retried batch writes the same shard again."""
-    digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()
+def shard_name(ids: list[str], entries: list[dict[str, Any]] | None = None) -> str:
+    """The shard of a batch is named by its rows: their ids and, where ``entries`` record it, the
+    content hash (``sha256``) of each row's file. A retried batch (the same files) writes the same
+    shard again; a batch of the same ids whose files changed since gets a shard of its own."""
+    if entries is not None and len(entries) != len(ids):
+        raise ValueError(f"{len(entries)} entries for {len(ids)} ids")
+    keys = ids if entries is None else [f"{vid}\t{entry.get('sha256', '')}" for vid, entry in zip(ids, entries)]
+    digest = hashlib.sha256("\n".join(keys).encode()).hexdigest()
     return f"{SHARD_PREFIX}{digest[:24]}"
 
 
 def write_shard_once(shard_root: Path, ids: list[str], features: dict[str, np.ndarray],
                      entries: list[dict[str, Any]], store: str) -> ShardRecord:
     """:func:`runtime.index.write_shard` under :func:`shard_name`; when an earlier attempt of the
-    same batch already wrote it (same ids), that shard is kept (shards are never changed)."""
-    name = shard_name(ids)
+    same batch already wrote it (same ids and files), that shard is kept (shards are never changed)."""
+    name = shard_name(ids, entries)
     record = ShardRecord(name=name, count=len(ids), store=store)
     existing = shard_root / name / IDS
     if existing.is_file() and json.loads(existing.read_text()) == ids:

@@ -217,7 +217,12 @@ class IndexWriter:
         records = list(records)
         remove = set(remove)
         new_ids: list[str] = []
+        recorded = self.state.shard_names()
         for record in records:
+            if record.name in recorded:
+                raise GalleryIndexError(f"shard {record.name} is already recorded in the index {self.root}; a shard "
+                                        f"is committed once")
+            recorded.add(record.name)
             if record.store != self.store:
                 raise GalleryIndexError(f"shard {record.name} stores {record.store} but the index {self.root} "
                                         f"stores {self.store}; write it with write_shard(..., store={self.store!r})")

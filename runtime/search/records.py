@@ -32,7 +32,8 @@ OUTPUT_FORMATS = ("jsonl", "csv")
 
 
 def row_records(index: GalleryIndex, top: TopK, query: int, k: int | None = None, first: int = 0) -> list[Record]:
-    """The ranked rows of query number ``query`` (its first ``k``) as records, from rank ``first + 1`` on."""
+    """The ranked rows of query number ``query`` (its first ``k``) as records, from rank ``first + 1``
+    on; rows of -1 (fewer found than asked for, see ``TwoStage.search``) end the list."""
     windowed = len(index) > 0 and is_windowed(index.entries[0])
     entries = index.entries
     ids = index.ids
@@ -44,6 +45,8 @@ def row_records(index: GalleryIndex, top: TopK, query: int, k: int | None = None
     records = []
     for r in range(first, len(rows)):
         row = rows[r]
+        if row < 0:
+            break
         record: Record = {"rank": r + 1, "video_id": ids[row]}
         if windowed:
             start, end = span_of(entries[row])

@@ -192,16 +192,21 @@ class Searcher:
         if group_by == "file":
             return self._grouped(queries, options, rows)
         gallery: GalleryIndex | GallerySubset = self.index
+        notes = []
         if options.two_stage:
             top = self.two_stage(self.stage1_params(options), queries).search(queries, options.depth, options.wide,
                                                                               rows=rows)
+            short = int((top.indices < 0).any(axis=1).sum())
+            if short:
+                notes.append(f"for {short} queries stage 1 ({options.stage1}) found fewer than {top.indices.shape[1]} "
+                             f"rows; raise --nprobe or --shortlist")
         elif rows is None:
             top = score_topk(self.scorer, queries, self.source, options.depth, self.biases, self.memory_mb)
         else:
             gallery = GallerySubset(self.index, rows, self.source)
             top = score_topk(self.scorer, queries, gallery, options.depth, gallery.biases(), self.memory_mb)
         results = [row_records(gallery, top, q, first=options.offset) for q in range(len(queries))]
-        return SearchAnswer(results, options.two_stage, group_by)
+        return SearchAnswer(results, options.two_stage, group_by, notes)
 
     def _grouped(self, queries: TextFeatures, options: SearchOptions, rows: np.ndarray | None) -> SearchAnswer:
         k, per_file, notes = options.depth, options.windows_per_file, []

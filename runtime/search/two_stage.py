@@ -125,7 +125,9 @@ class TwoStage:
         """Top ``k`` per query: FAISS shortlist of ``shortlist`` rows by video_sentence (+ bias), then
         the fused re-rank of the shortlisted rows only (read from the shards tile by tile).
         ``rows`` (ascending gallery rows, e.g. those a filter matches): FAISS selects among them
-        only (``stage1.search_parameters``)."""
+        only (``stage1.search_parameters``). An approximate stage 1 may find fewer than ``k`` rows
+        for a query (IVF probing cells that hold fewer): its row of the result ends in -1 (fused
+        score -inf, levels NaN) after those it found."""
         if shortlist < k:
             raise ValueError(f"--shortlist ({shortlist}) must be at least --top-k ({k})")
         index, biases = self.index, self.biases
@@ -142,18 +144,21 @@ class TwoStage:
             mask[rows] = True
             _, cand = self.stage1_index.search(q, shortlist, params=stage1.search_parameters(self.params, shortlist,
                                                                                               mask))
-        out = TopK(indices=np.empty((len(queries), k), np.int64), fused=np.empty((len(queries), k), np.float32),
-                   levels={lv: np.empty((len(queries), k), np.float32) for lv in LEVELS})
+        out = TopK(indices=np.full((len(queries), k), -1, np.int64),
+                   fused=np.full((len(queries), k), -np.inf, np.float32),
+                   levels={lv: np.full((len(queries), k), np.nan, np.float32) for lv in LEVELS})
         for i in range(len(queries)):
             rows = np.sort(cand[i][cand[i] >= 0])  # ascending rows keep the exhaustive tie order
-            sub_bias = None if biases is None else {lv: biases[lv][rows] for lv in LEVELS}
-            # the shortlist's features are read tile by tile (index.subset), within the memory budget
-            best = score_topk(self.scorer, queries.rows(i, i + 1), index.subset(rows), min(k, len(rows)),
-                              sub_bias, self.memory_mb)
-            out.indices[i] = rows[best.indices[0]]
-            out.fused[i] = best.fused[0]
-            for lv in LEVELS:
-                out.levels[lv][i] = best.levels[lv][0]
+            if len(rows):
+                sub_bias = None if biases is None else {lv: biases[lv][rows] for lv in LEVELS}
+                # the shortlist's features are read tile by tile (index.subset), within the memory budget
+                best = score_topk(self.scorer, queries.rows(i, i + 1), index.subset(rows), min(k, len(rows)),
+                                  sub_bias, self.memory_mb)
+                found = best.indices.shape[1]
+                out.indices[i, :found] = rows[best.indices[0]]
+                out.fused[i, :found] = best.fused[0]
+                for lv in LEVELS:
+                    out.levels[lv][i, :found] = best.levels[lv][0]
             if progress:
                 progress(1)
         return out

@@ -123,9 +123,8 @@ def _parse_key(item: Any, where: str) -> ApiKey:
 class KeyRing:
     """The keys of one key file, checked in constant time."""
 
-    def __init__(self, keys: list[ApiKey], path: Path | None = None) -> None:
+    def __init__(self, keys: list[ApiKey]) -> None:
         self.keys = list(keys)
-        self.path = path
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -170,7 +169,7 @@ class KeyRing:
             raise KeyFileError(f"{path}: key names must be unique, repeated: {', '.join(dup)}")
         if not keys:
             raise KeyFileError(f"{path} holds no keys; add one with `ucofia-run api-key create`")
-        return cls(keys, path)
+        return cls(keys)
 
 
 def _write_keys(path: Path, keys: list[ApiKey]) -> None:
@@ -270,7 +269,7 @@ class KeyFile:
         try:
             ring = KeyRing.load(self.path)
         except KeyFileError as exc:
-            self.ring, self.error = KeyRing([], self.path), str(exc)
+            self.ring, self.error = KeyRing([]), str(exc)
             logger.error("API key file %s is unusable, every key is refused until it is fixed: %s", self.path, exc)
             return "failed"
         self.ring, self.error = ring, None

@@ -66,6 +66,7 @@ def _check_bundle_against_torch(model, bundle: Path, manifest: dict, texts: int,
     def run(key, arrays):
         entry = graphs[key]
         sess = ort_session(bundle / entry["file"], dtype)
+        assert len(entry["inputs"]) == len(arrays)
         feeds = {t["name"]: a.numpy().astype(t["dtype"]) for t, a in zip(entry["inputs"], arrays)}
         return [np.asarray(o, np.float32) for o in sess.run([t["name"] for t in entry["outputs"]], feeds)]
 
@@ -82,6 +83,7 @@ def _check_bundle_against_torch(model, bundle: Path, manifest: dict, texts: int,
                      (patches, video.patches)):
         assert _max_err(got, ref) <= tol.features * max(1.0, float(ref.abs().max()))
     out = run(SCORER, [torch.from_numpy(x) for x in (sentence, words, vid, frames, patches)])
+    assert len(out) == 3
     for got, name in zip(out, ("video_sentence", "frame_sentence", "patch_word")):
         assert got.shape == (texts, len(valid))
         ref = sims[name]
@@ -355,9 +357,11 @@ def test_dynamo_exporter_scorer(tmp_path):
     sess = ort_session(tmp_path / "scorer.onnx", "float32")
     # other T and V than traced
     feats = (text.sentence[:2], text.words[:2], video.video[:1], video.frames[:1], video.patches[:1])
+    assert len(spec.inputs) == len(feats)
     got = sess.run(None, {t.name: x.numpy() for t, x in zip(spec.inputs.values(), feats)})
     with torch.no_grad():
         ref = model.score(*feats)
+    assert len(got) == len(spec.output_names) == 3
     for out, name in zip(got, spec.output_names):
         assert out.shape == (2, 1)
         assert _max_err(out, ref[name]) < 2e-4

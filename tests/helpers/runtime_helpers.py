@@ -205,6 +205,36 @@ def synthetic_index(root: Path, bundle, videos: int, shard: int = 1000, seed: in
     return root
 
 
+def synthetic_windows(root: Path, bundle, windows: dict[str, int], window: float = 10.0, seed: int = 0,
+                      shard: int = 16) -> Path:
+    """An index of time windows at ``root`` for ``bundle`` (a loaded Bundle): file ``name`` of
+    ``windows`` gets that many windows of ``window`` seconds, back to back (stride = window), with
+    random features, in shards of ``shard`` rows; entries as ``ucofia-run index --window`` writes
+    them (docs/index-format-windows.md). No video is decoded."""
+    from runtime.index import IndexWriter
+    from runtime.windows import window_id
+    from ucofia.data.windows import Span
+
+    cfg = bundle.config
+    rng = np.random.default_rng(seed)
+    entries = []
+    for name, count in windows.items():
+        for w in range(count):
+            span = Span(int(w * window * 1000), int((w + 1) * window * 1000))
+            entries.append({"id": window_id(name, span), "file_id": name, "start": span.start, "end": span.end,
+                            "window": window, "stride": window, "duration_s": count * window, "frames": 1})
+    with IndexWriter(root, bundle) as writer:
+        for start in range(0, len(entries), shard):
+            batch = entries[start:start + shard]
+            n = len(batch)
+            writer.add_batch([e["id"] for e in batch], {
+                "video": rng.standard_normal((n, cfg.embed_dim), dtype=np.float32),
+                "frame_features": rng.standard_normal((n, cfg.max_frames, cfg.embed_dim), dtype=np.float32),
+                "patches": rng.standard_normal((n, cfg.num_pixels, cfg.embed_dim), dtype=np.float32),
+                "video_mask": np.ones((n, cfg.max_frames), np.float32)}, batch)
+    return root
+
+
 def make_clip(path: Path, seconds: float, size: tuple[int, int] = (48, 40), fps: int = 3, seed: int = 0) -> Path:
     """A small H.264 test clip written with PyAV (random coloured frames)."""
     import av

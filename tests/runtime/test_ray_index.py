@@ -19,6 +19,7 @@ from data_paths import REPO_ROOT
 from ray_helpers import need_netns, run_confined, scenario, ucofia_run
 from runtime_helpers import import_blocker, make_clip, run_cli, run_cli_process
 
+from runtime.bundle import load_bundle
 from runtime.index import SHARDS, GalleryIndex, IndexState
 from runtime.thumbnails import thumbnail_file
 
@@ -273,7 +274,7 @@ def test_a_batch_delivered_twice_is_stored_once(data, tmp_path):
         written = ids_file.stat().st_mtime_ns
         assert write_shard_once(out / SHARDS, ids[:2], {k: v[:2] for k, v in features.items()},
                                 single.entries[:2], writer.store) == first  # a retry keeps the shard
-        assert ids_file.stat().st_mtime_ns == written and first.name == shard_name(ids[:2])
+        assert ids_file.stat().st_mtime_ns == written and first.name == shard_name(ids[:2], single.entries[:2])
         overlapping = write_shard_once(out / SHARDS, ids[1:], {k: v[1:] for k, v in features.items()},
                                        single.entries[1:3], writer.store)
         report = IngestReport()
@@ -290,6 +291,132 @@ def test_a_batch_delivered_twice_is_stored_once(data, tmp_path):
     index = GalleryIndex(out)
     assert index.ids == ids and report.indexed == 3
     assert np.array_equal(index.features(0, 3)["video"], features["video"])
+
+
+class _FakeDataset:
+    """What the driver reads of a Ray Data pipeline: ``iter_batches(batch_size=None,
+    batch_format="numpy")`` yields the encoder actors' output batches (column arrays) in order; a
+    pipeline that fails (a node lost with blocks Ray could not rebuild) raises from the iterator
+    after the batches it did deliver."""
+
+    def __init__(self, batches: list[dict], failure: Exception | None = None) -> None:
+        self.batches, self.failure = batches, failure
+
+    def iter_batches(self, *, batch_size=None, batch_format="default"):
+        assert batch_size is None and batch_format == "numpy"
+        yield from self.batches
+        if self.failure is not None:
+            raise self.failure
+
+
+class _Pipeline:
+    """The driver (RayIndexRun) of an index at ``out`` run over scripted pipelines instead of Ray:
+    :meth:`shard` writes what an encoder actor writes for a batch, :meth:`batch` is what the actor
+    returns, :meth:`run` runs the driver's own loop with one scripted pipeline per attempt."""
+
+    def __init__(self, data: dict, writer, monkeypatch) -> None:
+        from runtime.distributed import pipeline
+
+        monkeypatch.setattr(pipeline, "require_ray", lambda: _FakeRay(1, 2, 0))  # no Ray is started
+        self.pipeline, self.data, self.writer = pipeline, data, writer
+        self.single = GalleryIndex(data["single"])
+        self.rows = {vid: row for row, vid in enumerate(self.single.ids)}
+        self.asked: list[list[str]] = []  # the videos each attempt was asked to index
+
+    def shard(self, ids: list[str], content: list[str] | None = None) -> str:
+        """Write the shard of a batch of ``ids`` made from the files of ``content`` (default: their own)."""
+        from runtime.distributed.stages import write_shard_once
+        from runtime.index import SHARD_ARRAYS
+
+        picked = np.asarray([self.rows[v] for v in content or ids])
+        entries = [{**self.single.entries[row], "id": vid} for vid, row in zip(ids, picked)]
+        return write_shard_once(self.writer.root / SHARDS, ids, self.single.gather(picked, SHARD_ARRAYS), entries,
+                                self.writer.store).name
+
+    def batch(self, *items: tuple) -> dict:
+        """Rows ``(id, shard, rows of the shard)`` or ``(id, error)`` as an encoder actor returns them."""
+        n = len(items)
+        return {"id": np.asarray([i[0] for i in items], dtype=object),
+                "path": np.asarray([str(self.data["clips"] / f"{i[0]}.mp4") for i in items], dtype=object),
+                "error": np.asarray([i[1] if len(i) == 2 else "" for i in items], dtype=object),
+                "shard": np.asarray([i[1] if len(i) == 3 else "" for i in items], dtype=object),
+                "shard_rows": np.asarray([i[2] if len(i) == 3 else 0 for i in items]),
+                "decode_s": np.full(n, 0.5), "encode_s": np.full(n, 0.25), "write_s": np.zeros(n)}
+
+    def run(self, todo: list[str], attempts: list[_FakeDataset], report, replaces=None):
+        self.asked.clear()
+
+        def dataset(left, encoders, resources):
+            self.asked.append([vid for vid, _ in left])
+            return attempts[len(self.asked) - 1]
+
+        run = self.pipeline.RayIndexRun(self.writer, load_bundle(self.data["bundle"]), backend="cpu", batch_size=2,
+                                        threads=1, options=self.pipeline.RayOptions(commit_every_s=0.0),
+                                        report=report, replaces=replaces)
+        run._dataset = dataset
+        return run.run([(vid, self.data["clips"] / f"{vid}.mp4") for vid in todo])
+
+
+def test_the_driver_stores_each_video_once_whatever_the_pipeline_delivers_twice(data, tmp_path, monkeypatch):
+    """RayIndexRun.run, the driver's own loop, over a fake Ray (no cluster): attempt 1 delivers a
+    complete shard, a broken file and half a shard, then fails; the driver commits the complete
+    shard only and runs again over the videos not done. Attempt 2 delivers the broken file's
+    error again, the half shard whole, the same batch a second time (a retried task), a shard
+    overlapping an id committed before and the first attempt's batch again. Every video is stored
+    once, counted once and failed once, and every shard is recorded once."""
+    from runtime.index import IndexWriter
+    from runtime.ingest import IngestReport
+
+    out = tmp_path / "index"
+    report = IngestReport()
+    with IndexWriter(out, load_bundle(data["bundle"])) as writer:
+        fake = _Pipeline(data, writer, monkeypatch)
+        vids = fake.single.ids[:5]
+        first, half, overlap = fake.shard(vids[:2]), fake.shard(vids[2:4]), fake.shard(vids[3:5])
+        broken = ("broken", "broken.mp4: not a video")
+        attempts = [
+            _FakeDataset([fake.batch((vids[0], first, 2), broken, (vids[1], first, 2)),
+                          fake.batch((vids[2], half, 2))], failure=RuntimeError("ObjectLostError: a node died")),
+            _FakeDataset([fake.batch(broken, (vids[2], half, 2), (vids[3], half, 2)),
+                          fake.batch((vids[2], half, 2), (vids[3], half, 2)),  # the same batch delivered again
+                          fake.batch((vids[3], overlap, 2), (vids[4], overlap, 2)),
+                          fake.batch((vids[0], first, 2), (vids[1], first, 2))]),  # attempt 1's, after its commit
+        ]
+        times = fake.run(vids + ["broken"], attempts, report)
+    assert fake.asked == [vids + ["broken"], vids[2:]]  # attempt 2: the videos neither committed nor failed
+    assert times.attempts == 2 and times.videos == 6
+    assert times.decode == pytest.approx(0.5 * 13) and times.encode == pytest.approx(0.25 * 13)  # rows delivered
+    index = GalleryIndex(out)
+    assert index.ids == vids and report.indexed == 5 and report.replaced == 0
+    for role, value in index.features(0, 5).items():
+        np.testing.assert_array_equal(value, fake.single.gather(np.arange(5))[role], err_msg=role)
+    assert report.failed == [broken] and _failed_ids(out) == {"broken": broken[1]}
+    names = [s["name"] for s in json.loads((out / "index.json").read_text())["shards"]]
+    assert sorted(names) == sorted({first, half, overlap})  # each shard recorded once
+
+
+def test_the_driver_replaces_a_changed_file_even_in_a_batch_of_the_same_ids(data, tmp_path, monkeypatch):
+    """A file indexed alone in its batch changes; re-indexed, its batch has the same ids as before:
+    the new content gets a shard of its own (not the old shard again) and replaces the old row."""
+    from runtime.index import IndexWriter
+    from runtime.ingest import IngestReport
+
+    out = tmp_path / "index"
+    with IndexWriter(out, load_bundle(data["bundle"])) as writer:
+        fake = _Pipeline(data, writer, monkeypatch)
+        vid, other = fake.single.ids[0], fake.single.ids[1]
+        old = fake.shard([vid])
+        fake.run([vid], [_FakeDataset([fake.batch((vid, old, 1))])], IngestReport())
+        report = IngestReport()
+        new = fake.shard([vid], content=[other])  # the file now holds what `other` holds
+        assert new != old
+        fake.run([vid], [_FakeDataset([fake.batch((vid, new, 1))])], report, replaces={vid: [vid]})
+    index = GalleryIndex(out)
+    assert index.ids == [vid] and index.removed_rows == 1 and report.indexed == report.replaced == 1
+    changed = fake.single.gather(np.array([fake.rows[other]]))
+    for role, value in index.features(0, 1).items():
+        np.testing.assert_array_equal(value, changed[role], err_msg=role)
+    assert index.entry(vid)["sha256"] == fake.single.entry(other)["sha256"]
 
 
 def test_encoder_actor_converts_frames_the_same_with_threads(data, tmp_path):

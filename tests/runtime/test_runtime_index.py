@@ -178,6 +178,128 @@ def test_two_stage_shortlist_ranks_by_video_sentence_plus_its_bias(bundle_dir, t
     assert not np.array_equal(exhaustive.indices, got.indices)  # stage 1 really decided something
 
 
+def test_reader_edges_and_unpublished_rows(bundle_dir, tmp_path):
+    """Empty row ranges, a missing directory, an index that records no bundle, entries that do not
+    match the ids, and rows committed by an unfinished run that only its writer sees."""
+    bundle = load_bundle(bundle_dir)
+    root = synthetic_index(tmp_path / "index", bundle, 10, shard=4)
+    gallery = GalleryIndex(root)
+    for start, stop in ((3, 3), (10, 10), (4, 4)):
+        assert all(len(value) == 0 for value in gallery.features(start, stop).values()), (start, stop)
+    assert all(len(value) == 0 for value in GalleryIndex(synthetic_index(tmp_path / "empty", bundle, 0))
+               .features(0, 0).values())
+    with pytest.raises(GalleryIndexError, match="index directory not found"):
+        GalleryIndex(tmp_path / "nowhere")
+    state = json.loads((root / "index.json").read_text())
+    state.pop("bundle")
+    (root / "index.json").write_text(json.dumps(state))
+    with pytest.raises(GalleryIndexError, match="records no bundle; pass --bundle"):
+        _ = GalleryIndex(root).bundle_path
+    entries = root / "shards" / "000001" / "entries.json"
+    entries.write_text(json.dumps(json.loads(entries.read_text())[:-1]))
+    with pytest.raises(GalleryIndexError, match="hold 9 entries for 10 rows"):
+        _ = GalleryIndex(root).entries
+
+    pending = tmp_path / "pending"
+    cfg = bundle.config
+    features = {"video": np.ones((2, cfg.embed_dim), np.float32),
+                "frame_features": np.zeros((2, cfg.max_frames, cfg.embed_dim), np.float32),
+                "patches": np.zeros((2, cfg.num_pixels, cfg.embed_dim), np.float32),
+                "video_mask": np.ones((2, cfg.max_frames), np.float32)}
+    with IndexWriter(pending, bundle) as writer:
+        writer.publish_later = True  # biases are about to be computed: rows wait for them
+        writer.add_batch(["p0", "p1"], features)
+        assert writer.index.ids == ["p0", "p1"]
+    assert GalleryIndex(pending).ids == [] and GalleryIndex(pending, include_pending=True).ids == ["p0", "p1"]
+    with IndexWriter(pending, bundle) as writer:  # a re-run's writer knows them (it resumes after them)
+        assert writer.indexed == {"p0", "p1"}
+        for update in (lambda: writer.remove(["p0"]), writer.compact):
+            with pytest.raises(GalleryIndexError, match="interrupted `ucofia-run index` run"):
+                update()
+
+
+def _rows(cfg, n, value=0.0):
+    return {"video": np.full((n, cfg.embed_dim), value, np.float32),
+            "frame_features": np.zeros((n, cfg.max_frames, cfg.embed_dim), np.float32),
+            "patches": np.zeros((n, cfg.num_pixels, cfg.embed_dim), np.float32),
+            "video_mask": np.ones((n, cfg.max_frames), np.float32)}
+
+
+def test_writer_edges(bundle_dir, tmp_path):
+    """Where a writer may create an index, its lock after a failed open, shard names past an
+    uncommitted shard, duplicate ids refused before anything is written, failures forgotten once
+    indexed, stage-1 caches dropped by every commit that changes rows or biases, corrupt files named."""
+    from runtime.index import SHARDS, write_shard
+
+    bundle = load_bundle(bundle_dir)
+    cfg = bundle.config
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    with pytest.raises(GalleryIndexError, match="non-empty directory without index.json"), IndexWriter(busy, bundle):
+        pass
+    nested = tmp_path / "a" / "b" / "index"
+    with IndexWriter(nested, bundle) as writer:
+        writer.add_batch(["v0", "v1"], _rows(cfg, 2))
+        # a shard written by another worker under the next number, not yet committed: skipped
+        taken = f"{writer.state.next_shard:06d}"
+        write_shard(nested / SHARDS, taken, ["w0"], _rows(cfg, 1, 2.0))
+        writer.add_batch(["v2"], _rows(cfg, 1, 1.0))
+        assert taken not in writer.state.shard_names() and (nested / SHARDS / taken / "ids.json").is_file()
+        before = sorted(p.name for p in (nested / SHARDS).iterdir())
+        with pytest.raises(GalleryIndexError, match="already indexed.*'v1'"):
+            writer.add_batch(["v1"], _rows(cfg, 1))
+        assert sorted(p.name for p in (nested / SHARDS).iterdir()) == before  # nothing written
+        writer.record_failure("v3", "v3.mp4", "broken")
+        writer.add_batch(["v3"], _rows(cfg, 1))  # indexed after all: no longer listed as failed
+    assert (nested / "failed.jsonl").read_text() == ""
+    assert GalleryIndex(nested).ids == ["v0", "v1", "v2", "v3"]
+    with pytest.raises(ValueError, match="video has 2 rows for 1 ids"):
+        write_shard(nested / SHARDS, "x", ["only"], _rows(cfg, 2))
+
+    def cache():  # what a two-stage search leaves in the index
+        (nested / "stage1-0123.faiss").write_bytes(b"x")
+        (nested / "stage1-0123.json").write_text("{}")
+
+    for commit in (lambda w: w.remove(["v3"]), lambda w: w.add_batch(["v4"], _rows(cfg, 1)),
+                   lambda w: w.set_biases(np.zeros((3, 4), np.float32), {"bank": {"path": "b"}})):
+        cache()
+        with IndexWriter(nested, bundle) as writer:
+            commit(writer)
+        assert not list(nested.glob("stage1-*")), commit
+    cache()
+    with IndexWriter(nested, bundle) as writer:
+        writer.publish()  # nothing to publish: no commit, the caches stay
+    assert len(list(nested.glob("stage1-*"))) == 2
+
+    broken = nested / SHARDS / GalleryIndex(nested).shards[0].name / "ids.json"
+    good = broken.read_text()
+    broken.write_text("[not json")
+    failed = IndexWriter(nested, bundle)
+    with pytest.raises(GalleryIndexError, match="ids.json is corrupt"):
+        failed.__enter__()  # fails after taking the lock (the writer object lives on) ...
+    broken.write_text(good)
+    with IndexWriter(nested, bundle):  # ... and released it
+        pass
+    state = nested / "index.json"
+    state.write_text("{ truncated")
+    with pytest.raises(GalleryIndexError, match="index.json is corrupt .* rebuild the index"):
+        GalleryIndex(nested)
+
+
+def test_biases_of_other_videos_are_refused(bundle_dir, tmp_path):
+    bundle = load_bundle(bundle_dir)
+    root = synthetic_index(tmp_path / "index", bundle, 4)
+    with IndexWriter(root, bundle) as writer:
+        writer.set_biases(np.zeros((3, 4), np.float32), {"bank": {"path": "b"}})
+    assert GalleryIndex(root).biases() is not None
+    state = json.loads((root / "index.json").read_text())
+    state["biases"]["ids_sha256"] = "0" * 64
+    (root / "index.json").write_text(json.dumps(state))
+    with pytest.raises(GalleryIndexError, match="do not match the indexed videos"):
+        GalleryIndex(root).biases()
+
+
 def test_damaged_shards_are_named(bundle_dir, tmp_path):
     bundle = load_bundle(bundle_dir)
     root = synthetic_index(tmp_path / "index", bundle, 10, shard=5)
@@ -358,6 +480,10 @@ def test_shards_written_elsewhere_are_committed_once_and_never_twice(bundle_dir,
         twice = write_shard(tmp_path / "index" / SHARDS, "w3-d", ["e", "e"], features(2, 4.0))
         with pytest.raises(GalleryIndexError, match="'e'"):
             writer.commit_shards([twice])
+        # a shard already recorded is refused even with its rows removed (two records of one
+        # directory: compacting one of them would delete the files the other still names)
+        with pytest.raises(GalleryIndexError, match="shard w0-a is already recorded"):
+            writer.commit_shards([a.with_removed([0, 1])])
     gallery = GalleryIndex(tmp_path / "index")
     assert gallery.ids == ["a", "b", "c"]
     np.testing.assert_array_equal(gallery.features(0, 3)["video"][:, 0], [1.0, 1.0, 2.0])

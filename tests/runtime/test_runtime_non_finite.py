@@ -54,6 +54,33 @@ def test_video_with_non_finite_features_is_failed_not_stored(bundle, tmp_path, m
     assert "float32" in failed[0]["error"]  # the fix is named
 
 
+class BigRow(PoisonRow):
+    """A graph session whose ``output`` gets a value beyond the float16 range in ``row`` on its first call."""
+
+    def run(self, inputs):
+        out = self.session.run(inputs)
+        self.calls += 1
+        if self.calls == 1:
+            out[self.output][self.row].flat[0] = 1e5
+        return out
+
+
+@pytest.mark.parametrize("store, failed", [("float16", ["clip1"]), ("int8", []), ("float32", [])])
+def test_video_beyond_what_the_store_holds_is_failed_not_stored(store, failed, bundle, tmp_path, monkeypatch):
+    """patches of 1e5 cannot be float16 (the float16 store refuses the video, naming the fix); int8
+    scales them and float32 holds them."""
+    clips = [(f"clip{i}", make_clip(tmp_path / f"clip{i}.mp4", seconds=1, seed=i)) for i in range(3)]
+    monkeypatch.setattr(ingest, "open_session", lambda *a, **k: BigRow(open_session(*a, **k), "patches", 1))
+    report = ingest.IngestReport()
+    with IndexWriter(tmp_path / "idx", bundle, store) as writer:
+        ingest.encode_videos(writer, bundle, clips, backend="cpu", batch_size=3, workers=1, processes=False,
+                             threads=1, report=report)
+    assert [vid for vid, _ in report.failed] == failed and report.indexed == 3 - len(failed)
+    assert sorted(GalleryIndex(tmp_path / "idx").ids) == sorted({"clip0", "clip1", "clip2"} - set(failed))
+    for _, error in report.failed:
+        assert "beyond the float16 range for clip1" in error and "--store float32" in error
+
+
 def test_query_with_non_finite_features_is_an_error_naming_it(bundle):
     encoder = TextEncoder(bundle, "cpu")
     encoder.session = PoisonRow(encoder.session, "words", 2)

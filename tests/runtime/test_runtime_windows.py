@@ -17,11 +17,12 @@ from evaluation.moments import moment_recall
 from runtime import search
 from runtime.backends import open_session
 from runtime.bundle import load_bundle
+from runtime.errors import GalleryIndexError
 from runtime.index import GalleryIndex
 from runtime.scoring import Scorer, fuse, score_matrix
 from runtime.search import grouping
 from runtime.text import TextEncoder
-from runtime.windows import window_id
+from runtime.windows import WindowSetting, check_setting, setting_of, window_id
 from ucofia.data.windows import Span
 
 FPS = 3
@@ -146,6 +147,49 @@ def test_unreadable_file_is_reported_then_forgotten_once_fixed(setup, tmp_path):
                                              "clip@6-7"]
 
 
+def test_a_stream_without_frame_count_or_duration_is_failed_with_the_fix(setup, tmp_path):
+    """A raw H.264 stream has neither a frame count nor a duration: its windows cannot be planned,
+    so the file is listed as failed (with the re-encode fix) and the others are indexed."""
+    import av
+
+    _root, bundle, videos, _, _ = setup
+    raw = tmp_path / "raw.h264"
+    with av.open(str(raw), "w", format="h264") as container:
+        stream = container.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = 32, 24, "yuv420p"
+        for frame in _flat_colour_frames(9, seed=5):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode(None))
+    listing = tmp_path / "videos.txt"
+    listing.write_text(f"raw\t{raw}\nclip\t{videos / 'clip.mp4'}\n")
+    out = tmp_path / "index"
+    result = run_cli("index", "--bundle", str(bundle), "--videos", str(listing), "-o", str(out), "--window", "3", "-q")
+    assert result.returncode == 3, result.stderr
+    failed = [json.loads(line) for line in (out / "failed.jsonl").read_text().splitlines()]
+    assert [f["id"] for f in failed] == ["raw"]
+    assert "neither a frame count nor a duration" in failed[0]["error"] and "ffmpeg" in failed[0]["error"]
+    assert sorted(GalleryIndex(out).ids) == ["clip@0-3", "clip@3-6", "clip@6-7"]
+
+
+def test_the_window_setting_of_an_index_is_one_setting(tmp_path):
+    def window(file_id, window, stride):
+        return {"id": f"{file_id}@0-{window:g}", "file_id": file_id, "start": 0.0, "end": window, "window": window,
+                "stride": stride}
+
+    whole = {"id": "a", "path": "a.mp4"}
+    assert setting_of([]) is None and setting_of([whole, {"id": "b"}]) is None
+    assert setting_of([window("a", 10, 5), window("b", 10, 5)]) == WindowSetting(10_000, 5_000)
+    for mixed in ([whole, window("b", 10, 5)], [window("a", 10, 5), whole], [window("a", 10, 5), window("b", 10, 4)]):
+        with pytest.raises(GalleryIndexError, match="mixes whole-file rows and windows of different"):
+            setting_of(mixed)
+    check_setting(tmp_path, [], WindowSetting(3000, 3000))  # an empty index takes any setting
+    check_setting(tmp_path, [window("a", 10, 5)], WindowSetting(10_000, 5_000))
+    with pytest.raises(GalleryIndexError, match="holds whole files \\(no --window\\); this run asks for --window 10"):
+        check_setting(tmp_path, [whole], WindowSetting(10_000, 5_000))
+    with pytest.raises(GalleryIndexError, match="holds --window 10 --stride 5; this run asks for whole files"):
+        check_setting(tmp_path, [window("a", 10, 5)], None)
+
+
 # ---- search ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def scoring(setup):
@@ -178,7 +222,9 @@ def test_two_stage_grouped_with_full_shortlist_equals_exhaustive(scoring):
     exact = grouping.grouped_exhaustive(scorer, gallery, text, k=3, per_file=2)
     wide = search.two_stage(scorer, gallery, text, len(gallery), len(gallery))
     approx = grouping.group_rows(wide, gallery, k=3, per_file=2)
+    assert len(exact) == len(approx) == len(QUERIES)
     for a, b in zip(exact, approx):
+        assert len(a) == len(b) == 3
         assert [(h.file_id, [w.row for w in h.windows]) for h in a] == [(h.file_id, [w.row for w in h.windows])
                                                                        for h in b]
         np.testing.assert_allclose([w.score for h in a for w in h.windows], [w.score for h in b for w in h.windows],
@@ -251,6 +297,7 @@ def test_evaluate_on_windows_scores_files_by_their_best_window_and_moments(setup
     per_file = np.stack([plain[:, row_file == j].max(axis=1) for j in range(len(files))], axis=1)
     gt = np.array([files.index(v) for v, _, _ in truth])
     assert report["metrics"]["t2v"] == pytest.approx(retrieval_metrics(per_file, gt, "t2v"))
+    assert report["metrics"]["v2t"] == pytest.approx(retrieval_metrics(per_file, gt, "v2t"))  # --no-bias: same scores
     want = moment_recall(plain, [entries[r]["file_id"] for r in rows], [(entries[r]["start"], entries[r]["end"])
                          for r in rows], [v for v, _, _ in truth], [(a, b) for _, a, b in truth])
     assert report["moments"]["t2v"] == pytest.approx(want)
