@@ -101,7 +101,8 @@ AREAS: dict[str, Area] = {
     "serve-guard": Area(("runtime/serve/guard.py",),
                         (RT + "serve/test_serve_guard.py", RT + "serve/test_serve_http.py",
                          RT + "serve/test_serve_logs.py")),
-    "serve-batching": Area(("runtime/serve/batching.py",), (RT + "serve/test_serve_batching.py",)),
+    "serve-batching": Area(("runtime/serve/batching.py",),
+                           (RT + "serve/test_serve_batcher_rules.py", RT + "serve/test_serve_batching.py")),
     # the driver's own logic; building the Ray Data pipeline (_dataset, connect) runs on a Ray
     # cluster only, which the slow Ray tests start (minutes a run: too slow for one per mutant)
     "ray-driver": Area(("runtime/distributed/pipeline.py",), (RT + "test_ray_index.py",),
