@@ -206,7 +206,10 @@ def search_request_model(limits: Limits, two_stage_setting: str) -> type[BaseMod
     class SearchRequest(BaseModel):
         model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={
             "examples": [{"queries": ["a dog runs on the beach"], "top_k": 10}, {"like": "video7", "top_k": 10}],
-            "oneOf": [{"required": ["queries"]}, {"required": ["like"]}]})
+            # not both (one of them is the server's rule too; openapi-python-client makes no model of
+            # an object schema with anyOf / oneOf branches, so "at least one" is stated in the
+            # descriptions only)
+            "not": {"required": ["queries", "like"]}})
 
         # Optional, not nullable: a request leaves out the kind of query it does not use.
         queries: list[Query] = Field(  # type: ignore[assignment]
