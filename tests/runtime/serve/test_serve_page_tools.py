@@ -194,6 +194,8 @@ def test_upload_load_more_and_download(served, clips):
             assert "like the file “clip3.mp4”" in page.text_content("#status")
             assert browser.load_more()[K:] == _ranking(_by_video(client, clip, top_k=K, offset=K))
             assert page.is_hidden("#more")  # max_top_k reached
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "serve_page_upload.png"), full_page=True)
 
             # the download holds the records shown (metadata included), in the order shown
             saved = browser.download()
