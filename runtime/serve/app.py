@@ -10,6 +10,7 @@ Routes (the OpenAPI schema is served at /openapi.json):
 * ``GET  /v1/videos/{id}/media``       its source file, with HTTP Range (scope ``search`` or a signed URL)
 * ``POST /v1/admin/reload``            re-open the index and swap it in (scope ``admin``)
 * ``GET  /v1/info``                    what the page needs to know (public)
+* ``GET  /v1/fields``                  the metadata fields of the indexed videos, for filters (scope ``search``)
 * ``GET  /healthz``, ``/readyz``, ``/metrics``, ``/`` (the page) and ``/static/*`` (public)
 
 Errors are JSON ``{"error": "<what is wrong and how to fix it>"}`` with a 4xx status for bad
@@ -59,6 +60,7 @@ from runtime.serve.contract import (
     SOURCE_MEDIA_TYPES,
     THUMBNAIL_TYPE,
     UNAUTHORIZED,
+    FieldsResponse,
     HealthResponse,
     InfoResponse,
     ReadyResponse,
@@ -318,6 +320,15 @@ def create_app(service: SearchService) -> FastAPI:
                 "limits": {"max_queries": limits.max_queries, "max_query_chars": limits.max_query_chars,
                            "max_top_k": limits.max_top_k, "max_windows_per_file": limits.max_windows_per_file,
                            "max_body_bytes": limits.max_body_bytes}}
+
+    fields_auth = protected(SEARCH_SCOPE)
+
+    @app.get("/v1/fields", tags=["search"], operation_id="fields", response_model=FieldsResponse,
+             dependencies=fields_auth["dependencies"], responses={**fields_auth["responses"], **INTERNAL},
+             summary="The metadata fields of the indexed videos: their kinds and values, for filter controls")
+    async def fields() -> dict[str, Any]:
+        snapshot = service.snapshot  # summarised once per snapshot, when it was loaded
+        return {"snapshot": snapshot.describe(), "fields": [summary.to_dict() for summary in snapshot.fields]}
 
     # ---- search ------------------------------------------------------------------------------
     search_auth = protected(SEARCH_SCOPE, cross_origin=True)

@@ -433,6 +433,18 @@ class LimitsInfo(BaseModel):
     max_body_bytes: int
 
 
+class MetadataField(BaseModel):
+    name: str = Field(description="the field's name, as a filter names it")
+    kind: Literal["string", "number", "boolean", "list", "mixed"] = Field(
+        description="what its videos hold: strings, numbers, booleans, lists of strings, or several of these "
+                    "(mixed)")
+    videos: int = Field(description="rows (videos, or windows) holding a value of the field")
+    values: list[str] | None = Field(description="a string or list field's distinct values (list items), sorted, "
+                                                 "when there are at most 50; else null")
+    min: float | None = Field(description="a number field's smallest value; else null")
+    max: float | None = Field(description="a number field's largest value; else null")
+
+
 class InfoResponse(BaseModel):
     service: Literal["ucofia"]
     api_version: str
@@ -442,6 +454,13 @@ class InfoResponse(BaseModel):
     two_stage: Literal["auto", "on", "off"]
     two_stage_min_videos: int
     limits: LimitsInfo
+
+
+class FieldsResponse(BaseModel):
+    snapshot: SnapshotInfo
+    fields: list[MetadataField] = Field(
+        description="the fields of the videos' metadata (from a .jsonl / .csv `--videos` list) in this snapshot, in "
+                    "the order they first appear: what a filter can name besides the recorded fields")
 
 
 # ------------------------------------------------------------------------------------------------

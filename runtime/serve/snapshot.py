@@ -1,9 +1,9 @@
 """One opened index as an immutable snapshot, and the holder the service swaps on reload.
 
 A snapshot holds a ``runtime.search.Searcher`` over the index: entries and the id -> row map, the
-SK biases, the features themselves when they fit in ``--preload-mb``, which file each row is of
-and, once two-stage search is used, its kernel and stage-1 FAISS index: everything a search reads
-besides the queries.
+SK biases, the features themselves when they fit in ``--preload-mb``, which file each row is of,
+a summary of the metadata fields (``GET /v1/info``) and, once two-stage search is used, its kernel
+and stage-1 FAISS index: everything a search reads besides the queries.
 Building one happens off the event loop; the service then replaces one reference, so a batch that
 started on the old snapshot finishes on it. Index updates add shards and replace files by rename,
 so an old snapshot stays readable, except after ``ucofia-run compact`` deleted the shards it
@@ -24,6 +24,7 @@ from runtime.deployment import check_searchable
 from runtime.index import STATE, GalleryIndex
 from runtime.scoring import ArrayVideos, Scorer, TextFeatures, VideoSource
 from runtime.search import Searcher, SearchOptions
+from runtime.search.fields import FieldSummary, metadata_fields
 
 # index.json fields that change without changing what a search sees: the time stamp of a no-op
 # indexing run, and rows an unfinished run has written but not yet published.
@@ -62,6 +63,7 @@ class Snapshot:
     digest: str
     loaded_at: float
     load_seconds: float
+    fields: list[FieldSummary] = field(default_factory=list)  # the metadata fields (filter controls)
 
     @property
     def index(self) -> GalleryIndex:
@@ -108,8 +110,9 @@ def load_snapshot(gallery: GalleryIndex, scorer: Scorer, *, version: int, two_st
         _ = searcher.files  # which file each row is of, computed once here rather than per request
     if two_stage:
         searcher.two_stage(searcher.stage1_params(SearchOptions(two_stage=True)))
+    fields = metadata_fields(gallery.entries)
     return Snapshot(version=version, searcher=searcher, digest=state_digest(gallery.state.to_dict()),
-                    loaded_at=time.time(), load_seconds=time.perf_counter() - start)
+                    loaded_at=time.time(), load_seconds=time.perf_counter() - start, fields=fields)
 
 
 class SnapshotHolder:

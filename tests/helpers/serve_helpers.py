@@ -193,3 +193,31 @@ def serve_refusal(*args: str, timeout_s: float = REFUSAL_TIMEOUT_S) -> subproces
     except subprocess.TimeoutExpired as exc:
         stderr = exc.stderr.decode() if isinstance(exc.stderr, bytes) else exc.stderr or ""
         return subprocess.CompletedProcess(command, None, "", stderr)
+
+
+# Metadata of the videos of ``build_metadata_index``: a channel (few strings), a year (numbers), a
+# flag (booleans, not on every video), tags (lists of strings) and a note holding markup (text).
+PAGE_METADATA = {
+    "clip0": {"channel": "news", "year": 2019, "live": True, "tags": ["city", "night"], "note": "<b>bold</b>"},
+    "clip1": {"channel": "sport", "year": 2021, "live": False, "tags": ["field"], "note": "a & b"},
+    "clip2": {"channel": "news", "year": 2022, "tags": ["city"], "note": "plain"},
+    "clip3": {"channel": "music", "year": 2020, "live": True, "tags": [], "note": "x"},
+    "clip4": {"channel": "news", "year": 2023, "live": False, "tags": ["night"], "note": "y"},
+    "clip5": {"channel": "sport", "year": 2018, "note": "z"},
+}
+
+
+def build_metadata_index(root: Path, clips: Path, bundle: Path, metadata: dict | None = None) -> Path:
+    """An index of the session's ``clips`` (clip0.mp4 ...) listed in a .jsonl video list with
+    ``metadata`` (default PAGE_METADATA: one row per id), indexed by the real CLI."""
+    import json
+
+    metadata = PAGE_METADATA if metadata is None else metadata
+    listing = root / "videos.jsonl"
+    listing.write_text("".join(json.dumps({"id": vid, "path": str(clips / f"{vid}.mp4"), **meta}) + "\n"
+                               for vid, meta in metadata.items()))
+    index = root / "index"
+    result = run_cli("index", "--bundle", str(bundle), "--videos", str(listing), "-o", str(index), "-q",
+                     "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    return index

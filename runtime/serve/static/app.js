@@ -1,268 +1,251 @@
-// ucofia search page: plain JavaScript, no build step, no inline code (the server sends a strict CSP).
-// Every URL it asks for is relative to the page ("v1/search", not "/v1/search"), and the links in
+// ucofia search page: plain JavaScript modules, no build step, no inline code (the server sends a strict
+// CSP). Every URL it asks for is relative to the page ("v1/search", not "/v1/search"), and the links in
 // answers carry the server's --root-path, so the page works under a reverse proxy's path prefix.
-"use strict";
+//
+// Modules: api.js (calls with the API key), filters.js (filter controls from the metadata fields),
+// cards.js (result cards), download.js (the results as a JSON file). This one holds the search state:
+// a query (text, an indexed video or an uploaded file), its filter and the results shown so far.
+import {api, apiKey, askKey, setUpKeyDialog} from "./api.js";
+import {card, sizeBars} from "./cards.js";
+import {downloadJson, fileName} from "./download.js";
+import {buildFilters, readFilter} from "./filters.js";
 
-(() => {
-  const KEY_STORAGE = "ucofia.apiKey";
-  const SCORE_FIELDS = ["score", "video_sentence", "frame_sentence", "patch_word"];
-  const SCORE_LABELS = {score: "fused", video_sentence: "video–sentence", frame_sentence: "frame–sentence",
-                        patch_word: "patch–word"};
-  // Entry fields not worth a line on a card; every other field is shown (e.g. a window's start/end).
-  const HIDDEN_DETAILS = new Set(["sha256", "mtime", "bytes", "frames", "fps", "width", "height", "duration_s",
-                                  "start", "end", "window", "stride", "container"]);
+const $ = (id) => document.getElementById(id);
+const form = $("search");
+const input = $("q");
+const select = $("k");
+const status = $("status");
+const grid = $("results");
+const dialog = $("key-dialog");
+const filtersBox = $("filters");
+const upload = $("upload");
+const more = $("more");
+const download = $("download");
+let info = null;
+let fieldsShown = false;
+let searchCounter = 0;
+// The search shown: {query: {text} | {like} | {query_video, file}, k, filter, hits, data, done}.
+let current = null;
 
-  const $ = (id) => document.getElementById(id);
-  const form = $("search");
-  const input = $("q");
-  const select = $("k");
-  const status = $("status");
-  const grid = $("results");
-  const dialog = $("key-dialog");
-  let info = null;
-  let searchCounter = 0;
+const maxTopK = () => (info ? info.limits.max_top_k : 100);
 
-  // ---- API key -----------------------------------------------------------------------------
-  const apiKey = () => sessionStorage.getItem(KEY_STORAGE) || "";
+// ---- URL <-> form ----------------------------------------------------------------------------
+function readUrl() {
+  const params = new URLSearchParams(location.search);
+  return {q: params.get("q") || "", like: params.get("like") || "", k: params.get("k") || select.value};
+}
 
-  // Resolves once the key dialog has closed (focus is back on the page by then).
-  function askKey(message) {
-    $("key-error").textContent = message || "";
-    $("key").value = "";
-    return new Promise((resolve) => {
-      dialog.addEventListener("close", () => resolve(), {once: true});
-      if (!dialog.open) dialog.showModal();
-      $("key").focus();
-    });
+function writeUrl(values) {
+  const params = new URLSearchParams(values);
+  const url = `${location.pathname}?${params}`;
+  if (url !== location.pathname + location.search) history.pushState(values, "", url);
+}
+
+function urlOf(query, k) {
+  if (query.text != null) writeUrl({q: query.text, k});
+  else if (query.like != null) writeUrl({like: query.like, k});
+}
+
+function chooseK(k) {
+  const wanted = String(Math.min(parseInt(k, 10) || 10, maxTopK()));
+  if (![...select.options].some((o) => o.value === wanted)) select.add(new Option(wanted, wanted));
+  select.value = wanted;
+}
+
+// ---- the requests ----------------------------------------------------------------------------
+function request(query, filter, topK, offset) {
+  if (query.file) {  // multipart; the browser sets its Content-Type and Content-Length
+    const body = new FormData();
+    body.append("file", query.file, query.file.name);
+    body.append("top_k", String(topK));
+    body.append("offset", String(offset));
+    if (filter) body.append("filter", JSON.stringify(filter));
+    return api("v1/search/by-video", {method: "POST", body});
   }
+  const body = query.like != null ? {like: query.like} : {queries: [query.text]};
+  Object.assign(body, {top_k: topK, offset});
+  if (filter) body.filter = filter;
+  return api("v1/search", {method: "POST", json: body});
+}
 
-  $("key-form").addEventListener("submit", (event) => {
-    const key = $("key").value.trim();
-    if (!key) {
-      event.preventDefault();
+function described(query) {
+  if (query.text != null) return `for “${query.text}”`;
+  if (query.like != null) return `like “${query.like}”`;
+  return `like the file “${query.query_video}”`;
+}
+
+// ---- rendering -------------------------------------------------------------------------------
+function showStatus(data) {
+  const n = current.hits.length;
+  const cut = data.results[0].truncated ? " (the query was cut to the model's word limit)" : "";
+  const filtered = current.filter ? " matching the filters" : "";
+  status.textContent = `${n} result${n === 1 ? "" : "s"} ${described(current.query)}${filtered} among ` +
+    `${data.snapshot.videos} videos · ${Math.round(data.timings.total_ms)} ms · ` +
+    `${data.mode.replace("_", "-")}${cut}`;
+}
+
+function showTools() {
+  more.hidden = !current || current.done;
+  download.hidden = !current;
+}
+
+function fail(message, append) {
+  status.classList.add("error");
+  status.textContent = message;
+  if (!append) {
+    current = null;
+    grid.replaceChildren();
+  }
+  showTools();
+}
+
+// ---- searching -------------------------------------------------------------------------------
+// The first page of `query` (append: the next page of the search shown, with its filter).
+async function search(query, k, append = false) {
+  const mine = ++searchCounter;
+  const filter = append ? current.filter : readFilter(filtersBox);
+  const offset = append ? current.hits.length : 0;
+  const topK = Math.min(Number(k), maxTopK() - offset);
+  status.classList.remove("error");
+  status.textContent = append ? "Loading more…" : "Searching…";
+  grid.setAttribute("aria-busy", "true");
+  more.disabled = true;
+  try {
+    const response = await request(query, filter, topK, offset);
+    const data = await response.json().catch(() => ({error: response.statusText}));
+    if (mine !== searchCounter) return;  // a newer search is under way
+    if (!response.ok) {
+      fail(data.error || `search failed (${response.status})`, append);
       return;
     }
-    sessionStorage.setItem(KEY_STORAGE, key);
+    const hits = data.results[0].results;
+    if (!append) current = {query, k: Number(k), filter, hits: [], data};
+    current.hits.push(...hits);
+    current.data = data;
+    current.done = hits.length < topK || current.hits.length >= maxTopK();
+    const cards = hits.map((hit) => card(hit, moreLikeThis));
+    if (append) grid.append(...cards);
+    else grid.replaceChildren(...cards);
+    sizeBars(grid);
+    showStatus(data);
+    showTools();
+    loadFields();  // once a key works (a wrong one gave none at start)
+  } catch (err) {
+    if (mine !== searchCounter) return;
+    fail(`search failed: ${err.message}`, append);
+  } finally {
+    if (mine === searchCounter) {
+      grid.removeAttribute("aria-busy");
+      grid.dataset.search = String(mine);  // which search the grid shows (tests wait for it)
+      more.disabled = false;
+    }
+  }
+}
+
+function moreLikeThis(hit) {
+  const query = {like: hit.video_id};
+  input.value = "";
+  upload.value = "";
+  urlOf(query, select.value);
+  window.scrollTo(0, 0);
+  search(query, select.value);
+}
+
+form.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const q = input.value.trim();
+  if (!q) return;
+  upload.value = "";
+  urlOf({text: q}, select.value);
+  search({text: q}, select.value);
+});
+
+select.addEventListener("change", () => {
+  if (!current) return;
+  urlOf(current.query, select.value);
+  search(current.query, select.value);
+});
+
+upload.addEventListener("change", () => {
+  const file = upload.files[0];
+  if (file) search({query_video: file.name, file}, select.value);
+});
+
+more.addEventListener("click", () => {
+  if (current && !current.done) search(current.query, current.k, true);
+});
+
+download.addEventListener("click", () => {
+  if (!current) return;
+  const {query} = current;
+  downloadJson(fileName(query), {
+    query: query.text ?? null, like: query.like ?? null, query_video: query.query_video ?? null,
+    filter: current.filter, snapshot: current.data.snapshot, results: current.hits,
   });
+});
 
-  async function api(path, options = {}, retries = 2) {
-    const headers = {"Content-Type": "application/json"};
-    if (apiKey()) headers.Authorization = "Bearer " + apiKey();
-    const response = await fetch(path, {...options, headers});
-    if (response.status === 401 && retries > 0) {
-      sessionStorage.removeItem(KEY_STORAGE);
-      await askKey(apiKey() ? "" : "That key was not accepted; check it and try again.");
-      return api(path, options, retries - 1);
-    }
-    return response;
-  }
+function fromUrl() {
+  const {q, like, k} = readUrl();
+  input.value = q;
+  chooseK(k);
+  if (like) return search({like}, select.value);
+  if (q) return search({text: q}, select.value);
+  current = null;
+  grid.replaceChildren();
+  status.textContent = "";
+  showTools();
+  return null;
+}
 
-  // ---- URL <-> form --------------------------------------------------------------------------
-  function readUrl() {
-    const params = new URLSearchParams(location.search);
-    return {q: params.get("q") || "", k: params.get("k") || select.value};
-  }
+window.addEventListener("popstate", () => fromUrl());
 
-  function writeUrl(q, k) {
-    const params = new URLSearchParams({q, k});
-    const url = `${location.pathname}?${params}`;
-    if (url !== location.pathname + location.search) history.pushState({q, k}, "", url);
-  }
-
-  function chooseK(k) {
-    const wanted = String(parseInt(k, 10) || 10);
-    if (![...select.options].some((o) => o.value === wanted)) select.add(new Option(wanted, wanted));
-    select.value = wanted;
-  }
-
-  // ---- rendering -----------------------------------------------------------------------------
-  function fmt(value) {
-    return Math.abs(value) >= 100 ? value.toFixed(1) : value.toFixed(3);
-  }
-
-  function scoreOf(hit, field) {
-    return field === "score" ? hit.score : hit.levels[field];
-  }
-
-  function ranges(hits) {
-    const out = {};
-    for (const field of SCORE_FIELDS) {
-      const values = hits.map((h) => scoreOf(h, field));
-      out[field] = [Math.min(...values), Math.max(...values)];
-    }
-    return out;
-  }
-
-  function addRow(list, term, content) {
-    const dt = document.createElement("dt");
-    dt.textContent = term;
-    const dd = document.createElement("dd");
-    if (typeof content === "string") dd.textContent = content;
-    else dd.append(...content);
-    list.append(dt, dd);
-  }
-
-  function scoreRow(list, field, value, range) {
-    const [lo, hi] = range;
-    // bar length: the score's place between the lowest and highest shown here (10 % to 100 %)
-    const share = hi > lo ? 0.1 + 0.9 * (value - lo) / (hi - lo) : 1;
-    const bar = document.createElement("span");
-    bar.className = "bar";
-    bar.setAttribute("aria-hidden", "true");
-    const fill = document.createElement("span");
-    fill.className = "fill " + field;
-    fill.style.width = `${(share * 100).toFixed(1)}%`;
-    bar.append(fill);
-    const number = document.createElement("span");
-    number.className = "value";
-    number.textContent = fmt(value);
-    addRow(list, SCORE_LABELS[field], [bar, number]);
-  }
-
-  function details(list, entry) {
-    const parts = [];
-    if (entry.duration_s != null) parts.push(`${Number(entry.duration_s).toFixed(1)} s`);
-    if (entry.width && entry.height) parts.push(`${entry.width}×${entry.height}`);
-    if (entry.fps) parts.push(`${Math.round(entry.fps)} fps`);
-    if (parts.length) addRow(list, "clip", parts.join(" · "));
-    if (entry.start != null && entry.end != null) addRow(list, "span", `${entry.start}–${entry.end} s`);
-    for (const [name, value] of Object.entries(entry)) {
-      if (!HIDDEN_DETAILS.has(name) && value !== null && typeof value !== "object") addRow(list, name, String(value));
-    }
-  }
-
-  function play(button, hit) {
-    const video = document.createElement("video");
-    video.className = "player";
-    video.controls = true;
-    video.autoplay = true;
-    video.playsInline = true;
-    video.preload = "auto";
-    video.src = hit.links.media;
-    video.setAttribute("aria-label", `Video ${hit.video_id}`);
-    video.addEventListener("error", () => {
-      const note = document.createElement("p");
-      note.className = "error";
-      note.textContent = "This clip cannot be played here.";
-      video.after(note);
-    });
-    button.replaceWith(video);
-    video.focus();
-    video.play().catch(() => {});
-  }
-
-  function card(hit, scoreRanges) {
-    const node = $("card").content.firstElementChild.cloneNode(true);
-    node.dataset.videoId = hit.video_id;
-    node.querySelector(".rank").textContent = `#${hit.rank}`;
-    node.querySelector(".vid").textContent = hit.video_id;
-    const button = node.querySelector(".play");
-    button.setAttribute("aria-label", `Play ${hit.video_id} (rank ${hit.rank})`);
-    const img = node.querySelector(".thumb");
-    img.addEventListener("error", () => button.classList.add("no-thumb"));
-    img.src = hit.links.thumbnail;
-    button.addEventListener("click", () => play(button, hit));
-    const scores = node.querySelector(".scores");
-    for (const field of SCORE_FIELDS) scoreRow(scores, field, scoreOf(hit, field), scoreRanges[field]);
-    details(node.querySelector(".details"), hit.entry || {});
-    // grouped by file: the card is the file's best window; list the other good windows' spans
-    if (hit.windows && hit.windows.length > 1) {
-      const others = hit.windows.slice(1).map((w) => `${w.start}–${w.end} s (${fmt(w.score)})`);
-      addRow(node.querySelector(".details"), "also", others.join(", "));
-    }
-    return node;
-  }
-
-  function render(q, data) {
-    const query = data.results[0];
-    const hits = query.results;
-    const scoreRanges = ranges(hits);
-    grid.replaceChildren(...hits.map((hit) => card(hit, scoreRanges)));
-    const plural = hits.length === 1 ? "" : "s";
-    const cut = query.truncated ? " (the query was cut to the model's word limit)" : "";
-    status.textContent = `${hits.length} result${plural} for “${q}” among ${data.snapshot.videos} videos · ` +
-      `${Math.round(data.timings.total_ms)} ms · ${data.mode.replace("_", "-")}${cut}`;
-  }
-
-  // ---- searching -----------------------------------------------------------------------------
-  async function search(q, k) {
-    const mine = ++searchCounter;
-    status.classList.remove("error");
-    status.textContent = "Searching…";
-    grid.setAttribute("aria-busy", "true");
-    try {
-      const response = await api("v1/search", {method: "POST", body: JSON.stringify({queries: [q], top_k: Number(k)})});
-      const data = await response.json().catch(() => ({error: response.statusText}));
-      if (mine !== searchCounter) return;  // a newer search is under way
-      if (!response.ok) {
-        status.classList.add("error");
-        status.textContent = data.error || `search failed (${response.status})`;
-        grid.replaceChildren();
-        return;
-      }
-      render(q, data);
-    } catch (err) {
-      if (mine !== searchCounter) return;
-      status.classList.add("error");
-      status.textContent = `search failed: ${err.message}`;
-    } finally {
-      if (mine === searchCounter) grid.removeAttribute("aria-busy");
-    }
-  }
-
-  form.addEventListener("submit", (event) => {
+document.addEventListener("keydown", (event) => {
+  const typing = event.target instanceof HTMLInputElement || event.target instanceof HTMLSelectElement ||
+    event.target instanceof HTMLTextAreaElement;
+  if (event.key === "/" && !typing && !dialog.open) {
     event.preventDefault();
-    const q = input.value.trim();
-    if (!q) return;
-    writeUrl(q, select.value);
-    search(q, select.value);
-  });
+    input.focus();
+    input.select();
+  }
+});
 
-  select.addEventListener("change", () => {
-    const q = input.value.trim();
-    if (q) form.requestSubmit();
-  });
-
-  window.addEventListener("popstate", () => {
-    const {q, k} = readUrl();
-    input.value = q;
-    chooseK(k);
-    if (q) search(q, select.value);
-    else grid.replaceChildren();
-  });
-
-  document.addEventListener("keydown", (event) => {
-    const typing = event.target instanceof HTMLInputElement || event.target instanceof HTMLSelectElement ||
-      event.target instanceof HTMLTextAreaElement;
-    if (event.key === "/" && !typing && !dialog.open) {
-      event.preventDefault();
-      input.focus();
-      input.select();
-    }
-  });
-
-  async function start() {
-    try {
-      const response = await fetch("v1/info");
-      info = await response.json();
-      $("gallery").textContent = `${info.snapshot.videos} videos indexed`;
-      const max = info.limits.max_top_k;
-      for (const option of [...select.options]) if (Number(option.value) > max) option.remove();
-    } catch (err) {
-      status.classList.add("error");
-      status.textContent = `cannot reach the server: ${err.message}`;
+// The filter controls, from the metadata fields (a search-scope route: it needs the key when keys
+// are on). Asked for once a key is at hand; a refusal is not retried here (the searches ask for a key).
+async function loadFields() {
+  if (fieldsShown) return;
+  fieldsShown = true;
+  try {
+    const response = await api("v1/fields", {}, 0);
+    if (!response.ok) {
+      fieldsShown = false;
       return;
     }
-    if (info.auth_required && !apiKey()) await askKey("");
-    const {q, k} = readUrl();
-    chooseK(k);
-    if (q) {
-      input.value = q;
-      await search(q, select.value);
-    } else {
-      input.focus();
-    }
+    const data = await response.json();
+    buildFilters(filtersBox, data.fields, () => {
+      if (current) search(current.query, select.value);
+    });
+  } catch (err) {
+    fieldsShown = false;
   }
+}
 
-  start();
-})();
+async function start() {
+  setUpKeyDialog();
+  try {
+    const response = await fetch("v1/info");
+    info = await response.json();
+    $("gallery").textContent = `${info.snapshot.videos} videos indexed`;
+    for (const option of [...select.options]) if (Number(option.value) > maxTopK()) option.remove();
+  } catch (err) {
+    status.classList.add("error");
+    status.textContent = `cannot reach the server: ${err.message}`;
+    return;
+  }
+  if (info.auth_required && !apiKey()) await askKey("");
+  loadFields();
+  const running = fromUrl();
+  if (running) await running;
+  else input.focus();
+}
+
+start();

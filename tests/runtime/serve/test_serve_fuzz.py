@@ -32,7 +32,7 @@ SEED = 29
 EXAMPLES = 40  # per operation and phase
 RUN_TIMEOUT_S = 150  # one Schemathesis run; ~10 s on two cores
 REQUEST_TIMEOUT_S = 30
-OPERATIONS = 11
+OPERATIONS = 12
 # Statuses a schema-valid request may get (Schemathesis' default, plus 416: whether a range is
 # satisfiable depends on the file's size, which no schema states). In its coverage phase only, the
 # media route also allows 422 for valid data: Schemathesis 4.32's coverage phase fills an optional

@@ -81,17 +81,31 @@ def test_the_page_and_every_link_resolve_under_the_prefix(proxied):
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
         refs = _refs(page.text)
         assert refs and all(not ref.startswith("/") for ref in refs), refs  # relative: under any prefix
-        script = None
+        scripts: dict[str, str] = {}
         for ref in refs:
             url = urljoin(page_url, ref)
             assert urlsplit(url).path.startswith(PREFIX + "/"), url
             reply = client.get(url)
             assert reply.status_code == 200, (url, reply.status_code)
             if ref.endswith(".js"):
-                script = reply.text
-        # the API calls of the page's script
-        calls = re.findall(r'\b(?:fetch|api)\("([^"]+)"', script)
-        assert sorted(calls) == ["v1/info", "v1/search"], calls
+                scripts[url] = reply.text
+        # the modules the page's script imports, relative to it: under the prefix too
+        pending = list(scripts.items())
+        while pending:
+            script_url, text = pending.pop()
+            for ref in re.findall(r'^import .* from "([^"]+)";$', text, re.M):
+                assert ref.startswith("./"), ref
+                url = urljoin(script_url, ref)
+                if url not in scripts:
+                    assert urlsplit(url).path.startswith(PREFIX + "/static/"), url
+                    reply = client.get(url)
+                    assert reply.status_code == 200 and "javascript" in reply.headers["content-type"], url
+                    scripts[url] = reply.text
+                    pending.append((url, reply.text))
+        assert len(scripts) >= 5, sorted(scripts)
+        # the API calls of the page's scripts
+        calls = [call for text in scripts.values() for call in re.findall(r'\b(?:fetch|api)\("([^"]+)"', text)]
+        assert sorted(calls) == ["v1/fields", "v1/info", "v1/search", "v1/search/by-video"], calls
         resolved = {call: urljoin(page_url, call) for call in calls}
         assert all(urlsplit(url).path.startswith(PREFIX + "/v1/") for url in resolved.values())
         assert client.get(resolved["v1/info"]).json()["snapshot"]["videos"] == CLIPS

@@ -33,7 +33,7 @@ from runtime.serve.settings import Limits
 CLIPS = 3
 QUERY = {"queries": ["a red car on the road"], "top_k": 2}
 PROTECTED = {"search": "search", "search_by_video": "search", "describe": "search", "video": "search",
-             "thumbnail": "search", "media": "search", "reload": "admin"}
+             "thumbnail": "search", "media": "search", "reload": "admin", "fields": "search"}
 SIGNED = {"thumbnail", "media"}  # a signed URL is the other way in
 PUBLIC = {"healthz", "readyz", "metrics", "info"}
 # The statuses each operation answers besides its 2xx (keys mode adds 401 and 403 to the protected ones);
@@ -50,6 +50,7 @@ STATUSES = {
     "readyz": {"200", "421", "500", "503"},
     "metrics": {"200", "421", "500"},
     "info": {"200", "421", "500"},
+    "fields": {"200", "421", "500"},
 }
 CROSS_ORIGIN_CHECKED = {"search", "search_by_video", "describe", "reload"}
 
