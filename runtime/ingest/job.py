@@ -27,6 +27,7 @@ from runtime.ingest.files import plan_ingest
 from runtime.ingest.local import DEFAULT_BATCH, default_workers, encode_videos
 from runtime.ingest.report import IngestReport
 from runtime.ingest.windows import encode_windows, plan_windows
+from runtime.remote import Source, is_url
 from runtime.scoring import DEFAULT_MEMORY_MB
 from runtime.sources import read_captions
 from runtime.thumbnails import ThumbnailReport, ThumbnailWriter
@@ -117,7 +118,7 @@ class IndexOutcome:
 class _Work:
     """What is left to encode: (id, path) pairs and the rows each replaces, or window plans."""
 
-    todo: list[tuple[str, Path]] = field(default_factory=list)
+    todo: list[tuple[str, Source]] = field(default_factory=list)
     replaces: dict[str, list[str]] = field(default_factory=dict)
     plans: list[Any] = field(default_factory=list)
     count: int = 0                      # videos or windows to encode
@@ -150,6 +151,17 @@ def check_request(request: IndexRequest) -> WindowSetting | None:
     return setting
 
 
+def check_sources(pairs: list[tuple[str, Source]], setting: WindowSetting | None, ray: RaySettings | None) -> None:
+    """URL sources are indexed as whole files on this machine; OptionsError for --window / --ray."""
+    url = next((source for _, source in pairs if is_url(source)), None)
+    if url is None:
+        return
+    for option, given in (("--window", setting is not None), ("--ray", ray is not None)):
+        if given:
+            raise OptionsError(f"{option} does not take URL sources yet ({url}): index URLs without {option}, "
+                               f"or download them first")
+
+
 def check_bank(bank: Path | None, bundle: Bundle) -> None:
     """A bad caption bank fails before hours of encoding, not after."""
     if bank is None:
@@ -172,6 +184,7 @@ def build_index(request: IndexRequest) -> IndexOutcome:
     backend = resolve_backend(request.backend, bundle)
     listed = read_video_list(request.videos)
     pairs = listed.pairs
+    check_sources(pairs, setting, request.ray)
     check_bank(request.bank, bundle)
     report = IngestReport(total=len(pairs))
     unit = "video" if setting is None else "window"
@@ -208,7 +221,7 @@ def build_index(request: IndexRequest) -> IndexOutcome:
     return outcome
 
 
-def _plan(writer: IndexWriter, pairs: list[tuple[str, Path]], setting: WindowSetting | None,
+def _plan(writer: IndexWriter, pairs: list[tuple[str, Source]], setting: WindowSetting | None,
           report: IngestReport) -> _Work:
     if setting is None:
         todo, replaces, report.skipped = plan_ingest(writer, pairs)
@@ -256,7 +269,8 @@ class _LocalFiles:
         encode_videos(self.writer, self.bundle, work.todo, backend=self.backend, batch_size=r.batch_size,
                       workers=self.workers, processes=r.process_pool, threads=r.threads, report=self.report,
                       progress=update, replaces=work.replaces,
-                      on_stored=self.thumbnails.submit if self.thumbnails else None, metadata=self.metadata)
+                      on_stored=self.thumbnails.submit if self.thumbnails else None, metadata=self.metadata,
+                      url_thumbnails=self.thumbnails is not None)
 
     def bias_compute(self) -> ComputeBiases | None:
         return None
