@@ -27,7 +27,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,6 +119,17 @@ def filesystem(url: str, settings: RemoteSettings) -> Any:
     except ImportError as exc:
         raise RuntimeUserError(f"reading {protocol}:// videos needs {exc.name}: "
                                f"pip install 'ucofia[{extra}]'") from None
+
+
+def require(urls: Iterable[str], settings: RemoteSettings | None = None) -> None:
+    """Check, before any work, that every protocol among ``urls`` can be read (its extra is
+    installed): RuntimeUserError naming the extra otherwise."""
+    settings = settings or RemoteSettings.from_env()
+    first: dict[str, str] = {}
+    for url in urls:
+        first.setdefault(_protocol(url), url)
+    for url in first.values():
+        filesystem(url, settings)
 
 
 def _retrying(url: str, what: str, settings: RemoteSettings, call: Any) -> Any:

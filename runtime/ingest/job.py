@@ -28,6 +28,7 @@ from runtime.ingest.local import DEFAULT_BATCH, default_workers, encode_videos
 from runtime.ingest.report import IngestReport
 from runtime.ingest.windows import encode_windows, plan_windows
 from runtime.remote import Source, is_url
+from runtime.remote import require as require_protocols
 from runtime.scoring import DEFAULT_MEMORY_MB
 from runtime.sources import read_captions
 from runtime.thumbnails import ThumbnailReport, ThumbnailWriter
@@ -152,14 +153,16 @@ def check_request(request: IndexRequest) -> WindowSetting | None:
 
 
 def check_sources(pairs: list[tuple[str, Source]], setting: WindowSetting | None, ray: RaySettings | None) -> None:
-    """URL sources are indexed as whole files on this machine; OptionsError for --window / --ray."""
-    url = next((source for _, source in pairs if is_url(source)), None)
-    if url is None:
+    """URL sources are indexed as whole files on this machine (OptionsError for --window / --ray)
+    and need their protocol's extra (RuntimeUserError naming it), checked before any work."""
+    urls = [str(source) for _, source in pairs if is_url(source)]
+    if not urls:
         return
     for option, given in (("--window", setting is not None), ("--ray", ray is not None)):
         if given:
-            raise OptionsError(f"{option} does not take URL sources yet ({url}): index URLs without {option}, "
+            raise OptionsError(f"{option} does not take URL sources yet ({urls[0]}): index URLs without {option}, "
                                f"or download them first")
+    require_protocols(urls)
 
 
 def check_bank(bank: Path | None, bundle: Bundle) -> None:

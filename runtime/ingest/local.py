@@ -94,26 +94,30 @@ def encode_videos(writer: IndexWriter, bundle: Bundle, todo: list[tuple[str, Sou
 
         outcomes = decode_many(paths(), spec, workers=max(workers, 1), processes=processes,
                                prefetch=max(2 * workers, batch_size))
-        for outcome in outcomes:
-            while unread:
-                item = unread.pop(0)
-                fail(item.vid, item.source, str(item.error))
-            item = decoding.popleft()
-            item.release()
-            vid, path = item.vid, item.source
-            if not outcome.ok:
-                fail(vid, path, str(outcome.error).replace(str(item.local), str(path)))
-                continue
-            try:
-                entry = video_entry(vid, item.identity_now(), outcome.video, metadata.get(vid))
-            except OSError as exc:  # the file went away or became unreadable after decoding
-                fail(vid, path, f"{path}: {unreadable_reason(exc)}")
-                continue
-            batch_entries.append(entry)
-            batch_frames.append(outcome.video.to_model_input(spec))
-            batch_masks.append(outcome.video.video_mask)
-            if len(batch_entries) >= batch_size:
-                flush()
+        try:
+            for outcome in outcomes:
+                while unread:
+                    item = unread.pop(0)
+                    fail(item.vid, item.source, str(item.error))
+                item = decoding.popleft()
+                item.release()
+                vid, path = item.vid, item.source
+                if not outcome.ok:
+                    fail(vid, path, str(outcome.error).replace(str(item.local), str(path)))
+                    continue
+                try:
+                    entry = video_entry(vid, item.identity_now(), outcome.video, metadata.get(vid))
+                except OSError as exc:  # the file went away or became unreadable after decoding
+                    fail(vid, path, f"{path}: {unreadable_reason(exc)}")
+                    continue
+                batch_entries.append(entry)
+                batch_frames.append(outcome.video.to_model_input(spec))
+                batch_masks.append(outcome.video.video_mask)
+                if len(batch_entries) >= batch_size:
+                    flush()
+        except BaseException:  # interrupted: drop the downloads queued ahead rather than finish them
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
         for item in unread:
             fail(item.vid, item.source, str(item.error))
         flush()

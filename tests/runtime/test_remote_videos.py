@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 import tempfile
 
 import numpy as np
@@ -15,10 +16,12 @@ import pytest
 from runtime_helpers import copy_clips, run_cli
 from url_server import FileServer, moto_s3
 
-from runtime.index import GalleryIndex
+from runtime.bundle import load_bundle
+from runtime.index import GalleryIndex, IndexWriter
 from runtime.index.failures import read_failures
-from runtime.ingest import IndexRequest, build_index
-from runtime.remote import stat, url_changed
+from runtime.ingest import IndexRequest, IngestReport, build_index
+from runtime.ingest.local import encode_videos
+from runtime.remote import read_range, stat, url_changed
 from runtime.thumbnails import thumbnail_file
 
 pytest.importorskip("aiohttp", reason="http(s) URLs need aiohttp (pip install 'ucofia[http]')")
@@ -93,6 +96,7 @@ def test_http_urls_index_bit_identical_to_local_files(fake_bundle, clips, tmp_pa
     assert not list(scratch.iterdir())  # every downloaded copy deleted
 
 
+@pytest.mark.slow  # waits for timeouts by design
 def test_failed_urls_are_recorded_the_run_goes_on_and_a_rerun_retries_them(fake_bundle, clips, tmp_path,
                                                                             monkeypatch):
     videos = copy_clips(clips, tmp_path / "videos", range(6))
@@ -171,6 +175,9 @@ def test_s3_urls_index_bit_identical_and_resume(fake_bundle, clips, tmp_path, mo
         assert entry["path"] == "s3://clips/a/clip0.mp4" and entry["etag"]
         outcome = index_outcome(fake_bundle, tmp_path / "urls.txt", tmp_path / "index")
         assert (outcome["skipped"], outcome["indexed"], len(outcome["failed"])) == (3, 0, 1)
+        data = (videos / "clip2.mp4").read_bytes()  # what the media route streams: ranged reads
+        assert b"".join(read_range("s3://clips/a/clip2.mp4", 10, 20)) == data[10:20]
+        assert b"".join(read_range("s3://clips/a/clip2.mp4", 0, len(data))) == data
     assert index_of(fake_bundle, videos, tmp_path / "local_index").returncode == 0
     assert_same_features(tmp_path / "index", tmp_path / "local_index", ["clip0", "clip1", "clip2"])
 
@@ -199,3 +206,29 @@ def test_url_changed_decides_by_validators_else_by_sha256(clips, tmp_path):
         assert url_changed({**entry, "bytes": len(data) + 1}, url)
         assert server.count("GET", "/clip0.mp4") == 2
         assert not url_changed(entry, f"{server.url}/gone.mp4")            # unreachable: rows kept
+
+
+def test_a_missing_extra_is_named_before_any_work(fake_bundle, clips, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "s3fs", None)  # as if 'ucofia[s3]' were not installed
+    (tmp_path / "urls.txt").write_text(f"{clips / 'clip0.mp4'}\ns3://bucket/clip1.mp4\n")
+    result = index_of(fake_bundle, tmp_path / "urls.txt", tmp_path / "index")
+    assert result.returncode not in (0, 3) and "pip install 'ucofia[s3]'" in result.stderr
+    assert not (tmp_path / "index").exists()  # nothing encoded, not even the local file
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_drops_the_downloads_queued_ahead(fake_bundle, clips, tmp_path, monkeypatch):
+    monkeypatch.setenv("UCOFIA_URL_TIMEOUT_S", "10")  # slow, not failing
+    videos = copy_clips(clips, tmp_path / "videos", range(4))
+    with FileServer(videos) as server:
+        server.slow, server.slow_s = {"/clip1.mp4", "/clip2.mp4", "/clip3.mp4"}, 2.0
+        todo = [(f"clip{i}", f"{server.url}/clip{i}.mp4") for i in range(4)]
+
+        def stop(_: int) -> None:
+            raise KeyboardInterrupt
+
+        with IndexWriter(tmp_path / "index", load_bundle(fake_bundle)) as writer, pytest.raises(KeyboardInterrupt):
+            # one fetch thread, 2 ahead: clip0 is decoded while clip1 downloads and clip2 waits
+            encode_videos(writer, load_bundle(fake_bundle), todo, backend="cpu", batch_size=1, workers=1,
+                          processes=False, threads=1, report=IngestReport(), progress=stop)
+        assert server.count("HEAD", "/clip1.mp4") == 1 and server.count("HEAD", "/clip2.mp4") == 0
