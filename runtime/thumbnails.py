@@ -148,8 +148,11 @@ def make_thumbnail(index_root: str | os.PathLike[str], entry: Entry, local: Path
                              f"`ucofia-run index` to enable thumbnails and media")
     if is_url(source):  # decoded from a temporary local copy, as when it was indexed
         try:
-            with local_copy(str(source)) as (local, _):
-                data = render_thumbnail(local, entry.get("start"), entry.get("end"))
+            with local_copy(str(source)) as (copy, _):
+                try:
+                    data = render_thumbnail(copy, entry.get("start"), entry.get("end"))
+                except ThumbnailError as exc:  # name the URL, not the temporary copy
+                    raise ThumbnailError(str(exc).replace(str(copy), str(source))) from None
         except RemoteError as exc:
             raise ThumbnailError(f"cannot make a thumbnail: {exc}") from None
     else:

@@ -22,7 +22,7 @@ from runtime.index.failures import read_failures
 from runtime.ingest import IndexRequest, IngestReport, build_index
 from runtime.ingest.local import encode_videos
 from runtime.remote import read_range, stat, url_changed
-from runtime.thumbnails import thumbnail_file
+from runtime.thumbnails import ThumbnailError, make_thumbnail, thumbnail_file
 
 pytest.importorskip("aiohttp", reason="http(s) URLs need aiohttp (pip install 'ucofia[http]')")
 
@@ -232,3 +232,19 @@ def test_an_interrupted_run_drops_the_downloads_queued_ahead(fake_bundle, clips,
             encode_videos(writer, load_bundle(fake_bundle), todo, backend="cpu", batch_size=1, workers=1,
                           processes=False, threads=1, report=IngestReport(), progress=stop)
         assert server.count("HEAD", "/clip1.mp4") == 1 and server.count("HEAD", "/clip2.mp4") == 0
+
+
+def test_thumbnails_backfills_url_sources(fake_bundle, clips, tmp_path):
+    videos = copy_clips(clips, tmp_path / "videos", range(2))
+    (videos / "broken.mp4").write_bytes(b"not a video")
+    with FileServer(videos) as server:
+        (tmp_path / "urls.txt").write_text(f"{server.url}/clip0.mp4\n{server.url}/clip1.mp4\n")
+        assert index_of(fake_bundle, tmp_path / "urls.txt", tmp_path / "index", "--no-thumbnails").returncode == 0
+        entries = GalleryIndex(tmp_path / "index").entries
+        assert not any(thumbnail_file(tmp_path / "index", e).is_file() for e in entries)
+        result = run_cli("thumbnails", "--index", str(tmp_path / "index"))
+        assert result.returncode == 0, result.stderr
+        assert all(thumbnail_file(tmp_path / "index", e).is_file() for e in entries)
+        with pytest.raises(ThumbnailError) as caught:  # a URL that does not decode: the message names it
+            make_thumbnail(tmp_path / "index", {"id": "b", "sha256": "0", "path": f"{server.url}/broken.mp4"})
+        assert f"{server.url}/broken.mp4" in str(caught.value) and "ucofia-url-" not in str(caught.value)
