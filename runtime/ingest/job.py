@@ -152,16 +152,15 @@ def check_request(request: IndexRequest) -> WindowSetting | None:
     return setting
 
 
-def check_sources(pairs: list[tuple[str, Source]], setting: WindowSetting | None, ray: RaySettings | None) -> None:
-    """URL sources are indexed as whole files on this machine (OptionsError for --window / --ray)
-    and need their protocol's extra (RuntimeUserError naming it), checked before any work."""
+def check_sources(pairs: list[tuple[str, Source]], setting: WindowSetting | None) -> None:
+    """URL sources are indexed as whole files (OptionsError for --window) and need their
+    protocol's extra (RuntimeUserError naming it), checked before any work."""
     urls = [str(source) for _, source in pairs if is_url(source)]
     if not urls:
         return
-    for option, given in (("--window", setting is not None), ("--ray", ray is not None)):
-        if given:
-            raise OptionsError(f"{option} does not take URL sources yet ({urls[0]}): index URLs without {option}, "
-                               f"or download them first")
+    if setting is not None:
+        raise OptionsError(f"--window does not take URL sources yet ({urls[0]}): index URLs without --window, "
+                           f"or download them first")
     require_protocols(urls)
 
 
@@ -187,7 +186,7 @@ def build_index(request: IndexRequest) -> IndexOutcome:
     backend = resolve_backend(request.backend, bundle)
     listed = read_video_list(request.videos)
     pairs = listed.pairs
-    check_sources(pairs, setting, request.ray)
+    check_sources(pairs, setting)
     check_bank(request.bank, bundle)
     report = IngestReport(total=len(pairs))
     unit = "video" if setting is None else "window"

@@ -182,7 +182,7 @@ def test_s3_urls_index_bit_identical_and_resume(fake_bundle, clips, tmp_path, mo
     assert_same_features(tmp_path / "index", tmp_path / "local_index", ["clip0", "clip1", "clip2"])
 
 
-def test_urls_are_refused_with_window_and_ray(fake_bundle, tmp_path):
+def test_urls_are_refused_with_window(fake_bundle, tmp_path):
     (tmp_path / "urls.txt").write_text("https://example.invalid/a.mp4\n")
     result = index_of(fake_bundle, tmp_path / "urls.txt", tmp_path / "index", "--window", "2")
     assert result.returncode != 0 and "--window does not take URL sources" in result.stderr
