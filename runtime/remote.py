@@ -142,13 +142,14 @@ def _retrying(url: str, what: str, settings: RemoteSettings, call: Any) -> Any:
         except PermissionError as exc:
             raise _Final(f"{url}: access denied ({exc})") from None
         except Exception as exc:
-            if isinstance(exc, FileNotFoundError):
-                status = getattr(exc.__cause__, "status", None)
-                if exc.__cause__ is None or status == 404:
-                    raise _Final(f"{url}: not found") from None
-                if status in (401, 403):
-                    raise _Final(f"{url}: access denied (HTTP {status})") from None
-                exc = exc.__cause__  # fsspec's http info reports any failure as not found: the cause says
+            missing = isinstance(exc, FileNotFoundError)
+            if missing and exc.__cause__ is not None:
+                exc = exc.__cause__  # fsspec's http info reports every failure as not found: the cause says
+            status = getattr(exc, "status", None)
+            if status in (401, 403):
+                raise _Final(f"{url}: access denied (HTTP {status})") from None
+            if status == 404 or (missing and not _transient(exc)):
+                raise _Final(f"{url}: not found") from None
             cause = f"{exc.__class__.__name__}: {exc}".rstrip(": ")
             if attempt == settings.retries:
                 tries = settings.retries + 1
@@ -157,6 +158,16 @@ def _retrying(url: str, what: str, settings: RemoteSettings, call: Any) -> Any:
             logger.info("%s: %s failed (%s); retrying in %.1f s", url, what, cause, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
+
+
+def _transient(error: BaseException) -> bool:
+    """Whether ``error`` is a timeout or a connection failure (worth another attempt), or an HTTP
+    answer that another attempt may change (5xx, 429)."""
+    status = getattr(error, "status", None)
+    if status is not None:
+        return status >= 500 or status == 429
+    names = {cls.__name__ for cls in type(error).__mro__}
+    return isinstance(error, TimeoutError | ConnectionError) or "ClientConnectionError" in names
 
 
 def validators(info: Mapping[str, Any]) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 ``FileServer``: a stdlib HTTP server on 127.0.0.1 (any free port, in a thread) serving a folder,
 with HEAD, single byte ranges, ETag (of the file's content) and Last-Modified, and knobs a test
 turns: ``slow`` (paths answered only after ``slow_s``: timeouts), ``no_validators`` (no ETag nor
-Last-Modified), ``no_ranges`` (Range ignored). ``requests`` logs (method, path) of every request.
+Last-Modified), ``no_ranges`` (Range ignored), ``status`` (path -> an error status it answers).
+``requests`` logs (method, path) of every request.
 
 ``moto_s3()``: moto's S3 server on 127.0.0.1 with fake credentials, or a pytest skip naming what
 is missing.
@@ -32,6 +33,7 @@ class FileServer:
         self.slow_s = 5.0
         self.no_validators = False
         self.no_ranges = False
+        self.status: dict[str, int] = {}
         self.requests: list[tuple[str, str]] = []
         self._lock = threading.Lock()
         server = self
@@ -51,6 +53,9 @@ class FileServer:
                     server.requests.append((self.command, self.path))
                 if self.path in server.slow:
                     time.sleep(server.slow_s)
+                if self.path in server.status:
+                    self.send_error(server.status[self.path])
+                    return
                 file = server.root / self.path.lstrip("/").split("?", 1)[0]
                 if not file.is_file():
                     self.send_error(404)

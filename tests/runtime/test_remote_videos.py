@@ -16,6 +16,7 @@ import pytest
 from runtime_helpers import copy_clips, run_cli
 from url_server import FileServer, moto_s3
 
+from runtime import remote
 from runtime.bundle import load_bundle
 from runtime.index import GalleryIndex, IndexWriter
 from runtime.index.failures import read_failures
@@ -248,3 +249,18 @@ def test_thumbnails_backfills_url_sources(fake_bundle, clips, tmp_path):
         with pytest.raises(ThumbnailError) as caught:  # a URL that does not decode: the message names it
             make_thumbnail(tmp_path / "index", {"id": "b", "sha256": "0", "path": f"{server.url}/broken.mp4"})
         assert f"{server.url}/broken.mp4" in str(caught.value) and "ucofia-url-" not in str(caught.value)
+
+
+def test_which_failures_are_retried(clips, tmp_path, monkeypatch):
+    monkeypatch.setattr(remote, "BACKOFF_S", 0.01)
+    videos = copy_clips(clips, tmp_path / "videos", [0])
+    with FileServer(videos) as server:
+        server.status = {"/denied.mp4": 403, "/busy.mp4": 503, "/gone.mp4": 410}
+        for path, message, requests in (("/denied.mp4", "access denied (HTTP 403)", 1),
+                                        ("/missing.mp4", "not found", 1), ("/gone.mp4", "not found", 1),
+                                        ("/busy.mp4", "after 2 attempts", 2)):
+            with pytest.raises(remote.RemoteError) as caught:
+                remote.download(server.url + path, tmp_path / "copy.mp4")
+            assert message in str(caught.value), str(caught.value)
+            # fsspec's info tries HEAD then GET once per attempt
+            assert sum(p == path for _, p in server.requests) == 2 * requests, (path, server.requests)
