@@ -6,14 +6,15 @@ import json
 from pathlib import Path
 
 from runtime.errors import QueryError, RuntimeUserError
+from runtime.remote import Source, is_url, url_stem
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv",
                               ".flv", ".3gp", ".ts", ".gif"})
 CAPTION_COLUMNS = ("sentence", "caption", "text", "query")
 
 
-def _unique(pairs: list[tuple[str, Path]], where: str) -> list[tuple[str, Path]]:
-    seen: dict[str, Path] = {}
+def _unique(pairs: list[tuple[str, Source]], where: str) -> list[tuple[str, Source]]:
+    seen: dict[str, Source] = {}
     for vid, path in pairs:
         if vid in seen:
             raise RuntimeUserError(f"{where}: video id {vid!r} is used by both {seen[vid]} and {path}; "
@@ -22,12 +23,13 @@ def _unique(pairs: list[tuple[str, Path]], where: str) -> list[tuple[str, Path]]
     return pairs
 
 
-def list_videos(source: str | Path) -> list[tuple[str, Path]]:
+def list_videos(source: str | Path) -> list[tuple[str, Source]]:
     """(video id, path) pairs from a directory (searched recursively) or a list file.
 
     A list file holds one video per line: ``path`` or ``id<TAB>path`` (relative paths are taken
-    from the list file's folder; blank lines and lines starting with # are skipped). The id of a
-    video is its file name without extension unless the list gives one.
+    from the list file's folder; blank lines and lines starting with # are skipped). A path may be
+    a URL (``runtime.remote``: kept as a str). The id of a video is its file name without
+    extension unless the list gives one.
     """
     source = Path(source)
     if source.is_dir():
@@ -37,13 +39,17 @@ def list_videos(source: str | Path) -> list[tuple[str, Path]]:
         return _unique([(p.stem, p) for p in files], str(source))
     if not source.is_file():
         raise RuntimeUserError(f"--videos {source}: no such directory or list file")
-    pairs = []
+    pairs: list[tuple[str, Source]] = []
     for line in source.read_text().splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         vid, _, rest = line.partition("\t")
-        path = Path(rest if rest else vid)
+        given = rest if rest else vid
+        if is_url(given):
+            pairs.append((vid if rest else url_stem(given), given))
+            continue
+        path = Path(given)
         path = path if path.is_absolute() else source.parent / path
         pairs.append((vid if rest else path.stem, path))
     if not pairs:

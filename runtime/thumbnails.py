@@ -2,7 +2,8 @@
 frames), about ``LONG_SIDE`` px on the long side, as JPEG files in ``INDEX/thumbnails/``.
 
 ``ucofia-run index`` writes them after encoding, ``ucofia-run thumbnails`` backfills an existing
-index, and ``ucofia-run serve`` makes a missing one on demand. File names are derived from the
+index, and ``ucofia-run serve`` makes a missing one on demand. The source of a URL entry is
+downloaded to a temporary file for it (``runtime.remote.local_copy``). File names are derived from the
 index entry (its id, content hash and time window), never from request input; every file is
 written atomically, so a reader sees a whole JPEG or none.
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import RuntimeUserError
+from runtime.remote import RemoteError, Source, is_url, local_copy
 from ucofia.io_utils import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -66,10 +68,13 @@ def thumbnail_file(index_root: str | os.PathLike[str], entry: Entry) -> Path:
     return Path(index_root) / THUMBNAIL_DIR / thumbnail_name(entry)
 
 
-def source_path(entry: Entry) -> Path | None:
-    """The indexed source file of ``entry`` (None when the index did not record one)."""
+def source_path(entry: Entry) -> Source | None:
+    """The indexed source of ``entry``: a Path, a URL (a str, ``runtime.remote``), or None when
+    the index did not record one."""
     path = entry.get("path")
-    return Path(path) if isinstance(path, str) and path else None
+    if not isinstance(path, str) or not path:
+        return None
+    return path if is_url(path) else Path(path)
 
 
 def _scaled_size(width: int, height: int, long_side: int) -> tuple[int, int]:
@@ -128,19 +133,30 @@ def render_thumbnail(source: str | os.PathLike[str], start: float | None = None,
     return buffer.getvalue()
 
 
-def make_thumbnail(index_root: str | os.PathLike[str], entry: Entry) -> Path | bytes:
+def make_thumbnail(index_root: str | os.PathLike[str], entry: Entry, local: Path | None = None) -> Path | bytes:
     """The entry's thumbnail: the cached file, else a new one written atomically into the index
-    (returned as bytes instead when the index directory is read-only).
+    (returned as bytes instead when the index directory is read-only). ``local``: a local copy of
+    the entry's source to read instead (a URL's download, while indexing has it).
 
     Raises ThumbnailError when the entry has no source path or the source cannot be decoded."""
     path = thumbnail_file(index_root, entry)
     if path.is_file():
         return path
-    source = source_path(entry)
+    source = source_path(entry) if local is None else local
     if source is None:
         raise ThumbnailError(f"video {entry.get('id')!r} has no recorded source file; re-index it with "
                              f"`ucofia-run index` to enable thumbnails and media")
-    data = render_thumbnail(source, entry.get("start"), entry.get("end"))
+    if is_url(source):  # decoded from a temporary local copy, as when it was indexed
+        try:
+            with local_copy(str(source)) as (copy, _):
+                try:
+                    data = render_thumbnail(copy, entry.get("start"), entry.get("end"))
+                except ThumbnailError as exc:  # name the URL, not the temporary copy
+                    raise ThumbnailError(str(exc).replace(str(copy), str(source))) from None
+        except RemoteError as exc:
+            raise ThumbnailError(f"cannot make a thumbnail: {exc}") from None
+    else:
+        data = render_thumbnail(source, entry.get("start"), entry.get("end"))
     try:
         atomic_write_bytes(path, data)
     except OSError:  # a read-only index: serve the bytes without caching them

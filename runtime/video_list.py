@@ -2,7 +2,8 @@
 
 Besides a directory and the plain list (``path`` or ``id<TAB>path`` lines, ``runtime.sources``), a
 list may be JSON Lines (``.jsonl``: one object per line) or CSV with a header (``.csv``). Their rows
-carry ``id`` and ``path`` (relative paths are taken from the list file's folder) and any other
+carry ``id`` and ``path`` (relative paths are taken from the list file's folder; a URL is kept as
+a str, ``runtime.remote``) and any other
 fields: the row's metadata, stored in its index entry (docs/index-format.md) and shown in search
 results. Values are strings, numbers, booleans or lists of strings; in a CSV file every column
 whose non-empty cells are all numbers (or all ``true``/``false``) holds numbers (booleans), and an
@@ -21,6 +22,7 @@ from typing import Any
 
 from runtime.errors import RuntimeUserError
 from runtime.index import RECORDED_FIELDS
+from runtime.remote import Source, is_url
 from runtime.sources import list_videos
 
 METADATA_SUFFIXES = (".jsonl", ".csv")
@@ -37,7 +39,7 @@ Metadata = dict[str, Any]
 class VideoList:
     """(id, path) pairs in list order, and the metadata of the ids whose row gave some."""
 
-    pairs: list[tuple[str, Path]]
+    pairs: list[tuple[str, Source]]
     metadata: dict[str, Metadata] = field(default_factory=dict)
 
 
@@ -129,7 +131,7 @@ def _csv_value(cell: str, kind: str) -> Any:
 
 
 def _from_rows(source: Path, rows: list[tuple[int, dict[str, Any]]]) -> VideoList:
-    pairs: list[tuple[str, Path]] = []
+    pairs: list[tuple[str, Source]] = []
     metadata: dict[str, Metadata] = {}
     first_line: dict[str, int] = {}
     for number, row in rows:
@@ -142,8 +144,11 @@ def _from_rows(source: Path, rows: list[tuple[int, dict[str, Any]]]) -> VideoLis
             raise RuntimeUserError(f"{where}: video id {vid!r} is already used on line {first_line[vid]}; ids must "
                                    f"be unique")
         first_line[vid] = number
-        path = Path(row["path"])
-        pairs.append((vid, path if path.is_absolute() else source.parent / path))
+        if is_url(row["path"]):
+            pairs.append((vid, row["path"]))
+        else:
+            path = Path(row["path"])
+            pairs.append((vid, path if path.is_absolute() else source.parent / path))
         meta = check_metadata({k: v for k, v in row.items() if k not in ROW_FIELDS}, where)
         if meta:
             metadata[vid] = meta

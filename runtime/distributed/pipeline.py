@@ -32,6 +32,7 @@ from runtime.errors import RuntimeUserError
 from runtime.faults import crash_point
 from runtime.index import IDS, SHARDS, IndexWriter, ShardRecord
 from runtime.ingest.report import IngestReport
+from runtime.remote import RemoteSettings
 from ucofia.data.video import VideoSpec
 
 logger = logging.getLogger(__name__)
@@ -180,7 +181,9 @@ class RayIndexRun:
         ds = ray.data.from_items(items, override_num_blocks=min(blocks, 100_000))
         # Ray Data's defaults do the retrying: tasks are retried after system failures (max_retries -1),
         # actors restarted and their batches retried (max_restarts / max_task_retries -1).
-        fn_kwargs = {"spec": spec, "thumbnails_root": str(self.writer.root.resolve()) if self.thumbnails else None}
+        # the driver's URL settings (timeouts, retries, size limit, S3 endpoint) travel with the tasks
+        fn_kwargs = {"spec": spec, "thumbnails_root": str(self.writer.root.resolve()) if self.thumbnails else None,
+                     "remote": RemoteSettings.from_env()}
         ds = ds.map_batches(decode_batch, fn_kwargs=fn_kwargs, batch_size=self.options.decode_batch,
                             batch_format="numpy", num_cpus=1, memory=DECODE_TASK_MEMORY)
         return ds.map_batches(

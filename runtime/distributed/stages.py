@@ -18,6 +18,7 @@ import numpy as np
 
 from runtime.faults import crash_once
 from runtime.index import IDS, SHARDS, ShardRecord, write_shard
+from runtime.remote import RemoteSettings, is_url
 from ucofia.data.video import VideoSpec, decode_many, to_model_input
 
 Batch = dict[str, np.ndarray]
@@ -33,17 +34,22 @@ def decode_items(todo: list[tuple[str, Path]], metadata: dict[str, dict[str, Any
     return [{"id": vid, "path": str(path), "metadata": json.dumps(metadata.get(vid) or {})} for vid, path in todo]
 
 
-def decode_batch(batch: Batch, spec: VideoSpec, thumbnails_root: str | None = None) -> Batch:
+def decode_batch(batch: Batch, spec: VideoSpec, thumbnails_root: str | None = None,
+                 remote: RemoteSettings | None = None) -> Batch:
     """Decode each video of the batch (one thread each: a Ray task holds one CPU) and hash its
     file (``metadata``, when the batch has the column: each row's user metadata as JSON); frames
-    stay uint8 ``[F, S, S, 3]`` (a quarter of float32 in the object store).
+    stay uint8 ``[F, S, S, 3]`` (a quarter of float32 in the object store). A URL is downloaded
+    (one ahead of the decoder) and decoded from its local copy, as in the single-process path
+    (``runtime.ingest.staging``).
 
     Adds ``frames``, ``video_mask`` (float32 [F]), ``entry`` (the index entry as JSON), ``error``
     ("" when decoded) and ``decode_s``. Failures get zero frames and the same error text as the
     single-process path. With ``thumbnails_root`` (the index directory) each decoded video's
     thumbnail is written there too, so thumbnails scale with the decode tasks; one that cannot be
-    made is left to the driver's backfill, which reports it."""
-    from runtime.ingest.files import file_identity, unreadable_reason, video_entry
+    made is left to the driver's backfill, which reports it. ``remote``: the URL settings (the
+    driver's, so every node uses the same; default: this process's environment)."""
+    from runtime.ingest.files import unreadable_reason, video_entry
+    from runtime.ingest.staging import scratch, stage
     from runtime.thumbnails import ThumbnailError, make_thumbnail
 
     ids, paths = _strings(batch["id"]), _strings(batch["path"])
@@ -53,26 +59,34 @@ def decode_batch(batch: Batch, spec: VideoSpec, thumbnails_root: str | None = No
     masks = np.zeros((len(ids), spec.max_frames), np.float32)
     entries, errors, seconds = [""] * len(ids), [""] * len(ids), np.zeros(len(ids), np.float64)
     start = time.perf_counter()
-    outcomes = decode_many(paths, spec, workers=1, threads_per_video=1, prefetch=1)
-    for i, (vid, path, meta, outcome) in enumerate(zip(ids, paths, metadata, outcomes)):
-        if not outcome.ok:
-            errors[i] = str(outcome.error)
-        else:
-            try:
-                entry = video_entry(vid, file_identity(Path(path)), outcome.video, meta)
-                entries[i] = json.dumps(entry)
-                frames[i] = outcome.video.frames_uint8
-                masks[i] = outcome.video.video_mask
-            except OSError as exc:  # the file went away or became unreadable after decoding
-                errors[i] = f"{path}: {unreadable_reason(exc)}"
+    sources = [(vid, path if is_url(path) else Path(path)) for vid, path in zip(ids, paths)]
+    with scratch() as directory, ThreadPoolExecutor(max_workers=1, thread_name_prefix="ucofia-fetch") as pool:
+        staged = stage(sources, pool, 1, directory, remote,
+                       thumbnails=Path(thumbnails_root) if thumbnails_root else None)
+        for i, (item, path, meta) in enumerate(zip(staged, paths, metadata)):
+            if item.error is not None:
+                errors[i] = item.error
             else:
-                if thumbnails_root is not None:
+                outcome = next(decode_many([item.local], spec, workers=1, threads_per_video=1, prefetch=1))
+                item.release()
+                if not outcome.ok:
+                    errors[i] = str(outcome.error).replace(str(item.local), path)
+                else:
                     try:
-                        make_thumbnail(thumbnails_root, entry)
-                    except ThumbnailError:
-                        pass
-        now = time.perf_counter()
-        seconds[i], start = now - start, now
+                        entry = video_entry(item.vid, item.identity_now(), outcome.video, meta)
+                        entries[i] = json.dumps(entry)
+                        frames[i] = outcome.video.frames_uint8
+                        masks[i] = outcome.video.video_mask
+                    except OSError as exc:  # the file went away or became unreadable after decoding
+                        errors[i] = f"{path}: {unreadable_reason(exc)}"
+                    else:
+                        if thumbnails_root is not None:
+                            try:
+                                make_thumbnail(thumbnails_root, entry)
+                            except ThumbnailError:
+                                pass
+            now = time.perf_counter()
+            seconds[i], start = now - start, now
     return {"id": np.asarray(ids, dtype=object), "path": np.asarray(paths, dtype=object), "frames": frames,
             "video_mask": masks, "entry": np.asarray(entries, dtype=object),
             "error": np.asarray(errors, dtype=object), "decode_s": seconds}

@@ -11,8 +11,8 @@ from typing import Any
 METADATA = "metadata"
 # Fields the index records about a row itself (besides id and path): user metadata may not use these names,
 # so that a search filter names one field whichever it is.
-RECORDED_FIELDS = ("sha256", "bytes", "mtime", "duration_s", "fps", "width", "height", "frames", "container",
-                   "file_id", "start", "end", "window", "stride", METADATA)
+RECORDED_FIELDS = ("sha256", "bytes", "mtime", "etag", "last_modified", "duration_s", "fps", "width", "height",
+                   "frames", "container", "file_id", "start", "end", "window", "stride", METADATA)
 
 
 def source_key(entry: Mapping[str, Any]) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.index import METADATA, IndexWriter, source_key
+from runtime.remote import Source, is_url, url_changed
 from ucofia.data.video import DecodedVideo
 from ucofia.io_utils import file_sha256
 
@@ -40,10 +41,14 @@ def video_entry(video_id: str, identity: dict[str, Any], video: DecodedVideo,
     return entry
 
 
-def content_changed(entry: dict[str, Any], path: Path) -> bool:
+def content_changed(entry: dict[str, Any], path: Source) -> bool:
     """Whether ``path`` now holds other content than the file ``entry`` was made from: same path,
     size and mtime mean unchanged; otherwise the sha256 decides. Rows without a recorded sha256
-    (format 1) and files that are gone count as unchanged (remove those with ``ucofia-run remove``)."""
+    (format 1) and files that are gone count as unchanged (remove those with ``ucofia-run remove``).
+    A URL is checked by its validators (``runtime.remote.url_changed``)."""
+    if is_url(path):
+        return url_changed(entry, str(path))
+    path = Path(path)
     sha = entry.get("sha256")
     if not sha:
         return False
@@ -57,8 +62,8 @@ def content_changed(entry: dict[str, Any], path: Path) -> bool:
         return False
 
 
-def plan_ingest(writer: IndexWriter, pairs: list[tuple[str, Path]]
-                ) -> tuple[list[tuple[str, Path]], dict[str, list[str]], int]:
+def plan_ingest(writer: IndexWriter, pairs: list[tuple[str, Source]]
+                ) -> tuple[list[tuple[str, Source]], dict[str, list[str]], int]:
     """(videos to encode, id -> ids of the rows its new features replace, videos unchanged).
 
     A listed id that is indexed is encoded again when its file's content changed

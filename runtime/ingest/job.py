@@ -27,6 +27,8 @@ from runtime.ingest.files import plan_ingest
 from runtime.ingest.local import DEFAULT_BATCH, default_workers, encode_videos
 from runtime.ingest.report import IngestReport
 from runtime.ingest.windows import encode_windows, plan_windows
+from runtime.remote import Source, is_url
+from runtime.remote import require as require_protocols
 from runtime.scoring import DEFAULT_MEMORY_MB
 from runtime.sources import read_captions
 from runtime.thumbnails import ThumbnailReport, ThumbnailWriter
@@ -117,7 +119,7 @@ class IndexOutcome:
 class _Work:
     """What is left to encode: (id, path) pairs and the rows each replaces, or window plans."""
 
-    todo: list[tuple[str, Path]] = field(default_factory=list)
+    todo: list[tuple[str, Source]] = field(default_factory=list)
     replaces: dict[str, list[str]] = field(default_factory=dict)
     plans: list[Any] = field(default_factory=list)
     count: int = 0                      # videos or windows to encode
@@ -150,6 +152,18 @@ def check_request(request: IndexRequest) -> WindowSetting | None:
     return setting
 
 
+def check_sources(pairs: list[tuple[str, Source]], setting: WindowSetting | None) -> None:
+    """URL sources are indexed as whole files (OptionsError for --window) and need their
+    protocol's extra (RuntimeUserError naming it), checked before any work."""
+    urls = [str(source) for _, source in pairs if is_url(source)]
+    if not urls:
+        return
+    if setting is not None:
+        raise OptionsError(f"--window does not take URL sources yet ({urls[0]}): index URLs without --window, "
+                           f"or download them first")
+    require_protocols(urls)
+
+
 def check_bank(bank: Path | None, bundle: Bundle) -> None:
     """A bad caption bank fails before hours of encoding, not after."""
     if bank is None:
@@ -172,6 +186,7 @@ def build_index(request: IndexRequest) -> IndexOutcome:
     backend = resolve_backend(request.backend, bundle)
     listed = read_video_list(request.videos)
     pairs = listed.pairs
+    check_sources(pairs, setting)
     check_bank(request.bank, bundle)
     report = IngestReport(total=len(pairs))
     unit = "video" if setting is None else "window"
@@ -208,7 +223,7 @@ def build_index(request: IndexRequest) -> IndexOutcome:
     return outcome
 
 
-def _plan(writer: IndexWriter, pairs: list[tuple[str, Path]], setting: WindowSetting | None,
+def _plan(writer: IndexWriter, pairs: list[tuple[str, Source]], setting: WindowSetting | None,
           report: IngestReport) -> _Work:
     if setting is None:
         todo, replaces, report.skipped = plan_ingest(writer, pairs)
@@ -256,7 +271,8 @@ class _LocalFiles:
         encode_videos(self.writer, self.bundle, work.todo, backend=self.backend, batch_size=r.batch_size,
                       workers=self.workers, processes=r.process_pool, threads=r.threads, report=self.report,
                       progress=update, replaces=work.replaces,
-                      on_stored=self.thumbnails.submit if self.thumbnails else None, metadata=self.metadata)
+                      on_stored=self.thumbnails.submit if self.thumbnails else None, metadata=self.metadata,
+                      url_thumbnails=self.thumbnails is not None)
 
     def bias_compute(self) -> ComputeBiases | None:
         return None

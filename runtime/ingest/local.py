@@ -1,14 +1,15 @@
 """The local indexing engine for whole files: decode videos in a worker pool (threads or
 processes), encode them in batches with the video encoder, store each batch as a shard.
 
-A killed run loses at most the batch in flight. Videos that fail to decode are listed in
-``failed.jsonl`` and skipped (a rerun retries them).
+A killed run loses at most the batch in flight. Videos that fail to decode, and URLs that cannot be
+read, are listed in ``failed.jsonl`` and skipped (a rerun retries them).
 """
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -18,25 +19,30 @@ from runtime.backends import open_session
 from runtime.bundle import Bundle
 from runtime.index import IndexWriter
 from runtime.ingest.batches import store_batch
-from runtime.ingest.files import file_identity, unreadable_reason, video_entry
+from runtime.ingest.files import unreadable_reason, video_entry
 from runtime.ingest.report import IngestReport
+from runtime.ingest.staging import Staged, scratch, stage
+from runtime.remote import Source
 from ucofia.data.video import VideoSpec, decode_many
 
 DEFAULT_BATCH = 16
 
 
-def encode_videos(writer: IndexWriter, bundle: Bundle, todo: list[tuple[str, Path]], *, backend: str,
+def encode_videos(writer: IndexWriter, bundle: Bundle, todo: list[tuple[str, Source]], *, backend: str,
                   batch_size: int, workers: int, processes: bool, threads: int | None,
                   report: IngestReport, progress: Callable[[int], None] | None = None,
                   replaces: dict[str, list[str]] | None = None,
                   on_stored: Callable[[list[dict[str, Any]]], None] | None = None,
-                  metadata: dict[str, dict[str, Any]] | None = None) -> None:
+                  metadata: dict[str, dict[str, Any]] | None = None, url_thumbnails: bool = False) -> None:
     """Decode ``todo`` in a pool, encode batches with the video encoder, append shards.
 
-    Each file is hashed (for its index entry) on a thread pool while the decoders work ahead.
+    Each file is hashed (for its index entry) on a thread pool while the decoders work ahead; a
+    URL is downloaded ahead of the decoders and decoded from its local copy
+    (``runtime.ingest.staging``); one that cannot be read is recorded as failed like a bad file.
     ``replaces`` (from :func:`plan_ingest`): id -> ids of rows its new features supersede, marked
     removed in the commit that adds them. ``on_stored`` gets the entries of every stored batch
     (e.g. to make their thumbnails). ``metadata``: id -> the user metadata of its list row.
+    ``url_thumbnails``: make the thumbnail of a URL from its download, into the index directory.
     """
     replaces, metadata = replaces or {}, metadata or {}
     encoder = open_session(bundle, "video_encoder", backend, threads)
@@ -61,38 +67,59 @@ def encode_videos(writer: IndexWriter, bundle: Bundle, todo: list[tuple[str, Pat
             progress(len(batch_entries))
         batch_entries.clear(), batch_frames.clear(), batch_masks.clear()
 
-    with ThreadPoolExecutor(max_workers=max(workers, 1), thread_name_prefix="ucofia-hash") as hasher:
-        identities: dict[str, Future] = {}
+    def fail(vid: str, source: Source, error: str) -> None:
+        writer.record_failure(vid, str(source), error)
+        report.failed.append((vid, error))
+        if progress:
+            progress(1)
 
-        def paths() -> Iterator[Path]:  # decode_many reads ahead; hashing starts as each file is taken
-            for vid, path in todo:
-                identities[vid] = hasher.submit(file_identity, path)
-                yield path
+    with scratch() as directory, ThreadPoolExecutor(max_workers=max(workers, 1),
+                                                    thread_name_prefix="ucofia-fetch") as pool:
+        decoding: deque[Staged] = deque()   # handed to the decoders, in order
+        unread: list[Staged] = []           # URLs that failed before decoding
+
+        def paths() -> Iterator[Path]:  # decode_many reads ahead; downloads and hashes run ahead of it
+            staged = stage(todo, pool, max(2 * workers, batch_size), directory,
+                           thumbnails=writer.root if url_thumbnails else None)
+            try:
+                for item in staged:
+                    if item.error is not None:
+                        unread.append(item)
+                        continue
+                    decoding.append(item)
+                    assert item.local is not None
+                    yield item.local
+            finally:
+                staged.close()
 
         outcomes = decode_many(paths(), spec, workers=max(workers, 1), processes=processes,
                                prefetch=max(2 * workers, batch_size))
-        for (vid, path), outcome in zip(todo, outcomes):
-            identity = identities.pop(vid)
-            if not outcome.ok:
-                writer.record_failure(vid, str(path), str(outcome.error))
-                report.failed.append((vid, str(outcome.error)))
-                if progress:
-                    progress(1)
-                continue
-            try:
-                entry = video_entry(vid, identity.result(), outcome.video, metadata.get(vid))
-            except OSError as exc:  # the file went away or became unreadable after decoding
-                error = f"{path}: {unreadable_reason(exc)}"
-                writer.record_failure(vid, str(path), error)
-                report.failed.append((vid, error))
-                if progress:
-                    progress(1)
-                continue
-            batch_entries.append(entry)
-            batch_frames.append(outcome.video.to_model_input(spec))
-            batch_masks.append(outcome.video.video_mask)
-            if len(batch_entries) >= batch_size:
-                flush()
+        try:
+            for outcome in outcomes:
+                while unread:
+                    item = unread.pop(0)
+                    fail(item.vid, item.source, str(item.error))
+                item = decoding.popleft()
+                item.release()
+                vid, path = item.vid, item.source
+                if not outcome.ok:
+                    fail(vid, path, str(outcome.error).replace(str(item.local), str(path)))
+                    continue
+                try:
+                    entry = video_entry(vid, item.identity_now(), outcome.video, metadata.get(vid))
+                except OSError as exc:  # the file went away or became unreadable after decoding
+                    fail(vid, path, f"{path}: {unreadable_reason(exc)}")
+                    continue
+                batch_entries.append(entry)
+                batch_frames.append(outcome.video.to_model_input(spec))
+                batch_masks.append(outcome.video.video_mask)
+                if len(batch_entries) >= batch_size:
+                    flush()
+        except BaseException:  # interrupted: drop the downloads queued ahead rather than finish them
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        for item in unread:
+            fail(item.vid, item.source, str(item.error))
         flush()
 
 

@@ -80,6 +80,7 @@ from runtime.serve.example_routes import example_routes
 from runtime.serve.examples import ExampleSearch
 from runtime.serve.guard import GuardMiddleware, head_only, request_id
 from runtime.serve.metrics import Metrics
+from runtime.serve.remote_media import url_media
 from runtime.serve.responses import ChunkedResponse, Responder, make_links, public_entry
 from runtime.serve.service import SearchService
 from runtime.serve.settings import RETRY_AFTER_S
@@ -452,9 +453,9 @@ def create_app(service: SearchService) -> FastAPI:
                               "content": {**source_types, MULTIPART_RANGES: BINARY}},
                         **NOT_MODIFIED, **media_auth["responses"],
                         404: error("no video with this id; or it was indexed without its source file, or that file "
-                                   "is no longer there"),
-                        409: error("the source file changed since it was indexed (its size or modification time): "
-                                   "re-index it"),
+                                   "is no longer there (a URL source: it cannot be reached)"),
+                        409: error("the source file changed since it was indexed (its size or modification time; "
+                                   "a URL's size, ETag or Last-Modified): re-index it"),
                         416: error("a range that starts past the end of the file, or ends before it starts",
                                    CONTENT_RANGE),
                         422: error("the Range header is not a byte range (the pattern)"), **INTERNAL})
@@ -472,6 +473,9 @@ def create_app(service: SearchService) -> FastAPI:
         if path is None:
             raise HTTPException(404, f"video {video_id!r} was indexed without its source file (an index written "
                                      f"before format 2); re-index it with `ucofia-run index` to enable media")
+        if isinstance(path, str):  # a URL: proxied (runtime.serve.remote_media)
+            return await url_media(video_id, entry, path, byte_range, if_range, request.headers.get("if-none-match"),
+                                   head_only(request.scope), MEDIA_CACHE)
         try:
             stat = path.stat()
         except OSError:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from data_paths import REPO_ROOT
-from ray_helpers import need_netns, run_confined, scenario, ucofia_run
+from ray_helpers import HELPERS, need_netns, run_confined, scenario, ucofia_run
 from runtime_helpers import import_blocker, make_clip, run_cli, run_cli_process
 
 from runtime.bundle import load_bundle
@@ -80,8 +81,9 @@ def assert_same_index(expected_dir: Path, got_dir: Path, same_order: bool = True
     fe, fg = expected.features(0, len(expected)), got.features(0, len(got))
     for role in fe:
         assert np.array_equal(fe[role], fg[role][order]), role
-    def described(entry: dict) -> dict:
-        return entry if same_paths else {k: v for k, v in entry.items() if k not in ("path", "mtime")}
+    def described(entry: dict) -> dict:  # a URL source has etag / last_modified instead of an mtime
+        gone = ("path", "mtime", "etag", "last_modified")
+        return entry if same_paths else {k: v for k, v in entry.items() if k not in gone}
 
     assert [described(got.entry(vid)) for vid in expected.ids] == [described(e) for e in expected.entries]
     be, bg = expected.biases(), got.biases()
@@ -490,3 +492,55 @@ def test_ray_index_of_a_jsonl_list_stores_the_same_metadata(data, tmp_path):
     got = GalleryIndex(ray_out)
     assert {e["id"]: e["metadata"] for e in got.entries} == {f"c{i}": {"n": i, "tags": [f"t{i}"]} for i in range(4)}
     assert sorted(got.entries, key=lambda e: e["id"]) == sorted(GalleryIndex(single).entries, key=lambda e: e["id"])
+
+
+@pytest.mark.slow
+def test_ray_index_of_urls_equals_single_process_of_the_files(data, tmp_path):
+    """The clips at URLs of a loopback server (inside the namespace) index on Ray to the same
+    features, entries and biases as the files on disk; the broken one fails the same way."""
+    pytest.importorskip("aiohttp", reason="http(s) URLs need aiohttp (pip install 'ucofia[http]')")
+    names = sorted(p.name for p in data["clips"].iterdir())
+    (tmp_path / "template.txt").write_text("".join(f"{{url}}/{name}\n" for name in names))
+    listing, out = tmp_path / "urls.txt", tmp_path / "ray"
+    command = [sys.executable, str(HELPERS / "serve_files_and_run.py"), str(data["clips"]),
+               str(tmp_path / "template.txt"), str(listing), "--",
+               *ucofia_run("index", "--bundle", str(data["bundle"]), "--videos", str(listing), "--bank",
+                           str(data["bank"]), "-o", str(out), "--batch-size", BATCH, "--ray", "--ray-cpus", "2",
+                           "--no-thumbnails", "-q")]
+    env = _env(PYTHONPATH=os.pathsep.join([str(REPO), str(HELPERS)]))
+    result = run_confined(command, env=env, cwd=REPO)
+    assert result.returncode == 3, result.stderr
+    assert_same_index(data["single"], out, same_paths=False)
+    assert all(e["path"].startswith("http://127.0.0.1:") and e["etag"] for e in GalleryIndex(out).entries)
+    failed = _failed_ids(out)
+    assert list(failed) == ["broken"]
+    assert failed["broken"] == _failed_ids(data["single"])["broken"].replace(
+        str(data["clips"] / "broken.mp4"), json.loads((out / "failed.jsonl").read_text())["path"])
+
+
+def test_decode_stage_reads_urls_like_files_with_the_drivers_settings(data):
+    pytest.importorskip("aiohttp", reason="http(s) URLs need aiohttp (pip install 'ucofia[http]')")
+    from url_server import FileServer
+
+    from runtime.bundle import load_bundle
+    from runtime.distributed.stages import decode_batch
+    from runtime.remote import RemoteSettings
+    from ucofia.data.video import VideoSpec
+
+    spec = VideoSpec.from_config(load_bundle(data["bundle"]).config)
+    with FileServer(data["clips"]) as server:
+        ids = np.asarray(["clip0", "clip1", "gone"], dtype=object)
+        urls = np.asarray([f"{server.url}/clip0.mp4", f"{server.url}/clip1.mp4", f"{server.url}/gone.mp4"],
+                          dtype=object)
+        files = np.asarray([str(data["clips"] / "clip0.mp4"), str(data["clips"] / "clip1.mp4")], dtype=object)
+        remote = decode_batch({"id": ids, "path": urls}, spec, remote=RemoteSettings(retries=0))
+        local = decode_batch({"id": ids[:2], "path": files}, spec)
+        assert np.array_equal(remote["frames"][:2], local["frames"]) and remote["frames"].dtype == np.uint8
+        assert np.array_equal(remote["video_mask"][:2], local["video_mask"])
+        for got, expected in zip(remote["entry"][:2], local["entry"]):
+            got, expected = json.loads(got), json.loads(expected)
+            assert got["path"].startswith(server.url) and got["sha256"] == expected["sha256"]
+            assert got["frames"] == expected["frames"] and got["duration_s"] == expected["duration_s"]
+        assert "not found" in remote["error"][2] and remote["entry"][2] == ""
+        small = decode_batch({"id": ids[:1], "path": urls[:1]}, spec, remote=RemoteSettings(retries=0, max_bytes=100))
+        assert "over the size limit of 100 bytes" in small["error"][0]   # the settings given, not the environment
