@@ -130,8 +130,9 @@ def setup(args, work: Path) -> dict:
             sims = isa.patch_word(words, patches, m.local_mat_weight, getattr(m, "local_mat_weight1", None),
                                   m.word_mat_weight, m.pixel_mat_weight, m.pixel_mat_weight2, m.word_mat_weight2,
                                   m.config.isa_temperature)
-            # the other inputs stay in the graph (contract), at negligible cost
-            zeros = sims * 0.0 + 0.0 * (sentence.sum() + video.sum() + frame_features.sum())
+            # the other inputs stay in the graph (contract) through one element each: summing all of
+            # frame_features was 2.8 % of this graph's time (onnxruntime profile, 4 x 128 tile)
+            zeros = sims * 0.0 + 0.0 * (sentence[:1, :1] + video[:1, :1] + frame_features[:1, 0, :1]).sum()
             return zeros, zeros, sims
 
     start = time.perf_counter()
