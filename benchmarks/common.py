@@ -221,46 +221,54 @@ def matmul_rates(threads: int, n: int = 2048, repeats: int = 5) -> dict[str, flo
 
 class MatmulProbe:
     """The float32 GEMM rate measured in small doses, interleaved with other work so that it sees
-    the same load: each ``run()`` times one n x n x n product with numpy, with onnxruntime
+    the same load: each ``run()`` times one [m, k] x [k, n] product (``shape``; default n^3 with
+    n = 2048) with numpy (its BLAS, ``threads`` via the environment), with onnxruntime's MatMul
     (``threads`` intra-op threads) and, for threads > 1, as ``threads`` concurrent single-threaded
-    onnxruntime runs; ``rates()`` gives GFLOP/s per method over all runs (and the best)."""
+    onnxruntime runs, each on its share of the n columns (the runtime scorer's arrangement: the
+    same product, split); ``rates()`` gives GFLOP/s per method over all runs, the best and which
+    method it was."""
 
-    def __init__(self, threads: int, n: int = 2048) -> None:
+    def __init__(self, threads: int, n: int = 2048, shape: tuple[int, int, int] | None = None) -> None:
         import numpy as np
 
+        m, k, n = shape or (n, n, n)
         rng = np.random.default_rng(0)
-        self.a = rng.standard_normal((n, n), dtype=np.float32)
-        self.b = rng.standard_normal((n, n), dtype=np.float32)
-        self.n, self.threads = n, threads
+        self.a = rng.standard_normal((m, k), dtype=np.float32)
+        self.b = rng.standard_normal((k, n), dtype=np.float32)
+        self.shape, self.threads = (m, k, n), threads
         feeds = {"a": self.a, "b": self.b}
         multi, single = matmul_session(threads), matmul_session(1)
-        self.methods: dict[str, tuple[Callable[[], Any], int]] = {
-            "numpy": (lambda: self.a @ self.b, 1), "onnxruntime": (lambda: multi.run(None, feeds), 1)}
+        self.methods: dict[str, Callable[[], Any]] = {
+            "numpy": lambda: self.a @ self.b, "onnxruntime": lambda: multi.run(None, feeds)}
         if threads > 1:
             from concurrent.futures import ThreadPoolExecutor
 
             pool = ThreadPoolExecutor(threads)
-            self.methods["onnxruntime_concurrent"] = (
-                lambda: list(pool.map(lambda _: single.run(None, feeds), range(threads))), threads)
+            # contiguous column blocks, made once: the split itself is not part of the product
+            parts = [np.ascontiguousarray(part) for part in np.array_split(self.b, threads, axis=1)]
+            self.methods["onnxruntime_concurrent"] = lambda: list(
+                pool.map(lambda part: single.run(None, {"a": self.a, "b": part}), parts))
         self.seconds = dict.fromkeys(self.methods, 0.0)
-        self.products = dict.fromkeys(self.methods, 0)
-        for fn, _ in self.methods.values():  # warm-up
+        self.runs = 0
+        for fn in self.methods.values():  # warm-up
             fn()
 
     def run(self) -> None:
-        for name, (fn, products) in self.methods.items():
+        for name, fn in self.methods.items():
             start = time.perf_counter()
             fn()
             self.seconds[name] += time.perf_counter() - start
-            self.products[name] += products
+        self.runs += 1
 
-    def rates(self) -> dict[str, float]:
-        flops = 2.0 * self.n ** 3
-        out: dict[str, Any] = {"n": self.n, "runs": self.products["numpy"]}
-        for name in self.methods:
-            if self.seconds[name] > 0:
-                out[f"{name}_gflops"] = round(flops * self.products[name] / self.seconds[name] / 1e9, 1)
-        out["best_gflops"] = max(v for k, v in out.items() if k.endswith("_gflops"))
+    def rates(self) -> dict[str, Any]:
+        m, k, n = self.shape
+        flops = 2.0 * m * k * n
+        out: dict[str, Any] = {"shape_m_k_n": [m, k, n], "runs": self.runs}
+        rates = {f"{name}_gflops": round(flops * self.runs / s / 1e9, 1)
+                 for name, s in self.seconds.items() if s > 0}
+        out.update(rates)
+        best = max(rates, key=rates.get)
+        out["best_gflops"], out["best_method"] = rates[best], best.removesuffix("_gflops")
         return out
 
 

@@ -17,8 +17,11 @@ is computed once per video at index time (timed separately, torch in the parent)
 through ``runtime.backends.open_session`` (onnxruntime CPU, ``--threads`` concurrent
 single-threaded tile calls). A second run uses a graph with only the patch-word level (the other
 two outputs are zeros) through the same path, so that level's time and GFLOP/s can be set against
-this machine's float32 matmul rate (numpy and onnxruntime, ``common.MatmulProbe``: a 2048^3 product
-after every text batch, so that it sees the same load).
+this machine's float32 matmul floor: the level's FLOPs at the best rate of a plain float32 GEMM of
+the level's own shape, [32 * L, D] x [D, V * P] (the score product of one text batch against the
+whole gallery), timed after every text batch, so that it sees the same load, with numpy (its
+BLAS), onnxruntime's MatMul with ``--threads`` threads and ``--threads`` concurrent single-threaded
+onnxruntime runs on column blocks (``common.MatmulProbe``); the best of the three is the floor.
 
 Each side runs in its own subprocess, so its peak RSS (VmHWM) is its own; "scoring memory" is the
 peak minus the RSS once its inputs were loaded. The subprocesses are driven batch by batch and
@@ -70,6 +73,10 @@ HEAD_PREFIXES = ("frame_position_embeddings.", "transformerClip.") + ISA_WEIGHTS
 from ucofia.config import LEVELS  # noqa: E402
 
 _config = common.config
+# Targets of issue 28: the whole scorer vs the reference's loop, and the patch-word level's time
+# over its float32 GEMM floor (both at 1000 x 1000, 2 threads).
+SPEEDUP_TARGET = 15.0
+PATCH_WORD_FLOOR_TARGET = 1.2
 
 
 def patch_word_flops(cfg, n_text: int, n_video: int) -> float:
@@ -123,8 +130,9 @@ def setup(args, work: Path) -> dict:
             sims = isa.patch_word(words, patches, m.local_mat_weight, getattr(m, "local_mat_weight1", None),
                                   m.word_mat_weight, m.pixel_mat_weight, m.pixel_mat_weight2, m.word_mat_weight2,
                                   m.config.isa_temperature)
-            # the other inputs stay in the graph (contract), at negligible cost
-            zeros = sims * 0.0 + 0.0 * (sentence.sum() + video.sum() + frame_features.sum())
+            # the other inputs stay in the graph (contract) through one element each: summing all of
+            # frame_features was 2.8 % of this graph's time (onnxruntime profile, 4 x 128 tile)
+            zeros = sims * 0.0 + 0.0 * (sentence[:1, :1] + video[:1, :1] + frame_features[:1, 0, :1]).sum()
             return zeros, zeros, sims
 
     start = time.perf_counter()
@@ -439,11 +447,22 @@ def side_runtime(args, work: Path) -> None:
     _serve(load, run_batch, finish)
 
 
+def floor_shape(cfg, n_video: int) -> tuple[int, int, int]:
+    """(m, k, n) of the patch-word level's score product for one text batch against ``n_video``
+    videos: [REFERENCE_BATCH * L, D] x [D, V * P], the GEMM whose rate is the level's floor."""
+    return REFERENCE_BATCH * cfg.max_words, cfg.embed_dim, n_video * cfg.num_pixels
+
+
 def side_probe(args, work: Path) -> None:
-    """The machine's matmul rate, probed once per text batch (its own process: no memory added to
-    the runtime side's figure)."""
-    _serve(lambda: common.MatmulProbe(args.threads), lambda probe, i: probe.run() or {"batch": i},
-           lambda probe: probe.rates())
+    """The machine's matmul rate on the level's own GEMM shape, probed once per text batch (its own
+    process: no memory added to the runtime side's figure)."""
+    from ucofia.config import UCoFiAConfig
+
+    def load():
+        cfg = UCoFiAConfig.from_dict(json.loads((work / "config.json").read_text()))
+        return common.MatmulProbe(args.threads, shape=floor_shape(cfg, args.videos))
+
+    _serve(load, lambda probe, i: probe.run() or {"batch": i}, lambda probe: probe.rates())
 
 
 # ---- parent ---------------------------------------------------------------------------------
@@ -455,6 +474,7 @@ class _Side:
                "--memory-mb", str(args.memory_mb)]
         if args.reference_tree:
             cmd += ["--reference-tree", str(args.reference_tree)]
+        cmd += ["--videos", str(args.videos)]
         for key, value in extra.items():
             cmd += [f"--{key.replace('_', '-')}", str(value)]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "OPENBLAS_NUM_THREADS": str(args.threads),
@@ -601,9 +621,11 @@ def main() -> None:
         "patch_word_level": {
             "gflop": round(flops / 1e9, 1), "seconds": pw_s, "achieved_gflops": round(flops / pw_s / 1e9, 1),
             "matmul_floor_seconds": round(floor_s, 2), "seconds_over_floor": round(pw_s / floor_s, 2),
-            "target_within": 2.0},
+            "floor": "the level's FLOPs (score product and both mixing products) at the best float32 GEMM "
+                     "rate measured interleaved on [32 L, D] x [D, V P] (matmul_rate)",
+            "target_within": PATCH_WORD_FLOOR_TARGET},
         "ratios": {
-            "speedup_vs_reference_loop": round(ref_s / rt_s, 2), "target_speedup": 8.0,
+            "speedup_vs_reference_loop": round(ref_s / rt_s, 2), "target_speedup": SPEEDUP_TARGET,
             # CPU seconds (process time) of each side, the reference's scaled like its wall time: on a
             # shared machine the two sides may get different shares of the cores, and with one thread
             # per side this ratio is the contention-robust one (with more, it counts torch's spin-waits)
@@ -618,6 +640,7 @@ def main() -> None:
             "peak_rss_runtime_over_reference": round(runtime["peak_rss_mib"] / reference["peak_rss_mib"], 3),
             "scoring_memory_runtime_over_reference": round(rt_scoring_mem / max(ref_scoring_mem, 1e-9), 3),
             "patch_word_seconds_over_matmul_floor": round(pw_s / floor_s, 2),
+            "target_patch_word_over_floor": PATCH_WORD_FLOOR_TARGET,
         },
         "agreement_with_reference_on_timed_rows": agreement,
         "agreement_with_reference_code_on_timed_rows": code_agreement,
@@ -630,10 +653,12 @@ def main() -> None:
         f"patch-word {reference['share_of_time']['patch_word']:.0%})",
         f"ucofia-run tiled scorer: {rt_s:.1f} s, {pairs / rt_s:,.0f} pairs/s, "
         f"peak RSS {runtime['peak_rss_mib']:.0f} MiB "
-        f"-> {ref_s / rt_s:.1f}x faster (target 8x; {result['ratios']['speedup_cpu_time']:.1f}x in CPU seconds), "
+        f"-> {ref_s / rt_s:.1f}x faster (target {SPEEDUP_TARGET:g}x; "
+        f"{result['ratios']['speedup_cpu_time']:.1f}x in CPU seconds), "
         f"peak RSS x{runtime['peak_rss_mib'] / reference['peak_rss_mib']:.2f}",
         f"patch-word level: {pw_s:.1f} s for {flops / 1e12:.2f} TFLOP = {flops / pw_s / 1e9:.0f} GFLOP/s; matmul rate "
-        f"{rates['best_gflops']:.0f} GFLOP/s -> floor {floor_s:.1f} s, {pw_s / floor_s:.2f}x the floor (target 2x)",
+        f"on its GEMM shape {rates['best_gflops']:.0f} GFLOP/s ({rates['best_method']}) -> floor {floor_s:.1f} s, "
+        f"{pw_s / floor_s:.2f}x the floor (target {PATCH_WORD_FLOOR_TARGET:g}x)",
     ]
     if ref_code is not None:
         worst = max(code_agreement["reference_code_vs_ucofia_run"][lv]["max_abs"] for lv in LEVELS)

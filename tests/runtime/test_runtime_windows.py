@@ -217,6 +217,19 @@ def test_grouped_search_is_each_file_once_with_its_best_windows(scoring):
             np.testing.assert_allclose([w.score for w in hit.windows], fused[q, order], rtol=1e-5)
 
 
+def test_grouped_search_of_a_batch_equals_each_query_alone(scoring):
+    """The queries of a batch share the per-file pass over the windows (one score_matrix for all
+    of them); each query's files, windows and scores are those it gets searched alone."""
+    gallery, scorer, text, _, _ = scoring
+    batch = grouping.grouped_exhaustive(scorer, gallery, text, k=2, per_file=2)
+    for q in range(len(text)):
+        (alone,) = grouping.grouped_exhaustive(scorer, gallery, text.rows(q, q + 1), k=2, per_file=2)
+        assert [(h.file_id, [w.row for w in h.windows]) for h in batch[q]] == \
+            [(h.file_id, [w.row for w in h.windows]) for h in alone]
+        np.testing.assert_allclose([w.score for h in batch[q] for w in h.windows],
+                                   [w.score for h in alone for w in h.windows], rtol=1e-6)
+
+
 def test_two_stage_grouped_with_full_shortlist_equals_exhaustive(scoring):
     gallery, scorer, text, _, _ = scoring
     exact = grouping.grouped_exhaustive(scorer, gallery, text, k=3, per_file=2)
