@@ -29,13 +29,13 @@ from typing import Any
 import numpy as np
 
 from runtime.errors import RuntimeUserError
-from runtime.index import GalleryIndex, metadata_of
+from runtime.index import FEATURE_ROLES, GalleryIndex, metadata_of
 from ucofia.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
 FORMATS = ("parquet", "npy")
-FEATURE_COLUMNS = ("video", "frame_features", "patches")
+FEATURE_COLUMNS = FEATURE_ROLES  # the stored feature roles, one column each
 DEFAULT_ROWS_PER_GROUP = 4096
 PARQUET_EXTRA = "pip install 'ucofia[parquet]'"
 
