@@ -22,43 +22,32 @@ answers HEAD too (``runtime.serve.guard``); thumbnails, media and the page answe
 # No `from __future__ import annotations` here: FastAPI reads the route signatures' annotations at
 # runtime, and those refer to classes and dependencies local to create_app.
 import asyncio
-import hashlib
 import logging
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response, Security
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer, SecurityScopes
 from fastapi.staticfiles import StaticFiles
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from runtime.errors import QueryError, RuntimeUserError
-from runtime.index import metadata_of
 from runtime.scoring import LEVELS
 from runtime.search.filters import parse_filter
 from runtime.search.similar import UploadLimits
-from runtime.serve.auth import ADMIN_SCOPE, MEDIA, SEARCH_SCOPE, THUMBNAIL, ApiKey
+from runtime.serve.auth import ADMIN_SCOPE, SEARCH_SCOPE, ApiKey
 from runtime.serve.batching import QueueFull, RequestTimeout
 from runtime.serve.contract import (
-    BINARY,
     BODY_ERRORS,
-    CONTENT_RANGE,
     CROSS_ORIGIN,
     INTERNAL,
-    MULTIPART_RANGES,
-    NOT_FOUND_VIDEO,
-    NOT_MODIFIED,
     PATTERN_RULES,
-    RANGE_PATTERN,
     RETRY_AFTER,
-    SOURCE_MEDIA_TYPES,
-    THUMBNAIL_TYPE,
     UNAUTHORIZED,
     FieldsResponse,
     HealthResponse,
@@ -67,32 +56,27 @@ from runtime.serve.contract import (
     ReloadRequest,
     ReloadResponse,
     SearchResponse,
-    VideoInfo,
     describe_request_model,
     error,
     forbidden,
-    media_type_of,
     search_request_model,
     tidy_schema,
 )
 from runtime.serve.engine import JobResult, SearchJob
 from runtime.serve.example_routes import example_routes
 from runtime.serve.examples import ExampleSearch
+from runtime.serve.file_responses import HeadAwareFileResponse, etag_matches, not_modified
 from runtime.serve.guard import GuardMiddleware, head_only, request_id
 from runtime.serve.metrics import Metrics
-from runtime.serve.remote_media import url_media
-from runtime.serve.responses import ChunkedResponse, Responder, make_links, public_entry
+from runtime.serve.responses import ChunkedResponse, Responder, make_links
 from runtime.serve.service import SearchService
 from runtime.serve.settings import RETRY_AFTER_S
 from runtime.serve.snapshot import Snapshot
-from runtime.thumbnails import ThumbnailError, make_thumbnail, source_path
+from runtime.serve.video_routes import video_routes
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 API_VERSION = "1"
-MEDIA_CACHE = "private, max-age=300"
 PAGE_CACHE = "no-cache"
-# Starlette serves the whole file for a Range of more parts than this (FileResponse.max_ranges).
-MAX_RANGES = getattr(FileResponse, "max_ranges", 100)
 # The status logged and counted for a search whose client went away before its answer (nginx's).
 CLIENT_CLOSED = 499
 
@@ -100,30 +84,6 @@ CLIENT_CLOSED = 499
 class ClientGone(Exception):
     """The client of a search closed its connection before the answer was ready."""
 
-
-class _FileResponse(FileResponse):
-    """A FileResponse that sends its headers only for a HEAD the guard passed on as GET."""
-
-    def __init__(self, *args: Any, head: bool = False, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.head = head
-
-    async def __call__(self, scope, receive, send) -> None:
-        await super().__call__({**scope, "method": "HEAD"} if self.head else scope, receive, send)
-
-
-def _etag_matches(request: Request, etag: str | None) -> bool:
-    """Whether If-None-Match names ``etag`` (weak comparison, as RFC 9110 wants for it) or is *."""
-    header = request.headers.get("if-none-match")
-    if not header or not etag:
-        return False
-    if header.strip() == "*":
-        return True
-    return etag.removeprefix("W/") in [tag.strip().removeprefix("W/") for tag in header.split(",")]
-
-
-def _not_modified(etag: str, cache_control: str) -> Response:
-    return Response(status_code=304, headers={"ETag": etag, "Cache-Control": cache_control})
 
 logger = logging.getLogger(__name__)
 
@@ -402,108 +362,8 @@ def create_app(service: SearchService) -> FastAPI:
                                                  describe_request_model(settings.limits), ensure_ready, key_id)
     app.include_router(example_router)
 
-    # ---- videos (specific routes first: ids may contain '/') ---------------------------------------
-    source_types = dict.fromkeys(SOURCE_MEDIA_TYPES, BINARY)
-    if_none_match = Header(alias="If-None-Match", description="the ETag of a copy the client holds: 304 while it is "
-                                                              "still the current one")
-    thumbnail_auth = media_protected(THUMBNAIL)
-
-    @app.get("/v1/videos/{video_id:path}/thumbnail", tags=["videos"], operation_id="thumbnail",
-             response_class=Response, summary="A JPEG thumbnail of an indexed video",
-             dependencies=thumbnail_auth["dependencies"],
-             responses={200: {"description": "the thumbnail", "content": {THUMBNAIL_TYPE: BINARY}}, **NOT_MODIFIED,
-                        **thumbnail_auth["responses"],
-                        404: error("no video with this id; or it was indexed without its source file, or that file "
-                                   "cannot be decoded"), **INTERNAL})
-    async def thumbnail(video_id: str, request: Request,
-                        etag: Annotated[str | None, if_none_match] = None) -> Response:
-        snapshot = service.snapshot
-        entry = entry_or_404(snapshot, video_id)
-        assert service.thumbnail_slots is not None
-        async with service.thumbnail_slots:
-            try:
-                made = await run_in_threadpool(make_thumbnail, snapshot.index.root, entry)
-            except ThumbnailError as exc:
-                metrics.errors.labels("thumbnail").inc()
-                logger.warning("thumbnail of %r: %s", video_id, exc)
-                if source_path(entry) is None:
-                    raise HTTPException(404, f"video {video_id!r} was indexed without its source file; re-index "
-                                             f"it with `ucofia-run index` to enable thumbnails") from None
-                raise HTTPException(404, f"no thumbnail for video {video_id!r}: its source file cannot be decoded "
-                                         f"(details in the server log)") from None
-        headers = {"Cache-Control": MEDIA_CACHE}
-        if isinstance(made, Path):
-            reply: Response = _FileResponse(made, media_type=THUMBNAIL_TYPE, headers=headers,
-                                            stat_result=made.stat(), head=head_only(request.scope))
-        else:
-            headers["ETag"] = f'"{hashlib.sha256(made).hexdigest()[:32]}"'
-            reply = Response(made, media_type=THUMBNAIL_TYPE, headers=headers)
-        if _etag_matches(request, reply.headers.get("etag")):
-            return _not_modified(reply.headers["etag"], MEDIA_CACHE)
-        return reply
-
-    media_auth = media_protected(MEDIA)
-
-    @app.get("/v1/videos/{video_id:path}/media", tags=["videos"], operation_id="media",
-             response_class=Response, summary="The indexed source file (HTTP Range supported)",
-             dependencies=media_auth["dependencies"],
-             responses={200: {"description": "the whole file; its type from the container format recorded at "
-                                             "indexing", "content": source_types},
-                        206: {"description": "the requested range (several: multipart/byteranges)",
-                              "content": {**source_types, MULTIPART_RANGES: BINARY}},
-                        **NOT_MODIFIED, **media_auth["responses"],
-                        404: error("no video with this id; or it was indexed without its source file, or that file "
-                                   "is no longer there (a URL source: it cannot be reached)"),
-                        409: error("the source file changed since it was indexed (its size or modification time; "
-                                   "a URL's size, ETag or Last-Modified): re-index it"),
-                        416: error("a range that starts past the end of the file, or ends before it starts",
-                                   CONTENT_RANGE),
-                        422: error("the Range header is not a byte range (the pattern)"), **INTERNAL})
-    async def media(video_id: str, request: Request,
-                    byte_range: Annotated[str | None, Header(
-                        alias="Range", pattern=RANGE_PATTERN,
-                        description="bytes=FIRST-LAST, bytes=FIRST- or bytes=-SUFFIX, several comma-separated: "
-                                    "206 with the bytes asked for; more than 100 ranges: the whole file")] = None,
-                    if_range: Annotated[str | None, Header(
-                        alias="If-Range", description="an ETag or Last-Modified value of the file: the range "
-                                                      "applies only while the file still has it")] = None,
-                    etag: Annotated[str | None, if_none_match] = None) -> Response:
-        entry = entry_or_404(service.snapshot, video_id)
-        path = source_path(entry)
-        if path is None:
-            raise HTTPException(404, f"video {video_id!r} was indexed without its source file (an index written "
-                                     f"before format 2); re-index it with `ucofia-run index` to enable media")
-        if isinstance(path, str):  # a URL: proxied (runtime.serve.remote_media)
-            return await url_media(video_id, entry, path, byte_range, if_range, request.headers.get("if-none-match"),
-                                   head_only(request.scope), MEDIA_CACHE)
-        try:
-            stat = path.stat()
-        except OSError:
-            raise HTTPException(404, f"the source file of video {video_id!r} is no longer where it was indexed; "
-                                     f"restore it or re-index") from None
-        if ((entry.get("bytes") is not None and stat.st_size != entry["bytes"])
-                or (entry.get("mtime") is not None and stat.st_mtime != entry["mtime"])):
-            raise HTTPException(409, f"the source file of video {video_id!r} changed since it was indexed; "
-                                     f"re-index it with `ucofia-run index`")
-        reply = _FileResponse(path, media_type=media_type_of(path.suffix, entry.get("container")), stat_result=stat,
-                              headers={"Cache-Control": MEDIA_CACHE}, head=head_only(request.scope))
-        if _etag_matches(request, reply.headers.get("etag")):
-            return _not_modified(reply.headers["etag"], MEDIA_CACHE)
-        if byte_range is not None and _range_applies(if_range, reply) and _unsatisfiable(byte_range, stat.st_size):
-            raise HTTPException(416, f"the range {byte_range!r} cannot be served from the file's {stat.st_size} "
-                                     f"bytes", headers={"Content-Range": f"bytes */{stat.st_size}"})
-        return reply
-
-    video_auth = protected(SEARCH_SCOPE)
-
-    @app.get("/v1/videos/{video_id:path}", tags=["videos"], operation_id="video", response_model=VideoInfo,
-             dependencies=video_auth["dependencies"], summary="An indexed video's metadata",
-             responses={**video_auth["responses"], 404: NOT_FOUND_VIDEO, **INTERNAL})
-    async def video(video_id: str, request: Request) -> dict[str, Any]:
-        snapshot = service.snapshot
-        entry = entry_or_404(snapshot, video_id)
-        return {"id": video_id, "row": snapshot.index.row_of(video_id), "has_media": source_path(entry) is not None,
-                "metadata": metadata_of(entry), "entry": public_entry(entry), "links": links(request, video_id, entry)}
+    # ---- videos --------------------------------------------------------------------------------
+    app.include_router(video_routes(service, metrics, protected(SEARCH_SCOPE), media_protected, entry_or_404, links))
 
     # ---- admin -------------------------------------------------------------------------------
     admin_auth = protected(ADMIN_SCOPE, cross_origin=True)
@@ -526,10 +386,10 @@ def create_app(service: SearchService) -> FastAPI:
     @app.get("/", include_in_schema=False)
     async def page(request: Request) -> Response:
         path = STATIC_DIR / "index.html"
-        reply = _FileResponse(path, media_type="text/html", headers={"Cache-Control": PAGE_CACHE},
+        reply = HeadAwareFileResponse(path, media_type="text/html", headers={"Cache-Control": PAGE_CACHE},
                               stat_result=path.stat(), head=head_only(request.scope))
-        if _etag_matches(request, reply.headers.get("etag")):
-            return _not_modified(reply.headers["etag"], PAGE_CACHE)
+        if etag_matches(request, reply.headers.get("etag")):
+            return not_modified(reply.headers["etag"], PAGE_CACHE)
         return reply
 
     @app.get("/favicon.ico", include_in_schema=False)
@@ -556,34 +416,6 @@ def create_app(service: SearchService) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
-
-
-def _range_applies(if_range: str | None, reply: FileResponse) -> bool:
-    """Whether Starlette will honour the Range header: no If-Range, or one naming the file's
-    strong ETag or Last-Modified (as ``FileResponse`` decides)."""
-    if if_range is None:
-        return True
-    return not if_range.startswith("W/") and if_range in (reply.headers.get("etag"), reply.headers.get("last-modified"))
-
-
-def _unsatisfiable(byte_range: str, size: int) -> bool:
-    """Whether a Range header (matching RANGE_PATTERN) has a part that starts past the end of a
-    file of ``size`` bytes or ends before it starts -- where Starlette's FileResponse would answer
-    a plain-text 416 or 400; the route answers 416 with a JSON body instead. Parts are read as
-    FileResponse reads them."""
-    parts = byte_range.split("=", 1)[1].split(",")
-    if len(parts) > MAX_RANGES:
-        return False  # FileResponse serves the whole file
-    for part in parts:
-        first, _, last = part.strip().partition("-")
-        if first:
-            start = int(first)
-            end = int(last) + 1 if last and int(last) < size else size
-        else:
-            start, end = max(size - int(last), 0), size
-        if not 0 <= start < size or start >= end:
-            return True
-    return False
 
 
 __all__ = ["create_app"]
