@@ -343,9 +343,10 @@ class _Pipeline:
                 "error": np.asarray([i[1] if len(i) == 2 else "" for i in items], dtype=object),
                 "shard": np.asarray([i[1] if len(i) == 3 else "" for i in items], dtype=object),
                 "shard_rows": np.asarray([i[2] if len(i) == 3 else 0 for i in items]),
-                "decode_s": np.full(n, 0.5), "encode_s": np.full(n, 0.25), "write_s": np.zeros(n)}
+                "decode_s": np.full(n, 0.5), "encode_s": np.full(n, 0.25), "write_s": np.full(n, 0.125)}
 
-    def run(self, todo: list[str], attempts: list[_FakeDataset], report, replaces=None):
+    def run(self, todo: list[str], attempts: list[_FakeDataset], report, replaces=None, commit_every_s: float = 0.0,
+            progress=None):
         self.asked.clear()
 
         def dataset(left, encoders, resources):
@@ -353,8 +354,8 @@ class _Pipeline:
             return attempts[len(self.asked) - 1]
 
         run = self.pipeline.RayIndexRun(self.writer, load_bundle(self.data["bundle"]), backend="cpu", batch_size=2,
-                                        threads=1, options=self.pipeline.RayOptions(commit_every_s=0.0),
-                                        report=report, replaces=replaces)
+                                        threads=1, options=self.pipeline.RayOptions(commit_every_s=commit_every_s),
+                                        report=report, replaces=replaces, progress=progress)
         run._dataset = dataset
         return run.run([(vid, self.data["clips"] / f"{vid}.mp4") for vid in todo])
 
@@ -395,6 +396,46 @@ def test_the_driver_stores_each_video_once_whatever_the_pipeline_delivers_twice(
     assert report.failed == [broken] and _failed_ids(out) == {"broken": broken[1]}
     names = [s["name"] for s in json.loads((out / "index.json").read_text())["shards"]]
     assert sorted(names) == sorted({first, half, overlap})  # each shard recorded once
+    assert times.use_gpu is False and times.encoders == 1 and times.nodes == 1
+    assert times.write == pytest.approx(0.125 * 13) and 0 <= times.commit <= times.wall
+
+
+def test_what_arrived_before_a_failure_is_committed_and_a_pipeline_that_keeps_failing_stops(data, tmp_path,
+                                                                                           monkeypatch):
+    """Commits held back (a long commit interval): the shard that arrived before the pipeline
+    failed is committed on the way out, so the next attempt asks only for the rest; when every
+    attempt fails the run stops with an error that says how far it got and to re-run."""
+    from runtime.errors import RuntimeUserError
+    from runtime.index import IndexWriter
+    from runtime.ingest import IngestReport
+
+    out = tmp_path / "index"
+    delivered: list[int] = []
+    with IndexWriter(out, load_bundle(data["bundle"])) as writer:
+        fake = _Pipeline(data, writer, monkeypatch)
+        vids = fake.single.ids[:4]
+        first = fake.shard(vids[:2])
+        lost = RuntimeError("ObjectLostError: a node died")
+        attempts = [_FakeDataset([fake.batch((vids[0], first, 2), (vids[1], first, 2))], failure=lost)]
+        attempts += [_FakeDataset([], failure=lost) for _ in range(fake.pipeline.RayOptions().attempts - 1)]
+        with pytest.raises(RuntimeUserError, match=r"failed \d+ times.*2 of 4 videos are committed; re-run"):
+            fake.run(vids, attempts, IngestReport(), commit_every_s=3600.0, progress=delivered.append)
+    assert fake.asked[0] == vids and all(asked == vids[2:] for asked in fake.asked[1:])
+    assert len(fake.asked) == fake.pipeline.RayOptions().attempts
+    assert GalleryIndex(out).ids == vids[:2] and sum(delivered) == 2
+
+
+def test_a_user_error_in_the_pipeline_is_not_retried(data, tmp_path, monkeypatch):
+    from runtime.errors import RuntimeUserError
+    from runtime.index import IndexWriter
+    from runtime.ingest import IngestReport
+
+    with IndexWriter(tmp_path / "index", load_bundle(data["bundle"])) as writer:
+        fake = _Pipeline(data, writer, monkeypatch)
+        vids = fake.single.ids[:2]
+        with pytest.raises(RuntimeUserError, match="the bundle went away"):
+            fake.run(vids, [_FakeDataset([], failure=RuntimeUserError("the bundle went away"))] * 3, IngestReport())
+    assert fake.asked == [vids]  # one attempt: another run would fail the same way
 
 
 def test_the_driver_replaces_a_changed_file_even_in_a_batch_of_the_same_ids(data, tmp_path, monkeypatch):
@@ -447,7 +488,7 @@ class _FakeRay:
     """What actor_resources reads of a cluster: its resources and nodes."""
 
     def __init__(self, nodes: int, cpus: float, gpus: float) -> None:
-        self._resources = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+        self._resources = {**({"CPU": cpus} if cpus else {}), **({"GPU": gpus} if gpus else {})}
         self._nodes = [{"Alive": True}] * nodes
 
     def cluster_resources(self) -> dict:
@@ -468,6 +509,11 @@ def test_actor_resources_follow_the_cluster():
     assert actor_resources(_FakeRay(1, 3, 1), "cuda", options) == (1, {"num_gpus": 1, "num_cpus": 2})
     assert actor_resources(_FakeRay(4, 64, 4), "cpu", options) == (4, {"num_cpus": 1})  # GPUs unused on cpu
     assert actor_resources(_FakeRay(4, 64, 4), "auto", RayOptions(encoders=2))[0] == 2
+    # asked for more encoders than the cluster holds: one a GPU, or all CPUs but one (for decoding)
+    assert actor_resources(_FakeRay(1, 4, 0), "cpu", RayOptions(encoders=10))[0] == 3
+    assert actor_resources(_FakeRay(2, 64, 2), "auto", RayOptions(encoders=10))[0] == 2
+    with pytest.raises(RuntimeUserError, match="has 0 CPU"):
+        actor_resources(_FakeRay(1, 0, 0), "cpu", options)  # a cluster that reports no CPU resource
     with pytest.raises(RuntimeUserError, match="needs GPUs"):
         actor_resources(_FakeRay(2, 32, 0), "tensorrt", options)
     with pytest.raises(RuntimeUserError, match="at least 2"):
