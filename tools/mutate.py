@@ -83,7 +83,10 @@ AREAS: dict[str, Area] = {
         ("runtime/search/searcher.py", "runtime/search/grouping.py", "runtime/search/two_stage.py",
          "runtime/search/records.py"),
         (RT + "test_runtime_search.py", RT + "test_runtime_index.py", RT + "test_runtime_windows.py",
-         RT + "test_runtime_stage1.py::test_searcher_two_stage_recall_against_flat")),
+         RT + "test_runtime_stage1.py::test_searcher_two_stage_recall_against_flat", RT + "test_runtime_filters.py")),
+    "filters": Area(("runtime/search/filters.py",), (RT + "test_runtime_filters.py",)),
+    "examples": Area(("runtime/search/similar.py", "runtime/describe.py"),
+                     (RT + "test_runtime_similar.py", RT + "test_runtime_describe.py")),
     "stage1": Area(
         ("runtime/search/stage1.py",),
         (RT + "test_runtime_stage1.py", UPDATES + "::test_stage1_kinds_are_recorded_and_exact_with_a_full_shortlist")),
