@@ -340,3 +340,20 @@ def test_host_names_and_the_root_path():
     assert host_name("::1") == "::1" and host_name("localhost") == "localhost"
     assert _route_path({"path": "/search/v1/search", "root_path": "/search"}) == "/v1/search"
     assert _route_path({"path": "/v1/search", "root_path": ""}) == "/v1/search"
+
+
+def test_a_body_message_without_more_body_is_the_last_one():
+    """ASGI: ``more_body`` defaults to False, so a server may leave it out of the last message."""
+    app = BodyApp()
+    scope = _scope("POST", "/v1/search", headers={"host": "127.0.0.1", **JSON})
+    messages = [{"type": "http.request", "body": b"{}"}, {"type": "http.disconnect"}]
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return messages.pop(0)
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    asyncio.run(_body_guard(app)(scope, receive, send))
+    assert app.bodies == [b"{}"] and sent[0]["status"] == 200
