@@ -84,7 +84,8 @@ AREAS: dict[str, Area] = {
          "runtime/search/records.py"),
         (RT + "test_runtime_search.py", RT + "test_runtime_index.py", RT + "test_runtime_windows.py",
          RT + "test_runtime_stage1.py::test_searcher_two_stage_recall_against_flat", RT + "test_runtime_filters.py")),
-    "filters": Area(("runtime/search/filters.py",), (RT + "test_runtime_filters.py",)),
+    "filters": Area(("runtime/search/filters.py",),
+                    (RT + "test_runtime_filter_grammar.py", RT + "test_runtime_filters.py")),
     "examples": Area(("runtime/search/similar.py", "runtime/describe.py"),
                      (RT + "test_runtime_similar.py", RT + "test_runtime_describe.py")),
     "stage1": Area(

@@ -148,7 +148,7 @@ def _scalar(value: Any, where: str) -> Scalar:
         try:
             number = float(value)
         except OverflowError:
-            number = math.copysign(math.inf, value)
+            number = math.inf if value > 0 else -math.inf  # an int past float range (copysign would overflow too)
         if math.isnan(number):
             raise FilterError(f"{where}: NaN is not a value")
         return number
