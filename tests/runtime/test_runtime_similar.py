@@ -185,3 +185,34 @@ def test_a_filter_and_a_page_apply_to_search_by_example(fake_bundle, tmp_path):
     assert _search(index, "--like", "v4", "--filter", '{"channel": "weather"}')[0]["results"] == []
     bad = run_cli("search", "--index", str(index), "--like", "v4", "--filter", '{"channel": {"$near": 1}}')
     assert bad.returncode == 2 and "$near" in bad.stderr
+
+
+def test_unit_vectors_defaults_and_edges(fake_bundle, tmp_path):
+    np.testing.assert_array_equal(unit(np.zeros((2, 3))), np.zeros((2, 3)))  # zero rows stay zero, no NaN
+    np.testing.assert_allclose(unit(np.array([[0.3, 0.4], [0.0, 0.1]])), [[0.6, 0.8], [0.0, 1.0]])
+    # the documented limits (docs/search.md): 200 MiB, 600 s, 4096 x 4096 pixels
+    assert UploadLimits() == UploadLimits(max_bytes=200 * 1024 * 1024, max_seconds=600.0, max_pixels=4096 * 4096)
+    bundle = load_bundle(fake_bundle)
+    gallery = GalleryIndex(synthetic_index(tmp_path / "index", bundle, videos=6, seed=9))
+    last = query_by_id(gallery, "v5")  # the last row reads fine
+    np.testing.assert_allclose(last.vector, unit(gallery.features(5, 6, roles=("video",))["video"][0]))
+    records = similar_records(gallery, [(1, 0.5), (3, 0.25)])
+    assert [r["rank"] for r in records] == [1, 2] and [r["video_id"] for r in records] == ["v1", "v3"]
+
+
+def test_query_by_features_leaves_out_the_same_content_by_default(data):
+    from runtime.search.similar import query_by_features
+
+    gallery = GalleryIndex(data["index"])
+    row = gallery.row_of("clip1")
+    sha = gallery.entries[row]["sha256"]
+    vector = gallery.features(row, row + 1, roles=("video",))["video"][0]
+    assert query_by_features(gallery, vector, "upload", sha).exclude == frozenset({row})
+    assert query_by_features(gallery, vector, "upload", sha, include_self=True).exclude == frozenset()
+
+
+def test_a_query_file_that_cannot_be_read_is_named(data, tmp_path):
+    from runtime.search.similar import check_upload
+
+    with pytest.raises(QueryVideoError, match=f"query video {tmp_path / 'gone.mp4'}: cannot read it"):
+        check_upload(tmp_path / "gone.mp4", UploadLimits())
