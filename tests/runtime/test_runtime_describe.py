@@ -155,3 +155,32 @@ def test_unknown_ids_and_empty_captions_are_clear_errors(data, tmp_path, args, m
     result = run_cli("describe", "--index", str(data["index"]), "--captions", str(captions), *args)
     assert result.returncode == 1 and message in result.stderr, result.stderr
     assert result.stdout == ""
+
+
+def test_defaults_text_and_a_bank_of_another_bundle(data, tmp_path):
+    many = tmp_path / "many.txt"
+    many.write_text("\n".join([*CAPTIONS, *BANK_CAPTIONS, "un café près du lac", "a boat"]) + "\n")  # 12
+    result = run_cli("describe", "--index", str(data["index"]), "--captions", str(many), "--id", "clip0")
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert len(answer["results"]) == 10  # --top-k defaults to 10
+    full = run_cli("describe", "--index", str(data["index"]), "--captions", str(many), "--id", "clip0",
+                   "--top-k", "12").stdout
+    assert "un café près du lac" in full  # written as UTF-8, not escaped
+    from runtime_helpers import build_fake_bundle
+
+    other = synthetic_index(tmp_path / "other_bank", load_bundle(build_fake_bundle(tmp_path / "other", seed=5)),
+                            videos=3)
+    refused = run_cli("describe", "--index", str(data["index"]), "--captions", str(many), "--id", "clip0",
+                      "--bank", str(other))
+    assert refused.returncode == 1 and "bundle" in refused.stderr and refused.stdout == ""
+
+
+def test_captions_and_their_features_must_agree(data):
+    from runtime.describe import describe_videos
+    from runtime.scoring import TextFeatures
+
+    gallery = GalleryIndex(data["index"])
+    text = TextFeatures(sentence=np.zeros((2, 4), np.float32), words=np.zeros((2, 3, 4), np.float32))
+    with pytest.raises(ValueError, match="3 captions but 2 encoded"):
+        describe_videos(gallery, None, text, ["a", "b", "c"], ["clip0"], 1)
