@@ -133,6 +133,9 @@ def test_search_options_defaults_and_limits():
         SearchOptions(group_by="row")
     with pytest.raises(ValueError, match="unknown stage-1 kind 'annoy'"):
         SearchOptions(stage1="annoy")
+    SearchOptions(offset=0)
+    with pytest.raises(ValueError, match="offset must be at least 0, got -1"):
+        SearchOptions(offset=-1)
     assert SearchOptions(top_k=50, shortlist=20).wide == 50 and SearchOptions(top_k=5, shortlist=20).wide == 20
     # the shortlist decides only two-stage results; everything else that changes them is in the key
     assert SearchOptions(shortlist=5).batch_key() == SearchOptions(shortlist=6).batch_key()
