@@ -216,3 +216,15 @@ def test_a_query_file_that_cannot_be_read_is_named(data, tmp_path):
 
     with pytest.raises(QueryVideoError, match=f"query video {tmp_path / 'gone.mp4'}: cannot read it"):
         check_upload(tmp_path / "gone.mp4", UploadLimits())
+
+
+def test_search_like_as_a_library_call_and_non_ascii_names(data, tmp_path):
+    from runtime.search.similar import search_like
+
+    answer = json.loads(search_like(data["index"], ["clip1"], [], 3))  # defaults: from rank 1, itself left out
+    assert [r["rank"] for r in answer["results"]] == [1, 2, 3] and "clip1" not in [r["video_id"]
+                                                                                   for r in answer["results"]]
+    named = tmp_path / "café.mp4"
+    shutil.copyfile(data["clips"] / "clip2.mp4", named)
+    text = search_like(data["index"], [], [named], 1)
+    assert "café.mp4" in text and json.loads(text)["query_video"] == str(named)
