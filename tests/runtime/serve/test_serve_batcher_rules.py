@@ -49,6 +49,15 @@ def echo(jobs):
     return [[q.upper() for q in j.queries] for j in jobs]
 
 
+def held_at(gate: threading.Event):
+    """A process function that answers like ``echo`` once ``gate`` opens (at most WAIT_S)."""
+    def held(jobs):
+        gate.wait(WAIT_S)
+        return echo(jobs)
+
+    return held
+
+
 @pytest.mark.parametrize("kwargs", [{"max_batch": 0}, {"max_queue": 0}, {"max_wait_s": -0.001}])
 def test_settings_out_of_range_are_refused(kwargs):
     settings = {"max_batch": 1, "max_wait_s": 0.0, "max_queue": 1, **kwargs}
@@ -150,10 +159,7 @@ def test_lifecycle_start_stop_and_submit_when_not_running():
 
 def test_stop_fails_the_queued_requests_and_does_not_wait_for_the_running_batch():
     gate = threading.Event()
-
-    def held(jobs):
-        gate.wait(WAIT_S)
-        return echo(jobs)
+    held = held_at(gate)
 
     async def main():
         batcher = DynamicBatcher(held, max_batch=1, max_wait_s=0.0, max_queue=10)
@@ -220,10 +226,7 @@ def test_requests_abandoned_in_the_queue_are_dropped_and_reported_with_their_rea
 
 def test_a_request_settled_while_its_batch_ran_does_not_stop_the_batcher():
     gate = threading.Event()
-
-    def held(jobs):
-        gate.wait(WAIT_S)
-        return echo(jobs)
+    held = held_at(gate)
 
     async def main():
         batcher = DynamicBatcher(held, max_batch=1, max_wait_s=0.0, max_queue=10)
@@ -247,10 +250,7 @@ def test_a_request_settled_while_its_batch_ran_does_not_stop_the_batcher():
 
 def test_a_request_abandoned_while_its_batch_runs_gets_no_result():
     gate = threading.Event()
-
-    def held(jobs):
-        gate.wait(WAIT_S)
-        return echo(jobs)
+    held = held_at(gate)
 
     async def main():
         batcher = DynamicBatcher(held, max_batch=1, max_wait_s=0.0, max_queue=10)
