@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 
 from runtime.backends import open_session
 from runtime.bundle import Bundle
-from runtime.describe import describe_videos
+from runtime.describe import describe_videos, rows_of
 from runtime.errors import RuntimeUserError
 from runtime.search.filters import Filter
 from runtime.search.similar import (
@@ -88,9 +88,10 @@ class ExampleSearch:
                  top_k: int, memory_mb: float) -> list[dict[str, Any]]:
         """Captions ranked for each video (``runtime.describe``; QueryError for a caption with no text)."""
         for video_id in video_ids:
-            if snapshot.index.row_of(video_id) is None and not any(
-                    entry.get("file_id") == video_id for entry in snapshot.index.entries):
-                raise UnknownVideo(f"no video or file with id {video_id!r} in the index")
+            try:
+                rows_of(snapshot.index, video_id)
+            except RuntimeUserError:  # its message names the index directory: not for a client
+                raise UnknownVideo(f"no video or file with id {video_id!r} in the index") from None
         features = text.encode(captions, "caption")
         return describe_videos(snapshot.index, scorer, features, captions, video_ids, top_k, memory_mb)
 
