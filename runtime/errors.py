@@ -28,3 +28,13 @@ class QueryError(RuntimeUserError):
 
 class OptionsError(RuntimeUserError):
     """Options that cannot go together; the CLI reports it as a usage error (exit code 2)."""
+
+
+class ShardsUnavailable(RuntimeUserError):
+    """Some shards of a sharded gallery did not answer in time: ``missing`` names them and
+    ``partial`` is the answer of the others (for requests that accept a partial answer)."""
+
+    def __init__(self, message: str, missing: list[int], partial: object = None) -> None:
+        super().__init__(message)
+        self.missing = missing
+        self.partial = partial

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from runtime.index import GalleryIndex, is_windowed
-from runtime.scoring import DEFAULT_MEMORY_MB, Scorer, TextFeatures, TopK, VideoSource, score_topk
+from runtime.scoring import DEFAULT_MEMORY_MB, LEVELS, Scorer, TextFeatures, TopK, VideoSource, score_topk
 from runtime.search import grouping, stage1
 from runtime.search.filters import Filter, MetadataTable, parse_filter
 from runtime.search.records import Record, row_records
@@ -185,13 +185,25 @@ class Searcher:
     def search(self, queries: TextFeatures, options: SearchOptions) -> SearchAnswer:
         """Ranked result records of every query (ranks ``offset + 1`` to ``offset + top_k``; none
         where the filter matches no row)."""
+        return self.records(self.hits(queries, options), options.offset)
+
+    def records(self, hits: Hits, first: int = 0) -> SearchAnswer:
+        """``hits`` as the records of a search answer, from rank ``first + 1`` on."""
+        if hits.groups is not None:
+            results = grouping.to_records(hits.groups, self.index, first=first)
+        else:
+            assert hits.top is not None
+            results = [row_records(self.index, hits.top, q, first=first) for q in range(len(hits.top.indices))]
+        return SearchAnswer(results, hits.two_stage, hits.group_by, list(hits.notes))
+
+    def hits(self, queries: TextFeatures, options: SearchOptions) -> Hits:
+        """The best ``offset + top_k`` rows (or files, grouped) of every query, in gallery rows."""
         group_by = self.group_by(options)
         rows = self.matching(options.where)
         if rows is not None and len(rows) == 0:
-            return SearchAnswer([[] for _ in range(len(queries))], options.two_stage, group_by)
+            return Hits.empty(len(queries), options.two_stage, group_by)
         if group_by == "file":
             return self._grouped(queries, options, rows)
-        gallery: GalleryIndex | GallerySubset = self.index
         notes = []
         if options.two_stage:
             top = self.two_stage(self.stage1_params(options), queries).search(queries, options.depth, options.wide,
@@ -204,13 +216,32 @@ class Searcher:
             top = score_topk(self.scorer, queries, self.source, options.depth, self.biases, self.memory_mb)
         else:
             gallery = GallerySubset(self.index, rows, self.source)
-            top = score_topk(self.scorer, queries, gallery, options.depth, gallery.biases(), self.memory_mb)
-        results = [row_records(gallery, top, q, first=options.offset) for q in range(len(queries))]
-        return SearchAnswer(results, options.two_stage, group_by, notes)
+            top = _in_gallery_rows(score_topk(self.scorer, queries, gallery, options.depth, gallery.biases(),
+                                              self.memory_mb), rows)
+        return Hits(top, None, options.two_stage, group_by, notes)
 
-    def _grouped(self, queries: TextFeatures, options: SearchOptions, rows: np.ndarray | None) -> SearchAnswer:
+    def shortlist(self, queries: TextFeatures, options: SearchOptions) -> tuple[np.ndarray, np.ndarray]:
+        """Stage 1 of two-stage search alone (among the rows ``options.where`` matches): per query
+        its ``options.wide`` best rows as (stage-1 scores, gallery rows), best first, -inf / -1 where
+        fewer were found."""
+        rows = self.matching(options.where)
+        if rows is not None and len(rows) == 0:
+            return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64)
+        return self.two_stage(self.stage1_params(options), queries).shortlist(queries, options.wide, rows)
+
+    def rerank(self, queries: TextFeatures, options: SearchOptions, candidates: list[np.ndarray]) -> Hits:
+        """The second stage alone: the fused re-rank of each query's ``candidates`` (gallery rows,
+        e.g. a shortlist made elsewhere), ranked and grouped as :meth:`hits` ranks a shortlist."""
+        group_by = self.group_by(options)
+        kernel = self.two_stage(self.stage1_params(options), queries)
+        if group_by == "file":
+            wide = kernel.rerank(queries, candidates, max(map(len, candidates), default=0))
+            return Hits(None, grouping.group_rows(wide, self.index, options.depth, options.windows_per_file,
+                                                  self.files), True, "file", [])
+        return Hits(kernel.rerank(queries, candidates, options.depth), None, True, group_by, [])
+
+    def _grouped(self, queries: TextFeatures, options: SearchOptions, rows: np.ndarray | None) -> Hits:
         k, per_file, notes = options.depth, options.windows_per_file, []
-        gallery: GalleryIndex | GallerySubset = self.index
         if options.two_stage:
             wide = self.two_stage(self.stage1_params(options), queries).search(queries, options.wide, options.wide,
                                                                                rows=rows)
@@ -227,5 +258,34 @@ class Searcher:
             gallery = GallerySubset(self.index, rows, self.source)
             groups = grouping.grouped_exhaustive(self.scorer, gallery, queries, k, per_file, self.memory_mb,
                                                  source=gallery, files=grouping.RowFiles.of(gallery))
-        return SearchAnswer(grouping.to_records(groups, gallery, first=options.offset), options.two_stage, "file",
-                            notes)
+            for hits in groups:
+                for hit in hits:
+                    for window in hit.windows:
+                        window.row = int(rows[window.row])
+        return Hits(None, groups, options.two_stage, "file", notes)
+
+
+@dataclass
+class Hits:
+    """What a search found before it becomes records: ``top`` (ranked gallery rows per query) or,
+    grouped by file, ``groups`` (ranked files per query, their windows as gallery rows)."""
+
+    top: TopK | None
+    groups: list[list[grouping.FileHit]] | None
+    two_stage: bool
+    group_by: str | None
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, queries: int, two_stage: bool, group_by: str | None) -> Hits:
+        """No result for any of ``queries`` (e.g. a filter that matches no row)."""
+        if group_by == "file":
+            return cls(None, [[] for _ in range(queries)], two_stage, group_by)
+        top = TopK(np.empty((queries, 0), np.int64), np.empty((queries, 0), np.float32),
+                   {lv: np.empty((queries, 0), np.float32) for lv in LEVELS})
+        return cls(top, None, two_stage, group_by)
+
+
+def _in_gallery_rows(top: TopK, rows: np.ndarray) -> TopK:
+    """``top`` of a subset of the gallery with its positions replaced by the gallery rows ``rows``."""
+    return replace(top, indices=np.where(top.indices >= 0, rows[np.maximum(top.indices, 0)], -1))

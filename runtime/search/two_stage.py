@@ -130,29 +130,44 @@ class TwoStage:
         score -inf, levels NaN) after those it found."""
         if shortlist < k:
             raise ValueError(f"--shortlist ({shortlist}) must be at least --top-k ({k})")
-        index, biases = self.index, self.biases
-        available = len(index) if rows is None else len(rows)
+        _, cand = self.shortlist(queries, shortlist, rows)
+        available = len(self.index) if rows is None else len(rows)
+        return self.rerank(queries, list(cand), min(k, available), progress)
+
+    def shortlist(self, queries: TextFeatures, shortlist: int, rows: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """Stage 1 alone: per query the ``shortlist`` best rows by video_sentence + bias, best first,
+        as (stage-1 scores [Q, n] float32, gallery rows [Q, n] int64; -1 / -inf where FAISS found
+        fewer); ``rows``: select among these ascending gallery rows only."""
+        available = len(self.index) if rows is None else len(rows)
         shortlist = min(shortlist, available)
-        k = min(k, available)
         q = _normalise(queries.sentence.astype(np.float64)) @ self.kernel
         q = np.concatenate([q, np.ones((len(queries), 1))], axis=1).astype(np.float32)
         if rows is None:
             stage1.configure(self.stage1_index, self.params, shortlist)
-            _, cand = self.stage1_index.search(q, shortlist)
+            scores, cand = self.stage1_index.search(q, shortlist)
         else:
-            mask = np.zeros(len(index), bool)
+            mask = np.zeros(len(self.index), bool)
             mask[rows] = True
-            _, cand = self.stage1_index.search(q, shortlist, params=stage1.search_parameters(self.params, shortlist,
-                                                                                              mask))
+            scores, cand = self.stage1_index.search(q, shortlist, params=stage1.search_parameters(self.params,
+                                                                                                   shortlist, mask))
+        scores = np.where(cand >= 0, scores, -np.inf).astype(np.float32)
+        return scores, cand.astype(np.int64)
+
+    def rerank(self, queries: TextFeatures, candidates: list[np.ndarray], k: int, progress=None) -> TopK:
+        """The fused re-rank: per query the ``k`` best of its ``candidates`` (gallery rows; -1 is
+        skipped) by fused score, ties by lower row; a query with fewer candidates ends in -1."""
+        biases = self.biases
         out = TopK(indices=np.full((len(queries), k), -1, np.int64),
                    fused=np.full((len(queries), k), -np.inf, np.float32),
                    levels={lv: np.full((len(queries), k), np.nan, np.float32) for lv in LEVELS})
         for i in range(len(queries)):
-            rows = np.sort(cand[i][cand[i] >= 0])  # ascending rows keep the exhaustive tie order
-            if len(rows):
+            given = np.asarray(candidates[i], dtype=np.int64)
+            rows = np.sort(given[given >= 0])  # ascending rows keep the exhaustive tie order
+            if len(rows) and k:
                 sub_bias = None if biases is None else {lv: biases[lv][rows] for lv in LEVELS}
                 # the shortlist's features are read tile by tile (index.subset), within the memory budget
-                best = score_topk(self.scorer, queries.rows(i, i + 1), index.subset(rows), min(k, len(rows)),
+                best = score_topk(self.scorer, queries.rows(i, i + 1), self.index.subset(rows), min(k, len(rows)),
                                   sub_bias, self.memory_mb)
                 found = best.indices.shape[1]
                 out.indices[i, :found] = rows[best.indices[0]]

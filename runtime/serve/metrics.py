@@ -63,6 +63,13 @@ class Metrics:
                                           "(header_timeout, body_timeout, keep_alive_timeout, surplus)", ("reason",),
                                           registry=r)
         self.open_connections = Gauge("ucofia_open_connections", "Open HTTP connections", registry=r)
+        # a sharded gallery (`serve --ray`): every call of the ingress to a shard, and what each holds
+        self.shard_seconds = Histogram("ucofia_shard_call_seconds", "Time of the ingress's calls to each shard, by "
+                                       "shard and call (hits, shortlist, rerank)", ("shard", "call"), registry=r)
+        self.shard_failures = Counter("ucofia_shard_call_failures", "Failed calls to a shard (retried until the "
+                                      "request's deadline), by shard", ("shard",), registry=r)
+        self.shard_rows = Gauge("ucofia_shard_rows", "Gallery rows each shard owns", ("shard",), registry=r)
+        self.shards_up = Gauge("ucofia_shards_up", "Shards that answered the last search", registry=r)
 
     # ---- BatchObserver ---------------------------------------------------------------------
     def batch_started(self, queries: int, requests: int) -> None:

@@ -1,0 +1,235 @@
+"""runtime.cluster without Ray: the shard plan, and shards in this process (LocalShards) that
+answer every search exactly as one process over the whole index does (1, 2 and 4 shards,
+exhaustive and two-stage, filters, pages, windows grouped by file or not); a shard that fails is
+asked again, one that stays down raises ShardsUnavailable with the others' answer; index versions."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from runtime_helpers import synthetic_index, synthetic_windows
+
+from runtime.backends import open_session
+from runtime.bundle import load_bundle
+from runtime.cluster.fanout import LocalShards, ShardedSearcher
+from runtime.cluster.merge import merge_shortlists
+from runtime.cluster.partition import plan_parts
+from runtime.cluster.shard import ShardSearcher, StaleSnapshot
+from runtime.errors import ShardsUnavailable
+from runtime.index import GalleryIndex, IndexChangedError, IndexWriter
+from runtime.scoring import LEVELS, Scorer, TextFeatures
+from runtime.search import Searcher, SearchOptions
+from runtime.search.filters import FilterError
+from runtime.serve.snapshot import state_digest
+
+WINDOWS = {"a": 3, "b": 1, "c": 4, "d": 2, "e": 5, "f": 2, "g": 3, "h": 1}
+N_QUERIES = 3
+
+
+@pytest.fixture(scope="module")
+def bundle(fake_bundle):
+    return load_bundle(fake_bundle)
+
+
+@pytest.fixture(scope="module")
+def scorer(bundle):
+    return Scorer(open_session(bundle, "scorer", "cpu"), bundle.config)
+
+
+def _biases(root, bundle, rows, seed):
+    values = np.random.default_rng(seed).normal(0, 0.5, (len(LEVELS), rows)).astype(np.float32)
+    with IndexWriter(root, bundle) as writer:
+        writer.set_biases(values, {"bank": {"path": "synthetic"}})
+    return root
+
+
+@pytest.fixture(scope="module")
+def whole(bundle, tmp_path_factory):
+    return _biases(synthetic_index(tmp_path_factory.mktemp("cluster") / "whole", bundle, 37, shard=10, seed=3),
+                   bundle, 37, seed=4)
+
+
+@pytest.fixture(scope="module")
+def windows(bundle, tmp_path_factory):
+    root = synthetic_windows(tmp_path_factory.mktemp("cluster") / "windows", bundle, WINDOWS, seed=5, shard=6)
+    return _biases(root, bundle, sum(WINDOWS.values()), seed=6)
+
+
+def _queries(cfg, seed=9):
+    rng = np.random.default_rng(seed)
+    return TextFeatures(rng.standard_normal((N_QUERIES, cfg.embed_dim), dtype=np.float32),
+                        rng.standard_normal((N_QUERIES, cfg.max_words, cfg.embed_dim), dtype=np.float32))
+
+
+def _sharded(root, scorer, shards, **kwargs):
+    gallery = GalleryIndex(root)
+    local = LocalShards([ShardSearcher(root, s, shards, scorer=scorer) for s in range(shards)])
+    return ShardedSearcher(scorer, gallery, local.clients(), state_digest(gallery.state.to_dict()), **kwargs), local
+
+
+def _same(got, want):
+    """Same ids, order and windows; scores and levels within 1e-6."""
+    assert got.group_by == want.group_by and got.two_stage == want.two_stage
+    assert len(got.results) == len(want.results)
+    for g, w in zip(got.results, want.results):
+        assert [r["video_id"] for r in g] == [r["video_id"] for r in w]
+        assert [r["rank"] for r in g] == [r["rank"] for r in w]
+        assert [r.get("file_id") for r in g] == [r.get("file_id") for r in w]
+        assert np.allclose([r["score"] for r in g], [r["score"] for r in w], rtol=0, atol=1e-6)
+        for rg, rw in zip(g, w):
+            assert np.allclose([rg["levels"][lv] for lv in LEVELS], [rw["levels"][lv] for lv in LEVELS], atol=1e-6)
+            assert [x["video_id"] for x in rg.get("windows", [])] == [x["video_id"] for x in rw.get("windows", [])]
+
+
+# ---- the plan -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shards", [1, 2, 3, 4, 37, 40])
+def test_whole_file_shards_are_equal_contiguous_ranges(whole, shards):
+    parts = plan_parts(GalleryIndex(whole), shards)
+    assert len(parts) == shards
+    assert np.array_equal(np.concatenate(parts), np.arange(37))  # disjoint, ascending, every row once
+    sizes = [len(p) for p in parts]
+    assert max(sizes) - min(sizes) <= 1
+    for p in parts:
+        assert len(p) == 0 or np.array_equal(p, np.arange(p[0], p[0] + len(p)))
+
+
+@pytest.mark.parametrize("shards", [2, 3, 4, 8, 12])
+def test_windows_of_a_file_stay_in_one_shard(windows, shards):
+    gallery = GalleryIndex(windows)
+    parts = plan_parts(gallery, shards)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(len(gallery)))
+    owner = {}
+    for shard, rows in enumerate(parts):
+        for row in rows:
+            assert owner.setdefault(gallery.entries[row]["file_id"], shard) == shard
+    # a share of the rows each, give or take the file that crosses its border
+    share = len(gallery) / shards
+    assert all(abs(len(p) - share) < max(WINDOWS.values()) for p in parts)
+    with pytest.raises(ValueError, match="at least 1"):
+        plan_parts(gallery, 0)
+
+
+def test_merged_shortlist_is_the_global_best_handed_back_to_its_owners():
+    a = (np.array([[5.0, 3.0, 1.0]], np.float32), np.array([[0, 2, 4]]))
+    b = (np.array([[4.0, 3.0, -np.inf]], np.float32), np.array([[7, 1, -1]]))
+    per_shard = merge_shortlists([a, b], wide=3)  # 5 (row 0), 4 (row 7), then the tie at 3: row 1 before row 2
+    assert [x.tolist() for x in per_shard[0]] == [[0]] and [x.tolist() for x in per_shard[1]] == [[1, 7]]
+
+
+# ---- same answers as one process -------------------------------------------------------------------
+OPTIONS = [SearchOptions(top_k=5), SearchOptions(top_k=4, offset=3),
+           SearchOptions(top_k=6, two_stage=True, shortlist=9, stage1="flat"),
+           SearchOptions(top_k=3, offset=2, two_stage=True, shortlist=12, stage1="flat"),
+           SearchOptions(top_k=4, where={"id": {"$in": [f"v{i}" for i in range(0, 37, 3)]}}),
+           SearchOptions(top_k=4, two_stage=True, shortlist=8, stage1="flat",
+                         where={"id": {"$nin": [f"v{i}" for i in range(0, 37, 2)]}})]
+
+
+@pytest.mark.parametrize("shards", [1, 2, 4])
+def test_whole_file_answers_equal_one_process(whole, scorer, bundle, shards):
+    sharded, _ = _sharded(whole, scorer, shards)
+    one = Searcher(scorer, GalleryIndex(whole))
+    queries = _queries(bundle.config)
+    for options in OPTIONS:
+        _same(sharded.search(queries, options), one.search(queries, options))
+    assert sharded.shard_status() == {"up": shards, "total": shards}
+    assert [info.rows for info in sharded.infos] == [len(p) for p in plan_parts(GalleryIndex(whole), shards)]
+
+
+@pytest.mark.parametrize("shards", [2, 4])
+def test_windowed_answers_equal_one_process_grouped_or_not(windows, scorer, bundle, shards):
+    sharded, _ = _sharded(windows, scorer, shards)
+    one = Searcher(scorer, GalleryIndex(windows))
+    queries = _queries(bundle.config, seed=11)
+    for options in [SearchOptions(top_k=4, windows_per_file=2), SearchOptions(top_k=3, offset=1),
+                    SearchOptions(top_k=5, group_by="window"),
+                    SearchOptions(top_k=3, two_stage=True, shortlist=10, stage1="flat"),
+                    SearchOptions(top_k=4, group_by="window", two_stage=True, shortlist=7, stage1="flat"),
+                    SearchOptions(top_k=3, where={"file_id": {"$in": ["a", "c", "e", "h"]}})]:
+        got, want = sharded.search(queries, options), one.search(queries, options)
+        assert got.results[0], options
+        _same(got, want)
+
+
+def test_a_bad_filter_fails_before_any_shard_is_asked(whole, scorer, bundle):
+    sharded, local = _sharded(whole, scorer, 2)
+    asked = []
+    for client in sharded.clients:
+        real = client.call
+        client.call = lambda method, *args, _real=real: (asked.append(method), _real(method, *args))[1]
+    with pytest.raises(FilterError):
+        sharded.search(_queries(bundle.config), SearchOptions(where={"id": {"$gt": 3}}))
+    assert asked == []
+
+
+# ---- faults ---------------------------------------------------------------------------------------
+class Flaky:
+    """A shard client whose first ``failures`` calls fail (or every call: failures=None)."""
+
+    def __init__(self, client, failures):
+        self.client, self.failures, self.shard, self.calls = client, failures, client.shard, 0
+
+    def call(self, method, *args):
+        self.calls += 1
+        if method != "load" and (self.failures is None or self.calls <= self.failures):
+            from concurrent.futures import Future
+
+            future = Future()
+            future.set_exception(ConnectionError("replica died"))
+            return future
+        return self.client.call(method, *args)
+
+
+def test_a_shard_that_fails_once_is_asked_again(whole, scorer, bundle):
+    sharded, _ = _sharded(whole, scorer, 2)
+    sharded.clients[1] = Flaky(sharded.clients[1], failures=1)
+    queries = _queries(bundle.config)
+    for options in (SearchOptions(top_k=5), SearchOptions(top_k=5, two_stage=True, shortlist=9, stage1="flat")):
+        sharded.clients[1].calls = 0
+        _same(sharded.search(queries, options), Searcher(scorer, GalleryIndex(whole)).search(queries, options))
+        assert sharded.clients[1].calls >= 2
+
+
+@pytest.mark.parametrize("two_stage", [False, True])
+def test_a_shard_that_stays_down_is_named_with_the_others_answer(whole, scorer, bundle, two_stage):
+    sharded, _ = _sharded(whole, scorer, 3, deadline_s=0.5)
+    sharded.clients[2] = Flaky(sharded.clients[2], failures=None)
+    queries = _queries(bundle.config)
+    options = SearchOptions(top_k=5, two_stage=two_stage, shortlist=9, stage1="flat")
+    with pytest.raises(ShardsUnavailable) as caught:
+        sharded.search(queries, options)
+    assert caught.value.missing == [2]
+    assert sharded.shard_status() == {"up": 2, "total": 3}
+    gallery = GalleryIndex(whole)
+    lost = set(plan_parts(gallery, 3)[2].tolist())
+    kept = [f"v{r}" for r in range(37) if r not in lost]
+    partial = caught.value.partial
+    # the answer of the shards left: the one-process answer over their rows
+    want = Searcher(scorer, gallery).search(queries, SearchOptions(top_k=5, two_stage=two_stage, shortlist=9,
+                                                                   stage1="flat", where={"id": {"$in": kept}}))
+    _same(partial, want)
+
+
+# ---- versions ---------------------------------------------------------------------------------------
+def test_shards_keep_the_version_a_request_names_while_the_index_changes(bundle, scorer, tmp_path):
+    root = synthetic_index(tmp_path / "idx", bundle, 12, shard=6, seed=7)
+    old, _ = _sharded(root, scorer, 2)
+    queries = _queries(bundle.config)
+    before = old.search(queries, SearchOptions(top_k=3))
+    rng = np.random.default_rng(8)
+    cfg = bundle.config
+    with IndexWriter(root, bundle) as writer:  # 4 more videos, far better than any other for every query
+        writer.add_batch([f"n{i}" for i in range(4)], {
+            "video": rng.standard_normal((4, cfg.embed_dim), dtype=np.float32),
+            "frame_features": rng.standard_normal((4, cfg.max_frames, cfg.embed_dim), dtype=np.float32),
+            "patches": rng.standard_normal((4, cfg.num_pixels, cfg.embed_dim), dtype=np.float32),
+            "video_mask": np.ones((4, cfg.max_frames), np.float32)})
+    new = ShardedSearcher(scorer, GalleryIndex(root), old.clients, state_digest(GalleryIndex(root).state.to_dict()))
+    assert sum(info.rows for info in new.infos) == 16
+    # the old version is still answered, by the same shard processes, as before
+    _same(old.search(queries, SearchOptions(top_k=3)), before)
+    _same(new.search(queries, SearchOptions(top_k=3)), Searcher(scorer, GalleryIndex(root)).search(
+        queries, SearchOptions(top_k=3)))
+    shard = ShardSearcher(root, 0, 2, scorer=scorer)
+    with pytest.raises(StaleSnapshot, match="not on disk any more"):
+        shard.hits(old.digest, queries, SearchOptions(top_k=3))
+    assert issubclass(StaleSnapshot, IndexChangedError)
