@@ -36,7 +36,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
-from runtime.errors import QueryError, RuntimeUserError
+from runtime.errors import QueryError, RuntimeUserError, ShardsUnavailable
 from runtime.scoring import LEVELS
 from runtime.search.filters import parse_filter
 from runtime.search.similar import UploadLimits
@@ -252,7 +252,7 @@ def create_app(service: SearchService) -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["health"], operation_id="readyz", summary="Sessions loaded, index open, batcher running",
-             response_model=ReadyResponse,
+             response_model=ReadyResponse, response_model_exclude_none=True,
              responses={503: {"model": ReadyResponse, "description": "not ready: the checks say what is missing"},
                         **INTERNAL})
     async def readyz(response: Response) -> dict[str, Any]:
@@ -260,7 +260,11 @@ def create_app(service: SearchService) -> FastAPI:
         ready = all(checks.values())
         if not ready:
             response.status_code = 503
-        return {"ready": ready, "checks": checks, "snapshot": service.snapshot.describe()}
+        answer = {"ready": ready, "checks": checks, "snapshot": service.snapshot.describe()}
+        shards = service.shard_status()
+        if shards is not None:
+            answer["shards"] = shards
+        return answer
 
     @app.get("/metrics", tags=["health"], operation_id="metrics", summary="Prometheus metrics",
              response_class=Response,
@@ -306,7 +310,8 @@ def create_app(service: SearchService) -> FastAPI:
                          404: error("`like` names a video that is not in the index"),
                          422: error("a field breaks a rule of the schema, or a query has no text left after the "
                                     "tokenizer's cleaning (the message names the field and the rule)"),
-                         503: error("the queue is full (`--max-queue`) or the service is not ready",
+                         503: error("the queue is full (`--max-queue`), the service is not ready, or (`serve --ray`) "
+                                    "a shard of the gallery did not answer and `allow_partial` is false",
                                     RETRY_AFTER),
                          504: error("the request did not finish within `--timeout`, queue included"), **INTERNAL})
     async def search_route(body: SearchRequest,  # type: ignore[valid-type]
@@ -316,7 +321,8 @@ def create_app(service: SearchService) -> FastAPI:
         ensure_ready()
         job = SearchJob(queries=list(body.queries), top_k=body.top_k, two_stage=body.two_stage,
                         group_by=body.group_by, windows_per_file=body.windows_per_file, offset=body.offset,
-                        where=None if body.filter is None else parse_filter(body.filter))
+                        where=None if body.filter is None else parse_filter(body.filter),
+                        allow_partial=body.allow_partial)
         start = time.monotonic()
         searching = asyncio.ensure_future(service.search(job))
         gone = asyncio.ensure_future(until_disconnected(request))
@@ -336,6 +342,12 @@ def create_app(service: SearchService) -> FastAPI:
             raise HTTPException(504, str(exc)) from None
         except QueryError as exc:
             raise HTTPException(422, str(exc)) from None
+        except ShardsUnavailable as exc:
+            metrics.errors.labels("shards").inc()
+            logger.warning("search without shards %s: %s", exc.missing, exc)
+            raise HTTPException(503, f"part of the gallery is not answering ({exc}); retry in {RETRY_AFTER_S} s, or "
+                                     f"send \"allow_partial\": true to be answered from the rest",
+                                headers={"Retry-After": str(RETRY_AFTER_S)}) from None
         except RuntimeUserError as exc:
             metrics.errors.labels("search").inc()
             logger.error("search failed: %s", exc)
@@ -349,6 +361,8 @@ def create_app(service: SearchService) -> FastAPI:
         snapshot = result.snapshot
         queue = (job.started or start) - job.enqueued
         head = {"mode": result.mode, "group_by": result.group_by, "top_k": body.top_k, "offset": body.offset}
+        if result.missing_shards:
+            head.update({"partial": True, "missing_shards": result.missing_shards})
         tail = {"snapshot": snapshot.describe(), "batch": {"queries": result.batch_queries,
                                                              "requests": result.batch_requests},
                 "timings": {"queue_ms": round(queue * 1000, 3), "encode_ms": round(result.encode_s * 1000, 3),

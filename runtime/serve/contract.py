@@ -237,6 +237,9 @@ def search_request_model(limits: Limits, two_stage_setting: str) -> type[BaseMod
                                             f"{limits.max_top_k} (422)")
         filter: SearchFilter = Field(None, description="only videos (or windows) this filter matches are ranked; "
                                                        "see the Filter schema")
+        allow_partial: StrictBool = Field(False, description="`serve --ray`: when a shard of the gallery does not "
+                                                             "answer in time, answer from the others (`partial`: true, "
+                                                             "`missing_shards` named) rather than 503")
 
         @model_validator(mode="after")
         def _one_kind_of_query(self) -> "SearchRequest":
@@ -379,6 +382,9 @@ class SearchResponse(BaseModel):
     top_k: int
     offset: int = Field(description="results skipped: the records are ranks offset + 1 to offset + top_k")
     results: list[QueryResult]
+    partial: bool = Field(False, description="some shards did not answer (only with `allow_partial`): the results "
+                                             "rank the videos of the others")
+    missing_shards: list[int] | None = Field(None, description="with `partial`: the shards that did not answer")
     snapshot: SnapshotInfo
     batch: BatchInfo
     timings: Timings
@@ -417,12 +423,19 @@ class ReadyChecks(BaseModel):
     sessions: bool = Field(description="the text encoder and scorer sessions are loaded")
     index: bool = Field(description="the index is open and still on disk")
     batcher: bool = Field(description="the batcher is running")
+    shards: bool | None = Field(None, description="`serve --ray` only: every shard answered its last call")
+
+
+class ShardsInfo(BaseModel):
+    up: int = Field(description="shards that answered their last call")
+    total: int = Field(description="shards the gallery is cut into")
 
 
 class ReadyResponse(BaseModel):
     ready: bool
     checks: ReadyChecks
     snapshot: SnapshotInfo
+    shards: ShardsInfo | None = Field(None, description="`serve --ray` only: shards up of all")
 
 
 class LimitsInfo(BaseModel):

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from runtime.bundle import Bundle
-from runtime.errors import QueryError, RuntimeUserError
+from runtime.errors import QueryError, RuntimeUserError, ShardsUnavailable
 from runtime.index import IndexChangedError
 from runtime.scoring import Scorer, TextFeatures
 from runtime.search import SearchOptions
@@ -62,6 +62,7 @@ class SearchJob:
     windows_per_file: int = DEFAULT_WINDOWS_PER_FILE
     offset: int = 0
     where: Filter | None = None  # parsed (runtime.search.filters.parse_filter)
+    allow_partial: bool = False  # sharded gallery: answer from the shards that answered
     enqueued: float = field(default_factory=time.monotonic)
     started: float | None = None
     future: asyncio.Future | None = None
@@ -90,6 +91,7 @@ class JobResult:
     score_s: float
     batch_queries: int
     batch_requests: int
+    missing_shards: list[int] = field(default_factory=list)  # shards left out of a partial answer
 
 
 class SearchEngine:
@@ -158,7 +160,7 @@ class SearchEngine:
                              shortlist=self.settings.shortlist, group_by=job.group_by,
                              windows_per_file=job.windows_per_file, offset=job.offset, where=job.where)
 
-    def _run(self, jobs: list[SearchJob], snapshot: Snapshot) -> list[JobResult]:
+    def _run(self, jobs: list[SearchJob], snapshot: Snapshot) -> list[JobResult | Exception]:
         texts = [q for job in jobs for q in job.queries]
         start = time.perf_counter()
         tokens = self.text.tokenize(texts, "query")
@@ -170,12 +172,25 @@ class SearchEngine:
         options = [self.options(job, snapshot.videos) for job in jobs]
         answers: dict[int, list[list[dict[str, Any]]]] = {}
         group_by: dict[int, str | None] = {}
+        missing: dict[int, list[int]] = {}
+        failed: dict[int, Exception] = {}
         for key in dict.fromkeys(o.batch_key() for o in options):
             members = [i for i, o in enumerate(options) if o.batch_key() == key]
             rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in members])
             queries = TextFeatures(features.sentence[rows], features.words[rows])
             widest = max(members, key=lambda i: options[i].depth)
-            answer = snapshot.searcher.search(queries, replace(options[widest], top_k=options[widest].depth, offset=0))
+            try:
+                answer = snapshot.searcher.search(queries, replace(options[widest], top_k=options[widest].depth,
+                                                                   offset=0))
+            except ShardsUnavailable as exc:  # a shard is down: a partial answer for those that accept one
+                for i in members:
+                    if not jobs[i].allow_partial or exc.partial is None:
+                        failed[i] = exc
+                    else:
+                        missing[i] = exc.missing
+                if exc.partial is None or not any(i in missing for i in members):
+                    continue
+                answer = exc.partial
             position = 0
             for i in members:
                 page = slice(jobs[i].offset, jobs[i].offset + jobs[i].top_k)
@@ -184,11 +199,14 @@ class SearchEngine:
                 position += jobs[i].size
         scored = time.perf_counter()
 
-        out = []
+        out: list[JobResult | Exception] = []
         for i, job in enumerate(jobs):
+            if i in failed:
+                out.append(failed[i])
+                continue
             per_query = [{"query": text, "truncated": int(offsets[i]) + q + 1 in truncated, "results": answers[i][q]}
                          for q, text in enumerate(job.queries)]
             mode = TWO_STAGE if options[i].two_stage else EXHAUSTIVE
             out.append(JobResult(per_query, mode, group_by[i], snapshot, encoded - start, scored - encoded,
-                                 len(texts), len(jobs)))
+                                 len(texts), len(jobs), missing.get(i, [])))
         return out

@@ -51,7 +51,7 @@ class Metrics:
         self.gallery_videos = Gauge("ucofia_gallery_videos", "Videos in the served index snapshot", registry=r)
         self.snapshot_version = Gauge("ucofia_snapshot_version", "Loads of the index since start", registry=r)
         self.errors = Counter("ucofia_errors", "Errors by kind (rejected, timeout, search, internal, reload, "
-                              "thumbnail)", ("kind",), registry=r)
+                              "thumbnail, shards)", ("kind",), registry=r)
         self.reloads = Counter("ucofia_reloads", "Index reloads by trigger and outcome", ("trigger", "outcome"),
                                registry=r)
         self.key_reloads = Counter("ucofia_key_file_reloads", "Re-reads of the API key file by outcome", ("outcome",),

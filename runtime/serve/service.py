@@ -15,7 +15,15 @@ from runtime.serve.auth import KeyFile, KeyRing, MediaSigner, default_link_secre
 from runtime.serve.batching import DynamicBatcher
 from runtime.serve.engine import TWO_STAGE, JobResult, SearchEngine, SearchJob
 from runtime.serve.settings import MEDIA_URL_BUCKET_S, MEDIA_URL_TTL_S, THUMBNAIL_CONCURRENCY, ServeSettings
-from runtime.serve.snapshot import Snapshot, SnapshotHolder, load_snapshot, open_gallery, read_state_digest, state_stamp
+from runtime.serve.snapshot import (
+    SearcherFactory,
+    Snapshot,
+    SnapshotHolder,
+    load_snapshot,
+    open_gallery,
+    read_state_digest,
+    state_stamp,
+)
 
 logger = logging.getLogger(__name__)
 # What a batch answers for a job whose client had gone before the model ran it.
@@ -26,8 +34,10 @@ class SearchService:
     """Everything the HTTP layer calls; built once by ``open`` (blocking, before serving)."""
 
     def __init__(self, settings: ServeSettings, engine: SearchEngine, snapshot: Snapshot,
-                 key_file: KeyFile | None, metrics: Any = None, signer: MediaSigner | None = None) -> None:
+                 key_file: KeyFile | None, metrics: Any = None, signer: MediaSigner | None = None,
+                 make_searcher: SearcherFactory | None = None) -> None:
         self.settings = settings
+        self.make_searcher = make_searcher
         self.engine = engine
         self.holder = SnapshotHolder(snapshot)
         self.key_file = key_file
@@ -52,9 +62,11 @@ class SearchService:
         self._observe_snapshot(self.snapshot)
 
     @classmethod
-    def open(cls, settings: ServeSettings, metrics: Any = None) -> SearchService:
+    def open(cls, settings: ServeSettings, metrics: Any = None,
+             make_searcher: SearcherFactory | None = None) -> SearchService:
         """Load the bundle's sessions, the index, the key file and the link secret (errors:
-        RuntimeUserError)."""
+        RuntimeUserError). ``make_searcher``: how each snapshot's searcher is made (default: one
+        process; ``runtime.cluster``: the shards')."""
         key_file = KeyFile(settings.api_keys) if settings.api_keys is not None else None
         signer = None
         if key_file is not None:
@@ -65,9 +77,10 @@ class SearchService:
         engine = SearchEngine(bundle, models.text, models.scorer, settings)
         snapshot = load_snapshot(gallery, models.scorer, version=1, memory_mb=settings.memory_mb, probe=engine.probe,
                                  two_stage=engine.mode(len(gallery), None) == TWO_STAGE,
-                                 preload_mb=settings.preload_mb)
-        engine.warm_up(snapshot)
-        return cls(settings, engine, snapshot, key_file, metrics, signer)
+                                 preload_mb=settings.preload_mb, make_searcher=make_searcher)
+        if make_searcher is None:
+            engine.warm_up(snapshot)
+        return cls(settings, engine, snapshot, key_file, metrics, signer, make_searcher)
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -121,11 +134,21 @@ class SearchService:
                 logger.exception("checking the API key file failed")
 
     def readiness(self) -> dict[str, bool]:
-        """What /readyz checks: sessions loaded, index open (and still on disk), batcher running."""
+        """What /readyz checks: sessions loaded, index open (and still on disk), batcher running;
+        on a sharded gallery also that every shard answered its last call."""
         snapshot = self.snapshot
-        return {"sessions": self.engine.text.session is not None and self.engine.scorer.session is not None,
-                "index": len(snapshot.index) > 0 and (Path(snapshot.index.root) / "index.json").is_file(),
-                "batcher": self.batcher.alive}
+        checks = {"sessions": self.engine.text.session is not None and self.engine.scorer.session is not None,
+                  "index": len(snapshot.index) > 0 and (Path(snapshot.index.root) / "index.json").is_file(),
+                  "batcher": self.batcher.alive}
+        shards = self.shard_status()
+        if shards is not None:
+            checks["shards"] = shards["up"] == shards["total"]
+        return checks
+
+    def shard_status(self) -> dict[str, int] | None:
+        """Shards up and in all on a sharded gallery (``serve --ray``); None in one process."""
+        status = getattr(self.snapshot.searcher, "shard_status", None)
+        return None if status is None else status()
 
     def _observe_snapshot(self, snapshot: Snapshot) -> None:
         if self.metrics is not None:
@@ -172,7 +195,7 @@ class SearchService:
         snapshot = load_snapshot(gallery, self.engine.scorer, version=current.version + 1,
                                  memory_mb=self.settings.memory_mb, probe=self.engine.probe,
                                  two_stage=self.engine.mode(len(gallery), None) == TWO_STAGE,
-                                 preload_mb=self.settings.preload_mb)
+                                 preload_mb=self.settings.preload_mb, make_searcher=self.make_searcher)
         self.refresh_keys(force=True)
         return snapshot
 

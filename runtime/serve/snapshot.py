@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from runtime.bundle import Bundle
 from runtime.deployment import check_searchable
@@ -52,6 +52,14 @@ def state_stamp(index_dir: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return stat.st_mtime_ns, stat.st_size
+
+
+class SearcherFactory(Protocol):
+    """Makes the searcher of a snapshot (default: ``Searcher``; the sharded ingress: one that asks
+    its shards)."""
+
+    def __call__(self, scorer: Scorer, gallery: GalleryIndex, *, memory_mb: float, source: VideoSource | None,
+                 probe: TextFeatures | None) -> Searcher: ...
 
 
 @dataclass
@@ -92,23 +100,28 @@ def feature_bytes(gallery: GalleryIndex) -> int:
 
 
 def load_snapshot(gallery: GalleryIndex, scorer: Scorer, *, version: int, two_stage: bool, memory_mb: float,
-                  probe: TextFeatures | None, preload_mb: float = 0) -> Snapshot:
+                  probe: TextFeatures | None, preload_mb: float = 0,
+                  make_searcher: SearcherFactory | None = None) -> Snapshot:
     """Read everything a search needs from ``gallery`` (blocking: call it off the event loop).
 
     When all features fit in ``preload_mb`` they are read into memory once, in the scorer's input
     dtype, so that exhaustive searches stop reading them from the shards (125 KB per ViT-B/32
     video) on every request. With ``two_stage`` the two-stage search is prepared now rather than
-    in the first request that needs it."""
+    in the first request that needs it. ``make_searcher``: how the searcher is made (default
+    ``Searcher``; a sharded one holds no features and prepares nothing here)."""
     start = time.perf_counter()
     _ = gallery.entries  # reads and checks entries.json now rather than in the first request
     gallery.row_of("")  # builds the id -> row map
-    source: VideoSource = gallery
-    if feature_bytes(gallery) <= preload_mb * 2**20:
-        source = ArrayVideos(scorer.prepare(gallery.features(0, len(gallery))))
-    searcher = Searcher(scorer, gallery, memory_mb=memory_mb, source=source, probe=probe)
+    if make_searcher is not None:
+        searcher = make_searcher(scorer, gallery, memory_mb=memory_mb, source=None, probe=probe)
+    else:
+        source: VideoSource = gallery
+        if feature_bytes(gallery) <= preload_mb * 2**20:
+            source = ArrayVideos(scorer.prepare(gallery.features(0, len(gallery))))
+        searcher = Searcher(scorer, gallery, memory_mb=memory_mb, source=source, probe=probe)
     if searcher.windowed:
         _ = searcher.files  # which file each row is of, computed once here rather than per request
-    if two_stage:
+    if two_stage and make_searcher is None:
         searcher.two_stage(searcher.stage1_params(SearchOptions(two_stage=True)))
     fields = metadata_fields(gallery.entries)
     return Snapshot(version=version, searcher=searcher, digest=state_digest(gallery.state.to_dict()),
