@@ -104,6 +104,26 @@ from runtime.serve import settings as defaults
               help="text: a line per record (time, level, request id, logger, message); json: one JSON object per "
                    "line.")
 @click.option("--no-access-log", is_flag=True, help="Do not log every request.")
+@click.option("--ray", "use_ray", is_flag=True,
+              help="Serve on Ray Serve: the gallery cut into --shards parts searched by their own replicas, "
+                   "merged by an ingress that serves this same API (answers equal one process's). Needs "
+                   "`pip install 'ucofia[ray-serve]'`; docs/scaling.md.")
+@click.option("--shards", default=1, show_default=True, type=click.IntRange(min=1),
+              help="With --ray: parts the gallery is cut into (whole files each), one deployment each.")
+@click.option("--replicas", default=1, show_default=True, type=click.IntRange(min=1),
+              help="With --ray: replicas of the ingress and of every shard (2 or more: a replica lost is "
+                   "routed around, no request lost).")
+@click.option("--replica-cpus", default=1.0, show_default=True, type=click.FloatRange(min=0),
+              help="With --ray: CPUs Ray reserves per replica (lower it to pack replicas on a small machine).")
+@click.option("--ray-address", default=None, metavar="ADDR",
+              help="With --ray: join this Ray cluster (e.g. ray://head:10001 or auto) instead of starting one here.")
+@click.option("--shard-deadline", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="With --ray: seconds the ingress keeps asking a shard that fails before the request gets 503 "
+                   "(or, with \"allow_partial\": true, the other shards' answer).")
+@click.option("--autoscale", nargs=3, type=(click.IntRange(min=1), click.IntRange(min=1), click.FloatRange(min=0.1)),
+              default=None, metavar="MIN MAX TARGET",
+              help="With --ray: Ray Serve autoscaling of every deployment instead of --replicas: min_replicas, "
+                   "max_replicas, target_ongoing_requests.")
 @user_errors
 def serve(index_dir: Path, bundle_dir: Path | None, host: str, port: int, api_keys: Path | None,
           link_secret: Path | None, insecure_no_auth: bool, allowed_hosts: tuple[str, ...], tls_cert: Path | None,
@@ -112,7 +132,9 @@ def serve(index_dir: Path, bundle_dir: Path | None, host: str, port: int, api_ke
           max_queue: int, request_timeout: float, two_stage: str, shortlist: int, max_top_k: int,
           max_upload_mb: float, preload_mb: float, watch: bool, watch_interval: float, cors_origins: tuple[str, ...],
           backend: str, memory_mb: float,
-          threads: int | None, log_level: str, log_format: str, no_access_log: bool) -> None:
+          threads: int | None, log_level: str, log_format: str, no_access_log: bool, use_ray: bool, shards: int,
+          replicas: int, replica_cpus: float, ray_address: str | None, shard_deadline: float,
+          autoscale: tuple[int, int, float] | None) -> None:
     """Serve text-to-video search over HTTP, with a search page at /.
 
     Loads the bundle's sessions and the index once and answers POST /v1/search (JSON; the same
@@ -160,6 +182,13 @@ def serve(index_dir: Path, bundle_dir: Path | None, host: str, port: int, api_ke
         cors_origins=cors_origins, host=host, allowed_hosts=allowed_hosts, watch=watch,
         watch_interval_s=watch_interval, access_log=not no_access_log, limits=defaults.Limits(max_top_k=max_top_k),
         max_upload_mb=max_upload_mb)
+    if use_ray:
+        from runtime.cluster.serving import serve_on_ray
+
+        serve_on_ray(settings, port, shards=shards, replicas=replicas, replica_cpus=replica_cpus,
+                     ray_address=ray_address, shard_deadline_s=shard_deadline, autoscale=autoscale, http=http,
+                     log_level=log_level, log_format=log_format)
+        return
     from runtime.serve.app import create_app
     from runtime.serve.service import SearchService
 

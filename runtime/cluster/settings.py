@@ -1,0 +1,49 @@
+"""Settings of a sharded service (``ucofia-run serve --ray``), kept free of Ray imports."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from runtime.cluster.fanout import DEFAULT_SHARD_DEADLINE_S
+
+RAY_SERVE_EXTRA_HINT = "pip install 'ucofia[ray-serve]'"
+APP_NAME = "ucofia"
+INGRESS = "ingress"
+# Replicas' CPUs as Ray counts them (Ray Serve's own default): a shard replica's scoring uses
+# --threads cores; lower it to pack replicas on a small machine.
+DEFAULT_REPLICA_CPUS = 1.0
+
+
+def shard_name(shard: int) -> str:
+    """The Ray Serve deployment name of shard ``shard``."""
+    return f"shard-{shard}"
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """How the gallery is spread: ``shards`` deployments of ``replicas`` replicas each (and as many
+    ingress replicas), ``autoscaling`` (Ray Serve's ``autoscaling_config``: ``min_replicas``,
+    ``max_replicas``, ``target_ongoing_requests``) in place of fixed replicas when given."""
+
+    shards: int = 1
+    replicas: int = 1
+    replica_cpus: float = DEFAULT_REPLICA_CPUS
+    ray_address: str | None = None
+    shard_deadline_s: float = DEFAULT_SHARD_DEADLINE_S
+    autoscaling: dict[str, Any] | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if self.shards < 1 or self.replicas < 1:
+            raise ValueError(f"--shards and --replicas must be at least 1 (got {self.shards}, {self.replicas})")
+        if self.replica_cpus < 0:
+            raise ValueError(f"--replica-cpus must be at least 0, got {self.replica_cpus}")
+
+    def deployment_options(self) -> dict[str, Any]:
+        """Ray Serve options of every deployment (replicas or autoscaling, CPUs per replica)."""
+        options: dict[str, Any] = {"ray_actor_options": {"num_cpus": self.replica_cpus},
+                                   "health_check_period_s": 2, "health_check_timeout_s": 10}
+        if self.autoscaling:
+            options["autoscaling_config"] = dict(self.autoscaling)
+        else:
+            options["num_replicas"] = self.replicas
+        return options
