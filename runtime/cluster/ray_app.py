@@ -20,6 +20,7 @@ import asyncio
 import logging
 import signal
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,9 @@ class SearchIngress:
         from runtime.serve.service import SearchService
 
         require_serve_dependencies()
+        # every ingress replica follows index.json: a reload request reaches one replica, the
+        # others (and replicas Ray restarts) swap to the new version within --watch-interval
+        settings = replace(settings, watch=True)
         clients = [_HandleClient(number, handle) for number, handle in enumerate(shards)]
         metrics = Metrics()
 

@@ -209,7 +209,11 @@ def create_app(service: SearchService) -> FastAPI:
         return entry
 
     def ensure_ready() -> None:
-        if not all(service.readiness().values()):
+        # shards that failed their last call are asked again by the search itself (which answers
+        # 503 or a partial answer while they are down): they do not stop a request here
+        checks = service.readiness()
+        checks.pop("shards", None)
+        if not all(checks.values()):
             raise HTTPException(503, "the service is not ready; see /readyz",
                                 headers={"Retry-After": str(RETRY_AFTER_S)})
 

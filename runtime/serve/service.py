@@ -244,8 +244,11 @@ class SearchService:
         root = Path(self.snapshot.index.root)
         interval = self.settings.watch_interval_s
         last_stamp = state_stamp(root)
-        checked_stamp = last_stamp
+        # not yet checked: an index changed between opening the snapshot and starting the watch
+        # (a replica started during an indexing run) is reloaded on the first poll
+        checked_stamp: tuple[int, int] | None = None
         failed_digest: str | None = None
+        first = True
         while True:
             await asyncio.sleep(interval)
             stamp = state_stamp(root)
@@ -259,6 +262,10 @@ class SearchService:
                 continue
             checked_stamp = stamp
             digest = read_state_digest(root)
+            if first and digest == self.snapshot.digest:
+                first = False  # the first look found the snapshot current: nothing to say
+                continue
+            first = False
             if digest is None or digest == self.snapshot.digest or digest == failed_digest:
                 logger.info("--watch: %s holds still; nothing to reload (%s)", root / "index.json",
                             "unreadable" if digest is None else "the same rows" if digest == self.snapshot.digest

@@ -151,7 +151,7 @@ def test_windowed_answers_equal_one_process_grouped_or_not(windows, scorer, bund
 
 
 def test_a_bad_filter_fails_before_any_shard_is_asked(whole, scorer, bundle):
-    sharded, local = _sharded(whole, scorer, 2)
+    sharded, _ = _sharded(whole, scorer, 2)
     asked = []
     for client in sharded.clients:
         real = client.call

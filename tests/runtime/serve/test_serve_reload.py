@@ -180,3 +180,16 @@ def test_compaction_under_an_old_snapshot_reloads_and_retries(growing_index, tmp
         assert "clip1" not in {hit["video_id"] for q in body["results"] for hit in q["results"]}
         metrics = client.get("/metrics").text
     assert 'ucofia_reloads_total{outcome="ok",trigger="changed"} 1.0' in metrics
+
+
+def test_watch_reloads_an_index_that_changed_before_it_started(growing_index):
+    """A service opened before an update and started after it (a replica restarted during an
+    indexing run) swaps the update in on the watcher's first look."""
+    bundle, index, more = growing_index
+    _, app = open_app(index, watch=True, watch_interval_s=0.2)
+    _add_videos(bundle, index, more)  # after the snapshot was opened, before the app (and its watcher) starts
+    with ServerThread(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and client.post("/v1/search", json=REQUEST).json()["snapshot"]["version"] < 2:
+            time.sleep(0.1)
+        assert client.post("/v1/search", json=REQUEST).json()["snapshot"]["version"] == 2
