@@ -124,10 +124,11 @@ class SearchIngress:
 
 def build(settings: ServeSettings, cluster: ClusterSettings, log_level: str = "info", log_format: str = "text"):
     """The Ray Serve application: ``cluster.shards`` shard deployments bound into the ingress."""
-    options = cluster.deployment_options()
-    shards = [serve.deployment(ShardReplica, name=shard_name(n)).options(**options).bind(
+    shards = [serve.deployment(ShardReplica, name=shard_name(n)).options(**cluster.deployment_options()).bind(
         settings, n, cluster.shards, log_level, log_format) for n in range(cluster.shards)]
-    return serve.deployment(SearchIngress, name=INGRESS).options(**options).bind(
+    # the ingress takes every request its batcher may hold (queue + a running batch), like one process
+    ingress = cluster.deployment_options(max_ongoing_requests=settings.max_queue + settings.max_batch)
+    return serve.deployment(SearchIngress, name=INGRESS).options(**ingress).bind(
         settings, cluster, *shards, log_level=log_level, log_format=log_format)
 
 

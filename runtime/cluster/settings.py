@@ -12,6 +12,8 @@ INGRESS = "ingress"
 # Replicas' CPUs as Ray counts them (Ray Serve's own default): a shard replica's scoring uses
 # --threads cores; lower it to pack replicas on a small machine.
 DEFAULT_REPLICA_CPUS = 1.0
+# Calls a shard replica takes at once: one per ingress batch in flight (a batch is one call).
+DEFAULT_SHARD_ONGOING_REQUESTS = 16
 
 
 def shard_name(shard: int) -> str:
@@ -38,9 +40,12 @@ class ClusterSettings:
         if self.replica_cpus < 0:
             raise ValueError(f"--replica-cpus must be at least 0, got {self.replica_cpus}")
 
-    def deployment_options(self) -> dict[str, Any]:
-        """Ray Serve options of every deployment (replicas or autoscaling, CPUs per replica)."""
+    def deployment_options(self, max_ongoing_requests: int = DEFAULT_SHARD_ONGOING_REQUESTS) -> dict[str, Any]:
+        """Ray Serve options of a deployment (replicas or autoscaling, CPUs per replica, and the
+        requests a replica takes at once: Ray Serve's default of 5 would starve the ingress's
+        batcher, whose own queue bounds what it holds)."""
         options: dict[str, Any] = {"ray_actor_options": {"num_cpus": self.replica_cpus},
+                                   "max_ongoing_requests": max_ongoing_requests,
                                    "health_check_period_s": 2, "health_check_timeout_s": 10}
         if self.autoscaling:
             options["autoscaling_config"] = dict(self.autoscaling)

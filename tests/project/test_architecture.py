@@ -78,6 +78,19 @@ def test_runtime_imports_only_runtime_and_torch_free_leaves(graph):
     assert torch_users == []
 
 
+def test_the_cluster_builds_on_the_service_not_the_other_way(graph):
+    """``runtime.cluster`` (``serve --ray``) uses search and the service; only the CLI reaches it,
+    and only its Ray module and the indexing engine import Ray."""
+    users = sorted(f"{src} -> {dst}" for src, targets in graph.items()
+                   if not _within(src, ("runtime.cluster", *CLI_MODULES))
+                   for dst in targets if _within(dst, ("runtime.cluster",)))
+    assert users == []
+    ray_users = sorted(src for src, targets in graph.items() if _within(src, ("runtime",))
+                       and any(_within(dst, ("ray",)) for dst in targets))
+    assert ray_users and all(_within(src, ("runtime.distributed", "runtime.cluster.ray_app", "runtime.cluster.serving"))
+                             for src in ray_users), ray_users
+
+
 def test_the_torch_free_leaves_stay_leaves(graph):
     assert _violations(graph, UCOFIA_LEAVES, UCOFIA_LEAVES) == []
     assert _violations(graph, EVALUATION_LEAVES, ("ucofia.config", *EVALUATION_LEAVES)) == []

@@ -1,0 +1,69 @@
+"""``ucofia-run serve --ray``'s options: what Ray Serve's proxy cannot honour is refused before
+anything starts, a missing Ray Serve names the extra to install, and the Ray Serve application
+(``build_app`` for ``serve run``) is made of one ingress and a deployment per shard with the
+replicas or autoscaling asked for. Nothing here starts Ray."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+from serve_helpers import serve_refusal
+
+from runtime.cluster.settings import ClusterSettings
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--root-path", "/search"], "--root-path cannot be used with --ray"),
+    (["--proxy-headers"], "--proxy-headers cannot be used with --ray"),
+    (["--autoscale", "3", "2", "4"], "min_replicas 3 is above max_replicas 2"),
+])
+def test_options_ray_serve_cannot_honour_are_refused(tmp_path, extra, message):
+    (tmp_path / "idx").mkdir()
+    done = serve_refusal("--index", str(tmp_path / "idx"), "--ray", *extra)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr
+
+
+def test_a_missing_ray_serve_names_the_extra(tmp_path, monkeypatch):
+    from runtime.cluster import serving
+    from runtime.errors import RuntimeUserError
+
+    monkeypatch.setitem(sys.modules, "ray.serve", None)  # as if ray[serve] were not installed
+    with pytest.raises(RuntimeUserError, match=r"pip install 'ucofia\[ray-serve\]'"):
+        serving.require_ray_serve()
+
+
+def test_cluster_settings_check_their_numbers_and_give_ray_its_options():
+    with pytest.raises(ValueError, match="at least 1"):
+        ClusterSettings(shards=0)
+    with pytest.raises(ValueError, match="at least 0"):
+        ClusterSettings(replica_cpus=-1)
+    fixed = ClusterSettings(replicas=3, replica_cpus=0.5).deployment_options()
+    assert fixed["num_replicas"] == 3 and fixed["ray_actor_options"] == {"num_cpus": 0.5}
+    assert "autoscaling_config" not in fixed
+    scaled = ClusterSettings(autoscaling={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 2})
+    options = scaled.deployment_options()
+    assert options["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 2}
+    assert "num_replicas" not in options
+
+
+def test_build_app_binds_one_deployment_per_shard_into_the_ingress(tmp_path):
+    pytest.importorskip("ray.serve", reason="Ray Serve is not installed: pip install 'ucofia[ray-serve]'")
+    from runtime.cluster import ray_app
+
+    with pytest.raises(ValueError, match="index_dir"):
+        ray_app.build_app({"shards": "2"})
+    with pytest.raises(ValueError, match="unknown arguments: \\['colour'\\]"):
+        ray_app.build_app({"index_dir": str(tmp_path), "colour": "red"})
+    app = ray_app.build_app({"index_dir": str(tmp_path), "shards": "3", "replicas": "2", "replica_cpus": "0.25"})
+    ingress = app._bound_deployment
+    assert ingress.name == "ingress" and ingress._deployment_config.num_replicas == 2
+    shards = [arg._bound_deployment for arg in ingress.init_args[2:]]
+    assert [s.name for s in shards] == ["shard-0", "shard-1", "shard-2"]
+    assert all(s._deployment_config.num_replicas == 2 for s in shards)
+    assert all(s.ray_actor_options["num_cpus"] == 0.25 for s in shards)
+    settings, cluster = ingress.init_args[:2]
+    assert settings.index_dir == tmp_path and cluster.shards == 3
+    # the ingress takes as many requests as its batcher may hold; Ray Serve's default (5) would starve batching
+    assert ingress._deployment_config.max_ongoing_requests == settings.max_queue + settings.max_batch
+    assert all(s._deployment_config.max_ongoing_requests == 16 for s in shards)
