@@ -107,6 +107,11 @@ AREAS: dict[str, Area] = {
                          RT + "serve/test_serve_logs.py")),
     "serve-batching": Area(("runtime/serve/batching.py",),
                            (RT + "serve/test_serve_batcher_rules.py", RT + "serve/test_serve_batching.py")),
+    # serve --ray without Ray: the shard plan, a shard's searcher, the merge and the fan-out (the
+    # Ray Serve deployments themselves run in the namespace test, minutes a run)
+    "cluster": Area(("runtime/cluster/partition.py", "runtime/cluster/shard.py", "runtime/cluster/merge.py",
+                     "runtime/cluster/fanout.py"),
+                    (RT + "cluster/test_sharded_search.py", RT + "cluster/test_sharded_service.py")),
     # the driver's own logic; building the Ray Data pipeline (_dataset, connect) runs on a Ray
     # cluster only, which the slow Ray tests start (minutes a run: too slow for one per mutant)
     "ray-driver": Area(("runtime/distributed/pipeline.py",), (RT + "test_ray_index.py",),

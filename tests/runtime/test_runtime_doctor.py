@@ -37,7 +37,8 @@ def test_doctor_on_this_cpu_install():
     assert report["onnxruntime"]["packages"] == {"onnxruntime": onnxruntime.__version__}
     assert report["threads"]["cpus_available"] >= 1 and "UCOFIA_RUN_THREADS" in report["threads"]
     assert report["faiss"]["version"]
-    assert set(report["versions"]["extras"]) == {"train", "serve", "ray", "tensorrt", "parquet", "http", "s3", "gcs"}
+    assert set(report["versions"]["extras"]) == {"train", "serve", "ray", "ray-serve", "tensorrt", "parquet", "http",
+                                                 "s3", "gcs"}
 
 
 @pytest.mark.filterwarnings("ignore:Specified provider")
