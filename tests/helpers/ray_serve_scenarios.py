@@ -253,6 +253,33 @@ def main(work: Path, out: Path) -> None:
         out.write_text(json.dumps(report, indent=1, default=str))
         serve.shutdown()
         ray.shutdown()
+    report["cli"] = cli_run(work, key)
+    out.write_text(json.dumps(report, indent=1, default=str))
+
+
+def cli_run(work: Path, key: str) -> dict:
+    """``ucofia-run serve --ray`` as a user starts it (its own Ray): ready, one search, Ctrl+C."""
+    log = work / "cli.log"
+    with open(log, "w") as stderr:
+        server = subprocess.Popen([sys.executable, "-m", "runtime.cli", "serve", "--index", str(work / "idx"), "--ray",
+                                   "--shards", "2", "--replica-cpus", "0.1", "--port", str(RAY_PORT), "--threads", "1",
+                                   "--api-keys", str(work / "keys.json"), "--no-access-log"],
+                                  stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            ready = wait_until(lambda: call(RAY_PORT, "/readyz", timeout=5)[0] == 200, 120)
+            status, _, answer = call(RAY_PORT, "/v1/search", BODIES[0], key)
+        finally:
+            server.send_signal(signal.SIGINT)
+            try:
+                code = server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                code = None
+    text = log.read_text()
+    return {"ready": bool(ready), "status": status, "videos": answer.get("snapshot", {}).get("videos")
+            if isinstance(answer, dict) else None, "exit": code,
+            "started_line": next((line for line in text.splitlines() if "on Ray Serve at" in line), None),
+            "stopped": "stopped" in text.splitlines()[-1] if text.strip() else False}
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def report(fake_bundle, tmp_path_factory):
 
 def test_the_scenario_ran_to_the_end(report):
     assert report["_exit"] == 0, report["_stderr"]
-    assert "one_replica_down" in report
+    assert "one_replica_down" in report and "cli" in report
 
 
 def test_answers_equal_the_one_process_service(report):
@@ -93,3 +93,10 @@ def test_one_replica_per_shard_a_shard_down_is_503_or_partial_then_recovers(repo
     assert down["readyz_status_down"] == 503 and down["readyz_down"]["shards"] == {"up": 1, "total": 2}
     assert down["recovered"] and down["recovered_equal"] and down["readyz_after"] == 200
 
+
+
+def test_the_command_line_serves_on_ray_and_stops_on_ctrl_c(report):
+    cli = report["cli"]
+    assert cli["ready"] and cli["status"] == 200 and cli["videos"] == 320, cli
+    assert "2 shard(s), 1 replica(s) each, on Ray Serve at http://127.0.0.1:" in cli["started_line"]
+    assert cli["exit"] == 0 and cli["stopped"]
