@@ -10,9 +10,10 @@ from runtime.serve.settings import HttpSettings, ServeSettings
 
 def require_ray_serve() -> None:
     """RuntimeUserError naming the install command when Ray Serve is missing."""
+    import importlib
+
     try:
-        import ray  # noqa: F401
-        from ray import serve  # noqa: F401
+        importlib.import_module("ray.serve")
     except ImportError as exc:
         raise RuntimeUserError(f"`ucofia-run serve --ray` needs Ray Serve ({exc}): {RAY_SERVE_EXTRA_HINT}") from None
 
