@@ -358,6 +358,8 @@ class DescribeResponse(BaseModel):
 
 class SnapshotInfo(BaseModel):
     version: int = Field(description="loads of the index since the server started (1 = first)")
+    state: str = Field(description="the index state's digest (its first 16 hex digits): the same for every replica "
+                                   "serving the same version of the index")
     videos: int
     loaded_at: float
     load_seconds: float

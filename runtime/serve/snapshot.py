@@ -29,6 +29,8 @@ from runtime.search.fields import FieldSummary, metadata_fields
 # index.json fields that change without changing what a search sees: the time stamp of a no-op
 # indexing run, and rows an unfinished run has written but not yet published.
 VOLATILE_STATE_FIELDS = ("updated", "pending")
+# Hex digits of the state digest an answer shows (enough to tell versions apart, short to read).
+STATE_DIGITS = 16
 
 
 def state_digest(state: dict[str, Any]) -> str:
@@ -82,7 +84,8 @@ class Snapshot:
         return len(self.searcher)
 
     def describe(self) -> dict[str, Any]:
-        return {"version": self.version, "videos": self.videos, "loaded_at": round(self.loaded_at, 3),
+        return {"version": self.version, "state": self.digest[:STATE_DIGITS], "videos": self.videos,
+                "loaded_at": round(self.loaded_at, 3),
                 "load_seconds": round(self.load_seconds, 3)}
 
 

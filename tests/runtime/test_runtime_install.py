@@ -141,8 +141,9 @@ def test_the_base_install_serves_a_bundle_of_the_full_install_without_torch(base
     doctor = _run(cli, "doctor", "--bundle", tiny_export.bundle, "--json")
     assert doctor.returncode == 0, doctor.stderr
     report = json.loads(doctor.stdout)
-    assert report["versions"]["extras"] == {"train": False, "serve": True, "ray": False, "tensorrt": False,
-                                            "parquet": False, "http": False, "s3": False, "gcs": False}
+    assert report["versions"]["extras"] == {"train": False, "serve": True, "ray": False, "ray-serve": False,
+                                            "tensorrt": False, "parquet": False, "http": False, "s3": False,
+                                            "gcs": False}
     assert report["bundle"]["backend"]["auto"] == "cpu"
     # the model side says which extra it needs instead of failing on an import
     export = _run(bin_dir / "ucofia", "export", tmp_path / "ckpt", "-o", tmp_path / "out")
