@@ -46,7 +46,6 @@ class IndexPart(GallerySubset):
         self.root = index.root
         self.config = index.config
         self.fingerprint = index.fingerprint
-        self.state = index.state
         self._digest: str | None = None
 
     @property

@@ -139,7 +139,7 @@ class ShardSearcher:
         """The fused re-rank of this shard's part of each query's global shortlist (gallery rows)."""
         searcher, part = self._version(digest)
         if len(part) == 0:
-            return Hits.empty(len(queries), True, searcher.group_by(options))
+            return Hits.empty(len(queries), options.two_stage, searcher.group_by(options))
         local = [part.local_rows(rows) for rows in candidates]
         return _global(searcher.rerank(queries, options, local), part)
 

@@ -4,6 +4,8 @@ exhaustive and two-stage, filters, pages, windows grouped by file or not); a sha
 asked again, one that stays down raises ShardsUnavailable with the others' answer; index versions."""
 from __future__ import annotations
 
+from concurrent.futures import Future
+
 import numpy as np
 import pytest
 from runtime_helpers import synthetic_index, synthetic_windows
@@ -13,8 +15,8 @@ from runtime.bundle import load_bundle
 from runtime.cluster.fanout import LocalShards, ShardedSearcher
 from runtime.cluster.merge import merge_shortlists
 from runtime.cluster.partition import plan_parts
-from runtime.cluster.shard import ShardSearcher, StaleSnapshot
-from runtime.errors import ShardsUnavailable
+from runtime.cluster.shard import ShardInfo, ShardSearcher, StaleSnapshot
+from runtime.errors import GalleryIndexError, ShardsUnavailable
 from runtime.index import GalleryIndex, IndexChangedError, IndexWriter
 from runtime.scoring import LEVELS, Scorer, TextFeatures
 from runtime.search import Searcher, SearchOptions
@@ -233,3 +235,176 @@ def test_shards_keep_the_version_a_request_names_while_the_index_changes(bundle,
     with pytest.raises(StaleSnapshot, match="not on disk any more"):
         shard.hits(old.digest, queries, SearchOptions(top_k=3))
     assert issubclass(StaleSnapshot, IndexChangedError)
+
+
+# ---- edges: empty and one-row shards, short answers, a shard's own checks ------------------------------
+@pytest.mark.parametrize("shards", [37, 40])
+def test_one_row_and_empty_shards_answer_as_one_process(whole, scorer, bundle, shards):
+    sharded, _ = _sharded(whole, scorer, shards)
+    assert sorted({info.rows for info in sharded.infos}) == ([1] if shards == 37 else [0, 1])
+    one = Searcher(scorer, GalleryIndex(whole))
+    queries = _queries(bundle.config)
+    for options in OPTIONS[:3]:
+        _same(sharded.search(queries, options), one.search(queries, options))
+
+
+@pytest.mark.parametrize("two_stage", [False, True])
+def test_fewer_matches_than_asked_end_the_list(whole, scorer, bundle, two_stage):
+    sharded, _ = _sharded(whole, scorer, 3)
+    options = SearchOptions(top_k=6, two_stage=two_stage, shortlist=8, stage1="flat",
+                            where={"id": {"$in": ["v1", "v20", "v33"]}})
+    got = sharded.search(_queries(bundle.config), options)
+    assert all(sorted(r["video_id"] for r in q) == ["v1", "v20", "v33"] for q in got.results)
+    _same(got, Searcher(scorer, GalleryIndex(whole)).search(_queries(bundle.config), options))
+
+
+def test_a_part_maps_its_positions_to_gallery_rows_and_refuses_others(whole):
+    from runtime.cluster.partition import IndexPart
+
+    gallery = GalleryIndex(whole)
+    part = IndexPart(gallery, plan_parts(gallery, 3)[1])
+    first = int(part.rows[0])
+    assert part.global_rows(np.array([0, 2, -1])).tolist() == [first, first + 2, -1]
+    assert part.local_rows(np.array([first + 1, first])).tolist() == [1, 0]
+    for outside in ([0], [int(part.rows[-1]) + 1], [36]):
+        with pytest.raises(ValueError, match="outside this shard"):
+            part.local_rows(np.array(outside))
+    assert part.ids == gallery.ids[first:first + len(part)] and part.ids_digest != gallery.ids_digest
+    assert np.array_equal(part.biases()["patch_word"], gallery.biases()["patch_word"][part.rows])
+
+
+def test_a_shard_loads_its_own_scorer_checks_its_number_and_the_index(whole, bundle, tmp_path):
+    shard = ShardSearcher(whole, 1, 2, backend="cpu", preload_mb=1024, two_stage=True)
+    info = shard.info()
+    assert (info.shard, info.shards, info.rows) == (1, 2, 18) and info.digest == state_digest(
+        GalleryIndex(whole).state.to_dict())
+    searcher, part = shard._version(info.digest)
+    # the part's features are held in memory (they fit --preload-mb) and its stage 1 is built at load
+    assert len(searcher.source) == 18 and not isinstance(searcher.source, type(part))
+    assert searcher._two_stage and next(iter(searcher._two_stage.values())).stage1_index.ntotal == 18
+    lean = ShardSearcher(whole, 1, 2, scorer=shard.scorer)
+    lean_searcher, lean_part = lean._version(info.digest)
+    assert lean_searcher.source is lean_part and not lean_searcher._two_stage
+    for number, total in ((2, 2), (-1, 2)):
+        with pytest.raises(ValueError, match="is not one of"):
+            ShardSearcher(whole, number, total, scorer=shard.scorer)
+    empty = tmp_path / "empty"
+    with IndexWriter(empty, bundle):
+        pass
+    with pytest.raises(Exception, match="holds no videos"):
+        ShardSearcher(empty, 0, 1, scorer=shard.scorer)
+
+
+def test_a_shard_opens_a_newer_version_when_asked_and_keeps_two(bundle, scorer, tmp_path):
+    root = synthetic_index(tmp_path / "idx", bundle, 10, shard=5, seed=12)
+    shard = ShardSearcher(root, 0, 1, scorer=scorer)
+    digests = [shard.info().digest]
+    cfg = bundle.config
+    rng = np.random.default_rng(13)
+    for round_ in range(2):
+        with IndexWriter(root, bundle) as writer:
+            writer.add_batch([f"x{round_}"], {
+                "video": rng.standard_normal((1, cfg.embed_dim), dtype=np.float32),
+                "frame_features": rng.standard_normal((1, cfg.max_frames, cfg.embed_dim), dtype=np.float32),
+                "patches": rng.standard_normal((1, cfg.num_pixels, cfg.embed_dim), dtype=np.float32),
+                "video_mask": np.ones((1, cfg.max_frames), np.float32)})
+        digests.append(state_digest(GalleryIndex(root).state.to_dict()))
+        # asked for the version on disk it does not hold yet: opened on demand
+        hits = shard.hits(digests[-1], _queries(cfg), SearchOptions(top_k=20))
+        assert (hits.top.indices[0] >= 0).sum() == 11 + round_
+    assert shard.info(digests[1]).rows == 11 and shard.info(digests[2]).rows == 12
+    with pytest.raises(KeyError):  # only the newest two are kept
+        shard.info(digests[0])
+
+
+# ---- the fan-out's own rules -------------------------------------------------------------------------------
+class Scripted:
+    """A shard client that answers each method from ``script`` (a callable or an exception) or the real one."""
+
+    def __init__(self, client, **script):
+        self.client, self.script, self.shard, self.calls = client, script, client.shard, []
+
+    def call(self, method, *args):
+        self.calls.append(method)
+        action = self.script.get(method)
+        if action is None:
+            return self.client.call(method, *args)
+        future = Future()
+        if action == "hang":
+            return future  # never answers
+        if isinstance(action, BaseException):
+            future.set_exception(action)
+        else:
+            future.set_result(action(*args))
+        return future
+
+
+class Wrapped(Exception):
+    """As Ray raises a remote error: the original is ``cause``."""
+
+    def __init__(self, cause):
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _clients(root, scorer, shards, **scripts):
+    local = LocalShards([ShardSearcher(root, s, shards, scorer=scorer) for s in range(shards)])
+    return [Scripted(c, **scripts.get(f"s{c.shard}", {})) for c in local.clients()]
+
+
+def test_loading_checks_every_shard_answered_the_same_version_and_all_rows(whole, scorer):
+    gallery = GalleryIndex(whole)
+    digest = state_digest(gallery.state.to_dict())
+    with pytest.raises(GalleryIndexError, match=r"shards \[1\] did not open the index"):
+        ShardedSearcher(scorer, gallery, _clients(whole, scorer, 2, s1={"load": "hang"}), digest, deadline_s=0.3)
+    other = lambda: ShardInfo(1, 2, 18, "f" * 64, 0.0)  # noqa: E731
+    with pytest.raises(IndexChangedError, match="opened another version"):
+        ShardedSearcher(scorer, gallery, _clients(whole, scorer, 2, s1={"load": other}), digest)
+    short = lambda: ShardInfo(1, 2, 17, digest, 0.0)  # noqa: E731
+    with pytest.raises(GalleryIndexError, match="the shards own 36 rows, the index has 37"):
+        ShardedSearcher(scorer, gallery, _clients(whole, scorer, 2, s1={"load": short}), digest)
+
+
+def test_errors_of_the_request_are_raised_at_once_and_a_stale_version_reloads(whole, scorer, bundle):
+    gallery = GalleryIndex(whole)
+    digest = state_digest(gallery.state.to_dict())
+    queries = _queries(bundle.config)
+    for error, expected in ((Wrapped(ValueError("bad request")), ValueError),
+                            (Wrapped(StaleSnapshot("gone")), IndexChangedError),
+                            (FilterError("wrong type"), FilterError)):
+        clients = _clients(whole, scorer, 2, s1={"hits": error})
+        sharded = ShardedSearcher(scorer, gallery, clients, digest, deadline_s=5)
+        with pytest.raises(expected):
+            sharded.search(queries, SearchOptions(top_k=3))
+        assert clients[1].calls.count("hits") == 1  # not retried
+
+
+def test_a_hung_shard_is_given_up_at_the_deadline_and_retries_are_paced(whole, scorer, bundle):
+    import time
+
+    gallery = GalleryIndex(whole)
+    digest = state_digest(gallery.state.to_dict())
+    queries = _queries(bundle.config)
+    hung = ShardedSearcher(scorer, gallery, _clients(whole, scorer, 2, s0={"hits": "hang"}), digest, deadline_s=0.4)
+    start = time.monotonic()
+    with pytest.raises(ShardsUnavailable) as caught:
+        hung.search(queries, SearchOptions(top_k=3))
+    assert caught.value.missing == [0] and time.monotonic() - start < 5
+    failing = _clients(whole, scorer, 2, s1={"hits": ConnectionError("down")})
+    down = ShardedSearcher(scorer, gallery, failing, digest, deadline_s=0.5)
+    with pytest.raises(ShardsUnavailable):
+        down.search(queries, SearchOptions(top_k=3))
+    # tried at once and again every RETRY_PAUSE_S (0.2 s) while another try fits before the deadline
+    assert 2 <= failing[1].calls.count("hits") <= 3
+
+
+def test_a_shard_lost_between_the_stages_of_two_stage_search_is_named(whole, scorer, bundle):
+    gallery = GalleryIndex(whole)
+    digest = state_digest(gallery.state.to_dict())
+    clients = _clients(whole, scorer, 3, s2={"shortlist": ConnectionError("down")},
+                       s1={"rerank": ConnectionError("down")})
+    sharded = ShardedSearcher(scorer, gallery, clients, digest, deadline_s=0.3)
+    with pytest.raises(ShardsUnavailable) as caught:
+        sharded.search(_queries(bundle.config), SearchOptions(top_k=4, two_stage=True, shortlist=9, stage1="flat"))
+    assert caught.value.missing == [1, 2]
+    assert {r["video_id"] for q in caught.value.partial.results for r in q} <= {f"v{i}" for i in range(13)}

@@ -3,6 +3,7 @@ one-process service's; a shard down gives 503 with Retry-After, or with allow_pa
 says it is partial and names the missing shard; readyz and /metrics report the shards."""
 from __future__ import annotations
 
+import re
 from concurrent.futures import Future
 
 import pytest
@@ -86,6 +87,9 @@ def test_the_sharded_service_answers_as_one_process(index, shards):
         metrics = many.get("/metrics").text
         assert f'ucofia_shard_rows{{shard="{shards - 1}"}} {60 // shards}.0' in metrics
         assert 'ucofia_shard_call_seconds_count{call="hits",shard="0"}' in metrics
+        assert f"ucofia_shards_up {shards}.0" in metrics
+        seconds = float(re.search(r'^ucofia_shard_call_seconds_sum\{call="hits",shard="0"\} (\S+)$', metrics, re.M)[1])
+        assert 0 < seconds < 60  # the time the calls took
 
 
 def test_a_shard_down_is_503_with_retry_after_or_a_partial_answer_when_allowed(index):
@@ -104,4 +108,5 @@ def test_a_shard_down_is_503_with_retry_after_or_a_partial_answer_when_allowed(i
         ready = client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["shards"] == {"up": 1, "total": 2}
         assert ready.json()["checks"]["shards"] is False
-        assert 'ucofia_shard_call_failures_total{shard="1"}' in client.get("/metrics").text
+        metrics = client.get("/metrics").text
+        assert 'ucofia_shard_call_failures_total{shard="1"}' in metrics and "ucofia_shards_up 1.0" in metrics
