@@ -20,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
 from runtime.cluster.merge import merge_hits, merge_shortlists
-from runtime.cluster.shard import ShardInfo, ShardSearcher, StaleSnapshot
+from runtime.cluster.shard import ShardInfo, ShardSearcher
 from runtime.errors import GalleryIndexError, RuntimeUserError, ShardsUnavailable
 from runtime.index import GalleryIndex, IndexChangedError
 from runtime.scoring import DEFAULT_MEMORY_MB, Scorer, TextFeatures
@@ -129,8 +129,8 @@ class ShardedSearcher(Searcher):
                     self._observe(shard, method, time.perf_counter() - began)
                 except Exception as exc:
                     cause = _cause(exc)
-                    if isinstance(cause, (StaleSnapshot, IndexChangedError)):
-                        raise IndexChangedError(str(cause)) from None
+                    # the request's own error (a bad filter), or a stale index version (an
+                    # IndexChangedError: the service reloads and retries): not the shard's fault
                     if isinstance(cause, (RuntimeUserError, ValueError)) and not isinstance(cause, ShardsUnavailable):
                         raise cause from None
                     logger.warning("shard %d: %s failed (%s: %s)", shard, method, type(cause).__name__, cause)

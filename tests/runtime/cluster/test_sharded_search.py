@@ -282,6 +282,13 @@ def test_a_shard_loads_its_own_scorer_checks_its_number_and_the_index(whole, bun
     # the part's features are held in memory (they fit --preload-mb) and its stage 1 is built at load
     assert len(searcher.source) == 18 and not isinstance(searcher.source, type(part))
     assert searcher._two_stage and next(iter(searcher._two_stage.values())).stage1_index.ntotal == 18
+    # held in memory exactly when the part's float32 features fit --preload-mb (not the whole gallery's)
+    from runtime.serve.snapshot import feature_bytes
+
+    part_mib = feature_bytes(GalleryIndex(whole)) * 18 / 37 / 2**20
+    for budget, held in ((part_mib, True), (part_mib * 0.999, False)):
+        sized = ShardSearcher(whole, 1, 2, scorer=shard.scorer, preload_mb=budget)._version(info.digest)
+        assert (sized[0].source is not sized[1]) == held, budget
     lean = ShardSearcher(whole, 1, 2, scorer=shard.scorer)
     lean_searcher, lean_part = lean._version(info.digest)
     assert lean_searcher.source is lean_part and not lean_searcher._two_stage
