@@ -41,12 +41,16 @@ class OrtSession(GraphSession):
     """An onnxruntime InferenceSession over the bundle's ONNX file, on ``device`` ('cpu' or 'cuda')."""
 
     def __init__(self, spec: GraphSpec, device: str, threads: int | None = None,
-                 disabled_optimizers: list[str] | None = None, concurrency: int = 1) -> None:
+                 disabled_optimizers: list[str] | None = None, concurrency: int = 1,
+                 model: bytes | None = None, precision: str = "float32") -> None:
+        """``model``: serialised ONNX to run instead of ``spec.file`` (a rewrite of it, e.g. the int8
+        scorer of ``runtime.backends.precision``); ``precision`` names what it computes in."""
         super().__init__(spec)
         import onnxruntime as ort
 
         self.backend = device
         self.concurrency = max(1, int(concurrency))
+        self.precision = precision
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
@@ -58,7 +62,8 @@ class OrtSession(GraphSession):
         if device == "cuda":
             preload_cuda_libraries()
         try:
-            self._session = ort.InferenceSession(str(spec.file), options, providers=_PROVIDERS[device],
+            self._session = ort.InferenceSession(str(spec.file) if model is None else model, options,
+                                                 providers=_PROVIDERS[device],
                                                  disabled_optimizers=disabled_optimizers or None)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise BackendError(f"onnxruntime could not load {spec.file}: {exc}") from None
