@@ -68,12 +68,13 @@ def resolve_backend(requested: str, bundle: Bundle) -> str:
 
 
 def open_session(bundle: Bundle, key: str, backend: str = "auto", threads: int | None = None,
-                 precision: str = DEFAULT_SCORER_PRECISION) -> GraphSession:
+                 precision: str = DEFAULT_SCORER_PRECISION, spinning: bool = True) -> GraphSession:
     """A session for graph ``key`` ('text_encoder', 'video_encoder' or 'scorer') of ``bundle``.
 
     ``threads``: onnxruntime intra-op threads (default: $UCOFIA_RUN_THREADS, else onnxruntime's).
     ``precision``: the scorer's (``--scorer-precision``, runtime.backends.precision); float32 for
-    every other graph.
+    every other graph. ``spinning``: onnxruntime's idle intra-op threads spin (its default) or sleep
+    (onnxruntime backends; the CPU scorer runs single-threaded sessions, which have no such threads).
     """
     resolved = resolve_backend(backend, bundle)
     spec = bundle.graphs[key]
@@ -93,7 +94,7 @@ def open_session(bundle: Bundle, key: str, backend: str = "auto", threads: int |
         model = int8_scorer_model(spec.file) if precision == INT8 else None
         return OrtSession(spec, resolved, threads=1, disabled_optimizers=disabled,
                           concurrency=threads or available_cpus(), model=model, precision=precision)
-    return OrtSession(spec, resolved, threads=threads, disabled_optimizers=disabled)
+    return OrtSession(spec, resolved, threads=threads, disabled_optimizers=disabled, spinning=spinning)
 
 
 def available_cpus() -> int:
