@@ -12,7 +12,9 @@ alternation, batch by batch, so that load changes on a shared machine hit all al
 * ``spinning``: onnxruntime's default, idle intra-op threads spin between ops and after a run;
 * ``sleeping``: ``session.intra_op.allow_spinning = 0`` (what ``runtime.text.TextEncoder`` uses).
 
-Results are identical in every variant (checked); only time differs.
+Results are identical in both (checked); only time differs. With ``--int8`` a third variant,
+``sleeping_int8``, is a second service opened with ``--scorer-precision int8`` (the search stage
+changes; its top-10 ids are compared with float32's).
 
     .venv/bin/python benchmarks/serve_stages.py --bundle BUNDLE -o benchmarks/results/serve_stages_vit_b32.json
     .venv/bin/python benchmarks/serve_stages.py --config tiny --rounds 3    # quick
@@ -72,6 +74,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="--threads of the service")
     parser.add_argument("--bundle", type=Path, default=None, help="reuse this exported bundle")
     parser.add_argument("--work", type=Path, default=None, help="keep the bundle and index here")
+    parser.add_argument("--int8", action="store_true",
+                        help="also a service with --scorer-precision int8 (CPUs with int8 units)")
     parser.add_argument("-o", "--output", type=Path, default=None)
     args = parser.parse_args()
     common.show_library_output()
@@ -98,24 +102,31 @@ def main() -> None:
         responder = Responder(service.signer)  # as the app makes it
         spinning = TextEncoder(bundle, "cpu", args.threads)
         spinning.session = open_session(bundle, "text_encoder", "cpu", args.threads, spinning=True)
-        variants = {"spinning": spinning, "sleeping": service.engine.text}
+        variants = {"spinning": (service, spinning), "sleeping": (service, service.engine.text)}
+        if args.int8:
+            lower = SearchService.open(ServeSettings(index_dir=index, bundle_dir=bundle_dir, backend="cpu",
+                                                     threads=args.threads, scorer_precision="int8"))
+            variants["sleeping_int8"] = (lower, lower.engine.text)
         texts = queries(4096, 0)
         times = {v: {b: {s: [] for s in STAGES} for b in BATCHES} for v in variants}
-        same = True
-        for encoder in variants.values():  # unmeasured warm-up of every shape
+        same, overlap = True, []
+        for owner, encoder in variants.values():  # unmeasured warm-up of every shape
             for b in BATCHES:
-                run_batch(service, responder, encoder, texts[:b])
+                run_batch(owner, responder, encoder, texts[:b])
         for r in range(args.rounds):
             print(f"[serve_stages] round {r + 1}/{args.rounds}", file=sys.stderr, flush=True)
             for b in BATCHES:
                 batch = texts[(r * 64) % 4000:(r * 64) % 4000 + b]
-                results = []
-                for variant, encoder in variants.items():
-                    stages, records = run_batch(service, responder, encoder, batch)
-                    results.append(records)
+                results = {}
+                for variant, (owner, encoder) in variants.items():
+                    stages, records = run_batch(owner, responder, encoder, batch)
+                    results[variant] = records
                     for stage, value in stages.items():
                         times[variant][b][stage].append(value)
-                same = same and all(x == results[0] for x in results[1:])
+                same = same and results["spinning"] == results["sleeping"]
+                if "sleeping_int8" in results:
+                    overlap += [len({h["video_id"] for h in x} & {h["video_id"] for h in y}) / TOP_K
+                                for x, y in zip(results["sleeping"], results["sleeping_int8"])]
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -133,7 +144,8 @@ def main() -> None:
         "bundle": exported, "top_k": TOP_K, "rounds": args.rounds, "machine": machine,
         "load_average_after": common.load_average(),
         "contention": common.contention(monitor, common.available_cpus()),
-        "identical_results_across_variants": same,
+        "identical_results_spinning_vs_sleeping": same,
+        "int8_top10_overlap_with_float32": round(statistics.fmean(overlap), 4) if overlap else None,
         "medians_per_query": stages,
         "summary": [
             f"{v}, batch {b}: " + ", ".join(f"{s} {stages[v][str(b)][s]['wall_ms_per_query']:.1f} ms "
