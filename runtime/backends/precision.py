@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from runtime.bundle.contract import VIDEO_ROLES
 from runtime.errors import BackendError
 
 FLOAT32 = "float32"
@@ -32,7 +33,7 @@ DEFAULT_SCORER_PRECISION = FLOAT32
 # /proc/cpuinfo flags of int8 dot-product units onnxruntime's uint8 x int8 kernels use
 INT8_CPU_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni")
 CPUINFO = Path("/proc/cpuinfo")
-PATCHES_INPUT = "patches"
+PATCHES = VIDEO_ROLES[-1]  # the scorer input role of the patch tokens
 PRECISION_HELP = ("Precision of the scorer's patch-word product: float32 (default) or int8 (opt-in, lossy: "
                   "uint8 x int8 on the CPU's int8 matrix units, AMX or VNNI; CPU backend, float32 bundles). "
                   "See docs/search.md, 'Scorer precision'.")
@@ -78,13 +79,13 @@ def check_scorer_precision(precision: str, backend: str, bundle_dtype: str) -> N
             raise BackendError(problem)
 
 
-def _patch_word_product(graph) -> list:
-    """The MatMul nodes of the patch-word score product: one operand is the graph input ``patches``,
-    only reshaped or transposed."""
+def _patch_word_product(graph, patches: str) -> list:
+    """The MatMul nodes of the patch-word score product: one operand is the graph input ``patches``
+    (its name), only reshaped or transposed."""
     producer = {out: node for node in graph.node for out in node.output}
 
     def from_patches(name: str) -> bool:
-        while name != PATCHES_INPUT:
+        while name != patches:
             node = producer.get(name)
             if node is None or node.op_type not in ("Reshape", "Transpose", "Identity"):
                 return False
@@ -94,18 +95,19 @@ def _patch_word_product(graph) -> list:
     return [node for node in graph.node if node.op_type == "MatMul" and any(from_patches(n) for n in node.input)]
 
 
-def int8_scorer_model(path: Path) -> bytes:
-    """The scorer graph at ``path`` with its patch-word product in int8 (serialised ONNX)."""
+def int8_scorer_model(path: Path, patches: str = PATCHES) -> bytes:
+    """The scorer graph at ``path`` with its patch-word product in int8 (serialised ONNX);
+    ``patches``: the name of its patch-token input (the manifest's)."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     model = onnx.load(str(path))
     graph = model.graph
-    targets = _patch_word_product(graph)
+    targets = _patch_word_product(graph, patches)
     if len(targets) != 1:
         raise BackendError(f"{path}: found {len(targets)} patch-word products to quantise (expected one MatMul of "
-                           f"the '{PATCHES_INPUT}' input, reshaped, by the word features); the graph is not one "
+                           f"the '{patches}' input, reshaped, by the word features); the graph is not one "
                            f"`ucofia export` writes: re-export the bundle, or use --scorer-precision float32")
     target = targets[0]
     graph.initializer.extend([numpy_helper.from_array(np.array(127.0, np.float32), f"{_Q}_max"),

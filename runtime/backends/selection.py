@@ -21,7 +21,13 @@ from runtime.backends.ort import (
     onnxruntime_unusable_reason,
     preload_cuda_libraries,
 )
-from runtime.backends.precision import DEFAULT_SCORER_PRECISION, INT8, check_scorer_precision, int8_scorer_model
+from runtime.backends.precision import (
+    DEFAULT_SCORER_PRECISION,
+    INT8,
+    PATCHES,
+    check_scorer_precision,
+    int8_scorer_model,
+)
 from runtime.backends.tensorrt_engines import tensorrt_unusable_reason
 from runtime.backends.tensorrt_session import TensorRTSession
 from runtime.bundle import Bundle
@@ -91,7 +97,7 @@ def open_session(bundle: Bundle, key: str, backend: str = "auto", threads: int |
     if key == SCORER and resolved == "cpu":
         # Scorer tiles are independent: one single-threaded run per core, each on its own
         # cache-sized tile, beats splitting every small op of one tile across threads.
-        model = int8_scorer_model(spec.file) if precision == INT8 else None
+        model = int8_scorer_model(spec.file, spec.inputs[PATCHES].name) if precision == INT8 else None
         return OrtSession(spec, resolved, threads=1, disabled_optimizers=disabled,
                           concurrency=threads or available_cpus(), model=model, precision=precision)
     return OrtSession(spec, resolved, threads=threads, disabled_optimizers=disabled, spinning=spinning)
