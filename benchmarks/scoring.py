@@ -389,14 +389,19 @@ def side_reference_code(args, work: Path) -> None:
 
 
 # ---- runtime side (subprocess, no torch) ---------------------------------------------------
-def _runtime_scorer(work: Path, graph_file: str, threads: int):
+def _runtime_scorer(work: Path, graph_file: str, threads: int, precision: str = "float32"):
     from runtime.backends import open_session
     from runtime.scoring import Scorer
     from ucofia.config import UCoFiAConfig
 
     cfg = UCoFiAConfig.from_dict(json.loads((work / "config.json").read_text()))
     bundle = common.scorer_bundle(work, cfg, graph_file)
-    return Scorer(open_session(bundle, "scorer", "cpu", threads), cfg)
+    return Scorer(open_session(bundle, "scorer", "cpu", threads, precision=precision), cfg)
+
+
+def _scorer_name(levels: str, precision: str) -> str:
+    """``all_levels`` / ``patch_word_only`` for float32 (the keys of earlier results), else with the suffix."""
+    return levels if precision == "float32" else f"{levels}_{precision}"
 
 
 def side_runtime(args, work: Path) -> None:
@@ -407,13 +412,14 @@ def side_runtime(args, work: Path) -> None:
         text = TextFeatures(arrays["sentence"], arrays["words"])
         videos = ArrayVideos({"video": arrays["video"], "frame_features": arrays["frames"],
                               "patches": arrays["patches"]})
-        scorers = {name: _runtime_scorer(work, graph_file, args.threads)
+        scorers = {_scorer_name(name, precision): _runtime_scorer(work, graph_file, args.threads, precision)
+                   for precision in args.precisions
                    for name, graph_file in (("all_levels", "scorer.onnx"), ("patch_word_only", "patch_word_only.onnx"))}
         for scorer in scorers.values():  # session warm-up
             score_matrix(scorer, text.rows(0, 4), ArrayVideos(videos.features(0, 64)))
         n = len(text)
         return {"text": text, "videos": videos, "scorers": scorers,
-                "out": {lv: np.empty((n, len(videos)), np.float32) for lv in LEVELS},
+                "out": {p: {lv: np.empty((n, len(videos)), np.float32) for lv in LEVELS} for p in args.precisions},
                 "scratch": {lv: np.empty((REFERENCE_BATCH, len(videos)), np.float32) for lv in LEVELS},
                 "totals": {name: [0.0, 0.0] for name in scorers}, "batches": 0}
 
@@ -422,7 +428,8 @@ def side_runtime(args, work: Path) -> None:
         rows = st["text"].rows(a, b)
         report = {"batch": i, "texts": b - a}
         for name, scorer in st["scorers"].items():
-            out = ({lv: st["out"][lv][a:b] for lv in LEVELS} if name == "all_levels"
+            precision = next((p for p in args.precisions if name == _scorer_name("all_levels", p)), None)
+            out = ({lv: st["out"][precision][lv][a:b] for lv in LEVELS} if precision is not None
                    else {lv: st["scratch"][lv][: b - a] for lv in LEVELS})
             cpu0, start = time.process_time(), time.perf_counter()
             score_matrix(scorer, rows, st["videos"], args.memory_mb, out=out)
@@ -434,7 +441,8 @@ def side_runtime(args, work: Path) -> None:
         return report
 
     def finish(st) -> dict:
-        np.savez(work / "runtime.npz", **st["out"])
+        for precision, levels in st["out"].items():
+            np.savez(work / ("runtime.npz" if precision == "float32" else f"runtime_{precision}.npz"), **levels)
         scorer = st["scorers"]["all_levels"]
         n_text, n_video = len(st["text"]), len(st["videos"])
         out = {name: {"seconds": round(s, 3), "cpu_seconds": round(c, 2)} for name, (s, c) in st["totals"].items()}
@@ -471,7 +479,7 @@ class _Side:
 
     def __init__(self, side: str, work: Path, args, **extra) -> None:
         cmd = [sys.executable, __file__, "--side", side, "--work", str(work), "--threads", str(args.threads),
-               "--memory-mb", str(args.memory_mb)]
+               "--memory-mb", str(args.memory_mb), "--precisions", ",".join(args.precisions)]
         if args.reference_tree:
             cmd += ["--reference-tree", str(args.reference_tree)]
         cmd += ["--videos", str(args.videos)]
@@ -517,6 +525,27 @@ def _compare(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict:
     return out
 
 
+def _precisions(runtime: dict, lower: dict[str, dict[str, np.ndarray]], ours: dict[str, np.ndarray], pw_s: float,
+                rt_s: float, pairs: int) -> dict:
+    """Each lower scorer precision beside float32: its times (same batches, interleaved) and how
+    far its levels are from float32's (every level, the fused top-1 and top-10)."""
+    out = {}
+    for precision, levels in lower.items():
+        all_s = runtime[_scorer_name("all_levels", precision)]["seconds"]
+        pw = runtime[_scorer_name("patch_word_only", precision)]["seconds"]
+        versus = _compare(ours, levels)
+        fa, fb = (sum(d[lv] for lv in LEVELS) / 3 for d in (ours, levels))
+        ta, tb = (np.argsort(-f, axis=1, kind="stable")[:, :10] for f in (fa, fb))
+        versus["fused_top10_overlap"] = float(np.mean([len(set(x) & set(y)) / 10 for x, y in zip(ta, tb)]))
+        versus["fused_max_abs"] = float(np.abs(fa - fb).max())
+        cpu = runtime[_scorer_name("all_levels", precision)]["cpu_seconds"]
+        out[precision] = {"seconds": all_s, "cpu_seconds": cpu,
+                          "over_float32": round(all_s / rt_s, 3), "pairs_per_second": round(pairs / all_s, 1),
+                          "patch_word_seconds": pw, "patch_word_over_float32": round(pw / pw_s, 3),
+                          "vs_float32": versus}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", choices=["tiny", "vit_b32"], default="vit_b32")
@@ -532,12 +561,18 @@ def main() -> None:
     parser.add_argument("--reference-tree", type=Path, default=None,
                         help="an extracted checkout of github.com/Ziyang412/UCoFiA (commit 6098be2): also time the "
                              "reference's own _run_on_single_gpu and compare its level values")
+    parser.add_argument("--precisions", type=lambda text: text.split(","), default=["float32"],
+                        help="scorer precisions the runtime side runs, comma-separated (float32 first): e.g. "
+                             "float32,int8 times `--scorer-precision int8` beside float32 on the same batches and "
+                             "compares its levels with float32's")
     parser.add_argument("-o", "--output", type=Path, default=None)
     parser.add_argument("--side", choices=["reference", "reference_code", "runtime", "probe"], help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--ftz", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--text-batches", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.precisions[0] != "float32" or not set(args.precisions) <= {"float32", "int8"}:
+        parser.error(f"--precisions: float32 first, then int8 (got {','.join(args.precisions)})")
 
     if args.side:
         {"reference": side_reference, "reference_code": side_reference_code, "runtime": side_runtime,
@@ -576,6 +611,7 @@ def main() -> None:
         unflushed = sides["unflushed"].finish() if n_unflushed else None
         ref_code = sides["reference_code"].finish() if "reference_code" in sides else None
         ours = dict(np.load(work / "runtime.npz"))
+        lower = {p: dict(np.load(work / f"runtime_{p}.npz")) for p in args.precisions[1:]}
         ref_levels = dict(np.load(work / "reference_ftz1.npz"))
         agreement = _compare(ref_levels, ours)
         code_agreement = None
@@ -642,6 +678,7 @@ def main() -> None:
             "patch_word_seconds_over_matmul_floor": round(pw_s / floor_s, 2),
             "target_patch_word_over_floor": PATCH_WORD_FLOOR_TARGET,
         },
+        "scorer_precisions": _precisions(runtime, lower, ours, pw_s, rt_s, pairs),
         "agreement_with_reference_on_timed_rows": agreement,
         "agreement_with_reference_code_on_timed_rows": code_agreement,
     }
@@ -668,6 +705,14 @@ def main() -> None:
             f"{full(ref_code):.1f} s, peak RSS {ref_code['peak_rss_mib']:.0f} MiB -> ucofia-run "
             f"{full(ref_code) / rt_s:.1f}x faster; the re-implementation takes {ref_s / full(ref_code):.2f}x its time; "
             f"level values differ from ucofia-run's by at most {worst:.2g}")
+    for precision, row in result["scorer_precisions"].items():
+        versus = row["vs_float32"]
+        summary.append(
+            f"--scorer-precision {precision}: all levels {row['seconds']:.1f} s ({row['over_float32']:.2f}x "
+            f"float32's {rt_s:.1f} s), patch-word level {row['patch_word_seconds']:.1f} s "
+            f"({row['patch_word_over_float32']:.2f}x); vs float32: patch_word max abs "
+            f"{versus['patch_word']['max_abs']:.2g}, fused top-1 same for {versus['fused_same_top1']:.1%}, "
+            f"top-10 overlap {versus['fused_top10_overlap']:.1%}")
     if result["contention"]["contended"]:
         summary.append("NOTE: " + result["contention"]["note"])
     if unflushed is not None:

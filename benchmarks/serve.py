@@ -92,10 +92,12 @@ def _free_port() -> int:
 class Server:
     """A ``ucofia-run serve`` subprocess on 127.0.0.1 (free port)."""
 
-    def __init__(self, index: Path, bundle: Path, extra: list[str], threads: int | None) -> None:
+    def __init__(self, index: Path, bundle: Path, extra: list[str], threads: int | None,
+                 precision: str = "float32") -> None:
         port = _free_port()
         cmd = [sys.executable, "-m", "runtime.cli", "serve", "--index", str(index), "--bundle", str(bundle),
-               "--port", str(port), "--backend", "cpu", "--no-access-log", "--log-level", "warning", *extra]
+               "--port", str(port), "--backend", "cpu", "--no-access-log", "--log-level", "warning",
+               "--scorer-precision", precision, *extra]
         if threads:
             cmd += ["--threads", str(threads)]
         self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, cwd=common.REPO)
@@ -148,6 +150,7 @@ async def _load(url: str, clients: int, duration_s: float, texts: list[str], max
     import httpx
 
     latencies: list[float] = []
+    stages: list[tuple[float, ...]] = []  # per answered request: the server's timings and batch size
     errors: Counter = Counter()
     sent = 0
     loop = asyncio.get_running_loop()
@@ -164,12 +167,16 @@ async def _load(url: str, clients: int, duration_s: float, texts: list[str], max
                 t0 = time.perf_counter()
                 try:
                     reply = await client.post("/v1/search", json={"queries": [text], "top_k": TOP_K})
-                    ok = reply.status_code == 200 and len(reply.json()["results"][0]["results"]) == TOP_K
+                    body = reply.json() if reply.status_code == 200 else {}
+                    ok = reply.status_code == 200 and len(body["results"][0]["results"]) == TOP_K
                     key = "incomplete" if reply.status_code == 200 else reply.status_code
                 except httpx.HTTPError as exc:
                     ok, key = False, type(exc).__name__
                 if ok:
                     latencies.append(time.perf_counter() - t0)
+                    t = body["timings"]
+                    stages.append((latencies[-1] * 1000, t["queue_ms"], t["encode_ms"], t["score_ms"], t["total_ms"],
+                                   body["batch"]["queries"]))
                 else:
                     errors[str(key)] += 1
 
@@ -186,20 +193,38 @@ async def _load(url: str, clients: int, duration_s: float, texts: list[str], max
     return {"clients": clients, "seconds": round(elapsed, 2), "requests": len(latencies) + sum(errors.values()),
             "qps": round(len(latencies) / elapsed, 2), **percentiles(latencies),
             "mean_ms": round(statistics.fmean(latencies) * 1000, 2) if latencies else None,
-            "errors": dict(errors)}
+            "stages": stage_means(stages), "errors": dict(errors)}
+
+
+def stage_means(stages: list[tuple[float, ...]]) -> dict | None:
+    """Where a request's time went, means over the answered requests (ms): waiting for its batch,
+    the batch's text encoding and search (scoring, top-k, records), the rest of the server's time
+    until the answer was ready to encode (thread hand-over), and what the server's ``total_ms``
+    does not cover (encoding the body, HTTP, the client's parsing); and the model time per query
+    (a batch's encode and search divided by its queries), which batching must shrink to pay off."""
+    if not stages:
+        return None
+    client, queue, encode, score, total, size = (np.asarray(column) for column in zip(*stages))
+    return {"queue_ms": round(float(queue.mean()), 2), "encode_ms": round(float(encode.mean()), 2),
+            "search_ms": round(float(score.mean()), 2),
+            "server_other_ms": round(float((total - queue - encode - score).mean()), 2),
+            "body_http_client_ms": round(float((client - total).mean()), 2),
+            "batch_queries": round(float(size.mean()), 2),
+            "encode_ms_per_query": round(float((encode / size).mean()), 2),
+            "search_ms_per_query": round(float((score / size).mean()), 2)}
 
 
 def load(url: str, clients: int, duration_s: float, texts: list[str], on_tick=None) -> dict:
     return asyncio.run(_load(url, clients, duration_s, texts, MAX_REQUESTS_PER_RUN, on_tick))
 
 
-def cold_cli(index: Path, bundle: Path, texts: list[str], two_stage: bool, shortlist: int, threads: int | None
-             ) -> dict:
+def cold_cli(index: Path, bundle: Path, texts: list[str], two_stage: bool, shortlist: int, threads: int | None,
+             precision: str = "float32") -> dict:
     """Wall time of one `ucofia-run search` process per query."""
     times = []
     for text in texts:
         cmd = [sys.executable, "-m", "runtime.cli", "search", "--index", str(index), "--bundle", str(bundle),
-               "--query", text, "--top-k", str(TOP_K), "--backend", "cpu", "-o", "-"]
+               "--query", text, "--top-k", str(TOP_K), "--backend", "cpu", "--scorer-precision", precision, "-o", "-"]
         if two_stage:
             cmd += ["--two-stage", "--shortlist", str(shortlist)]
         if threads:
@@ -239,7 +264,7 @@ def measure(server: Server, clients: int, args, texts: list[str], label: str) ->
     run["mean_batch_queries"] = round((queries1 - queries0) / (calls1 - calls0), 2) if calls1 > calls0 else None
     run["server_rss_mib"] = server.rss()
     print(f"[serve]   {run['qps']} QPS, p50 {run['p50_ms']} ms, p99 {run['p99_ms']} ms, mean batch "
-          f"{run['mean_batch_queries']}, errors {run['errors']}", file=sys.stderr, flush=True)
+          f"{run['mean_batch_queries']}, errors {run['errors']}; stages {run['stages']}", file=sys.stderr, flush=True)
     return run
 
 
@@ -250,14 +275,16 @@ def run_gallery(n: int, args, work: Path, bundle_dir: Path, texts: list[str], re
     from runtime.serve.settings import DEFAULT_SHORTLIST, TWO_STAGE_AUTO_MIN_VIDEOS
 
     index = work / f"index_{n}"
-    built = build_index(index, load_bundle(bundle_dir), n, args.seed, DEFAULT_VIDEOS_PER_TOPIC, STORE)
+    built = build_index(index, load_bundle(bundle_dir), n, args.seed, DEFAULT_VIDEOS_PER_TOPIC, STORE,
+                        args.pool_shards)
     two_stage = n >= TWO_STAGE_AUTO_MIN_VIDEOS
     print(f"[serve] {n}: cold CLI x {args.cold_queries} ...", file=sys.stderr, flush=True)
-    cold = cold_cli(index, bundle_dir, texts[:args.cold_queries], two_stage, DEFAULT_SHORTLIST, args.threads)
+    cold = cold_cli(index, bundle_dir, texts[:args.cold_queries], two_stage, DEFAULT_SHORTLIST, args.threads,
+                    args.scorer_precision)
     servers: dict[str, Server] = {}
     try:
         for name, extra in CONFIGS.items():
-            servers[name] = Server(index, bundle_dir, extra, args.threads)
+            servers[name] = Server(index, bundle_dir, extra, args.threads, args.scorer_precision)
         services = {name: {"server_rss_at_start_mib": server.rss(), "runs": []} for name, server in servers.items()}
         order = list(CONFIGS)[::-1] if reverse else list(CONFIGS)
         for clients in args.clients:
@@ -283,7 +310,7 @@ def run_gallery(n: int, args, work: Path, bundle_dir: Path, texts: list[str], re
 
 def soak(n: int, args, work: Path, bundle_dir: Path, texts: list[str]) -> dict:
     print(f"[serve] soak: {n} videos, {SOAK_CLIENTS} clients, {args.soak_s} s ...", file=sys.stderr, flush=True)
-    server = Server(work / f"index_{n}", bundle_dir, CONFIGS["batching"], args.threads)
+    server = Server(work / f"index_{n}", bundle_dir, CONFIGS["batching"], args.threads, args.scorer_precision)
     samples = [{"t_s": 0.0, **server.rss()}]
     try:
         run = load(server.url, SOAK_CLIENTS, args.soak_s, texts,
@@ -304,6 +331,11 @@ def soak(n: int, args, work: Path, bundle_dir: Path, texts: list[str]) -> dict:
             "warmup_s": after_warmup["t_s"]}
 
 
+def _per_query(gallery: dict, name: str) -> str:
+    stages = gallery["services"][name]["runs"][-1]["stages"] or {}
+    return f"{stages.get('encode_ms_per_query')} + {stages.get('search_ms_per_query')}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", choices=["tiny", "vit_b32"], default="vit_b32")
@@ -317,6 +349,12 @@ def main() -> None:
                              "its RSS then is the process's own memory, not page cache of memory-mapped shards)")
     parser.add_argument("--threads", type=int, default=None, help="--threads of the servers and CLI runs")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pool-shards", type=int, default=0,
+                        help="generate only this many shards of each gallery in full and hard-link the rest to them "
+                             "(large_gallery.py's time and disk saver: 4 keeps 10^5 videos at 2.5 GB on disk instead "
+                             "of 12.5 GB; every row still has its own id and video vector); 0: all in full")
+    parser.add_argument("--scorer-precision", choices=["float32", "int8"], default="float32",
+                        help="--scorer-precision of the servers and CLI runs (int8: opt-in, CPUs with int8 units)")
     parser.add_argument("--bundle", type=Path, default=None, help="reuse this exported bundle")
     parser.add_argument("--work", type=Path, default=None,
                         help="keep the bundle and indexes here (reused by a later run); default: a temporary dir")
@@ -346,7 +384,8 @@ def main() -> None:
         "benchmark": "serve", "config": args.config, "machine": machine,
         "load_average_after": common.load_average(),
         "contention": common.contention(monitor, common.available_cpus()),
-        "bundle": exported, "top_k": TOP_K, "duration_s_per_run": args.duration_s, "configs": CONFIGS,
+        "bundle": exported, "scorer_precision": args.scorer_precision, "top_k": TOP_K,
+        "duration_s_per_run": args.duration_s, "configs": CONFIGS,
         "galleries": galleries, "soak": soaked,
         "targets": {
             "warm_vs_cold_at_least": 20, "batching_qps_ratio_at_least": 2, "batching_p99_ratio_at_most": 1.0,
@@ -365,6 +404,9 @@ def main() -> None:
                         f"{m['qps']} QPS p99 {m['p99_ms']:.0f} ms"
                         for c, b, m in zip(args.clients, g["services"]["batching"]["runs"],
                                            g["services"]["max_batch_1"]["runs"]))
+            for g in galleries] + [
+            f"{g['gallery']:>7} videos, {max(args.clients)} clients, ms per query of model time (text encoder + "
+            f"search): batching {_per_query(g, 'batching')} vs max-batch 1 {_per_query(g, 'max_batch_1')}"
             for g in galleries],
     }
     common.write_result(args.output, result)

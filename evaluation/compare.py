@@ -19,6 +19,8 @@ METRIC_KEYS: tuple[str, ...] = ("R1", "R5", "R10", "MdR", "MnR")
 TOP_OVERLAP_K = 10
 # R@1 points a parity run may differ by when the index stores features as float16 / int8.
 STORE_R1_DELTA = {"float16": 0.0, "int8": 2.0}
+# R@1 points a parity run may differ by with the opt-in int8 scorer (``--scorer-precision int8``).
+SCORER_R1_DELTA = {"int8": 2.0}
 
 
 @dataclass(frozen=True)
@@ -38,11 +40,18 @@ class Tolerance:
         return cls()
 
     @classmethod
-    def for_manifest(cls, manifest: Mapping[str, Any], store: str = "float32") -> Tolerance:
+    def for_manifest(cls, manifest: Mapping[str, Any], store: str = "float32",
+                     scorer_precision: str = "float32") -> Tolerance:
         """Defaults for a bundle: ``for_dtype``, or for int8 encoders (lossy) R@1 within the
         manifest's ``int8.parity_r1_delta`` points and no similarity bound; an index that stores
         features in float16 or int8 (``ucofia-run index --store``) rounds them, so the similarity
-        bound goes and R@1 must stay within ``STORE_R1_DELTA`` points (float16: identical)."""
+        bound goes and R@1 must stay within ``STORE_R1_DELTA`` points (float16: identical); so does
+        the int8 scorer (``SCORER_R1_DELTA``)."""
+        if scorer_precision != "float32":
+            base = cls.for_manifest(manifest, store)
+            delta = SCORER_R1_DELTA[scorer_precision]
+            return cls(max_abs=None, identical_metrics=False,
+                       max_r1_delta=delta if base.identical_metrics else max(base.max_r1_delta, delta))
         int8 = manifest.get("int8")
         if int8:
             base = cls(max_abs=None, max_r1_delta=float(int8["parity_r1_delta"]), identical_metrics=False)

@@ -67,9 +67,11 @@ def load_benchmark(root: Path, dataset: str = "msrvtt", split: str = "test", ban
 
 
 # ---- runtime side ---------------------------------------------------------------------------
-def runtime_side(bundle: Path, bench: Benchmark, work: Path, backend: str, store: str = "float32") -> dict:
+def runtime_side(bundle: Path, bench: Benchmark, work: Path, backend: str, store: str = "float32",
+                 scorer_precision: str = "float32") -> dict:
     """Index the benchmark's videos as ``ucofia-run index`` does (features stored as ``store``), then
-    score its captions with the runtime."""
+    score its captions with the runtime (its scorer in ``scorer_precision``, as ``ucofia-run search
+    --scorer-precision``; the index's SK video biases are computed at index time, in float32)."""
     from runtime.bundle import load_bundle
     from runtime.deployment import load_query_models
     from runtime.index import GalleryIndex
@@ -94,7 +96,7 @@ def runtime_side(bundle: Path, bench: Benchmark, work: Path, backend: str, store
                           f"see {index_dir / 'failed.jsonl'}")
     rows = np.array([row_of[v] for v in bench.video_ids])
     b = load_bundle(bundle)
-    models = load_query_models(b, backend)
+    models = load_query_models(b, backend, scorer_precision=scorer_precision)
     text = models.text.encode(bench.captions, what="caption")
     sims = score_matrix(models.scorer, text, gallery.subset(rows))
     stored = gallery.biases()
@@ -156,9 +158,10 @@ def torch_side(model, bench: Benchmark, vocab: Path) -> dict:
 # ---- the command's body ---------------------------------------------------------------------
 def run_parity(checkpoint: Path, bundle: Path, benchmark: Path, *, dataset: str = "msrvtt", split: str = "test",
                bank: Path | None = None, backend: str = "auto", tolerance: Tolerance | None = None,
-               store: str = "float32") -> dict:
+               store: str = "float32", scorer_precision: str = "float32") -> dict:
     """Run both sides and return the comparison report (``report["passed"]``); the runtime stores
-    the gallery's features as ``store`` (float32, float16 or int8: ``ucofia-run index --store``)."""
+    the gallery's features as ``store`` (float32, float16 or int8: ``ucofia-run index --store``)
+    and scores in ``scorer_precision`` (``ucofia-run search --scorer-precision``)."""
     from runtime.bundle import load_bundle
     from ucofia.checkpoints import load_model, weights_fingerprint
 
@@ -172,19 +175,20 @@ def run_parity(checkpoint: Path, bundle: Path, benchmark: Path, *, dataset: str 
     if not bench.captions:
         raise ParityError(f"{benchmark}: the {split} split has no captions")
     with tempfile.TemporaryDirectory(prefix="ucofia-parity-") as tmp:
-        rt = runtime_side(bundle, bench, Path(tmp), backend, store)
+        rt = runtime_side(bundle, bench, Path(tmp), backend, store, scorer_precision)
     pt = torch_side(model, bench, b.tokenizer.vocab_file)
     col_of = {v: i for i, v in enumerate(bench.video_ids)}
     video_of_text = [col_of[v] for v in bench.caption_video_ids]
     one_to_one = video_of_text == list(range(len(bench.video_ids)))
-    tol = tolerance or Tolerance.for_manifest(b.manifest, store)
+    tol = tolerance or Tolerance.for_manifest(b.manifest, store, scorer_precision)
     report = compare_retrieval(pt["sims"], rt["sims"], pt["video_bias"], rt["video_bias"], pt["text_bias"],
                                rt["text_bias"], None if one_to_one else video_of_text, tol)
     bundle_dtype = rt["dtype"] + (" + int8 encoders" if b.manifest.get("int8") else "")
     report.update({"checkpoint": str(checkpoint), "bundle": str(bundle), "benchmark": str(benchmark),
                    "split": split, "captions": len(bench.captions), "videos": len(bench.video_ids),
                    "bank_captions": len(bench.bank), "bank": str(bank) if bank else "the benchmark's train split",
-                   "bundle_dtype": bundle_dtype, "index_store": store, "backend": backend})
+                   "bundle_dtype": bundle_dtype, "index_store": store, "backend": backend,
+                   "scorer_precision": scorer_precision})
     return report
 
 

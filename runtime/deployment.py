@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.backends import open_session, resolve_backend
+from runtime.backends.precision import DEFAULT_SCORER_PRECISION
 from runtime.bundle import Bundle, load_bundle
 from runtime.bundle.contract import MANIFEST_FILE
 from runtime.errors import GalleryIndexError
@@ -25,11 +26,13 @@ class QueryModels:
     scorer: Scorer
 
 
-def load_query_models(bundle: Bundle, backend: str = "auto", threads: int | None = None) -> QueryModels:
+def load_query_models(bundle: Bundle, backend: str = "auto", threads: int | None = None,
+                      scorer_precision: str = DEFAULT_SCORER_PRECISION) -> QueryModels:
     """Resolve ``backend`` for ``bundle`` (a note says why when ``auto`` falls back) and load the
-    text encoder and the scorer (``threads``: onnxruntime intra-op threads)."""
+    text encoder and the scorer (``threads``: onnxruntime intra-op threads; ``scorer_precision``:
+    float32, or the opt-in int8 of runtime.backends.precision)."""
     resolved = resolve_backend(backend, bundle)
-    scorer = Scorer(open_session(bundle, "scorer", resolved, threads), bundle.config)
+    scorer = Scorer(open_session(bundle, "scorer", resolved, threads, scorer_precision), bundle.config)
     return QueryModels(bundle, resolved, TextEncoder(bundle, resolved, threads), scorer)
 
 

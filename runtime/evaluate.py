@@ -30,6 +30,7 @@ import numpy as np
 
 from evaluation.metrics import retrieval_metrics
 from evaluation.moments import moment_recall
+from runtime.backends.precision import DEFAULT_SCORER_PRECISION
 from runtime.deployment import load_query_models, open_index
 from runtime.errors import RuntimeUserError
 from runtime.index import GalleryIndex, file_of, is_windowed, span_of
@@ -207,13 +208,14 @@ class EvaluateRequest:
     backend: str = "auto"
     memory_mb: float = DEFAULT_MEMORY_MB
     threads: int | None = None
+    scorer_precision: str = DEFAULT_SCORER_PRECISION
 
 
 def evaluate_index(request: EvaluateRequest) -> dict[str, Any]:
     """Open the index and its bundle, score the annotated captions against the annotated videos and
     return the metrics report (see :func:`evaluate`) with what it was computed on."""
     gallery, bundle = open_index(request.index, request.bundle)
-    models = load_query_models(bundle, request.backend, request.threads)
+    models = load_query_models(bundle, request.backend, request.threads, request.scorer_precision)
     ann, videos, rows = select_videos(gallery, load_annotations(request.annotations, request.dataset),
                                       request.allow_missing)
     bank = None
@@ -226,8 +228,8 @@ def evaluate_index(request: EvaluateRequest) -> dict[str, Any]:
         report = evaluate(gallery, models.scorer, text, ann, videos, rows, request.memory_mb, bank,
                           request.use_biases, update)
     report.update({"index": str(request.index), "annotations": str(request.annotations), "dataset": request.dataset,
-                   "backend": models.scorer.session.backend, "seconds": round(time.perf_counter() - start, 3),
-                   "bundle_fingerprint": bundle.fingerprint})
+                   "backend": models.scorer.session.backend, "scorer_precision": models.scorer.session.precision,
+                   "seconds": round(time.perf_counter() - start, 3), "bundle_fingerprint": bundle.fingerprint})
     if report["extra_gallery_videos"]:
         logger.info("note: the index holds %d videos that are not annotated; they are left out of the ranking (the "
                     "stored biases were computed over all indexed videos)", report["extra_gallery_videos"])

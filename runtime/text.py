@@ -49,7 +49,10 @@ class TextEncoder:
                               f"({bundle.tokenizer.sot_id}, {bundle.tokenizer.eot_id}) differ from the vocabulary's "
                               f"({self.tokenizer.sot_id}, {self.tokenizer.eot_id}); re-export the bundle")
         self.vocab_size = text_vocab_size(bundle)
-        self.session = open_session(bundle, "text_encoder", backend, threads)
+        # Idle intra-op threads sleep instead of spinning: every caller runs the scorer's tile threads
+        # in the same process right after encoding, and the encoder's spinning threads took cores from
+        # them (benchmarks/serve_stages.py: encode + search of a batch faster and cheaper without it).
+        self.session = open_session(bundle, "text_encoder", backend, threads, spinning=False)
 
     def tokenize(self, texts: list[str], what: str = "query", first_number: int = 1,
                  report_truncation: bool = True) -> Tokenized:

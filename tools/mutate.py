@@ -92,6 +92,7 @@ AREAS: dict[str, Area] = {
         ("runtime/search/stage1.py",),
         (RT + "test_runtime_stage1.py", UPDATES + "::test_stage1_kinds_are_recorded_and_exact_with_a_full_shortlist")),
     "windows": Area(("runtime/windows.py",), (RT + "test_runtime_windows.py",)),
+    "scorer-precision": Area(("runtime/backends/precision.py",), (RT + "test_scorer_precision.py",)),
     "evaluation": Area(
         ("runtime/evaluate.py", "evaluation/moments.py"),
         ("tests/evaluation/test_moments.py", RT + "test_runtime_evaluate.py",

@@ -20,6 +20,7 @@ class GraphSession(abc.ABC):
 
     backend: str
     concurrency: int = 1
+    precision: str = "float32"  # what the graph computes in (``--scorer-precision``: the scorer may be int8)
 
     def __init__(self, spec: GraphSpec) -> None:
         self.spec = spec

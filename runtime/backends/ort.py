@@ -33,6 +33,8 @@ CUDA_PROVIDER = "CUDAExecutionProvider"
 _PROVIDERS = {"cpu": [CPU_PROVIDER], "cuda": [CUDA_PROVIDER, CPU_PROVIDER]}
 GPU_INSTALL_HELP = "see docs/install.md, 'GPU install'"
 logger = logging.getLogger(__name__)
+# session config key: whether idle intra-op threads spin ("1", onnxruntime's default) or sleep ("0")
+ALLOW_SPINNING = "session.intra_op.allow_spinning"
 # onnxruntime's log severity 3: errors only (its warnings repeat what our messages say better)
 _ORT_LOG_ERRORS = 3
 
@@ -41,12 +43,18 @@ class OrtSession(GraphSession):
     """An onnxruntime InferenceSession over the bundle's ONNX file, on ``device`` ('cpu' or 'cuda')."""
 
     def __init__(self, spec: GraphSpec, device: str, threads: int | None = None,
-                 disabled_optimizers: list[str] | None = None, concurrency: int = 1) -> None:
+                 disabled_optimizers: list[str] | None = None, concurrency: int = 1,
+                 model: bytes | None = None, precision: str = "float32", spinning: bool = True) -> None:
+        """``model``: serialised ONNX to run instead of ``spec.file`` (a rewrite of it, e.g. the int8
+        scorer of ``runtime.backends.precision``); ``precision`` names what it computes in.
+        ``spinning``: whether onnxruntime's intra-op threads spin between ops (and for a while
+        after a run) instead of sleeping (see ``runtime.text.TextEncoder`` for where it is off)."""
         super().__init__(spec)
         import onnxruntime as ort
 
         self.backend = device
         self.concurrency = max(1, int(concurrency))
+        self.precision = precision
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
@@ -55,10 +63,13 @@ class OrtSession(GraphSession):
         # ISA softmaxes at temperature 0.01 produce subnormal floats; flushing them to zero makes
         # the scorer ~3x faster on x86 CPUs and changes scores by < 1e-37 relative.
         options.add_session_config_entry("session.set_denormal_as_zero", "1")
+        if not spinning:
+            options.add_session_config_entry(ALLOW_SPINNING, "0")
         if device == "cuda":
             preload_cuda_libraries()
         try:
-            self._session = ort.InferenceSession(str(spec.file), options, providers=_PROVIDERS[device],
+            self._session = ort.InferenceSession(str(spec.file) if model is None else model, options,
+                                                 providers=_PROVIDERS[device],
                                                  disabled_optimizers=disabled_optimizers or None)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise BackendError(f"onnxruntime could not load {spec.file}: {exc}") from None

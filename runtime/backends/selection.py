@@ -21,6 +21,13 @@ from runtime.backends.ort import (
     onnxruntime_unusable_reason,
     preload_cuda_libraries,
 )
+from runtime.backends.precision import (
+    DEFAULT_SCORER_PRECISION,
+    INT8,
+    PATCHES,
+    check_scorer_precision,
+    int8_scorer_model,
+)
 from runtime.backends.tensorrt_engines import tensorrt_unusable_reason
 from runtime.backends.tensorrt_session import TensorRTSession
 from runtime.bundle import Bundle
@@ -66,13 +73,20 @@ def resolve_backend(requested: str, bundle: Bundle) -> str:
     return "cpu"
 
 
-def open_session(bundle: Bundle, key: str, backend: str = "auto", threads: int | None = None) -> GraphSession:
+def open_session(bundle: Bundle, key: str, backend: str = "auto", threads: int | None = None,
+                 precision: str = DEFAULT_SCORER_PRECISION, spinning: bool = True) -> GraphSession:
     """A session for graph ``key`` ('text_encoder', 'video_encoder' or 'scorer') of ``bundle``.
 
     ``threads``: onnxruntime intra-op threads (default: $UCOFIA_RUN_THREADS, else onnxruntime's).
+    ``precision``: the scorer's (``--scorer-precision``, runtime.backends.precision); float32 for
+    every other graph. ``spinning``: onnxruntime's idle intra-op threads spin (its default) or sleep
+    (onnxruntime backends; the CPU scorer runs single-threaded sessions, which have no such threads).
     """
     resolved = resolve_backend(backend, bundle)
     spec = bundle.graphs[key]
+    check_scorer_precision(precision, resolved, bundle.dtype)
+    if precision == INT8 and key != SCORER:
+        raise BackendError(f"--scorer-precision applies to the scorer graph only, not {key}")
     if resolved == "tensorrt":
         preload_cuda_libraries()
         return TensorRTSession.from_bundle(spec, bundle)
@@ -83,9 +97,10 @@ def open_session(bundle: Bundle, key: str, backend: str = "auto", threads: int |
     if key == SCORER and resolved == "cpu":
         # Scorer tiles are independent: one single-threaded run per core, each on its own
         # cache-sized tile, beats splitting every small op of one tile across threads.
+        model = int8_scorer_model(spec.file, spec.inputs[PATCHES].name) if precision == INT8 else None
         return OrtSession(spec, resolved, threads=1, disabled_optimizers=disabled,
-                          concurrency=threads or available_cpus())
-    return OrtSession(spec, resolved, threads=threads, disabled_optimizers=disabled)
+                          concurrency=threads or available_cpus(), model=model, precision=precision)
+    return OrtSession(spec, resolved, threads=threads, disabled_optimizers=disabled, spinning=spinning)
 
 
 def available_cpus() -> int:

@@ -58,7 +58,8 @@ class ShardReplica:
         self.searcher = ShardSearcher(settings.index_dir, shard, shards, bundle_dir=settings.bundle_dir,
                                       backend=settings.backend, threads=settings.threads,
                                       memory_mb=settings.memory_mb, preload_mb=settings.preload_mb,
-                                      two_stage=two_stage_expected(settings, videos))
+                                      two_stage=two_stage_expected(settings, videos),
+                                      scorer_precision=settings.scorer_precision)
 
     def load(self):
         return self.searcher.load()

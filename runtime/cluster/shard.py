@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.backends import open_session, resolve_backend
+from runtime.backends.precision import DEFAULT_SCORER_PRECISION
 from runtime.bundle import Bundle, load_bundle
 from runtime.cluster.partition import IndexPart, plan_parts
 from runtime.deployment import check_searchable
@@ -53,12 +54,14 @@ class ShardInfo:
 
 
 class ShardSearcher:
-    """Shard ``shard`` of ``shards`` of the index at ``index_dir``: loads the bundle's scorer, opens
-    its part of the index and answers searches of it in gallery rows (thread-safe)."""
+    """Shard ``shard`` of ``shards`` of the index at ``index_dir``: loads the bundle's scorer (at
+    ``scorer_precision``, as the service's), opens its part of the index and answers searches of it
+    in gallery rows (thread-safe)."""
 
     def __init__(self, index_dir: Path, shard: int, shards: int, *, bundle_dir: Path | None = None,
                  backend: str = "auto", threads: int | None = None, memory_mb: float = 256.0,
-                 preload_mb: float = 0.0, two_stage: bool = False, scorer: Scorer | None = None) -> None:
+                 preload_mb: float = 0.0, two_stage: bool = False, scorer: Scorer | None = None,
+                 scorer_precision: str = DEFAULT_SCORER_PRECISION) -> None:
         if not 0 <= shard < shards:
             raise ValueError(f"shard {shard} is not one of 0..{shards - 1}")
         self.index_dir, self.shard, self.shards = Path(index_dir), shard, shards
@@ -66,8 +69,8 @@ class ShardSearcher:
         gallery = GalleryIndex(self.index_dir)
         self.bundle: Bundle = load_bundle(bundle_dir or gallery.bundle_path)
         if scorer is None:
-            scorer = Scorer(open_session(self.bundle, "scorer", resolve_backend(backend, self.bundle), threads),
-                            self.bundle.config)
+            scorer = Scorer(open_session(self.bundle, "scorer", resolve_backend(backend, self.bundle), threads,
+                                         scorer_precision), self.bundle.config)
         self.scorer = scorer
         self._versions: OrderedDict[str, tuple[Searcher, IndexPart, float]] = OrderedDict()
         self._lock = threading.Lock()

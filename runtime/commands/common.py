@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from runtime.backends.precision import DEFAULT_SCORER_PRECISION, PRECISION_HELP, SCORER_PRECISIONS
 from runtime.errors import EXIT_ERROR, OptionsError, RuntimeUserError
 from runtime.scoring import DEFAULT_MEMORY_MB
 from ucofia.io_utils import atomic_write_text
@@ -39,6 +40,8 @@ memory_option = click.option("--memory-mb", default=DEFAULT_MEMORY_MB, show_defa
                              type=click.FloatRange(min=1), help=MEMORY_HELP)
 threads_option = click.option("--threads", default=None, type=click.IntRange(min=1),
                               help="onnxruntime intra-op threads.")
+scorer_precision_option = click.option("--scorer-precision", default=DEFAULT_SCORER_PRECISION, show_default=True,
+                                       type=click.Choice(SCORER_PRECISIONS), help=PRECISION_HELP)
 store_option = click.option("--store", default=None, type=click.Choice(STORES), help=STORE_HELP)
 
 

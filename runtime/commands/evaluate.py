@@ -12,6 +12,7 @@ from runtime.commands.common import (
     bundle_option,
     index_option,
     memory_option,
+    scorer_precision_option,
     threads_option,
     user_errors,
     write_output,
@@ -37,13 +38,14 @@ from ucofia.cli_support import verbosity
               help="Metrics JSON (written atomically); default INDEX/evaluation.json.")
 @bundle_option
 @backend_option
+@scorer_precision_option
 @memory_option
 @threads_option
 @verbosity
 @user_errors
 def evaluate(index_dir: Path, annotations: Path, dataset: str, video_bank_dir: Path | None, no_bias: bool,
-             allow_missing: bool, out: Path | None, bundle_dir: Path | None, backend: str, memory_mb: float,
-             threads: int | None) -> None:
+             allow_missing: bool, out: Path | None, bundle_dir: Path | None, backend: str, scorer_precision: str,
+             memory_mb: float, threads: int | None) -> None:
     """Text-to-video and video-to-text retrieval metrics of an index on annotated captions.
 
     t2v ranks videos by the fused score with the index's SK video biases; v2t ranks captions with
@@ -60,7 +62,8 @@ def evaluate(index_dir: Path, annotations: Path, dataset: str, video_bank_dir: P
 
     report = evaluate_index(EvaluateRequest(
         index=index_dir, annotations=annotations, dataset=dataset, video_bank=video_bank_dir, use_biases=not no_bias,
-        allow_missing=allow_missing, bundle=bundle_dir, backend=backend, memory_mb=memory_mb, threads=threads))
+        allow_missing=allow_missing, bundle=bundle_dir, backend=backend, memory_mb=memory_mb, threads=threads,
+        scorer_precision=scorer_precision))
     click.echo(format_metrics_table(report["metrics"],
                                     title=f"{dataset}: {report['captions']} captions x {report['videos']} videos"))
     moments = report.get("moments")

@@ -12,6 +12,7 @@ from runtime.commands.common import (
     bundle_option,
     index_option,
     memory_option,
+    scorer_precision_option,
     threads_option,
     user_errors,
     write_output,
@@ -77,6 +78,7 @@ logger = logging.getLogger(__name__)
               help="HNSW search breadth (default 256, at least --shortlist).")
 @bundle_option
 @backend_option
+@scorer_precision_option
 @memory_option
 @threads_option
 @verbosity
@@ -86,7 +88,8 @@ def search(index_dir: Path, queries_inline: tuple[str, ...], queries_file: Path 
            fmt: str,
            out: Path, two_stage: bool, shortlist: int, group_by: str | None, windows_per_file: int,
            stage1_kind: str, nprobe: int | None, ef_search: int | None,
-           bundle_dir: Path | None, backend: str, memory_mb: float, threads: int | None) -> None:
+           bundle_dir: Path | None, backend: str, scorer_precision: str, memory_mb: float,
+           threads: int | None) -> None:
     """Rank indexed videos for text queries.
 
     The score of a (query, video) pair is the mean over the three levels (video_sentence,
@@ -126,7 +129,7 @@ def search(index_dir: Path, queries_inline: tuple[str, ...], queries_file: Path 
                             ef_search=ef_search, group_by=group_by, windows_per_file=windows_per_file, offset=offset,
                             where=where)
     gallery, bundle = open_index(index_dir, bundle_dir)
-    models = load_query_models(bundle, backend, threads)
+    models = load_query_models(bundle, backend, threads, scorer_precision)
     features = models.text.encode_reporting(texts, "query")
     try:
         answer = Searcher(models.scorer, gallery, memory_mb=memory_mb).search(features, options)

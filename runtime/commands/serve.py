@@ -12,6 +12,7 @@ from runtime.commands.common import (
     bundle_option,
     index_option,
     memory_option,
+    scorer_precision_option,
     threads_option,
     user_errors,
 )
@@ -96,6 +97,7 @@ from runtime.serve import settings as defaults
               help="Allow browser pages from this origin (repeatable, e.g. https://app.example.org) to call "
                    "the API. Off by default.")
 @backend_option
+@scorer_precision_option
 @memory_option
 @threads_option
 @click.option("--log-level", default="info", show_default=True,
@@ -131,7 +133,7 @@ def serve(index_dir: Path, bundle_dir: Path | None, host: str, port: int, api_ke
           body_timeout: float, keep_alive_timeout: float, max_connections: int, max_batch: int, max_wait_ms: float,
           max_queue: int, request_timeout: float, two_stage: str, shortlist: int, max_top_k: int,
           max_upload_mb: float, preload_mb: float, watch: bool, watch_interval: float, cors_origins: tuple[str, ...],
-          backend: str, memory_mb: float,
+          backend: str, scorer_precision: str, memory_mb: float,
           threads: int | None, log_level: str, log_format: str, no_access_log: bool, use_ray: bool, shards: int,
           replicas: int, replica_cpus: float, ray_address: str | None, shard_deadline: float,
           autoscale: tuple[int, int, float] | None) -> None:
@@ -176,6 +178,7 @@ def serve(index_dir: Path, bundle_dir: Path | None, host: str, port: int, api_ke
     check_tls(http)
     settings = defaults.ServeSettings(
         index_dir=index_dir, bundle_dir=bundle_dir, backend=backend, threads=threads, memory_mb=memory_mb,
+        scorer_precision=scorer_precision,
         preload_mb=preload_mb,
         max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, request_timeout_s=request_timeout,
         two_stage=two_stage, shortlist=shortlist, api_keys=api_keys, link_secret=link_secret,

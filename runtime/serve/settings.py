@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runtime.backends.precision import DEFAULT_SCORER_PRECISION
 from runtime.scoring import DEFAULT_MEMORY_MB
 from runtime.search.searcher import DEFAULT_SHORTLIST
 
@@ -113,6 +114,7 @@ class ServeSettings:
     bundle_dir: Path | None = None
     backend: str = "auto"
     threads: int | None = None
+    scorer_precision: str = DEFAULT_SCORER_PRECISION
     memory_mb: float = DEFAULT_MEMORY_MB
     preload_mb: float = DEFAULT_PRELOAD_MB
     max_batch: int = DEFAULT_MAX_BATCH

@@ -185,3 +185,38 @@ def test_parity_reports_the_effect_of_the_stored_dtype(tiny_export, demo_benchma
         assert report["passed"] == (worst <= STORE_R1_DELTA[store])
         assert all(0 <= r["top1_agreement"] <= 1 for r in report["rows"])
     assert 0 < worst_abs["float16"] < worst_abs["int8"]  # really the rounded features, int8 coarser
+
+
+def test_int8_scorer_tolerance_is_the_r1_rule_and_keeps_looser_ones():
+    from evaluation.compare import SCORER_R1_DELTA
+
+    fp32 = {"dtype": "float32"}
+    assert Tolerance.for_manifest(fp32, scorer_precision="float32") == Tolerance()
+    assert Tolerance.for_manifest(fp32, scorer_precision="int8") == Tolerance(
+        max_abs=None, max_r1_delta=SCORER_R1_DELTA["int8"], identical_metrics=False)
+    # a looser rule already in force (int8 encoders allowing 3 points) is kept, never tightened
+    loose = {"dtype": "float32", "int8": {"parity_r1_delta": 3.0}}
+    assert Tolerance.for_manifest(loose, scorer_precision="int8").max_r1_delta == 3.0
+
+
+@pytest.mark.slow
+def test_parity_reports_the_effect_of_the_int8_scorer(tiny_export, demo_benchmark, monkeypatch):
+    """``--scorer-precision int8``: the runtime's scorer runs the int8 graph, and parity reports what
+    it changed under the scorer's R@1 rule (only the patch-word level's products are int8)."""
+    from evaluation.compare import SCORER_R1_DELTA
+    from evaluation.parity import run_parity
+    from runtime.backends import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda cpuinfo=None: {"avx512_vnni"})
+    base = run_parity(tiny_export.checkpoint, tiny_export.bundle, demo_benchmark, backend="cpu")
+    report = run_parity(tiny_export.checkpoint, tiny_export.bundle, demo_benchmark, backend="cpu",
+                        scorer_precision="int8")
+    assert base["scorer_precision"] == "float32" and report["scorer_precision"] == "int8"
+    assert report["tolerance"] == {"max_abs": None, "max_r1_delta": SCORER_R1_DELTA["int8"],
+                                   "identical_metrics": False}
+    rows = {r["name"]: r for r in report["rows"]}
+    base_rows = {r["name"]: r for r in base["rows"]}
+    assert rows["video_sentence"]["max_abs"] == base_rows["video_sentence"]["max_abs"]  # float32 there
+    assert rows["patch_word"]["max_abs"] > 10 * max(base_rows["patch_word"]["max_abs"], 1e-6)
+    worst = max(abs(d["R1"]) for r in report["rows"] for d in r["metric_deltas"].values())
+    assert report["passed"] == (worst <= SCORER_R1_DELTA["int8"])

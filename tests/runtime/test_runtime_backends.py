@@ -124,3 +124,27 @@ def test_cuda_libraries_are_preloaded_before_cuda_sessions_without_torch(fake_bu
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "preloaded"
     assert "Failed to load libcublasLt.so.13" in result.stderr
+
+
+def _spinning(session) -> str | None:
+    """The session's intra-op spinning entry ("0": idle threads sleep; None: onnxruntime's default, spin)."""
+    options = session._session.get_session_options()
+    try:
+        return options.get_session_config_entry(ort_backend.ALLOW_SPINNING)
+    except Exception:  # onnxruntime raises when the entry was never set
+        return None
+
+
+def test_text_encoder_threads_sleep_and_other_sessions_keep_the_default(fake_bundle):
+    """The text encoder runs right before the scorer's tile threads in the same process: its idle
+    intra-op threads sleep instead of spinning on the cores the tiles need (benchmarks/serve_stages.py)."""
+    from runtime.backends import open_session
+    from runtime.deployment import load_query_models
+    from runtime.text import TextEncoder
+
+    b = load_bundle(fake_bundle)
+    assert _spinning(TextEncoder(b, "cpu", threads=2).session) == "0"
+    assert _spinning(load_query_models(b, "cpu", threads=2).text.session) == "0"
+    assert _spinning(open_session(b, "video_encoder", "cpu", threads=2)) is None
+    assert _spinning(open_session(b, "text_encoder", "cpu", threads=2, spinning=False)) == "0"
+    assert _spinning(open_session(b, "text_encoder", "cpu", threads=2)) is None

@@ -29,6 +29,9 @@ from ucofia.cli_support import TRAIN_EXTRA, TRAIN_MODULES, needs_extra, verbosit
 @click.option("--store", default="float32", show_default=True, type=click.Choice(["float32", "float16", "int8"]),
               help="Stored feature dtype of the runtime's index (`ucofia-run index --store`): float16 must give "
                    "identical R@1, int8 R@1 within 2 points (similarity bound unchecked for both).")
+@click.option("--scorer-precision", default="float32", show_default=True, type=click.Choice(["float32", "int8"]),
+              help="Precision of the runtime's scorer (`ucofia-run search --scorer-precision`): int8 (opt-in, "
+                   "lossy) must keep R@1 within 2 points (similarity bound unchecked).")
 @click.option("--max-abs", type=float, default=None,
               help="Override the similarity tolerance (default 2e-4 for fp32 bundles, unchecked for fp16 and "
                    "int8 encoders).")
@@ -40,7 +43,8 @@ from ucofia.cli_support import TRAIN_EXTRA, TRAIN_MODULES, needs_extra, verbosit
 @verbosity
 @needs_extra(TRAIN_EXTRA, TRAIN_MODULES)
 def parity(checkpoint: Path, bundle: Path, benchmark: Path, dataset: str, split: str, bank: Path | None, backend: str,
-           store: str, max_abs: float | None, max_r1_delta: float | None, out: Path | None) -> None:
+           store: str, scorer_precision: str, max_abs: float | None, max_r1_delta: float | None,
+           out: Path | None) -> None:
     """Run PyTorch and the runtime on one benchmark; exit 1 when they disagree.
 
     Reports per level, fused, and fused + Sinkhorn-Knopp: max abs/rel difference of the similarity
@@ -52,18 +56,18 @@ def parity(checkpoint: Path, bundle: Path, benchmark: Path, dataset: str, split:
     from runtime.errors import RuntimeUserError
 
     try:
-        tol = Tolerance.for_manifest(load_bundle(bundle).manifest, store)
+        tol = Tolerance.for_manifest(load_bundle(bundle).manifest, store, scorer_precision)
         if max_abs is not None or max_r1_delta is not None:
             tol = Tolerance(max_abs=max_abs if max_abs is not None else tol.max_abs,
                             max_r1_delta=max_r1_delta if max_r1_delta is not None else tol.max_r1_delta,
                             identical_metrics=tol.identical_metrics and max_r1_delta is None)
         report = run_parity(checkpoint, bundle, benchmark, dataset=dataset, split=split, bank=bank, backend=backend,
-                            tolerance=tol, store=store)
+                            tolerance=tol, store=store, scorer_precision=scorer_precision)
     except (ParityError, ValueError, FileNotFoundError, RuntimeUserError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"parity on {report['captions']} captions x {report['videos']} videos "
                f"(bank {report['bank_captions']} captions, bundle {report['bundle_dtype']}, index store "
-               f"{report['index_store']}):")
+               f"{report['index_store']}, scorer {report['scorer_precision']}):")
     click.echo(format_report(report))
     if out is not None:
         write_report(report, out)

@@ -415,3 +415,14 @@ def test_a_shard_lost_between_the_stages_of_two_stage_search_is_named(whole, sco
         sharded.search(_queries(bundle.config), SearchOptions(top_k=4, two_stage=True, shortlist=9, stage1="flat"))
     assert caught.value.missing == [1, 2]
     assert {r["video_id"] for q in caught.value.partial.results for r in q} <= {f"v{i}" for i in range(13)}
+
+
+def test_a_shard_loads_its_scorer_at_the_service_precision(whole, monkeypatch):
+    from runtime.backends import precision
+    from runtime.errors import BackendError
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda cpuinfo=None: {"avx2", "amx_int8"})  # a CPU that can
+    # the stand-in bundle's scorer has no patch-word product to quantise: asking for int8 reaches the rewrite
+    with pytest.raises(BackendError, match="patch-word products to quantise"):
+        ShardSearcher(whole, 0, 2, backend="cpu", scorer_precision="int8")
+    assert ShardSearcher(whole, 0, 2, backend="cpu").scorer.session.precision == "float32"
