@@ -135,10 +135,11 @@ def build(settings: ServeSettings, cluster: ClusterSettings, log_level: str = "i
 
 def build_app(args: dict[str, str]):
     """``serve run runtime.cluster.ray_app:build_app index_dir=DIR [bundle_dir=DIR] [shards=N]
-    [replicas=R] [replica_cpus=C] [two_stage=auto|on|off] [shortlist=N] [threads=N]``: the
+    [replicas=R] [replica_cpus=C] [two_stage=auto|on|off] [shortlist=N] [threads=N]
+    [scorer_precision=float32|int8]``: the
     application for Ray's CLI and ``serve deploy`` config files (``args``: the config's ``args``)."""
     known = {"index_dir", "bundle_dir", "shards", "replicas", "replica_cpus", "two_stage", "shortlist", "threads",
-             "api_keys", "preload_mb", "watch"}
+             "api_keys", "preload_mb", "watch", "scorer_precision"}
     unknown = sorted(set(args) - known)
     if unknown or "index_dir" not in args:
         raise ValueError(f"build_app needs index_dir=DIR; unknown arguments: {unknown}; known: {sorted(known)}")
@@ -148,7 +149,8 @@ def build_app(args: dict[str, str]):
                              threads=int(args["threads"]) if args.get("threads") else None,
                              api_keys=Path(args["api_keys"]) if args.get("api_keys") else None,
                              preload_mb=float(args.get("preload_mb", ServeSettings.preload_mb)),
-                             watch=str(args.get("watch", "")).lower() in ("1", "true", "yes"))
+                             watch=str(args.get("watch", "")).lower() in ("1", "true", "yes"),
+                             scorer_precision=args.get("scorer_precision", ServeSettings.scorer_precision))
     cluster = ClusterSettings(shards=int(args.get("shards", 1)), replicas=int(args.get("replicas", 1)),
                               replica_cpus=float(args.get("replica_cpus", ClusterSettings.replica_cpus)))
     return build(settings, cluster)

@@ -55,7 +55,8 @@ def test_build_app_binds_one_deployment_per_shard_into_the_ingress(tmp_path):
         ray_app.build_app({"shards": "2"})
     with pytest.raises(ValueError, match="unknown arguments: \\['colour'\\]"):
         ray_app.build_app({"index_dir": str(tmp_path), "colour": "red"})
-    app = ray_app.build_app({"index_dir": str(tmp_path), "shards": "3", "replicas": "2", "replica_cpus": "0.25"})
+    app = ray_app.build_app({"index_dir": str(tmp_path), "shards": "3", "replicas": "2", "replica_cpus": "0.25",
+                             "scorer_precision": "int8"})
     ingress = app._bound_deployment
     assert ingress.name == "ingress" and ingress._deployment_config.num_replicas == 2
     shards = [arg._bound_deployment for arg in ingress.init_args[2:]]
@@ -63,7 +64,7 @@ def test_build_app_binds_one_deployment_per_shard_into_the_ingress(tmp_path):
     assert all(s._deployment_config.num_replicas == 2 for s in shards)
     assert all(s.ray_actor_options["num_cpus"] == 0.25 for s in shards)
     settings, cluster = ingress.init_args[:2]
-    assert settings.index_dir == tmp_path and cluster.shards == 3
+    assert settings.index_dir == tmp_path and cluster.shards == 3 and settings.scorer_precision == "int8"
     # the ingress takes as many requests as its batcher may hold; Ray Serve's default (5) would starve batching
     assert ingress._deployment_config.max_ongoing_requests == settings.max_queue + settings.max_batch
     assert all(s._deployment_config.max_ongoing_requests == 16 for s in shards)
