@@ -119,43 +119,47 @@ def merge_cost_ms(shards: int, queries_n: int = 32, k: int = 10, repeats: int = 
 
 
 def model(sizes: list[dict], merges: dict[int, float]) -> dict:
-    """10^7 and 10^8 videos on nodes of NODE_CORES cores / NODE_MEMORY_GIB GiB, from the measured
-    costs of the largest gallery (per-row scoring time per request at one client, ingress CPU
-    per request, Ray's fan-out overhead)."""
+    """10^7 and 10^8 videos on nodes of NODE_CORES cores and NODE_MEMORY_GIB GiB (one shard per node,
+    its rows in the page cache), from the costs measured on the largest gallery at one client:
+
+    * shard CPU per query with 1 shard (``base``) and what each further shard adds (``per_shard``:
+      2 shards minus 1; its own stage 1 over its rows and a call's overhead; the re-rank of the
+      global shortlist is split among the shards, so it is in ``base`` once);
+    * the ingress's and Ray proxy's CPU per query (text encoding, HTTP, fan-out, merge);
+    * Ray's latency overhead (p50 at one client, ``--ray`` 1 shard minus one process).
+
+    A cluster of N shard nodes (each shard on its own node, R replicas of each on R times as many
+    nodes) answers ``R * N * cores * 1000 / (base + per_shard * (N - 1))`` queries a second when the
+    shards are the bound; the ingress then needs ``QPS * ingress_ms / 1000`` cores."""
     largest = sizes[-1]
-    single_1 = largest["layouts"]["ray_1_shard"]["single"][0]
-    ray_1 = largest["layouts"]["ray_1_shard"]["ray"][0]
-    overhead_ms = ray_1["p50_ms"] - single_1["p50_ms"]
-    # per-request work that grows with the gallery (scoring) vs fixed (encoding, HTTP): the shard's
-    # CPU per request at one client, per gallery row
-    shard_ms = ray_1.get("cpu_ms_per_request", {}).get("shards")
-    ingress_ms = (ray_1.get("cpu_ms_per_request", {}).get("ingress") or 0) + \
-        (ray_1.get("cpu_ms_per_request", {}).get("proxy") or 0)
+    at_one = {layout: {name: runs[name][0] for name in ("single", "ray")}
+              for layout, runs in largest["layouts"].items()}
+    cpu = {layout: runs["ray"].get("cpu_ms_per_request", {}) for layout, runs in at_one.items()}
+    base = cpu["ray_1_shard"].get("shards") or 0.0
+    per_shard = max((cpu["ray_2_shards"].get("shards") or base) - base, 0.0)
+    ingress_ms = (cpu["ray_1_shard"].get("ingress") or 0.0) + (cpu["ray_1_shard"].get("proxy") or 0.0)
+    overhead_ms = at_one["ray_1_shard"]["ray"]["p50_ms"] - at_one["ray_1_shard"]["single"]["p50_ms"]
     rows_per_node = {store: int(NODE_MEMORY_GIB * 2**30 * PAGE_CACHE_SHARE / b) for store, b in ROW_BYTES.items()}
     out: dict = {"assumptions": {"node_cores": NODE_CORES, "node_memory_gib": NODE_MEMORY_GIB,
                                  "page_cache_share": PAGE_CACHE_SHARE, "row_bytes": ROW_BYTES,
                                  "measured_at_videos": largest["gallery"], "mode": largest["mode"]},
-                 "measured": {"ray_overhead_p50_ms": round(overhead_ms, 2), "shard_cpu_ms_per_request": shard_ms,
-                              "ingress_and_proxy_cpu_ms_per_request": round(ingress_ms, 2),
-                              "merge_ms_32_queries": merges},
+                 "measured": {"shard_cpu_ms_per_query_1_shard": round(base, 1),
+                              "shard_cpu_ms_per_query_per_extra_shard": round(per_shard, 1),
+                              "ingress_and_proxy_cpu_ms_per_query": round(ingress_ms, 1),
+                              "ray_overhead_p50_ms": round(overhead_ms, 1), "merge_ms_32_queries": merges},
                  "sizes": {}}
     for n in MODEL_SIZES:
         for store, per_node in rows_per_node.items():
             nodes = -(-n // per_node)
-            shard_rows = -(-n // nodes)
-            # two-stage: stage 1 is sub-linear (HNSW) and the re-rank is the shortlist's, so a shard's CPU per
-            # request grows little with its rows; taken as measured (an upper bound for more rows is not modelled)
-            cpu_ms = shard_ms or 0.0
-            shard_qps_per_node = NODE_CORES * 1000 / cpu_ms if cpu_ms else None
-            ingress_qps_per_core = 1000 / ingress_ms if ingress_ms else None
+            cpu_per_query = base + per_shard * (nodes - 1)
+            qps = nodes * NODE_CORES * 1000 / cpu_per_query if cpu_per_query else None
+            merge = merges[min(merges, key=lambda s: abs(s - nodes))]
             out["sizes"][f"{n:.0e}_{store}"] = {
-                "nodes_for_page_cache": nodes, "rows_per_shard": shard_rows,
-                "merge_ms_per_batch": merges.get(min(merges, key=lambda s: abs(s - nodes))),
-                "shard_qps_per_node": round(shard_qps_per_node, 1) if shard_qps_per_node else None,
-                "cluster_qps_bound_by_shards": round(shard_qps_per_node, 1) if shard_qps_per_node else None,
-                "ingress_qps_per_core": round(ingress_qps_per_core, 1) if ingress_qps_per_core else None,
-                "ingress_cores_to_keep_up": round(shard_qps_per_node / ingress_qps_per_core, 1)
-                if shard_qps_per_node and ingress_qps_per_core else None}
+                "shard_nodes": nodes, "rows_per_shard": -(-n // nodes),
+                "shard_cpu_ms_per_query": round(cpu_per_query, 1),
+                "qps_per_replica_set": round(qps, 1) if qps else None,
+                "ingress_cores_per_replica_set": round(qps * ingress_ms / 1000, 1) if qps else None,
+                "merge_ms_per_batch_of_32": merge}
     return out
 
 
