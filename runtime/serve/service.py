@@ -248,7 +248,7 @@ class SearchService:
         # (a replica started during an indexing run) is reloaded on the first poll
         checked_stamp: tuple[int, int] | None = None
         failed_digest: str | None = None
-        first = True
+        started_stamp = last_stamp
         while True:
             await asyncio.sleep(interval)
             stamp = state_stamp(root)
@@ -262,10 +262,8 @@ class SearchService:
                 continue
             checked_stamp = stamp
             digest = read_state_digest(root)
-            if first and digest == self.snapshot.digest:
-                first = False  # the first look found the snapshot current: nothing to say
-                continue
-            first = False
+            if stamp == started_stamp and digest == self.snapshot.digest:
+                continue  # the state it started with, and the snapshot has it: nothing to say
             if digest is None or digest == self.snapshot.digest or digest == failed_digest:
                 logger.info("--watch: %s holds still; nothing to reload (%s)", root / "index.json",
                             "unreadable" if digest is None else "the same rows" if digest == self.snapshot.digest
