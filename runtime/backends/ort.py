@@ -23,6 +23,7 @@ import warnings
 
 import numpy as np
 
+from runtime.backends import fpenv
 from runtime.backends.base import GraphSession
 from runtime.bundle import Bundle
 from runtime.bundle.contract import SCORER, GraphSpec
@@ -68,9 +69,10 @@ class OrtSession(GraphSession):
         if device == "cuda":
             preload_cuda_libraries()
         try:
-            self._session = ort.InferenceSession(str(spec.file) if model is None else model, options,
-                                                 providers=_PROVIDERS[device],
-                                                 disabled_optimizers=disabled_optimizers or None)
+            with fpenv.preserved():  # onnxruntime sets the flushing on the thread that creates the session
+                self._session = ort.InferenceSession(str(spec.file) if model is None else model, options,
+                                                     providers=_PROVIDERS[device],
+                                                     disabled_optimizers=disabled_optimizers or None)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise BackendError(f"onnxruntime could not load {spec.file}: {exc}") from None
         self.providers = list(self._session.get_providers())
@@ -85,7 +87,8 @@ class OrtSession(GraphSession):
         self._outputs = spec.output_names
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self._outputs, self._session.run(self._outputs, feeds)))
+        with fpenv.flushing():  # subnormals flushed inside the run, on whichever thread runs it
+            return dict(zip(self._outputs, self._session.run(self._outputs, feeds)))
 
 
 def ort_providers() -> list[str]:
