@@ -135,7 +135,7 @@ class Generator:
         z = np.random.default_rng([self.seed, 4, start]).standard_normal((3, stop - start))
         return ((np.asarray(self.params.bias_ratio)[:, None] * vs_std) * (chol @ z)).astype(np.float32)
 
-    def _offsets(self, start: int, stop: int) -> tuple[np.random.Generator, np.ndarray, np.ndarray]:
+    def _draws(self, start: int, stop: int) -> tuple[np.random.Generator, np.ndarray, np.ndarray]:
         rng = np.random.default_rng([self.seed, 3, start])
         n = stop - start
         u = rng.standard_normal((n, self.d), dtype=np.float32) @ self.colour
@@ -143,12 +143,12 @@ class Generator:
 
     def video(self, start: int, stop: int) -> np.ndarray:
         """The ``video`` vectors of rows [start, stop) (the same draws as :meth:`shard`)."""
-        _, c, u = self._offsets(start, stop)
+        _, c, u = self._draws(start, stop)
         return _unit(c + self.params.spread * u).astype(np.float32)
 
     def shard(self, start: int, stop: int) -> dict[str, np.ndarray]:
         p = self.params
-        rng, c, u = self._offsets(start, stop)
+        rng, c, u = self._draws(start, stop)
         n = stop - start
         video = _unit(c + p.spread * u).astype(np.float32)
         w = rng.standard_normal((2, n, self.d), dtype=np.float32) @ self.colour
@@ -343,15 +343,30 @@ def stage1_in_memory(gen: Generator, q: np.ndarray, args) -> dict:
 
 
 def measure_rerank(scorer, index, text, q1: np.ndarray, args, memory_mb: float) -> dict:
-    """Two-stage search in process (flat stage 1) per shortlist: stage 1 alone, whole query warm,
-    whole query cold (shard files dropped from the page cache first)."""
+    """Two-stage search in process (flat stage 1) per shortlist: stage 1 alone, the whole query warm,
+    and cold (the shard files dropped from the page cache first) with the shortlisted rows read by
+    parallel positioned reads (runtime.index.shards.READ_THREADS in flight) and one after another,
+    alternating query by query."""
+    from runtime.index import shards
     from runtime.search import TwoStage, stage1
 
     engine = TwoStage(scorer, index, memory_mb, stage1.choose("flat", len(index)))
     n = min(len(text), args.rerank_queries)
-    out = {"queries": n, "shortlists": {}}
+    parallel_min_runs = shards.PARALLEL_MIN_RUNS
+    out = {"queries": n, "read_threads": shards.READ_THREADS, "shortlists": {}}
+
+    def cold(i: int, shortlist: int, parallel: bool) -> float:
+        shards.PARALLEL_MIN_RUNS = parallel_min_runs if parallel else 1 << 62
+        try:
+            evict(index.root)
+            t0 = time.perf_counter()
+            engine.search(text.rows(i, i + 1), TOP_K, shortlist)
+            return time.perf_counter() - t0
+        finally:
+            shards.PARALLEL_MIN_RUNS = parallel_min_runs
+
     for shortlist in args.shortlists:
-        s1, warm, cold = [], [], []
+        s1, warm, cold_parallel, cold_sequential = [], [], [], []
         for i in range(n):
             t0 = time.perf_counter()
             engine.stage1_index.search(q1[i:i + 1], shortlist)
@@ -361,19 +376,20 @@ def measure_rerank(scorer, index, text, q1: np.ndarray, args, memory_mb: float) 
             t0 = time.perf_counter()
             engine.search(text.rows(i, i + 1), TOP_K, shortlist)
             warm.append(time.perf_counter() - t0)
-            evict(index.root)
-            t0 = time.perf_counter()
-            engine.search(text.rows(i, i + 1), TOP_K, shortlist)
-            cold.append(time.perf_counter() - t0)
+            for parallel in ((True, False) if i % 2 == 0 else (False, True)):
+                (cold_parallel if parallel else cold_sequential).append(cold(i, shortlist, parallel))
         stage1_p50 = _percentiles(s1)["p50_ms"]
-        out["shortlists"][str(shortlist)] = {
-            "stage1": _percentiles(s1), "two_stage_warm": _percentiles(warm), "two_stage_cold": _percentiles(cold),
-            "rerank_warm_p50_ms": round(_percentiles(warm)["p50_ms"] - stage1_p50, 2),
-            "rerank_cold_p50_ms": round(_percentiles(cold)["p50_ms"] - stage1_p50, 2)}
-        print(f"[million] re-rank shortlist {shortlist}: {out['shortlists'][str(shortlist)]}", file=sys.stderr,
-              flush=True)
-    del engine
-    gc.collect()
+        entry = {"stage1": _percentiles(s1), "two_stage_warm": _percentiles(warm),
+                 "two_stage_cold_parallel_reads": _percentiles(cold_parallel),
+                 "two_stage_cold_sequential_reads": _percentiles(cold_sequential)}
+        for name, key in (("warm", "two_stage_warm"), ("cold_parallel_reads", "two_stage_cold_parallel_reads"),
+                          ("cold_sequential_reads", "two_stage_cold_sequential_reads")):
+            entry[f"rerank_{name}_p50_ms"] = round(entry[key]["p50_ms"] - stage1_p50, 2)
+        entry["cold_sequential_over_parallel_p50"] = round(
+            entry["two_stage_cold_sequential_reads"]["p50_ms"] / entry["two_stage_cold_parallel_reads"]["p50_ms"], 2)
+        out["shortlists"][str(shortlist)] = entry
+        print(f"[million] re-rank shortlist {shortlist}: " + ", ".join(
+            f"{k} {v}" for k, v in entry.items() if k.startswith(("rerank", "cold"))), file=sys.stderr, flush=True)
     return out
 
 
