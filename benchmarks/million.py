@@ -67,6 +67,7 @@ from runtime.scoring import LEVELS
 SHARD = 5000
 TOP_K = 10
 CLIENTS = 32
+FIRST_SEARCH_S = 3600  # the first search through the service may build the stage-1 index (HNSW at 10^6)
 
 
 @dataclass(frozen=True)
@@ -262,13 +263,19 @@ def stage1_kinds(rows: int, args) -> list[tuple[str, dict]]:
     return out
 
 
-def _faiss_build(kind: str, settings: dict, dim: int, chunks, rows: int):
+def _faiss_build(kind: str, settings: dict, dim: int, chunks, rows: int, index=None):
+    """A FAISS index of ``kind``; the runtime's own kinds are built by runtime.search.stage1, and
+    an HNSW over the gallery ``index`` is also cached in it as two-stage search caches it (the
+    service started later reads it instead of building it again)."""
     import faiss
 
     from runtime.search import stage1
+    from runtime.search.two_stage import faiss_index
 
     if kind in ("flat", "ivf", "hnsw"):
         params = stage1.Stage1Params(kind=kind, **{k: v for k, v in settings.items() if k in ("nlist", "m")})
+        if kind == "hnsw" and index is not None:
+            return faiss_index(index, params)[0]
         return stage1.build(params, dim, chunks, rows)
     qtype = {"sq8": faiss.ScalarQuantizer.QT_8bit, "fp16": faiss.ScalarQuantizer.QT_fp16}[kind]
     index = faiss.IndexScalarQuantizer(dim, qtype, faiss.METRIC_INNER_PRODUCT)
@@ -280,8 +287,10 @@ def _faiss_build(kind: str, settings: dict, dim: int, chunks, rows: int):
     return index
 
 
-def measure_stage1(chunks, rows: int, dim: int, q: np.ndarray, fused_top: np.ndarray | None, args) -> dict:
-    """Every stage-1 kind over ``rows`` rows that ``chunks()`` yields, queried with ``q``."""
+def measure_stage1(chunks, rows: int, dim: int, q: np.ndarray, found_ids: dict | None, args,
+                   index=None) -> dict:
+    """Every stage-1 kind over ``rows`` rows that ``chunks()`` yields (those of ``index`` when
+    given), queried with ``q``."""
     import faiss
 
     widest = max(args.shortlists)
@@ -291,10 +300,13 @@ def measure_stage1(chunks, rows: int, dim: int, q: np.ndarray, fused_top: np.nda
         name = kind + "".join(f" {k}={v}" for k, v in settings.items())
         print(f"[million] stage 1 at {rows}: {name} ...", file=sys.stderr, flush=True)
         start = time.perf_counter()
-        fidx = _faiss_build(kind, settings, dim, chunks, rows)
+        cached = set() if index is None else set(index.root.glob("stage1-*.faiss"))
+        fidx = _faiss_build(kind, settings, dim, chunks, rows, index)
         build_s = time.perf_counter() - start
         entry = {"build_seconds": round(build_s, 1), "index_bytes": int(faiss.serialize_index(fidx).size),
                  "search": {}}
+        if index is not None and kind == "hnsw" and not set(index.root.glob("stage1-*.faiss")) - cached:
+            entry["read_from_cache"] = True  # built earlier (e.g. by the service): build_seconds is the read
         sweep = ({"ivf": [{"nprobe": p} for p in args.nprobes],
                   "hnsw": [{"ef_search": e} for e in args.ef_searches]}.get(kind) or [{}])
         for extra in sweep:
@@ -314,9 +326,8 @@ def measure_stage1(chunks, rows: int, dim: int, q: np.ndarray, fused_top: np.nda
                 if exact is not None:
                     stats["recall_of_exact_shortlist"] = round(float(np.mean(
                         [len(set(f) & set(t[:shortlist])) / shortlist for f, t in zip(found, exact)])), 4)
-                if fused_top is not None:
-                    stats["recall_of_exhaustive_top10"] = round(float(np.mean(
-                        [len(set(f) & set(t)) / len(t) for f, t in zip(found, fused_top)])), 4)
+                if found_ids is not None:  # scored against the exhaustive top-10 once it is computed
+                    found_ids[(name, json.dumps(extra) if extra else "", str(shortlist))] = np.stack(found)
                 per[str(shortlist)] = stats
             entry["search"][json.dumps(extra) if extra else "exact" if kind == "flat" else "scan"] = per
         if kind == "flat":
@@ -437,8 +448,24 @@ def per_request_ms(before: dict, after: dict, requests: int) -> dict:
         "requests_per_batch": round(requests / max(after["batches"] - before["batches"], 1), 2)}
 
 
-def measure_service(index_dir: Path, bundle_dir: Path, shortlist: int, texts: list[str], truth: np.ndarray,
-                    ids: list[str], args) -> dict:
+def stage1_recall_of_top10(result: dict, found_ids: dict, truth: np.ndarray) -> None:
+    """Fill in each stage-1 setting's recall of the exhaustive fused top-10."""
+    for (name, extra, shortlist), found in found_ids.items():
+        entry = result["kinds"][name]["search"]
+        key = extra or ("exact" if name == "flat" else "scan")
+        entry[key][shortlist]["recall_of_exhaustive_top10"] = round(float(np.mean(
+            [len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)])), 4)
+
+
+def service_agreement(run: dict, truth: np.ndarray) -> None:
+    """Fill in a service run's agreement with the exhaustive top-10 (from the rows it answered)."""
+    answered = [i for i, a in enumerate(run["answers"]) if a is not None]
+    agree = _agreement(np.stack([run["answers"][i] for i in answered]), truth[answered])
+    run["top10_agreement"] = {**agree, "queries": len(answered)}
+
+
+def measure_service(index_dir: Path, bundle_dir: Path, shortlist: int, texts: list[str], ids: list[str],
+                    args) -> dict:
     from serve import Server, load, percentiles, proc_rss_mib
 
     print(f"[million] serve, shortlist {shortlist}: starting ...", file=sys.stderr, flush=True)
@@ -446,20 +473,26 @@ def measure_service(index_dir: Path, bundle_dir: Path, shortlist: int, texts: li
     server = Server(index_dir, bundle_dir, ["--two-stage", "on", "--shortlist", str(shortlist)], args.threads)
     try:
         ready_s = time.perf_counter() - t0
-        # the first search builds (or reads) the stage-1 index and the kernel: not measured
+        # the first search builds (or reads) the stage-1 index and the kernel: not measured; until it is
+        # built a search is answered 504 (--timeout), so it is retried, for at most FIRST_SEARCH_S
         t0 = time.perf_counter()
-        single_queries(server.url, texts[:1], 1, 600)
+        while True:
+            try:
+                single_queries(server.url, texts[:1], 1, 600)
+                break
+            except Exception as exc:  # httpx errors: 504 while the stage-1 index is being built, timeouts
+                if time.perf_counter() - t0 > FIRST_SEARCH_S:
+                    raise SystemExit(f"the first search did not succeed in {FIRST_SEARCH_S} s: {exc}") from None
+                time.sleep(5)
         first_s = time.perf_counter() - t0
         before = stage_totals(server.url)
         times, answers = single_queries(server.url, texts, args.single_requests, args.single_deadline_s)
         single_stages = per_request_ms(before, stage_totals(server.url), len(times))
         row = {vid: i for i, vid in enumerate(ids)}
-        answered = [i for i, a in enumerate(answers) if a is not None]
-        agree = _agreement(np.stack([[row[v] for v in answers[i]] for i in answered]), truth[answered])
-        agree["queries"] = len(answered)
+        rows = [None if a is None else [row[v] for v in a] for a in answers]
         single = {**percentiles(times), "mean_ms": round(1000 * float(np.mean(times)), 2), "requests": len(times),
                   "stages": single_stages}
-        print(f"[million]   single query: {single}, agreement {agree}", file=sys.stderr, flush=True)
+        print(f"[million]   single query: {single}", file=sys.stderr, flush=True)
         rss_single = proc_rss_mib(server.proc.pid)
         load(server.url, CLIENTS, min(5.0, args.duration_s), texts)  # warm-up, not measured
         before = stage_totals(server.url)
@@ -471,7 +504,7 @@ def measure_service(index_dir: Path, bundle_dir: Path, shortlist: int, texts: li
     finally:
         server.stop()
     return {"shortlist": shortlist, "server_ready_s": round(ready_s, 1), "first_search_s": round(first_s, 1),
-            "single_query": single, "clients_32": many, "top10_agreement": agree, "rss_after_single_mib": rss_single,
+            "single_query": single, "clients_32": many, "answers": rows, "rss_after_single_mib": rss_single,
             "rss_after_load_mib": rss, "anon_rss_mib": rss.get("RssAnon")}
 
 
@@ -602,7 +635,7 @@ def main() -> None:
     parser.add_argument("--store", default="int8")
     parser.add_argument("--bundle", type=Path, default=None, help="a ViT-B/32 bundle to reuse")
     parser.add_argument("--parts", nargs="+", default=["service", "stage1", "rerank"],
-                        choices=["service", "stage1", "rerank"])
+                        choices=["service", "stage1", "rerank"], help="what to measure, in this order")
     parser.add_argument("--shortlists", type=int, nargs="+", default=[100, 200, 500, 1000])
     parser.add_argument("--serve-shortlists", type=int, nargs="+", default=[200],
                         help="one server per value (the served --shortlist)")
@@ -651,15 +684,15 @@ def main() -> None:
     built = build_gallery(root, bundle, gen, args.store, tag, vs_std)
     index = GalleryIndex(root)
     kernel = cached_kernel(scorer, index, args.memory_mb)
-    print("[million] exhaustive ground truth ...", file=sys.stderr, flush=True)
-    truth, truth_info = ground_truth(args.work, scorer, index, text, tag, args.memory_mb)
     result: dict = {"benchmark": "million", "measured": True, "videos": args.videos, "queries": args.queries,
                     "store": args.store, "config": "vit_b32 (random weights)", "machine": machine,
                     "generator": {"params": asdict(CALIBRATION), "topics": int(len(gen.topic_sizes)),
                                   "anchored_topics": int(len(gen.anchor_topics)),
                                   "anchored_topic_sizes": gen.topic_sizes[gen.anchor_topics].tolist()},
-                    "index": built, "ground_truth": truth_info}
-    if "stage1" in args.parts:
+                    "index": built, "parts_order": args.parts}
+    found_ids: dict = {}
+
+    def part_stage1() -> None:
         biases = index.biases()
 
         def chunks():
@@ -667,20 +700,37 @@ def main() -> None:
 
             return _faiss_rows(index, None if biases is None else biases["video_sentence"])
 
-        result["stage1"] = measure_stage1(chunks, len(index), cfg.embed_dim + 1, q1, truth, args)
+        result["stage1"] = measure_stage1(chunks, len(index), cfg.embed_dim + 1, q1, found_ids, args, index)
         if args.stage1_rows > args.videos:
             big = Generator(args.stage1_rows, cfg.embed_dim, cfg.max_frames, cfg.num_pixels, CALIBRATION, args.seed,
                             anchors=q1[:, :-1])
             result["stage1_in_memory"] = stage1_in_memory(big, q1, args)
-            del big
-    if "rerank" in args.parts:
+
+    def part_rerank() -> None:
         result["rerank"] = measure_rerank(scorer, index, text, q1, args, args.memory_mb)
-    del scorer, encoder
-    gc.collect()
-    if "service" in args.parts:
-        runs = [measure_service(root, bundle_dir, s, texts, truth, index.ids, args) for s in args.serve_shortlists]
-        result["services"] = runs
-        best = runs[0]
+
+    def part_service() -> None:
+        result["services"] = [measure_service(root, bundle_dir, s, texts, index.ids, args)
+                              for s in args.serve_shortlists]
+
+    parts = {"stage1": part_stage1, "rerank": part_rerank, "service": part_service}
+    for name in args.parts:  # in the order given; what is measured survives a run stopped later
+        parts[name]()
+        if args.output:
+            common.write_result(args.output.with_suffix(".partial.json"), result)
+    # the ground truth last (the longest part at 10^6): the answers above are scored against it now
+    print("[million] exhaustive ground truth ...", file=sys.stderr, flush=True)
+    truth, result["ground_truth"] = ground_truth(args.work, scorer, index, text, tag, args.memory_mb)
+    if "stage1" in result:
+        stage1_recall_of_top10(result["stage1"], found_ids, truth)
+    if "services" in result:
+        runs = result["services"]
+        for run in runs:
+            service_agreement(run, truth)
+            run["answers_rows"] = run.pop("answers")
+        # the served shortlist: the shortest that keeps >= 99 % of the exhaustive top-10 sets, else the longest
+        good = [r for r in runs if r["top10_agreement"]["same_top_k_set"] >= 0.99]
+        best = min(good, key=lambda r: r["shortlist"]) if good else max(runs, key=lambda r: r["shortlist"])
         result.update({"serve_shortlist": best["shortlist"], "single_query": best["single_query"],
                        "clients_32": best["clients_32"], "anon_rss_mib": best["anon_rss_mib"],
                        "top10_agreement": best["top10_agreement"]["same_top_k_set"]})
