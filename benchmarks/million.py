@@ -230,6 +230,21 @@ def _bytes(root: Path) -> int:
     return sum(p.stat().st_size for p in (root / "shards").rglob("*") if p.is_file())
 
 
+GROUND_TRUTH_PID = "ground_truth.pid"
+
+
+def wait_for_ground_truth(work: Path) -> None:
+    """Wait while an ``--only-ground-truth`` process is computing the ground truth in ``work``."""
+    pid_file = work / GROUND_TRUTH_PID
+    while pid_file.is_file():
+        try:
+            os.kill(int(pid_file.read_text()), 0)
+        except (ProcessLookupError, ValueError):
+            return  # it died: this process computes the ground truth itself
+        print("[million] waiting for the --only-ground-truth process ...", file=sys.stderr, flush=True)
+        time.sleep(30)
+
+
 def ground_truth(work: Path, scorer, index, text, tag: str, memory_mb: float) -> tuple[np.ndarray, dict]:
     """The exhaustive fused top-10 of every sample query, all scored together in one pass over the
     gallery (cached in ``work``)."""
@@ -464,6 +479,32 @@ def service_agreement(run: dict, truth: np.ndarray) -> None:
     run["top10_agreement"] = {**agree, "queries": len(answered)}
 
 
+def finish(result: dict, truth: np.ndarray | None) -> None:
+    """The headline figures of the served shortlist; agreement with ``truth`` (the exhaustive top-10
+    rows of the sample queries; None: not computed, agreement left null and the shortlist the first)."""
+    if "services" not in result:
+        return
+    runs = result["services"]
+    for run in runs:
+        if truth is not None:
+            service_agreement(run, truth)
+        run["answers_rows"] = run.pop("answers")
+    # the served shortlist: the shortest that keeps >= 99 % of the exhaustive top-10 sets, else the longest
+    good = [r for r in runs if r.get("top10_agreement", {}).get("same_top_k_set", 0) >= 0.99]
+    best = (min(good, key=lambda r: r["shortlist"]) if good else runs[0] if truth is None
+            else max(runs, key=lambda r: r["shortlist"]))
+    agreement = best["top10_agreement"]["same_top_k_set"] if truth is not None else None
+    result.update({"serve_shortlist": best["shortlist"], "single_query": best["single_query"],
+                   "clients_32": best["clients_32"], "anon_rss_mib": best["anon_rss_mib"],
+                   "top10_agreement": agreement})
+    result["targets"] = {
+        "single_query_p50_ms_below": 100, "single_query_p99_ms_below": 250, "clients_32_qps_at_least": 20,
+        "anon_rss_mib_below": 4096, "top10_agreement_at_least": 0.99,
+        "met": {"p50": best["single_query"]["p50_ms"] < 100, "p99": best["single_query"]["p99_ms"] < 250,
+                "qps": best["clients_32"]["qps"] >= 20, "rss": (best["anon_rss_mib"] or 0) < 4096,
+                "agreement": None if agreement is None else agreement >= 0.99}}
+
+
 def measure_service(index_dir: Path, bundle_dir: Path, shortlist: int, texts: list[str], ids: list[str],
                     args) -> dict:
     from serve import Server, load, percentiles, proc_rss_mib
@@ -653,11 +694,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--memory-mb", type=float, default=1024)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only-ground-truth", action="store_true",
+                        help="build or reuse the gallery, compute the exhaustive ground truth into --work, and stop")
+    parser.add_argument("--finish-partial", type=Path, default=None, metavar="PARTIAL",
+                        help="write OUT from a run's .partial.json (stopped before its ground truth)")
+    parser.add_argument("--why", default=None, help="with --finish-partial: why there is no ground truth")
     parser.add_argument("--calibrate", type=Path, default=None, help="a trained demo run directory")
     parser.add_argument("--calibrate-videos", type=int, default=2000)
     parser.add_argument("--rhos", type=float, nargs="+", default=[0.0, 0.5, 0.8, 0.95])
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
+    if args.finish_partial:  # a run stopped before its ground truth: its partial result, without agreement
+        result = json.loads(args.finish_partial.read_text())
+        finish(result, None)
+        result["ground_truth"] = {"computed": False, "why": args.why or "stopped before the ground truth"}
+        common.write_result(args.output, result)
+        return
     if args.calibrate:
         calibrate(args)
         return
@@ -684,6 +736,14 @@ def main() -> None:
     built = build_gallery(root, bundle, gen, args.store, tag, vs_std)
     index = GalleryIndex(root)
     kernel = cached_kernel(scorer, index, args.memory_mb)
+    if args.only_ground_truth:  # e.g. at nice 19 beside the measuring run, which waits for it at its end
+        pid_file = args.work / GROUND_TRUTH_PID
+        pid_file.write_text(str(os.getpid()))
+        try:
+            print(ground_truth(args.work, scorer, index, text, tag, args.memory_mb)[1], file=sys.stderr)
+        finally:
+            pid_file.unlink()
+        return
     result: dict = {"benchmark": "million", "measured": True, "videos": args.videos, "queries": args.queries,
                     "store": args.store, "config": "vit_b32 (random weights)", "machine": machine,
                     "generator": {"params": asdict(CALIBRATION), "topics": int(len(gen.topic_sizes)),
@@ -716,30 +776,16 @@ def main() -> None:
     parts = {"stage1": part_stage1, "rerank": part_rerank, "service": part_service}
     for name in args.parts:  # in the order given; what is measured survives a run stopped later
         parts[name]()
+        result["contention"] = common.contention(monitor, common.available_cpus())  # so far
         if args.output:
             common.write_result(args.output.with_suffix(".partial.json"), result)
     # the ground truth last (the longest part at 10^6): the answers above are scored against it now
+    wait_for_ground_truth(args.work)
     print("[million] exhaustive ground truth ...", file=sys.stderr, flush=True)
     truth, result["ground_truth"] = ground_truth(args.work, scorer, index, text, tag, args.memory_mb)
     if "stage1" in result:
         stage1_recall_of_top10(result["stage1"], found_ids, truth)
-    if "services" in result:
-        runs = result["services"]
-        for run in runs:
-            service_agreement(run, truth)
-            run["answers_rows"] = run.pop("answers")
-        # the served shortlist: the shortest that keeps >= 99 % of the exhaustive top-10 sets, else the longest
-        good = [r for r in runs if r["top10_agreement"]["same_top_k_set"] >= 0.99]
-        best = min(good, key=lambda r: r["shortlist"]) if good else max(runs, key=lambda r: r["shortlist"])
-        result.update({"serve_shortlist": best["shortlist"], "single_query": best["single_query"],
-                       "clients_32": best["clients_32"], "anon_rss_mib": best["anon_rss_mib"],
-                       "top10_agreement": best["top10_agreement"]["same_top_k_set"]})
-        result["targets"] = {
-            "single_query_p50_ms_below": 100, "single_query_p99_ms_below": 250, "clients_32_qps_at_least": 20,
-            "anon_rss_mib_below": 4096, "top10_agreement_at_least": 0.99,
-            "met": {"p50": best["single_query"]["p50_ms"] < 100, "p99": best["single_query"]["p99_ms"] < 250,
-                    "qps": best["clients_32"]["qps"] >= 20, "rss": (best["anon_rss_mib"] or 0) < 4096,
-                    "agreement": best["top10_agreement"]["same_top_k_set"] >= 0.99}}
+    finish(result, truth)
     result["contention"] = common.contention(monitor, common.available_cpus())
     result["load_average_after"] = common.load_average()
     result["seconds_total"] = round(time.perf_counter() - started, 1)
