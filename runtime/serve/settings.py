@@ -5,7 +5,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime.scoring import DEFAULT_MEMORY_MB
-from runtime.search.searcher import DEFAULT_SHORTLIST
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -23,6 +22,13 @@ DEFAULT_REQUEST_TIMEOUT_S = 30.0
 # under --two-stage auto: at 10^4 ViT-B/32 videos exhaustive search costs ~160 ms per query on two
 # cores, a shortlist of 1000 about a tenth of that (benchmarks/large_gallery.py).
 TWO_STAGE_AUTO_MIN_VIDEOS = 5000
+# The service's shortlist (`serve --shortlist`; the search CLI keeps runtime.search's 1000): the
+# re-rank costs about 0.1 ms a shortlisted row warm (benchmarks/results/million_2e4.json: 11 / 21 /
+# 55 / 143 ms at 100 / 200 / 500 / 1000 rows), so 1000 alone spent a 100 ms query budget, while 100
+# already kept 100 % of the exhaustive top-10 sets, on the trained demo model (1440 videos,
+# trained_agreement_demo.json) and on 50 queries over 10^5 calibrated videos (million_1e5.json);
+# 200 keeps a margin for larger galleries, where more rows compete for the shortlist.
+DEFAULT_SHORTLIST = 200
 TWO_STAGE_MODES = ("auto", "on", "off")
 # --watch polls index.json this often (bounded), and reloads once a change has held for one poll.
 DEFAULT_WATCH_INTERVAL_S = 2.0
