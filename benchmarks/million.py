@@ -356,6 +356,49 @@ def measure_stage1(chunks, rows: int, dim: int, q: np.ndarray, found_ids: dict |
     return out
 
 
+def measure_hnsw(index, q: np.ndarray, found_ids: dict, args) -> dict:
+    """The runtime's HNSW stage 1 (``auto`` above 5 x 10^4 rows: M 32, read from the index's cache
+    when the service built it) against the exact shortlist computed with numpy in one pass: per
+    efSearch and shortlist, p50 / p99 and recall of the exact shortlist (without the flat FAISS
+    index, whose single-query scans take ~1 s each at 10^6)."""
+    from runtime.search import stage1
+    from runtime.search.two_stage import _faiss_rows, faiss_index
+
+    biases = index.biases()
+    widest = max(args.shortlists)
+    start = time.perf_counter()
+    scores = np.concatenate([chunk @ q.T for chunk in _faiss_rows(
+        index, None if biases is None else biases["video_sentence"])]).T  # [queries, rows]
+    exact = np.argsort(-scores, axis=1, kind="stable")[:, :widest]
+    exact_s = time.perf_counter() - start
+    del scores
+    params = stage1.choose("hnsw", len(index))
+    before = set(index.root.glob("stage1-*.faiss"))
+    start = time.perf_counter()
+    fidx, params = faiss_index(index, params)
+    out = {"rows": len(index), "params": params.to_dict(), "exact_shortlist_seconds": round(exact_s, 1),
+           "index_seconds": round(time.perf_counter() - start, 1),
+           "read_from_cache": not (set(index.root.glob("stage1-*.faiss")) - before), "search": {}}
+    name = f"hnsw m={params.m}"
+    for ef in args.ef_searches:
+        per = {}
+        for shortlist in args.shortlists:
+            fidx.hnsw.efSearch = max(ef, shortlist)
+            times, found = [], []
+            for i in range(len(q)):
+                t0 = time.perf_counter()
+                _, ids = fidx.search(q[i:i + 1], shortlist)
+                times.append(time.perf_counter() - t0)
+                found.append(ids[0])
+            per[str(shortlist)] = {**_percentiles(times), "recall_of_exact_shortlist": round(float(np.mean(
+                [len(set(f) & set(t[:shortlist])) / shortlist for f, t in zip(found, exact)])), 4)}
+            found_ids[(name, json.dumps({"ef_search": ef}), str(shortlist))] = np.stack(found)
+            print(f"[million] {name} ef {ef} shortlist {shortlist}: {per[str(shortlist)]}", file=sys.stderr,
+                  flush=True)
+        out["search"][json.dumps({"ef_search": ef})] = per
+    return {"rows": len(index), "kinds": {name: out}}
+
+
 def stage1_in_memory(gen: Generator, q: np.ndarray, args) -> dict:
     """The stage-1 kinds over ``gen``'s video rows generated in memory (no gallery on disk)."""
     chunk = 65536
@@ -676,7 +719,9 @@ def main() -> None:
     parser.add_argument("--store", default="int8")
     parser.add_argument("--bundle", type=Path, default=None, help="a ViT-B/32 bundle to reuse")
     parser.add_argument("--parts", nargs="+", default=["service", "stage1", "rerank"],
-                        choices=["service", "stage1", "rerank"], help="what to measure, in this order")
+                        choices=["service", "stage1", "hnsw", "rerank"],
+                        help="what to measure, in this order (hnsw: the runtime's HNSW stage 1 only, against an "
+                             "exact shortlist computed with numpy)")
     parser.add_argument("--shortlists", type=int, nargs="+", default=[100, 200, 500, 1000])
     parser.add_argument("--serve-shortlists", type=int, nargs="+", default=[200],
                         help="one server per value (the served --shortlist)")
@@ -773,7 +818,10 @@ def main() -> None:
         result["services"] = [measure_service(root, bundle_dir, s, texts, index.ids, args)
                               for s in args.serve_shortlists]
 
-    parts = {"stage1": part_stage1, "rerank": part_rerank, "service": part_service}
+    def part_hnsw() -> None:
+        result["stage1_hnsw"] = measure_hnsw(index, q1, found_ids, args)
+
+    parts = {"stage1": part_stage1, "rerank": part_rerank, "service": part_service, "hnsw": part_hnsw}
     for name in args.parts:  # in the order given; what is measured survives a run stopped later
         parts[name]()
         result["contention"] = common.contention(monitor, common.available_cpus())  # so far
@@ -783,8 +831,10 @@ def main() -> None:
     wait_for_ground_truth(args.work)
     print("[million] exhaustive ground truth ...", file=sys.stderr, flush=True)
     truth, result["ground_truth"] = ground_truth(args.work, scorer, index, text, tag, args.memory_mb)
-    if "stage1" in result:
-        stage1_recall_of_top10(result["stage1"], found_ids, truth)
+    for key in ("stage1", "stage1_hnsw"):
+        if key in result:
+            stage1_recall_of_top10(result[key], {k: v for k, v in found_ids.items() if k[0] in result[key]["kinds"]},
+                                   truth)
     finish(result, truth)
     result["contention"] = common.contention(monitor, common.available_cpus())
     result["load_average_after"] = common.load_average()
