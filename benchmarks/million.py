@@ -414,25 +414,25 @@ def stage1_in_memory(gen: Generator, q: np.ndarray, args) -> dict:
 def measure_rerank(scorer, index, text, q1: np.ndarray, args, memory_mb: float) -> dict:
     """Two-stage search in process (flat stage 1) per shortlist: stage 1 alone, the whole query warm,
     and cold (the shard files dropped from the page cache first) with the shortlisted rows read by
-    parallel positioned reads (runtime.index.shards.READ_THREADS in flight) and one after another,
+    parallel positioned reads (runtime.index.reader.READ_THREADS files at a time) and one after another,
     alternating query by query."""
-    from runtime.index import shards
+    from runtime.index import reader
     from runtime.search import TwoStage, stage1
 
     engine = TwoStage(scorer, index, memory_mb, stage1.choose("flat", len(index)))
     n = min(len(text), args.rerank_queries)
-    parallel_min_runs = shards.PARALLEL_MIN_RUNS
-    out = {"queries": n, "read_threads": shards.READ_THREADS, "shortlists": {}}
+    parallel_min_rows = reader.PARALLEL_MIN_ROWS
+    out = {"queries": n, "read_threads": reader.READ_THREADS, "shortlists": {}}
 
     def cold(i: int, shortlist: int, parallel: bool) -> float:
-        shards.PARALLEL_MIN_RUNS = parallel_min_runs if parallel else 1 << 62
+        reader.PARALLEL_MIN_ROWS = parallel_min_rows if parallel else 1 << 62
         try:
             evict(index.root)
             t0 = time.perf_counter()
             engine.search(text.rows(i, i + 1), TOP_K, shortlist)
             return time.perf_counter() - t0
         finally:
-            shards.PARALLEL_MIN_RUNS = parallel_min_runs
+            reader.PARALLEL_MIN_ROWS = parallel_min_rows
 
     for shortlist in args.shortlists:
         s1, warm, cold_parallel, cold_sequential = [], [], [], []

@@ -3,20 +3,15 @@ rows of an opened shard (ids, entries, features).
 
 Features are read with plain ``preadv`` file reads into fresh arrays, one read per run of
 consecutive rows; no shard file stays open or memory-mapped between reads (docs/index-format.md,
-"Reading"). Scattered rows (a two-stage shortlist: one run per row) are read with up to
-``READ_THREADS`` positioned reads in flight at once, each into its place in the preallocated
-array, so a cold shortlist waits for the disk's parallelism rather than for one read after another.
+"Reading").
 """
 from __future__ import annotations
 
-import functools
-import itertools
 import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,16 +25,6 @@ from runtime.index.format import ENTRIES, IDS, SHARD_ARRAYS, IndexChangedError, 
 from runtime.index.store import DEFAULT_STORE, check_store, decode, encode, scale_name, stored_dtype
 
 Rows = slice | np.ndarray  # a slice of rows, or ascending row numbers
-# Positioned reads in flight at once for a file's scattered rows, and the fewest runs of rows worth
-# spreading over them (benchmarks/million.py, "rerank": cold shortlists read this way).
-READ_THREADS = 8
-PARALLEL_MIN_RUNS = 16
-
-
-@functools.cache
-def _read_pool() -> ThreadPoolExecutor:
-    """The process's pool of reader threads (made on first use; reads never submit to it)."""
-    return ThreadPoolExecutor(READ_THREADS, thread_name_prefix="ucofia-read")
 
 
 def read_json(path: Path) -> Any:
@@ -104,26 +89,16 @@ def read_rows(path: Path, layout: Layout, physical: Rows) -> np.ndarray:
     out = np.empty((count,) + layout.row_shape, dtype=layout.dtype)
     buffer = memoryview(out.reshape(-1).view(np.uint8))
     row_bytes = layout.row_bytes
-    starts = np.cumsum([0] + [hi - lo for lo, hi in runs])  # each run's first row in ``out``
-
-    def read(fd: int, first: int, last: int) -> None:  # runs [first, last) into their places
-        for (lo, hi), done in zip(runs[first:last], starts[first:last]):
-            want = (hi - lo) * row_bytes
-            got = os.preadv(fd, [buffer[done * row_bytes:done * row_bytes + want]], layout.offset + lo * row_bytes)
-            if got != want:
-                raise GalleryIndexError(f"index shard file {path} is truncated; rebuild the index")
-
     try:
         with open(path, "rb", buffering=0) as fh:
-            if len(runs) < PARALLEL_MIN_RUNS or READ_THREADS < 2:
-                read(fh.fileno(), 0, len(runs))
-            else:  # consecutive slices of the runs, one per reader thread
-                bounds = np.linspace(0, len(runs), READ_THREADS + 1).astype(int)
-                futures = [_read_pool().submit(read, fh.fileno(), int(a), int(b))
-                           for a, b in itertools.pairwise(bounds) if b > a]
-                wait(futures)  # every read has finished before the file is closed, failed ones included
-                for future in futures:
-                    future.result()
+            done = 0
+            for lo, hi in runs:
+                want = (hi - lo) * row_bytes
+                got = os.preadv(fh.fileno(), [buffer[done * row_bytes:done * row_bytes + want]],
+                                layout.offset + lo * row_bytes)
+                if got != want:
+                    raise GalleryIndexError(f"index shard file {path} is truncated; rebuild the index")
+                done += hi - lo
     except FileNotFoundError:
         raise IndexChangedError(f"{path} is gone: the index was updated (e.g. compacted) after it was opened; "
                                 f"open it again") from None

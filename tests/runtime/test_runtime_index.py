@@ -496,12 +496,12 @@ def test_scattered_rows_are_read_by_parallel_positioned_reads_into_their_places(
     import os
     import threading
 
-    from runtime.index import shards
+    from runtime.index import reader, shards
 
-    root = synthetic_index(tmp_path / "index", load_bundle(bundle_dir), 60, shard=30)
+    root = synthetic_index(tmp_path / "index", load_bundle(bundle_dir), 60, shard=5)
     gallery = GalleryIndex(root)
     whole = gallery.features(0, 60)
-    rows = np.array([0, 2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 33, 37, 41, 43, 47, 53, 58, 59])  # runs of 1 and 2
+    rows = np.array([0, 2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 33, 37, 41, 43, 47, 53, 58, 59])  # 12 shards
     readers: list[str] = []
     preadv = os.preadv
 
@@ -510,15 +510,15 @@ def test_scattered_rows_are_read_by_parallel_positioned_reads_into_their_places(
         return preadv(fd, buffers, offset)
 
     monkeypatch.setattr(shards.os, "preadv", spy)
-    for least, pooled in ((4, True), (10**6, False)):
-        monkeypatch.setattr(shards, "PARALLEL_MIN_RUNS", least)
+    for least, pooled in ((4, True), (len(rows) + 1, False)):
+        monkeypatch.setattr(reader, "PARALLEL_MIN_ROWS", least)
         readers.clear()
         got = gallery.gather(rows[::-1])  # any order in, that order out
         for role, value in whole.items():
             np.testing.assert_array_equal(got[role], value[rows[::-1]])
         assert readers and all(name.startswith("ucofia-read") == pooled for name in readers), readers
-    monkeypatch.setattr(shards, "PARALLEL_MIN_RUNS", 4)
-    patches = root / "shards" / "000001" / "patches.npy"
+    monkeypatch.setattr(reader, "PARALLEL_MIN_ROWS", 4)
+    patches = root / "shards" / "000011" / "patches.npy"
     patches.write_bytes(patches.read_bytes()[:-100])  # the last row is cut short
-    with pytest.raises(GalleryIndexError, match="000001/patches.npy is truncated; rebuild the index"):
+    with pytest.raises(GalleryIndexError, match="000011/patches.npy is truncated; rebuild the index"):
         GalleryIndex(root).gather(rows)
