@@ -517,8 +517,9 @@ def stage1_recall_of_top10(result: dict, found_ids: dict, truth: np.ndarray) -> 
 
 def service_agreement(run: dict, truth: np.ndarray) -> None:
     """Fill in a service run's agreement with the exhaustive top-10 (from the rows it answered)."""
-    answered = [i for i, a in enumerate(run["answers"]) if a is not None]
-    agree = _agreement(np.stack([run["answers"][i] for i in answered]), truth[answered])
+    answers = run["answers"] if "answers" in run else run["answers_rows"]
+    answered = [i for i, a in enumerate(answers) if a is not None]
+    agree = _agreement(np.stack([answers[i] for i in answered]), truth[answered])
     run["top10_agreement"] = {**agree, "queries": len(answered)}
 
 
@@ -531,7 +532,7 @@ def finish(result: dict, truth: np.ndarray | None) -> None:
     for run in runs:
         if truth is not None:
             service_agreement(run, truth)
-        run["answers_rows"] = run.pop("answers")
+        run["answers_rows"] = run.pop("answers") if "answers" in run else run["answers_rows"]
     # the served shortlist: the shortest that keeps >= 99 % of the exhaustive top-10 sets, else the longest
     good = [r for r in runs if r.get("top10_agreement", {}).get("same_top_k_set", 0) >= 0.99]
     best = (min(good, key=lambda r: r["shortlist"]) if good else runs[0] if truth is None
@@ -753,10 +754,23 @@ def main() -> None:
     parser.add_argument("--rhos", type=float, nargs="+", default=[0.0, 0.5, 0.8, 0.95])
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    if args.finish_partial:  # a run stopped before its ground truth: its partial result, without agreement
+    if args.finish_partial:  # a run without its ground truth: agreement from --work's, when it is there now
         result = json.loads(args.finish_partial.read_text())
-        finish(result, None)
-        result["ground_truth"] = {"computed": False, "why": args.why or "stopped before the ground truth"}
+        path = args.work / "ground_truth.npz"
+        if path.is_file():  # computed by --only-ground-truth for the same gallery and queries
+            saved = np.load(path)
+            truth = saved["indices"]
+            if len(truth) != result["queries"]:
+                raise SystemExit(f"{path} holds {len(truth)} queries, the run {result['queries']}")
+            finish(result, truth)
+            result["ground_truth"] = {"computed": True, "seconds": round(float(saved["seconds"]), 1),
+                                      "by": "--only-ground-truth beside the run", "tag": str(saved["tag"])}
+            for key in ("stage1", "stage1_hnsw"):
+                if key in result:
+                    result[key]["recall_of_exhaustive_top10"] = "not kept in the JSON (per-query ids)"
+        else:
+            finish(result, None)
+            result["ground_truth"] = {"computed": False, "why": args.why or "stopped before the ground truth"}
         common.write_result(args.output, result)
         return
     if args.calibrate:
