@@ -60,7 +60,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
-from large_gallery import NOISE_BANK_ROWS, _agreement, _percentiles, evict
+from large_gallery import NOISE_BANK_ROWS, _agreement, _one_at_a_time, _percentiles, evict
 
 from runtime.scoring import LEVELS
 
@@ -302,6 +302,11 @@ def _faiss_build(kind: str, settings: dict, dim: int, chunks, rows: int, index=N
     return index
 
 
+def _recall(found: list[np.ndarray], exact: np.ndarray, shortlist: int) -> float:
+    """Mean share of each query's exact shortlist of ``shortlist`` rows that was found."""
+    return round(float(np.mean([len(set(f) & set(t[:shortlist])) / shortlist for f, t in zip(found, exact)])), 4)
+
+
 def measure_stage1(chunks, rows: int, dim: int, q: np.ndarray, found_ids: dict | None, args,
                    index=None) -> dict:
     """Every stage-1 kind over ``rows`` rows that ``chunks()`` yields (those of ``index`` when
@@ -331,16 +336,10 @@ def measure_stage1(chunks, rows: int, dim: int, q: np.ndarray, found_ids: dict |
                     faiss.extract_index_ivf(fidx).nprobe = extra["nprobe"]
                 elif kind == "hnsw":
                     fidx.hnsw.efSearch = max(extra["ef_search"], shortlist)
-                times, found = [], []
-                for i in range(len(q)):
-                    t0 = time.perf_counter()
-                    _, ids = fidx.search(q[i:i + 1], shortlist)
-                    times.append(time.perf_counter() - t0)
-                    found.append(ids[0])
+                times, found = _one_at_a_time(fidx, q, shortlist)
                 stats = _percentiles(times)
                 if exact is not None:
-                    stats["recall_of_exact_shortlist"] = round(float(np.mean(
-                        [len(set(f) & set(t[:shortlist])) / shortlist for f, t in zip(found, exact)])), 4)
+                    stats["recall_of_exact_shortlist"] = _recall(found, exact, shortlist)
                 if found_ids is not None:  # scored against the exhaustive top-10 once it is computed
                     found_ids[(name, json.dumps(extra) if extra else "", str(shortlist))] = np.stack(found)
                 per[str(shortlist)] = stats
@@ -384,14 +383,8 @@ def measure_hnsw(index, q: np.ndarray, found_ids: dict, args) -> dict:
         per = {}
         for shortlist in args.shortlists:
             fidx.hnsw.efSearch = max(ef, shortlist)
-            times, found = [], []
-            for i in range(len(q)):
-                t0 = time.perf_counter()
-                _, ids = fidx.search(q[i:i + 1], shortlist)
-                times.append(time.perf_counter() - t0)
-                found.append(ids[0])
-            per[str(shortlist)] = {**_percentiles(times), "recall_of_exact_shortlist": round(float(np.mean(
-                [len(set(f) & set(t[:shortlist])) / shortlist for f, t in zip(found, exact)])), 4)}
+            times, found = _one_at_a_time(fidx, q, shortlist)
+            per[str(shortlist)] = {**_percentiles(times), "recall_of_exact_shortlist": _recall(found, exact, shortlist)}
             found_ids[(name, json.dumps({"ef_search": ef}), str(shortlist))] = np.stack(found)
             print(f"[million] {name} ef {ef} shortlist {shortlist}: {per[str(shortlist)]}", file=sys.stderr,
                   flush=True)
