@@ -379,6 +379,10 @@ def measure_hnsw(index, q: np.ndarray, found_ids: dict, args) -> dict:
            "index_seconds": round(time.perf_counter() - start, 1),
            "read_from_cache": not (set(index.root.glob("stage1-*.faiss")) - before), "search": {}}
     name = f"hnsw m={params.m}"
+    exact_entry = {"search": {"exact": {}}}
+    for shortlist in args.shortlists:  # what an exact stage 1 would keep, for comparison
+        exact_entry["search"]["exact"][str(shortlist)] = {"recall_of_exact_shortlist": 1.0}
+        found_ids[("exact (numpy)", "", str(shortlist))] = exact[:, :shortlist]
     for ef in args.ef_searches:
         per = {}
         for shortlist in args.shortlists:
@@ -389,7 +393,7 @@ def measure_hnsw(index, q: np.ndarray, found_ids: dict, args) -> dict:
             print(f"[million] {name} ef {ef} shortlist {shortlist}: {per[str(shortlist)]}", file=sys.stderr,
                   flush=True)
         out["search"][json.dumps({"ef_search": ef})] = per
-    return {"rows": len(index), "kinds": {name: out}}
+    return {"rows": len(index), "kinds": {name: out, "exact (numpy)": exact_entry}}
 
 
 def stage1_in_memory(gen: Generator, q: np.ndarray, args) -> dict:
@@ -503,7 +507,7 @@ def stage1_recall_of_top10(result: dict, found_ids: dict, truth: np.ndarray) -> 
     """Fill in each stage-1 setting's recall of the exhaustive fused top-10."""
     for (name, extra, shortlist), found in found_ids.items():
         entry = result["kinds"][name]["search"]
-        key = extra or ("exact" if name == "flat" else "scan")
+        key = extra or ("exact" if name in ("flat", "exact (numpy)") else "scan")
         entry[key][shortlist]["recall_of_exhaustive_top10"] = round(float(np.mean(
             [len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)])), 4)
 
