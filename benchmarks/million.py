@@ -530,10 +530,13 @@ def finish(result: dict, truth: np.ndarray | None) -> None:
         if truth is not None:
             service_agreement(run, truth)
         run["answers_rows"] = run.pop("answers") if "answers" in run else run["answers_rows"]
-    # the served shortlist: the shortest that keeps >= 99 % of the exhaustive top-10 sets, else the longest
-    good = [r for r in runs if r.get("top10_agreement", {}).get("same_top_k_set", 0) >= 0.99]
-    best = (min(good, key=lambda r: r["shortlist"]) if good else runs[0] if truth is None
-            else max(runs, key=lambda r: r["shortlist"]))
+    # the served shortlist: the shortest of those that agree best with the exhaustive top-10 sets
+    # (without the ground truth: the first one run)
+    if truth is None:
+        best = runs[0]
+    else:
+        top = max(r["top10_agreement"]["same_top_k_set"] for r in runs)
+        best = min((r for r in runs if r["top10_agreement"]["same_top_k_set"] == top), key=lambda r: r["shortlist"])
     agreement = best["top10_agreement"]["same_top_k_set"] if truth is not None else None
     result.update({"serve_shortlist": best["shortlist"], "single_query": best["single_query"],
                    "clients_32": best["clients_32"], "anon_rss_mib": best["anon_rss_mib"],
