@@ -195,6 +195,17 @@ def _percentiles(seconds: list[float]) -> dict:
             "mean_ms": round(float(ms.mean()), 2), "queries": len(ms)}
 
 
+def _one_at_a_time(fidx, q: np.ndarray, shortlist: int) -> tuple[list[float], list[np.ndarray]]:
+    """Each stage-1 query searched on its own: seconds and the rows found, per query."""
+    times, found = [], []
+    for i in range(len(q)):
+        start = time.perf_counter()
+        _, ids = fidx.search(q[i:i + 1], shortlist)
+        times.append(time.perf_counter() - start)
+        found.append(ids[0])
+    return times, found
+
+
 def evict(root: Path) -> None:
     """Drop the index's shard files from the page cache (only these files): the next reads come
     from disk, as in a gallery larger than memory."""
@@ -367,12 +378,7 @@ def run_stage1_at(n: int, args, bundle, kernel: np.ndarray) -> dict:
             per_shortlist = {}
             for shortlist in args.shortlists:
                 stage1.configure(fidx, probe, shortlist)
-                times, found = [], []
-                for i in range(len(q)):
-                    start = time.perf_counter()
-                    _, ids = fidx.search(q[i:i + 1], shortlist)
-                    times.append(time.perf_counter() - start)
-                    found.append(ids[0])
+                times, found = _one_at_a_time(fidx, q, shortlist)
                 found = np.stack(found)
                 truth = ref if kind == "hnsw" else exact
                 stats = _percentiles(times)

@@ -71,7 +71,7 @@ logger = logging.getLogger(__name__)
               help="With --group-by file: best windows listed per file.")
 @click.option("--stage1", "stage1_kind", default="auto", show_default=True, type=click.Choice(STAGE1_KINDS),
               help="FAISS index of --two-stage's first stage: flat (exact), ivf or hnsw (approximate, for "
-                   "large galleries); auto: flat up to 200,000 videos, hnsw above. Built once and cached in "
+                   "large galleries); auto: flat up to 50,000 videos, hnsw above. Built once and cached in "
                    "the index with its parameters (INDEX/stage1-*.json).")
 @click.option("--nprobe", default=None, type=click.IntRange(min=1), help="IVF cells scanned per query (default 32).")
 @click.option("--ef-search", default=None, type=click.IntRange(min=1),

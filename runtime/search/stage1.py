@@ -9,12 +9,15 @@ level plus its SK bias as one inner product), of one of three kinds:
   built with ``ef_construction`` and searched with ``ef_search`` (raised to the shortlist when
   smaller). Approximate.
 
-``auto`` picks by gallery size what benchmarks/large_gallery.py measured (see
-``benchmarks/results/large_gallery_1e6_vit_b32.json``): flat up to ``AUTO_FLAT_MAX_ROWS`` rows (exact;
-at 10^6 rows a flat query scanned 2 GB, about 1 s on the loaded 2-core machine), HNSW above: it
-kept 91-97 % of the exact shortlist and 98 % of the exact top-10 (10^4 rows), whereas IVF at 10^6
-rows (1024 lists) kept only 11 % of the shortlist at nprobe 32 and 31 % at nprobe 128: the
-stage-1 queries ``s_hat K`` are not where the k-means cells of the video vectors put them. The
+``auto`` picks by gallery size what benchmarks/large_gallery.py and benchmarks/million.py measured
+(``benchmarks/results/large_gallery_1e6_vit_b32.json``, ``million_1e5.json``): flat up to
+``AUTO_FLAT_MAX_ROWS`` rows (exact; at 10^5 rows a flat query took 65-115 ms p50 on the loaded
+2-core machine, the whole 100 ms budget of a query, and at 10^6 about 1 s), HNSW above: at 10^5
+calibrated rows (M 32) it kept 99-100 % of the exact shortlist and 99.6-100 % of the exhaustive
+fused top-10 at efSearch 128-512 in 0.2-0.5 ms p50 (built in 27 s; at 10^6 rows 96.8-97.4 %, built
+in 862 s: ``million_1e6_stage1.json``), whereas IVF at 10^6 rows (1024
+lists) of the earlier, uncalibrated features kept only 11 % of the shortlist at nprobe 32, and the
+FAISS scalar-quantised flat scans (int8, fp16) were no faster than flat for one query. The
 kind and its parameters are recorded next to the cached index (``stage1-HASH.json`` in the index
 directory) and in the search result's provenance.
 """
@@ -27,9 +30,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 STAGE1_KINDS = ("auto", "flat", "ivf", "hnsw")
-# Galleries up to this many rows use the exact flat index under ``auto`` (at 10^5 rows a flat
-# query scans 200 MB; HNSW's build time is not worth it there).
-AUTO_FLAT_MAX_ROWS = 200_000
+# Galleries up to this many rows use the exact flat index under ``auto`` (a flat query scans 4 (D+1)
+# bytes a row: 100 MB here, ~16 ms measured at 2 x 10^4 rows; HNSW's build is not worth it below).
+AUTO_FLAT_MAX_ROWS = 50_000
 IVF_ROWS_PER_LIST = 1024  # nlist = rows / this, rounded to a power of two (k-means cells)
 IVF_MIN_LISTS = 64
 IVF_TRAIN_ROWS_PER_LIST = 40  # k-means training sample per cell (FAISS warns below 39)

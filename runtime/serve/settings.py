@@ -6,7 +6,6 @@ from pathlib import Path
 
 from runtime.backends.precision import DEFAULT_SCORER_PRECISION
 from runtime.scoring import DEFAULT_MEMORY_MB
-from runtime.search.searcher import DEFAULT_SHORTLIST
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -24,6 +23,14 @@ DEFAULT_REQUEST_TIMEOUT_S = 30.0
 # under --two-stage auto: at 10^4 ViT-B/32 videos exhaustive search costs ~160 ms per query on two
 # cores, a shortlist of 1000 about a tenth of that (benchmarks/large_gallery.py).
 TWO_STAGE_AUTO_MIN_VIDEOS = 5000
+# The service's shortlist (`serve --shortlist`; the search CLI keeps runtime.search's 1000): the
+# re-rank costs about 0.1-0.3 ms a shortlisted row (benchmarks/results/million_2e4.json: 20 / 29 /
+# 69 / 121 ms at 100 / 200 / 500 / 1000 rows warm), so 1000 alone spent a 100 ms query budget. 100
+# kept 100 % of the exhaustive top-10 sets on the trained demo model (1440 videos,
+# trained_agreement_demo.json) and at 10^5 calibrated videos (million_1e5.json); at 10^6
+# (million.json) 100 and 200 agreed equally (the misses are the HNSW stage 1's: an exact stage 1 of
+# 100 rows holds every exhaustive top-10 row, million_1e6_stage1.json), and only 100 met the 20 QPS.
+DEFAULT_SHORTLIST = 100
 TWO_STAGE_MODES = ("auto", "on", "off")
 # --watch polls index.json this often (bounded), and reloads once a change has held for one poll.
 DEFAULT_WATCH_INTERVAL_S = 2.0

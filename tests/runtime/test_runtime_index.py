@@ -490,3 +490,35 @@ def test_shards_written_elsewhere_are_committed_once_and_never_twice(bundle_dir,
     with IndexWriter(tmp_path / "index", bundle):  # uncommitted shards are orphans: removed on open
         pass
     assert sorted(x.name for x in (tmp_path / "index" / SHARDS).iterdir()) == ["w0-a", "w1-b"]
+
+
+def test_scattered_rows_are_read_by_parallel_positioned_reads_into_their_places(bundle_dir, tmp_path, monkeypatch):
+    import os
+    import threading
+
+    from runtime.index import reader, shards
+
+    root = synthetic_index(tmp_path / "index", load_bundle(bundle_dir), 60, shard=5)
+    gallery = GalleryIndex(root)
+    whole = gallery.features(0, 60)
+    rows = np.array([0, 2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 33, 37, 41, 43, 47, 53, 58, 59])  # 12 shards
+    readers: list[str] = []
+    preadv = os.preadv
+
+    def spy(fd, buffers, offset):
+        readers.append(threading.current_thread().name)
+        return preadv(fd, buffers, offset)
+
+    monkeypatch.setattr(shards.os, "preadv", spy)
+    for least, pooled in ((4, True), (len(rows) + 1, False)):
+        monkeypatch.setattr(reader, "PARALLEL_MIN_ROWS", least)
+        readers.clear()
+        got = gallery.gather(rows[::-1])  # any order in, that order out
+        for role, value in whole.items():
+            np.testing.assert_array_equal(got[role], value[rows[::-1]])
+        assert readers and all(name.startswith("ucofia-read") == pooled for name in readers), readers
+    monkeypatch.setattr(reader, "PARALLEL_MIN_ROWS", 4)
+    patches = root / "shards" / "000011" / "patches.npy"
+    patches.write_bytes(patches.read_bytes()[:-100])  # the last row is cut short
+    with pytest.raises(GalleryIndexError, match="000011/patches.npy is truncated; rebuild the index"):
+        GalleryIndex(root).gather(rows)

@@ -128,10 +128,10 @@ def test_choose_sizes_the_ivf_lists_by_the_gallery(rows, kind, nlist):
     assert stage1.choose(kind, rows).kind == kind
 
 
-def test_choose_auto_is_exact_up_to_200k_rows_and_hnsw_above():
+def test_choose_auto_is_exact_up_to_50k_rows_and_hnsw_above():
     assert stage1.choose("auto", 0).kind == "flat"
-    assert stage1.choose("auto", 200_000) == Stage1Params("flat")
-    assert stage1.choose("auto", 200_001) == Stage1Params("hnsw")
+    assert stage1.choose("auto", 50_000) == Stage1Params("flat")
+    assert stage1.choose("auto", 50_001) == Stage1Params("hnsw")
     with pytest.raises(ValueError, match="unknown stage-1 kind 'annoy'"):
         stage1.choose("annoy", 10)
 
