@@ -30,6 +30,9 @@ from runtime.search.searcher import Hits
 logger = logging.getLogger(__name__)
 # How long the ingress keeps asking a shard that fails (a replica restarting takes seconds).
 DEFAULT_SHARD_DEADLINE_S = 10.0
+# How long the ingress waits for every shard to open an index version (at start and on reload): a
+# shard replica builds its part's stage 1 then (HNSW over 10^6 rows took ~15 minutes on 2 cores).
+DEFAULT_LOAD_DEADLINE_S = 1800.0
 RETRY_PAUSE_S = 0.2
 
 
@@ -77,21 +80,23 @@ class ShardedSearcher(Searcher):
 
     def __init__(self, scorer: Scorer, index: GalleryIndex, clients: Sequence[ShardClient], digest: str, *,
                  memory_mb: float = DEFAULT_MEMORY_MB, deadline_s: float = DEFAULT_SHARD_DEADLINE_S,
-                 observer: Any = None) -> None:
+                 load_deadline_s: float = DEFAULT_LOAD_DEADLINE_S, observer: Any = None) -> None:
         super().__init__(scorer, index, memory_mb=memory_mb)
         self.clients = list(clients)
         self.digest = digest
         self.deadline_s = deadline_s
+        self.load_deadline_s = load_deadline_s
         self.observer = observer
         self.up: set[int] = set(range(len(self.clients)))
         self.infos = self._load_all()
 
     def _load_all(self) -> list[ShardInfo]:
         """Have every shard open the index at ``digest`` (each keeps its previous version too)."""
-        infos = self._gather("load", lambda shard: ())
+        infos = self._gather("load", lambda shard: (), deadline_s=self.load_deadline_s)
         if len(infos) < len(self.clients):
             missing = sorted(set(range(len(self.clients))) - set(infos))
-            raise GalleryIndexError(f"shards {missing} did not open the index within {self.deadline_s:g} s")
+            raise GalleryIndexError(f"shards {missing} did not open the index within {self.load_deadline_s:g} s "
+                                    f"(--shard-load-timeout)")
         for shard, info in sorted(infos.items()):
             if info.digest != self.digest:
                 raise IndexChangedError(f"shard {shard} opened another version of the index "
@@ -112,12 +117,12 @@ class ShardedSearcher(Searcher):
         return {"up": len(self.up), "total": len(self.clients)}
 
     # ---- calls ----------------------------------------------------------------------------------
-    def _gather(self, method: str, args_of: Callable[[int], tuple], only: Sequence[int] | None = None
-                ) -> dict[int, Any]:
+    def _gather(self, method: str, args_of: Callable[[int], tuple], only: Sequence[int] | None = None,
+                deadline_s: float | None = None) -> dict[int, Any]:
         """``method`` on every shard (or ``only`` these) at once; failed calls are made again until
         the deadline. Returns the answers by shard (a shard that never answered is left out).
         A user error (bad filter, ...) or a stale version raises at once."""
-        deadline = time.monotonic() + self.deadline_s
+        deadline = time.monotonic() + (self.deadline_s if deadline_s is None else deadline_s)
         shards = list(range(len(self.clients))) if only is None else list(only)
         started = {s: self._start(method, s, args_of) for s in shards}
         answers: dict[int, Any] = {}

@@ -112,7 +112,8 @@ class SearchIngress:
 
         def sharded(scorer, gallery, *, memory_mb, source, probe):
             return ShardedSearcher(scorer, gallery, clients, state_digest(gallery.state.to_dict()),
-                                   memory_mb=memory_mb, deadline_s=cluster.shard_deadline_s, observer=metrics)
+                                   memory_mb=memory_mb, deadline_s=cluster.shard_deadline_s,
+                                   load_deadline_s=cluster.shard_load_timeout_s, observer=metrics)
 
         # off the replica's event loop: opening asks every shard (blocking handle calls)
         self.service = await asyncio.to_thread(SearchService.open, settings, metrics, make_searcher=sharded)

@@ -29,7 +29,8 @@ def check_http_for_ray(http: HttpSettings) -> None:
 
 
 def serve_on_ray(settings: ServeSettings, port: int, *, shards: int, replicas: int, replica_cpus: float,
-                 ray_address: str | None, shard_deadline_s: float, autoscale: tuple[int, int, float] | None,
+                 ray_address: str | None, shard_deadline_s: float, shard_load_timeout_s: float,
+                 autoscale: tuple[int, int, float] | None,
                  http: HttpSettings, log_level: str, log_format: str) -> None:
     """Deploy the sharded service and serve until Ctrl+C (errors: RuntimeUserError)."""
     check_http_for_ray(http)
@@ -39,7 +40,8 @@ def serve_on_ray(settings: ServeSettings, port: int, *, shards: int, replicas: i
     if autoscale is not None and autoscale[0] > autoscale[1]:
         raise OptionsError(f"--autoscale: min_replicas {autoscale[0]} is above max_replicas {autoscale[1]}")
     cluster = ClusterSettings(shards=shards, replicas=replicas, replica_cpus=replica_cpus, ray_address=ray_address,
-                              shard_deadline_s=shard_deadline_s, autoscaling=autoscaling)
+                              shard_deadline_s=shard_deadline_s, shard_load_timeout_s=shard_load_timeout_s,
+                              autoscaling=autoscaling)
     from runtime.cluster import ray_app
 
     def ready(url: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.cluster.fanout import DEFAULT_SHARD_DEADLINE_S
+from runtime.cluster.fanout import DEFAULT_LOAD_DEADLINE_S, DEFAULT_SHARD_DEADLINE_S
 
 RAY_SERVE_EXTRA_HINT = "pip install 'ucofia[ray-serve]'"
 APP_NAME = "ucofia"
@@ -32,6 +32,7 @@ class ClusterSettings:
     replica_cpus: float = DEFAULT_REPLICA_CPUS
     ray_address: str | None = None
     shard_deadline_s: float = DEFAULT_SHARD_DEADLINE_S
+    shard_load_timeout_s: float = DEFAULT_LOAD_DEADLINE_S
     autoscaling: dict[str, Any] | None = field(default=None)
 
     def __post_init__(self) -> None:

@@ -122,6 +122,9 @@ from runtime.serve import settings as defaults
 @click.option("--shard-deadline", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
               help="With --ray: seconds the ingress keeps asking a shard that fails before the request gets 503 "
                    "(or, with \"allow_partial\": true, the other shards' answer).")
+@click.option("--shard-load-timeout", default=1800.0, show_default=True, type=click.FloatRange(min=1),
+              help="With --ray: seconds the ingress waits for every shard to open the index, at start and on a "
+                   "reload (a shard builds its part's FAISS stage 1 then: minutes for 10^6 rows).")
 @click.option("--autoscale", nargs=3, type=(click.IntRange(min=1), click.IntRange(min=1), click.FloatRange(min=0.1)),
               default=None, metavar="MIN MAX TARGET",
               help="With --ray: Ray Serve autoscaling of every deployment instead of --replicas: min_replicas, "
@@ -136,7 +139,7 @@ def serve(index_dir: Path, bundle_dir: Path | None, host: str, port: int, api_ke
           backend: str, scorer_precision: str, memory_mb: float,
           threads: int | None, log_level: str, log_format: str, no_access_log: bool, use_ray: bool, shards: int,
           replicas: int, replica_cpus: float, ray_address: str | None, shard_deadline: float,
-          autoscale: tuple[int, int, float] | None) -> None:
+          shard_load_timeout: float, autoscale: tuple[int, int, float] | None) -> None:
     """Serve text-to-video search over HTTP, with a search page at /.
 
     Loads the bundle's sessions and the index once and answers POST /v1/search (JSON; the same
@@ -189,7 +192,8 @@ def serve(index_dir: Path, bundle_dir: Path | None, host: str, port: int, api_ke
         from runtime.cluster.serving import serve_on_ray
 
         serve_on_ray(settings, port, shards=shards, replicas=replicas, replica_cpus=replica_cpus,
-                     ray_address=ray_address, shard_deadline_s=shard_deadline, autoscale=autoscale, http=http,
+                     ray_address=ray_address, shard_deadline_s=shard_deadline,
+                     shard_load_timeout_s=shard_load_timeout, autoscale=autoscale, http=http,
                      log_level=log_level, log_format=log_format)
         return
     from runtime.serve.app import create_app

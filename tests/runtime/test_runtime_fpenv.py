@@ -25,9 +25,8 @@ def test_flushing_applies_to_its_body_only():
         if fpenv._mxcsr_in_fenv():
             assert not _subnormals_kept()
     assert _subnormals_kept()
-    with fpenv.preserved():
-        with fpenv.flushing():
-            pass
+    with fpenv.preserved(), fpenv.flushing():
+        pass
     assert _subnormals_kept()
 
 

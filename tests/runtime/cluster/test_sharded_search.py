@@ -362,8 +362,9 @@ def _clients(root, scorer, shards, **scripts):
 def test_loading_checks_every_shard_answered_the_same_version_and_all_rows(whole, scorer):
     gallery = GalleryIndex(whole)
     digest = state_digest(gallery.state.to_dict())
-    with pytest.raises(GalleryIndexError, match=r"shards \[1\] did not open the index"):
-        ShardedSearcher(scorer, gallery, _clients(whole, scorer, 2, s1={"load": "hang"}), digest, deadline_s=0.3)
+    with pytest.raises(GalleryIndexError, match=r"shards \[1\] did not open the index within 0.3 s"):
+        ShardedSearcher(scorer, gallery, _clients(whole, scorer, 2, s1={"load": "hang"}), digest, deadline_s=0.1,
+                        load_deadline_s=0.3)
     other = lambda: ShardInfo(1, 2, 18, "f" * 64, 0.0)  # noqa: E731
     with pytest.raises(IndexChangedError, match="opened another version"):
         ShardedSearcher(scorer, gallery, _clients(whole, scorer, 2, s1={"load": other}), digest)
