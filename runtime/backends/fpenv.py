@@ -68,17 +68,11 @@ def flushing() -> Iterator[None]:
     """Run the body with subnormal floats flushed to zero on this thread (where the environment's
     layout is known), then restore the caller's floating-point environment."""
     lib = _libm()
-    if lib is None:
+    with preserved():
+        if lib is not None and _mxcsr_in_fenv():
+            env = ctypes.create_string_buffer(FENV_BYTES)
+            lib.fegetenv(env)
+            mxcsr = struct.unpack_from("<I", env.raw, MXCSR_OFFSET)[0]
+            struct.pack_into("<I", env, MXCSR_OFFSET, mxcsr | FTZ_DAZ)
+            lib.fesetenv(env)
         yield
-        return
-    saved = ctypes.create_string_buffer(FENV_BYTES)
-    lib.fegetenv(saved)
-    try:
-        if _mxcsr_in_fenv():
-            flushed = ctypes.create_string_buffer(saved.raw, FENV_BYTES)
-            mxcsr = struct.unpack_from("<I", flushed.raw, MXCSR_OFFSET)[0]
-            struct.pack_into("<I", flushed, MXCSR_OFFSET, mxcsr | FTZ_DAZ)
-            lib.fesetenv(flushed)
-        yield
-    finally:
-        lib.fesetenv(saved)
