@@ -121,7 +121,7 @@ def under_load(port: int, key: str, action, requests: int = 48, clients: int = 4
 def main(work: Path, out: Path) -> None:
     import ray
     from ray import serve
-    from runtime_helpers import synthetic_index  # noqa: F401 - same helpers as the fixture
+    from runtime_helpers import random_rows
 
     from runtime.bundle import load_bundle
     from runtime.cluster import ray_app
@@ -194,11 +194,9 @@ def main(work: Path, out: Path) -> None:
 
         def add_and_reload():
             with IndexWriter(work / "idx", bundle) as writer:
-                writer.add_batch([f"n{i}" for i in range(20)], {
-                    "video": rng.standard_normal((20, cfg.embed_dim), dtype=np.float32) * 3,
-                    "frame_features": rng.standard_normal((20, cfg.max_frames, cfg.embed_dim), dtype=np.float32),
-                    "patches": rng.standard_normal((20, cfg.num_pixels, cfg.embed_dim), dtype=np.float32),
-                    "video_mask": np.ones((20, cfg.max_frames), np.float32)})
+                rows = random_rows(cfg, 20, rng)
+                rows["video"] *= 3
+                writer.add_batch([f"n{i}" for i in range(20)], rows)
             versions.append(call(RAY_PORT, "/v1/admin/reload", {}, admin)[0])
 
         done = under_load(RAY_PORT, key, add_and_reload, requests=40)

@@ -187,6 +187,34 @@ def build_fake_bundle(out: Path, cfg: UCoFiAConfig | None = None, seed: int = 0,
     return out
 
 
+def random_rows(cfg: UCoFiAConfig, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Features of ``n`` videos as the video encoder gives them (random normal; every frame valid)."""
+    return {"video": rng.standard_normal((n, cfg.embed_dim), dtype=np.float32),
+            "frame_features": rng.standard_normal((n, cfg.max_frames, cfg.embed_dim), dtype=np.float32),
+            "patches": rng.standard_normal((n, cfg.num_pixels, cfg.embed_dim), dtype=np.float32),
+            "video_mask": np.ones((n, cfg.max_frames), np.float32)}
+
+
+def random_queries(cfg: UCoFiAConfig, n: int, seed: int):
+    """Features of ``n`` text queries as the text encoder gives them (random normal)."""
+    from runtime.scoring import TextFeatures
+
+    rng = np.random.default_rng(seed)
+    return TextFeatures(rng.standard_normal((n, cfg.embed_dim), dtype=np.float32),
+                        rng.standard_normal((n, cfg.max_words, cfg.embed_dim), dtype=np.float32))
+
+
+def random_biases(root: Path, bundle, rows: int, seed: int, scale: float = 0.5) -> Path:
+    """Random SK biases (normal, ``scale``) for the ``rows`` videos of the index at ``root``."""
+    from runtime.index import IndexWriter
+    from ucofia.config import LEVELS
+
+    values = np.random.default_rng(seed).normal(0, scale, (len(LEVELS), rows)).astype(np.float32)
+    with IndexWriter(root, bundle) as writer:
+        writer.set_biases(values, {"bank": {"path": "synthetic"}})
+    return root
+
+
 def synthetic_index(root: Path, bundle, videos: int, shard: int = 1000, seed: int = 0) -> Path:
     """An index at ``root`` for ``bundle`` (a loaded Bundle) holding ``videos`` rows of random
     features (ids v0, v1, ...), written in shards of ``shard`` rows; no video is decoded."""
@@ -197,11 +225,7 @@ def synthetic_index(root: Path, bundle, videos: int, shard: int = 1000, seed: in
     with IndexWriter(root, bundle) as writer:
         for start in range(0, videos, shard):
             n = min(shard, videos - start)
-            writer.add_batch([f"v{i}" for i in range(start, start + n)], {
-                "video": rng.standard_normal((n, cfg.embed_dim), dtype=np.float32),
-                "frame_features": rng.standard_normal((n, cfg.max_frames, cfg.embed_dim), dtype=np.float32),
-                "patches": rng.standard_normal((n, cfg.num_pixels, cfg.embed_dim), dtype=np.float32),
-                "video_mask": np.ones((n, cfg.max_frames), np.float32)})
+            writer.add_batch([f"v{i}" for i in range(start, start + n)], random_rows(cfg, n, rng))
     return root
 
 
@@ -227,11 +251,7 @@ def synthetic_windows(root: Path, bundle, windows: dict[str, int], window: float
         for start in range(0, len(entries), shard):
             batch = entries[start:start + shard]
             n = len(batch)
-            writer.add_batch([e["id"] for e in batch], {
-                "video": rng.standard_normal((n, cfg.embed_dim), dtype=np.float32),
-                "frame_features": rng.standard_normal((n, cfg.max_frames, cfg.embed_dim), dtype=np.float32),
-                "patches": rng.standard_normal((n, cfg.num_pixels, cfg.embed_dim), dtype=np.float32),
-                "video_mask": np.ones((n, cfg.max_frames), np.float32)}, batch)
+            writer.add_batch([e["id"] for e in batch], random_rows(cfg, n, rng), batch)
     return root
 
 

@@ -23,3 +23,20 @@ def clips(tmp_path_factory) -> Path:
     for i in range(N_CLIPS):
         make_clip(folder / f"clip{i}.mp4", seconds=1 + i, seed=i)
     return folder
+
+
+@pytest.fixture(scope="module")
+def bundle(fake_bundle):
+    """``fake_bundle`` loaded (a module may define its own ``bundle`` instead)."""
+    from runtime.bundle import load_bundle
+
+    return load_bundle(fake_bundle)
+
+
+@pytest.fixture(scope="module")
+def scorer(bundle):
+    """The scorer of ``bundle`` on onnxruntime's CPU backend."""
+    from runtime.backends import open_session
+    from runtime.scoring import Scorer
+
+    return Scorer(open_session(bundle, "scorer", "cpu"), bundle.config)

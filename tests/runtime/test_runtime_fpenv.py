@@ -7,10 +7,11 @@ import threading
 
 import numpy as np
 import pytest
+from runtime_helpers import random_queries, random_rows
 
 from runtime.backends import fpenv, open_session
 from runtime.bundle import load_bundle
-from runtime.scoring import Scorer, TextFeatures
+from runtime.scoring import Scorer
 
 TINY = np.float32(1e-40)  # a float32 subnormal
 
@@ -37,14 +38,8 @@ def test_sessions_leave_the_callers_floating_point_environment_alone(fake_bundle
     def use_the_scorer():
         scorer = Scorer(open_session(bundle, "scorer", "cpu"), bundle.config)
         seen.append(_subnormals_kept())
-        cfg = bundle.config
-        rng = np.random.default_rng(0)
-        text = TextFeatures(rng.standard_normal((2, cfg.embed_dim), dtype=np.float32),
-                            rng.standard_normal((2, cfg.max_words, cfg.embed_dim), dtype=np.float32))
-        videos = {"video": rng.standard_normal((3, cfg.embed_dim), dtype=np.float32),
-                  "frame_features": rng.standard_normal((3, cfg.max_frames, cfg.embed_dim), dtype=np.float32),
-                  "patches": rng.standard_normal((3, cfg.num_pixels, cfg.embed_dim), dtype=np.float32),
-                  "video_mask": np.ones((3, cfg.max_frames), np.float32)}
+        text = random_queries(bundle.config, 2, seed=0)
+        videos = random_rows(bundle.config, 3, np.random.default_rng(1))
         scorer.score_tile(text, scorer.prepare(videos))
         seen.append(_subnormals_kept())
 

@@ -16,16 +16,6 @@ from runtime.bundle import load_bundle
 from runtime.errors import BackendError, BundleError
 
 
-@pytest.fixture(scope="module")
-def bundle(fake_bundle):
-    return load_bundle(fake_bundle)
-
-
-@pytest.fixture(scope="module")
-def scorer(bundle):
-    return scoring.Scorer(open_session(bundle, "scorer", "cpu"), bundle.config)
-
-
 def _features(cfg, n_text, n_video, seed=0):
     rng = np.random.default_rng(seed)
     d, l, f, p = cfg.embed_dim, cfg.max_words, cfg.max_frames, cfg.num_pixels

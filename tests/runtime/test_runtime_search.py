@@ -9,13 +9,11 @@ import json
 
 import numpy as np
 import pytest
-from runtime_helpers import synthetic_index, synthetic_windows
+from runtime_helpers import random_biases, random_queries, synthetic_index, synthetic_windows
 
-from runtime.backends import open_session
-from runtime.bundle import load_bundle
 from runtime.errors import GalleryIndexError
 from runtime.index import GalleryIndex, IndexWriter
-from runtime.scoring import LEVELS, ArrayVideos, RowRange, Scorer, TextFeatures, TopK, fuse, score_matrix
+from runtime.scoring import LEVELS, ArrayVideos, RowRange, TopK, fuse, score_matrix
 from runtime.search import (
     DEFAULT_SHORTLIST,
     DEFAULT_TOP_K,
@@ -38,34 +36,15 @@ WINDOWS = {"a": 3, "b": 1, "c": 4, "d": 2, "e": 5, "f": 2}
 N_QUERIES = 4
 
 
-@pytest.fixture(scope="module")
-def bundle(fake_bundle):
-    return load_bundle(fake_bundle)
-
-
-@pytest.fixture(scope="module")
-def scorer(bundle):
-    return Scorer(open_session(bundle, "scorer", "cpu"), bundle.config)
-
-
 def _queries(cfg, n=N_QUERIES, seed=9):
-    rng = np.random.default_rng(seed)
-    return TextFeatures(rng.standard_normal((n, cfg.embed_dim), dtype=np.float32),
-                        rng.standard_normal((n, cfg.max_words, cfg.embed_dim), dtype=np.float32))
-
-
-def _with_biases(root, bundle, rows, seed, scale=0.5):
-    values = np.random.default_rng(seed).normal(0, scale, (len(LEVELS), rows)).astype(np.float32)
-    with IndexWriter(root, bundle) as writer:
-        writer.set_biases(values, {"bank": {"path": "synthetic"}})
-    return root
+    return random_queries(cfg, n, seed)
 
 
 @pytest.fixture(scope="module")
 def windows(bundle, scorer, tmp_path_factory):
     """A windowed index with SK biases, queries, and the numpy truth: level matrices and fused scores."""
     root = synthetic_windows(tmp_path_factory.mktemp("search") / "windows", bundle, WINDOWS, seed=21, shard=5)
-    _with_biases(root, bundle, sum(WINDOWS.values()), seed=22)
+    random_biases(root, bundle, sum(WINDOWS.values()), seed=22)
     gallery = GalleryIndex(root)
     queries = _queries(bundle.config)
     levels = score_matrix(scorer, queries, gallery)
@@ -306,7 +285,7 @@ def test_features_held_in_memory_answer_as_the_shards_do(windows, scorer):
 @pytest.fixture(scope="module")
 def whole(bundle, scorer, tmp_path_factory):
     root = synthetic_index(tmp_path_factory.mktemp("search") / "whole", bundle, 40, shard=16, seed=23)
-    _with_biases(root, bundle, 40, seed=24)
+    random_biases(root, bundle, 40, seed=24)
     gallery = GalleryIndex(root)
     queries = _queries(bundle.config, seed=25)
     levels = score_matrix(scorer, queries, gallery)
@@ -463,7 +442,7 @@ def test_the_stage1_index_is_cached_per_gallery_biases_and_parameters(bundle, sc
     TwoStage(scorer, GalleryIndex(root), params=Stage1Params("hnsw"))  # other parameters: another file
     assert len(list(root.glob("stage1-*.faiss"))) == 2
     # the cache holds [v, bias_vs] rows: with biases the shortlist follows them (a fresh file)
-    _with_biases(root, bundle, 20, seed=31, scale=50.0)
+    random_biases(root, bundle, 20, seed=31, scale=50.0)
     biased = GalleryIndex(root)
     queries = _queries(bundle.config, seed=32)
     top = TwoStage(scorer, biased, params=Stage1Params("flat")).search(queries, 1, 1)

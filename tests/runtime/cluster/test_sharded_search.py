@@ -8,17 +8,15 @@ from concurrent.futures import Future
 
 import numpy as np
 import pytest
-from runtime_helpers import synthetic_index, synthetic_windows
+from runtime_helpers import random_biases, random_queries, random_rows, synthetic_index, synthetic_windows
 
-from runtime.backends import open_session
-from runtime.bundle import load_bundle
 from runtime.cluster.fanout import LocalShards, ShardedSearcher
 from runtime.cluster.merge import merge_shortlists
 from runtime.cluster.partition import plan_parts
 from runtime.cluster.shard import ShardInfo, ShardSearcher, StaleSnapshot
 from runtime.errors import GalleryIndexError, ShardsUnavailable
 from runtime.index import GalleryIndex, IndexChangedError, IndexWriter
-from runtime.scoring import LEVELS, Scorer, TextFeatures
+from runtime.scoring import LEVELS
 from runtime.search import Searcher, SearchOptions
 from runtime.search.filters import FilterError
 from runtime.serve.snapshot import state_digest
@@ -28,38 +26,19 @@ N_QUERIES = 3
 
 
 @pytest.fixture(scope="module")
-def bundle(fake_bundle):
-    return load_bundle(fake_bundle)
-
-
-@pytest.fixture(scope="module")
-def scorer(bundle):
-    return Scorer(open_session(bundle, "scorer", "cpu"), bundle.config)
-
-
-def _biases(root, bundle, rows, seed):
-    values = np.random.default_rng(seed).normal(0, 0.5, (len(LEVELS), rows)).astype(np.float32)
-    with IndexWriter(root, bundle) as writer:
-        writer.set_biases(values, {"bank": {"path": "synthetic"}})
-    return root
-
-
-@pytest.fixture(scope="module")
 def whole(bundle, tmp_path_factory):
-    return _biases(synthetic_index(tmp_path_factory.mktemp("cluster") / "whole", bundle, 37, shard=10, seed=3),
+    return random_biases(synthetic_index(tmp_path_factory.mktemp("cluster") / "whole", bundle, 37, shard=10, seed=3),
                    bundle, 37, seed=4)
 
 
 @pytest.fixture(scope="module")
 def windows(bundle, tmp_path_factory):
     root = synthetic_windows(tmp_path_factory.mktemp("cluster") / "windows", bundle, WINDOWS, seed=5, shard=6)
-    return _biases(root, bundle, sum(WINDOWS.values()), seed=6)
+    return random_biases(root, bundle, sum(WINDOWS.values()), seed=6)
 
 
 def _queries(cfg, seed=9):
-    rng = np.random.default_rng(seed)
-    return TextFeatures(rng.standard_normal((N_QUERIES, cfg.embed_dim), dtype=np.float32),
-                        rng.standard_normal((N_QUERIES, cfg.max_words, cfg.embed_dim), dtype=np.float32))
+    return random_queries(cfg, N_QUERIES, seed)
 
 
 def _sharded(root, scorer, shards, **kwargs):
@@ -220,11 +199,7 @@ def test_shards_keep_the_version_a_request_names_while_the_index_changes(bundle,
     rng = np.random.default_rng(8)
     cfg = bundle.config
     with IndexWriter(root, bundle) as writer:  # 4 more videos, far better than any other for every query
-        writer.add_batch([f"n{i}" for i in range(4)], {
-            "video": rng.standard_normal((4, cfg.embed_dim), dtype=np.float32),
-            "frame_features": rng.standard_normal((4, cfg.max_frames, cfg.embed_dim), dtype=np.float32),
-            "patches": rng.standard_normal((4, cfg.num_pixels, cfg.embed_dim), dtype=np.float32),
-            "video_mask": np.ones((4, cfg.max_frames), np.float32)})
+        writer.add_batch([f"n{i}" for i in range(4)], random_rows(cfg, 4, rng))
     new = ShardedSearcher(scorer, GalleryIndex(root), old.clients, state_digest(GalleryIndex(root).state.to_dict()))
     assert sum(info.rows for info in new.infos) == 16
     # the old version is still answered, by the same shard processes, as before
@@ -310,11 +285,7 @@ def test_a_shard_opens_a_newer_version_when_asked_and_keeps_two(bundle, scorer, 
     rng = np.random.default_rng(13)
     for round_ in range(2):
         with IndexWriter(root, bundle) as writer:
-            writer.add_batch([f"x{round_}"], {
-                "video": rng.standard_normal((1, cfg.embed_dim), dtype=np.float32),
-                "frame_features": rng.standard_normal((1, cfg.max_frames, cfg.embed_dim), dtype=np.float32),
-                "patches": rng.standard_normal((1, cfg.num_pixels, cfg.embed_dim), dtype=np.float32),
-                "video_mask": np.ones((1, cfg.max_frames), np.float32)})
+            writer.add_batch([f"x{round_}"], random_rows(cfg, 1, rng))
         digests.append(state_digest(GalleryIndex(root).state.to_dict()))
         # asked for the version on disk it does not hold yet: opened on demand
         hits = shard.hits(digests[-1], _queries(cfg), SearchOptions(top_k=20))
