@@ -21,6 +21,7 @@ import logging
 import signal
 import threading
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,6 @@ from ray import serve
 from runtime.cluster.fanout import ShardedSearcher
 from runtime.cluster.settings import APP_NAME, INGRESS, ClusterSettings, shard_name
 from runtime.cluster.shard import ShardSearcher
-from runtime.index import GalleryIndex
 from runtime.serve.settings import ServeSettings
 from runtime.serve.snapshot import state_digest
 
@@ -43,22 +43,18 @@ def _configure_logs(level: str, fmt: str) -> None:
     logs.configure(logs.QUIET, level=level.upper(), fmt=fmt)
 
 
-def two_stage_expected(settings: ServeSettings, videos: int) -> bool:
-    """Whether the service searches ``videos`` two-stage unless a request says otherwise."""
-    return settings.two_stage == "on" or (settings.two_stage == "auto" and videos >= settings.two_stage_min_videos)
-
-
 class ShardReplica:
     """One replica of one shard: answers the ingress's ``hits``, ``shortlist``, ``rerank``, ``load``."""
 
     def __init__(self, settings: ServeSettings, shard: int, shards: int, log_level: str = "info",
                  log_format: str = "text") -> None:
         _configure_logs(log_level, log_format)
-        videos = len(GalleryIndex(settings.index_dir))
+        from runtime.serve.engine import two_stage_by_default
+
         self.searcher = ShardSearcher(settings.index_dir, shard, shards, bundle_dir=settings.bundle_dir,
                                       backend=settings.backend, threads=settings.threads,
                                       memory_mb=settings.memory_mb, preload_mb=settings.preload_mb,
-                                      two_stage=two_stage_expected(settings, videos),
+                                      two_stage_for=partial(two_stage_by_default, settings),
                                       scorer_precision=settings.scorer_precision)
 
     def load(self):
@@ -146,7 +142,8 @@ def build_app(args: dict[str, str]):
         raise ValueError(f"build_app needs index_dir=DIR; unknown arguments: {unknown}; known: {sorted(known)}")
     settings = ServeSettings(index_dir=Path(args["index_dir"]),
                              bundle_dir=Path(args["bundle_dir"]) if args.get("bundle_dir") else None,
-                             two_stage=args.get("two_stage", "auto"), shortlist=int(args.get("shortlist", 1000)),
+                             two_stage=args.get("two_stage", ServeSettings.two_stage),
+                             shortlist=int(args.get("shortlist", ServeSettings.shortlist)),
                              threads=int(args["threads"]) if args.get("threads") else None,
                              api_keys=Path(args["api_keys"]) if args.get("api_keys") else None,
                              preload_mb=float(args.get("preload_mb", ServeSettings.preload_mb)),

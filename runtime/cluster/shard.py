@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,16 +57,18 @@ class ShardInfo:
 class ShardSearcher:
     """Shard ``shard`` of ``shards`` of the index at ``index_dir``: loads the bundle's scorer (at
     ``scorer_precision``, as the service's), opens its part of the index and answers searches of it
-    in gallery rows (thread-safe)."""
+    in gallery rows (thread-safe). ``two_stage_for(videos)``: whether two-stage search is prepared
+    when a version of ``videos`` rows is opened (the service's default mode for that size)."""
 
     def __init__(self, index_dir: Path, shard: int, shards: int, *, bundle_dir: Path | None = None,
                  backend: str = "auto", threads: int | None = None, memory_mb: float = 256.0,
-                 preload_mb: float = 0.0, two_stage: bool = False, scorer: Scorer | None = None,
+                 preload_mb: float = 0.0, two_stage_for: Callable[[int], bool] | None = None,
+                 scorer: Scorer | None = None,
                  scorer_precision: str = DEFAULT_SCORER_PRECISION) -> None:
         if not 0 <= shard < shards:
             raise ValueError(f"shard {shard} is not one of 0..{shards - 1}")
         self.index_dir, self.shard, self.shards = Path(index_dir), shard, shards
-        self.memory_mb, self.preload_mb, self.prepare_two_stage = memory_mb, preload_mb, two_stage
+        self.memory_mb, self.preload_mb, self.two_stage_for = memory_mb, preload_mb, two_stage_for
         gallery = GalleryIndex(self.index_dir)
         self.bundle: Bundle = load_bundle(bundle_dir or gallery.bundle_path)
         if scorer is None:
@@ -88,7 +91,7 @@ class ShardSearcher:
         if len(part) and feature_bytes(gallery) * len(part) / len(gallery) <= self.preload_mb * 2**20:
             source = ArrayVideos(self.scorer.prepare(part.features(0, len(part))))
         searcher = Searcher(self.scorer, part, memory_mb=self.memory_mb, source=source)
-        if self.prepare_two_stage and len(part):
+        if self.two_stage_for is not None and self.two_stage_for(len(gallery)) and len(part):
             searcher.two_stage(searcher.stage1_params(SearchOptions(two_stage=True)))
         with self._lock:
             self._versions[digest] = (searcher, part, time.time())

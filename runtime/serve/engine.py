@@ -51,6 +51,12 @@ def has_text(text: str) -> bool:
     return bool(clean_text(text).translate(_ZERO_WIDTH_TABLE).strip())
 
 
+def two_stage_by_default(settings: ServeSettings, videos: int) -> bool:
+    """Whether a server with ``settings`` searches a gallery of ``videos`` two-stage when a request
+    does not say (``--two-stage on``, or ``auto`` from ``two_stage_min_videos`` on)."""
+    return settings.two_stage == "on" or (settings.two_stage == "auto" and videos >= settings.two_stage_min_videos)
+
+
 @dataclass
 class SearchJob:
     """One request waiting for the model."""
@@ -112,12 +118,9 @@ class SearchEngine:
 
     def mode(self, videos: int, requested: bool | None) -> str:
         """The search mode of a request on a gallery of ``videos``: its own choice, else the server's."""
-        setting = self.settings.two_stage
         if requested is not None:
             return TWO_STAGE if requested else EXHAUSTIVE
-        if setting == "on" or (setting == "auto" and videos >= self.settings.two_stage_min_videos):
-            return TWO_STAGE
-        return EXHAUSTIVE
+        return TWO_STAGE if two_stage_by_default(self.settings, videos) else EXHAUSTIVE
 
     def run_batch(self, jobs: list[SearchJob], snapshot: Snapshot) -> list[JobResult | Exception]:
         """Results (or the exception) of every job; a job with a query that has no text left after

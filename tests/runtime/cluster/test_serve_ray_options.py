@@ -65,6 +65,9 @@ def test_build_app_binds_one_deployment_per_shard_into_the_ingress(tmp_path):
     assert all(s.ray_actor_options["num_cpus"] == 0.25 for s in shards)
     settings, cluster = ingress.init_args[:2]
     assert settings.index_dir == tmp_path and cluster.shards == 3 and settings.scorer_precision == "int8"
+    from runtime.serve.settings import DEFAULT_SHORTLIST
+
+    assert settings.shortlist == DEFAULT_SHORTLIST and settings.two_stage == "auto"  # `ucofia-run serve`'s defaults
     # the ingress takes as many requests as its batcher may hold; Ray Serve's default (5) would starve batching
     assert ingress._deployment_config.max_ongoing_requests == settings.max_queue + settings.max_batch
     assert all(s._deployment_config.max_ongoing_requests == 16 for s in shards)

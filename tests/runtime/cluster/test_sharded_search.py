@@ -249,7 +249,7 @@ def test_a_part_maps_its_positions_to_gallery_rows_and_refuses_others(whole):
 
 
 def test_a_shard_loads_its_own_scorer_checks_its_number_and_the_index(whole, bundle, tmp_path):
-    shard = ShardSearcher(whole, 1, 2, backend="cpu", preload_mb=1024, two_stage=True)
+    shard = ShardSearcher(whole, 1, 2, backend="cpu", preload_mb=1024, two_stage_for=lambda videos: videos == 37)
     info = shard.info()
     assert (info.shard, info.shards, info.rows) == (1, 2, 18) and info.digest == state_digest(
         GalleryIndex(whole).state.to_dict())
