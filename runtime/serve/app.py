@@ -209,11 +209,7 @@ def create_app(service: SearchService) -> FastAPI:
         return entry
 
     def ensure_ready() -> None:
-        # shards that failed their last call are asked again by the search itself (which answers
-        # 503 or a partial answer while they are down): they do not stop a request here
-        checks = service.readiness()
-        checks.pop("shards", None)
-        if not all(checks.values()):
+        if not all(service.readiness().values()):
             raise HTTPException(503, "the service is not ready; see /readyz",
                                 headers={"Retry-After": str(RETRY_AFTER_S)})
 
@@ -261,11 +257,13 @@ def create_app(service: SearchService) -> FastAPI:
                         **INTERNAL})
     async def readyz(response: Response) -> dict[str, Any]:
         checks = service.readiness()
+        shards = service.shard_status()
+        if shards is not None:  # serve --ray: every shard answered its last call
+            checks["shards"] = shards["up"] == shards["total"]
         ready = all(checks.values())
         if not ready:
             response.status_code = 503
         answer = {"ready": ready, "checks": checks, "snapshot": service.snapshot.describe()}
-        shards = service.shard_status()
         if shards is not None:
             answer["shards"] = shards
         return answer
