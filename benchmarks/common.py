@@ -284,6 +284,15 @@ def write_result(path: Path | None, result: dict[str, Any]) -> None:
         print(f"wrote {path}", file=sys.stderr)
 
 
+def write_summarised(path: Path | None, result: dict[str, Any]) -> None:
+    """:func:`write_result` for a result with a ``summary`` (lines) and a ``contention`` entry: a
+    contended run's note joins the summary, which is printed last, on stderr."""
+    if result["contention"]["contended"]:
+        result["summary"].append("NOTE: " + result["contention"]["note"])
+    write_result(path, result)
+    print("\n".join(result["summary"]), file=sys.stderr)
+
+
 # ---- models and bundles for the scorer benchmarks ------------------------------------------
 ISA_WEIGHTS = ("word_mat_weight", "word_mat_weight2", "pixel_mat_weight", "pixel_mat_weight2",
                "frame_logit_weight", "local_mat_weight", "global_mat_weight", "global_mat_weight_1")

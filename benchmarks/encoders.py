@@ -182,10 +182,7 @@ def main() -> None:
                     f"(target {TARGET}x)"
                     for k, v in results.items()],
     }
-    if result["contention"]["contended"]:
-        result["summary"].append("NOTE: " + result["contention"]["note"])
-    common.write_result(args.output, result)
-    print("\n".join(result["summary"]), file=sys.stderr)
+    common.write_summarised(args.output, result)
 
 
 if __name__ == "__main__":

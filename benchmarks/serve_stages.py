@@ -153,10 +153,7 @@ def main() -> None:
                                             for s in (*STAGES, "total")) + " per query"
             for v in stages for b in BATCHES],
     }
-    if result["contention"]["contended"]:
-        result["summary"].append("NOTE: " + result["contention"]["note"])
-    common.write_result(args.output, result)
-    print("\n".join(result["summary"]), file=sys.stderr)
+    common.write_summarised(args.output, result)
 
 
 if __name__ == "__main__":
