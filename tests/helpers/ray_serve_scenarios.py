@@ -187,6 +187,8 @@ def main(work: Path, out: Path) -> None:
                 "statuses": sorted({s for _, s, _ in done}),
                 "wrong": sum(1 for n, s, a in done if s == 200 and not same(a, expected[n])[0]),
                 "failed": [str(a)[:200] for _, s, a in done if s != 200][:3],
+                "non_200": sum(1 for _, s, _ in done if s != 200),
+                "unanswered": sum(1 for _, s, a in done if s == -1 and "without response" in str(a)),
                 "replicas_after": wait_until(lambda d=deployment: len(replica_pids(d)) >= 2 and replica_pids(d), 90)}
 
         # ---- reload under load: 20 new videos, every answer from one version ----
