@@ -23,7 +23,13 @@ Beside the service it measures the parts (``--parts``):
 * ``rerank``: two-stage search in process (runtime.search.TwoStage, exact flat stage 1) per
   shortlist: stage 1 alone, and the whole query warm and cold (the index's shard files dropped
   from the page cache with posix_fadvise(DONTNEED) before each query), so the re-rank's share is
-  measured, not modelled.
+  measured, not modelled;
+* ``hnsw``: the runtime's HNSW stage 1 (as the service builds and caches it) per efSearch and
+  shortlist, against the exact stage-1 shortlist computed with numpy;
+* ``layouts``: an HNSW graph by inner product against the runtime's graph over the rows made
+  equal length (same M, efConstruction, rows and queries): build seconds, recall of the exact
+  shortlist, queries that keep the whole exact stage-1 top-10 and, with the ground truth, the
+  whole exhaustive fused top-10.
 
 Synthetic features, calibrated on a trained model (``--calibrate RUN`` measures the statistics
 of a trained demo run -- its bundle, index and test captions -- and of the generator, side by
@@ -313,6 +319,8 @@ def measure_stage1(chunks, rows: int, dim: int, q: np.ndarray, found_ids: dict |
     given), queried with ``q``."""
     import faiss
 
+    from runtime.search import stage1
+
     widest = max(args.shortlists)
     out: dict = {"rows": rows, "dim": dim, "queries": len(q), "kinds": {}}
     exact = None
@@ -323,7 +331,7 @@ def measure_stage1(chunks, rows: int, dim: int, q: np.ndarray, found_ids: dict |
         cached = set() if index is None else set(index.root.glob("stage1-*.faiss"))
         fidx = _faiss_build(kind, settings, dim, chunks, rows, index)
         build_s = time.perf_counter() - start
-        entry = {"build_seconds": round(build_s, 1), "index_bytes": int(faiss.serialize_index(fidx).size),
+        entry = {"build_seconds": round(build_s, 1), "index_bytes": stage1.index_bytes(fidx),
                  "search": {}}
         if index is not None and kind == "hnsw" and not set(index.root.glob("stage1-*.faiss")) - cached:
             entry["read_from_cache"] = True  # built earlier (e.g. by the service): build_seconds is the read
@@ -394,6 +402,55 @@ def measure_hnsw(index, q: np.ndarray, found_ids: dict, args) -> dict:
                   flush=True)
         out["search"][json.dumps({"ef_search": ef})] = per
     return {"rows": len(index), "kinds": {name: out, "exact (numpy)": exact_entry}}
+
+
+def measure_layouts(index, q: np.ndarray, found_ids: dict, args) -> dict:
+    """The HNSW graph by inner product over the stage-1 rows against the runtime's graph over the
+    rows made equal length (runtime.search.stage1), same M and efConstruction, same rows and
+    queries: build time and, per efSearch and shortlist, recall of the exact shortlist."""
+    import faiss
+
+    from runtime.search import stage1
+    from runtime.search.two_stage import _faiss_rows
+
+    biases = index.biases()
+
+    def chunks():
+        return _faiss_rows(index, None if biases is None else biases["video_sentence"])
+
+    widest = max(args.shortlists)
+    scores = np.concatenate([chunk @ q.T for chunk in chunks()]).T
+    exact = np.argsort(-scores, axis=1, kind="stable")[:, :widest]
+    del scores
+    params = stage1.choose("hnsw", len(index))
+    out: dict = {"rows": len(index), "m": params.m, "ef_construction": params.ef_construction, "kinds": {}}
+    for layout in ("inner product", "equal length (l2)"):
+        print(f"[million] HNSW layout {layout} ...", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        if layout == "inner product":
+            graph = faiss.IndexHNSWFlat(len(q[0]), params.m, faiss.METRIC_INNER_PRODUCT)
+            graph.hnsw.efConstruction = params.ef_construction
+            for chunk in chunks():
+                graph.add(np.ascontiguousarray(chunk, dtype=np.float32))
+        else:
+            graph = stage1.build(params, len(q[0]), chunks, len(index))
+        entry: dict = {"build_seconds": round(time.perf_counter() - start, 1), "search": {}}
+        for ef in args.ef_searches:
+            per = {}
+            for shortlist in args.shortlists:
+                graph.hnsw.efSearch = max(ef, shortlist)
+                times, found = _one_at_a_time(graph, q, shortlist)
+                per[str(shortlist)] = {**_percentiles(times),
+                                       "recall_of_exact_shortlist": _recall(found, exact, shortlist),
+                                       "queries_with_the_exact_stage1_top10": int(sum(
+                                           set(t[:TOP_K]) <= set(f) for f, t in zip(found, exact)))}
+                found_ids[(f"hnsw {layout}", json.dumps({"ef_search": ef}), str(shortlist))] = np.stack(found)
+            entry["search"][json.dumps({"ef_search": ef})] = per
+            print(f"[million] {layout} ef {ef}: {per}", file=sys.stderr, flush=True)
+        out["kinds"][f"hnsw {layout}"] = entry
+        del graph
+        gc.collect()
+    return out
 
 
 def stage1_in_memory(gen: Generator, q: np.ndarray, args) -> dict:
@@ -510,6 +567,8 @@ def stage1_recall_of_top10(result: dict, found_ids: dict, truth: np.ndarray) -> 
         key = extra or ("exact" if name in ("flat", "exact (numpy)") else "scan")
         entry[key][shortlist]["recall_of_exhaustive_top10"] = round(float(np.mean(
             [len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)])), 4)
+        entry[key][shortlist]["queries_with_the_whole_exhaustive_top10"] = int(sum(
+            set(t) <= set(f) for f, t in zip(found, truth)))
 
 
 def service_agreement(run: dict, truth: np.ndarray) -> None:
@@ -723,9 +782,10 @@ def main() -> None:
     parser.add_argument("--store", default="int8")
     parser.add_argument("--bundle", type=Path, default=None, help="a ViT-B/32 bundle to reuse")
     parser.add_argument("--parts", nargs="+", default=["service", "stage1", "rerank"],
-                        choices=["service", "stage1", "hnsw", "rerank"],
+                        choices=["service", "stage1", "hnsw", "rerank", "layouts"],
                         help="what to measure, in this order (hnsw: the runtime's HNSW stage 1 only, against an "
-                             "exact shortlist computed with numpy)")
+                             "exact shortlist computed with numpy; layouts: an HNSW graph by inner product against "
+                             "the runtime's graph over rows made equal length, both built here)")
     parser.add_argument("--shortlists", type=int, nargs="+", default=[100, 200, 500, 1000])
     parser.add_argument("--serve-shortlists", type=int, nargs="+", default=[200],
                         help="one server per value (the served --shortlist)")
@@ -765,7 +825,7 @@ def main() -> None:
             finish(result, truth)
             result["ground_truth"] = {"computed": True, "seconds": round(float(saved["seconds"]), 1),
                                       "by": "--only-ground-truth beside the run", "tag": str(saved["tag"])}
-            for key in ("stage1", "stage1_hnsw"):
+            for key in ("stage1", "stage1_hnsw", "stage1_layouts"):
                 if key in result:
                     result[key]["recall_of_exhaustive_top10"] = "not kept in the JSON (per-query ids)"
         else:
@@ -839,7 +899,11 @@ def main() -> None:
     def part_hnsw() -> None:
         result["stage1_hnsw"] = measure_hnsw(index, q1, found_ids, args)
 
-    parts = {"stage1": part_stage1, "rerank": part_rerank, "service": part_service, "hnsw": part_hnsw}
+    def part_layouts() -> None:
+        result["stage1_layouts"] = measure_layouts(index, q1, found_ids, args)
+
+    parts = {"stage1": part_stage1, "rerank": part_rerank, "service": part_service, "hnsw": part_hnsw,
+             "layouts": part_layouts}
     for name in args.parts:  # in the order given; what is measured survives a run stopped later
         parts[name]()
         result["contention"] = common.contention(monitor, common.available_cpus())  # so far
@@ -852,7 +916,7 @@ def main() -> None:
         wait_for_ground_truth(args.work)
         print("[million] exhaustive ground truth ...", file=sys.stderr, flush=True)
         truth, result["ground_truth"] = ground_truth(args.work, scorer, index, text, tag, args.memory_mb)
-        for key in ("stage1", "stage1_hnsw"):
+        for key in ("stage1", "stage1_hnsw", "stage1_layouts"):
             if key in result:
                 stage1_recall_of_top10(result[key], {k: v for k, v in found_ids.items()
                                                      if k[0] in result[key]["kinds"]}, truth)

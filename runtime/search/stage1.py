@@ -5,17 +5,28 @@ level plus its SK bias as one inner product), of one of three kinds:
   linear in the gallery (memory-bound: about 2 GB read per query at 10^6 videos of D=512).
 * ``ivf``: inverted lists (IndexIVFFlat, inner product) over ``nlist`` k-means cells; a query
   scans the ``nprobe`` nearest cells. Approximate.
-* ``hnsw``: a navigable small-world graph (IndexHNSWFlat, inner product) with ``M`` links a row,
-  built with ``ef_construction`` and searched with ``ef_search`` (raised to the shortlist when
-  smaller). Approximate.
+* ``hnsw``: a navigable small-world graph with ``M`` links a row, built with ``ef_construction``
+  and searched with ``ef_search`` (raised to the shortlist when smaller). Approximate. The rows
+  are not of one length (the unit video feature and its SK bias in one row), and a graph
+  walked by inner product loses rows that no neighbour's inner product leads to; so the graph is
+  built by Euclidean distance over rows made the same length, ``[x, sqrt(R^2 - |x|^2)]`` with
+  ``R`` the longest row, queried with ``[q, 0]``: the nearest rows are then exactly the rows of
+  largest inner product (``|q' - x'|^2 = |q|^2 + R^2 - 2 q.x``). Measured on the rows the model
+  writes (unit video features and an SK bias): at 10^6 calibrated rows (M 32, efConstruction 80)
+  it kept 99.8-99.9 % of the exact shortlist of 100-200 where the graph by inner product kept
+  96.5-97 % (the same rows and queries, ``benchmarks/results/million_stage1_layouts.json``); at
+  5000 such rows both keep all of it. Rows of widely different lengths, which the model does not
+  write, do worse (5000 random Gaussian rows: 91 % against 100 % at efSearch 256). Scores are the
+  stored rows' exact inner products with ``q``.
 
 ``auto`` picks by gallery size what benchmarks/large_gallery.py and benchmarks/million.py measured
 (``benchmarks/results/large_gallery_1e6_vit_b32.json``, ``million_1e5.json``): flat up to
 ``AUTO_FLAT_MAX_ROWS`` rows (exact; at 10^5 rows a flat query took 65-115 ms p50 on the loaded
 2-core machine, the whole 100 ms budget of a query, and at 10^6 about 1 s), HNSW above: at 10^5
-calibrated rows (M 32) it kept 99-100 % of the exact shortlist and 99.6-100 % of the exhaustive
-fused top-10 at efSearch 128-512 in 0.2-0.5 ms p50 (built in 27 s; at 10^6 rows 96.8-97.4 %, built
-in 862 s: ``million_1e6_stage1.json``), whereas IVF at 10^6 rows (1024
+calibrated rows (M 32, a graph by inner product) it kept 99-100 % of the exact shortlist and
+99.6-100 % of the exhaustive fused top-10 at efSearch 128-512 in 0.2-0.5 ms p50 (built in 27 s; at
+10^6 rows 96.8-97.4 %, built in 862 s: ``million_1e6_stage1.json``; the equal-length graph above
+fixed that), whereas IVF at 10^6 rows (1024
 lists) of the earlier, uncalibrated features kept only 11 % of the shortlist at nprobe 32, and the
 FAISS scalar-quantised flat scans (int8, fp16) were no faster than flat for one query. The
 kind and its parameters are recorded next to the cached index (``stage1-HASH.json`` in the index
@@ -82,8 +93,7 @@ def build(params: Stage1Params, dim: int, chunks: Callable[[], Iterable[np.ndarr
     if params.kind == "flat":
         index = faiss.IndexFlatIP(dim)
     elif params.kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, params.m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = params.ef_construction
+        return _build_equal_length_hnsw(params, dim, chunks)
     elif params.kind == "ivf":
         quantizer = faiss.IndexFlatIP(dim)
         index = faiss.IndexIVFFlat(quantizer, dim, min(params.nlist, max(rows, 1)), faiss.METRIC_INNER_PRODUCT)
@@ -101,6 +111,75 @@ def build(params: Stage1Params, dim: int, chunks: Callable[[], Iterable[np.ndarr
     for chunk in chunks():
         index.add(np.ascontiguousarray(chunk, dtype=np.float32))
     return index
+
+
+def _norms(chunk: np.ndarray) -> np.ndarray:
+    return np.linalg.norm(chunk.astype(np.float64), axis=1)
+
+
+def _build_equal_length_hnsw(params: Stage1Params, dim: int, chunks: Callable[[], Iterable[np.ndarray]]):
+    """The HNSW graph by Euclidean distance over the rows made ``R`` long (two reads of the rows:
+    the longest one, then every row with its length-completing column)."""
+    import faiss
+
+    longest = max((float(_norms(chunk).max()) for chunk in chunks() if len(chunk)), default=1.0)
+    graph = faiss.IndexHNSWFlat(dim + 1, params.m, faiss.METRIC_L2)
+    graph.hnsw.efConstruction = params.ef_construction
+    for chunk in chunks():
+        rest = np.sqrt(np.maximum(longest ** 2 - _norms(chunk) ** 2, 0.0))
+        graph.add(np.ascontiguousarray(np.concatenate([chunk, rest[:, None]], axis=1), dtype=np.float32))
+    return InnerProductHnsw(graph)
+
+
+class InnerProductHnsw:
+    """An HNSW graph over equal-length rows ``[x, sqrt(R^2 - |x|^2)]`` searched for the rows of
+    largest inner product with ``q``: ``search`` answers as an inner-product FAISS index would
+    (scores descending, -1 / -inf where fewer were found), scores recomputed from the stored rows."""
+
+    def __init__(self, graph) -> None:
+        self.graph = graph
+
+    @property
+    def hnsw(self):
+        return self.graph.hnsw
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.graph.ntotal)
+
+    def search(self, queries: np.ndarray, k: int, params=None) -> tuple[np.ndarray, np.ndarray]:
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        padded = np.concatenate([q, np.zeros((len(q), 1), np.float32)], axis=1)
+        _, found = self.graph.search(padded, k, params=params)
+        scores = np.full(found.shape, -np.inf, np.float32)
+        hit = found >= 0
+        if hit.any():
+            stored = self.graph.reconstruct_batch(found[hit].astype(np.int64))[:, :-1]
+            scores[hit] = np.einsum("nd,nd->n", stored, np.repeat(q, hit.sum(1), axis=0))
+        order = np.argsort(-scores, axis=1, kind="stable")  # exact scores may reorder near-equal rows
+        return np.take_along_axis(scores, order, 1), np.take_along_axis(found, order, 1)
+
+
+def save(index, path: str) -> None:
+    """Write a stage-1 index built by :func:`build` to ``path``."""
+    import faiss
+
+    faiss.write_index(index.graph if isinstance(index, InnerProductHnsw) else index, path)
+
+
+def load(path: str, params: Stage1Params):
+    """Read a stage-1 index of ``params`` that :func:`save` wrote."""
+    import faiss
+
+    index = faiss.read_index(path)
+    return InnerProductHnsw(index) if params.kind == "hnsw" else index
+
+
+def index_bytes(index) -> int:
+    """Bytes of the stage-1 index serialised."""
+    import faiss
+
+    return int(faiss.serialize_index(index.graph if isinstance(index, InnerProductHnsw) else index).size)
 
 
 def configure(index, params: Stage1Params, shortlist: int) -> None:
@@ -131,5 +210,13 @@ def search_parameters(params: Stage1Params, shortlist: int, mask: np.ndarray):
     return out
 
 
+# Part of an HNSW index's cache key: a graph of another layout (e.g. one by inner product, cached
+# by an earlier release) is built again rather than read.
+HNSW_LAYOUT = "l2 over rows made equal length"
+
+
 def describe(params: Stage1Params) -> str:
-    return json.dumps(params.to_dict(), sort_keys=True)
+    values = params.to_dict()
+    if params.kind == "hnsw":
+        values["layout"] = HNSW_LAYOUT
+    return json.dumps(values, sort_keys=True)

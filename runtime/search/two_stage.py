@@ -88,8 +88,6 @@ def faiss_index(index: GalleryIndex, params: Stage1Params | None = None):
     """The stage-1 FAISS index over [v, bias_vs] rows (``params``: default ``auto`` for the gallery
     size), cached in the index directory as ``stage1-HASH.faiss`` with its kind and parameters in
     ``stage1-HASH.json``; built when missing. Returns (faiss index, params)."""
-    import faiss
-
     params = params or stage1.choose("auto", len(index))
     biases = index.biases()
     bias = None if biases is None else biases["video_sentence"]
@@ -98,10 +96,10 @@ def faiss_index(index: GalleryIndex, params: Stage1Params | None = None):
     path = index.root / f"{STAGE1_PREFIX}{key[:16]}.faiss"
     meta_path = path.with_suffix(".json")
     if path.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()).get("key") == key:
-        return faiss.read_index(str(path)), params
+        return stage1.load(str(path), params), params
     built = stage1.build(params, index.config.embed_dim + 1, lambda: _faiss_rows(index, bias), len(index))
     with atomic_path(path) as tmp:
-        faiss.write_index(built, str(tmp))
+        stage1.save(built, str(tmp))
     atomic_write_text(meta_path, json.dumps({"key": key, "rows": len(index), "params": params.to_dict()}))
     return built, params
 

@@ -215,9 +215,11 @@ def random_biases(root: Path, bundle, rows: int, seed: int, scale: float = 0.5) 
     return root
 
 
-def synthetic_index(root: Path, bundle, videos: int, shard: int = 1000, seed: int = 0) -> Path:
+def synthetic_index(root: Path, bundle, videos: int, shard: int = 1000, seed: int = 0,
+                    unit_video: bool = False) -> Path:
     """An index at ``root`` for ``bundle`` (a loaded Bundle) holding ``videos`` rows of random
-    features (ids v0, v1, ...), written in shards of ``shard`` rows; no video is decoded."""
+    features (ids v0, v1, ...), written in shards of ``shard`` rows; no video is decoded.
+    ``unit_video``: video features of length 1, as the model's video encoder makes them."""
     from runtime.index import IndexWriter
 
     cfg = bundle.config
@@ -225,7 +227,10 @@ def synthetic_index(root: Path, bundle, videos: int, shard: int = 1000, seed: in
     with IndexWriter(root, bundle) as writer:
         for start in range(0, videos, shard):
             n = min(shard, videos - start)
-            writer.add_batch([f"v{i}" for i in range(start, start + n)], random_rows(cfg, n, rng))
+            rows = random_rows(cfg, n, rng)
+            if unit_video:
+                rows["video"] /= np.linalg.norm(rows["video"], axis=1, keepdims=True)
+            writer.add_batch([f"v{i}" for i in range(start, start + n)], rows)
     return root
 
 

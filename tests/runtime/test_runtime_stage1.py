@@ -60,9 +60,21 @@ def test_flat_stage1_is_the_exact_inner_product_shortlist(vectors):
     np.testing.assert_allclose(scores, np.take_along_axis(exact, found, 1), rtol=1e-5, atol=1e-4)
 
 
-def test_hnsw_stage1_searches_with_its_ef_search(vectors):
+@pytest.fixture(scope="module")
+def model_rows():
+    """Stage-1 rows as the model makes them: unit video features (the model L2-normalises them)
+    and an SK bias column; queries ``[s_hat K, 1]``."""
+    rng = np.random.default_rng(8)
+    video = rng.standard_normal((ROWS, DIM - 1))
+    video /= np.linalg.norm(video, axis=1, keepdims=True)
+    rows = np.concatenate([video, rng.normal(0, 0.2, (ROWS, 1))], axis=1).astype(np.float32)
+    queries = np.concatenate([rng.standard_normal((N_QUERIES, DIM - 1)), np.ones((N_QUERIES, 1))], axis=1)
+    return rows, queries.astype(np.float32)
+
+
+def test_hnsw_stage1_searches_with_its_ef_search(model_rows):
     """The default ef_search (256) finds the exact shortlist; FAISS's default (16) would not."""
-    rows, queries = vectors
+    rows, queries = model_rows
     _, exact = _shortlists(stage1.choose("flat", ROWS), rows, queries)
     params = stage1.choose("hnsw", ROWS)
     assert (params.m, params.ef_construction, params.ef_search) == (32, 80, 256)
@@ -70,6 +82,32 @@ def test_hnsw_stage1_searches_with_its_ef_search(vectors):
     assert _recall(found, exact) >= 0.98
     built = stage1.build(stage1.choose("hnsw", 100, ef_construction=50), DIM, _chunks(rows[:100]), 100)
     assert built.hnsw.efConstruction == 50  # the graph is built with the ef_construction asked for
+    index = stage1.build(params, DIM, _chunks(rows), ROWS)
+    index.hnsw.efSearch = 16  # FAISS's default
+    assert _recall(index.search(queries, SHORTLIST)[1], exact) < 0.9
+
+
+def test_hnsw_stage1_ranks_by_inner_product_with_exact_scores(vectors, tmp_path):
+    """Rows of many lengths (random Gaussian): searched wide enough to be exhaustive, the graph
+    over rows made equal length returns exactly the inner-product shortlist, best first, with the
+    rows' exact inner products, and the same after a save and load."""
+    rows, queries = vectors[0][:300], vectors[1][:20]
+    exact = queries @ rows.T
+    want = np.argsort(-exact, axis=1, kind="stable")[:, :SHORTLIST]
+    params = stage1.choose("hnsw", 300, ef_search=300)
+    scores, found = _shortlists(params, rows, queries)
+    np.testing.assert_array_equal(found, want)
+    np.testing.assert_allclose(scores, np.take_along_axis(exact, found, 1), rtol=1e-5, atol=1e-5)
+    assert np.all(np.diff(scores, axis=1) <= 0)
+    index = stage1.build(params, DIM, _chunks(rows), 300)
+    stage1.save(index, str(tmp_path / "g.faiss"))
+    again = stage1.load(str(tmp_path / "g.faiss"), params)
+    stage1.configure(again, params, SHORTLIST)
+    np.testing.assert_array_equal(again.search(queries, SHORTLIST)[1], want)
+    assert stage1.index_bytes(again) == stage1.index_bytes(index) > 300 * (DIM + 1) * 4
+    # asked for more rows than it holds: the rest is -1 with score -inf
+    scores, found = again.search(queries[:2], 310)
+    assert (found[:, 300:] == -1).all() and np.isneginf(scores[:, 300:]).all() and (found[:, :300] >= 0).all()
 
 
 def test_ivf_stage1_scans_nprobe_cells(vectors):
@@ -146,7 +184,9 @@ def test_choose_overrides_and_the_recorded_parameters():
     for p in (params, hnsw):
         assert Stage1Params.from_dict(p.to_dict()) == p
     assert stage1.describe(params) == '{"kind": "ivf", "nlist": 1024, "nprobe": 8}'
-    assert stage1.describe(hnsw) == '{"ef_construction": 80, "ef_search": 40, "kind": "hnsw", "m": 32}'  # sorted keys
+    # sorted keys; an HNSW graph's layout is part of its cache key
+    assert stage1.describe(hnsw) == ('{"ef_construction": 80, "ef_search": 40, "kind": "hnsw", '
+                                     '"layout": "l2 over rows made equal length", "m": 32}')
     with pytest.raises(ValueError, match="unknown stage-1 kind"):
         stage1.build(Stage1Params("annoy"), 4, _chunks(np.zeros((1, 4), np.float32)), 1)
 
@@ -155,10 +195,11 @@ def test_choose_overrides_and_the_recorded_parameters():
 @pytest.fixture(scope="module")
 def gallery(tmp_path_factory):
     """A bundle with one frame per video and two patches (1 KB a row), a 5000-row index of random
-    features with random SK biases, its scorer and 100 random queries."""
+    features (unit video features, as the model makes them) with random SK biases, its scorer and
+    100 random queries."""
     root = tmp_path_factory.mktemp("stage1")
     bundle = load_bundle(build_fake_bundle(root / "bundle", cfg=tiny_config(max_frames=1, top_k=1), seed=4))
-    index_dir = synthetic_index(root / "index", bundle, ROWS, shard=1200, seed=6)
+    index_dir = synthetic_index(root / "index", bundle, ROWS, shard=1200, seed=6, unit_video=True)
     rng = np.random.default_rng(7)
     with IndexWriter(index_dir, bundle) as writer:
         writer.set_biases(rng.normal(0, 0.5, (len(LEVELS), ROWS)).astype(np.float32), {"bank": {"path": "synthetic"}})
