@@ -20,6 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
 from runtime.cluster.merge import merge_hits, merge_shortlists
+from runtime.cluster.settings import DEFAULT_LOAD_DEADLINE_S, DEFAULT_SHARD_DEADLINE_S
 from runtime.cluster.shard import ShardInfo, ShardSearcher
 from runtime.errors import GalleryIndexError, RuntimeUserError, ShardsUnavailable
 from runtime.index import GalleryIndex, IndexChangedError
@@ -28,11 +29,7 @@ from runtime.search import SearchAnswer, Searcher, SearchOptions
 from runtime.search.searcher import Hits
 
 logger = logging.getLogger(__name__)
-# How long the ingress keeps asking a shard that fails (a replica restarting takes seconds).
-DEFAULT_SHARD_DEADLINE_S = 10.0
-# How long the ingress waits for every shard to open an index version (at start and on reload): a
-# shard replica builds its part's stage 1 then (HNSW over 10^6 rows took ~15 minutes on 2 cores).
-DEFAULT_LOAD_DEADLINE_S = 1800.0
+
 RETRY_PAUSE_S = 0.2
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from runtime.cluster.settings import DEFAULT_LOAD_DEADLINE_S, DEFAULT_SHARD_DEADLINE_S
 from runtime.commands.common import (
     EXIT_CODES_HELP,
     backend_option,
@@ -127,10 +128,10 @@ from runtime.serve import settings as defaults
                    "ingress replica died before answering to another replica (no request lost); ray is Ray "
                    "Serve's own proxy, which answers such a request 500. With --ray-address the cluster's "
                    "own setting applies (docs/scaling.md).")
-@click.option("--shard-deadline", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
+@click.option("--shard-deadline", default=DEFAULT_SHARD_DEADLINE_S, show_default=True, type=click.FloatRange(min=0.1),
               help="With --ray: seconds the ingress keeps asking a shard that fails before the request gets 503 "
                    "(or, with \"allow_partial\": true, the other shards' answer).")
-@click.option("--shard-load-timeout", default=1800.0, show_default=True, type=click.FloatRange(min=1),
+@click.option("--shard-load-timeout", default=DEFAULT_LOAD_DEADLINE_S, show_default=True, type=click.FloatRange(min=1),
               help="With --ray: seconds the ingress waits for every shard to open the index, at start and on a "
                    "reload (a shard builds its part's FAISS stage 1 then: minutes for 10^6 rows).")
 @click.option("--autoscale", nargs=3, type=(click.IntRange(min=1), click.IntRange(min=1), click.FloatRange(min=0.1)),

@@ -27,9 +27,9 @@ TWO_STAGE_AUTO_MIN_VIDEOS = 5000
 # re-rank costs about 0.1-0.3 ms a shortlisted row (benchmarks/results/million_2e4.json: 20 / 29 /
 # 69 / 121 ms at 100 / 200 / 500 / 1000 rows warm), so 1000 alone spent a 100 ms query budget. 100
 # kept 100 % of the exhaustive top-10 sets on the trained demo model (1440 videos,
-# trained_agreement_demo.json) and at 10^5 calibrated videos (million_1e5.json); at 10^6
-# (million.json) 100 and 200 agreed equally (the misses are the HNSW stage 1's: an exact stage 1 of
-# 100 rows holds every exhaustive top-10 row, million_1e6_stage1.json), and only 100 met the 20 QPS.
+# trained_agreement_demo.json), at 10^5 calibrated videos (million_1e5.json) and at 10^6
+# (million.json: 50 of 50 queries, 29 QPS at 32 clients); 200 did not meet 20 QPS at 10^6
+# (million_1e6_efc80.json: 16 QPS).
 DEFAULT_SHORTLIST = 100
 TWO_STAGE_MODES = ("auto", "on", "off")
 # --watch polls index.json this often (bounded), and reloads once a change has held for one poll.

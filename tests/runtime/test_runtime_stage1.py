@@ -77,7 +77,7 @@ def test_hnsw_stage1_searches_with_its_ef_search(model_rows):
     rows, queries = model_rows
     _, exact = _shortlists(stage1.choose("flat", ROWS), rows, queries)
     params = stage1.choose("hnsw", ROWS)
-    assert (params.m, params.ef_construction, params.ef_search) == (32, 80, 256)
+    assert (params.m, params.ef_construction, params.ef_search) == (32, 200, 256)
     _, found = _shortlists(params, rows, queries)
     assert _recall(found, exact) >= 0.98
     built = stage1.build(stage1.choose("hnsw", 100, ef_construction=50), DIM, _chunks(rows[:100]), 100)
@@ -179,13 +179,13 @@ def test_choose_overrides_and_the_recorded_parameters():
     assert params == Stage1Params("ivf", nlist=1024, nprobe=8)
     assert params.to_dict() == {"kind": "ivf", "nlist": 1024, "nprobe": 8}
     hnsw = stage1.choose("hnsw", 10, ef_search=40, nprobe=None)
-    assert hnsw.to_dict() == {"kind": "hnsw", "m": 32, "ef_construction": 80, "ef_search": 40}
+    assert hnsw.to_dict() == {"kind": "hnsw", "m": 32, "ef_construction": 200, "ef_search": 40}
     assert stage1.choose("flat", 10).to_dict() == {"kind": "flat"}
     for p in (params, hnsw):
         assert Stage1Params.from_dict(p.to_dict()) == p
     assert stage1.describe(params) == '{"kind": "ivf", "nlist": 1024, "nprobe": 8}'
     # sorted keys; an HNSW graph's layout is part of its cache key
-    assert stage1.describe(hnsw) == ('{"ef_construction": 80, "ef_search": 40, "kind": "hnsw", '
+    assert stage1.describe(hnsw) == ('{"ef_construction": 200, "ef_search": 40, "kind": "hnsw", '
                                      '"layout": "l2 over rows made equal length", "m": 32}')
     with pytest.raises(ValueError, match="unknown stage-1 kind"):
         stage1.build(Stage1Params("annoy"), 4, _chunks(np.zeros((1, 4), np.float32)), 1)
