@@ -4,8 +4,9 @@
 metadata for the records, filters checked here) whose searches run on the shards: exhaustive
 search asks every shard for its best ``offset + top_k`` and merges them; two-stage search asks
 every shard for its stage-1 shortlist, keeps the global best ``shortlist`` rows (as one process
-would), and has each shard re-rank its part of them. Every call names the index version
-(state digest) this searcher was made for, so a request is answered from one version.
+would), and has each shard re-rank its part of them (a single shard does both in one call).
+Every call names the index version (state digest) this searcher was made for, so a request is
+answered from one version.
 
 A shard that fails is asked again (another replica, once Ray routes around a dead one) until the
 request's shard deadline; a shard still missing then raises ``ShardsUnavailable``, which carries
@@ -165,7 +166,9 @@ class ShardedSearcher(Searcher):
 
     def hits(self, queries: TextFeatures, options: SearchOptions) -> Hits:
         self.matching(options.where)  # a filter of the wrong type fails here, before any shard is asked
-        if options.two_stage:
+        # One shard's shortlist is the global one: it answers a two-stage search in one call, as
+        # one process would, saving the second round trip.
+        if options.two_stage and len(self.clients) > 1:
             shortlists = self._gather("shortlist", lambda shard: (queries, options))
             self._check_complete(shortlists, options, queries, stage="stage 1")
             candidates = merge_shortlists([shortlists[s] for s in range(len(self.clients))], options.wide)

@@ -116,7 +116,7 @@ def test_whole_file_answers_equal_one_process(whole, scorer, bundle, shards):
     assert [info.rows for info in sharded.infos] == [len(p) for p in plan_parts(GalleryIndex(whole), shards)]
 
 
-@pytest.mark.parametrize("shards", [2, 4])
+@pytest.mark.parametrize("shards", [1, 2, 4])
 def test_windowed_answers_equal_one_process_grouped_or_not(windows, scorer, bundle, shards):
     sharded, _ = _sharded(windows, scorer, shards)
     one = Searcher(scorer, GalleryIndex(windows))
@@ -328,6 +328,20 @@ class Wrapped(Exception):
 def _clients(root, scorer, shards, **scripts):
     local = LocalShards([ShardSearcher(root, s, shards, scorer=scorer) for s in range(shards)])
     return [Scripted(c, **scripts.get(f"s{c.shard}", {})) for c in local.clients()]
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_two_stage_takes_one_call_of_a_single_shard_and_two_of_each_of_several(whole, scorer, bundle, shards):
+    gallery = GalleryIndex(whole)
+    clients = _clients(whole, scorer, shards)
+    sharded = ShardedSearcher(scorer, gallery, clients, state_digest(gallery.state.to_dict()))
+    options = SearchOptions(top_k=4, two_stage=True, shortlist=9, stage1="flat")
+    for c in clients:
+        c.calls.clear()
+    queries = _queries(bundle.config)
+    _same(sharded.search(queries, options), Searcher(scorer, gallery).search(queries, options))
+    expected = ["hits"] if shards == 1 else ["shortlist", "rerank"]
+    assert [c.calls for c in clients] == [expected] * shards
 
 
 def test_loading_checks_every_shard_answered_the_same_version_and_all_rows(whole, scorer):
