@@ -6,7 +6,7 @@ indexes (``large_gallery.build_index``). Everything that starts Ray runs inside 
 namespace (``unshare -n -p -f --mount-proc``, only loopback up), the one-process server with it:
 for each Ray layout the two servers are up together and measured in alternation under 1, 8 and
 32 clients (loopback HTTP, one query per request, top 10): QPS, p50/p99, errors, and the CPU
-seconds per request of every process kind (the one-process server; Ray's proxy, the ingress,
+seconds per request of every process kind (the one-process server; the proxy, the ingress,
 the shards). Ray's per-request overhead is the p50 difference at one client. Target (issue 25):
 ``--ray`` with 1 shard at least 0.7x the one process's QPS. The model (``model``) scales the
 measured per-row scoring costs and per-request overheads to 10^7 and 10^8 videos.
@@ -32,7 +32,8 @@ sys.path.insert(0, str(common.REPO))  # the checkout's runtime, whatever is inst
 from large_gallery import DEFAULT_VIDEOS_PER_TOPIC, build_index
 from serve import CLIENTS, Server, export_bundle, measure, queries
 
-NAMESPACE = 'ip link set lo up || exit 97; mkdir -p /tmp/ray && mount -t tmpfs ucofia-ray /tmp/ray || exit 96; "$@"'
+NAMESPACE = ('ip link set lo up || exit 97; mkdir -p /tmp/ray /tmp/haproxy-serve && mount -t tmpfs ucofia-ray /tmp/ray '
+             '&& mount -t tmpfs ucofia-haproxy /tmp/haproxy-serve || exit 96; "$@"')
 STORE = "float16"
 LAYOUTS = {"ray_1_shard": 1, "ray_2_shards": 2}
 # the model: a node of 16 cores and 128 GiB, of which this share holds index pages
@@ -43,8 +44,9 @@ MODEL_SIZES = (10**7, 10**8)
 
 def process_cpu_seconds() -> dict[str, float]:
     """CPU seconds so far of the processes of each kind in this PID namespace."""
-    kinds = {"single": "runtime.cli serve", "proxy": "ProxyActor", "ingress": "ServeReplica:ucofia:ingress",
-             "shards": "ServeReplica:ucofia:shard-"}
+    # the proxy: Ray's (ProxyActor), or HAProxy with the Ray actor that manages it
+    kinds = {"single": ("runtime.cli serve",), "proxy": ("ProxyActor", "HAProxyManager", "bin/haproxy "),
+             "ingress": ("ServeReplica:ucofia:ingress",), "shards": ("ServeReplica:ucofia:shard-",)}
     ticks = os.sysconf("SC_CLK_TCK")
     out = dict.fromkeys(kinds, 0.0)
     for entry in os.listdir("/proc"):
@@ -55,8 +57,8 @@ def process_cpu_seconds() -> dict[str, float]:
             fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        for kind, marker in kinds.items():
-            if marker in title and ("--ray" not in title or kind != "single"):
+        for kind, markers in kinds.items():
+            if any(m in title for m in markers) and ("--ray" not in title or kind != "single"):
                 out[kind] += (int(fields[11]) + int(fields[12])) / ticks
     return out
 
@@ -83,7 +85,8 @@ def inner(spec: dict) -> None:
         for number, (layout, shards) in enumerate(LAYOUTS.items()):
             print(f"[serve_ray] starting {layout} ...", file=sys.stderr, flush=True)
             started = time.monotonic()
-            ray = Server(index, bundle, ["--ray", "--shards", str(shards), "--replica-cpus", "0.1", *threads], None)
+            ray = Server(index, bundle, ["--ray", "--shards", str(shards), "--replica-cpus", "0.1",
+                                         "--ray-proxy", args.ray_proxy, *threads], None)
             runs: dict = {"start_seconds": round(time.monotonic() - started, 1), "single": [], "ray": []}
             try:
                 for clients in args.clients:
@@ -172,6 +175,8 @@ def main() -> None:
     parser.add_argument("--duration-s", type=float, default=10.0, help="measured seconds per (server, clients)")
     parser.add_argument("--threads", type=int, default=None, help="--threads of every server process")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ray-proxy", choices=["haproxy", "ray"], default="haproxy",
+                        help="the proxy in front of the ingress replicas (serve --ray-proxy; haproxy is its default)")
     parser.add_argument("--work", type=Path, default=None, help="keep the bundle and indexes here (reused)")
     parser.add_argument("-o", "--output", type=Path, default=None)
     args = parser.parse_args()
@@ -216,7 +221,7 @@ def main() -> None:
         sizes.append(entry)
         print(json.dumps(ratios, indent=1), file=sys.stderr, flush=True)
     merges = {s: merge_cost_ms(s) for s in (2, 8, 32, 128)}
-    result = {"benchmark": "serve_ray", "config": args.config, "machine": machine,
+    result = {"benchmark": "serve_ray", "config": args.config, "ray_proxy": args.ray_proxy, "machine": machine,
               "contention": common.contention(monitor, args.threads or 2), "load_average_after": common.load_average(),
               "bundle": exported, "sizes": sizes, "model": model(sizes, merges),
               "target": "--ray with 1 shard >= 0.7x the one-process QPS (issue 25)"}
