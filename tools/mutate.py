@@ -113,6 +113,10 @@ AREAS: dict[str, Area] = {
     "cluster": Area(("runtime/cluster/partition.py", "runtime/cluster/shard.py", "runtime/cluster/merge.py",
                      "runtime/cluster/fanout.py"),
                     (RT + "cluster/test_sharded_search.py", RT + "cluster/test_sharded_service.py")),
+    # serve --ray's proxy settings and the HAProxy shim (the kill tests that need them run in the
+    # namespace scenarios, minutes a run; these check the environment and the configuration)
+    "ray-proxy": Area(("runtime/cluster/ingress_proxy.py", "runtime/cluster/haproxy_shim.py"),
+                      (RT + "cluster/test_serve_ray_options.py",)),
     # the driver's own logic; building the Ray Data pipeline (_dataset, connect) runs on a Ray
     # cluster only, which the slow Ray tests start (minutes a run: too slow for one per mutant)
     "ray-driver": Area(("runtime/distributed/pipeline.py",), (RT + "test_ray_index.py",),

@@ -70,12 +70,7 @@ def real_binary() -> str:
 def is_this_shim(binary: str) -> bool:
     """Whether ``binary`` is this shim (by name or by file), which must never run itself."""
     path = Path(binary)
-    if path.name == Path(sys.argv[0]).name == SHIM_NAME:
-        return True
-    try:
-        return path.resolve() == Path(sys.argv[0]).resolve()
-    except OSError:
-        return False
+    return path.name == Path(sys.argv[0]).name == SHIM_NAME or path.resolve() == Path(sys.argv[0]).resolve()
 
 
 def main() -> None:
@@ -90,7 +85,3 @@ def main() -> None:
     except OSError as exc:
         sys.exit(f"{Path(sys.argv[0]).name}: cannot run haproxy at {binary} ({exc.strerror}); set "
                  f"{REAL_BINARY_VARIABLE} to an haproxy executable or pip install 'ucofia[ray-serve]'")
-
-
-if __name__ == "__main__":
-    main()

