@@ -23,13 +23,16 @@ level plus its SK bias as one inner product), of one of three kinds:
 ``auto`` picks by gallery size what benchmarks/large_gallery.py and benchmarks/million.py measured
 (``benchmarks/results/large_gallery_1e6_vit_b32.json``, ``million_1e5.json``): flat up to
 ``AUTO_FLAT_MAX_ROWS`` rows (exact; at 10^5 rows a flat query took 65-115 ms p50 on the loaded
-2-core machine, the whole 100 ms budget of a query, and at 10^6 about 1 s), HNSW above: at 10^5
+2-core machine, the whole 100 ms budget of a query, and at 10^6 350-380 ms), HNSW above: at 10^5
 calibrated rows (M 32, a graph by inner product) it kept 99-100 % of the exact shortlist and
 99.6-100 % of the exhaustive fused top-10 at efSearch 128-512 in 0.2-0.5 ms p50 (built in 27 s; at
 10^6 rows, efConstruction 80: 96.8-97.4 %, built in 862 s, ``million_1e6_stage1.json``; the
 equal-length graph at efConstruction 200: 100 %, ``million.json``), whereas IVF at 10^6 rows (1024
 lists) of the earlier, uncalibrated features kept only 11 % of the shortlist at nprobe 32, and the
-FAISS scalar-quantised flat scans (int8, fp16) were no faster than flat for one query. The
+FAISS scalar-quantised flat scans (int8, fp16) were no faster than flat for one query. At 10^6
+calibrated rows (``million_1e6_stage1_sweep.json``) HNSW found every exhaustive top-10 row in
+1-3 ms; IVF (1024 or 4096 lists, nprobe 16-256) 84-99 % in 1-41 ms; the sq8 and fp16 scans all
+of them, in 550-760 ms (slower than flat's 350-380 ms). The
 kind and its parameters are recorded next to the cached index (``stage1-HASH.json`` in the index
 directory) and in the search result's provenance.
 """
