@@ -8,6 +8,8 @@ Vectors go straight into FAISS where the test is about stage 1 alone; the search
 synthetic index of a bundle with one frame per video (1 KB a row), so nothing is decoded."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from runtime_helpers import build_fake_bundle, synthetic_index
@@ -108,6 +110,39 @@ def test_hnsw_stage1_ranks_by_inner_product_with_exact_scores(vectors, tmp_path)
     # asked for more rows than it holds: the rest is -1 with score -inf
     scores, found = again.search(queries[:2], 310)
     assert (found[:, 300:] == -1).all() and np.isneginf(scores[:, 300:]).all() and (found[:, :300] >= 0).all()
+    # rows shorter than 1, longer chunk by chunk: the longest row is found across every chunk
+    short = rows * np.repeat(np.array([0.01, 0.02, 0.03], np.float32), 100)[:, None]
+    assert np.linalg.norm(short, axis=1).max() < 1
+    graph = stage1.build(params, DIM, _chunks(short, size=100), 300)
+    stage1.configure(graph, params, SHORTLIST)
+    np.testing.assert_array_equal(graph.search(queries, SHORTLIST)[1],
+                                  np.argsort(-(queries @ short.T), axis=1, kind="stable")[:, :SHORTLIST])
+
+
+def test_a_row_mask_restricts_every_kind_to_the_matching_rows(vectors):
+    """search_parameters: each kind, searched exhaustively, returns the best rows of the mask only
+    (row 0 among them, the longest row by far), with their exact scores."""
+    import gc
+
+    rows, queries = vectors[0][:300].copy(), vectors[1][:20]
+    rows[0] *= 10  # the best row of the first query below: row 0 must count as found
+    queries = np.concatenate([rows[:1], queries])
+    mask = np.zeros(300, bool)
+    mask[::3] = True
+    exact = np.where(mask, queries @ rows.T, -np.inf)
+    want = np.argsort(-exact, axis=1, kind="stable")[:, :SHORTLIST]
+    for params in (stage1.choose("flat", 300), stage1.choose("ivf", 300, nlist=4, nprobe=4),
+                   stage1.choose("hnsw", 300, ef_search=300)):
+        index = stage1.build(params, DIM, _chunks(rows, size=128), 300)
+        found_params = stage1.search_parameters(params, SHORTLIST, mask)
+        gc.collect()
+        [np.packbits(np.ones(300, bool)) for _ in range(100)]  # the freed selector's memory reused
+        scores, found = index.search(queries, SHORTLIST, params=found_params)
+        np.testing.assert_array_equal(found, want, err_msg=params.kind)
+        np.testing.assert_allclose(scores, np.take_along_axis(exact, want, 1), rtol=1e-5, atol=1e-4)
+        assert found[0, 0] == 0
+    assert stage1.search_parameters(stage1.choose("hnsw", 300, ef_search=40), 64, mask).efSearch == 64
+    assert stage1.search_parameters(stage1.choose("hnsw", 300, ef_search=400), 64, mask).efSearch == 400
 
 
 def test_ivf_stage1_scans_nprobe_cells(vectors):
@@ -231,3 +266,22 @@ def test_searcher_two_stage_recall_against_flat(gallery):
     assert 0.75 <= _recall(top(stage1="ivf"), flat) < 1.0
     assert _recall(top(stage1="ivf", nprobe=1), flat) < 0.4
     assert _recall(top(stage1="hnsw", ef_search=SHORTLIST), flat) < _recall(top(stage1="hnsw"), flat)
+
+
+def test_an_ivf_index_frees_its_quantizer_once():
+    """The IVF index owns its quantizer: built, used and dropped in a process that then exits
+    cleanly (a quantizer freed twice crashes the interpreter on its way out)."""
+    import subprocess
+    import sys
+
+    code = ("import numpy as np\n"
+            "from runtime.search import stage1\n"
+            "rows = np.random.default_rng(0).standard_normal((400, 8)).astype(np.float32)\n"
+            "params = stage1.choose('ivf', 400, nlist=4, nprobe=4)\n"
+            "index = stage1.build(params, 8, lambda: iter([rows]), 400)\n"
+            "stage1.configure(index, params, 3)\n"
+            "assert index.search(rows[:2], 3)[1][:, 0].tolist() == np.argmax(rows[:2] @ rows.T, 1).tolist()\n"
+            "del index\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=str(Path(__file__).resolve().parents[2]))
+    assert done.returncode == 0, done.stderr[-2000:]
