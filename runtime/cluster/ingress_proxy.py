@@ -42,6 +42,11 @@ ENABLE_VARIABLE = "RAY_SERVE_ENABLE_HA_PROXY"
 RETRY_ON_VARIABLE = "RAY_SERVE_HAPROXY_RETRY_ON"
 RETRIES_VARIABLE = "RAY_SERVE_HAPROXY_RETRIES"
 BINARY_VARIABLE = "RAY_SERVE_HAPROXY_BINARY_PATH"
+# Ray Serve gives a proxy actor 5 s to report ready, then kills it and starts another: on a loaded
+# machine (load 7 on 2 cores, a test run beside benchmarks) the HAProxy manager's worker process had
+# not even started by then, and serve.start failed. One's own value is kept.
+READY_CHECK_VARIABLE = "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"
+READY_CHECK_S = 60
 
 
 def shim_path() -> str | None:
@@ -54,10 +59,11 @@ def proxy_environment(proxy: str) -> dict[str, str]:
     died, HAProxy run through ``ucofia-haproxy``; ``ray``: Ray Serve's own proxy)."""
     if proxy not in PROXIES:
         raise ValueError(f"unknown proxy {proxy!r}; choose one of {', '.join(PROXIES)}")
+    ready = {READY_CHECK_VARIABLE: os.environ.get(READY_CHECK_VARIABLE) or str(READY_CHECK_S)}
     if proxy == "ray":
-        return {ENABLE_VARIABLE: "0"}
+        return {ENABLE_VARIABLE: "0", **ready}
     return {ENABLE_VARIABLE: "1", RETRY_ON_VARIABLE: RETRY_ON, RETRIES_VARIABLE: str(RETRIES),
-            BINARY_VARIABLE: shim_path() or SHIM}
+            BINARY_VARIABLE: shim_path() or SHIM, **ready}
 
 
 def haproxy_problem() -> str | None:

@@ -77,15 +77,19 @@ def test_build_app_binds_one_deployment_per_shard_into_the_ingress(tmp_path):
     assert all(s._deployment_config.max_ongoing_requests == 16 for s in shards)
 
 
-def test_the_haproxy_ingress_resends_requests_whose_replica_died_and_ray_s_proxy_does_not():
+def test_the_haproxy_ingress_resends_requests_whose_replica_died_and_ray_s_proxy_does_not(monkeypatch):
     from runtime.cluster.ingress_proxy import proxy_environment
 
+    monkeypatch.delenv("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", raising=False)
     haproxy = proxy_environment("haproxy")
     assert haproxy["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
     assert set(haproxy["RAY_SERVE_HAPROXY_RETRY_ON"].split()) == {"conn-failure", "empty-response"}
     assert int(haproxy["RAY_SERVE_HAPROXY_RETRIES"]) >= 10  # outlives the half second to mark a replica down
     assert haproxy["RAY_SERVE_HAPROXY_BINARY_PATH"].endswith("ucofia-haproxy")  # the shim that buffers requests
-    assert proxy_environment("ray") == {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+    assert proxy_environment("ray") == {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60"}
+    assert haproxy["RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"] == "60"  # Ray's 5 s kills a proxy on a loaded machine
+    monkeypatch.setenv("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "120")  # one's own is kept
+    assert proxy_environment("haproxy")["RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"] == "120"
     with pytest.raises(ValueError, match="unknown proxy 'nginx'"):
         proxy_environment("nginx")
 
