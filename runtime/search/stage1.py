@@ -32,7 +32,8 @@ lists) of the earlier, uncalibrated features kept only 11 % of the shortlist at 
 FAISS scalar-quantised flat scans (int8, fp16) were no faster than flat for one query. At 10^6
 calibrated rows (``million_1e6_stage1_sweep.json``) HNSW found every exhaustive top-10 row in
 1-3 ms; IVF (1024 or 4096 lists, nprobe 16-256) 84-99 % in 1-41 ms; the sq8 and fp16 scans all
-of them, in 550-760 ms (slower than flat's 350-380 ms). The
+of them, in 550-760 ms (slower than flat's 350-380 ms); an HNSW of M 16 missed one row of one
+query at efSearch 128 (``million_1e6_stage1_sweep_m16.json``), so M stays 32. The
 kind and its parameters are recorded next to the cached index (``stage1-HASH.json`` in the index
 directory) and in the search result's provenance.
 """
