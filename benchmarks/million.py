@@ -284,20 +284,34 @@ def stage1_kinds(rows: int, args) -> list[tuple[str, dict]]:
     return out
 
 
-def _faiss_build(kind: str, settings: dict, dim: int, chunks, rows: int, index=None):
-    """A FAISS index of ``kind``; the runtime's own kinds are built by runtime.search.stage1, and
-    an HNSW over the gallery ``index`` is also cached in it as two-stage search caches it (the
-    service started later reads it instead of building it again)."""
+def _runtime_graph(index, params) -> tuple:
+    """The runtime's stage-1 index of ``params`` over the gallery ``index``, cached in it as
+    two-stage search caches it (read from there when the service built it earlier, and read by a
+    service started later): (FAISS index, whether it was read from the cache)."""
+    from runtime.index import STAGE1_PREFIX
+    from runtime.search.two_stage import faiss_index
+
+    def cached() -> set:
+        return set(index.root.glob(f"{STAGE1_PREFIX}*.faiss"))
+
+    before = cached()
+    built = faiss_index(index, params)[0]
+    return built, not (cached() - before)
+
+
+def _faiss_build(kind: str, settings: dict, dim: int, chunks, rows: int, index=None) -> tuple:
+    """A FAISS index of ``kind`` and whether it was read from the gallery's cache: the runtime's
+    own kinds are built by runtime.search.stage1, and an HNSW over the gallery ``index`` is the
+    runtime's graph (:func:`_runtime_graph`)."""
     import faiss
 
     from runtime.search import stage1
-    from runtime.search.two_stage import faiss_index
 
     if kind in ("flat", "ivf", "hnsw"):
         params = stage1.Stage1Params(kind=kind, **{k: v for k, v in settings.items() if k in ("nlist", "m")})
         if kind == "hnsw" and index is not None:
-            return faiss_index(index, params)[0]
-        return stage1.build(params, dim, chunks, rows)
+            return _runtime_graph(index, params)
+        return stage1.build(params, dim, chunks, rows), False
     qtype = {"sq8": faiss.ScalarQuantizer.QT_8bit, "fp16": faiss.ScalarQuantizer.QT_fp16}[kind]
     index = faiss.IndexScalarQuantizer(dim, qtype, faiss.METRIC_INNER_PRODUCT)
     if kind == "sq8":  # per-dimension ranges from an evenly spread sample of about 10^5 rows
@@ -305,7 +319,7 @@ def _faiss_build(kind: str, settings: dict, dim: int, chunks, rows: int, index=N
         index.train(np.ascontiguousarray(np.concatenate([chunk[::step] for chunk in chunks()]), dtype=np.float32))
     for chunk in chunks():
         index.add(np.ascontiguousarray(chunk, dtype=np.float32))
-    return index
+    return index, False
 
 
 def _recall(found: list[np.ndarray], exact: np.ndarray, shortlist: int) -> float:
@@ -328,12 +342,11 @@ def measure_stage1(chunks, rows: int, dim: int, q: np.ndarray, found_ids: dict |
         name = kind + "".join(f" {k}={v}" for k, v in settings.items())
         print(f"[million] stage 1 at {rows}: {name} ...", file=sys.stderr, flush=True)
         start = time.perf_counter()
-        cached = set() if index is None else set(index.root.glob("stage1-*.faiss"))
-        fidx = _faiss_build(kind, settings, dim, chunks, rows, index)
+        fidx, from_cache = _faiss_build(kind, settings, dim, chunks, rows, index)
         build_s = time.perf_counter() - start
         entry = {"build_seconds": round(build_s, 1), "index_bytes": stage1.index_bytes(fidx),
                  "search": {}}
-        if index is not None and kind == "hnsw" and not set(index.root.glob("stage1-*.faiss")) - cached:
+        if from_cache:
             entry["read_from_cache"] = True  # built earlier (e.g. by the service): build_seconds is the read
         sweep = ({"ivf": [{"nprobe": p} for p in args.nprobes],
                   "hnsw": [{"ef_search": e} for e in args.ef_searches]}.get(kind) or [{}])
@@ -369,7 +382,7 @@ def measure_hnsw(index, q: np.ndarray, found_ids: dict, args) -> dict:
     efSearch and shortlist, p50 / p99 and recall of the exact shortlist (without the flat FAISS
     index, whose single-query scans take ~1 s each at 10^6)."""
     from runtime.search import stage1
-    from runtime.search.two_stage import _faiss_rows, faiss_index
+    from runtime.search.two_stage import _faiss_rows
 
     biases = index.biases()
     widest = max(args.shortlists)
@@ -380,12 +393,10 @@ def measure_hnsw(index, q: np.ndarray, found_ids: dict, args) -> dict:
     exact_s = time.perf_counter() - start
     del scores
     params = stage1.choose("hnsw", len(index))
-    before = set(index.root.glob("stage1-*.faiss"))
     start = time.perf_counter()
-    fidx, params = faiss_index(index, params)
+    fidx, from_cache = _runtime_graph(index, params)
     out = {"rows": len(index), "params": params.to_dict(), "exact_shortlist_seconds": round(exact_s, 1),
-           "index_seconds": round(time.perf_counter() - start, 1),
-           "read_from_cache": not (set(index.root.glob("stage1-*.faiss")) - before), "search": {}}
+           "index_seconds": round(time.perf_counter() - start, 1), "read_from_cache": from_cache, "search": {}}
     name = f"hnsw m={params.m}"
     exact_entry = {"search": {"exact": {}}}
     for shortlist in args.shortlists:  # what an exact stage 1 would keep, for comparison
@@ -411,7 +422,7 @@ def measure_layouts(index, q: np.ndarray, found_ids: dict, args) -> dict:
     import faiss
 
     from runtime.search import stage1
-    from runtime.search.two_stage import _faiss_rows, faiss_index
+    from runtime.search.two_stage import _faiss_rows
 
     biases = index.biases()
 
@@ -432,11 +443,11 @@ def measure_layouts(index, q: np.ndarray, found_ids: dict, args) -> dict:
             graph.hnsw.efConstruction = params.ef_construction
             for chunk in chunks():
                 graph.add(np.ascontiguousarray(chunk, dtype=np.float32))
-        else:  # the runtime's own, cached in the index as the service builds it (or read from there)
-            cached = set(index.root.glob("stage1-*.faiss"))
-            graph = faiss_index(index, params)[0]
+            from_cache = False
+        else:
+            graph, from_cache = _runtime_graph(index, params)
         entry: dict = {"build_seconds": round(time.perf_counter() - start, 1), "search": {}}
-        if layout != "inner product" and not set(index.root.glob("stage1-*.faiss")) - cached:
+        if from_cache:
             entry["read_from_cache"] = True  # built earlier (e.g. by the service): build_seconds is the read
         for ef in args.ef_searches:
             per = {}
