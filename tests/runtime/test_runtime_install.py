@@ -8,6 +8,7 @@ of this machine's pip configuration; it needs the package index pip is configure
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -63,9 +64,19 @@ def gpu_steps(doc: str) -> list[list[str]]:
     return steps
 
 
+def _without_extras(requirement: str) -> str:
+    """``name[extra,...]spec`` -> ``name spec`` (options and plain names pass unchanged)."""
+    return re.sub(r"^([A-Za-z0-9_.-]+)\[[^\]]*\]", r"\1", requirement)
+
+
 def _dry_run(python: Path, args: list[str], report: Path) -> dict[str, dict]:
-    """``pip install --dry-run --report`` of ``args`` in the venv of ``python``: name -> report entry."""
-    result = _run(python, "-m", "pip", "install", "--dry-run", "--quiet", "--report", report, *args)
+    """``pip install --dry-run --report`` of ``args`` in the venv of ``python``: name -> report entry.
+    Downloads go to a temp folder beside ``report`` and skip pip's cache, so they leave nothing behind."""
+    temp = report.with_suffix(".tmp")
+    temp.mkdir(exist_ok=True)
+    result = _run(python, "-m", "pip", "install", "--dry-run", "--quiet", "--no-cache-dir", "--report", report,
+                  *args, env={**os.environ, "TMPDIR": str(temp)})
+    shutil.rmtree(temp, ignore_errors=True)
     assert result.returncode == 0, result.stderr[-3000:]
     return {item["metadata"]["name"].lower(): item for item in json.loads(report.read_text())["install"]}
 
@@ -156,7 +167,12 @@ def test_the_base_install_serves_a_bundle_of_the_full_install_without_torch(base
 def test_the_gpu_install_steps_end_with_onnxruntime_gpu_alone(base_venv, tmp_path):
     """docs/install.md's GPU steps, replayed in the base venv: uninstalls for real, installs as
     ``--dry-run --report``. After the swap no step may bring the CPU package back, and what the docs
-    say onnxruntime-gpu needs is what its metadata says."""
+    say onnxruntime-gpu needs is what its metadata says.
+
+    The installs are resolved without their extras: the ``[cuda,cudnn]`` wheels (cuDNN, cuBLAS,
+    cuFFT, ...) are about 2 GB that a dry run downloads into the temp folder just to read their
+    metadata, which filled a CI disk. What those extras require is read from onnxruntime-gpu's own
+    metadata instead, and none of it is an onnxruntime package."""
     bin_dir, _seconds, _size_bytes, source = base_venv
     python = bin_dir / "python"
     doc = INSTALL_DOC.read_text()
@@ -172,11 +188,13 @@ def test_the_gpu_install_steps_end_with_onnxruntime_gpu_alone(base_venv, tmp_pat
     assert result.returncode == 0, result.stderr
     installed: dict[str, dict] = {}
     for n, step in enumerate(later):
-        installed.update(_dry_run(python, step[1:], tmp_path / f"step{n}.json"))
+        installed.update(_dry_run(python, [_without_extras(a) for a in step[1:]], tmp_path / f"step{n}.json"))
     assert "onnxruntime-gpu" in installed and "onnxruntime" not in installed, sorted(installed)
     requires = installed["onnxruntime-gpu"]["metadata"].get("requires_dist", [])
     for requirement in GPU_REQUIREMENTS:
         assert requirement in requires, requires  # the wheel's own metadata
         assert requirement.split(";")[0] in doc  # ... is what the docs state
+    extras_need = [r.split(";")[0] for r in requires if "extra ==" in r]
+    assert extras_need and not any(re.match(r"onnxruntime\b(?!-gpu)", r) for r in extras_need), extras_need
     # the check sees the failure the old order had: installing ucofia after the swap brings onnxruntime back
     assert "onnxruntime" in _dry_run(python, [f"{source}[serve]"], tmp_path / "again.json")
