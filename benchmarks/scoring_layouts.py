@@ -10,7 +10,9 @@ exported first, in a parent process), the same T x V problem as:
 
 * ``graph t x v / c``: ``runtime.scoring.score_matrix`` with the patch-word-only scorer graph in
   tiles of t texts x v videos, c concurrent graph calls (c single-threaded sessions' worth of
-  threads; c = 1: one call with all ``--threads`` threads);
+  threads; c = 1: one call with all ``--threads`` threads); ``t x v / c split``: the same with the
+  session the runtime opens (``runtime.backends.selection.cpu_scorer_session``), whose text side
+  (normalise, project, / tau) runs once per call instead of once per tile;
 * ``numpy_gemm+pools t x v`` (and ``onnxruntime_gemm+pools``): the text side (normalise, project,
   / tau) once per text, then per tile the score product in numpy (its BLAS; or a single-threaded
   onnxruntime MatMul) and the four ISA pools in an onnxruntime graph that
@@ -41,7 +43,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 
-DEFAULT_PLANS = ("4x128x2", "2x256x2", "8x64x2", "16x64x2", "32x32x2", "32x256x1")
+DEFAULT_PLANS = ("4x128x2", "4x128x2s", "2x256x2", "2x256x2s", "8x64x2", "16x64x2", "32x32x2", "32x256x1")
 
 
 # ---- export (parent, torch) -------------------------------------------------------------------
@@ -108,7 +110,9 @@ def _session(path: Path, threads: int):
 def measure(args, work: Path) -> dict:
     from dataclasses import replace
 
+    from runtime.backends import fpenv
     from runtime.backends.ort import OrtSession
+    from runtime.backends.selection import cpu_scorer_session
     from runtime.bundle.contract import SCORER, graph_specs
     from runtime.scoring import ArrayVideos, Scorer, TextFeatures, score_matrix
     from ucofia.config import UCoFiAConfig
@@ -127,10 +131,17 @@ def measure(args, work: Path) -> dict:
     layouts = {}
 
     for plan in args.plans:
-        t, v, runs = (int(x) for x in plan.split("x"))
-        scorer = Scorer(OrtSession(spec, "cpu", threads=max(1, threads // runs), concurrency=runs), cfg)
+        whole = not plan.endswith("s")
+        t, v, runs = (int(x) for x in plan.rstrip("s").split("x"))
+        # "s": the session the runtime opens, its text side cut out (runtime.backends.text_side)
+        session = (OrtSession(spec, "cpu", threads=max(1, threads // runs), concurrency=runs) if whole
+                   else cpu_scorer_session(spec, runs))
+        if not whole and session.text_side is None:
+            raise SystemExit(f"{spec.file}: the runtime did not split this graph")
+        scorer = Scorer(session, cfg)
         scorer.plan_tiles = lambda n_t, n_v, mb, t=t, v=v: (t, v)  # this layout's tiles
-        layouts[f"graph {t}x{v}/{runs}"] = lambda s=scorer: score_matrix(s, text, videos)["patch_word"]
+        name = f"graph {t}x{v}/{runs}" + ("" if whole else " split")
+        layouts[name] = lambda s=scorer: score_matrix(s, text, videos)["patch_word"]
 
     pools = _session(work / "pools.onnx", 1)
     matmul = common.matmul_session(1)
@@ -148,7 +159,8 @@ def measure(args, work: Path) -> dict:
             scores = (lhs @ rhs.T if gemm == "numpy"
                       else matmul.run(None, {"a": lhs, "b": np.ascontiguousarray(rhs.T)})[0])
             fine = scores.reshape(v1 - v0, p, t1 - t0, l)
-            out[t0:t1, v0:v1] = pools.run(None, {"fine": fine})[0]
+            with fpenv.flushing():  # as the runtime's sessions: subnormals flushed on this thread too
+                out[t0:t1, v0:v1] = pools.run(None, {"fine": fine})[0]
 
         list(pool.map(lambda tv: tile(*tv), [(a, b) for b in range(0, n_video, v) for a in range(0, n_text, t)]))
         return out
@@ -210,7 +222,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=common.available_cpus())
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--plans", nargs="+", default=list(DEFAULT_PLANS),
-                        help="graph layouts TEXTSxVIDEOSxCONCURRENT_CALLS")
+                        help="graph layouts TEXTSxVIDEOSxCONCURRENT_CALLS; a trailing s: the session the "
+                             "runtime opens, its text side cut out (runtime.backends.text_side)")
     parser.add_argument("--split-plans", nargs="*", default=["4x128"], help="numpy GEMM + pools graph: TEXTSxVIDEOS")
     parser.add_argument("-o", "--output", type=Path, default=None)
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)

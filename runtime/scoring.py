@@ -29,6 +29,8 @@ from typing import Protocol
 import numpy as np
 
 from runtime.backends import GraphSession
+from runtime.backends.base import WORDS
+from runtime.backends.text_side import PROJECTED_WORDS
 from runtime.bundle.contract import TEXT_ROLES as TEXT_ROLES  # re-exported: roles of the scorer's text inputs
 from runtime.bundle.contract import VIDEO_ROLES
 from runtime.errors import RuntimeUserError
@@ -163,11 +165,24 @@ class Scorer:
             out[role] = np.ascontiguousarray(array, dtype=None if spec is None else np.dtype(spec.dtype))
         return out
 
-    def score_tile(self, text: TextFeatures, videos: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """One graph call: level name -> [t, v] float32."""
-        out = self.session.run({"sentence": text.sentence, "words": text.words,
+    def score_tile(self, text: TextFeatures, videos: Mapping[str, np.ndarray], projected: bool = False
+                   ) -> dict[str, np.ndarray]:
+        """One graph call: level name -> [t, v] float32. ``projected``: ``text.words`` holds what
+        ``project_text`` made of them (a split scorer's text side already ran)."""
+        words_role = PROJECTED_WORDS if projected else WORDS
+        out = self.session.run({"sentence": text.sentence, words_role: text.words,
                                 **{role: videos[role] for role in VIDEO_ROLES}})
         return {level: out[level] for level in LEVELS}
+
+    def project_text(self, text: TextFeatures) -> tuple[TextFeatures, bool]:
+        """``text`` with its words through the scorer's text side once, for all the tiles to come,
+        when the session is split (runtime.backends.text_side); else ``text``. Returns (features,
+        whether they were projected)."""
+        project = getattr(self.session, "project_words", None)  # test doubles may have none
+        projected = None if project is None else project(text.words)
+        if projected is None:
+            return text, False
+        return TextFeatures(text.sentence, projected), True
 
     def plan_tiles(self, n_text: int, n_video: int, memory_mb: float) -> tuple[int, int]:
         """(texts, videos) per tile so that everything in flight fits in ``memory_mb`` (at least one
@@ -230,7 +245,7 @@ def _run_tiles(scorer: Scorer, text: TextFeatures, videos: VideoSource, t_size: 
     """
     n_text, n_video = len(text), len(videos)
     cast = scorer.prepare({"sentence": text.sentence, "words": text.words})
-    text = TextFeatures(cast["sentence"], cast["words"])
+    text, projected = scorer.project_text(TextFeatures(cast["sentence"], cast["words"]))
 
     def tiles() -> Iterator[tuple[int, int, int, int, dict[str, np.ndarray]]]:
         for v0, v1 in _tiles(n_video, v_size):
@@ -240,13 +255,13 @@ def _run_tiles(scorer: Scorer, text: TextFeatures, videos: VideoSource, t_size: 
 
     if scorer.concurrency == 1:
         for t0, t1, v0, v1, block in tiles():
-            yield t0, t1, v0, v1, _finite(scorer.score_tile(text.rows(t0, t1), block), t0, v0)
+            yield t0, t1, v0, v1, _finite(scorer.score_tile(text.rows(t0, t1), block, projected), t0, v0)
         return
     pool = scorer.pool()
     window: deque[tuple[int, int, int, int, Future]] = deque()
     try:
         for t0, t1, v0, v1, block in tiles():
-            window.append((t0, t1, v0, v1, pool.submit(scorer.score_tile, text.rows(t0, t1), block)))
+            window.append((t0, t1, v0, v1, pool.submit(scorer.score_tile, text.rows(t0, t1), block, projected)))
             if len(window) >= IN_FLIGHT_PER_RUN * scorer.concurrency:
                 t0_, t1_, v0_, v1_, fut = window.popleft()
                 yield t0_, t1_, v0_, v1_, _finite(fut.result(), t0_, v0_)

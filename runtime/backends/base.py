@@ -6,7 +6,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from runtime.bundle.contract import GraphSpec
+from runtime.backends.text_side import PROJECTED_WORDS
+from runtime.bundle.contract import TEXT_ROLES, GraphSpec
+
+WORDS = TEXT_ROLES[1]  # the word-feature role of the scorer's inputs
 
 
 class GraphSession(abc.ABC):
@@ -21,6 +24,9 @@ class GraphSession(abc.ABC):
     backend: str
     concurrency: int = 1
     precision: str = "float32"  # what the graph computes in (``--scorer-precision``: the scorer may be int8)
+    # A scorer whose text side was cut out (runtime.backends.text_side): the session that computes
+    # the projected words, which this graph then takes as its ``words`` input.
+    text_side: GraphSession | None = None
 
     def __init__(self, spec: GraphSpec) -> None:
         self.spec = spec
@@ -33,7 +39,12 @@ class GraphSession(abc.ABC):
         return None
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Cast ``inputs`` (role -> array) to the manifest dtypes, run, return role -> array."""
+        """Cast ``inputs`` (role -> array) to the manifest dtypes, run, return role -> array.
+
+        A split scorer (``text_side`` set) takes the raw ``words``, or the words its text side has
+        already projected as ``projected_words`` (``project_words``), which saves repeating it."""
+        if self.text_side is not None:
+            inputs = self._with_projected_words(inputs)
         missing = [role for role in self.spec.inputs if role not in inputs]
         if missing:
             raise ValueError(f"{self.spec.key}: missing inputs {missing}")
@@ -44,6 +55,20 @@ class GraphSession(abc.ABC):
         for role, spec in self.spec.outputs.items():
             value = np.asarray(raw[spec.name])
             out[role] = value.astype(np.float32, copy=False) if value.dtype.kind == "f" else value
+        return out
+
+    def project_words(self, words: np.ndarray) -> np.ndarray | None:
+        """The text side of a split scorer on ``words`` [T, L, D] (None when this graph is whole)."""
+        if self.text_side is None:
+            return None
+        return self.text_side.run({WORDS: words})[PROJECTED_WORDS]
+
+    def _with_projected_words(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = {role: value for role, value in inputs.items() if role != PROJECTED_WORDS}
+        if PROJECTED_WORDS in inputs:
+            out[WORDS] = inputs[PROJECTED_WORDS]
+        elif WORDS in inputs:
+            out[WORDS] = self.project_words(inputs[WORDS])
         return out
 
     @abc.abstractmethod

@@ -79,7 +79,7 @@ def check_scorer_precision(precision: str, backend: str, bundle_dtype: str) -> N
             raise BackendError(problem)
 
 
-def _patch_word_product(graph, patches: str) -> list:
+def patch_word_products(graph, patches: str) -> list:
     """The MatMul nodes of the patch-word score product: one operand is the graph input ``patches``
     (its name), only reshaped or transposed."""
     producer = {out: node for node in graph.node for out in node.output}
@@ -104,7 +104,7 @@ def int8_scorer_model(path: Path, patches: str = PATCHES) -> bytes:
 
     model = onnx.load(str(path))
     graph = model.graph
-    targets = _patch_word_product(graph, patches)
+    targets = patch_word_products(graph, patches)
     if len(targets) != 1:
         raise BackendError(f"{path}: found {len(targets)} patch-word products to quantise (expected one MatMul of "
                            f"the '{patches}' input, reshaped, by the word features); the graph is not one "

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 
-from runtime.backends.base import GraphSession
+from runtime.backends.base import WORDS, GraphSession
 from runtime.backends.ort import (
     OrtSession,
     cuda_expected,
@@ -30,8 +30,9 @@ from runtime.backends.precision import (
 )
 from runtime.backends.tensorrt_engines import tensorrt_unusable_reason
 from runtime.backends.tensorrt_session import TensorRTSession
+from runtime.backends.text_side import split_scorer, text_side_spec
 from runtime.bundle import Bundle
-from runtime.bundle.contract import SCORER
+from runtime.bundle.contract import SCORER, GraphSpec
 from runtime.errors import BackendError
 
 logger = logging.getLogger(__name__)
@@ -95,12 +96,30 @@ def open_session(bundle: Bundle, key: str, backend: str = "auto", threads: int |
     disabled = hints.get("cpu_disabled_optimizers") if resolved == "cpu" else None
     threads = threads or _env_threads()
     if key == SCORER and resolved == "cpu":
-        # Scorer tiles are independent: one single-threaded run per core, each on its own
-        # cache-sized tile, beats splitting every small op of one tile across threads.
-        model = int8_scorer_model(spec.file, spec.inputs[PATCHES].name) if precision == INT8 else None
-        return OrtSession(spec, resolved, threads=1, disabled_optimizers=disabled,
-                          concurrency=threads or available_cpus(), model=model, precision=precision)
+        return cpu_scorer_session(spec, threads or available_cpus(), disabled, precision)
     return OrtSession(spec, resolved, threads=threads, disabled_optimizers=disabled, spinning=spinning)
+
+
+def cpu_scorer_session(spec: GraphSpec, runs: int, disabled: list[str] | None = None,
+                       precision: str = DEFAULT_SCORER_PRECISION) -> GraphSession:
+    """The scorer on onnxruntime's CPU backend for ``runs`` concurrent tiles.
+
+    Scorer tiles are independent: one single-threaded run per core, each on its own cache-sized
+    tile, beats splitting every small op of one tile across threads. The float32 graph's text side
+    is cut out (runtime.backends.text_side) so that it runs once per scoring call, on ``runs``
+    threads that sleep between calls."""
+    if precision == INT8:
+        model = int8_scorer_model(spec.file, spec.inputs[PATCHES].name)
+        return OrtSession(spec, "cpu", threads=1, disabled_optimizers=disabled, concurrency=runs, model=model,
+                          precision=precision)
+    split = split_scorer(spec.file, spec.inputs[WORDS].name, spec.inputs[PATCHES].name)
+    if split is None:
+        logger.debug("%s: the scorer graph runs whole (its text side was not recognised)", spec.file)
+        return OrtSession(spec, "cpu", threads=1, disabled_optimizers=disabled, concurrency=runs)
+    session = OrtSession(spec, "cpu", threads=1, disabled_optimizers=disabled, concurrency=runs, model=split.rest)
+    session.text_side = OrtSession(text_side_spec(spec, split, WORDS), "cpu", threads=runs,
+                                   disabled_optimizers=disabled, model=split.text_side, spinning=False)
+    return session
 
 
 def available_cpus() -> int:

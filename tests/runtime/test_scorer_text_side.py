@@ -1,0 +1,160 @@
+"""The scorer's text side cut out of the graph (runtime.backends.text_side): on the CPU the exported
+scorer runs as a text-side graph (normalise, project, / tau: once per scoring call) and the rest, and
+every score is bit-identical to the whole graph's, through every path that reaches the session
+(tiles, top-k, a direct call with raw words). Graphs of another form are left whole."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from runtime_helpers import random_queries, random_rows
+
+from runtime import scoring
+from runtime.backends import open_session
+from runtime.backends.ort import OrtSession
+from runtime.backends.text_side import PROJECTED_WORDS, split_scorer
+from runtime.bundle import load_bundle
+
+pytestmark = pytest.mark.slow  # the tiny export is shared by the session; the first user pays for it
+
+TEXTS, VIDEOS = 7, 11
+TILE = (3, 4)  # divides neither side: several tiles per text and per video block
+
+
+@pytest.fixture(scope="module")
+def sessions(tiny_export):
+    """(bundle, the split session open_session gives, the whole graph's session)."""
+    bundle = load_bundle(tiny_export.bundle)
+    split = open_session(bundle, "scorer", "cpu", threads=2)
+    spec = bundle.graphs["scorer"]
+    whole = OrtSession(spec, "cpu", threads=1, concurrency=2)
+    return bundle, split, whole
+
+
+@pytest.fixture(scope="module")
+def features(sessions):
+    bundle, _, _ = sessions
+    videos = random_rows(bundle.config, VIDEOS, np.random.default_rng(3))
+    return random_queries(bundle.config, TEXTS, seed=4), scoring.ArrayVideos(videos)
+
+
+def test_the_cpu_scorer_is_split_and_its_rest_reads_no_raw_words(sessions):
+    bundle, split, whole = sessions
+    assert split.text_side is not None and whole.text_side is None
+    spec = bundle.graphs["scorer"]
+    parts = split_scorer(spec.file, spec.inputs["words"].name, spec.inputs["patches"].name)
+    text_side, rest = onnx.load_from_string(parts.text_side), onnx.load_from_string(parts.rest)
+    assert [i.name for i in text_side.graph.input] == [spec.inputs["words"].name]
+    assert [o.name for o in text_side.graph.output] == [parts.projected]
+    assert {"MatMul", "Div"} <= {n.op_type for n in text_side.graph.node}  # the projection and / tau
+    # the rest keeps the scorer's inputs and outputs; its word readers are the product's side and shapes
+    assert [i.name for i in rest.graph.input] == spec.input_names
+    assert [o.name for o in rest.graph.output] == spec.output_names
+    assert not any(parts.projected in node.output for node in rest.graph.node)
+    readers = {n.op_type for n in rest.graph.node if spec.inputs["words"].name in n.input}
+    assert "Shape" in readers and readers - {"Shape"}, readers
+    assert len(rest.graph.node) + len(text_side.graph.node) <= len(onnx.load(str(spec.file)).graph.node)
+
+
+def test_split_scores_are_bit_identical_to_the_whole_graph(sessions, features, monkeypatch):
+    bundle, split, whole = sessions
+    text, videos = features
+    monkeypatch.setattr(scoring.Scorer, "plan_tiles", lambda self, n_text, n_video, memory_mb: TILE)
+    want = scoring.score_matrix(scoring.Scorer(whole, bundle.config), text, videos)
+    got = scoring.score_matrix(scoring.Scorer(split, bundle.config), text, videos)
+    for level, value in want.items():
+        assert np.array_equal(got[level], value), level
+    want_top = scoring.score_topk(scoring.Scorer(whole, bundle.config), text, videos, 5)
+    got_top = scoring.score_topk(scoring.Scorer(split, bundle.config), text, videos, 5)
+    assert np.array_equal(got_top.indices, want_top.indices) and np.array_equal(got_top.fused, want_top.fused)
+
+
+def test_the_text_side_runs_once_per_scoring_call_not_per_tile(sessions, features, monkeypatch):
+    bundle, split, _ = sessions
+    text, videos = features
+    monkeypatch.setattr(scoring.Scorer, "plan_tiles", lambda self, n_text, n_video, memory_mb: TILE)
+    calls = []
+    original = split.text_side.run
+    monkeypatch.setattr(split.text_side, "run", lambda inputs: calls.append(len(inputs["words"])) or original(inputs))
+    scoring.score_matrix(scoring.Scorer(split, bundle.config), text, videos)
+    assert calls == [TEXTS]  # 3 text tiles x 3 video blocks = 9 tiles, one projection of all 7 texts
+
+
+def test_a_direct_call_with_raw_words_is_projected_first(sessions, features):
+    """Callers that hand the session raw words (a warm-up probe, two-stage checks) get the same
+    scores; projected words passed as such are not projected twice."""
+    bundle, split, whole = sessions
+    text, videos = features
+    block = videos.features(0, 4)
+    inputs = {"sentence": text.sentence[:2], "words": text.words[:2], **block}
+    want = whole.run(inputs)
+    got = split.run(inputs)
+    for level, value in want.items():
+        assert np.array_equal(got[level], value), level
+    projected = split.project_words(text.words[:2])
+    assert not np.array_equal(projected, text.words[:2])
+    again = split.run({"sentence": text.sentence[:2], PROJECTED_WORDS: projected, **block})
+    for level, value in want.items():
+        assert np.array_equal(again[level], value), level
+    assert whole.project_words(text.words) is None
+
+
+def _graph(extra_word_reader: bool = False, text_from_sentence: bool = False) -> bytes:
+    """A small scorer-like graph: normalise(words) @ A / tau, its product with the patches, summed.
+    ``extra_word_reader``: the output also adds the raw words' sum (another reader of the words);
+    ``text_from_sentence``: the projection also adds the sentence (not the words alone)."""
+    d, l, p = 4, 3, 2
+    nodes = [
+        helper.make_node("ReduceL2", ["words"], ["norm"], axes=[-1], keepdims=1),
+        helper.make_node("Div", ["words", "norm"], ["unit"]),
+        helper.make_node("MatMul", ["unit", "A"], ["proj"]),
+        helper.make_node("Div", ["proj", "tau"], ["w"]),
+    ]
+    if text_from_sentence:
+        nodes += [helper.make_node("Unsqueeze", ["sentence", "one"], ["s3"]),
+                  helper.make_node("Add", ["w", "s3"], ["w_s"])]
+    w = "w_s" if text_from_sentence else "w"
+    nodes += [
+        helper.make_node("Shape", ["words"], ["wshape"]),
+        helper.make_node("Gather", ["wshape", "zero"], ["t"], axis=0),
+        helper.make_node("Reshape", [w, "flat"], ["w2"]),
+        helper.make_node("Transpose", ["w2"], ["wt"], perm=[1, 0]),
+        helper.make_node("Reshape", ["patches", "flat"], ["p2"]),
+        helper.make_node("MatMul", ["p2", "wt"], ["fine"]),
+        helper.make_node("ReduceSum", ["fine"], ["total"], keepdims=0),
+        helper.make_node("Cast", ["t"], ["tf"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["total", "tf"], ["score"]),
+    ]
+    if extra_word_reader:
+        nodes += [helper.make_node("ReduceSum", ["words"], ["wsum"], keepdims=0),
+                  helper.make_node("Add", ["score", "wsum"], ["out"])]
+    out = "out" if extra_word_reader else "score"
+    inits = [numpy_helper.from_array(np.eye(d, dtype=np.float32), "A"),
+             numpy_helper.from_array(np.array(0.01, np.float32), "tau"),
+             numpy_helper.from_array(np.array([-1, d], np.int64), "flat"),
+             numpy_helper.from_array(np.array(0, np.int64), "zero"),
+             numpy_helper.from_array(np.array([1], np.int64), "one")]
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("sentence", TensorProto.FLOAT, ["T", d]),
+         helper.make_tensor_value_info("words", TensorProto.FLOAT, ["T", l, d]),
+         helper.make_tensor_value_info("patches", TensorProto.FLOAT, ["V", p, d])],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, [])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def test_the_small_graph_of_the_expected_form_is_split():
+    parts = split_scorer(_graph(), "words", "patches")
+    assert parts is not None and parts.projected == "w"
+
+
+@pytest.mark.parametrize("kind", ["extra_word_reader", "text_from_sentence"])
+def test_graphs_of_another_form_are_left_whole(kind):
+    assert split_scorer(_graph(**{kind: True}), "words", "patches") is None
+
+
+def test_a_graph_without_one_patch_word_product_is_left_whole():
+    model = onnx.load_from_string(_graph())
+    model.graph.node.append(helper.make_node("MatMul", ["p2", "wt"], ["fine2"]))
+    assert split_scorer(model.SerializeToString(), "words", "patches") is None
