@@ -93,6 +93,8 @@ AREAS: dict[str, Area] = {
         (RT + "test_runtime_stage1.py", UPDATES + "::test_stage1_kinds_are_recorded_and_exact_with_a_full_shortlist")),
     "windows": Area(("runtime/windows.py",), (RT + "test_runtime_windows.py",)),
     "scorer-precision": Area(("runtime/backends/precision.py",), (RT + "test_scorer_precision.py",)),
+    "scorer-split": Area(("runtime/backends/text_side.py", "runtime/backends/base.py"),
+                         (RT + "test_scorer_text_side.py", RT + "test_runtime_backends.py")),
     "evaluation": Area(
         ("runtime/evaluate.py", "evaluation/moments.py"),
         ("tests/evaluation/test_moments.py", RT + "test_runtime_evaluate.py",

@@ -9,7 +9,7 @@ import numpy as np
 from runtime.backends.text_side import PROJECTED_WORDS
 from runtime.bundle.contract import TEXT_ROLES, GraphSpec
 
-WORDS = TEXT_ROLES[1]  # the word-feature role of the scorer's inputs
+_, WORDS = TEXT_ROLES  # the word-feature role of the scorer's inputs
 
 
 class GraphSession(abc.ABC):

@@ -148,3 +148,37 @@ def test_text_encoder_threads_sleep_and_other_sessions_keep_the_default(fake_bun
     assert _spinning(open_session(b, "video_encoder", "cpu", threads=2)) is None
     assert _spinning(open_session(b, "text_encoder", "cpu", threads=2, spinning=False)) == "0"
     assert _spinning(open_session(b, "text_encoder", "cpu", threads=2)) is None
+
+
+def _cast_graph() -> bytes:
+    """x float32 [N] -> half (float16), ints (int64), doubled (float32)."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Cast", ["x"], ["half"], to=TensorProto.FLOAT16),
+             helper.make_node("Cast", ["x"], ["ints"], to=TensorProto.INT64),
+             helper.make_node("Add", ["x", "x"], ["doubled"])]
+    graph = helper.make_graph(nodes, "casts", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N"])],
+                              [helper.make_tensor_value_info("half", TensorProto.FLOAT16, ["N"]),
+                               helper.make_tensor_value_info("ints", TensorProto.INT64, ["N"]),
+                               helper.make_tensor_value_info("doubled", TensorProto.FLOAT, ["N"])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def test_a_session_returns_floats_as_float32_and_other_types_as_they_are(tmp_path):
+    import numpy as np
+
+    from runtime.backends.base import GraphSession
+    from runtime.bundle.contract import GraphSpec, TensorSpec
+
+    spec = GraphSpec("casts", tmp_path / "casts.onnx", {"value": TensorSpec("x", "float32", ("N",))},
+                     {"half": TensorSpec("half", "float16", ("N",)), "ints": TensorSpec("ints", "int64", ("N",)),
+                      "doubled": TensorSpec("doubled", "float32", ("N",))})
+    session = OrtSession(spec, "cpu", model=_cast_graph())
+    out = session.run({"value": np.array([1.5, 2.0, -3.0], np.float64)})  # cast to the manifest's float32 first
+    assert out["half"].dtype == np.float32 and out["half"].tolist() == [1.5, 2.0, -3.0]
+    assert out["ints"].dtype == np.int64 and out["ints"].tolist() == [1, 2, -3]
+    assert out["doubled"].dtype == np.float32 and out["doubled"].tolist() == [3.0, 4.0, -6.0]
+    with pytest.raises(ValueError, match=r"casts: missing inputs \['value'\]"):
+        session.run({"x": np.zeros(3, np.float32)})
+    # one run at a time unless a session was opened for parallel tiles (the scorer sizes its pool by it)
+    assert GraphSession.concurrency == 1 and session.concurrency == 1 and session.text_side is None

@@ -16,7 +16,7 @@ from runtime.backends.ort import OrtSession
 from runtime.backends.text_side import PROJECTED_WORDS, split_scorer
 from runtime.bundle import load_bundle
 
-pytestmark = pytest.mark.slow  # the tiny export is shared by the session; the first user pays for it
+slow = pytest.mark.slow  # the tiny export is shared by the session; the first user pays for it
 
 TEXTS, VIDEOS = 7, 11
 TILE = (3, 4)  # divides neither side: several tiles per text and per video block
@@ -39,6 +39,7 @@ def features(sessions):
     return random_queries(bundle.config, TEXTS, seed=4), scoring.ArrayVideos(videos)
 
 
+@slow
 def test_the_cpu_scorer_is_split_and_its_rest_reads_no_raw_words(sessions):
     bundle, split, whole = sessions
     assert split.text_side is not None and whole.text_side is None
@@ -57,6 +58,7 @@ def test_the_cpu_scorer_is_split_and_its_rest_reads_no_raw_words(sessions):
     assert len(rest.graph.node) + len(text_side.graph.node) <= len(onnx.load(str(spec.file)).graph.node)
 
 
+@slow
 def test_split_scores_are_bit_identical_to_the_whole_graph(sessions, features, monkeypatch):
     bundle, split, whole = sessions
     text, videos = features
@@ -70,6 +72,7 @@ def test_split_scores_are_bit_identical_to_the_whole_graph(sessions, features, m
     assert np.array_equal(got_top.indices, want_top.indices) and np.array_equal(got_top.fused, want_top.fused)
 
 
+@slow
 def test_the_text_side_runs_once_per_scoring_call_not_per_tile(sessions, features, monkeypatch):
     bundle, split, _ = sessions
     text, videos = features
@@ -81,10 +84,11 @@ def test_the_text_side_runs_once_per_scoring_call_not_per_tile(sessions, feature
     assert calls == [TEXTS]  # 3 text tiles x 3 video blocks = 9 tiles, one projection of all 7 texts
 
 
+@slow
 def test_a_direct_call_with_raw_words_is_projected_first(sessions, features):
     """Callers that hand the session raw words (a warm-up probe, two-stage checks) get the same
     scores; projected words passed as such are not projected twice."""
-    bundle, split, whole = sessions
+    _bundle, split, whole = sessions
     text, videos = features
     block = videos.features(0, 4)
     inputs = {"sentence": text.sentence[:2], "words": text.words[:2], **block}
@@ -100,16 +104,19 @@ def test_a_direct_call_with_raw_words_is_projected_first(sessions, features):
     assert whole.project_words(text.words) is None
 
 
-def _graph(extra_word_reader: bool = False, text_from_sentence: bool = False) -> bytes:
-    """A small scorer-like graph: normalise(words) @ A / tau, its product with the patches, summed.
-    ``extra_word_reader``: the output also adds the raw words' sum (another reader of the words);
-    ``text_from_sentence``: the projection also adds the sentence (not the words alone)."""
+def _graph(extra_word_reader: bool = False, text_from_sentence: bool = False, width: int = 4) -> bytes:
+    """A small scorer-like graph: normalise(words) @ A / tau (capped by a Clip whose optional lower
+    bound is left out, as exported graphs leave optional inputs), its product with the patches,
+    summed. ``extra_word_reader``: the output also adds the raw words' sum (another reader of the
+    words); ``text_from_sentence``: the projection also adds the sentence (not the words alone);
+    ``width``: the projection's width (the words' own, 4, by default)."""
     d, l, p = 4, 3, 2
     nodes = [
         helper.make_node("ReduceL2", ["words"], ["norm"], axes=[-1], keepdims=1),
         helper.make_node("Div", ["words", "norm"], ["unit"]),
         helper.make_node("MatMul", ["unit", "A"], ["proj"]),
-        helper.make_node("Div", ["proj", "tau"], ["w"]),
+        helper.make_node("Clip", ["proj", "", "cap"], ["capped"]),
+        helper.make_node("Div", ["capped", "tau"], ["w"]),
     ]
     if text_from_sentence:
         nodes += [helper.make_node("Unsqueeze", ["sentence", "one"], ["s3"]),
@@ -130,28 +137,44 @@ def _graph(extra_word_reader: bool = False, text_from_sentence: bool = False) ->
         nodes += [helper.make_node("ReduceSum", ["words"], ["wsum"], keepdims=0),
                   helper.make_node("Add", ["score", "wsum"], ["out"])]
     out = "out" if extra_word_reader else "score"
-    inits = [numpy_helper.from_array(np.eye(d, dtype=np.float32), "A"),
+    inits = [numpy_helper.from_array(np.eye(d, width, dtype=np.float32), "A"),
              numpy_helper.from_array(np.array(0.01, np.float32), "tau"),
-             numpy_helper.from_array(np.array([-1, d], np.int64), "flat"),
+             numpy_helper.from_array(np.array(1e30, np.float32), "cap"),
+             numpy_helper.from_array(np.array([-1, width], np.int64), "flat"),
              numpy_helper.from_array(np.array(0, np.int64), "zero"),
              numpy_helper.from_array(np.array([1], np.int64), "one")]
     graph = helper.make_graph(
         nodes, "g",
         [helper.make_tensor_value_info("sentence", TensorProto.FLOAT, ["T", d]),
          helper.make_tensor_value_info("words", TensorProto.FLOAT, ["T", l, d]),
-         helper.make_tensor_value_info("patches", TensorProto.FLOAT, ["V", p, d])],
+         helper.make_tensor_value_info("patches", TensorProto.FLOAT, ["V", p, width])],
         [helper.make_tensor_value_info(out, TensorProto.FLOAT, [])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 
 
-def test_the_small_graph_of_the_expected_form_is_split():
-    parts = split_scorer(_graph(), "words", "patches")
+def test_the_small_graph_of_the_expected_form_is_split_and_scores_the_same():
+    import onnxruntime as ort
+
+    model = _graph()
+    parts = split_scorer(model, "words", "patches")
     assert parts is not None and parts.projected == "w"
+    rng = np.random.default_rng(0)
+    feeds = {"sentence": rng.standard_normal((2, 4), dtype=np.float32),
+             "words": rng.standard_normal((2, 3, 4), dtype=np.float32),
+             "patches": rng.standard_normal((5, 2, 4), dtype=np.float32)}
+    def session(graph: bytes):
+        return ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
+
+    want = session(model).run(None, feeds)[0]
+    (w,) = session(parts.text_side).run(None, {"words": feeds["words"]})
+    got = session(parts.rest).run(None, {**feeds, "words": w})[0]
+    assert np.array_equal(got, want)
 
 
-@pytest.mark.parametrize("kind", ["extra_word_reader", "text_from_sentence"])
+@pytest.mark.parametrize("kind", [{"extra_word_reader": True}, {"text_from_sentence": True}, {"width": 5}],
+                         ids=["extra_word_reader", "text_from_sentence", "projection_of_another_width"])
 def test_graphs_of_another_form_are_left_whole(kind):
-    assert split_scorer(_graph(**{kind: True}), "words", "patches") is None
+    assert split_scorer(_graph(**kind), "words", "patches") is None
 
 
 def test_a_graph_without_one_patch_word_product_is_left_whole():
