@@ -27,12 +27,15 @@ class QueryModels:
 
 
 def load_query_models(bundle: Bundle, backend: str = "auto", threads: int | None = None,
-                      scorer_precision: str = DEFAULT_SCORER_PRECISION) -> QueryModels:
+                      scorer_precision: str = DEFAULT_SCORER_PRECISION, split_text_side: bool = False
+                      ) -> QueryModels:
     """Resolve ``backend`` for ``bundle`` (a note says why when ``auto`` falls back) and load the
     text encoder and the scorer (``threads``: onnxruntime intra-op threads; ``scorer_precision``:
-    float32, or the opt-in int8 of runtime.backends.precision)."""
+    float32, or the opt-in int8 of runtime.backends.precision; ``split_text_side``: for processes
+    that will score a lot, see runtime.backends.selection.open_session)."""
     resolved = resolve_backend(backend, bundle)
-    scorer = Scorer(open_session(bundle, "scorer", resolved, threads, scorer_precision), bundle.config)
+    scorer = Scorer(open_session(bundle, "scorer", resolved, threads, scorer_precision,
+                                 split_text_side=split_text_side), bundle.config)
     return QueryModels(bundle, resolved, TextEncoder(bundle, resolved, threads), scorer)
 
 

@@ -31,6 +31,7 @@ import numpy as np
 from evaluation.metrics import retrieval_metrics
 from evaluation.moments import moment_recall
 from runtime.backends.precision import DEFAULT_SCORER_PRECISION
+from runtime.backends.selection import SPLIT_MIN_PAIRS
 from runtime.deployment import load_query_models, open_index
 from runtime.errors import RuntimeUserError
 from runtime.index import GalleryIndex, file_of, is_windowed, span_of
@@ -215,9 +216,10 @@ def evaluate_index(request: EvaluateRequest) -> dict[str, Any]:
     """Open the index and its bundle, score the annotated captions against the annotated videos and
     return the metrics report (see :func:`evaluate`) with what it was computed on."""
     gallery, bundle = open_index(request.index, request.bundle)
-    models = load_query_models(bundle, request.backend, request.threads, request.scorer_precision)
     ann, videos, rows = select_videos(gallery, load_annotations(request.annotations, request.dataset),
                                       request.allow_missing)
+    models = load_query_models(bundle, request.backend, request.threads, request.scorer_precision,
+                               split_text_side=len(ann.captions) * len(videos) >= SPLIT_MIN_PAIRS)
     bank = None
     if request.video_bank is not None:
         bank = GalleryIndex(request.video_bank)

@@ -37,6 +37,12 @@ from runtime.errors import BackendError
 
 logger = logging.getLogger(__name__)
 
+# Scoring work (text x video pairs) above which a one-off command cuts the CPU scorer's text side
+# out: the cut imports onnx (~0.5 s, most of it ml_dtypes), and saves ~3.5 % of scoring, ~0.35 us
+# a pair at ViT-B/32 on 2 cores (benchmarks/results/scoring_layouts_vit_b32_split_quiet.json), so
+# it pays from about 1.5e6 pairs. Long-lived processes (the service, shards) always cut it.
+SPLIT_MIN_PAIRS = 1_500_000
+
 BACKENDS = ("auto", "cpu", "cuda", "tensorrt")
 THREADS_ENV = "UCOFIA_RUN_THREADS"
 
@@ -75,13 +81,17 @@ def resolve_backend(requested: str, bundle: Bundle) -> str:
 
 
 def open_session(bundle: Bundle, key: str, backend: str = "auto", threads: int | None = None,
-                 precision: str = DEFAULT_SCORER_PRECISION, spinning: bool = True) -> GraphSession:
+                 precision: str = DEFAULT_SCORER_PRECISION, spinning: bool = True,
+                 split_text_side: bool = False) -> GraphSession:
     """A session for graph ``key`` ('text_encoder', 'video_encoder' or 'scorer') of ``bundle``.
 
     ``threads``: onnxruntime intra-op threads (default: $UCOFIA_RUN_THREADS, else onnxruntime's).
     ``precision``: the scorer's (``--scorer-precision``, runtime.backends.precision); float32 for
     every other graph. ``spinning``: onnxruntime's idle intra-op threads spin (its default) or sleep
     (onnxruntime backends; the CPU scorer runs single-threaded sessions, which have no such threads).
+    ``split_text_side``: cut the float32 CPU scorer's text side out (runtime.backends.text_side),
+    for processes that score a lot: it saves ~3.5 % of scoring but costs ~0.5 s once, importing
+    onnx (``SPLIT_MIN_PAIRS``).
     """
     resolved = resolve_backend(backend, bundle)
     spec = bundle.graphs[key]
@@ -96,22 +106,24 @@ def open_session(bundle: Bundle, key: str, backend: str = "auto", threads: int |
     disabled = hints.get("cpu_disabled_optimizers") if resolved == "cpu" else None
     threads = threads or _env_threads()
     if key == SCORER and resolved == "cpu":
-        return cpu_scorer_session(spec, threads or available_cpus(), disabled, precision)
+        return cpu_scorer_session(spec, threads or available_cpus(), disabled, precision, split_text_side)
     return OrtSession(spec, resolved, threads=threads, disabled_optimizers=disabled, spinning=spinning)
 
 
 def cpu_scorer_session(spec: GraphSpec, runs: int, disabled: list[str] | None = None,
-                       precision: str = DEFAULT_SCORER_PRECISION) -> GraphSession:
+                       precision: str = DEFAULT_SCORER_PRECISION, split_text_side: bool = True) -> GraphSession:
     """The scorer on onnxruntime's CPU backend for ``runs`` concurrent tiles.
 
     Scorer tiles are independent: one single-threaded run per core, each on its own cache-sized
-    tile, beats splitting every small op of one tile across threads. The float32 graph's text side
-    is cut out (runtime.backends.text_side) so that it runs once per scoring call, on ``runs``
-    threads that sleep between calls."""
+    tile, beats splitting every small op of one tile across threads. With ``split_text_side`` the
+    float32 graph's text side is cut out (runtime.backends.text_side) so that it runs once per
+    scoring call, on ``runs`` threads that sleep between calls."""
     if precision == INT8:
         model = int8_scorer_model(spec.file, spec.inputs[PATCHES].name)
         return OrtSession(spec, "cpu", threads=1, disabled_optimizers=disabled, concurrency=runs, model=model,
                           precision=precision)
+    if not split_text_side:
+        return OrtSession(spec, "cpu", threads=1, disabled_optimizers=disabled, concurrency=runs)
     split = split_scorer(spec.file, spec.inputs[WORDS].name, spec.inputs[PATCHES].name)
     if split is None:
         logger.debug("%s: the scorer graph runs whole (its text side was not recognised)", spec.file)

@@ -14,7 +14,8 @@ touched):
 The same operations run on the same values, so the scores are bit-identical
 (tests/runtime/test_scorer_text_side.py); on 32 texts x 1000 videos (ViT-B/32 geometry, 2 cores)
 the scorer took 3 % less time. A graph of another form than ``ucofia export`` writes is left whole
-(``split_scorer`` returns None) and runs as before.
+(``split_scorer`` returns None) and runs as before. The cut imports onnx (about 0.5 s, most of it
+ml_dtypes), so sessions are cut only where scoring is long (``open_session(split_text_side=...)``).
 """
 from __future__ import annotations
 

@@ -72,8 +72,9 @@ class ShardSearcher:
         gallery = GalleryIndex(self.index_dir)
         self.bundle: Bundle = load_bundle(bundle_dir or gallery.bundle_path)
         if scorer is None:
+            # a long-lived process: the scorer's text side is cut out once and saves on every request
             scorer = Scorer(open_session(self.bundle, "scorer", resolve_backend(backend, self.bundle), threads,
-                                         scorer_precision), self.bundle.config)
+                                         scorer_precision, split_text_side=True), self.bundle.config)
         self.scorer = scorer
         self._versions: OrderedDict[str, tuple[Searcher, IndexPart, float]] = OrderedDict()
         self._lock = threading.Lock()

@@ -35,7 +35,8 @@ class BankScorer:
         bundle = load_bundle(bundle_dir)
         resolved = resolve_backend(backend, bundle)
         self.text = TextEncoder(bundle, resolved, threads)
-        self.scorer = Scorer(open_session(bundle, "scorer", resolved, threads), bundle.config)
+        # an actor that scores bank chunks against the whole index until the job ends
+        self.scorer = Scorer(open_session(bundle, "scorer", resolved, threads, split_text_side=True), bundle.config)
         self.index = GalleryIndex(index_root, include_pending=True)
         if len(self.index) != rows:
             raise GalleryIndexError(f"a bank scorer sees {len(self.index)} rows in {index_root} but the driver "

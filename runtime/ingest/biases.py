@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from runtime.backends import open_session
+from runtime.backends.selection import SPLIT_MIN_PAIRS
 from runtime.bundle import Bundle
 from runtime.index import KEEP_BIASES, IndexWriter, ids_digest
 from runtime.scoring import DEFAULT_MEMORY_MB, LEVELS, Scorer, VideoSource, score_matrix
@@ -54,8 +55,9 @@ def compute_bank_biases(index: VideoSource, bundle: Bundle, captions: list[str],
     """[3, V] SK video bias per level from bank captions x all indexed videos, scored here
     (see :func:`biases_from_bank_scores`)."""
     text = TextEncoder(bundle, backend, threads)
-    scorer = Scorer(open_session(bundle, "scorer", backend, threads), bundle.config)
     n_bank = len(captions)
+    scorer = Scorer(open_session(bundle, "scorer", backend, threads,
+                                 split_text_side=n_bank * len(index) >= SPLIT_MIN_PAIRS), bundle.config)
 
     def fill(sims: np.ndarray) -> None:
         for c0 in range(0, n_bank, BANK_CHUNK):

@@ -73,7 +73,9 @@ class SearchService:
             secret = load_link_secret(settings.link_secret or default_link_secret(key_file.path))
             signer = MediaSigner(secret, MEDIA_URL_TTL_S, MEDIA_URL_BUCKET_S)
         gallery, bundle = open_index(settings.index_dir, settings.bundle_dir)
-        models = load_query_models(bundle, settings.backend, settings.threads, settings.scorer_precision)
+        # a long-lived process: the scorer's text side is cut out once and saves on every request
+        models = load_query_models(bundle, settings.backend, settings.threads, settings.scorer_precision,
+                                   split_text_side=True)
         engine = SearchEngine(bundle, models.text, models.scorer, settings)
         snapshot = load_snapshot(gallery, models.scorer, version=1, memory_mb=settings.memory_mb, probe=engine.probe,
                                  two_stage=engine.mode(len(gallery), None) == TWO_STAGE,

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 from runtime_helpers import random_queries, random_rows
 
 from runtime import scoring
-from runtime.backends import open_session
+from runtime.backends import open_session, selection
 from runtime.backends.ort import OrtSession
 from runtime.backends.text_side import PROJECTED_WORDS, split_scorer
 from runtime.bundle import load_bundle
@@ -26,7 +26,7 @@ TILE = (3, 4)  # divides neither side: several tiles per text and per video bloc
 def sessions(tiny_export):
     """(bundle, the split session open_session gives, the whole graph's session)."""
     bundle = load_bundle(tiny_export.bundle)
-    split = open_session(bundle, "scorer", "cpu", threads=2)
+    split = open_session(bundle, "scorer", "cpu", threads=2, split_text_side=True)
     spec = bundle.graphs["scorer"]
     whole = OrtSession(spec, "cpu", threads=1, concurrency=2)
     return bundle, split, whole
@@ -181,3 +181,63 @@ def test_a_graph_without_one_patch_word_product_is_left_whole():
     model = onnx.load_from_string(_graph())
     model.graph.node.append(helper.make_node("MatMul", ["p2", "wt"], ["fine2"]))
     assert split_scorer(model.SerializeToString(), "words", "patches") is None
+
+
+@slow
+def test_by_default_a_session_is_whole_and_onnx_is_never_imported(tiny_export):
+    """The cut imports onnx (~0.5 s): a one-off command that scores little must not pay it."""
+    import subprocess
+    import sys
+
+    code = (f"import sys; from runtime.bundle import load_bundle; from runtime.backends import open_session\n"
+            f"b = load_bundle({str(tiny_export.bundle)!r})\n"
+            f"whole = open_session(b, 'scorer', 'cpu')\n"
+            f"print(whole.text_side is None, 'onnx' in sys.modules)\n"
+            f"split = open_session(b, 'scorer', 'cpu', split_text_side=True)\n"
+            f"print(split.text_side is not None, 'onnx' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "False", "True", "True"]
+
+
+@slow
+def test_the_service_and_large_one_off_work_cut_the_text_side_and_small_work_does_not(tiny_export, tmp_path,
+                                                                                       monkeypatch):
+    from runtime_helpers import synthetic_index
+
+    from runtime import deployment
+    from runtime.serve.service import SearchService
+    from runtime.serve.settings import ServeSettings
+
+    bundle = load_bundle(tiny_export.bundle)
+    index = synthetic_index(tmp_path / "index", bundle, videos=6)
+    asked = []
+    real = deployment.load_query_models
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs.get("split_text_side", False))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(deployment, "load_query_models", spy)
+    import runtime.serve.service as service_module
+
+    monkeypatch.setattr(service_module, "load_query_models", spy)
+    service = SearchService.open(ServeSettings(index_dir=index, backend="cpu"))
+    assert asked == [True] and service.engine.scorer.session.text_side is not None
+
+    from click.testing import CliRunner
+
+    from runtime.cli import main
+
+    def search(queries: int) -> None:
+        result = CliRunner().invoke(main, ["search", "--index", str(index), "--backend", "cpu", "-q",
+                                           *[a for i in range(queries) for a in ("--query", f"a dog {i}")],
+                                           "-o", str(tmp_path / "hits.jsonl")])
+        assert result.exit_code == 0, result.output
+
+    asked.clear()
+    search(2)  # 2 queries x 6 videos: far below the threshold
+    monkeypatch.setattr(selection, "SPLIT_MIN_PAIRS", 12)
+    search(2)  # 12 pairs: at the threshold
+    search(1)
+    assert asked == [False, True, False]
