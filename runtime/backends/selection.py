@@ -23,6 +23,7 @@ from runtime.backends.ort import (
 )
 from runtime.backends.precision import (
     DEFAULT_SCORER_PRECISION,
+    FLOAT32,
     INT8,
     PATCHES,
     check_scorer_precision,
@@ -122,7 +123,7 @@ def cpu_scorer_session(spec: GraphSpec, runs: int, disabled: list[str] | None = 
         model = int8_scorer_model(spec.file, spec.inputs[PATCHES].name)
         return OrtSession(spec, "cpu", threads=1, disabled_optimizers=disabled, concurrency=runs, model=model,
                           precision=precision)
-    if not split_text_side:
+    if not split_text_side or spec.inputs[WORDS].dtype != FLOAT32:  # float16 bundles are for GPUs: kept whole
         return OrtSession(spec, "cpu", threads=1, disabled_optimizers=disabled, concurrency=runs)
     split = split_scorer(spec.file, spec.inputs[WORDS].name, spec.inputs[PATCHES].name)
     if split is None:
