@@ -31,7 +31,7 @@ import numpy as np
 from evaluation.metrics import retrieval_metrics
 from evaluation.moments import moment_recall
 from runtime.backends.precision import DEFAULT_SCORER_PRECISION
-from runtime.backends.selection import SPLIT_MIN_PAIRS
+from runtime.backends.selection import split_pays_off
 from runtime.deployment import load_query_models, open_index
 from runtime.errors import RuntimeUserError
 from runtime.index import GalleryIndex, file_of, is_windowed, span_of
@@ -219,7 +219,7 @@ def evaluate_index(request: EvaluateRequest) -> dict[str, Any]:
     ann, videos, rows = select_videos(gallery, load_annotations(request.annotations, request.dataset),
                                       request.allow_missing)
     models = load_query_models(bundle, request.backend, request.threads, request.scorer_precision,
-                               split_text_side=len(ann.captions) * len(videos) >= SPLIT_MIN_PAIRS)
+                               split_text_side=split_pays_off(len(ann.captions) * len(videos)))
     bank = None
     if request.video_bank is not None:
         bank = GalleryIndex(request.video_bank)

@@ -119,20 +119,28 @@ def cpu_scorer_session(spec: GraphSpec, runs: int, disabled: list[str] | None = 
     tile, beats splitting every small op of one tile across threads. With ``split_text_side`` the
     float32 graph's text side is cut out (runtime.backends.text_side) so that it runs once per
     scoring call, on ``runs`` threads that sleep between calls."""
-    if precision == INT8:
-        model = int8_scorer_model(spec.file, spec.inputs[PATCHES].name)
+    def tiles(model: bytes | None = None) -> OrtSession:
         return OrtSession(spec, "cpu", threads=1, disabled_optimizers=disabled, concurrency=runs, model=model,
                           precision=precision)
+
+    if precision == INT8:
+        return tiles(int8_scorer_model(spec.file, spec.inputs[PATCHES].name))
     if not split_text_side or spec.inputs[WORDS].dtype != FLOAT32:  # float16 bundles are for GPUs: kept whole
-        return OrtSession(spec, "cpu", threads=1, disabled_optimizers=disabled, concurrency=runs)
+        return tiles()
     split = split_scorer(spec.file, spec.inputs[WORDS].name, spec.inputs[PATCHES].name)
     if split is None:
         logger.debug("%s: the scorer graph runs whole (its text side was not recognised)", spec.file)
-        return OrtSession(spec, "cpu", threads=1, disabled_optimizers=disabled, concurrency=runs)
-    session = OrtSession(spec, "cpu", threads=1, disabled_optimizers=disabled, concurrency=runs, model=split.rest)
+        return tiles()
+    session = tiles(split.rest)
     session.text_side = OrtSession(text_side_spec(spec, split, WORDS), "cpu", threads=runs,
                                    disabled_optimizers=disabled, model=split.text_side, spinning=False)
     return session
+
+
+def split_pays_off(pairs: int) -> bool:
+    """Whether a one-off command that will score ``pairs`` text x video pairs should cut the CPU
+    scorer's text side out (``SPLIT_MIN_PAIRS``)."""
+    return pairs >= SPLIT_MIN_PAIRS
 
 
 def available_cpus() -> int:

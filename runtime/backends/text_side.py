@@ -19,14 +19,11 @@ ml_dtypes), so sessions are cut only where scoring is long (``open_session(split
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.backends.precision import patch_word_products
 from runtime.bundle.contract import GraphSpec, TensorSpec
-
-logger = logging.getLogger(__name__)
 
 # Role of the text side's output: the projected word features ``w`` (a runtime role, not the bundle's).
 PROJECTED_WORDS = "projected_words"
@@ -57,7 +54,8 @@ def split_scorer(model: bytes | Path, words: str, patches: str) -> ScorerSplit |
     if len(products) != 1:
         return None
     producer = {out: node for node in graph.node for out in node.output}
-    text_operand = [name for name in products[0].input if name in producer and not _reads(producer, name, patches)]
+    text_operand = [name for name in products[0].input
+                    if name in producer and patches not in _leaves(producer, name)]
     if len(text_operand) != 1:
         return None
     projected = text_operand[0]
@@ -68,7 +66,8 @@ def split_scorer(model: bytes | Path, words: str, patches: str) -> ScorerSplit |
     constants = {init.name for init in graph.initializer}
     if _leaves(producer, projected) - constants != {words}:
         return None  # the cut tensor depends on more than the words: it is not the text side
-    if _shape(graph, projected) is None or _shape(graph, projected) != _shape(graph, words):
+    shape = _shape(graph, projected)
+    if shape is None or shape != _shape(graph, words):
         return None  # the rest's readers of the words' shape would read another one
     text_side = Extractor(proto).extract_model([words], [projected])
 
@@ -90,20 +89,6 @@ def text_side_spec(scorer: GraphSpec, split: ScorerSplit, words_role: str) -> Gr
     words = scorer.inputs[words_role]
     return GraphSpec(f"{scorer.key}_text_side", scorer.file, {words_role: words},
                      {PROJECTED_WORDS: TensorSpec(split.projected, words.dtype, words.shape)})
-
-
-def _reads(producer: dict, name: str, source: str) -> bool:
-    """Whether tensor ``name`` is ``source`` or computed from it."""
-    stack, seen = [name], set()
-    while stack:
-        current = stack.pop()
-        if current == source:
-            return True
-        if current in seen or current not in producer:
-            continue
-        seen.add(current)
-        stack.extend(producer[current].input)
-    return False
 
 
 def _leaves(producer: dict, name: str) -> set[str]:

@@ -101,7 +101,7 @@ def search(index_dir: Path, queries_inline: tuple[str, ...], queries_file: Path 
     With --like or --query-video the query is a video: results are ranked by the cosine of the
     video-level features (docs/search.md, "More like this"), one JSON line per query video.
     """
-    from runtime.backends.selection import SPLIT_MIN_PAIRS
+    from runtime.backends.selection import split_pays_off
     from runtime.deployment import load_query_models, open_index
     from runtime.search import Searcher, SearchOptions
     from runtime.search.filters import FilterError, read_filter
@@ -132,7 +132,7 @@ def search(index_dir: Path, queries_inline: tuple[str, ...], queries_file: Path 
     gallery, bundle = open_index(index_dir, bundle_dir)
     # scoring every video is worth cutting the scorer's text side out for (a two-stage re-rank is not)
     models = load_query_models(bundle, backend, threads, scorer_precision,
-                               split_text_side=not two_stage and len(texts) * len(gallery) >= SPLIT_MIN_PAIRS)
+                               split_text_side=not two_stage and split_pays_off(len(texts) * len(gallery)))
     features = models.text.encode_reporting(texts, "query")
     try:
         answer = Searcher(models.scorer, gallery, memory_mb=memory_mb).search(features, options)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from runtime.backends import open_session
-from runtime.backends.selection import SPLIT_MIN_PAIRS
+from runtime.backends.selection import split_pays_off
 from runtime.bundle import Bundle
 from runtime.index import KEEP_BIASES, IndexWriter, ids_digest
 from runtime.scoring import DEFAULT_MEMORY_MB, LEVELS, Scorer, VideoSource, score_matrix
@@ -57,7 +57,7 @@ def compute_bank_biases(index: VideoSource, bundle: Bundle, captions: list[str],
     text = TextEncoder(bundle, backend, threads)
     n_bank = len(captions)
     scorer = Scorer(open_session(bundle, "scorer", backend, threads,
-                                 split_text_side=n_bank * len(index) >= SPLIT_MIN_PAIRS), bundle.config)
+                                 split_text_side=split_pays_off(n_bank * len(index))), bundle.config)
 
     def fill(sims: np.ndarray) -> None:
         for c0 in range(0, n_bank, BANK_CHUNK):
