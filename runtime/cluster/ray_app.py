@@ -28,6 +28,7 @@ from typing import Any
 from ray import serve
 
 from runtime.cluster.fanout import ShardedSearcher
+from runtime.cluster.hedging import AUTO, HedgePolicy, parse_hedge
 from runtime.cluster.settings import APP_NAME, INGRESS, ClusterSettings, shard_name
 from runtime.cluster.shard import ShardSearcher
 from runtime.serve.settings import ServeSettings
@@ -87,6 +88,9 @@ class _Pending:
     def result(self, timeout: float | None = None) -> Any:
         return self.response.result(timeout_s=timeout)
 
+    def cancel(self) -> None:
+        self.response.cancel()
+
 
 @serve.ingress()
 class SearchIngress:
@@ -105,11 +109,12 @@ class SearchIngress:
         settings = replace(settings, watch=True)
         clients = [_HandleClient(number, handle) for number, handle in enumerate(shards)]
         metrics = Metrics()
+        hedge = HedgePolicy(cluster.shard_hedge_after_s)  # one per replica: what it learns outlives reloads
 
         def sharded(scorer, gallery, *, memory_mb, source, probe):
             return ShardedSearcher(scorer, gallery, clients, state_digest(gallery.state.to_dict()),
                                    memory_mb=memory_mb, deadline_s=cluster.shard_deadline_s,
-                                   load_deadline_s=cluster.shard_load_timeout_s, observer=metrics)
+                                   load_deadline_s=cluster.shard_load_timeout_s, observer=metrics, hedge=hedge)
 
         # off the replica's event loop: opening asks every shard (blocking handle calls)
         self.service = await asyncio.to_thread(SearchService.open, settings, metrics, make_searcher=sharded)
@@ -133,10 +138,10 @@ def build(settings: ServeSettings, cluster: ClusterSettings, log_level: str = "i
 def build_app(args: dict[str, str]):
     """``serve run runtime.cluster.ray_app:build_app index_dir=DIR [bundle_dir=DIR] [shards=N]
     [replicas=R] [replica_cpus=C] [max_replicas_per_node=N] [two_stage=auto|on|off] [shortlist=N]
-    [threads=N] [scorer_precision=float32|int8]``: the
+    [threads=N] [scorer_precision=float32|int8] [shard_hedge_after=auto|off|SECONDS]``: the
     application for Ray's CLI and ``serve deploy`` config files (``args``: the config's ``args``)."""
     known = {"index_dir", "bundle_dir", "shards", "replicas", "replica_cpus", "max_replicas_per_node", "two_stage",
-             "shortlist", "threads", "api_keys", "preload_mb", "watch", "scorer_precision"}
+             "shortlist", "threads", "api_keys", "preload_mb", "watch", "scorer_precision", "shard_hedge_after"}
     unknown = sorted(set(args) - known)
     if unknown or "index_dir" not in args:
         raise ValueError(f"build_app needs index_dir=DIR; unknown arguments: {unknown}; known: {sorted(known)}")
@@ -152,7 +157,8 @@ def build_app(args: dict[str, str]):
     cluster = ClusterSettings(shards=int(args.get("shards", 1)), replicas=int(args.get("replicas", 1)),
                               replica_cpus=float(args.get("replica_cpus", ClusterSettings.replica_cpus)),
                               max_replicas_per_node=int(args["max_replicas_per_node"])
-                              if args.get("max_replicas_per_node") else None)
+                              if args.get("max_replicas_per_node") else None,
+                              shard_hedge_after_s=parse_hedge(args.get("shard_hedge_after", AUTO)))
     return build(settings, cluster)
 
 

@@ -32,6 +32,7 @@ def check_http_for_ray(http: HttpSettings) -> None:
 def serve_on_ray(settings: ServeSettings, port: int, *, shards: int, replicas: int, replica_cpus: float,
                  max_replicas_per_node: int | None,
                  ray_address: str | None, ray_proxy: str, shard_deadline_s: float, shard_load_timeout_s: float,
+                 shard_hedge_after_s: float | None,
                  autoscale: tuple[int, int, float] | None,
                  http: HttpSettings, log_level: str, log_format: str) -> None:
     """Deploy the sharded service and serve until Ctrl+C (errors: RuntimeUserError)."""
@@ -47,6 +48,7 @@ def serve_on_ray(settings: ServeSettings, port: int, *, shards: int, replicas: i
         apply_proxy_environment(ray_proxy)  # before Ray starts: its processes inherit it
     cluster = ClusterSettings(shards=shards, replicas=replicas, replica_cpus=replica_cpus, ray_address=ray_address,
                               shard_deadline_s=shard_deadline_s, shard_load_timeout_s=shard_load_timeout_s,
+                              shard_hedge_after_s=shard_hedge_after_s,
                               autoscaling=autoscaling, max_replicas_per_node=max_replicas_per_node)
     from runtime.cluster import ray_app
 

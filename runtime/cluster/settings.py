@@ -4,8 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-# How long the ingress keeps asking a shard that fails (a replica restarting takes seconds).
-DEFAULT_SHARD_DEADLINE_S = 10.0
+# How long the ingress keeps asking a shard that fails or is slow. Above the time Ray takes to
+# declare a lost node dead (its GCS checks a node every 3 s and gives up after 5 misses: about
+# 15 s): in the node-loss runs, the healthy replicas of the other node stopped answering until
+# that moment too, and a request then got 503 under a 10 s deadline. Below the request timeout (30 s).
+DEFAULT_SHARD_DEADLINE_S = 20.0
 # How long the ingress waits for every shard to open an index version (at start and on reload): a
 # shard replica builds its part's stage 1 then (HNSW over 10^6 rows at efConstruction 200 took
 # 28 minutes on 2 busy cores).
@@ -31,7 +34,9 @@ class ClusterSettings:
     ingress replicas), ``autoscaling`` (Ray Serve's ``autoscaling_config``: ``min_replicas``,
     ``max_replicas``, ``target_ongoing_requests``) in place of fixed replicas when given;
     ``max_replicas_per_node``: at most this many replicas of one deployment on a node (1: losing a
-    node loses one replica of each deployment at most; Ray otherwise spreads on a best-effort basis)."""
+    node loses one replica of each deployment at most; Ray otherwise spreads on a best-effort basis);
+    ``shard_hedge_after_s``: seconds a shard call waits before a second is sent beside it (None:
+    adapted to the calls seen, 0: never; runtime/cluster/hedging.py)."""
 
     shards: int = 1
     replicas: int = 1
@@ -41,6 +46,7 @@ class ClusterSettings:
     shard_load_timeout_s: float = DEFAULT_LOAD_DEADLINE_S
     autoscaling: dict[str, Any] | None = field(default=None)
     max_replicas_per_node: int | None = None
+    shard_hedge_after_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.shards < 1 or self.replicas < 1:
@@ -49,6 +55,9 @@ class ClusterSettings:
             raise ValueError(f"--replica-cpus must be at least 0, got {self.replica_cpus}")
         if self.max_replicas_per_node is not None and self.max_replicas_per_node < 1:
             raise ValueError(f"--max-replicas-per-node must be at least 1, got {self.max_replicas_per_node}")
+        if self.shard_hedge_after_s is not None and not self.shard_hedge_after_s >= 0:
+            raise ValueError(f"--shard-hedge-after must be auto, off or seconds at least 0, "
+                             f"got {self.shard_hedge_after_s}")
 
     def deployment_options(self, max_ongoing_requests: int = DEFAULT_SHARD_ONGOING_REQUESTS) -> dict[str, Any]:
         """Ray Serve options of a deployment (replicas or autoscaling, CPUs per replica, and the

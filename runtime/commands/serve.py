@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from runtime.cluster.hedging import parse_hedge
 from runtime.cluster.settings import DEFAULT_LOAD_DEADLINE_S, DEFAULT_SHARD_DEADLINE_S
 from runtime.commands.common import (
     EXIT_CODES_HELP,
@@ -18,6 +19,13 @@ from runtime.commands.common import (
     user_errors,
 )
 from runtime.serve import settings as defaults
+
+
+def _hedge_option(ctx: click.Context, param: click.Parameter, value: str) -> float | None:
+    try:
+        return parse_hedge(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @click.command(epilog=EXIT_CODES_HELP)
@@ -131,6 +139,12 @@ from runtime.serve import settings as defaults
 @click.option("--shard-deadline", default=DEFAULT_SHARD_DEADLINE_S, show_default=True, type=click.FloatRange(min=0.1),
               help="With --ray: seconds the ingress keeps asking a shard that fails before the request gets 503 "
                    "(or, with \"allow_partial\": true, the other shards' answer).")
+@click.option("--shard-hedge-after", "shard_hedge_after", default="auto", show_default=True, metavar="auto|off|SECONDS",
+              callback=_hedge_option,
+              help="With --ray: a shard call unanswered this long gets a second one beside it, which Ray routes "
+                   "to another replica; the first answer wins (a replica on a node that has just died can hold a "
+                   "call past --shard-deadline). auto: 3x the recent 90th percentile of such calls, at least "
+                   "0.2 s and at most half of --shard-deadline; off: never.")
 @click.option("--shard-load-timeout", default=DEFAULT_LOAD_DEADLINE_S, show_default=True, type=click.FloatRange(min=1),
               help="With --ray: seconds the ingress waits for every shard to open the index, at start and on a "
                    "reload (a shard builds its part's FAISS stage 1 then: minutes for 10^6 rows).")
@@ -148,7 +162,7 @@ def serve(index_dir: Path, bundle_dir: Path | None, host: str, port: int, api_ke
           backend: str, scorer_precision: str, memory_mb: float,
           threads: int | None, log_level: str, log_format: str, no_access_log: bool, use_ray: bool, shards: int,
           replicas: int, replica_cpus: float, max_replicas_per_node: int | None, ray_address: str | None,
-          ray_proxy: str, shard_deadline: float,
+          ray_proxy: str, shard_deadline: float, shard_hedge_after: float | None,
           shard_load_timeout: float, autoscale: tuple[int, int, float] | None) -> None:
     """Serve text-to-video search over HTTP, with a search page at /.
 
@@ -204,8 +218,8 @@ def serve(index_dir: Path, bundle_dir: Path | None, host: str, port: int, api_ke
         serve_on_ray(settings, port, shards=shards, replicas=replicas, replica_cpus=replica_cpus,
                      max_replicas_per_node=max_replicas_per_node,
                      ray_address=ray_address, ray_proxy=ray_proxy, shard_deadline_s=shard_deadline,
-                     shard_load_timeout_s=shard_load_timeout, autoscale=autoscale, http=http,
-                     log_level=log_level, log_format=log_format)
+                     shard_hedge_after_s=shard_hedge_after, shard_load_timeout_s=shard_load_timeout,
+                     autoscale=autoscale, http=http, log_level=log_level, log_format=log_format)
         return
     from runtime.serve.app import create_app
     from runtime.serve.service import SearchService

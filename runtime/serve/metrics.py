@@ -68,6 +68,9 @@ class Metrics:
                                        "shard and call (hits, shortlist, rerank)", ("shard", "call"), registry=r)
         self.shard_failures = Counter("ucofia_shard_call_failures", "Failed calls to a shard (retried until the "
                                       "request's deadline), by shard", ("shard",), registry=r)
+        self.shard_hedges = Counter("ucofia_shard_hedged_calls", "Second calls to a shard whose first had not "
+                                    "answered within the hedge delay (--shard-hedge-after), by shard", ("shard",),
+                                    registry=r)
         self.shard_rows = Gauge("ucofia_shard_rows", "Gallery rows each shard owns", ("shard",), registry=r)
         self.shards_up = Gauge("ucofia_shards_up", "Shards that answered the last search", registry=r)
 

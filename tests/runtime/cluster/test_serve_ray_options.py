@@ -16,6 +16,8 @@ from runtime.cluster.settings import ClusterSettings
     (["--root-path", "/search"], "--root-path cannot be used with --ray"),
     (["--proxy-headers"], "--proxy-headers cannot be used with --ray"),
     (["--autoscale", "3", "2", "4"], "min_replicas 3 is above max_replicas 2"),
+    (["--shard-hedge-after", "soon"], "expected auto, off or seconds, got 'soon'"),
+    (["--shard-hedge-after", "-1"], "expected auto, off or seconds at least 0, got '-1'"),
 ])
 def test_options_ray_serve_cannot_honour_are_refused(tmp_path, extra, message):
     (tmp_path / "idx").mkdir()
@@ -48,6 +50,8 @@ def test_cluster_settings_check_their_numbers_and_give_ray_its_options():
     with pytest.raises(ValueError, match="at least 1"):
         ClusterSettings(max_replicas_per_node=0)
     assert ClusterSettings(replicas=2, max_replicas_per_node=1).deployment_options()["max_replicas_per_node"] == 1
+    with pytest.raises(ValueError, match="--shard-hedge-after"):
+        ClusterSettings(shard_hedge_after_s=-0.5)
 
 
 def test_build_app_binds_one_deployment_per_shard_into_the_ingress(tmp_path):
@@ -59,7 +63,7 @@ def test_build_app_binds_one_deployment_per_shard_into_the_ingress(tmp_path):
     with pytest.raises(ValueError, match="unknown arguments: \\['colour'\\]"):
         ray_app.build_app({"index_dir": str(tmp_path), "colour": "red"})
     app = ray_app.build_app({"index_dir": str(tmp_path), "shards": "3", "replicas": "2", "replica_cpus": "0.25",
-                             "scorer_precision": "int8", "max_replicas_per_node": "1"})
+                             "scorer_precision": "int8", "max_replicas_per_node": "1", "shard_hedge_after": "off"})
     ingress = app._bound_deployment
     assert ingress.name == "ingress" and ingress._deployment_config.num_replicas == 2
     shards = [arg._bound_deployment for arg in ingress.init_args[2:]]
@@ -69,6 +73,8 @@ def test_build_app_binds_one_deployment_per_shard_into_the_ingress(tmp_path):
     assert all(d._replica_config.max_replicas_per_node == 1 for d in [ingress, *shards])
     settings, cluster = ingress.init_args[:2]
     assert settings.index_dir == tmp_path and cluster.shards == 3 and settings.scorer_precision == "int8"
+    assert cluster.shard_hedge_after_s == 0
+    assert ray_app.build_app({"index_dir": str(tmp_path)})._bound_deployment.init_args[1].shard_hedge_after_s is None
     from runtime.serve.settings import DEFAULT_SHORTLIST
 
     assert settings.shortlist == DEFAULT_SHORTLIST and settings.two_stage == "auto"  # `ucofia-run serve`'s defaults

@@ -11,6 +11,7 @@ import pytest
 from runtime_helpers import random_biases, random_queries, random_rows, synthetic_index, synthetic_windows
 
 from runtime.cluster.fanout import LocalShards, ShardedSearcher
+from runtime.cluster.hedging import HedgePolicy
 from runtime.cluster.merge import merge_shortlists
 from runtime.cluster.partition import plan_parts
 from runtime.cluster.shard import ShardInfo, ShardSearcher, StaleSnapshot
@@ -296,18 +297,31 @@ def test_a_shard_opens_a_newer_version_when_asked_and_keeps_two(bundle, scorer, 
 
 
 # ---- the fan-out's own rules -------------------------------------------------------------------------------
+class RaiseNow:
+    """A scripted call that cannot even be sent: ``call`` raises ``error``."""
+
+    def __init__(self, error):
+        self.error = error
+
+
 class Scripted:
-    """A shard client that answers each method from ``script`` (a callable or an exception) or the real one."""
+    """A shard client that answers each method from ``script`` (a callable, an exception, "hang",
+    ``RaiseNow`` or a list of those, one per call, then the real one) or the real one."""
 
     def __init__(self, client, **script):
-        self.client, self.script, self.shard, self.calls = client, script, client.shard, []
+        self.client, self.script, self.shard, self.calls, self.futures = client, script, client.shard, [], []
 
     def call(self, method, *args):
         self.calls.append(method)
         action = self.script.get(method)
+        if isinstance(action, list):
+            action = action.pop(0) if action else None
         if action is None:
             return self.client.call(method, *args)
+        if isinstance(action, RaiseNow):
+            raise action.error
         future = Future()
+        self.futures.append(future)
         if action == "hang":
             return future  # never answers
         if isinstance(action, BaseException):
@@ -347,9 +361,11 @@ def test_two_stage_takes_one_call_of_a_single_shard_and_two_of_each_of_several(w
 def test_loading_checks_every_shard_answered_the_same_version_and_all_rows(whole, scorer):
     gallery = GalleryIndex(whole)
     digest = state_digest(gallery.state.to_dict())
+    hung = _clients(whole, scorer, 2, s1={"load": "hang"})
     with pytest.raises(GalleryIndexError, match=r"shards \[1\] did not open the index within 0.3 s"):
-        ShardedSearcher(scorer, gallery, _clients(whole, scorer, 2, s1={"load": "hang"}), digest, deadline_s=0.1,
-                        load_deadline_s=0.3)
+        ShardedSearcher(scorer, gallery, hung, digest, deadline_s=0.1, load_deadline_s=0.3,
+                        hedge=HedgePolicy(0.01))
+    assert hung[1].calls == ["load"]  # opening builds a shard's stage 1: never asked twice at once
     other = lambda: ShardInfo(1, 2, 18, "f" * 64, 0.0)  # noqa: E731
     with pytest.raises(IndexChangedError, match="opened another version"):
         ShardedSearcher(scorer, gallery, _clients(whole, scorer, 2, s1={"load": other}), digest)
@@ -389,6 +405,169 @@ def test_a_hung_shard_is_given_up_at_the_deadline_and_retries_are_paced(whole, s
         down.search(queries, SearchOptions(top_k=3))
     # tried at once and again every RETRY_PAUSE_S (0.2 s) while another try fits before the deadline
     assert 2 <= failing[1].calls.count("hits") <= 3
+
+
+@pytest.mark.parametrize("two_stage", [False, True])
+def test_a_call_that_hangs_is_asked_again_beside_it_and_the_first_answer_wins(whole, scorer, bundle, two_stage):
+    from runtime.serve.metrics import Metrics
+
+    gallery = GalleryIndex(whole)
+    digest = state_digest(gallery.state.to_dict())
+    queries = _queries(bundle.config)
+    options = SearchOptions(top_k=4, two_stage=two_stage, shortlist=9, stage1="flat")
+    method = "rerank" if two_stage else "hits"
+    clients = _clients(whole, scorer, 2, s1={method: ["hang"]})  # the first call hangs, the next answers
+    metrics = Metrics()
+    sharded = ShardedSearcher(scorer, gallery, clients, digest, deadline_s=10, hedge=HedgePolicy(0.1), observer=metrics)
+    for c in clients:
+        c.calls.clear()
+    _same(sharded.search(queries, options), Searcher(scorer, gallery).search(queries, options))
+    assert clients[1].calls.count(method) == 2 and clients[0].calls.count(method) == 1
+    assert clients[1].futures[0].cancelled()  # the call still waiting is dropped once the other answered
+    assert metrics.shard_hedges.labels("1")._value.get() == 1 and metrics.shard_hedges.labels("0")._value.get() == 0
+    assert metrics.shards_up._value.get() == 2
+    observed = metrics.shard_seconds.labels("1", method)
+    assert 0 < observed._sum.get() < 60  # the answered call's time, once
+    assert sharded.hedge.delay(method, 10) == 0.1  # a fixed delay learns nothing
+    learning = ShardedSearcher(scorer, gallery, _clients(whole, scorer, 2), digest, deadline_s=10)
+    for _ in range(8):
+        learning.search(queries, options)
+    assert learning.hedge.delay(method, 10) < 2.5  # learnt from 8 answered calls: under a quarter of the deadline
+    assert sharded.shard_status() == {"up": 2, "total": 2}
+    # without hedging the same hang costs the request its shard
+    clients = _clients(whole, scorer, 2, s1={method: ["hang"]})
+    off = ShardedSearcher(scorer, gallery, clients, digest, deadline_s=0.5, hedge=HedgePolicy(0))
+    with pytest.raises(ShardsUnavailable) as caught:
+        off.search(queries, options)
+    assert caught.value.missing == [1] and clients[1].calls.count(method) == 1
+
+
+class AnswersTogether:
+    """A shard client whose first call answers only when the second is made, with the same
+    answer: both calls finish in the same wait of the fan-out."""
+
+    def __init__(self, client):
+        self.client, self.shard, self.calls, self.first = client, client.shard, [], None
+
+    def call(self, method, *args):
+        self.calls.append(method)
+        if method != "hits":
+            return self.client.call(method, *args)
+        if self.first is None:
+            self.first = Future()
+            return self.first
+        answer = self.client.call(method, *args).result()
+        done = Future()
+        done.set_result(answer)
+        self.first.set_result(answer)
+        return done
+
+
+def test_two_calls_of_a_shard_answering_at_once_give_one_answer(whole, scorer, bundle):
+    gallery = GalleryIndex(whole)
+    digest = state_digest(gallery.state.to_dict())
+    local = LocalShards([ShardSearcher(whole, s, 2, scorer=scorer) for s in range(2)]).clients()
+    clients = [local[0], AnswersTogether(local[1])]
+    sharded = ShardedSearcher(scorer, gallery, clients, digest, deadline_s=10, hedge=HedgePolicy(0.05))
+    queries, options = _queries(bundle.config), SearchOptions(top_k=5)
+    _same(sharded.search(queries, options), Searcher(scorer, gallery).search(queries, options))
+    assert clients[1].calls == ["load", "hits", "hits"]
+
+
+def test_the_calls_left_waiting_are_cancelled_as_soon_as_their_shard_has_answered(whole, scorer, bundle):
+    import contextlib
+    import threading
+    from concurrent.futures import InvalidStateError
+
+    gallery = GalleryIndex(whole)
+    digest = state_digest(gallery.state.to_dict())
+    local = LocalShards([ShardSearcher(whole, s, 2, scorer=scorer) for s in range(2)]).clients()
+    hedged = Scripted(local[1], hits=["hang"])
+    seen_cancelled = []
+
+    def slow_shard_0(*args):
+        # shard 0 answers only once shard 1's hung call is cancelled (or after 5 s): that call is
+        # dropped when shard 1 answers, not when the whole gather ends
+        answer, done = local[0].call("hits", *args).result(), Future()
+
+        def answer_later():
+            for _ in range(500):
+                if hedged.futures and hedged.futures[0].cancelled():
+                    seen_cancelled.append(True)
+                    break
+                threading.Event().wait(0.01)
+            with contextlib.suppress(InvalidStateError):  # shard 0 is slow too: its hedged calls are dropped
+                done.set_result(answer)
+
+        threading.Thread(target=answer_later, daemon=True).start()
+        return done
+
+    class Deferred(Scripted):
+        def call(self, method, *args):
+            if method == "hits":
+                self.calls.append(method)
+                return slow_shard_0(*args)
+            return super().call(method, *args)
+
+    clients = [Deferred(local[0]), hedged]
+    sharded = ShardedSearcher(scorer, gallery, clients, digest, deadline_s=10, hedge=HedgePolicy(0.05))
+    queries, options = _queries(bundle.config), SearchOptions(top_k=5)
+    _same(sharded.search(queries, options), Searcher(scorer, gallery).search(queries, options))
+    assert seen_cancelled and all(seen_cancelled)
+
+
+def test_while_a_hedged_call_waits_the_next_follow_at_half_the_delay(whole, scorer, bundle):
+    import time
+
+    from runtime.cluster.hedging import MAX_CALLS_IN_FLIGHT
+
+    gallery = GalleryIndex(whole)
+    digest = state_digest(gallery.state.to_dict())
+    sent: list[float] = []
+
+    class Stamped(Scripted):
+        def call(self, method, *args):
+            if method == "hits":
+                sent.append(time.monotonic())
+            return super().call(method, *args)
+
+    local = LocalShards([ShardSearcher(whole, s, 2, scorer=scorer) for s in range(2)]).clients()
+    clients = [local[0], Stamped(local[1], hits="hang")]
+    sharded = ShardedSearcher(scorer, gallery, clients, digest, deadline_s=3.0, hedge=HedgePolicy(0.6))
+    with pytest.raises(ShardsUnavailable):
+        sharded.search(_queries(bundle.config), SearchOptions(top_k=5))
+    # the first call, a hedged one after 0.6 s, then one every 0.3 s: the cap is reached at 1.8 s,
+    # 1.2 s before the deadline (at 0.6 s apart, only 5 calls fit)
+    assert len(sent) == MAX_CALLS_IN_FLIGHT
+    gaps = np.diff(sent)
+    assert gaps[0] >= 0.6 and all(gaps[1:] >= 0.3)  # lower bounds only: a busy machine stretches gaps
+
+
+def test_hedged_calls_in_flight_are_capped_and_a_call_that_cannot_be_sent_is_made_again(whole, scorer, bundle):
+    from runtime.cluster.hedging import MAX_CALLS_IN_FLIGHT
+    from runtime.serve.metrics import Metrics
+
+    gallery = GalleryIndex(whole)
+    digest = state_digest(gallery.state.to_dict())
+    queries = _queries(bundle.config)
+    clients = _clients(whole, scorer, 2, s0={"hits": "hang"})
+    hung = ShardedSearcher(scorer, gallery, clients, digest, deadline_s=0.8, hedge=HedgePolicy(0.05))
+    with pytest.raises(ShardsUnavailable):
+        hung.search(queries, SearchOptions(top_k=3))
+    assert clients[0].calls.count("hits") == MAX_CALLS_IN_FLIGHT
+    assert all(f.cancelled() for f in clients[0].futures)  # given up at the deadline: none left waiting
+    # the request's own error ends it at once: the other shard's call still waiting is cancelled
+    clients = _clients(whole, scorer, 2, s0={"hits": "hang"}, s1={"hits": FilterError("wrong type")})
+    with pytest.raises(FilterError):
+        ShardedSearcher(scorer, gallery, clients, digest, deadline_s=5).search(queries, SearchOptions(top_k=3))
+    assert clients[0].futures[0].cancelled()
+    clients = _clients(whole, scorer, 2, s1={"hits": [RaiseNow(ConnectionError("no route"))]})
+    metrics = Metrics()
+    sharded = ShardedSearcher(scorer, gallery, clients, digest, deadline_s=5, observer=metrics)
+    options = SearchOptions(top_k=3)
+    _same(sharded.search(queries, options), Searcher(scorer, gallery).search(queries, options))
+    assert clients[1].calls.count("hits") == 2
+    assert metrics.shard_failures.labels("1")._value.get() == 1 and metrics.shard_failures.labels("0")._value.get() == 0
 
 
 def test_a_shard_lost_between_the_stages_of_two_stage_search_is_named(whole, scorer, bundle):
