@@ -115,6 +115,12 @@ AREAS: dict[str, Area] = {
     "cluster": Area(("runtime/cluster/partition.py", "runtime/cluster/shard.py", "runtime/cluster/merge.py",
                      "runtime/cluster/fanout.py"),
                     (RT + "cluster/test_sharded_search.py", RT + "cluster/test_sharded_service.py")),
+    # hedged shard calls: when a second call is sent, and the fan-out's waiting on several calls
+    "cluster-hedging": Area(("runtime/cluster/hedging.py", "runtime/cluster/fanout.py"),
+                            (RT + "cluster/test_hedging.py", RT + "cluster/test_sharded_search.py"),
+                            scopes=("HedgePolicy", "parse_hedge", "_ShardCalls", "_cancel", "ShardedSearcher._gather",
+                                    "ShardedSearcher._launch", "ShardedSearcher._start_due",
+                                    "ShardedSearcher._settle", "ShardedSearcher._failed")),
     # serve --ray's proxy settings and the HAProxy shim (the kill tests that need them run in the
     # namespace scenarios, minutes a run; these check the environment and the configuration)
     "ray-proxy": Area(("runtime/cluster/ingress_proxy.py", "runtime/cluster/haproxy_shim.py"),
