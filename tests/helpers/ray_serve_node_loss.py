@@ -69,7 +69,7 @@ def main(work: Path, out: Path) -> None:
         # one proxy, on the head: the nodes share 127.0.0.1, so two proxies would want the same port
         serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": RAY_PORT})
         settings = ServeSettings(index_dir=work / "idx", threads=1, two_stage="auto", shortlist=40, max_wait_ms=1.0)
-        serve.run(ray_app.build(settings, ClusterSettings(shards=2, replicas=2, replica_cpus=0.1, shard_deadline_s=8,
+        serve.run(ray_app.build(settings, ClusterSettings(shards=2, replicas=2, replica_cpus=0.1,
                                                           max_replicas_per_node=1)),
                   name="ucofia", route_prefix="/", blocking=False)
         assert wait_until(lambda: call(RAY_PORT, "/readyz", timeout=5)[0] == 200, 180), "the service did not start"

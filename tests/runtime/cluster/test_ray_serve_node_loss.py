@@ -45,7 +45,7 @@ def test_every_deployment_had_one_replica_on_the_node_that_goes(report):
 def test_a_worker_node_removed_under_load_loses_no_request(report):
     load = report["under_load"]
     assert load["removed"] and load["answers"] == 48
-    assert load["statuses"] == [200] and load["wrong"] == 0, load
+    assert load["statuses"] == [200] and load["wrong"] == 0, (load["failed"], load)
     assert report["worker_replicas_after_removal"] == {"ingress": 0, "shard-0": 0, "shard-1": 0}
 
 
