@@ -1,10 +1,11 @@
 """When the ingress sends a second call to a shard that has not answered yet (a hedged call).
 
-A replica on a node that has just died can hold a call without failing it until Ray notices the
-node is gone (its health checks take seconds, longer on a loaded machine), which can outlast the
-request's shard deadline: a retry only follows a failure, so the request was lost. A second call
-made while the first still waits is routed by Ray to the least-busy replica of the shard, which
-is not the one holding the first; the first answer wins and the other call is cancelled.
+A retry only follows a failure: a call held by one stuck replica (a paused process, a replica on
+a node that has just died, which Ray notices only after seconds of health checks) would hold its
+request until the shard deadline. A second call made while the first still waits is routed by
+Ray to the least-busy replica of the shard, usually not the one holding the first; the first
+answer wins and the other calls are cancelled. When every replica of a shard stalls (what losing
+a node caused in our runs, docs/scaling.md), only the deadline helps.
 
 Hedging too early doubles the shards' work, so by default the wait adapts to the shard calls
 this ingress has seen: ``HEDGE_FACTOR`` times the 90th percentile of the last ``HEDGE_HISTORY``
@@ -75,7 +76,7 @@ def parse_hedge(text: str) -> float | None:
     value = text.strip().lower()
     if value == AUTO:
         return None
-    if value in ("off", "0"):
+    if value == "off":
         return 0.0
     try:
         seconds = float(value)

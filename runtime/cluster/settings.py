@@ -4,10 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-# How long the ingress keeps asking a shard that fails or is slow. Above the time Ray takes to
-# declare a lost node dead (its GCS checks a node every 3 s and gives up after 5 misses: about
-# 15 s): in the node-loss runs, the healthy replicas of the other node stopped answering until
-# that moment too, and a request then got 503 under a 10 s deadline. Below the request timeout (30 s).
+# How long the ingress keeps asking a shard that fails or is slow: above the ~15 s Ray takes to
+# declare a lost node dead, until which even the other node's replicas stalled in our runs
+# (docs/scaling.md, "Faults"), and below the request timeout (30 s).
 DEFAULT_SHARD_DEADLINE_S = 20.0
 # How long the ingress waits for every shard to open an index version (at start and on reload): a
 # shard replica builds its part's stage 1 then (HNSW over 10^6 rows at efConstruction 200 took

@@ -142,8 +142,8 @@ def _hedge_option(ctx: click.Context, param: click.Parameter, value: str) -> flo
 @click.option("--shard-hedge-after", "shard_hedge_after", default="auto", show_default=True, metavar="auto|off|SECONDS",
               callback=_hedge_option,
               help="With --ray: a shard call unanswered this long gets a second one beside it, which Ray routes "
-                   "to another replica; the first answer wins (a replica on a node that has just died can hold a "
-                   "call past --shard-deadline). auto: 3x the recent 90th percentile of such calls, at least "
+                   "to the least-busy replica; the first answer wins (one stuck replica then no longer holds a "
+                   "request until --shard-deadline). auto: 3x the recent 90th percentile of such calls, at least "
                    "0.2 s and at most half of --shard-deadline; off: never.")
 @click.option("--shard-load-timeout", default=DEFAULT_LOAD_DEADLINE_S, show_default=True, type=click.FloatRange(min=1),
               help="With --ray: seconds the ingress waits for every shard to open the index, at start and on a "
