@@ -175,7 +175,12 @@ def timed(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> dict[str, flo
 
 
 def matmul_session(intra_threads: int):
-    """An onnxruntime CPU session of a single float32 MatMul ``c = a @ b`` (dynamic shapes)."""
+    """An onnxruntime CPU session of a single float32 MatMul ``c = a @ b`` (dynamic shapes).
+
+    Its idle intra-op threads sleep instead of spinning: a spinning pool keeps the cores busy after
+    its run and slows whatever is timed next in the process (measured: 2 concurrent single-threaded
+    products ran at 154 instead of 290 GFLOP/s right after a spinning two-thread run).
+    """
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
@@ -186,6 +191,7 @@ def matmul_session(intra_threads: int):
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(proto, options, providers=["CPUExecutionProvider"])
 
 
@@ -219,57 +225,106 @@ def matmul_rates(threads: int, n: int = 2048, repeats: int = 5) -> dict[str, flo
     return out
 
 
-class MatmulProbe:
-    """The float32 GEMM rate measured in small doses, interleaved with other work so that it sees
-    the same load: each ``run()`` times one [m, k] x [k, n] product (``shape``; default n^3 with
-    n = 2048) with numpy (its BLAS, ``threads`` via the environment), with onnxruntime's MatMul
-    (``threads`` intra-op threads) and, for threads > 1, as ``threads`` concurrent single-threaded
-    onnxruntime runs, each on its share of the n columns (the runtime scorer's arrangement: the
-    same product, split); ``rates()`` gives GFLOP/s per method over all runs, the best and which
-    method it was."""
+# How long each method of a MatmulProbe keeps repeating its product per run(): long enough that a
+# core woken from idle or a BLAS pool still spinning from the previous method weighs little (one
+# product per dose measured the floor up to 25 % low on a 2-vCPU VM).
+PROBE_DOSE_S = 0.25
 
-    def __init__(self, threads: int, n: int = 2048, shape: tuple[int, int, int] | None = None) -> None:
+
+class MatmulProbe:
+    """The sustained float32 GEMM rate, measured in doses interleaved with other work so that it
+    sees the same load.
+
+    Each ``run()`` gives every method, on every shape ([m, k] x [k, n]; default n^3 with
+    n = 2048), one dose: one untimed product, then the product repeated for ``dose_s`` seconds.
+    Methods: numpy (its BLAS, threads via the environment); onnxruntime's MatMul with ``threads``
+    intra-op threads; and, for threads > 1, ``threads`` threads each running its own
+    single-threaded onnxruntime session on its share of the n columns, back to back without
+    waiting for each other (the runtime scorer's arrangement: concurrent single-threaded calls).
+    ``rates()`` gives GFLOP/s per shape and method over all runs, and the best of them all: the
+    floor a benchmark sets its GEMM-bound work against.
+    """
+
+    def __init__(self, threads: int, n: int = 2048, shape: tuple[int, int, int] | None = None,
+                 extra_shapes: tuple[tuple[int, int, int], ...] = (), dose_s: float = PROBE_DOSE_S) -> None:
         import numpy as np
 
-        m, k, n = shape or (n, n, n)
         rng = np.random.default_rng(0)
-        self.a = rng.standard_normal((m, k), dtype=np.float32)
-        self.b = rng.standard_normal((k, n), dtype=np.float32)
-        self.shape, self.threads = (m, k, n), threads
-        feeds = {"a": self.a, "b": self.b}
-        multi, single = matmul_session(threads), matmul_session(1)
-        self.methods: dict[str, Callable[[], Any]] = {
-            "numpy": lambda: self.a @ self.b, "onnxruntime": lambda: multi.run(None, feeds)}
+        self.threads, self.dose_s = threads, dose_s
+        self.shapes = [shape or (n, n, n), *extra_shapes]
+        multi = matmul_session(threads)
+        singles = [matmul_session(1) for _ in range(threads)]
+        self.pool = None
         if threads > 1:
             from concurrent.futures import ThreadPoolExecutor
 
-            pool = ThreadPoolExecutor(threads)
-            # contiguous column blocks, made once: the split itself is not part of the product
-            parts = [np.ascontiguousarray(part) for part in np.array_split(self.b, threads, axis=1)]
-            self.methods["onnxruntime_concurrent"] = lambda: list(
-                pool.map(lambda part: single.run(None, {"a": self.a, "b": part}), parts))
-        self.seconds = dict.fromkeys(self.methods, 0.0)
+            self.pool = ThreadPoolExecutor(threads)
+        self.methods: dict[tuple[int, int, int], dict[str, Callable[[float], float]]] = {}
+        for m, k, n_cols in self.shapes:
+            a = rng.standard_normal((m, k), dtype=np.float32)
+            b = rng.standard_normal((k, n_cols), dtype=np.float32)
+            flops = 2.0 * m * k * n_cols
+            methods = {"numpy": self._repeat(lambda a=a, b=b: a @ b, flops),
+                       "onnxruntime": self._repeat(lambda a=a, b=b: multi.run(None, {"a": a, "b": b}), flops)}
+            if self.pool is not None:
+                # contiguous column blocks, made once: the split itself is not part of the product
+                parts = [np.ascontiguousarray(p) for p in np.array_split(b, threads, axis=1)]
+                methods["onnxruntime_concurrent"] = self._concurrent(a, parts, singles)
+            self.methods[(m, k, n_cols)] = methods
+        self.flops = {(shape, name): 0.0 for shape, methods in self.methods.items() for name in methods}
+        self.seconds = dict.fromkeys(self.flops, 0.0)
         self.runs = 0
-        for fn in self.methods.values():  # warm-up
-            fn()
+
+    def _repeat(self, product: Callable[[], Any], flops: float) -> Callable[[float], float]:
+        """A dose of one product repeated until ``deadline``; returns the FLOPs done."""
+
+        def dose(deadline: float) -> float:
+            done = 0
+            while True:
+                product()
+                done += 1
+                if time.perf_counter() >= deadline:
+                    return done * flops
+        return dose
+
+    def _concurrent(self, a, parts: list, sessions: list) -> Callable[[float], float]:
+        m, k = a.shape
+
+        def worker(i: int, deadline: float) -> float:
+            feeds = {"a": a, "b": parts[i]}
+            done = 0
+            while True:
+                sessions[i].run(None, feeds)
+                done += 1
+                if time.perf_counter() >= deadline:
+                    return done * 2.0 * m * k * parts[i].shape[1]
+
+        return lambda deadline: sum(self.pool.map(lambda i: worker(i, deadline), range(len(parts))))
 
     def run(self) -> None:
-        for name, fn in self.methods.items():
-            start = time.perf_counter()
-            fn()
-            self.seconds[name] += time.perf_counter() - start
+        for shape, methods in self.methods.items():
+            for name, dose in methods.items():
+                dose(0.0)  # untimed: wakes the cores, lets the previous method's threads settle
+                start = time.perf_counter()
+                done = dose(start + self.dose_s)
+                self.seconds[(shape, name)] += time.perf_counter() - start
+                self.flops[(shape, name)] += done
         self.runs += 1
 
     def rates(self) -> dict[str, Any]:
-        m, k, n = self.shape
-        flops = 2.0 * m * k * n
-        out: dict[str, Any] = {"shape_m_k_n": [m, k, n], "runs": self.runs}
-        rates = {f"{name}_gflops": round(flops * self.runs / s / 1e9, 1)
-                 for name, s in self.seconds.items() if s > 0}
-        out.update(rates)
-        best = max(rates, key=rates.get)
-        out["best_gflops"], out["best_method"] = rates[best], best.removesuffix("_gflops")
-        return out
+        by_shape: dict[str, dict[str, float]] = {}
+        best = (0.0, "", "")
+        for (shape, name), seconds in self.seconds.items():
+            if seconds <= 0:
+                continue
+            rate = round(self.flops[(shape, name)] / seconds / 1e9, 1)
+            key = "x".join(map(str, shape))
+            by_shape.setdefault(key, {})[f"{name}_gflops"] = rate
+            best = max(best, (rate, name, key))
+        first = "x".join(map(str, self.shapes[0]))
+        return {"shape_m_k_n": list(self.shapes[0]), "runs": self.runs, "dose_s": self.dose_s,
+                **by_shape.get(first, {}), "by_shape_m_k_n": by_shape,
+                "best_gflops": best[0], "best_method": best[1], "best_shape_m_k_n": best[2]}
 
 
 def write_result(path: Path | None, result: dict[str, Any]) -> None:

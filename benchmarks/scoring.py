@@ -17,11 +17,14 @@ is computed once per video at index time (timed separately, torch in the parent)
 through ``runtime.backends.open_session`` (onnxruntime CPU, ``--threads`` concurrent
 single-threaded tile calls). A second run uses a graph with only the patch-word level (the other
 two outputs are zeros) through the same path, so that level's time and GFLOP/s can be set against
-this machine's float32 matmul floor: the level's FLOPs at the best rate of a plain float32 GEMM of
-the level's own shape, [32 * L, D] x [D, V * P] (the score product of one text batch against the
-whole gallery), timed after every text batch, so that it sees the same load, with numpy (its
-BLAS), onnxruntime's MatMul with ``--threads`` threads and ``--threads`` concurrent single-threaded
-onnxruntime runs on column blocks (``common.MatmulProbe``); the best of the three is the floor.
+this machine's float32 matmul floor: the level's FLOPs at the best sustained rate of a plain
+float32 GEMM, timed after every text batch, so that it sees the same load, on two shapes: the
+level's own, [32 * L, D] x [D, V * P] (the score product of one text batch against the whole
+gallery), and the runtime's tile product, [v * P, D] x [D, t * L] per concurrent call (the faster
+of the two on the machines measured so far). Each is run with numpy (its BLAS), onnxruntime's
+MatMul with ``--threads`` threads and ``--threads`` threads of single-threaded onnxruntime runs on
+column blocks, each method repeating its product for a dose of a quarter second
+(``common.MatmulProbe``); the best of the six is the floor.
 
 Each side runs in its own subprocess, so its peak RSS (VmHWM) is its own; "scoring memory" is the
 peak minus the RSS once its inputs were loaded. The subprocesses are driven batch by batch and
@@ -258,7 +261,8 @@ def _serve(load, run_batch, finish) -> None:
     """Line protocol with the parent: print readiness, then answer "run I" / "finish" commands
     with one JSON line each, so that the parent can interleave the sides batch by batch."""
     state = load()
-    print(json.dumps({"ready": True, "rss_inputs_loaded_mib": round(common.rss_mib(), 1)}), flush=True)
+    extra = state.get("ready", {}) if isinstance(state, dict) else {}
+    print(json.dumps({"ready": True, "rss_inputs_loaded_mib": round(common.rss_mib(), 1), **extra}), flush=True)
     for line in sys.stdin:
         cmd = line.split()
         if cmd[0] == "run":
@@ -420,7 +424,10 @@ def side_runtime(args, work: Path) -> None:
         for scorer in scorers.values():  # session warm-up
             score_matrix(scorer, text.rows(0, 4), ArrayVideos(videos.features(0, 64)))
         n = len(text)
-        return {"text": text, "videos": videos, "scorers": scorers,
+        scorer = scorers["all_levels"]
+        tile = scorer.plan_tiles(REFERENCE_BATCH, len(videos), args.memory_mb)
+        return {"ready": {"tile": list(tile), "concurrent_tiles": scorer.concurrency},
+                "text": text, "videos": videos, "scorers": scorers,
                 "out": {p: {lv: np.empty((n, len(videos)), np.float32) for lv in LEVELS} for p in args.precisions},
                 "scratch": {lv: np.empty((REFERENCE_BATCH, len(videos)), np.float32) for lv in LEVELS},
                 "totals": {name: [0.0, 0.0] for name in scorers}, "batches": 0}
@@ -463,14 +470,24 @@ def floor_shape(cfg, n_video: int) -> tuple[int, int, int]:
     return REFERENCE_BATCH * cfg.max_words, cfg.embed_dim, n_video * cfg.num_pixels
 
 
+def tile_shape(cfg, tile: tuple[int, int], concurrent: int) -> tuple[int, int, int]:
+    """(m, k, n) whose split into ``concurrent`` column blocks is the runtime's own tile product,
+    [v * P, D] x [D, t * L] per concurrent call: that shape may run faster than the whole one."""
+    t, v = tile
+    return v * cfg.num_pixels, cfg.embed_dim, concurrent * t * cfg.max_words
+
+
 def side_probe(args, work: Path) -> None:
-    """The machine's matmul rate on the level's own GEMM shape, probed once per text batch (its own
-    process: no memory added to the runtime side's figure)."""
+    """The machine's sustained matmul rate on the level's own GEMM shape and on the runtime's tile
+    product, probed once per text batch (its own process: no memory added to the runtime side's
+    figure)."""
     from ucofia.config import UCoFiAConfig
 
     def load():
         cfg = UCoFiAConfig.from_dict(json.loads((work / "config.json").read_text()))
-        return common.MatmulProbe(args.threads, shape=floor_shape(cfg, args.videos))
+        tile = tuple(int(x) for x in args.tile.split("x"))
+        return common.MatmulProbe(args.threads, shape=floor_shape(cfg, args.videos),
+                                  extra_shapes=(tile_shape(cfg, tile, args.threads),))
 
     _serve(load, lambda probe, i: probe.run() or {"batch": i}, lambda probe: probe.rates())
 
@@ -572,6 +589,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--ftz", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--text-batches", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--tile", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.precisions[0] != "float32" or not set(args.precisions) <= {"float32", "int8"}:
         parser.error(f"--precisions: float32 first, then int8 (got {','.join(args.precisions)})")
@@ -591,8 +609,10 @@ def main() -> None:
         n_ref = min(args.reference_text_batches or n_batches, n_batches)
         n_unflushed = min(args.unflushed_text_batches, n_batches)
         print("[scoring] starting the sides ...", file=sys.stderr, flush=True)
-        sides = {"runtime": _Side("runtime", work, args), "reference": _Side("reference", work, args, ftz=1),
-                 "probe": _Side("probe", work, args)}
+        runtime_side = _Side("runtime", work, args)
+        tile = "x".join(map(str, runtime_side.ready["tile"]))
+        sides = {"runtime": runtime_side, "reference": _Side("reference", work, args, ftz=1),
+                 "probe": _Side("probe", work, args, tile=tile)}
         if n_unflushed:
             sides["unflushed"] = _Side("reference", work, args, ftz=0)
         if args.reference_tree:
@@ -659,8 +679,9 @@ def main() -> None:
         "patch_word_level": {
             "gflop": round(flops / 1e9, 1), "seconds": pw_s, "achieved_gflops": round(flops / pw_s / 1e9, 1),
             "matmul_floor_seconds": round(floor_s, 2), "seconds_over_floor": round(pw_s / floor_s, 2),
-            "floor": "the level's FLOPs (score product and both mixing products) at the best float32 GEMM "
-                     "rate measured interleaved on [32 L, D] x [D, V P] (matmul_rate)",
+            "floor": "the level's FLOPs (score product and both mixing products) at the best sustained float32 "
+                     "GEMM rate measured interleaved on [32 L, D] x [D, V P] and on the runtime's tile product "
+                     "(matmul_rate)",
             "target_within": PATCH_WORD_FLOOR_TARGET},
         "ratios": {
             "speedup_vs_reference_loop": round(ref_s / rt_s, 2), "target_speedup": SPEEDUP_TARGET,
@@ -696,7 +717,8 @@ def main() -> None:
         f"{result['ratios']['speedup_cpu_time']:.1f}x in CPU seconds), "
         f"peak RSS x{runtime['peak_rss_mib'] / reference['peak_rss_mib']:.2f}",
         f"patch-word level: {pw_s:.1f} s for {flops / 1e12:.2f} TFLOP = {flops / pw_s / 1e9:.0f} GFLOP/s; matmul rate "
-        f"on its GEMM shape {rates['best_gflops']:.0f} GFLOP/s ({rates['best_method']}) -> floor {floor_s:.1f} s, "
+        f"{rates['best_gflops']:.0f} GFLOP/s ({rates['best_method']} on {rates['best_shape_m_k_n']}) "
+        f"-> floor {floor_s:.1f} s, "
         f"{pw_s / floor_s:.2f}x the floor (target {PATCH_WORD_FLOOR_TARGET:g}x)",
     ]
     if ref_code is not None:

@@ -18,9 +18,10 @@ exported first, in a parent process), the same T x V problem as:
   onnxruntime MatMul) and the four ISA pools in an onnxruntime graph that
   takes the [v, P, t, L] scores as its input (what a scorer split into "GEMM outside, pools inside"
   would do); ``--threads`` tiles at once;
-* the floor: the level's FLOPs (score product + mixing products) at the best rate of a plain
-  float32 GEMM of the whole problem's shape [T*L, D] x [D, V*P]: numpy, onnxruntime with
-  ``--threads`` threads, ``--threads`` concurrent single-threaded onnxruntime runs on column blocks.
+* the floor: the level's FLOPs (score product + mixing products) at the best sustained rate of a
+  plain float32 GEMM, of the whole problem's shape [T*L, D] x [D, V*P] or of a layout's own tile
+  product: numpy, onnxruntime with ``--threads`` threads, ``--threads`` concurrent
+  single-threaded onnxruntime runs on column blocks (``common.MatmulProbe``).
 
 Every layout's scores are checked against the first one's (max abs difference / scale).
 
@@ -170,7 +171,11 @@ def measure(args, work: Path) -> dict:
         for gemm in ("numpy", "onnxruntime"):
             layouts[f"{gemm}_gemm+pools {t}x{v}/{threads}"] = lambda t=t, v=v, g=gemm: split(t, v, g)
 
-    probe = common.MatmulProbe(threads, shape=(n_text * l, d, n_video * p))
+    # the floor: the whole problem's product, and every graph layout's own tile product split over
+    # its concurrent calls ([v * P, D] x [D, t * L] each), whichever runs fastest
+    tiles = {(v * p, d, runs * t * l) for t, v, runs in
+             ((int(x) for x in plan.rstrip("s").split("x")) for plan in args.plans)}
+    probe = common.MatmulProbe(threads, shape=(n_text * l, d, n_video * p), extra_shapes=tuple(sorted(tiles)))
     first = None
     agreement = {}
     for name, fn in layouts.items():  # warm-up and agreement
@@ -251,8 +256,9 @@ def main() -> None:
     result = {"benchmark": "scoring_layouts", "config": args.config, "texts": args.texts, "videos": args.videos,
               "threads": args.threads, "rounds": args.rounds, "numpy_blas_threads": 1, "machine": machine,
               "load_average_after": common.load_average(), "contention": contention, **measured}
-    lines = [f"floor {measured['floor_seconds'] * 1e3:.0f} ms ({measured['matmul_rate']['best_gflops']:.0f} GFLOP/s, "
-             f"{measured['matmul_rate']['best_method']})"]
+    rate = measured["matmul_rate"]
+    lines = [f"floor {measured['floor_seconds'] * 1e3:.0f} ms ({rate['best_gflops']:.0f} GFLOP/s, "
+             f"{rate['best_method']} on {rate['best_shape_m_k_n']})"]
     lines += [f"{name}: {v['seconds_median'] * 1e3:.0f} ms = {v['over_floor']:.2f}x the floor, "
               f"{v['over_first_layout_paired_median']:.3f}x the first layout (paired, quartiles "
               f"{v['over_first_layout_paired_quartiles'][0]:.3f}-{v['over_first_layout_paired_quartiles'][1]:.3f}; "
