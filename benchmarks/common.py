@@ -225,6 +225,14 @@ def matmul_rates(threads: int, n: int = 2048, repeats: int = 5) -> dict[str, flo
     return out
 
 
+def tile_product_shape(cfg, tile: tuple[int, int], concurrent: int) -> tuple[int, int, int]:
+    """(m, k, n) whose split into ``concurrent`` column blocks is the runtime scorer's own tile
+    product, [v * P, D] x [D, t * L] per concurrent call, for a ``tile`` of (t texts, v videos):
+    that shape may run faster than the level's whole product."""
+    t, v = tile
+    return v * cfg.num_pixels, cfg.embed_dim, concurrent * t * cfg.max_words
+
+
 # How long each method of a MatmulProbe keeps repeating its product per run(): long enough that a
 # core woken from idle or a BLAS pool still spinning from the previous method weighs little (one
 # product per dose measured the floor up to 25 % low on a 2-vCPU VM).
@@ -250,15 +258,15 @@ class MatmulProbe:
         import numpy as np
 
         rng = np.random.default_rng(0)
-        self.threads, self.dose_s = threads, dose_s
+        self.dose_s = dose_s
         self.shapes = [shape or (n, n, n), *extra_shapes]
         multi = matmul_session(threads)
-        singles = [matmul_session(1) for _ in range(threads)]
         self.pool = None
         if threads > 1:
             from concurrent.futures import ThreadPoolExecutor
 
             self.pool = ThreadPoolExecutor(threads)
+            singles = [matmul_session(1) for _ in range(threads)]
         self.methods: dict[tuple[int, int, int], dict[str, Callable[[float], float]]] = {}
         for m, k, n_cols in self.shapes:
             a = rng.standard_normal((m, k), dtype=np.float32)
@@ -288,18 +296,12 @@ class MatmulProbe:
         return dose
 
     def _concurrent(self, a, parts: list, sessions: list) -> Callable[[float], float]:
+        """A dose of every column block on its own session and thread at once, each repeated
+        until ``deadline``; returns the FLOPs done by all."""
         m, k = a.shape
-
-        def worker(i: int, deadline: float) -> float:
-            feeds = {"a": a, "b": parts[i]}
-            done = 0
-            while True:
-                sessions[i].run(None, feeds)
-                done += 1
-                if time.perf_counter() >= deadline:
-                    return done * 2.0 * m * k * parts[i].shape[1]
-
-        return lambda deadline: sum(self.pool.map(lambda i: worker(i, deadline), range(len(parts))))
+        doses = [self._repeat(lambda s=session, b=part: s.run(None, {"a": a, "b": b}), 2.0 * m * k * part.shape[1])
+                 for session, part in zip(sessions, parts)]
+        return lambda deadline: sum(self.pool.map(lambda dose: dose(deadline), doses))
 
     def run(self) -> None:
         for shape, methods in self.methods.items():

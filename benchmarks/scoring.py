@@ -452,11 +452,9 @@ def side_runtime(args, work: Path) -> None:
     def finish(st) -> dict:
         for precision, levels in st["out"].items():
             np.savez(work / ("runtime.npz" if precision == "float32" else f"runtime_{precision}.npz"), **levels)
-        scorer = st["scorers"]["all_levels"]
-        n_text, n_video = len(st["text"]), len(st["videos"])
         out = {name: {"seconds": round(s, 3), "cpu_seconds": round(c, 2)} for name, (s, c) in st["totals"].items()}
-        out.update(tile=list(scorer.plan_tiles(REFERENCE_BATCH, n_video, args.memory_mb)),
-                   concurrent_tiles=scorer.concurrency, batches=st["batches"], texts=n_text,
+        # the tile plan reported when the side was ready (tile, concurrent_tiles)
+        out.update(**st["ready"], batches=st["batches"], texts=len(st["text"]),
                    peak_rss_mib=round(common.peak_rss_mib(), 1),
                    torch_imported="torch" in sys.modules)
         return out
@@ -470,13 +468,6 @@ def floor_shape(cfg, n_video: int) -> tuple[int, int, int]:
     return REFERENCE_BATCH * cfg.max_words, cfg.embed_dim, n_video * cfg.num_pixels
 
 
-def tile_shape(cfg, tile: tuple[int, int], concurrent: int) -> tuple[int, int, int]:
-    """(m, k, n) whose split into ``concurrent`` column blocks is the runtime's own tile product,
-    [v * P, D] x [D, t * L] per concurrent call: that shape may run faster than the whole one."""
-    t, v = tile
-    return v * cfg.num_pixels, cfg.embed_dim, concurrent * t * cfg.max_words
-
-
 def side_probe(args, work: Path) -> None:
     """The machine's sustained matmul rate on the level's own GEMM shape and on the runtime's tile
     product, probed once per text batch (its own process: no memory added to the runtime side's
@@ -487,7 +478,7 @@ def side_probe(args, work: Path) -> None:
         cfg = UCoFiAConfig.from_dict(json.loads((work / "config.json").read_text()))
         tile = tuple(int(x) for x in args.tile.split("x"))
         return common.MatmulProbe(args.threads, shape=floor_shape(cfg, args.videos),
-                                  extra_shapes=(tile_shape(cfg, tile, args.threads),))
+                                  extra_shapes=(common.tile_product_shape(cfg, tile, args.threads),))
 
     _serve(load, lambda probe, i: probe.run() or {"batch": i}, lambda probe: probe.rates())
 

@@ -99,6 +99,12 @@ def export_graphs(cfg_name: str, work: Path) -> None:
 
 
 # ---- measurement (child, no torch) ------------------------------------------------------------
+def _plan(plan: str) -> tuple[int, int, int]:
+    """(texts, videos, concurrent calls) of a ``--plans`` entry TxVxC[s]."""
+    t, v, runs = (int(x) for x in plan.rstrip("s").split("x"))
+    return t, v, runs
+
+
 def _session(path: Path, threads: int):
     import onnxruntime as ort
 
@@ -133,7 +139,7 @@ def measure(args, work: Path) -> dict:
 
     for plan in args.plans:
         whole = not plan.endswith("s")
-        t, v, runs = (int(x) for x in plan.rstrip("s").split("x"))
+        t, v, runs = _plan(plan)
         # "s": the session the runtime opens, its text side cut out (runtime.backends.text_side)
         session = (OrtSession(spec, "cpu", threads=max(1, threads // runs), concurrency=runs) if whole
                    else cpu_scorer_session(spec, runs))
@@ -173,8 +179,7 @@ def measure(args, work: Path) -> dict:
 
     # the floor: the whole problem's product, and every graph layout's own tile product split over
     # its concurrent calls ([v * P, D] x [D, t * L] each), whichever runs fastest
-    tiles = {(v * p, d, runs * t * l) for t, v, runs in
-             ((int(x) for x in plan.rstrip("s").split("x")) for plan in args.plans)}
+    tiles = {common.tile_product_shape(cfg, (t, v), runs) for t, v, runs in map(_plan, args.plans)}
     probe = common.MatmulProbe(threads, shape=(n_text * l, d, n_video * p), extra_shapes=tuple(sorted(tiles)))
     first = None
     agreement = {}

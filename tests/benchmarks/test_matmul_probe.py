@@ -78,3 +78,17 @@ def test_the_multi_threaded_session_does_not_spin(common) -> None:
     """Its idle threads would take the cores from the method timed after it."""
     session = common.matmul_session(2)
     assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_the_tile_product_shape_splits_into_the_runtimes_tile_calls(common) -> None:
+    """Split into ``concurrent`` column blocks (as the probe's concurrent method splits it), the
+    shape is one [v P, D] x [D, t L] product per call: the scorer's tile of t texts x v videos."""
+    import numpy as np
+
+    from ucofia.config import tiny_config
+
+    cfg = tiny_config()
+    m, k, n = common.tile_product_shape(cfg, (4, 128), 2)
+    assert (m, k) == (128 * cfg.num_pixels, cfg.embed_dim)
+    blocks = np.array_split(np.zeros((k, n)), 2, axis=1)
+    assert [b.shape[1] for b in blocks] == [4 * cfg.max_words] * 2
